@@ -1,0 +1,5 @@
+"""`python -m devenv`: the same as the `devenv` command."""
+
+from devenv.cli import main
+
+main()

@@ -1,0 +1,68 @@
+"""One exception hierarchy; the CLI maps each class to a message and an exit code.
+
+Exit codes (documented in the README):
+    1  unexpected internal error
+    2  usage error (click)
+    3  ConfigError       devenv.yaml, a profile, a setting, an environment variable
+    4  DependencyError   a binary, a package or the Docker engine is missing
+    5  PortInUseError    a port is held by another program
+    6  HealthCheckError  a service did not become healthy in time, or exited
+    7  SchemaError       a schema or seed file failed (the database is left as it was)
+    8  StateError        the stack's state is inconsistent (lock held, applied file changed)
+"""
+
+from __future__ import annotations
+
+
+class DevenvError(Exception):
+    """Base of every error devenv reports to a user: a message plus a hint."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(DevenvError):
+    """devenv.yaml, a profile, a setting or an environment override is invalid."""
+
+    exit_code = 3
+
+
+class DependencyError(DevenvError):
+    """A binary, a Python package or the Docker engine is not available."""
+
+    exit_code = 4
+
+
+class PortInUseError(DevenvError):
+    """A port the stack needs is held by another program."""
+
+    exit_code = 5
+
+
+class HealthCheckError(DevenvError):
+    """A service did not pass its health checks before the deadline, or exited."""
+
+    exit_code = 6
+
+    def __init__(self, message: str, hint: str | None = None, log_tail: str = "") -> None:
+        super().__init__(message, hint)
+        self.log_tail = log_tail
+
+
+class SchemaError(DevenvError):
+    """A schema or seed file could not be applied; its transaction was rolled back."""
+
+    exit_code = 7
+
+
+class StateError(DevenvError):
+    """The stack's recorded state conflicts with what was asked (lock held, changed file)."""
+
+    exit_code = 8
