@@ -1,0 +1,42 @@
+"""Generated credentials: strong, created on first use, stable across runs, never committed."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as _random
+from pathlib import Path
+
+from devenv.errors import StateError
+
+SECRET_NAMES = ("postgres_password", "pgbouncer_admin_password", "redis_password")
+
+
+def load_or_create_secrets(state_root: Path) -> dict[str, str]:
+    """Read `.devenv/secrets.json`, adding any missing password; the file is mode 0600.
+
+    One set for all profiles of a project, so switching profile keeps the same URLs.
+    """
+    path = state_root / "secrets.json"
+    stored: dict[str, str] = {}
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StateError(
+                f"{path} is unreadable or not JSON: {exc}",
+                hint=f"delete {path} to generate new passwords (then `devenv down --volumes`, "
+                "since existing data still expects the old ones).",
+            ) from exc
+    missing = [name for name in SECRET_NAMES if not stored.get(name)]
+    if missing:
+        for name in missing:
+            # URL-safe: the passwords go into connection URLs and config files unquoted.
+            stored[name] = _random.token_urlsafe(24)
+        state_root.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(stored, handle, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    return stored

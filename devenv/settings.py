@@ -1,0 +1,333 @@
+"""devenv.yaml + environment overrides -> a validated, frozen `Config`.
+
+The file holds the settings tables as data: for each service, rows of settings whose
+columns are profiles. `Config.column(service, profile)` resolves one column, following
+`extends` and falling back to the row's `default`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devenv.errors import ConfigError
+
+CONFIG_NAME = "devenv.yaml"
+SERVICES = ("postgres", "pgbouncer", "redis")
+DEFAULT_COLUMN = "default"
+_PROFILE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+# Keys allowed at each level of devenv.yaml: anything else is a typo worth reporting.
+_TOP_KEYS = {"project", "profiles", *SERVICES}
+_PROFILE_KEYS = {"description", "extends", "ephemeral", "limits"}
+_LIMIT_KEYS = {"memory", "cpus"}
+_SERVICE_KEYS = {
+    "postgres": {"image", "major", "port", "database", "user", "limits", "settings"},
+    "pgbouncer": {"image", "port", "database", "admin_user", "settings"},
+    "redis": {"image", "port", "settings"},
+}
+_DEFAULT_PORTS = {"postgres": 5432, "pgbouncer": 6432, "redis": 6379}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Container resource limits; also the budget the memory warning checks against."""
+
+    memory_bytes: int
+    cpus: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One column of the settings tables."""
+
+    name: str
+    description: str = ""
+    extends: str | None = None
+    ephemeral: bool = False
+    limits: Limits | None = None
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """A service as devenv.yaml describes it, environment overrides applied."""
+
+    name: str
+    image: str
+    port: int
+    rows: Mapping[str, Mapping[str, Any]]
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole of devenv.yaml, validated."""
+
+    path: Path
+    project: str
+    profiles: Mapping[str, Profile]
+    services: Mapping[str, ServiceConfig]
+    limits: Limits
+
+    @property
+    def root(self) -> Path:
+        """The project directory: where devenv.yaml lives and `.devenv/` is kept."""
+        return self.path.parent
+
+    def profile(self, name: str) -> Profile:
+        """Return the named profile, or a ConfigError listing the known ones."""
+        if name in self.profiles:
+            return self.profiles[name]
+        known = ", ".join(sorted(self.profiles))
+        raise ConfigError(
+            f"{self.path}: unknown profile '{name}'{_did_you_mean(name, self.profiles)}",
+            hint=f"profiles defined under `profiles:` are: {known}. "
+            "Add a profile there to use a new one.",
+        )
+
+    def lineage(self, profile: str) -> list[str]:
+        """The profile followed by the profiles it extends, nearest first."""
+        chain = [profile]
+        while (parent := self.profiles[chain[-1]].extends) is not None:
+            chain.append(parent)
+        return chain
+
+    def column(self, service: str, profile: str) -> dict[str, Any]:
+        """The settings of one service for one profile: the profile's column of the table."""
+        chain = self.lineage(profile) + [DEFAULT_COLUMN]
+        resolved: dict[str, Any] = {}
+        for name, row in self.services[service].rows.items():
+            for column in chain:
+                if column in row:
+                    resolved[name] = row[column]
+                    break
+        return resolved
+
+    def limits_for(self, profile: str) -> Limits:
+        """Resource limits for a profile: its own, an ancestor's, or postgres.limits."""
+        for name in self.lineage(profile):
+            if (limits := self.profiles[name].limits) is not None:
+                return limits
+        return self.limits
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None, cwd: Path | None = None) -> Path:
+    """Locate devenv.yaml: --config/DEVENV_CONFIG if given, else the nearest one upwards."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"config file {path} does not exist",
+                hint="check --config / DEVENV_CONFIG, or run devenv from the project directory.",
+            )
+        return path.resolve()
+    start = (cwd or Path.cwd()).resolve()
+    for directory in (start, *start.parents):
+        candidate = directory / CONFIG_NAME
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"no {CONFIG_NAME} found in {start} or any parent directory",
+        hint="run devenv inside the project, or pass --config PATH (or set DEVENV_CONFIG).",
+    )
+
+
+def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
+    """Parse and validate devenv.yaml; apply DEVENV_*_PORT and DEVENV_*_IMAGE overrides."""
+    import yaml  # deferred: `devenv --help` must stay fast
+
+    env = os.environ if env is None else env
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(text, Loader=loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            f"{where}: invalid YAML: {problem}",
+            hint="fix the syntax at that line (indentation, a missing colon or quote).",
+        ) from exc
+    return _Parser(path, text).parse(data, env)
+
+
+class _Parser:
+    """Turns the parsed YAML into a Config, reporting errors with key path and line."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.text = text
+
+    def fail(self, keypath: str, message: str, hint: str | None = None) -> ConfigError:
+        line = _line_of(self.text, keypath)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        return ConfigError(f"{where}: {keypath}: {message}", hint=hint)
+
+    def mapping(self, value: Any, keypath: str, allowed: set[str] | None) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(keypath, f"expected a mapping, got {type(value).__name__}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.fail(keypath, f"key {key!r} is not a string")
+            if allowed is not None and key not in allowed:
+                raise self.fail(
+                    f"{keypath}.{key}" if keypath else key,
+                    f"unknown key{_did_you_mean(key, allowed)}",
+                    hint=f"allowed here: {', '.join(sorted(allowed))}.",
+                )
+        return value
+
+    def parse(self, data: Any, env: Mapping[str, str]) -> Config:
+        top = self.mapping(data, "", _TOP_KEYS)
+        for required in ("profiles", *SERVICES):
+            if required not in top:
+                raise self.fail(required, "missing", hint=f"devenv.yaml needs a `{required}:` section.")
+        project = top.get("project", self.path.parent.name)
+        if not isinstance(project, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", project):
+            raise self.fail("project", f"{project!r} is not a valid project name (lowercase letters, digits, - and _)")
+        profiles = self.parse_profiles(top["profiles"])
+        services = {name: self.parse_service(name, top[name], profiles, env) for name in SERVICES}
+        limits = services["postgres"].options.get("limits") or Limits(memory_bytes=1 << 30, cpus=1.0)
+        return Config(self.path, project, profiles, services, limits)
+
+    def parse_profiles(self, raw: Any) -> dict[str, Profile]:
+        table = self.mapping(raw, "profiles", None)
+        if not table:
+            raise self.fail("profiles", "no profiles defined", hint="define at least `dev:`.")
+        profiles: dict[str, Profile] = {}
+        for name, body in table.items():
+            keypath = f"profiles.{name}"
+            if not _PROFILE_NAME.match(name) or name == DEFAULT_COLUMN:
+                raise self.fail(keypath, "a profile name is lowercase letters, digits, - and _, and not 'default'")
+            body = self.mapping(body, keypath, _PROFILE_KEYS)
+            extends = body.get("extends")
+            if extends is not None and extends not in table:
+                raise self.fail(f"{keypath}.extends", f"unknown profile '{extends}'{_did_you_mean(str(extends), table)}")
+            limits = self.parse_limits(body["limits"], f"{keypath}.limits") if "limits" in body else None
+            profiles[name] = Profile(
+                name=name,
+                description=str(body.get("description", "")),
+                extends=extends,
+                ephemeral=self.boolean(body.get("ephemeral", False), f"{keypath}.ephemeral"),
+                limits=limits,
+            )
+        for name in profiles:  # an `extends` cycle would loop forever in Config.lineage
+            seen = [name]
+            while (parent := profiles[seen[-1]].extends) is not None:
+                if parent in seen:
+                    raise self.fail(f"profiles.{name}.extends", f"cycle: {' -> '.join(seen + [parent])}")
+                seen.append(parent)
+        return profiles
+
+    def parse_service(
+        self, name: str, raw: Any, profiles: Mapping[str, Profile], env: Mapping[str, str]
+    ) -> ServiceConfig:
+        body = self.mapping(raw, name, _SERVICE_KEYS[name])
+        image = env.get(f"DEVENV_{name.upper()}_IMAGE") or body.get("image")
+        if not isinstance(image, str) or not image.strip():
+            raise self.fail(f"{name}.image", "missing image", hint=f"set {name}.image, e.g. the tag you pull.")
+        port = self.port(body.get("port", _DEFAULT_PORTS[name]), f"{name}.port")
+        env_port = env.get(f"DEVENV_{name.upper()}_PORT")
+        if env_port:
+            if not env_port.isdigit() or not 1 <= int(env_port) <= 65535:
+                raise ConfigError(
+                    f"DEVENV_{name.upper()}_PORT={env_port!r} is not a TCP port",
+                    hint="set it to a number between 1 and 65535, or unset it.",
+                )
+            port = int(env_port)
+        rows: dict[str, dict[str, Any]] = {}
+        columns = {DEFAULT_COLUMN, *profiles}
+        for setting, row in self.mapping(body.get("settings"), f"{name}.settings", None).items():
+            keypath = f"{name}.settings.{setting}"
+            if not isinstance(row, dict):
+                raise self.fail(
+                    keypath,
+                    "a settings row is a mapping of profile to value",
+                    hint=f"write e.g. `{setting}: {{default: {row!r}}}` (a `default` column applies to every profile).",
+                )
+            rows[setting] = self.mapping(row, keypath, columns)
+        options: dict[str, Any] = {}
+        for key in ("database", "user", "admin_user"):
+            if key in body:
+                value = body[key]
+                if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+                    raise self.fail(f"{name}.{key}", f"{value!r} is not a valid identifier")
+                options[key] = value
+        if "limits" in body:
+            options["limits"] = self.parse_limits(body["limits"], f"{name}.limits")
+        if "major" in body:
+            major = body["major"]
+            if not isinstance(major, int) or isinstance(major, bool):
+                raise self.fail(f"{name}.major", f"{major!r} is not a major version number")
+            options["major"] = major
+        return ServiceConfig(name=name, image=image.strip(), port=port, rows=rows, options=options)
+
+    def parse_limits(self, raw: Any, keypath: str) -> Limits:
+        body = self.mapping(raw, keypath, _LIMIT_KEYS)
+        try:
+            memory = parse_bytes(str(body.get("memory", "1g")))
+        except ValueError as exc:
+            raise self.fail(f"{keypath}.memory", str(exc), hint="write e.g. 512m, 1g or 2GB.") from exc
+        cpus = body.get("cpus", 1)
+        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or cpus <= 0:
+            raise self.fail(f"{keypath}.cpus", f"{cpus!r} is not a positive number of CPUs")
+        return Limits(memory_bytes=memory, cpus=float(cpus))
+
+    def port(self, value: Any, keypath: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+            raise self.fail(keypath, f"{value!r} is not a TCP port (1-65535)")
+        return value
+
+    def boolean(self, value: Any, keypath: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(keypath, f"{value!r} is not true or false")
+        return value
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "t": 1 << 40, "tb": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """Parse a Docker/Redis-style size ('512m', '1g', '2GB') into bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).lower() not in _BYTE_UNITS:
+        raise ValueError(f"{text!r} is not a size")
+    return int(match.group(1)) * _BYTE_UNITS[match.group(2).lower()]
+
+
+def _did_you_mean(word: str, candidates: Any) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _line_of(text: str, keypath: str) -> int | None:
+    """Best-effort line number of a dotted key path in the YAML source (errors only)."""
+    import yaml
+
+    if not keypath:
+        return None
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in keypath.split("."):
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for key_node, value_node in node.value:
+            if key_node.value == part:
+                line, node = key_node.start_mark.line + 1, value_node
+                break
+        else:
+            break
+    return line
