@@ -1,0 +1,1 @@
+"""Runtimes: one interface (base.Runtime), two implementations (native processes, Docker)."""
