@@ -109,6 +109,189 @@ def format_settings_table(stacks: list["Stack"]) -> str:
     return "\n".join(out)
 
 
+def _say(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _runtime_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--runtime", "-r", envvar="DEVENV_RUNTIME", default="auto", show_default=True,
+        type=click.Choice(["auto", "native"]),
+        help="Where the services run: auto picks Docker when an engine answers, else native [env: DEVENV_RUNTIME].",
+    )(func)
+
+
+def _emit_urls(urls: dict[str, str]) -> None:
+    for key, value in urls.items():
+        click.echo(f"{key}={value}")
+
+
+@cli.command()
+@_profile_option
+@_runtime_option
+@click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=1), help="Seconds to wait for health.")
+@click.option("--no-seed", is_flag=True, help="Start the services but apply no schema or seed files.")
+def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_seed: bool) -> None:
+    """Start the stack, wait until healthy, apply schema and seed; print the URLs.
+
+    Idempotent: with nothing changed it starts nothing, applies nothing and returns at once;
+    a changed setting restarts (or reloads) only the service it belongs to.
+    """
+    import time
+
+    from devenv.settings import find_config
+    from devenv.state import fingerprint, ports_answer, read_state
+
+    started = time.monotonic()
+    config = find_config(config_path)
+    root = config.parent
+    state_dir = root / ".devenv" / profile
+    options = {"runtime": runtime, "seed": not no_seed}
+    recorded = read_state(state_dir)
+    if recorded.get("fingerprint") == fingerprint(root, config, profile, options) and ports_answer(recorded.get("ports", [])):
+        from devenv.runtime import get_runtime
+
+        if get_runtime(recorded["runtime"]).is_up_quick(state_dir):
+            _say(f"{profile}: up to date on {recorded['runtime']}, nothing to do ({time.monotonic() - started:.2f}s)")
+            _emit_urls(recorded["urls"])
+            return
+
+    from devenv import lifecycle
+    from devenv.runtime import get_runtime
+
+    stack = load_stack(str(config), profile)
+    backend = get_runtime(runtime, say=_say)
+    if hasattr(backend, "describe"):
+        _say(f"{stack.name}: {backend.describe(stack)}")
+    # Hashed after load_stack, which creates secrets.json on first use.
+    inputs = fingerprint(root, config, profile, options)
+    report = lifecycle.up(stack, backend, timeout=timeout, seed=not no_seed, say=_say, fingerprint=inputs)
+    summary = "nothing changed" if not (report.result.changed or report.applied) else "ready"
+    _say(f"{stack.name}: {summary} on {report.runtime} in {report.seconds:.2f}s")
+    _emit_urls(stack.urls())
+
+
+@cli.command()
+@_profile_option
+@_runtime_option
+@click.option("--volumes", "-v", is_flag=True, help="Also delete the data (database and Redis).")
+def down(profile: str, config_path: str | None, runtime: str, volumes: bool) -> None:
+    """Stop the stack; data is kept unless --volumes."""
+    from devenv import lifecycle
+    from devenv.runtime import get_runtime
+
+    stack = load_stack(config_path, profile)
+    stopped = lifecycle.down(stack, get_runtime(runtime), volumes=volumes)
+    what = ", ".join(stopped) if stopped else "nothing was running"
+    _say(f"{stack.name}: stopped {what}{'; data deleted' if volumes else ''}")
+
+
+@cli.command()
+@_profile_option
+@_runtime_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(profile: str, config_path: str | None, runtime: str, as_json: bool) -> None:
+    """Each service: its state, health and port. Exits 1 when something is not healthy."""
+    from devenv import lifecycle
+    from devenv.runtime import get_runtime
+
+    stack = load_stack(config_path, profile)
+    rows = lifecycle.status(stack, get_runtime(runtime))
+    if as_json:
+        click.echo(json.dumps({"profile": profile, "services": rows}, indent=2))
+    else:
+        for row in rows:
+            extra = f"  ({row['problem']})" if row["problem"] else ""
+            click.echo(f"{row['service']:<10} {row['state']:<12} {row['health']:<10} 127.0.0.1:{row['port']}{extra}")
+    if any(row["health"] != "healthy" for row in rows):
+        sys.exit(1)
+
+
+@cli.command("env")
+@_profile_option
+@click.option("--format", "fmt", type=click.Choice(ENV_FORMATS), default="dotenv", show_default=True,
+              help="dotenv lines, shell `export` lines (for eval), JSON, or appended to $GITHUB_ENV.")
+def env_command(profile: str, config_path: str | None, fmt: str) -> None:
+    """Print DATABASE_URL (pooled), DIRECT_DATABASE_URL and REDIS_URL."""
+    import shlex
+
+    urls = load_stack(config_path, profile).urls()
+    if fmt == "json":
+        click.echo(json.dumps(urls, indent=2))
+    elif fmt == "shell":
+        for key, value in urls.items():
+            click.echo(f"export {key}={shlex.quote(value)}")
+    elif fmt == "github":
+        target = os.environ.get("GITHUB_ENV")
+        if not target:
+            raise click.UsageError("--format github appends to the file named by $GITHUB_ENV, which is not set")
+        with open(target, "a", encoding="utf-8") as handle:
+            for key, value in urls.items():
+                handle.write(f"{key}={value}\n")
+        _say(f"wrote {', '.join(urls)} to {target}")
+    else:
+        _emit_urls(urls)
+
+
+@cli.command()
+@_profile_option
+@_runtime_option
+@click.argument("service", required=False, type=click.Choice(["postgres", "pgbouncer", "redis"]))
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
+@click.option("--tail", "-n", "lines", type=int, default=None, help="Only the last N lines.")
+def logs(profile: str, config_path: str | None, runtime: str, service: str | None, follow: bool, lines: int | None) -> None:
+    """Print a service's log (all three, prefixed, without SERVICE)."""
+    from devenv.runtime import get_runtime
+
+    stack = load_stack(config_path, profile)
+    backend = get_runtime(runtime)
+    if lines is not None and service and not follow:
+        click.echo(backend.log_tail(stack, service, lines))
+        return
+    try:
+        for line in backend.follow_logs(stack, service, follow):
+            click.echo(line)
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@_profile_option
+@click.option("--pooled", is_flag=True, help="Connect through PgBouncer instead of directly.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def psql(profile: str, config_path: str | None, pooled: bool, args: tuple[str, ...]) -> None:
+    """Open psql on the database (extra arguments go to psql)."""
+    import shutil
+
+    from devenv.errors import DependencyError
+
+    stack = load_stack(config_path, profile)
+    binary = shutil.which("psql")
+    if binary is None:
+        raise DependencyError("psql not found on PATH",
+                              hint="install the PostgreSQL client: `apt-get install postgresql-client` or `brew install libpq`.")
+    url = stack.urls()["DATABASE_URL" if pooled else "DIRECT_DATABASE_URL"]
+    os.execv(binary, [binary, url, *args])
+
+
+@cli.command("redis-cli", context_settings={"ignore_unknown_options": True})
+@_profile_option
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def redis_cli(profile: str, config_path: str | None, args: tuple[str, ...]) -> None:
+    """Open redis-cli on the stack's Redis (extra arguments go to redis-cli)."""
+    import shutil
+
+    from devenv.errors import DependencyError
+
+    stack = load_stack(config_path, profile)
+    binary = shutil.which("redis-cli")
+    if binary is None:
+        raise DependencyError("redis-cli not found on PATH",
+                              hint="install it: `apt-get install redis-tools` or `brew install redis`.")
+    env = dict(os.environ, REDISCLI_AUTH=stack.redis.password)  # not on the command line, where ps shows it
+    os.execve(binary, [binary, "-h", "127.0.0.1", "-p", str(stack.redis.port), *args], env)
+
+
 def _print_error(exc: DevenvError) -> None:
     click.echo(f"error: {exc.message}", err=True)
     log_tail = getattr(exc, "log_tail", "")

@@ -1,0 +1,194 @@
+"""Schema and seed data: ordered SQL files, each in its own transaction, recorded in a ledger.
+
+Files are `seeds/schema/*.sql` then `seeds/data/*.sql`, in name order. An applied file is
+skipped; an applied file whose checksum changed is an error (`devenv reset --hard`
+rebuilds); a failing file rolls back entirely and the error names the file and the line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from devenv.errors import SchemaError, StateError
+from devenv.stack import Stack
+
+if TYPE_CHECKING:
+    import psycopg
+
+SEED_PARTS = ("schema", "data")
+LEDGER_SCHEMA = "devenv"
+LEDGER_TABLE = f"{LEDGER_SCHEMA}.applied_files"
+
+
+@dataclass(frozen=True)
+class SeedFile:
+    """One SQL file of the schema or the seed data."""
+
+    key: str  # "schema/001_users.sql": the ledger's primary key
+    path: Path
+    checksum: str
+
+    @property
+    def sql(self) -> str:
+        """The file's text."""
+        return self.path.read_text(encoding="utf-8")
+
+
+def seed_files(seeds_dir: Path) -> list[SeedFile]:
+    """The project's SQL files in the order they apply."""
+    files = []
+    for part in SEED_PARTS:
+        for path in sorted((seeds_dir / part).glob("*.sql")):
+            files.append(SeedFile(f"{part}/{path.name}", path, hashlib.sha256(path.read_bytes()).hexdigest()))
+    return files
+
+
+def connect(stack: Stack, dbname: str | None = None, **kwargs: Any) -> "psycopg.Connection[Any]":
+    """A direct connection to Postgres (not through the pool) as the stack's superuser."""
+    import psycopg
+
+    pg = stack.postgres
+    return psycopg.connect(
+        host="127.0.0.1", port=pg.port, dbname=dbname or pg.database, user=pg.user, password=pg.password,
+        sslmode="require" if pg.ssl else "prefer", connect_timeout=5, application_name="devenv", **kwargs,
+    )
+
+
+def ensure_database(stack: Stack) -> bool:
+    """Create the application database if it does not exist; True when created."""
+    from psycopg import sql
+
+    with connect(stack, "postgres", autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (stack.postgres.database,)).fetchone()
+        if exists:
+            return False
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(stack.postgres.database)))
+        return True
+
+
+def apply_seeds(stack: Stack, seeds_dir: Path, conn: "psycopg.Connection[Any] | None" = None) -> list[str]:
+    """Apply the files not yet in the ledger; return the keys applied (empty when up to date)."""
+    files = seed_files(seeds_dir)
+    if not files:
+        return []
+    own = conn is None
+    conn = conn or connect(stack, autocommit=True)
+    try:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA}")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} ("
+            " file text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        applied = dict(conn.execute(f"SELECT file, checksum FROM {LEDGER_TABLE}").fetchall())
+        done = []
+        for seed in files:
+            if seed.key in applied:
+                if applied[seed.key] != seed.checksum:
+                    raise StateError(
+                        f"{seed.path} changed after it was applied to database '{stack.postgres.database}'",
+                        hint="applied files are never re-run; to rebuild from the changed files run "
+                        "`devenv reset --hard` (this drops the data), or add the change as a new file.",
+                    )
+                continue
+            _apply_one(conn, seed)
+            done.append(seed.key)
+        return done
+    finally:
+        if own:
+            conn.close()
+
+
+def _apply_one(conn: "psycopg.Connection[Any]", seed: SeedFile) -> None:
+    import psycopg
+
+    statement, line = "", 1
+    try:
+        with conn.transaction():
+            # One statement at a time so that an error can name its line.
+            for statement, line in split_statements(seed.sql):
+                conn.execute(statement.encode("utf-8"))
+            conn.execute(f"INSERT INTO {LEDGER_TABLE} (file, checksum) VALUES (%s, %s)", (seed.key, seed.checksum))
+    except psycopg.Error as exc:
+        position = getattr(exc.diag, "statement_position", None)
+        if position:  # counts characters from 1 within the statement sent
+            line += statement[: int(position) - 1].count("\n")
+        message = (exc.diag.message_primary or str(exc)).strip()
+        detail = f" ({exc.diag.message_detail.strip()})" if exc.diag.message_detail else ""
+        raise SchemaError(
+            f"{seed.path}:{line}: {message}{detail}",
+            hint="the file was rolled back entirely and the database is as it was; fix the file and run "
+            "`devenv up` again.",
+        ) from exc
+
+
+def split_statements(sql_text: str) -> list[tuple[str, int]]:
+    """Split SQL into statements with the line each starts on.
+
+    Understands what can hide a semicolon: 'strings', "identifiers", $tag$ bodies $tag$,
+    -- line comments and /* block comments */.
+    """
+    statements: list[tuple[str, int]] = []
+    i, n, start = 0, len(sql_text), 0
+    while i < n:
+        ch = sql_text[i]
+        if ch == "-" and sql_text.startswith("--", i):
+            i = _find_end(sql_text, "\n", i + 2)
+        elif ch == "/" and sql_text.startswith("/*", i):
+            i = _find_end(sql_text, "*/", i + 2)
+        elif ch in ("'", '"'):
+            i = _find_end(sql_text, ch, i + 1)
+        elif ch == "$" and (tag := _dollar_tag(sql_text, i)):
+            i = _find_end(sql_text, tag, i + len(tag))
+        elif ch == ";":
+            _add_statement(statements, sql_text, start, i)
+            i += 1
+            start = i
+        else:
+            i += 1
+    _add_statement(statements, sql_text, start, n)
+    return statements
+
+
+def _find_end(text: str, closer: str, start: int) -> int:
+    end = text.find(closer, start)
+    return len(text) if end < 0 else end + len(closer)
+
+
+def _dollar_tag(text: str, i: int) -> str | None:
+    end = text.find("$", i + 1)
+    tag = text[i : end + 1] if end > 0 else ""
+    return tag if tag and (tag == "$$" or tag[1:-1].replace("_", "a").isalnum() and not tag[1].isdigit()) else None
+
+
+def _add_statement(statements: list[tuple[str, int]], text: str, start: int, end: int) -> None:
+    chunk = text[start:end]
+    if not _strip_comments(chunk).strip():
+        return
+    i = start  # the statement's line is that of its first token, past leading comments
+    while i < end:
+        if text[i].isspace():
+            i += 1
+        elif text.startswith("--", i):
+            i = _find_end(text, "\n", i + 2)
+        elif text.startswith("/*", i):
+            i = _find_end(text, "*/", i + 2)
+        else:
+            break
+    statements.append((text[i:end].strip(), text.count("\n", 0, i) + 1))
+
+
+def _strip_comments(chunk: str) -> str:
+    """The chunk without comments (only to tell whether it holds a statement)."""
+    out, i = [], 0
+    while i < len(chunk):
+        if chunk.startswith("--", i):
+            i = _find_end(chunk, "\n", i + 2)
+        elif chunk.startswith("/*", i):
+            i = _find_end(chunk, "*/", i + 2)
+        else:
+            out.append(chunk[i])
+            i += 1
+    return "".join(out)

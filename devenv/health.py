@@ -1,0 +1,167 @@
+"""Health checks through real clients, knowing nothing about how the services were started.
+
+Each check talks to 127.0.0.1 on the ports of the Stack: Postgres liveness (`SELECT 1`) and
+readiness (CON-003's connection threshold), a real query through PgBouncer with the
+application's credentials plus `SHOW VERSION` on its admin console, and Redis `PING`.
+`wait_until_healthy` polls them about every 100 ms until a deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from devenv.errors import HealthCheckError
+from devenv.stack import Stack
+
+POLL_INTERVAL = 0.1
+
+
+@dataclass(frozen=True)
+class Check:
+    """One probe: returns on success, raises with the reason on failure."""
+
+    service: str
+    name: str
+    probe: Callable[[], None]
+
+
+def _pg_connect(stack: Stack, dbname: str, port: int, user: str, password: str, ssl: bool = False):  # type: ignore[no-untyped-def]
+    import psycopg
+
+    return psycopg.connect(
+        host="127.0.0.1", port=port, dbname=dbname, user=user, password=password,
+        sslmode="require" if ssl else "prefer", connect_timeout=2, autocommit=True,
+        application_name="devenv-health",
+    )
+
+
+def postgres_checks(stack: Stack, dbname: str = "postgres") -> list[Check]:
+    """Liveness `SELECT 1` and readiness: non-idle connections below 90% of max_connections."""
+    pg = stack.postgres
+
+    def probe() -> None:
+        with _pg_connect(stack, dbname, pg.port, pg.user, pg.password, pg.ssl) as conn:
+            conn.execute("SELECT 1")
+            row = conn.execute(
+                "SELECT count(*) < %s FROM pg_stat_activity WHERE state != 'idle'", (pg.readiness_limit,)
+            ).fetchone()
+            if not row or not row[0]:
+                raise RuntimeError(f"not ready: {pg.readiness_limit} or more active connections")
+
+    return [Check("postgres", "SELECT 1 + readiness", probe)]
+
+
+def pgbouncer_checks(stack: Stack) -> list[Check]:
+    """A real query through the pool as the application, and SHOW VERSION on the admin console."""
+    pg, pgb = stack.postgres, stack.pgbouncer
+
+    def admin() -> None:
+        with _pg_connect(stack, "pgbouncer", pgb.port, pgb.admin_user, pgb.admin_password) as conn:
+            # The admin console speaks only the simple query protocol.
+            result = conn.pgconn.exec_(b"SHOW VERSION")
+            if result.status != 2:  # PGRES_TUPLES_OK
+                raise RuntimeError(f"SHOW VERSION failed: {result.error_message.decode(errors='replace').strip()}")
+
+    def pooled() -> None:
+        with _pg_connect(stack, pgb.database, pgb.port, pg.user, pg.password) as conn:
+            conn.execute("SELECT 1")
+
+    return [Check("pgbouncer", "SHOW VERSION (admin console)", admin), Check("pgbouncer", "SELECT 1 through the pool", pooled)]
+
+
+def redis_checks(stack: Stack) -> list[Check]:
+    """PING answered PONG, with the password."""
+    import redis
+
+    def probe() -> None:
+        client = redis.Redis(host="127.0.0.1", port=stack.redis.port, password=stack.redis.password,
+                             socket_connect_timeout=2, socket_timeout=2)
+        try:
+            if client.execute_command("PING") is not True:
+                raise RuntimeError("PING was not answered with PONG")
+        finally:
+            client.close()
+
+    return [Check("redis", "PING", probe)]
+
+
+def stack_checks(stack: Stack) -> dict[str, list[Check]]:
+    """Every check of the stack, by service."""
+    return {
+        "postgres": postgres_checks(stack),
+        "pgbouncer": pgbouncer_checks(stack),
+        "redis": redis_checks(stack),
+    }
+
+
+def check_once(checks: list[Check]) -> str | None:
+    """Run checks once; None when all pass, else the first failure as text."""
+    for check in checks:
+        try:
+            check.probe()
+        except Exception as exc:  # any failure is a reason to report, never to crash
+            return f"{check.name}: {_one_line(exc)}"
+    return None
+
+
+def wait_until_healthy(
+    checks: dict[str, list[Check]],
+    timeout: float,
+    progress: Callable[[str], None],
+    gone: Callable[[str], str | None] = lambda service: None,
+    log_tail: Callable[[str], str] = lambda service: "",
+    on_healthy: Callable[[str], None] = lambda service: None,
+) -> dict[str, float]:
+    """Poll every service's checks until all pass; return seconds to healthy per service.
+
+    `gone(service)` reports a server that exited (fail at once rather than wait out the
+    deadline); `on_healthy(service)` runs once when a service first passes (e.g. create the
+    database before PgBouncer's pooled check needs it). On failure raises HealthCheckError
+    naming the check, its last error and the service's log tail.
+    """
+    start = time.monotonic()
+    deadline = start + timeout
+    pending = dict(checks)
+    healthy: dict[str, float] = {}
+    last_error: dict[str, str] = {}
+    while pending:
+        for service in list(pending):
+            error = check_once(pending[service])
+            if error is None:
+                healthy[service] = time.monotonic() - start
+                del pending[service]
+                progress(f"{service:<10} healthy in {healthy[service]:.2f}s")
+                on_healthy(service)
+                continue
+            last_error[service] = error
+            reason = gone(service)
+            if reason:
+                raise HealthCheckError(
+                    f"{service} {reason} before it became healthy (last check: {error})",
+                    hint=f"see its log: `devenv logs {service}`; the last lines are above.",
+                    log_tail=_format_tail(service, log_tail(service)),
+                )
+        if not pending:
+            break
+        if time.monotonic() >= deadline:
+            service = next(iter(pending))
+            raise HealthCheckError(
+                f"{service} not healthy after {timeout:.0f}s: {last_error.get(service, 'no answer')}",
+                hint="raise --timeout if the machine is slow, or read `devenv logs " + service + "`.",
+                log_tail=_format_tail(service, log_tail(service)),
+            )
+        time.sleep(POLL_INTERVAL)
+    return healthy
+
+
+def _format_tail(service: str, tail: str) -> str:
+    if not tail.strip():
+        return ""
+    return f"--- last lines of the {service} log ---\n{tail.rstrip()}\n---"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")

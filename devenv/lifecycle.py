@@ -1,0 +1,112 @@
+"""The stack's lifecycle, runtime-agnostic: up (start, wait healthy, schema and seed), down, status."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from devenv import health
+from devenv.runtime.base import Runtime, UpResult
+from devenv.stack import Stack
+from devenv.state import clear_state, locked, write_state
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class UpReport:
+    """What one `devenv up` did, for the CLI and the Python API."""
+
+    runtime: str
+    result: UpResult
+    healthy_after: dict[str, float] = field(default_factory=dict)
+    applied: list[str] = field(default_factory=list)
+    database_created: bool = False
+    seconds: float = 0.0
+
+
+def up(
+    stack: Stack,
+    runtime: Runtime,
+    *,
+    timeout: float = 60.0,
+    seed: bool = True,
+    say: Say = lambda line: None,
+    fingerprint: str | None = None,
+) -> UpReport:
+    """Bring the stack up and seeded; idempotent. Records the state for the fast no-op path."""
+    from devenv.database import apply_seeds, ensure_database
+
+    start = time.monotonic()
+    with locked(stack.state_dir, on_wait=say):
+        result = runtime.up(stack, say)
+        for note in result.notes:
+            say(note)
+        if result.started or result.restarted:
+            verb = ", ".join(result.started + result.restarted)
+            say(f"starting {verb}; waiting until healthy (timeout {timeout:.0f}s)")
+        report = UpReport(runtime=runtime.name, result=result)
+
+        def on_healthy(service: str) -> None:
+            if service == "postgres":
+                report.database_created = ensure_database(stack)
+
+        report.healthy_after = health.wait_until_healthy(
+            health.stack_checks(stack),
+            timeout=timeout,
+            progress=say if result.changed else (lambda line: None),
+            gone=lambda service: runtime.exit_status(stack, service),
+            log_tail=lambda service: runtime.log_tail(stack, service),
+            on_healthy=on_healthy,
+        )
+        if seed:
+            seeds_dir = stack.root / "seeds"
+            seed_start = time.monotonic()
+            report.applied = apply_seeds(stack, seeds_dir)
+            if report.applied:
+                say(f"applied {len(report.applied)} schema/seed files in {time.monotonic() - seed_start:.2f}s: "
+                    + ", ".join(report.applied))
+        report.seconds = time.monotonic() - start
+        if fingerprint:
+            write_state(stack.state_dir, {
+                "fingerprint": fingerprint,
+                "runtime": runtime.name,
+                "ports": [s.port for s in stack.services],
+                "urls": stack.urls(),
+                "seeded": seed,
+            })
+    return report
+
+
+def down(stack: Stack, runtime: Runtime, *, volumes: bool = False) -> list[str]:
+    """Stop the stack (data kept unless `volumes`)."""
+    with locked(stack.state_dir):
+        stopped = runtime.down(stack, volumes=volumes)
+        clear_state(stack.state_dir)
+    return stopped
+
+
+def status(stack: Stack, runtime: Runtime) -> list[dict[str, Any]]:
+    """Each service: state, health (a real check, once), port."""
+    checks = health.stack_checks(stack)
+    rows = []
+    for state in runtime.states(stack):
+        problem = health.check_once(checks[state.name]) if state.running else None
+        rows.append({
+            "service": state.name,
+            "state": "running" if state.running else (state.detail or "stopped"),
+            "health": ("healthy" if problem is None else "unhealthy") if state.running else "-",
+            "problem": problem or "",
+            "port": state.port,
+            "pid": state.pid,
+        })
+    return rows
+
+
+def recorded_state_dir(root: Path, profile: str) -> Path:
+    """`.devenv/<profile>/` of a project, without building the Stack."""
+    from devenv.stack import STATE_DIR_NAME
+
+    return root / STATE_DIR_NAME / profile

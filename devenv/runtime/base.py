@@ -1,0 +1,72 @@
+"""The one interface both runtimes implement; commands and the health module use only this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+from devenv.stack import Stack
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """What a runtime knows of one service without talking to it."""
+
+    name: str
+    running: bool
+    port: int
+    pid: int | None = None  # native: the server process; docker: None
+    detail: str = ""  # e.g. "exited 1", a container id
+
+
+@dataclass
+class UpResult:
+    """What `Runtime.up` changed: services started, restarted or reloaded, and notes."""
+
+    started: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    reloaded: list[str] = field(default_factory=list)
+    fresh_database: bool = False  # the data directory/volume was just initialised
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything was started, restarted or reloaded."""
+        return bool(self.started or self.restarted or self.reloaded)
+
+
+class Runtime(Protocol):
+    """Runs the three services of a Stack: as local processes or as containers."""
+
+    name: str
+
+    def up(self, stack: Stack, progress: Progress) -> UpResult:
+        """Start what is not running; restart or reload what changed; leave the rest alone."""
+        ...
+
+    def down(self, stack: Stack, volumes: bool = False) -> list[str]:
+        """Stop every service (data kept unless `volumes`); return what was stopped."""
+        ...
+
+    def states(self, stack: Stack) -> list[ServiceState]:
+        """Each service's process/container state."""
+        ...
+
+    def exit_status(self, stack: Stack, service: str) -> str | None:
+        """Why a service is gone ("exited 1") if it stopped after `up`, else None."""
+        ...
+
+    def log_tail(self, stack: Stack, service: str, lines: int = 20) -> str:
+        """The last lines of a service's log."""
+        ...
+
+    def follow_logs(self, stack: Stack, service: str | None, follow: bool) -> Iterator[str]:
+        """Log lines of one or all services; with `follow`, keep yielding new ones."""
+        ...
+
+    def is_up_quick(self, stack_dir: Path) -> bool:
+        """A cheap check (no imports, no queries) that the recorded services still run."""
+        ...

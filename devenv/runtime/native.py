@@ -1,0 +1,725 @@
+"""NativeRuntime: the stack as local processes, the embedded default where Docker is absent.
+
+Same rendered configs, ports and credentials as the containers; only the placement differs
+(127.0.0.1, local paths). All state lives under `.devenv/<profile>/native/`: conf/, log/,
+run/ (sockets, pid files, state.json) and data/ (PGDATA, Redis). The `ci` profile keeps
+PGDATA on tmpfs. As root, the servers run as an unprivileged user (postgres and PgBouncer
+refuse root): Debian's `postgres`, or DEVENV_NATIVE_USER.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from devenv import pgcatalog
+from devenv.errors import DependencyError, HealthCheckError, PortInUseError, StateError
+from devenv.render import SERVICE_FILES, Placement, render_files, service_hashes
+from devenv.runtime.base import Progress, ServiceState, UpResult
+from devenv.stack import Stack
+
+SERVICES = ("postgres", "pgbouncer", "redis")
+# The program name each server runs under, to tell our process from a reused pid.
+_COMM = {"postgres": "postgres", "pgbouncer": "pgbouncer", "redis": "redis-server"}
+_STOP_SIGNAL = {"postgres": signal.SIGINT, "pgbouncer": signal.SIGINT, "redis": signal.SIGTERM}
+# Where each binary comes from, for the error when it is missing.
+_PACKAGES = {
+    "postgres": ("postgresql (or postgresql-16)", "postgresql@16"),
+    "initdb": ("postgresql (or postgresql-16)", "postgresql@16"),
+    "pgbouncer": ("pgbouncer", "pgbouncer"),
+    "redis-server": ("redis-server", "redis"),
+}
+# Setting contexts that a reload (SIGHUP) applies without a restart.
+_RELOADABLE = {"sighup", "user", "superuser", "backend", "superuser-backend"}
+_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
+
+
+@dataclass(frozen=True)
+class Binaries:
+    """The server programs found on this machine."""
+
+    postgres: str
+    initdb: str
+    pg_major: int
+    pg_version: str
+    pgbouncer: str
+    redis_server: str
+
+
+@dataclass(frozen=True)
+class RunUser:
+    """The unprivileged account the servers run as when devenv runs as root."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the native stack keeps its files."""
+
+    base: Path
+    run: Path  # unix sockets and pid files: kept short (sun_path is ~104 bytes)
+    pgdata: Path
+    redis_dir: Path
+
+    @property
+    def conf(self) -> Path:
+        return self.base / "conf"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "log"
+
+    @property
+    def state_file(self) -> Path:
+        return self.base / "state.json"
+
+    def log_file(self, service: str) -> Path:
+        return self.log / f"{service}.log"
+
+
+class NativeRuntime:
+    """Runs postgres, pgbouncer and redis-server as background processes."""
+
+    name = "native"
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        self.env = dict(os.environ if env is None else env)
+        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._binaries: Binaries | None = None
+
+    # ---- discovery ---------------------------------------------------------------------
+
+    def binaries(self, stack: Stack) -> Binaries:
+        """Find the servers: the image's Postgres major if installed, else the newest found."""
+        if self._binaries is None:
+            candidates = _postgres_candidates(self.env)
+            if not candidates:
+                raise _missing("postgres")
+            chosen = next((c for c in candidates if c[0] == stack.postgres.major), candidates[0])
+            major, version, bindir = chosen
+            initdb = bindir / "initdb"
+            if not initdb.exists():
+                raise _missing("initdb")
+            self._binaries = Binaries(
+                postgres=str(bindir / "postgres"),
+                initdb=str(initdb),
+                pg_major=major,
+                pg_version=version,
+                pgbouncer=_which("pgbouncer", self.env) or _raise(_missing("pgbouncer")),
+                redis_server=_which("redis-server", self.env) or _raise(_missing("redis-server")),
+            )
+        return self._binaries
+
+    def describe(self, stack: Stack) -> str:
+        """Which PostgreSQL binaries are used, and why (said once per `up`)."""
+        b = self.binaries(stack)
+        wanted = stack.postgres.major
+        why = "" if b.pg_major == wanted else f"; devenv.yaml's image names {wanted}, which is not installed"
+        return f"PostgreSQL {b.pg_version} from {Path(b.postgres).parent}{why}"
+
+    def run_user(self) -> RunUser | None:
+        """The account to run servers as: None when not root."""
+        if os.geteuid() != 0:
+            return None
+        import pwd
+
+        name = self.env.get("DEVENV_NATIVE_USER", "postgres")
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError as exc:
+            raise DependencyError(
+                f"running as root, but the user '{name}' to run the servers as does not exist",
+                hint="postgres and pgbouncer refuse to run as root: install postgresql (it creates the "
+                "`postgres` user), create a user, or set DEVENV_NATIVE_USER to an existing one.",
+            ) from exc
+        if entry.pw_uid == 0:
+            raise DependencyError(f"DEVENV_NATIVE_USER={name} is root", hint="choose an unprivileged user.")
+        return RunUser(name, entry.pw_uid, entry.pw_gid)
+
+    def layout(self, stack: Stack) -> Layout:
+        """Paths for this stack: `.devenv/<profile>/native/`, tmpfs for ephemeral data.
+
+        As root, the servers' user cannot enter the private `.devenv/<profile>/`, so the
+        files live in /var/lib/devenv/ and `.devenv/<profile>/native` links there.
+        """
+        link = stack.state_dir / "native"
+        key = hashlib.sha256(str(link).encode()).hexdigest()[:10]
+        base = _linked_dir(link, Path("/var/lib/devenv") / f"{stack.name}-{key}") if os.geteuid() == 0 else link
+        run = base / "run"
+        if len(str(run / ".s.PGSQL.65535")) > _SOCKET_PATH_MAX:
+            run = Path(tempfile.gettempdir()) / f"devenv-{key}"
+        pgdata = base / "data" / "postgres"
+        if stack.ephemeral and Path("/dev/shm").is_dir():
+            pgdata = Path("/dev/shm") / f"devenv-{key}" / "postgres"
+        return Layout(base=base, run=run, pgdata=pgdata, redis_dir=base / "data" / "redis")
+
+    def placement(self, stack: Stack, layout: Layout) -> Placement:
+        """Local processes on 127.0.0.1, on the stack's host ports, files in conf/."""
+        conf = str(layout.conf)
+        return Placement(
+            target="native",
+            listen_address="127.0.0.1",
+            postgres_host="127.0.0.1",
+            postgres_port=stack.postgres.port,
+            pgbouncer_port=stack.pgbouncer.port,
+            redis_port=stack.redis.port,
+            conf_dirs={"postgres": conf, "pgbouncer": conf, "redis": conf},
+            redis_dir=str(layout.redis_dir),
+            run_dir=str(layout.run),
+        )
+
+    # ---- up ----------------------------------------------------------------------------
+
+    def up(self, stack: Stack, progress: Progress) -> UpResult:
+        """Start what is not running, restart or reload what changed, leave the rest alone."""
+        binaries = self.binaries(stack)
+        user = self.run_user()
+        layout = self.layout(stack)
+        if binaries.pg_major != stack.postgres.major:
+            # Settings were validated for the image's major; check them for the one that runs.
+            for name, value in stack.postgres.settings.items():
+                pgcatalog.normalize(name, value, binaries.pg_major, f"devenv.yaml: postgres.settings.{name}")
+        for directory in (layout.base, layout.conf, layout.log, layout.run, layout.pgdata.parent, layout.redis_dir):
+            _make_dir(directory, user)
+        files = render_files(stack, self.placement(stack, layout))
+        hashes = service_hashes(files, stack)
+        recorded = self._read_state(layout)
+        result = UpResult()
+
+        plan: dict[str, str] = {}  # service -> "start" | "restart" | "reload"
+        for service in SERVICES:
+            entry = recorded.get(service, {})
+            alive = self._alive(entry, service)
+            if not alive:
+                plan[service] = "start"
+            elif entry.get("hash") != hashes[service]:
+                plan[service] = self._change_kind(service, entry, stack, binaries.pg_major)
+        if layout.pgdata.exists() and (layout.pgdata / "PG_VERSION").exists():
+            data_major = int((layout.pgdata / "PG_VERSION").read_text().strip().split(".")[0])
+            if data_major != binaries.pg_major:
+                raise StateError(
+                    f"the data directory {layout.pgdata} was created by PostgreSQL {data_major}, "
+                    f"but PostgreSQL {binaries.pg_major} would run it",
+                    hint="run `devenv down --volumes` to start afresh (drops the data), or install "
+                    f"PostgreSQL {data_major}.",
+                )
+        to_bind = [s for s, action in plan.items() if action == "start"]
+        check_ports_free(stack, to_bind)
+
+        self._write_conf(layout, files, user)
+        if stack.postgres.ssl:
+            ensure_certificate(stack, layout.conf, user)
+        for service, action in plan.items():
+            if action == "reload":
+                os.kill(recorded[service]["pid"], signal.SIGHUP)
+                result.reloaded.append(service)
+            elif action == "restart":
+                self._stop(service, recorded[service])
+                result.restarted.append(service)
+        # PgBouncer and Redis start at once; Postgres may first need initdb (~0.5 s).
+        order = sorted(plan, key=lambda s: s == "postgres")
+        for service in order:
+            if plan[service] not in ("start", "restart"):
+                continue
+            if service == "postgres":
+                self._cleanup_postgres(layout)
+                if not (layout.pgdata / "PG_VERSION").exists():
+                    progress(f"postgres   initdb ({binaries.pg_version})")
+                    self._initdb(stack, layout, binaries, user)
+                    result.fresh_database = True
+            else:
+                # Not running (checked above), so a pid file left behind is stale.
+                (layout.run / f"{service}.pid").unlink(missing_ok=True)
+            argv = self._command(service, layout, binaries)
+            self._children[service] = _spawn(argv, layout.log_file(service), user, cwd=layout.base)
+            if plan[service] == "start":
+                result.started.append(service)
+        state = {
+            service: {
+                "pid": self._children[service].pid if service in self._children else recorded[service]["pid"],
+                "hash": hashes[service],
+                "settings": getattr(stack, service).settings,
+                "port": getattr(stack, service).port,
+            }
+            for service in SERVICES
+        }
+        state["_meta"] = {"pgdata": str(layout.pgdata), "pg_version": binaries.pg_version}  # type: ignore[assignment]
+        _write_json(layout.state_file, state)
+        return result
+
+    def _change_kind(self, service: str, entry: dict, stack: Stack, major: int) -> str:
+        """Reload Postgres when every changed setting allows it; restart anything else."""
+        if service != "postgres":
+            return "restart"
+        old, new = entry.get("settings", {}), stack.postgres.settings
+        if entry.get("port") != stack.postgres.port:
+            return "restart"
+        changed = {name for name in set(old) | set(new) if old.get(name) != new.get(name)}
+        catalog = pgcatalog.load_catalog(major).settings
+        if all(catalog.get(name, {}).get("context") in _RELOADABLE for name in changed):
+            return "reload"  # also covers a pg_hba.conf-only change
+        return "restart"
+
+    def _initdb(self, stack: Stack, layout: Layout, binaries: Binaries, user: RunUser | None) -> None:
+        """initdb into a scratch directory, then rename: a killed initdb never leaves half a cluster."""
+        scratch = layout.pgdata.with_name(layout.pgdata.name + ".initdb")
+        shutil.rmtree(scratch, ignore_errors=True)
+        pwfile = layout.run / "initdb.pw"
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(stack.postgres.password + "\n")
+        _chown(pwfile, user)
+        argv = [
+            binaries.initdb, "-D", str(scratch), "-U", stack.postgres.user, f"--pwfile={pwfile}",
+            "-E", "UTF8", "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256",
+        ]
+        if stack.ephemeral:
+            argv.append("--no-sync")  # tmpfs: there is nothing to sync to
+        try:
+            proc = _run(argv, layout.log_file("postgres"), user)
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if proc.returncode != 0:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise HealthCheckError(
+                f"initdb failed with exit code {proc.returncode}",
+                hint="see the log above; `devenv logs postgres` has the whole of it.",
+                log_tail=_tail(layout.log_file("postgres"), 20),
+            )
+        os.replace(scratch, layout.pgdata)
+
+    def _command(self, service: str, layout: Layout, binaries: Binaries) -> list[str]:
+        if service == "postgres":
+            return [binaries.postgres, "-D", str(layout.pgdata), "-c", f"config_file={layout.conf / 'postgresql.conf'}"]
+        if service == "pgbouncer":
+            return [binaries.pgbouncer, str(layout.conf / "pgbouncer.ini")]
+        return [binaries.redis_server, str(layout.conf / "redis.conf")]
+
+    def _write_conf(self, layout: Layout, files: dict[str, str], user: RunUser | None) -> None:
+        for name, content in files.items():
+            path = layout.conf / name
+            data = content.encode()
+            if path.exists() and path.read_bytes() == data:
+                continue
+            tmp = path.with_name(f".{name}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # they hold passwords
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            _chown(tmp, user)
+            os.replace(tmp, path)
+
+    def _cleanup_postgres(self, layout: Layout) -> None:
+        """Before a start: end a postmaster devenv lost track of, and clear what a SIGKILL left."""
+        pidfile = layout.pgdata / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            pid = 0
+        if pid and _process_name(pid) == "postgres":
+            # Ours (it runs on our data directory) but not in state.json, e.g. after a killed
+            # `up`: stop it cleanly; a killed postmaster's backends still hold shared memory.
+            _signal(pid, signal.SIGINT)
+            if not _wait_gone(pid, 10):
+                _kill_group(pid, signal.SIGKILL)
+                _wait_gone(pid, 5)
+        if pid:
+            # After a SIGKILLed postmaster its backends linger, holding the shared memory
+            # segment a new postmaster needs; they share its process group.
+            for orphan in _group_members(pid, "postgres"):
+                _signal(orphan, signal.SIGKILL)
+                _wait_gone(orphan, 5)
+        pidfile.unlink(missing_ok=True)
+        for leftover in layout.run.glob(".s.PGSQL.*"):
+            leftover.unlink(missing_ok=True)  # the socket and its lock file
+
+    # ---- down, states, logs ------------------------------------------------------------
+
+    def down(self, stack: Stack, volumes: bool = False) -> list[str]:
+        """Stop the servers (all at once); with `volumes` delete their data too."""
+        layout = self.layout(stack)
+        recorded = self._read_state(layout)
+        stopping = [s for s in SERVICES if self._alive(recorded.get(s, {}), s)]
+        for service in stopping:
+            _signal(recorded[service]["pid"], _STOP_SIGNAL[service])
+        for service in stopping:
+            self._wait_stopped(service, recorded[service])
+        layout.state_file.unlink(missing_ok=True)
+        if volumes:
+            pgdata = Path(recorded.get("_meta", {}).get("pgdata", layout.pgdata))
+            for path in {pgdata, layout.pgdata, layout.redis_dir}:
+                shutil.rmtree(path, ignore_errors=True)
+            if pgdata.parent.name.startswith("devenv-") and pgdata.parent.parent == Path("/dev/shm"):
+                shutil.rmtree(pgdata.parent, ignore_errors=True)
+        return stopping
+
+    def _stop(self, service: str, entry: dict) -> None:
+        _signal(entry["pid"], _STOP_SIGNAL[service])
+        self._wait_stopped(service, entry)
+
+    def _wait_stopped(self, service: str, entry: dict) -> None:
+        pid = entry["pid"]
+        if not _wait_gone(pid, 15, self._children.get(service)):
+            _kill_group(pid, signal.SIGKILL)  # did not stop in time: no data is lost by fast stop
+            _wait_gone(pid, 5, self._children.get(service))
+
+    def states(self, stack: Stack) -> list[ServiceState]:
+        """Each service: running or not, its pid and port."""
+        recorded = self._read_state(self.layout(stack))
+        out = []
+        for service in SERVICES:
+            entry = recorded.get(service, {})
+            alive = self._alive(entry, service)
+            out.append(ServiceState(service, alive, getattr(stack, service).port, entry.get("pid") if alive else None,
+                                    "" if alive else ("exited" if entry else "not started")))
+        return out
+
+    def exit_status(self, stack: Stack, service: str) -> str | None:
+        """"exited N" when a server started by this process has died."""
+        child = self._children.get(service)
+        if child is not None and child.poll() is not None:
+            return f"exited with code {child.returncode}"
+        return None
+
+    def log_tail(self, stack: Stack, service: str, lines: int = 20) -> str:
+        """The last lines of the service's log file."""
+        return _tail(self.layout(stack).log_file(service), lines)
+
+    def follow_logs(self, stack: Stack, service: str | None, follow: bool) -> Iterator[str]:
+        """Lines of one or every log file; with `follow`, new lines as they come."""
+        layout = self.layout(stack)
+        services = [service] if service else list(SERVICES)
+        handles = {}
+        for name in services:
+            path = layout.log_file(name)
+            if path.exists():
+                handles[name] = path.open("r", errors="replace")
+        prefix = (lambda name: f"{name:<9} | ") if len(services) > 1 else (lambda name: "")
+        for name, handle in handles.items():
+            for line in handle:
+                yield prefix(name) + line.rstrip("\n")
+        while follow:
+            quiet = True
+            for name, handle in handles.items():
+                for line in handle:
+                    quiet = False
+                    yield prefix(name) + line.rstrip("\n")
+            if quiet:
+                time.sleep(0.2)
+
+    def is_up_quick(self, stack_dir: Path) -> bool:
+        """True when every recorded server process still runs (no imports, no queries)."""
+        try:
+            recorded = json.loads((stack_dir / "native" / "state.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return all(self._alive(recorded.get(s, {}), s) for s in SERVICES)
+
+    # ---- helpers -----------------------------------------------------------------------
+
+    def _read_state(self, layout: Layout) -> dict:
+        try:
+            return json.loads(layout.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _alive(self, entry: dict, service: str) -> bool:
+        pid = entry.get("pid")
+        if not pid:
+            return False
+        child = self._children.get(service)
+        if child is not None and child.pid == pid:
+            return child.poll() is None
+        return _process_name(pid) == _COMM[service]
+
+
+# ---- module helpers: the one place that spawns processes ------------------------------------
+
+
+def _spawn(argv: list[str], log_path: Path, user: RunUser | None, cwd: Path) -> subprocess.Popen[bytes]:
+    """Start a server in its own session (Ctrl-C on devenv must not reach it), logging to a file."""
+    with open(log_path, "ab") as log:
+        _chown(log_path, user)
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
+            start_new_session=True, env=_child_env(), **_as_user(user),
+        )
+
+
+def _run(argv: list[str], log_path: Path, user: RunUser | None) -> subprocess.CompletedProcess[bytes]:
+    with open(log_path, "ab") as log:
+        _chown(log_path, user)
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                              env=_child_env(), cwd="/", **_as_user(user))
+
+
+def _as_user(user: RunUser | None) -> dict:
+    if user is None:
+        return {}
+    return {"user": user.uid, "group": user.gid, "extra_groups": []}
+
+
+def _child_env() -> dict[str, str]:
+    # PG* variables (PGDATA, PGPORT...) from the caller's shell must not steer the servers.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.setdefault("LC_ALL", "C")
+    return env
+
+
+def _postgres_candidates(env: Mapping[str, str]) -> list[tuple[int, str, Path]]:
+    """(major, version, bindir) of every PostgreSQL found, newest first."""
+    dirs: list[Path] = []
+    found = _which("postgres", env)
+    if found:
+        dirs.append(Path(os.path.realpath(found)).parent)
+    pg_config = _which("pg_config", env)
+    if pg_config:
+        try:
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=5).stdout.strip()
+            if out:
+                dirs.append(Path(out))
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    dirs += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    dirs += sorted(Path("/opt/homebrew/opt").glob("postgresql@*/bin")) + sorted(Path("/usr/local/opt").glob("postgresql@*/bin"))
+    seen, out_list = set(), []
+    for bindir in dirs:
+        real = bindir.resolve()
+        if real in seen or not (real / "postgres").exists():
+            continue
+        seen.add(real)
+        version = _postgres_version(real / "postgres")
+        if version:
+            out_list.append((int(version.split(".")[0]), version, real))
+    return sorted(out_list, key=lambda c: c[0], reverse=True)
+
+
+def _postgres_version(binary: Path) -> str | None:
+    try:
+        text = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"(\d+(?:\.\d+)?)", text)
+    return match.group(1) if match else None
+
+
+def _which(program: str, env: Mapping[str, str]) -> str | None:
+    # Debian installs pgbouncer in /usr/sbin, which a non-root PATH often lacks.
+    path = os.pathsep.join([env.get("PATH", os.defpath), "/usr/sbin", "/usr/local/sbin", "/opt/homebrew/bin"])
+    return shutil.which(program, path=path)
+
+
+def _missing(program: str) -> DependencyError:
+    debian, brew = _PACKAGES[program]
+    return DependencyError(
+        f"{program} not found (looked on PATH, in `pg_config --bindir` and /usr/lib/postgresql/*/bin)"
+        if program in ("postgres", "initdb") else f"{program} not found on PATH or in /usr/sbin",
+        hint=f"install it: Debian/Ubuntu `sudo apt-get install {debian.split(' ')[0]}`"
+        f"{' (' + debian.split(' ', 1)[1].strip('()') + ')' if ' ' in debian else ''}; "
+        f"macOS `brew install {brew}`. Or use the Docker runtime: `devenv up --runtime docker`.",
+    )
+
+
+def _raise(exc: Exception) -> str:
+    raise exc
+
+
+def _process_name(pid: int) -> str | None:
+    """The program a pid runs, None if gone or a zombie (guards against pid reuse)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode(errors="replace")
+    except OSError:
+        if not Path("/proc/self").exists():  # no procfs (macOS): fall back to signal 0
+            try:
+                os.kill(pid, 0)
+                return "unknown"
+            except OSError:
+                return None
+        return None
+    name, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :][:1]
+    if state == "Z":
+        try:
+            os.waitpid(pid, os.WNOHANG)  # our own child: reap it
+        except ChildProcessError:
+            pass
+        return None
+    return name
+
+
+def _group_members(pgid: int, name: str) -> list[int]:
+    """Pids of processes named `name` in process group `pgid` (Linux /proc; else none)."""
+    members = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (proc / "stat").read_text(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if stat[stat.index("(") + 1 : stat.rindex(")")] == name and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(proc.name))
+    return members
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    """Signal a server and every process it started (they share its session's group)."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        _signal(pid, sig)
+
+
+def _wait_gone(pid: int, timeout: float, child: subprocess.Popen[bytes] | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child is not None and child.pid == pid:
+            if child.poll() is not None:
+                return True
+        elif _process_name(pid) is None:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def _make_dir(path: Path, user: RunUser | None) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    _chown(path, user)
+
+
+def _chown(path: Path, user: RunUser | None) -> None:
+    if user is not None:
+        os.chown(path, user.uid, user.gid)
+
+
+def _linked_dir(link: Path, target: Path) -> Path:
+    """`target`, made and linked from `link` (an existing real directory at `link` wins)."""
+    target.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() and Path(os.readlink(link)) == target:
+        return target
+    if link.exists() and not link.is_symlink():
+        return link  # an existing real directory keeps working where it is
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
+    return target
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 65536))
+            data = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+# ---- ports and certificates (used by both runtimes) ---------------------------------------
+
+
+def check_ports_free(stack: Stack, services: list[str]) -> None:
+    """Fail before anything starts when another program holds a port the stack needs."""
+    for service in services:
+        port = getattr(stack, service).port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                holder = port_holder(port)
+                raise PortInUseError(
+                    f"port {port} for {service} is already in use{f' by {holder}' if holder else ''}",
+                    hint=f"stop that program, or give {service} another port: "
+                    f"DEVENV_{service.upper()}_PORT=<port> devenv up",
+                ) from exc
+
+
+def port_holder(port: int) -> str | None:
+    """'pid 123 (postgres)' for the process listening on a TCP port, when /proc can tell."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                next(handle)
+                for row in handle:
+                    fields = row.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
+                        inodes.add(fields[9])
+        except (OSError, StopIteration):
+            continue
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                link = os.readlink(fd)
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    return f"pid {proc.name} ({_process_name(int(proc.name)) or '?'})"
+        except OSError:
+            continue
+    return "another process"
+
+
+def ensure_certificate(stack: Stack, directory: Path, user: RunUser | None) -> None:
+    """A self-signed certificate for local TLS (ssl = on), made once with openssl."""
+    crt, key = directory / "server.crt", directory / "server.key"
+    if crt.exists() and key.exists():
+        return
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise DependencyError(
+            "openssl not found: needed to create a local certificate for ssl = on",
+            hint="install it (Debian/Ubuntu `apt-get install openssl`, macOS `brew install openssl`) "
+            "or use a profile with ssl off.",
+        )
+    proc = subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "825", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(crt)],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        raise DependencyError(f"openssl could not create a certificate: {proc.stderr.strip()}")
+    os.chmod(key, 0o600)  # postgres refuses a key others can read
+    os.chmod(crt, 0o644)
+    _chown(key, user)
+    _chown(crt, user)
+
+
+__all__ = ["NativeRuntime", "check_ports_free", "ensure_certificate", "port_holder", "SERVICE_FILES"]

@@ -1,0 +1,122 @@
+"""What `devenv up` recorded: a fingerprint of its inputs, the runtime, the URLs; and the lock.
+
+A second `up` whose inputs hash the same and whose servers still run returns at once,
+without parsing YAML, rendering templates or importing a database driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from devenv import __version__
+from devenv.errors import StateError
+
+STATE_FILE = "state.json"
+# Environment variables that change the stack (profile and config are part of the path).
+_IGNORED_ENV = {"DEVENV_DEBUG", "DEVENV_PROFILE", "DEVENV_CONFIG", "DEVENV_CACHE_DIR"}
+
+
+def input_files(root: Path, config_path: Path) -> list[Path]:
+    """Every file whose content shapes the running stack."""
+    from devenv.render import template_dirs
+
+    files = [config_path, root / ".devenv" / "secrets.json"]
+    for directory in template_dirs(root):
+        files += sorted(directory.glob("*.j2"))
+    for part in ("schema", "data"):
+        files += sorted((root / "seeds" / part).glob("*.sql"))
+    return files
+
+
+def fingerprint(root: Path, config_path: Path, profile: str, options: dict[str, Any]) -> str:
+    """Hash of the inputs of `up`: files, DEVENV_* variables, options and devenv's version."""
+    digest = hashlib.sha256(f"{__version__}\0{profile}\0".encode())
+    for path in input_files(root, config_path):
+        digest.update(str(path).encode() + b"\0")
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            digest.update(b"<missing>")
+    env = {k: v for k, v in os.environ.items() if k.startswith("DEVENV_") and k not in _IGNORED_ENV}
+    digest.update(json.dumps([env, options], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def read_state(state_dir: Path) -> dict[str, Any]:
+    """The recorded state of a profile, or {} when there is none."""
+    try:
+        return json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_state(state_dir: Path, data: dict[str, Any]) -> None:
+    """Record the state atomically; 0600 because it holds the connection URLs."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state_dir / f".{STATE_FILE}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+    os.replace(tmp, state_dir / STATE_FILE)
+
+
+def clear_state(state_dir: Path) -> None:
+    """Forget the recorded state (after `down`)."""
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+
+
+def ports_answer(ports: list[int], timeout: float = 0.2) -> bool:
+    """Whether something accepts TCP connections on every port of 127.0.0.1."""
+    for port in ports:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+                pass
+        except OSError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def locked(state_dir: Path, timeout: float = 300.0, on_wait: Any = None) -> Iterator[None]:
+    """Hold the profile's lock so that two `devenv up`/`down` never race.
+
+    The kernel drops a flock when its holder dies, so a killed `up` never leaves it stuck.
+    """
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another devenv"
+            if on_wait:
+                on_wait(f"waiting for {holder} to finish (lock {path})")
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StateError(
+                            f"{holder} still holds {path} after {timeout:.0f}s",
+                            hint="wait for it to finish; if it hangs, stop that process.",
+                        ) from None
+                    time.sleep(0.05)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"devenv pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
