@@ -182,8 +182,8 @@ def down(profile: str, config_path: str | None, runtime: str, volumes: bool) -> 
 
     stack = load_stack(config_path, profile)
     stopped = lifecycle.down(stack, get_runtime(runtime), volumes=volumes)
-    what = ", ".join(stopped) if stopped else "nothing was running"
-    _say(f"{stack.name}: stopped {what}{'; data deleted' if volumes else ''}")
+    what = f"stopped {', '.join(stopped)}" if stopped else "nothing was running"
+    _say(f"{stack.name}: {what}{'; data deleted' if volumes else ''}")
 
 
 @cli.command()

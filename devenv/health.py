@@ -113,14 +113,18 @@ def wait_until_healthy(
     gone: Callable[[str], str | None] = lambda service: None,
     log_tail: Callable[[str], str] = lambda service: "",
     on_healthy: Callable[[str], None] = lambda service: None,
+    depends_on: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Poll every service's checks until all pass; return seconds to healthy per service.
 
     `gone(service)` reports a server that exited (fail at once rather than wait out the
     deadline); `on_healthy(service)` runs once when a service first passes (e.g. create the
-    database before PgBouncer's pooled check needs it). On failure raises HealthCheckError
-    naming the check, its last error and the service's log tail.
+    database before PgBouncer's pooled check needs it). A service in `depends_on` is probed
+    only once its dependency is healthy: a pooled query sent while Postgres is still starting
+    makes PgBouncer wait out its login retry. On failure raises HealthCheckError naming the
+    check, its last error and the service's log tail.
     """
+    depends_on = {"pgbouncer": "postgres"} if depends_on is None else depends_on
     start = time.monotonic()
     deadline = start + timeout
     pending = dict(checks)
@@ -128,6 +132,9 @@ def wait_until_healthy(
     last_error: dict[str, str] = {}
     while pending:
         for service in list(pending):
+            if depends_on.get(service) in pending:
+                last_error[service] = f"waiting for {depends_on[service]}"
+                continue
             error = check_once(pending[service])
             if error is None:
                 healthy[service] = time.monotonic() - start

@@ -361,10 +361,16 @@ class NativeRuntime:
         layout.state_file.unlink(missing_ok=True)
         if volumes:
             pgdata = Path(recorded.get("_meta", {}).get("pgdata", layout.pgdata))
-            for path in {pgdata, layout.pgdata, layout.redis_dir}:
+            for path in (pgdata, layout.pgdata):
+                if path.parent.name.startswith("devenv-"):
+                    path = path.parent  # the per-stack tmpfs directory
                 shutil.rmtree(path, ignore_errors=True)
-            if pgdata.parent.name.startswith("devenv-") and pgdata.parent.parent == Path("/dev/shm"):
-                shutil.rmtree(pgdata.parent, ignore_errors=True)
+            link = stack.state_dir / "native"
+            if layout.run != layout.base / "run":
+                shutil.rmtree(layout.run, ignore_errors=True)
+            shutil.rmtree(layout.base, ignore_errors=True)
+            if link.is_symlink():
+                link.unlink()
         return stopping
 
     def _stop(self, service: str, entry: dict) -> None:

@@ -1,0 +1,172 @@
+"""The running servers, asked through real clients: settings, pooling, seed data, LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import re
+import select
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+
+from devenv import pgcatalog
+
+PROFILES = ["dev", "prod"]
+
+
+def _base_units(name: str, value: str, spec: dict) -> float | str:
+    """A table value in the unit pg_settings.setting uses, for an exact comparison."""
+    unit = spec.get("unit")
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([A-Za-z]*)", value)
+    if spec["type"] not in ("integer", "real") or not match:
+        return value
+    number, suffix = float(match.group(1)), match.group(2)
+    if suffix:
+        table = pgcatalog._unit_table(unit)
+        assert table is not None, f"{name} has no unit but {value!r} has one"
+        return number * table[suffix] / pgcatalog.table_base(unit)
+    return number
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_postgres_setting_is_what_the_server_reports(running, profile: str) -> None:
+    proj = running(profile)
+    stack = proj.stack()
+    catalog = pgcatalog.load_catalog(15).settings  # the server here is 15; units are the same
+    with proj.connect() as conn:
+        reported = {row[0]: row[1] for row in conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", (list(stack.postgres.settings),))}
+    assert set(reported) == set(stack.postgres.settings)
+    for name, value in stack.postgres.settings.items():
+        want = _base_units(name, value, catalog[name])
+        got = reported[name]
+        if isinstance(want, float):
+            assert float(got) == want, f"{profile}: {name} is {got}, devenv.yaml says {value}"
+        else:
+            assert got == want, f"{profile}: {name} is {got!r}, devenv.yaml says {value!r}"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_seed_doc_values_per_profile(running, profile: str) -> None:
+    """CON-003's Development vs Production table, checked on the live server."""
+    expected = {
+        "dev": {"max_connections": "20", "shared_buffers": "128MB", "log_statement": "all", "ssl": "off"},
+        "prod": {"max_connections": "100", "shared_buffers": "256MB", "log_statement": "ddl", "ssl": "on"},
+    }[profile]
+    shared = {"work_mem": "4MB", "maintenance_work_mem": "64MB", "wal_level": "logical", "log_min_duration_statement": "1s"}
+    with running(profile).connect() as conn:
+        for name, value in {**expected, **shared}.items():
+            assert conn.execute(f"SHOW {name}").fetchone()[0] == value, name
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_pgbouncer_config(running, profile: str) -> None:
+    import psycopg
+
+    proj = running(profile)
+    pgb = proj.stack().pgbouncer
+    with psycopg.connect(host="127.0.0.1", port=pgb.port, dbname="pgbouncer", user=pgb.admin_user,
+                         password=pgb.admin_password, autocommit=True) as conn:
+        result = conn.pgconn.exec_(b"SHOW CONFIG")  # the admin console speaks simple protocol only
+        rows = {result.get_value(i, 0).decode(): (result.get_value(i, 1) or b"").decode() for i in range(result.ntuples)}
+    assert rows["pool_mode"] == "transaction"
+    assert rows["default_pool_size"] == "20"
+    assert rows["max_client_conn"] == "100"
+    assert rows["listen_port"] == str(pgb.port)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_redis_config(running, profile: str) -> None:
+    client = running(profile).redis()
+    assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "allkeys-lru"}
+    want = {"dev": 256 << 20, "prod": 1 << 30}[profile]
+    assert int(client.config_get("maxmemory")["maxmemory"]) == want
+    assert client.ping() is True
+
+
+def test_redis_refuses_clients_without_the_password(running) -> None:
+    import redis
+
+    port = running("dev").stack().redis.port
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port).ping()
+
+
+def test_seed_answers_jsonb_and_full_text_queries(running) -> None:
+    with running("dev").connect() as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 8
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+        high = conn.execute("""SELECT count(*) FROM tasks WHERE metadata @> '{"priority": "high"}'""").fetchone()[0]
+        assert high == 10
+        invoice = conn.execute(
+            "SELECT array_agg(id::text ORDER BY id) FROM tasks "
+            "WHERE to_tsvector('english', title || ' ' || coalesce(description, '')) @@ plainto_tsquery('english', 'invoice')"
+        ).fetchone()[0]
+        assert len(invoice) == 6
+        assert "00000000-0000-4000-9000-000000000001" in invoice
+        # The search can use the GIN index (the expression must match the index's).
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(r[0] for r in conn.execute(
+            "EXPLAIN SELECT id FROM tasks WHERE to_tsvector('english', title || ' ' || coalesce(description, '')) "
+            "@@ plainto_tsquery('english', 'invoice')"))
+        assert "tasks_search_idx" in plan
+
+
+def test_listen_on_direct_url_receives_notify_from_trigger(running) -> None:
+    """LISTEN needs a session: it uses DIRECT_DATABASE_URL; the change goes through the pool."""
+    proj = running("dev")
+    task = "00000000-0000-4000-9000-000000000014"
+    with proj.connect(autocommit=True) as listener, proj.connect(pooled=True, autocommit=True) as app:
+        listener.execute("LISTEN task_changes")
+        app.execute("UPDATE tasks SET status = 'in_progress' WHERE id = %s", (task,))
+        try:
+            received = []
+            deadline = time.monotonic() + 5
+            while not received and time.monotonic() < deadline:
+                received = list(listener.notifies(timeout=0.5, stop_after=1))
+            assert received, "no notification within 5 s"
+            assert received[0].channel == "task_changes"
+            assert f'"id" : "{task}"' in received[0].payload or task in received[0].payload
+            assert "UPDATE" in received[0].payload
+        finally:
+            app.execute("UPDATE tasks SET status = 'todo' WHERE id = %s", (task,))
+
+
+def test_pgbench_through_pgbouncer_with_more_clients_than_the_pool(running, tmp_path) -> None:
+    """30 clients through a pool of 20: all transactions complete; Postgres never sees more than 20."""
+    pgbench = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
+    proj = running("prod")  # max_connections 100 leaves room for the watcher's own connection
+    stack = proj.stack()
+    script = tmp_path / "taskflow.sql"
+    script.write_text("SELECT count(*) FROM tasks WHERE metadata @> '{\"priority\": \"high\"}';\n"
+                      "SELECT pg_sleep(0.002);\n")
+    peak = {"server": 0}
+    stop = threading.Event()
+
+    def watch() -> None:
+        with proj.connect(autocommit=True) as conn:
+            while not stop.is_set():
+                count = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend' "
+                    "AND pid <> pg_backend_pid()", (stack.postgres.database,)).fetchone()[0]
+                peak["server"] = max(peak["server"], count)
+                time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        env = {**proj.env, "PGPASSWORD": stack.postgres.password, "PGSSLMODE": "disable"}
+        proc = subprocess.run(
+            [pgbench, "-n", "-h", "127.0.0.1", "-p", str(stack.pgbouncer.port), "-U", stack.postgres.user,
+             "-c", "30", "-j", "2", "-t", "40", "-f", str(script), stack.pgbouncer.database],
+            env=env, capture_output=True, text=True, timeout=120,
+        )
+    finally:
+        stop.set()
+        watcher.join()
+    assert proc.returncode == 0, proc.stderr
+    processed = re.search(r"number of transactions actually processed: (\d+)/(\d+)", proc.stdout)
+    assert processed and processed.group(1) == processed.group(2) == str(30 * 40), proc.stdout
+    assert 0 < peak["server"] <= 20, f"Postgres saw {peak['server']} connections from a pool of 20"
