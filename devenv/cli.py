@@ -139,22 +139,23 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     """
     import time
 
-    from devenv.settings import find_config
-    from devenv.state import fingerprint, ports_answer, read_state
+    from devenv.project import find_config, state_dir as profile_dir
+    from devenv.state import fingerprint, ports_answer, processes_alive, read_state
 
     started = time.monotonic()
     config = find_config(config_path)
     root = config.parent
-    state_dir = root / ".devenv" / profile
+    state_dir = profile_dir(root, profile)
     options = {"runtime": runtime, "seed": not no_seed}
     recorded = read_state(state_dir)
-    if recorded.get("fingerprint") == fingerprint(root, config, profile, options) and ports_answer(recorded.get("ports", [])):
-        from devenv.runtime import get_runtime
-
-        if get_runtime(recorded["runtime"]).is_up_quick(state_dir):
-            _say(f"{profile}: up to date on {recorded['runtime']}, nothing to do ({time.monotonic() - started:.2f}s)")
-            _emit_urls(recorded["urls"])
-            return
+    if (
+        recorded.get("fingerprint") == fingerprint(root, config, profile, options)
+        and processes_alive(recorded.get("processes", {}))
+        and ports_answer(recorded.get("ports", []))
+    ):
+        _say(f"{profile}: up to date on {recorded['runtime']}, nothing to do ({time.monotonic() - started:.2f}s)")
+        _emit_urls(recorded["urls"])
+        return
 
     from devenv import lifecycle
     from devenv.runtime import get_runtime

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from devenv import health
@@ -79,6 +78,8 @@ def up(
                 "runtime": runtime.name,
                 "ports": [s.port for s in stack.services],
                 "urls": stack.urls(),
+                # For the fast no-op path: checked against /proc without loading the runtime.
+                "processes": {s.name: [s.pid, s.process_name] for s in runtime.states(stack) if s.pid},
                 "seeded": seed,
             })
     return report
@@ -114,8 +115,3 @@ def status(stack: Stack, runtime: Runtime) -> list[dict[str, Any]]:
     return rows
 
 
-def recorded_state_dir(root: Path, profile: str) -> Path:
-    """`.devenv/<profile>/` of a project, without building the Stack."""
-    from devenv.stack import STATE_DIR_NAME
-
-    return root / STATE_DIR_NAME / profile

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devenv.errors import ConfigError, StateError
+from devenv.project import template_dirs
 from devenv.stack import Stack
 
 CONFIG_FILES = ("postgresql.conf", "pg_hba.conf", "pgbouncer.ini", "userlist.txt", "redis.conf")
@@ -55,15 +56,6 @@ def compose_placement(stack: Stack) -> Placement:
         conf_dirs=dict(CONTAINER_CONF_DIRS),
         redis_dir="/data",
     )
-
-
-def template_dirs(root: Path) -> list[Path]:
-    """Where templates are looked up: the project first, then devenv's own checkout."""
-    own = Path(__file__).resolve().parent.parent
-    dirs = [root, root / "templates"]
-    if own != root:
-        dirs += [own, own / "templates"]
-    return [d for d in dirs if d.is_dir()]
 
 
 def render_files(stack: Stack, placement: Placement) -> dict[str, str]:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from devenv.errors import ConfigError
+from devenv.project import CONFIG_NAME, find_config  # noqa: F401  (re-exported)
 
-CONFIG_NAME = "devenv.yaml"
 SERVICES = ("postgres", "pgbouncer", "redis")
 DEFAULT_COLUMN = "default"
 _PROFILE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -113,27 +113,6 @@ class Config:
             if (limits := self.profiles[name].limits) is not None:
                 return limits
         return self.limits
-
-
-def find_config(explicit: str | os.PathLike[str] | None = None, cwd: Path | None = None) -> Path:
-    """Locate devenv.yaml: --config/DEVENV_CONFIG if given, else the nearest one upwards."""
-    if explicit:
-        path = Path(explicit).expanduser()
-        if not path.is_file():
-            raise ConfigError(
-                f"config file {path} does not exist",
-                hint="check --config / DEVENV_CONFIG, or run devenv from the project directory.",
-            )
-        return path.resolve()
-    start = (cwd or Path.cwd()).resolve()
-    for directory in (start, *start.parents):
-        candidate = directory / CONFIG_NAME
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(
-        f"no {CONFIG_NAME} found in {start} or any parent directory",
-        hint="run devenv inside the project, or pass --config PATH (or set DEVENV_CONFIG).",
-    )
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:

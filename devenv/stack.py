@@ -12,10 +12,10 @@ from urllib.parse import quote
 
 from devenv import pgcatalog
 from devenv.errors import ConfigError
+from devenv.project import STATE_DIR_NAME
 from devenv.secrets import load_or_create_secrets
 from devenv.settings import Config, Limits
 
-STATE_DIR_NAME = ".devenv"
 # Ports the servers listen on inside their containers; the host ports are in the model.
 CONTAINER_PORTS = {"postgres": 5432, "pgbouncer": 6432, "redis": 6379}
 _PGBOUNCER_KNOWN = None  # filled lazily from the catalogue

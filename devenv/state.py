@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 from devenv import __version__
 from devenv.errors import StateError
+from devenv.project import template_dirs
 
 STATE_FILE = "state.json"
 # Environment variables that change the stack (profile and config are part of the path).
@@ -26,8 +27,6 @@ _IGNORED_ENV = {"DEVENV_DEBUG", "DEVENV_PROFILE", "DEVENV_CONFIG", "DEVENV_CACHE
 
 def input_files(root: Path, config_path: Path) -> list[Path]:
     """Every file whose content shapes the running stack."""
-    from devenv.render import template_dirs
-
     files = [config_path, root / ".devenv" / "secrets.json"]
     for directory in template_dirs(root):
         files += sorted(directory.glob("*.j2"))
@@ -71,6 +70,21 @@ def write_state(state_dir: Path, data: dict[str, Any]) -> None:
 def clear_state(state_dir: Path) -> None:
     """Forget the recorded state (after `down`)."""
     (state_dir / STATE_FILE).unlink(missing_ok=True)
+
+
+def processes_alive(processes: dict[str, list[Any]]) -> bool:
+    """Whether every recorded (pid, program name) still runs; False where /proc cannot tell."""
+    if not processes:
+        return False
+    for pid, name in processes.values():
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as handle:
+                stat = handle.read().decode(errors="replace")
+        except OSError:
+            return False
+        if stat[stat.index("(") + 1 : stat.rindex(")")] != name or stat[stat.rindex(")") + 2 :][:1] == "Z":
+            return False
+    return True
 
 
 def ports_answer(ports: list[int], timeout: float = 0.2) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 from devenv.stack import Stack
@@ -18,7 +17,8 @@ class ServiceState:
     name: str
     running: bool
     port: int
-    pid: int | None = None  # native: the server process; docker: None
+    pid: int | None = None  # the server's host pid, when the runtime knows it
+    process_name: str = ""  # the program that pid runs (to tell it from a reused pid)
     detail: str = ""  # e.g. "exited 1", a container id
 
 
@@ -65,8 +65,4 @@ class Runtime(Protocol):
 
     def follow_logs(self, stack: Stack, service: str | None, follow: bool) -> Iterator[str]:
         """Log lines of one or all services; with `follow`, keep yielding new ones."""
-        ...
-
-    def is_up_quick(self, stack_dir: Path) -> bool:
-        """A cheap check (no imports, no queries) that the recorded services still run."""
         ...

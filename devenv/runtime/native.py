@@ -20,7 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -107,6 +107,10 @@ class NativeRuntime:
     def binaries(self, stack: Stack) -> Binaries:
         """Find the servers: the image's Postgres major if installed, else the newest found."""
         if self._binaries is None:
+            cached = self._read_state(self.layout(stack)).get("_meta", {}).get("binaries", {})
+            if cached.pop("key", None) == _discovery_key(self.env):
+                self._binaries = Binaries(**cached)
+                return self._binaries
             candidates = _postgres_candidates(self.env)
             if not candidates:
                 raise _missing("postgres")
@@ -196,9 +200,15 @@ class NativeRuntime:
                 pgcatalog.normalize(name, value, binaries.pg_major, f"devenv.yaml: postgres.settings.{name}")
         for directory in (layout.base, layout.conf, layout.log, layout.run, layout.pgdata.parent, layout.redis_dir):
             _make_dir(directory, user)
-        files = render_files(stack, self.placement(stack, layout))
-        hashes = service_hashes(files, stack)
         recorded = self._read_state(layout)
+        placement = self.placement(stack, layout)
+        render_key = _render_key(stack, placement)
+        meta = recorded.get("_meta", {})
+        if meta.get("render_key") == render_key and all((layout.conf / n).exists() for n in meta.get("files", [])):
+            files, hashes = None, {s: recorded[s]["hash"] for s in SERVICES}  # unchanged: skip jinja
+        else:
+            files = render_files(stack, placement)
+            hashes = service_hashes(files, stack)
         result = UpResult()
 
         plan: dict[str, str] = {}  # service -> "start" | "restart" | "reload"
@@ -221,7 +231,8 @@ class NativeRuntime:
         to_bind = [s for s, action in plan.items() if action == "start"]
         check_ports_free(stack, to_bind)
 
-        self._write_conf(layout, files, user)
+        if files is not None:
+            self._write_conf(layout, files, user)
         if stack.postgres.ssl:
             ensure_certificate(stack, layout.conf, user)
         for service, action in plan.items():
@@ -258,7 +269,12 @@ class NativeRuntime:
             }
             for service in SERVICES
         }
-        state["_meta"] = {"pgdata": str(layout.pgdata), "pg_version": binaries.pg_version}  # type: ignore[assignment]
+        state["_meta"] = {  # type: ignore[assignment]
+            "pgdata": str(layout.pgdata),
+            "render_key": render_key,
+            "files": sorted(files) if files is not None else meta.get("files", []),
+            "binaries": {**asdict(binaries), "key": _discovery_key(self.env)},
+        }
         _write_json(layout.state_file, state)
         return result
 
@@ -391,7 +407,7 @@ class NativeRuntime:
             entry = recorded.get(service, {})
             alive = self._alive(entry, service)
             out.append(ServiceState(service, alive, getattr(stack, service).port, entry.get("pid") if alive else None,
-                                    "" if alive else ("exited" if entry else "not started")))
+                                    _COMM[service], "" if alive else ("exited" if entry else "not started")))
         return out
 
     def exit_status(self, stack: Stack, service: str) -> str | None:
@@ -426,14 +442,6 @@ class NativeRuntime:
                     yield prefix(name) + line.rstrip("\n")
             if quiet:
                 time.sleep(0.2)
-
-    def is_up_quick(self, stack_dir: Path) -> bool:
-        """True when every recorded server process still runs (no imports, no queries)."""
-        try:
-            recorded = json.loads((stack_dir / "native" / "state.json").read_text())
-        except (OSError, ValueError):
-            return False
-        return all(self._alive(recorded.get(s, {}), s) for s in SERVICES)
 
     # ---- helpers -----------------------------------------------------------------------
 
@@ -512,6 +520,23 @@ def _postgres_candidates(env: Mapping[str, str]) -> list[tuple[int, str, Path]]:
         if version:
             out_list.append((int(version.split(".")[0]), version, real))
     return sorted(out_list, key=lambda c: c[0], reverse=True)
+
+
+def _discovery_key(env: Mapping[str, str]) -> list[str]:
+    """What binary discovery depends on: PATH and the installed PostgreSQL versions."""
+    installed = sorted(str(p) for p in Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    return [env.get("PATH", ""), *installed]
+
+
+def _render_key(stack: Stack, placement: Placement) -> str:
+    """Everything the rendered files depend on: the model, the placement, the templates."""
+    from devenv.project import template_dirs
+
+    digest = hashlib.sha256(repr((stack, placement)).encode())
+    for directory in template_dirs(stack.root):
+        for template in sorted(directory.glob("*.j2")):
+            digest.update(template.name.encode() + template.read_bytes())
+    return digest.hexdigest()
 
 
 def _postgres_version(binary: Path) -> str | None:
