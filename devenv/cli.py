@@ -82,6 +82,9 @@ def settings(profile: str, config_path: str | None, diff: tuple[str, str] | None
     config = load_config(find_config(config_path))
     profiles = list(diff) if diff else [profile]
     stacks = [build_stack(config, name) for name in profiles]
+    for stack in stacks:
+        for warning in stack.warnings:
+            click.echo(f"warning: {stack.profile}: {warning}", err=True)
     click.echo(format_settings_table(stacks))
 
 
@@ -304,8 +307,10 @@ def _print_error(exc: DevenvError) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the CLI and map errors to messages and exit codes."""
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("DEVENV_DEBUG", "") not in ("", "0")
+    if "--debug" in args:  # accepted anywhere, e.g. `devenv up --debug`
+        args = ["--debug", *(a for a in args if a != "--debug")]
     try:
         code = cli.main(args=args, prog_name="devenv", standalone_mode=False)
     except DevenvError as exc:

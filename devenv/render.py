@@ -133,4 +133,11 @@ def render(stack: Stack, out_dir: Path | None = None) -> list[Path]:
     files = render_files(stack, compose_placement(stack))
     target = out_dir or stack.state_dir
     write_files(files, target)
-    return [target / name for name in files]
+    written = [target / name for name in files]
+    if stack.postgres.ssl:
+        from devenv.certs import ensure_certificate
+
+        # The compose file mounts these; without them Docker would create empty directories.
+        ensure_certificate(target / "ssl")
+        written += [target / "ssl" / "server.crt", target / "ssl" / "server.key"]
+    return written

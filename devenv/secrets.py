@@ -28,6 +28,8 @@ def load_or_create_secrets(state_root: Path) -> dict[str, str]:
                 hint=f"delete {path} to generate new passwords (then `devenv down --volumes`, "
                 "since existing data still expects the old ones).",
             ) from exc
+    if path.exists() and path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)  # copied or restored with looser permissions: tighten
     missing = [name for name in SECRET_NAMES if not stored.get(name)]
     if missing:
         for name in missing:
@@ -35,6 +37,7 @@ def load_or_create_secrets(state_root: Path) -> dict[str, str]:
             stored[name] = _random.token_urlsafe(24)
         state_root.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
+        tmp.unlink(missing_ok=True)  # a leftover would keep its old mode through os.open
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(stored, handle, indent=2, sort_keys=True)

@@ -26,7 +26,8 @@ from typing import Iterator, Mapping
 
 from devenv import pgcatalog
 from devenv.errors import DependencyError, HealthCheckError, PortInUseError, StateError
-from devenv.render import SERVICE_FILES, Placement, render_files, service_hashes
+from devenv.certs import ensure_certificate
+from devenv.render import Placement, render_files, service_hashes
 from devenv.runtime.base import Progress, ServiceState, UpResult
 from devenv.stack import Stack
 
@@ -234,7 +235,7 @@ class NativeRuntime:
         if files is not None:
             self._write_conf(layout, files, user)
         if stack.postgres.ssl:
-            ensure_certificate(stack, layout.conf, user)
+            ensure_certificate(layout.conf, (user.uid, user.gid) if user else None)
         for service, action in plan.items():
             if action == "reload":
                 os.kill(recorded[service]["pid"], signal.SIGHUP)
@@ -677,7 +678,7 @@ def _tail(path: Path, lines: int) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-# ---- ports and certificates (used by both runtimes) ---------------------------------------
+# ---- ports (used by both runtimes) ----------------------------------------------------------
 
 
 def check_ports_free(stack: Stack, services: list[str]) -> None:
@@ -727,30 +728,4 @@ def port_holder(port: int) -> str | None:
     return "another process"
 
 
-def ensure_certificate(stack: Stack, directory: Path, user: RunUser | None) -> None:
-    """A self-signed certificate for local TLS (ssl = on), made once with openssl."""
-    crt, key = directory / "server.crt", directory / "server.key"
-    if crt.exists() and key.exists():
-        return
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise DependencyError(
-            "openssl not found: needed to create a local certificate for ssl = on",
-            hint="install it (Debian/Ubuntu `apt-get install openssl`, macOS `brew install openssl`) "
-            "or use a profile with ssl off.",
-        )
-    proc = subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "825", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(crt)],
-        capture_output=True, text=True,
-    )
-    if proc.returncode != 0:
-        raise DependencyError(f"openssl could not create a certificate: {proc.stderr.strip()}")
-    os.chmod(key, 0o600)  # postgres refuses a key others can read
-    os.chmod(crt, 0o644)
-    _chown(key, user)
-    _chown(crt, user)
-
-
-__all__ = ["NativeRuntime", "check_ports_free", "ensure_certificate", "port_holder", "SERVICE_FILES"]
+__all__ = ["NativeRuntime", "check_ports_free", "port_holder"]

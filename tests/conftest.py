@@ -1,0 +1,78 @@
+"""Shared fixtures: a throwaway project with the repo's devenv.yaml and fixed passwords."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import devenv
+
+REPO_ROOT = Path(devenv.__file__).resolve().parents[1]
+FIXED_SECRETS = {
+    "postgres_password": "pg-test-pw",
+    "pgbouncer_admin_password": "pgb-test-pw",
+    "redis_password": "redis-test-pw",
+}
+
+
+@pytest.fixture
+def fixed_secrets() -> dict[str, str]:
+    """The passwords every `project` fixture's secrets.json holds."""
+    return dict(FIXED_SECRETS)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project dir holding a copy of the repo's devenv.yaml and fixed secrets.
+
+    DEVENV_* variables are cleared (also for subprocesses, which inherit os.environ) so a
+    developer's environment cannot change what is rendered or validated.
+    """
+    for name in list(os.environ):
+        if name.startswith("DEVENV_"):
+            monkeypatch.delenv(name)
+    shutil.copyfile(REPO_ROOT / "devenv.yaml", tmp_path / "devenv.yaml")
+    state = tmp_path / ".devenv"
+    state.mkdir()
+    secrets = state / "secrets.json"
+    secrets.write_text(json.dumps(FIXED_SECRETS, indent=2, sort_keys=True), encoding="utf-8")
+    os.chmod(secrets, 0o600)
+    return tmp_path
+
+
+@pytest.fixture
+def run_devenv(project: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run `python -m devenv ARGS` as a real subprocess inside the project."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "devenv", *args],
+            cwd=project,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    return run
+
+
+@pytest.fixture
+def edit_config(project: Path) -> Callable[[str, str], int]:
+    """Replace one exact, unique piece of the project's devenv.yaml; return its 1-based line."""
+
+    def edit(old: str, new: str) -> int:
+        path = project / "devenv.yaml"
+        text = path.read_text(encoding="utf-8")
+        assert text.count(old) == 1, f"{old!r} must occur exactly once in devenv.yaml"
+        path.write_text(text.replace(old, new), encoding="utf-8")
+        return text[: text.index(old)].count("\n") + 1
+
+    return edit

@@ -1,0 +1,176 @@
+"""Bad input through the real CLI (a subprocess): exit codes, messages, no tracebacks.
+
+Exit codes are documented in devenv/errors.py: 2 usage error, 3 ConfigError.
+Also a guard that the light commands never import the heavy client libraries.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CONFIG_ERROR = 3
+USAGE_ERROR = 2
+
+
+def assert_config_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == CONFIG_ERROR, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, f"{fragment!r} not in:\n{result.stderr}"
+
+
+@pytest.fixture(params=["render", "settings"])
+def command(request: pytest.FixtureRequest) -> str:
+    """Both commands that read devenv.yaml report its errors the same way."""
+    return str(request.param)
+
+
+def test_misspelled_setting(project: Path, edit_config: Any, run_devenv: Any, command: str) -> None:
+    line = edit_config("    shared_buffers:", "    shared_bufers:")
+    result = run_devenv(command)
+    assert_config_error(
+        result,
+        "did you mean 'shared_buffers'",
+        f"{project / 'devenv.yaml'}:{line}:",
+        "postgres.settings.shared_bufers",
+    )
+
+
+@pytest.mark.parametrize("unit", ["4MiB", "4ms"])
+def test_wrong_unit(edit_config: Any, run_devenv: Any, unit: str) -> None:
+    line = edit_config("work_mem:                   {default: 4MB,", f"work_mem:                   {{default: {unit},")
+    result = run_devenv("render")
+    # The `default` column reaches dev first (profiles are checked in file order).
+    assert_config_error(result, "work_mem", f"'{unit}'", "(profile 'dev')", f"devenv.yaml:{line}:", "B, kB, MB, GB, TB")
+
+
+def test_wrong_unit_names_the_profile_whose_column_holds_it(edit_config: Any, run_devenv: Any) -> None:
+    edit_config("rds: 64MB}", "rds: 64ms}")
+    result = run_devenv("render", "--profile", "dev")
+    assert_config_error(result, "work_mem", "(profile 'rds')", "B, kB, MB, GB, TB")
+
+
+def test_out_of_range_value(edit_config: Any, run_devenv: Any) -> None:
+    edit_config("{default: 100,   dev: 20,", "{default: 100,   dev: 0,")
+    result = run_devenv("render")
+    assert_config_error(result, "max_connections", "out of range", "(profile 'dev')", "allows 1 to 262143")
+
+
+def test_unknown_key(project: Path, edit_config: Any, run_devenv: Any, command: str) -> None:
+    line = edit_config("  limits: {memory: 1g", "  limts: {memory: 1g")
+    result = run_devenv(command)
+    assert_config_error(result, "postgres.limts", "did you mean 'limits'", f"devenv.yaml:{line}:")
+
+
+def test_broken_yaml(edit_config: Any, run_devenv: Any, command: str) -> None:
+    line = edit_config("  database: taskflow\n  user: taskflow\n", "  database: taskflow\n  user: taskflow: x\n") + 1
+    result = run_devenv(command)
+    assert_config_error(result, f"devenv.yaml:{line}:", "invalid YAML")
+
+
+def test_unknown_profile(run_devenv: Any, command: str) -> None:
+    result = run_devenv(command, "--profile", "staging")
+    assert_config_error(result, "unknown profile 'staging'", "ci, dev, prod, rds")
+
+
+def test_unknown_profile_from_the_environment(run_devenv: Any) -> None:
+    result = run_devenv("render", env={"DEVENV_PROFILE": "prdo"})
+    assert_config_error(result, "unknown profile 'prdo'", "did you mean 'prod'")
+
+
+def test_non_numeric_port_in_the_environment(run_devenv: Any) -> None:
+    result = run_devenv("render", env={"DEVENV_PGBOUNCER_PORT": "six"})
+    assert_config_error(result, "DEVENV_PGBOUNCER_PORT='six'", "between 1 and 65535")
+
+
+def test_missing_config_file(tmp_path: Path, run_devenv: Any) -> None:
+    result = run_devenv("render", "--config", str(tmp_path / "nope.yaml"))
+    assert_config_error(result, "nope.yaml does not exist")
+
+
+def test_debug_shows_the_traceback(edit_config: Any, run_devenv: Any) -> None:
+    edit_config("    shared_buffers:", "    shared_bufers:")
+    result = run_devenv("--debug", "render")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+    assert "devenv.errors.ConfigError" in result.stderr and "did you mean 'shared_buffers'" in result.stderr
+
+
+def test_debug_from_the_environment_shows_the_traceback(edit_config: Any, run_devenv: Any) -> None:
+    edit_config("    shared_buffers:", "    shared_bufers:")
+    result = run_devenv("render", env={"DEVENV_DEBUG": "1"})
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_usage_error_exits_2_without_traceback(run_devenv: Any) -> None:
+    result = run_devenv("rendr")
+    assert result.returncode == USAGE_ERROR
+    assert "No such command 'rendr'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_warnings_go_to_stderr_and_do_not_fail(run_devenv: Any, project: Path) -> None:
+    result = run_devenv("render", "--profile", "rds", "--out", str(project / "out"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("warning: postgres settings may not fit the 1024 MiB memory limit")
+    assert all(Path(line).is_file() for line in result.stdout.splitlines()), "stdout lists only the written files"
+
+
+# --------------------------------------------------------------------------- import guard
+
+_PROBE = """
+import json, sys
+import devenv.cli
+sys.argv = ["devenv", *{args!r}]
+try:
+    devenv.cli.main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+loaded = sorted({{name.split(".")[0] for name in sys.modules}})
+print("\\n@@MODULES@@" + json.dumps({{"code": code, "modules": loaded}}))
+"""
+
+
+def loaded_modules(project: Path, *args: str) -> set[str]:
+    """Run devenv's entry point in a fresh interpreter; the top-level modules it left loaded."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(args=list(args))],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(result.stdout.rpartition("@@MODULES@@")[2])
+    assert report["code"] in (0, None), result.stderr
+    return set(report["modules"])
+
+
+HEAVY = {"docker", "psycopg", "redis"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--help",), ("settings",), ("settings", "--diff", "dev", "prod"), ("render", "--out", "out")],
+    ids=lambda args: " ".join(args),
+)
+def test_light_commands_do_not_import_client_libraries(project: Path, args: tuple[str, ...]) -> None:
+    modules = loaded_modules(project, *args)
+    assert "devenv" in modules and "click" in modules  # the probe really ran the CLI
+    assert not modules & HEAVY, f"devenv {' '.join(args)} imported {sorted(modules & HEAVY)}"
+    if args[0] == "render":
+        assert (project / "out" / "docker-compose.yml").is_file()
+        assert "jinja2" in modules
+
+
+def test_help_imports_neither_jinja2_nor_yaml(project: Path) -> None:
+    """cli.py promises `devenv --help` stays light: templates and YAML load only when needed."""
+    modules = loaded_modules(project, "--help")
+    assert not modules & {"jinja2", "yaml"}, sorted(modules & {"jinja2", "yaml"})
