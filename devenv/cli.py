@@ -170,9 +170,30 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     # Hashed after load_stack, which creates secrets.json on first use.
     inputs = fingerprint(root, config, profile, options)
     report = lifecycle.up(stack, backend, timeout=timeout, seed=not no_seed, say=_say, fingerprint=inputs)
-    summary = "nothing changed" if not (report.result.changed or report.applied) else "ready"
+    summary = "nothing changed" if not (report.result.changed or report.applied or report.database_created) else "ready"
     _say(f"{stack.name}: {summary} on {report.runtime} in {report.seconds:.2f}s")
     _emit_urls(stack.urls())
+
+
+@cli.command()
+@_profile_option
+@click.option("--hard", is_flag=True, help="Rebuild the template from the schema and seed files first.")
+@click.option("--strategy", type=click.Choice(["auto", "restore", "clone", "copy"]), default="auto", show_default=True,
+              help="restore: TRUNCATE + reload (small data); clone: WAL_LOG copy of the template; copy: FILE_COPY.")
+def reset(profile: str, config_path: str | None, hard: bool, strategy: str) -> None:
+    """Put the database and Redis back to the freshly seeded state."""
+    from devenv.api import Devenv
+    from devenv.state import locked
+
+    handle = Devenv(load_stack(config_path, profile))
+    import psycopg  # noqa: F401  (loaded before the clock starts: it is start-up, not reset)
+
+    try:
+        with locked(handle.stack.state_dir):
+            result = handle.reset(hard=hard, strategy=strategy)
+    finally:
+        handle.close()
+    _say(f"{handle.stack.name}: reset {result.database} ({result.strategy}) and Redis in {result.seconds * 1000:.0f} ms")
 
 
 @cli.command()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devenv.errors import SchemaError, StateError
+from devenv.errors import HealthCheckError, SchemaError, StateError
 from devenv.stack import Stack
 
 if TYPE_CHECKING:
@@ -51,10 +51,17 @@ def connect(stack: Stack, dbname: str | None = None, **kwargs: Any) -> "psycopg.
     import psycopg
 
     pg = stack.postgres
-    return psycopg.connect(
-        host="127.0.0.1", port=pg.port, dbname=dbname or pg.database, user=pg.user, password=pg.password,
-        sslmode="require" if pg.ssl else "prefer", connect_timeout=5, application_name="devenv", **kwargs,
-    )
+    try:
+        return psycopg.connect(
+            host="127.0.0.1", port=pg.port, dbname=dbname or pg.database, user=pg.user, password=pg.password,
+            sslmode="require" if pg.ssl else "prefer", connect_timeout=5, application_name="devenv", **kwargs,
+        )
+    except psycopg.OperationalError as exc:
+        reason = (str(exc).strip().splitlines() or ["no answer"])[-1]
+        raise HealthCheckError(
+            f"cannot connect to PostgreSQL at 127.0.0.1:{pg.port} (database {dbname or pg.database}): {reason}",
+            hint=f"is the stack up? Run `devenv up -p {stack.profile}` (or check `devenv status -p {stack.profile}`).",
+        ) from exc
 
 
 def ensure_database(stack: Stack) -> bool:

@@ -24,6 +24,7 @@ class UpReport:
     healthy_after: dict[str, float] = field(default_factory=dict)
     applied: list[str] = field(default_factory=list)
     database_created: bool = False
+    template: str = ""
     seconds: float = 0.0
 
 
@@ -38,6 +39,7 @@ def up(
 ) -> UpReport:
     """Bring the stack up and seeded; idempotent. Records the state for the fast no-op path."""
     from devenv.database import apply_seeds, ensure_database
+    from devenv.janitor import Janitor
 
     start = time.monotonic()
     # The database and Redis drivers take a few hundred ms to import: load them while
@@ -53,8 +55,27 @@ def up(
         report = UpReport(runtime=runtime.name, result=result)
 
         def on_healthy(service: str) -> None:
-            if service == "postgres":
+            # Before PgBouncer's pooled check, which needs the application database.
+            if service != "postgres":
+                return
+            if not seed:
                 report.database_created = ensure_database(stack)
+                return
+            seed_start = time.monotonic()
+            janitor = Janitor(stack)
+            try:
+                janitor.sweep()
+                report.template = janitor.ensure_template()  # SchemaError names a failing file
+                report.database_created = janitor.create(stack.postgres.database)
+                if not report.database_created:
+                    # An existing database gets the files it lacks, each in its own transaction.
+                    report.applied = apply_seeds(stack, stack.root / "seeds")
+            finally:
+                janitor.close()
+            if report.database_created or report.applied:
+                what = f"created {stack.postgres.database} from {report.template}" if report.database_created else (
+                    f"applied {', '.join(report.applied)}")
+                say(f"schema+seed: {what} ({time.monotonic() - seed_start:.2f}s)")
 
         report.healthy_after = health.wait_until_healthy(
             health.stack_checks(stack),
@@ -64,13 +85,6 @@ def up(
             log_tail=lambda service: runtime.log_tail(stack, service),
             on_healthy=on_healthy,
         )
-        if seed:
-            seeds_dir = stack.root / "seeds"
-            seed_start = time.monotonic()
-            report.applied = apply_seeds(stack, seeds_dir)
-            if report.applied:
-                say(f"applied {len(report.applied)} schema/seed files in {time.monotonic() - seed_start:.2f}s: "
-                    + ", ".join(report.applied))
         report.seconds = time.monotonic() - start
         if fingerprint:
             write_state(stack.state_dir, {

@@ -23,7 +23,7 @@ DEFAULT_COLUMN = "default"
 _PROFILE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 # Keys allowed at each level of devenv.yaml: anything else is a typo worth reporting.
 _TOP_KEYS = {"project", "profiles", *SERVICES}
-_PROFILE_KEYS = {"description", "extends", "ephemeral", "limits"}
+_PROFILE_KEYS = {"description", "extends", "ephemeral", "limits", "seed_scale"}
 _LIMIT_KEYS = {"memory", "cpus"}
 _SERVICE_KEYS = {
     "postgres": {"image", "major", "port", "database", "user", "limits", "settings"},
@@ -50,6 +50,7 @@ class Profile:
     extends: str | None = None
     ephemeral: bool = False
     limits: Limits | None = None
+    seed_scale: int = 0
 
 
 @dataclass(frozen=True)
@@ -193,12 +194,16 @@ class _Parser:
             if extends is not None and extends not in table:
                 raise self.fail(f"{keypath}.extends", f"unknown profile '{extends}'{_did_you_mean(str(extends), table)}")
             limits = self.parse_limits(body["limits"], f"{keypath}.limits") if "limits" in body else None
+            scale = body.get("seed_scale", 0)
+            if isinstance(scale, bool) or not isinstance(scale, int) or scale < 0:
+                raise self.fail(f"{keypath}.seed_scale", f"{scale!r} is not a number of tasks (0 or more)")
             profiles[name] = Profile(
                 name=name,
                 description=str(body.get("description", "")),
                 extends=extends,
                 ephemeral=self.boolean(body.get("ephemeral", False), f"{keypath}.ephemeral"),
                 limits=limits,
+                seed_scale=scale,
             )
         for name in profiles:  # an `extends` cycle would loop forever in Config.lineage
             seen = [name]

@@ -100,6 +100,7 @@ class Stack:
     pgbouncer: PgBouncer
     redis: Redis
     warnings: tuple[str, ...] = ()
+    seed_scale: int = 0  # generated tasks on top of the seed files (profile option)
 
     @property
     def services(self) -> tuple[Service, ...]:
@@ -116,8 +117,8 @@ class Stack:
         """Compose project name / Docker label: one per project and profile."""
         return f"{self.project}-{self.profile}"
 
-    def urls(self, host: str = "127.0.0.1") -> dict[str, str]:
-        """Connection URLs as an application uses them.
+    def urls(self, database: str | None = None, redis_db: int = 0, host: str = "127.0.0.1") -> dict[str, str]:
+        """Connection URLs as an application uses them (for another database/Redis index if given).
 
         DATABASE_URL goes through PgBouncer (transaction pooling); DIRECT_DATABASE_URL reaches
         Postgres itself, for LISTEN/NOTIFY, migrations and other session features.
@@ -125,10 +126,11 @@ class Stack:
         pg, pgb, redis = self.postgres, self.pgbouncer, self.redis
         user, password = quote(pg.user, safe=""), quote(pg.password, safe="")
         ssl = "?sslmode=require" if pg.ssl else ""
+        pooled_db = database or pgb.database
         return {
-            "DATABASE_URL": f"postgresql://{user}:{password}@{host}:{pgb.port}/{pgb.database}",
-            "DIRECT_DATABASE_URL": f"postgresql://{user}:{password}@{host}:{pg.port}/{pg.database}{ssl}",
-            "REDIS_URL": f"redis://:{quote(redis.password, safe='')}@{host}:{redis.port}/0",
+            "DATABASE_URL": f"postgresql://{user}:{password}@{host}:{pgb.port}/{pooled_db}",
+            "DIRECT_DATABASE_URL": f"postgresql://{user}:{password}@{host}:{pg.port}/{database or pg.database}{ssl}",
+            "REDIS_URL": f"redis://:{quote(redis.password, safe='')}@{host}:{redis.port}/{redis_db}",
         }
 
 
@@ -209,6 +211,7 @@ def build_stack(config: Config, profile: str) -> Stack:
         pgbouncer=pgbouncer,
         redis=redis,
         warnings=tuple(memory_warnings(postgres)),
+        seed_scale=next((config.profiles[p].seed_scale for p in config.lineage(profile) if config.profiles[p].seed_scale), 0),
     )
 
 

@@ -1,0 +1,138 @@
+"""The Python API: what the pytest plugin uses, and anyone scripting tests.
+
+    import devenv
+
+    env = devenv.Devenv.load(profile="ci")      # reads devenv.yaml (nearest upwards)
+    env.up()                                    # idempotent
+    with env.connect() as conn: ...             # psycopg, direct; env.connect(pooled=True)
+    env.reset()                                 # back to the freshly seeded state, ~10 ms
+    conn = devenv.connect()                     # a connection to the running dev stack
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from devenv.stack import Stack
+
+if TYPE_CHECKING:
+    import psycopg
+    import redis
+
+    from devenv.janitor import Janitor, ResetResult
+    from devenv.lifecycle import UpReport
+
+
+class Devenv:
+    """A handle on one project's stack for one profile."""
+
+    def __init__(self, stack: Stack, runtime: str = "auto") -> None:
+        self.stack = stack
+        self.runtime_name = runtime
+        self._janitor: Janitor | None = None
+        self._redis_clients: dict[int, Any] = {}
+
+    @classmethod
+    def load(
+        cls,
+        config: str | os.PathLike[str] | None = None,
+        profile: str | None = None,
+        runtime: str | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> "Devenv":
+        """Read devenv.yaml (given, DEVENV_CONFIG, or the nearest upwards) for a profile."""
+        from devenv.project import find_config
+        from devenv.settings import load_config
+        from devenv.stack import build_stack
+
+        env = os.environ if env is None else env
+        path = find_config(config or env.get("DEVENV_CONFIG"), cwd=cwd)
+        stack = build_stack(load_config(path, env), profile or env.get("DEVENV_PROFILE", "dev"))
+        return cls(stack, runtime or env.get("DEVENV_RUNTIME", "auto"))
+
+    @property
+    def janitor(self) -> "Janitor":
+        """The template/reset machinery, with its connections kept open between resets."""
+        from devenv.janitor import Janitor
+
+        if self._janitor is None:
+            self._janitor = Janitor(self.stack)
+        return self._janitor
+
+    def up(self, timeout: float = 60.0, seed: bool = True, say: Callable[[str], None] | None = None) -> "UpReport":
+        """Bring the stack up and seeded (idempotent)."""
+        from devenv import lifecycle
+        from devenv.runtime import get_runtime
+
+        say = say or (lambda line: None)
+        return lifecycle.up(self.stack, get_runtime(self.runtime_name, say=say), timeout=timeout, seed=seed, say=say)
+
+    def down(self, volumes: bool = False) -> list[str]:
+        """Stop the stack (data kept unless `volumes`)."""
+        from devenv import lifecycle
+        from devenv.runtime import get_runtime
+
+        self.close()
+        return lifecycle.down(self.stack, get_runtime(self.runtime_name), volumes=volumes)
+
+    def is_healthy(self) -> bool:
+        """Whether all three services answer their health checks right now."""
+        from devenv import health
+
+        return all(health.check_once(checks) is None for checks in health.stack_checks(self.stack).values())
+
+    def reset(self, database: str | None = None, hard: bool = False, strategy: str = "auto",
+              redis_db: int | None = 0) -> "ResetResult":
+        """Put a database (default: the working one) and a Redis index back to the seeded state."""
+        janitor = self.janitor
+        result = janitor.reset_hard(database) if hard else janitor.reset(database, strategy)
+        if redis_db is not None:
+            janitor.reset_redis(self.redis(redis_db))
+        return result
+
+    def create_database(self, name: str) -> bool:
+        """A database of this name cloned from the seeded template (kept if it exists)."""
+        return self.janitor.create(name)
+
+    def urls(self, database: str | None = None, redis_db: int = 0) -> dict[str, str]:
+        """DATABASE_URL (pooled), DIRECT_DATABASE_URL and REDIS_URL."""
+        return self.stack.urls(database, redis_db)
+
+    def connect(self, database: str | None = None, pooled: bool = False, **kwargs: Any) -> "psycopg.Connection[Any]":
+        """A psycopg connection, direct to Postgres or through PgBouncer."""
+        import psycopg
+
+        urls = self.urls(database)
+        return psycopg.connect(urls["DATABASE_URL" if pooled else "DIRECT_DATABASE_URL"], **kwargs)
+
+    def redis(self, db: int = 0) -> "redis.Redis":
+        """A redis-py client on one database index, with the password."""
+        import redis as redis_py
+
+        if db not in self._redis_clients:
+            self._redis_clients[db] = redis_py.Redis.from_url(self.urls(redis_db=db)["REDIS_URL"], decode_responses=True)
+        return self._redis_clients[db]
+
+    def close(self) -> None:
+        """Close the connections this handle keeps (the stack keeps running)."""
+        if self._janitor is not None:
+            self._janitor.close()
+            self._janitor = None
+        for client in self._redis_clients.values():
+            client.close()
+        self._redis_clients.clear()
+
+    def __enter__(self) -> "Devenv":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def connect(profile: str | None = None, pooled: bool = False, database: str | None = None,
+            config: str | None = None, **kwargs: Any) -> "psycopg.Connection[Any]":
+    """A psycopg connection to a running stack: `devenv.connect()` in a REPL or a script."""
+    return Devenv.load(config=config, profile=profile).connect(database, pooled=pooled, **kwargs)

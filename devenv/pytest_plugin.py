@@ -1,0 +1,187 @@
+"""pytest plugin (entry point `pytest11`): a seeded stack per session, a fresh database per test.
+
+Fixtures:
+    devenv_stack  session: the stack, up (profile `ci` by default) or reused if already running;
+                  sets DATABASE_URL, DIRECT_DATABASE_URL and REDIS_URL for this process
+    devenv_db     function: this worker's database, reset to the seeded state before the test
+    devenv_redis  function: this worker's Redis index, flushed (and seed keys reloaded)
+
+Under pytest-xdist each worker gets its own database (`<db>_test_gw0`, cloned from the same
+template) and its own Redis index, so workers never see each other's data. The stack is
+stopped at the end only if this run started it (and not with --devenv-keep).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterator
+
+import pytest
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from devenv.api import Devenv
+
+_RUN_ENV = "DEVENV_PYTEST_RUN"  # shared by the controller and its xdist workers
+_OWNER_FILE = "pytest-owner"
+_URL_NAMES = ("DATABASE_URL", "DIRECT_DATABASE_URL", "REDIS_URL")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("devenv", "devenv: PostgreSQL + PgBouncer + Redis for tests")
+    group.addoption("--devenv-profile", default=None, help="settings profile for the test stack (default: ci)")
+    group.addoption("--devenv-runtime", default=None, choices=["auto", "native", "docker"],
+                    help="where the stack runs (default: auto)")
+    group.addoption("--devenv-keep", action="store_true", help="leave the stack running after the session")
+    group.addoption("--devenv-config", default=None, help="path to devenv.yaml (default: the nearest upwards)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "devenv: uses the devenv stack")
+    if not hasattr(config, "workerinput"):
+        # The controller: a fresh id for this run, inherited by its xdist workers (and
+        # overwriting one inherited from an outer pytest, as under pytester).
+        os.environ[_RUN_ENV] = uuid.uuid4().hex
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The controller stops the stack if this run started it (workers never do)."""
+    from devenv.errors import ConfigError
+    from devenv.project import find_config, state_dir
+
+    config = session.config
+    if hasattr(config, "workerinput"):
+        return
+    try:  # only paths: a run that never used devenv must not load or create anything
+        root = find_config(config.getoption("--devenv-config"), cwd=config.rootpath).parent
+    except ConfigError:
+        return
+    owner = state_dir(root, _profile(config)) / _OWNER_FILE
+    try:
+        started_by_us = owner.read_text().strip() == os.environ.get(_RUN_ENV)
+    except OSError:
+        return
+    if started_by_us:
+        owner.unlink(missing_ok=True)  # kept or stopped, it is no longer this run's
+        if not config.getoption("--devenv-keep"):
+            handle = _load(config)
+            assert handle is not None
+            handle.down()
+
+
+def _profile(config: pytest.Config) -> str:
+    return config.getoption("--devenv-profile") or os.environ.get("DEVENV_PROFILE") or "ci"
+
+
+def _load(config: pytest.Config, required: bool = True) -> "Devenv | None":
+    from devenv.api import Devenv
+    from devenv.errors import ConfigError
+
+    profile = _profile(config)
+    runtime = config.getoption("--devenv-runtime") or os.environ.get("DEVENV_RUNTIME") or "auto"
+    try:
+        return Devenv.load(config=config.getoption("--devenv-config"), profile=profile, runtime=runtime,
+                           cwd=config.rootpath)
+    except ConfigError:
+        if required:
+            raise
+        return None
+
+
+def _worker() -> str | None:
+    return os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist
+
+
+@pytest.fixture(scope="session")
+def devenv_stack(pytestconfig: pytest.Config) -> Iterator["Devenv"]:
+    """The stack, brought up for this run or reused; the URLs point at this worker's database."""
+    from devenv.state import locked
+
+    handle = _load(pytestconfig)
+    assert handle is not None
+    with locked(handle.stack.state_dir / "pytest"):  # workers start together: one of them brings it up
+        was_running = handle.is_healthy()
+        handle.up()
+        owner = handle.stack.state_dir / _OWNER_FILE
+        if not was_running:
+            owner.write_text(os.environ.get(_RUN_ENV, ""))
+    saved = {name: os.environ.get(name) for name in _URL_NAMES}
+    os.environ.update(handle.urls(_database_name(handle), _redis_index()))
+    try:
+        yield handle
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        handle.close()
+
+
+def _database_name(handle: "Devenv") -> str:
+    # Never the working database: tests must not reset a developer's data.
+    worker = _worker()
+    base = f"{handle.stack.postgres.database}_test"
+    return f"{base}_{worker}" if worker else base
+
+
+def _redis_index() -> int:
+    """1 without xdist, 2 + N for worker gwN: index 0 stays the application's."""
+    worker = _worker()
+    index = 1 if worker is None else 2 + int(worker.removeprefix("gw"))
+    if index > 15:
+        raise pytest.UsageError("devenv gives each xdist worker a Redis database index; Redis has 16: use -n 14 or fewer")
+    return index
+
+
+@dataclass
+class SeededDatabase:
+    """A freshly reset database for one test: its name, URLs and a direct connection."""
+
+    name: str
+    url: str  # through PgBouncer
+    direct_url: str  # Postgres itself (LISTEN/NOTIFY, session features)
+    strategy: str
+    _handle: "Devenv" = field(repr=False)
+    _conn: "psycopg.Connection[Any] | None" = field(default=None, repr=False)
+
+    @property
+    def conn(self) -> "psycopg.Connection[Any]":
+        """A direct psycopg connection (autocommit off), closed after the test."""
+        if self._conn is None:
+            self._conn = self.connect()
+        return self._conn
+
+    def connect(self, pooled: bool = False, **kwargs: Any) -> "psycopg.Connection[Any]":
+        """Another connection to this database; the caller closes it."""
+        import psycopg
+
+        return psycopg.connect(self.url if pooled else self.direct_url, **kwargs)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+@pytest.fixture
+def devenv_db(devenv_stack: "Devenv") -> Iterator[SeededDatabase]:
+    """This worker's database, back in the freshly seeded state (reset before the test)."""
+    name = _database_name(devenv_stack)
+    result = devenv_stack.reset(name, redis_db=None)
+    urls = devenv_stack.urls(name)
+    database = SeededDatabase(name, urls["DATABASE_URL"], urls["DIRECT_DATABASE_URL"], result.strategy, devenv_stack)
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+@pytest.fixture
+def devenv_redis(devenv_stack: "Devenv") -> Any:
+    """A redis-py client on this worker's Redis index, flushed and re-seeded."""
+    client = devenv_stack.redis(_redis_index())
+    devenv_stack.janitor.reset_redis(client)
+    return client
