@@ -90,7 +90,7 @@ class Devenv:
         janitor = self.janitor
         result = janitor.reset_hard(database) if hard else janitor.reset(database, strategy)
         if redis_db is not None:
-            janitor.reset_redis(self.redis(redis_db))
+            janitor.reset_redis(redis_db)
         return result
 
     def create_database(self, name: str) -> bool:

@@ -119,7 +119,7 @@ def _say(line: str) -> None:
 def _runtime_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--runtime", "-r", envvar="DEVENV_RUNTIME", default="auto", show_default=True,
-        type=click.Choice(["auto", "native"]),
+        type=click.Choice(["auto", "native", "docker"]),
         help="Where the services run: auto picks Docker when an engine answers, else native [env: DEVENV_RUNTIME].",
     )(func)
 

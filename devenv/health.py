@@ -78,35 +78,15 @@ def redis_checks(stack: Stack) -> list[Check]:
     Redis start, and `up` waits on this.
     """
     def probe() -> None:
-        replies = resp_exchange(stack.redis.port, [["AUTH", stack.redis.password], ["PING"]])
+        from devenv import resp
+
+        replies = resp.exchange(stack.redis.port, [["AUTH", stack.redis.password], ["PING"]])
         if replies[0] != "+OK":
             raise RuntimeError(f"AUTH answered {replies[0]!r}")
         if replies[1] != "+PONG":
             raise RuntimeError(f"PING answered {replies[1]!r}, not PONG")
 
     return [Check("redis", "AUTH + PING", probe)]
-
-
-def resp_exchange(port: int, commands: list[list[str]], timeout: float = 2.0) -> list[str]:
-    """Send RESP commands to 127.0.0.1:port; return one simple reply line per command."""
-    import socket
-
-    payload = b"".join(
-        b"*%d\r\n" % len(cmd) + b"".join(b"$%d\r\n%s\r\n" % (len(arg.encode()), arg.encode()) for arg in cmd)
-        for cmd in commands
-    )
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(payload)
-        data = b""
-        while data.count(b"\r\n") < len(commands):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    lines = data.decode(errors="replace").split("\r\n")
-    if len(lines) <= len(commands) - 1 or any(not line for line in lines[: len(commands)]):
-        raise ConnectionError(f"Redis closed the connection after {data!r}")
-    return lines[: len(commands)]
 
 
 def stack_checks(stack: Stack) -> dict[str, list[Check]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 import pytest
@@ -144,16 +144,8 @@ class SeededDatabase:
     name: str
     url: str  # through PgBouncer
     direct_url: str  # Postgres itself (LISTEN/NOTIFY, session features)
-    strategy: str
-    _handle: "Devenv" = field(repr=False)
-    _conn: "psycopg.Connection[Any] | None" = field(default=None, repr=False)
-
-    @property
-    def conn(self) -> "psycopg.Connection[Any]":
-        """A direct psycopg connection (autocommit off), closed after the test."""
-        if self._conn is None:
-            self._conn = self.connect()
-        return self._conn
+    strategy: str  # how the reset was done: restore, clone or copy
+    conn: "psycopg.Connection[Any]"  # direct, autocommit off
 
     def connect(self, pooled: bool = False, **kwargs: Any) -> "psycopg.Connection[Any]":
         """Another connection to this database; the caller closes it."""
@@ -161,27 +153,69 @@ class SeededDatabase:
 
         return psycopg.connect(self.url if pooled else self.direct_url, **kwargs)
 
+
+class _WorkerConnection:
+    """One direct connection per worker, reused from test to test.
+
+    Opening a connection costs a SCRAM handshake (~10 ms), as much as the reset itself. Between
+    tests it is rolled back (so the reset never waits on its locks) and DISCARD ALL'd (no temp
+    tables, prepared statements, settings, LISTENs or advisory locks carried over). A clone
+    replaces the database, so then it is reopened; so it is if a test closed or broke it.
+    """
+
+    def __init__(self) -> None:
+        self.conn: psycopg.Connection[Any] | None = None
+
+    def before_reset(self) -> None:
+        if self.conn is not None and not (self.conn.closed or self.conn.broken):
+            try:
+                self.conn.rollback()
+            except Exception:
+                self.close()
+
+    def after_reset(self, url: str, strategy: str) -> "psycopg.Connection[Any]":
+        import psycopg
+
+        if self.conn is None or self.conn.closed or self.conn.broken or strategy != "restore":
+            self.close()
+            self.conn = psycopg.connect(url)
+            return self.conn
+        try:
+            self.conn.autocommit = True
+            self.conn.execute("DISCARD ALL")
+            self.conn.autocommit = False
+        except Exception:
+            self.close()
+            self.conn = psycopg.connect(url)
+        return self.conn
+
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+@pytest.fixture(scope="session")
+def _devenv_worker_connection() -> Iterator[_WorkerConnection]:
+    holder = _WorkerConnection()
+    yield holder
+    holder.close()
 
 
 @pytest.fixture
-def devenv_db(devenv_stack: "Devenv") -> Iterator[SeededDatabase]:
+def devenv_db(devenv_stack: "Devenv", _devenv_worker_connection: _WorkerConnection) -> SeededDatabase:
     """This worker's database, back in the freshly seeded state (reset before the test)."""
     name = _database_name(devenv_stack)
+    _devenv_worker_connection.before_reset()
     result = devenv_stack.reset(name, redis_db=None)
     urls = devenv_stack.urls(name)
-    database = SeededDatabase(name, urls["DATABASE_URL"], urls["DIRECT_DATABASE_URL"], result.strategy, devenv_stack)
-    try:
-        yield database
-    finally:
-        database.close()
+    conn = _devenv_worker_connection.after_reset(urls["DIRECT_DATABASE_URL"], result.strategy)
+    return SeededDatabase(name, urls["DATABASE_URL"], urls["DIRECT_DATABASE_URL"], result.strategy, conn)
 
 
 @pytest.fixture
 def devenv_redis(devenv_stack: "Devenv") -> Any:
     """A redis-py client on this worker's Redis index, flushed and re-seeded."""
-    client = devenv_stack.redis(_redis_index())
-    devenv_stack.janitor.reset_redis(client)
-    return client
+    index = _redis_index()
+    devenv_stack.janitor.reset_redis(index)
+    return devenv_stack.redis(index)

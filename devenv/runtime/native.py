@@ -22,7 +22,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 from devenv import pgcatalog
 from devenv.errors import DependencyError, HealthCheckError, PortInUseError, StateError
@@ -205,7 +205,11 @@ class NativeRuntime:
         placement = self.placement(stack, layout)
         render_key = _render_key(stack, placement)
         meta = recorded.get("_meta", {})
-        if meta.get("render_key") == render_key and all((layout.conf / n).exists() for n in meta.get("files", [])):
+        if (
+            meta.get("render_key") == render_key
+            and all(service in recorded for service in SERVICES)  # a killed `up` may have recorded fewer
+            and all((layout.conf / n).exists() for n in meta.get("files", []))
+        ):
             files, hashes = None, {s: recorded[s]["hash"] for s in SERVICES}  # unchanged: skip jinja
         else:
             files = render_files(stack, placement)
@@ -243,13 +247,28 @@ class NativeRuntime:
             elif action == "restart":
                 self._stop(service, recorded[service])
                 result.restarted.append(service)
+        # state.json is rewritten after every spawn: a `up` killed midway must leave no server
+        # the next `up` does not know about.
+        state: dict[str, Any] = {
+            service: {**recorded[service], "hash": hashes[service]} for service in SERVICES if service not in plan
+        }
+        state["_meta"] = {
+            "pgdata": str(layout.pgdata),
+            "render_key": render_key,
+            "files": sorted(files) if files is not None else meta.get("files", []),
+            "binaries": {**asdict(binaries), "key": _discovery_key(self.env)},
+        }
+        for service, action in plan.items():
+            if action == "reload":
+                state[service] = {**recorded[service], "hash": hashes[service], "settings": stack.postgres.settings}
+        _write_json(layout.state_file, state)
         # PgBouncer and Redis start at once; Postgres may first need initdb (~0.5 s).
         order = sorted(plan, key=lambda s: s == "postgres")
         for service in order:
             if plan[service] not in ("start", "restart"):
                 continue
             if service == "postgres":
-                self._cleanup_postgres(layout)
+                self._cleanup_postgres(layout, stack.postgres.port)
                 if not (layout.pgdata / "PG_VERSION").exists():
                     progress(f"postgres   initdb ({binaries.pg_version})")
                     self._initdb(stack, layout, binaries, user)
@@ -259,24 +278,15 @@ class NativeRuntime:
                 (layout.run / f"{service}.pid").unlink(missing_ok=True)
             argv = self._command(service, layout, binaries)
             self._children[service] = _spawn(argv, layout.log_file(service), user, cwd=layout.base)
-            if plan[service] == "start":
-                result.started.append(service)
-        state = {
-            service: {
-                "pid": self._children[service].pid if service in self._children else recorded[service]["pid"],
+            state[service] = {
+                "pid": self._children[service].pid,
                 "hash": hashes[service],
                 "settings": getattr(stack, service).settings,
                 "port": getattr(stack, service).port,
             }
-            for service in SERVICES
-        }
-        state["_meta"] = {  # type: ignore[assignment]
-            "pgdata": str(layout.pgdata),
-            "render_key": render_key,
-            "files": sorted(files) if files is not None else meta.get("files", []),
-            "binaries": {**asdict(binaries), "key": _discovery_key(self.env)},
-        }
-        _write_json(layout.state_file, state)
+            _write_json(layout.state_file, state)
+            if plan[service] == "start":
+                result.started.append(service)
         return result
 
     def _change_kind(self, service: str, entry: dict, stack: Stack, major: int) -> str:
@@ -295,6 +305,9 @@ class NativeRuntime:
     def _initdb(self, stack: Stack, layout: Layout, binaries: Binaries, user: RunUser | None) -> None:
         """initdb into a scratch directory, then rename: a killed initdb never leaves half a cluster."""
         scratch = layout.pgdata.with_name(layout.pgdata.name + ".initdb")
+        for orphan in _processes_with_arg("initdb", str(scratch)):  # from a killed `up`
+            _signal(orphan, signal.SIGKILL)
+            _wait_gone(orphan, 5)
         shutil.rmtree(scratch, ignore_errors=True)
         pwfile = layout.run / "initdb.pw"
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -340,29 +353,32 @@ class NativeRuntime:
             _chown(tmp, user)
             os.replace(tmp, path)
 
-    def _cleanup_postgres(self, layout: Layout) -> None:
-        """Before a start: end a postmaster devenv lost track of, and clear what a SIGKILL left."""
+    def _cleanup_postgres(self, layout: Layout, port: int) -> None:
+        """Before a start: end a postmaster devenv lost track of, and clear what a SIGKILL left.
+
+        A process counts as ours only if it runs in our data directory (every PostgreSQL
+        process chdirs there): a pid in a stale postmaster.pid may now be someone else's.
+        """
         pidfile = layout.pgdata / "postmaster.pid"
         try:
             pid = int(pidfile.read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             pid = 0
-        if pid and _process_name(pid) == "postgres":
-            # Ours (it runs on our data directory) but not in state.json, e.g. after a killed
-            # `up`: stop it cleanly; a killed postmaster's backends still hold shared memory.
+        if pid and _process_name(pid) == "postgres" and _cwd(pid) == layout.pgdata.resolve():
+            # Ours but not in state.json, e.g. after a killed `up`: stop it cleanly.
             _signal(pid, signal.SIGINT)
             if not _wait_gone(pid, 10):
-                _kill_group(pid, signal.SIGKILL)
+                _signal(pid, signal.SIGKILL)
                 _wait_gone(pid, 5)
-        if pid:
-            # After a SIGKILLed postmaster its backends linger, holding the shared memory
-            # segment a new postmaster needs; they share its process group.
-            for orphan in _group_members(pid, "postgres"):
-                _signal(orphan, signal.SIGKILL)
-                _wait_gone(orphan, 5)
+        # A SIGKILLed postmaster's backends live on (each leads its own session), holding the
+        # shared memory a new postmaster needs.
+        for orphan in _processes_in("postgres", layout.pgdata.resolve()):
+            _signal(orphan, signal.SIGKILL)
+            _wait_gone(orphan, 5)
         pidfile.unlink(missing_ok=True)
-        for leftover in layout.run.glob(".s.PGSQL.*"):
-            leftover.unlink(missing_ok=True)  # the socket and its lock file
+        # Only Postgres's own socket: run/ also holds PgBouncer's.
+        for leftover in (layout.run / f".s.PGSQL.{port}", layout.run / f".s.PGSQL.{port}.lock"):
+            leftover.unlink(missing_ok=True)
 
     # ---- down, states, logs ------------------------------------------------------------
 
@@ -593,18 +609,36 @@ def _process_name(pid: int) -> str | None:
     return name
 
 
-def _group_members(pgid: int, name: str) -> list[int]:
-    """Pids of processes named `name` in process group `pgid` (Linux /proc; else none)."""
-    members = []
-    for proc in Path("/proc").glob("[0-9]*"):
+def _cwd(pid: int) -> Path | None:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
+def _processes_in(name: str, directory: Path) -> list[int]:
+    """Pids of live processes named `name` whose working directory is `directory` (Linux)."""
+    return [pid for pid in _pids_named(name) if _cwd(pid) == directory]
+
+
+def _processes_with_arg(name: str, arg: str) -> list[int]:
+    """Pids of live processes named `name` with `arg` in their command line (Linux)."""
+    found = []
+    for pid in _pids_named(name):
         try:
-            stat = (proc / "stat").read_text(errors="replace")
+            if arg.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if stat[stat.index("(") + 1 : stat.rindex(")")] == name and int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(proc.name))
-    return members
+    return found
+
+
+def _pids_named(name: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        if _process_name(int(proc.name)) == name:
+            pids.append(int(proc.name))
+    return pids
 
 
 def _signal(pid: int, sig: int) -> None:
