@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ WAL_LOG_MAX_BYTES = 64 << 20
 _SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "devenv", "pg_toast")
 _drop_counter = itertools.count()
 _SCHEMA_CHANGED = "devenv: schema changed since the clone"
+_TEMPLATE_FORMAT = 2  # bump when what a template carries (snapshots, guards) changes
 
 # Installed in every template: counts DDL so that `restore` knows when it is not enough.
 _DDL_GUARD = """
@@ -63,7 +66,7 @@ class ResetResult:
 
 def template_key(seeds_dir: Path, major: int, scale: int = 0) -> str:
     """Content hash of the schema and seed files, the server's major version and the scale."""
-    digest = hashlib.sha256(f"pg{major}\0{scale}\0".encode())
+    digest = hashlib.sha256(f"format{_TEMPLATE_FORMAT}\0pg{major}\0{scale}\0".encode())
     for seed in seed_files(seeds_dir):
         digest.update(f"{seed.key}\0{seed.checksum}\0".encode())
     if scale:
@@ -164,13 +167,15 @@ class Janitor:
             "SELECT datname FROM pg_database WHERE starts_with(datname, %s) AND datname <> %s", (prefix, name)
         ).fetchall():
             self._drop(old)
+        if self._template != name:
+            self._plans.clear()  # plans name the template their database was cloned from
         self._template = name
         return name
 
     def _build_template(self, name: str) -> None:
         from psycopg import sql
 
-        building = f"{name}__building"
+        building = f"{name}__building_{os.getpid()}"
         self._drop(building)
         self.admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(building)))
         try:
@@ -179,7 +184,7 @@ class Janitor:
                 if self.stack.seed_scale:
                     self._generate(conn)
                 conn.execute(_DDL_GUARD)
-                _make_snapshots(conn)
+                _make_snapshots(conn, name)
         except BaseException:
             self._drop(building)  # a failed file leaves no half-built template behind
             raise
@@ -330,7 +335,7 @@ class Janitor:
 
         self._forget(dbname)
         self._plans.pop(dbname, None)
-        fresh = f"{dbname}__new"
+        fresh = f"{dbname}__new_{os.getpid()}"
         self._drop(fresh)
         # WAL_LOG (15+) copies through the WAL: no checkpoints, the fastest for small databases.
         self.admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(
@@ -340,7 +345,7 @@ class Janitor:
         try:
             exists = self.admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
             if exists:
-                old = f"{dbname}__old{next(_drop_counter)}_{int(time.time() * 1000) % 100000}"
+                old = f"{dbname}__old_{os.getpid()}_{next(_drop_counter)}"
                 self._terminate(dbname)
                 self.admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(dbname), sql.Identifier(old)))
                 self._drop_later(old)
@@ -380,15 +385,28 @@ class Janitor:
         self._drops.append(thread)
 
     def sweep(self) -> None:
-        """Drop databases left behind by interrupted resets (`<db>__old*`, `<db>__new`)."""
+        """Drop scratch databases (`__new_<pid>`, `__old_<pid>_<n>`, `__building_<pid>`) whose
+        process is gone: another process may be mid-reset on its own."""
         for (name,) in self.admin.execute(
-            "SELECT datname FROM pg_database WHERE datname ~ '__(old[0-9_]+|new|tpl_[0-9a-f]+__building)$'"
+            "SELECT datname FROM pg_database WHERE datname ~ '__(new|old|building)_[0-9]+(_[0-9]+)?$'"
         ).fetchall():
-            self._drop(name)
+            pid = int(re.search(r"__(?:new|old|building)_(\d+)", name).group(1))
+            if not _pid_alive(pid):
+                self._drop(name)
 
     def _supports_strategy(self) -> bool:
         # CREATE DATABASE ... STRATEGY arrived in PostgreSQL 15 (WAL_LOG: no checkpoints).
         return int(self.admin.execute("SHOW server_version_num").fetchone()[0]) >= 150000
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -403,7 +421,9 @@ class _RestorePlan:
     def read(cls, conn: "psycopg.Connection[Any]", template: str) -> "_RestorePlan":
         tables = conn.execute("SELECT schema_name, table_name, snapshot, row_count FROM devenv.snapshots ORDER BY 1, 2").fetchall()
         sequences = conn.execute("SELECT sequence, last_value, is_called FROM devenv.snapshot_sequences").fetchall()
-        mark = conn.execute("SELECT ddl_mark_value, ddl_mark_called FROM devenv.snapshot_meta").fetchone()
+        mark = conn.execute("SELECT ddl_mark_value, ddl_mark_called, template FROM devenv.snapshot_meta").fetchone()
+        if mark[2] != template:
+            raise LookupError(f"cloned from {mark[2]}, not the current template {template}")  # never serve stale data
         ident = lambda schema, name: f'"{schema}"."{name}"'  # noqa: E731  (names from the catalog)
         parts = [
             "BEGIN",
@@ -423,12 +443,12 @@ class _RestorePlan:
         return cls(sql=(";\n".join(parts) + ";").encode(), rows=sum(r for *_, r in tables), ddl_mark=(mark[0], mark[1]))
 
 
-def _make_snapshots(conn: "psycopg.Connection[Any]") -> None:
+def _make_snapshots(conn: "psycopg.Connection[Any]", template: str) -> None:
     """Copy every seeded table into `devenv.snap_*` so a clone can restore itself in place."""
     conn.execute(
         "CREATE TABLE devenv.snapshots (schema_name text, table_name text, snapshot text, row_count bigint);"
         "CREATE TABLE devenv.snapshot_sequences (sequence text, last_value bigint, is_called boolean);"
-        "CREATE TABLE devenv.snapshot_meta (ddl_mark_value bigint, ddl_mark_called boolean)"
+        "CREATE TABLE devenv.snapshot_meta (template text, ddl_mark_value bigint, ddl_mark_called boolean)"
     )
     tables = conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -448,4 +468,4 @@ def _make_snapshots(conn: "psycopg.Connection[Any]") -> None:
         value, called = conn.execute(f"SELECT last_value, is_called FROM {qualified}").fetchone()
         conn.execute("INSERT INTO devenv.snapshot_sequences VALUES (%s, %s, %s)", (qualified, value, called))
     # The DDL count after building the snapshots: any later DDL makes it differ.
-    conn.execute("INSERT INTO devenv.snapshot_meta SELECT last_value, is_called FROM devenv.ddl_changes")
+    conn.execute("INSERT INTO devenv.snapshot_meta SELECT %s, last_value, is_called FROM devenv.ddl_changes", (template,))

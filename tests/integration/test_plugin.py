@@ -105,8 +105,9 @@ def test_the_stack_started_by_the_run_is_stopped_unless_kept(plugin_project, run
 def test_xdist_workers_get_their_own_database_and_redis_index(plugin_project, runtime: str) -> None:
     pytest.importorskip("xdist")
     pytester, records = plugin_project
-    result = pytester.runpytest_subprocess("-n", "2", "--devenv-runtime", runtime, "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=4)
+    # Every test on both workers at once: shared data would break their fresh-state checks.
+    result = pytester.runpytest_subprocess("-n", "2", "--dist", "each", "--devenv-runtime", runtime, "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=8)
     seen = _records(records)
     by_worker = {name.rsplit("-", 1)[1]: r for name, r in seen.items()}
     assert set(by_worker) == {"gw0", "gw1"}, seen

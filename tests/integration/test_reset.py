@@ -1,0 +1,129 @@
+"""Reset: back to the freshly seeded state, never from a stale template, pooled clients unharmed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from devenv.api import Devenv
+
+
+def _counts(proj) -> tuple[int, int]:
+    with proj.connect() as conn:
+        return (conn.execute("SELECT count(*) FROM users").fetchone()[0],
+                conn.execute("SELECT count(*) FROM tasks").fetchone()[0])
+
+
+def _dirty(proj) -> None:
+    with proj.connect() as conn:
+        conn.execute("DELETE FROM tasks WHERE status = 'done'")
+        conn.execute("INSERT INTO users (email, password_hash) VALUES ('dirty@x', 'x')")
+        conn.execute("CREATE TABLE scratch (a int)")
+    proj.redis().set("dirty", "1")
+
+
+@pytest.mark.parametrize("strategy", ["auto", "restore", "clone", "copy"])
+def test_cli_reset_restores_the_seeded_state(project, strategy: str) -> None:
+    project.devenv("up")
+    with project.connect() as conn:
+        conn.execute("DELETE FROM tasks WHERE status = 'done'")
+        conn.execute("INSERT INTO users (email, password_hash) VALUES ('dirty@x', 'x')")
+    project.redis().set("dirty", "1")
+    result = project.devenv("reset", "--strategy", strategy)
+    assert "reset taskflow" in result.stderr and " ms" in result.stderr
+    assert _counts(project) == (8, 40)
+    assert project.redis().exists("dirty") == 0
+
+
+def test_reset_after_ddl_drops_what_the_test_created(project) -> None:
+    project.devenv("up")
+    _dirty(project)
+    result = project.devenv("reset")
+    assert "(clone)" in result.stderr, "DDL since the clone: restore is not enough"
+    with project.connect() as conn:
+        assert conn.execute("SELECT to_regclass('scratch')").fetchone()[0] is None
+    assert _counts(project) == (8, 40)
+
+
+def test_a_changed_seed_file_rebuilds_the_template_on_the_next_reset(project) -> None:
+    project.devenv("up")
+    with project.connect() as conn:
+        old_template = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'taskflow__tpl_%'").fetchone()[0]
+    (project.root / "seeds" / "data" / "003_more.sql").write_text(
+        "INSERT INTO users (id, email, password_hash, created_at) VALUES "
+        "('00000000-0000-4000-8000-0000000000a1', 'ivan@taskflow.dev', 'x', '2025-01-01');\n")
+    project.devenv("reset")
+    assert _counts(project) == (9, 40)
+    with project.connect() as conn:
+        templates = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'taskflow__tpl_%'")]
+    assert templates and old_template not in templates, "the stale template must be gone"
+
+
+def test_reset_hard_rebuilds_from_changed_files(project) -> None:
+    project.devenv("up")
+    users = project.root / "seeds" / "data" / "001_users.sql"
+    users.write_text(users.read_text().replace("alice@taskflow.dev", "alice.smith@taskflow.dev"))
+    assert project.devenv("up", check=False).returncode == 8  # an applied file changed
+    project.devenv("reset", "--hard")
+    with project.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM users WHERE email = 'alice.smith@taskflow.dev'").fetchone()[0] == 1
+    project.devenv("up")  # consistent again: the ledger holds the new checksum
+
+
+def test_pooled_clients_reconnect_cleanly_after_a_reset(project) -> None:
+    """After a reset, new pooled connections see the new database at once, without errors."""
+    project.devenv("up")
+    for strategy in ("clone", "restore"):
+        with project.connect(pooled=True, autocommit=True) as pooled:
+            pooled.execute("DELETE FROM tasks")  # leaves a server connection in PgBouncer's pool
+        project.devenv("reset", "--strategy", strategy)
+        for _ in range(5):  # more clients than one server connection, through the same pool
+            with project.connect(pooled=True, autocommit=True) as pooled:
+                assert pooled.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+
+
+def test_redis_seed_keys_are_reloaded(project) -> None:
+    (project.root / "seeds" / "redis.json").write_text(json.dumps({
+        "feature:dark_mode": "on", "queue:emails": ["a", "b"], "ratelimit:config": {"limit": "100", "window": "60"},
+    }))
+    project.devenv("up")
+    client = project.redis()
+    client.flushdb()
+    client.set("junk", "1")
+    project.devenv("reset")
+    assert client.get("feature:dark_mode") == "on"
+    assert client.lrange("queue:emails", 0, -1) == ["a", "b"]
+    assert client.hgetall("ratelimit:config") == {"limit": "100", "window": "60"}
+    assert client.exists("junk") == 0
+
+
+def test_seed_scale_generates_tasks(project) -> None:
+    project.edit("devenv.yaml", "    ephemeral: true\n", "    ephemeral: true\n    seed_scale: 500\n")
+    project.devenv("up")
+    assert _counts(project) == (8 + 10, 40 + 500)
+    with project.connect() as conn:  # deterministic ids: the same scale gives the same rows
+        assert conn.execute("SELECT title FROM tasks WHERE id = md5('scale-task-7')::uuid").fetchone()[0] \
+            == "Plan onboarding emails"  # ARRAY[...][1 + 7 % 8], [1 + 7 % 10]
+
+
+def test_python_api(project) -> None:
+    handle = Devenv.load(config=project.root / "devenv.yaml", profile="ci", runtime=project.runtime, env=project.env)
+    try:
+        report = handle.up()
+        assert report.database_created
+        assert handle.is_healthy()
+        with handle.connect() as conn:
+            conn.execute("DELETE FROM tasks")
+            conn.commit()
+        result = handle.reset()
+        assert result.strategy == "restore" and result.database == "taskflow"
+        with handle.connect(pooled=True) as conn:
+            assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+        assert handle.create_database("taskflow_other") is True
+        assert handle.create_database("taskflow_other") is False  # kept
+        with handle.connect("taskflow_other") as conn:
+            assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+        assert handle.redis(3).ping() is True
+    finally:
+        handle.close()
