@@ -43,14 +43,16 @@ def load_stack(config_path: str | None, profile: str) -> "Stack":
     config = load_config(find_config(config_path))
     stack = build_stack(config, profile)
     for warning in stack.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        _say(f"warning: {warning}", "warning")
     return stack
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--debug", is_flag=True, envvar="DEVENV_DEBUG", help="Show tracebacks [env: DEVENV_DEBUG].")
+@click.option("--ci", "ci_mode", is_flag=True,
+              help="Plain timestamped lines, no colours, no prompts (on by default when CI is set).")
 @click.version_option(package_name="devenv", prog_name="devenv")
-def cli(debug: bool) -> None:
+def cli(debug: bool, ci_mode: bool) -> None:
     """TaskFlow's PostgreSQL + PgBouncer + Redis stack in one command.
 
     Settings come from the tables in devenv.yaml; `devenv up` renders the config files,
@@ -84,7 +86,7 @@ def settings(profile: str, config_path: str | None, diff: tuple[str, str] | None
     stacks = [build_stack(config, name) for name in profiles]
     for stack in stacks:
         for warning in stack.warnings:
-            click.echo(f"warning: {stack.profile}: {warning}", err=True)
+            _say(f"warning: {stack.profile}: {warning}", "warning")
     click.echo(format_settings_table(stacks))
 
 
@@ -112,8 +114,20 @@ def format_settings_table(stacks: list["Stack"]) -> str:
     return "\n".join(out)
 
 
-def _say(line: str) -> None:
-    click.echo(line, err=True)
+def ci_mode() -> bool:
+    """CI mode: `--ci`, or the CI variable every CI system sets (not "false"/"0")."""
+    return "--ci" in sys.argv[1:] or os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def _say(line: str, kind: str = "") -> None:
+    """One progress or status line on stderr: timestamped in CI mode, coloured on a terminal."""
+    if ci_mode():
+        from datetime import datetime, timezone
+
+        line = f"{datetime.now(timezone.utc).strftime('%H:%M:%S.%f')[:-3]} {line}"
+    elif kind and sys.stderr.isatty():
+        line = click.style(line, fg={"error": "red", "warning": "yellow", "ok": "green"}[kind])
+    click.echo(line, err=True, color=None if not ci_mode() else False)
 
 
 def _runtime_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -318,12 +332,12 @@ def redis_cli(profile: str, config_path: str | None, args: tuple[str, ...]) -> N
 
 
 def _print_error(exc: DevenvError) -> None:
-    click.echo(f"error: {exc.message}", err=True)
+    _say(f"error: {exc.message}", "error")
     log_tail = getattr(exc, "log_tail", "")
     if log_tail:
         click.echo(log_tail.rstrip("\n"), err=True)
     if exc.hint:
-        click.echo(f"hint: {exc.hint}", err=True)
+        _say(f"hint: {exc.hint}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ def up(
     # initdb and the servers start instead of after.
     threading.Thread(target=_import_drivers, daemon=True).start()
     with locked(stack.state_dir, on_wait=say):
+        if hasattr(runtime, "cache_enabled"):
+            runtime.cache_enabled = seed and not os.environ.get("DEVENV_NO_CACHE")
         result = runtime.up(stack, say)
         for note in result.notes:
             say(note)
@@ -85,6 +88,14 @@ def up(
             log_tail=lambda service: runtime.log_tail(stack, service),
             on_healthy=on_healthy,
         )
+        if result.cache_key and hasattr(runtime, "save_cache"):
+            # The first seeded start of this setup: keep it for the next cold `up` anywhere.
+            runtime.save_cache(stack, result.cache_key, say)
+            health.wait_until_healthy(
+                {"postgres": health.postgres_checks(stack)}, timeout=timeout, progress=lambda line: None,
+                gone=lambda service: runtime.exit_status(stack, service),
+                log_tail=lambda service: runtime.log_tail(stack, service),
+            )
         report.seconds = time.monotonic() - start
         if fingerprint:
             write_state(stack.state_dir, {

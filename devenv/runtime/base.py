@@ -30,6 +30,8 @@ class UpResult:
     restarted: list[str] = field(default_factory=list)
     reloaded: list[str] = field(default_factory=list)
     fresh_database: bool = False  # the data directory/volume was just initialised
+    from_cache: bool = False  # ... from a cached seeded snapshot instead of initdb
+    cache_key: str = ""  # the key a fresh seeded data directory would be cached under
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -65,4 +67,16 @@ class Runtime(Protocol):
 
     def follow_logs(self, stack: Stack, service: str | None, follow: bool) -> Iterator[str]:
         """Log lines of one or all services; with `follow`, keep yielding new ones."""
+        ...
+
+    def pg_tool(self, stack: Stack, tool: str) -> list[str]:
+        """The argv prefix that runs a PostgreSQL client program (`pg_dump`, `pg_restore`) of
+        the running server's major version, connected to the stack's server.
+
+        The prefix names the program and its connection options (host, port, user), as seen
+        from wherever it runs; the caller appends the program's other options and
+        `--dbname=NAME`, passes the password and SSL mode in the environment (PGPASSWORD,
+        PGSSLMODE, which a container runtime forwards, e.g. `docker exec -e PGPASSWORD`),
+        and streams archives through stdin/stdout (no host paths).
+        """
         ...

@@ -97,6 +97,8 @@ class NativeRuntime:
     """Runs postgres, pgbouncer and redis-server as background processes."""
 
     name = "native"
+    # Set by lifecycle.up when it seeds: restore seeded data from the cache, and save to it.
+    cache_enabled = False
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self.env = dict(os.environ if env is None else env)
@@ -136,6 +138,18 @@ class NativeRuntime:
         wanted = stack.postgres.major
         why = "" if b.pg_major == wanted else f"; devenv.yaml's image names {wanted}, which is not installed"
         return f"PostgreSQL {b.pg_version} from {Path(b.postgres).parent}{why}"
+
+    def pg_tool(self, stack: Stack, tool: str) -> list[str]:
+        """`pg_dump`/`pg_restore` from the bindir of the server this runtime starts (same major)."""
+        binary = Path(self.binaries(stack).postgres).parent / tool
+        if not binary.is_file():
+            raise DependencyError(
+                f"{tool} not found in {binary.parent} (next to the postgres server devenv runs)",
+                hint="install the PostgreSQL client programs of the same major version: Debian/Ubuntu "
+                f"`sudo apt-get install postgresql-client-{self.binaries(stack).pg_major}`.",
+            )
+        # TCP on 127.0.0.1 as the stack's superuser, like every other client of the stack.
+        return [str(binary), "--host=127.0.0.1", f"--port={stack.postgres.port}", f"--username={stack.postgres.user}"]
 
     def run_user(self) -> RunUser | None:
         """The account to run servers as: None when not root."""
@@ -270,14 +284,14 @@ class NativeRuntime:
             if service == "postgres":
                 self._cleanup_postgres(layout, stack.postgres.port)
                 if not (layout.pgdata / "PG_VERSION").exists():
-                    progress(f"postgres   initdb ({binaries.pg_version})")
-                    self._initdb(stack, layout, binaries, user)
-                    result.fresh_database = True
+                    self._create_cluster(stack, layout, binaries, user, progress, result)
             else:
                 # Not running (checked above), so a pid file left behind is stale.
                 (layout.run / f"{service}.pid").unlink(missing_ok=True)
             argv = self._command(service, layout, binaries)
             self._children[service] = _spawn(argv, layout.log_file(service), user, cwd=layout.base)
+            if service == "postgres" and result.from_cache:
+                self._set_password(stack, layout)
             state[service] = {
                 "pid": self._children[service].pid,
                 "hash": hashes[service],
@@ -302,6 +316,72 @@ class NativeRuntime:
             return "reload"  # also covers a pg_hba.conf-only change
         return "restart"
 
+    def _create_cluster(self, stack: Stack, layout: Layout, binaries: Binaries, user: RunUser | None,
+                        progress: Progress, result: UpResult) -> None:
+        """A new data directory: from the cache when a seeded snapshot matches, else initdb."""
+        from devenv import cache
+
+        key = cache.data_key(stack, binaries.pg_version, self._initdb_args(stack, Path("PGDATA"), Path("PWFILE")))
+        archive = cache.find(key) if self.cache_enabled else None
+        if archive is not None:
+            progress(f"postgres   restoring seeded data from {archive}")
+            seconds = cache.restore(archive, layout.pgdata, (user.uid, user.gid) if user else None)
+            progress(f"postgres   restored in {seconds:.2f}s (no initdb, schema or seed)")
+            result.from_cache = True
+            return
+        progress(f"postgres   initdb ({binaries.pg_version})")
+        self._initdb(stack, layout, binaries, user)
+        result.fresh_database = True
+        result.cache_key = key if self.cache_enabled else ""
+
+    def _set_password(self, stack: Stack, layout: Layout, timeout: float = 30.0) -> None:
+        """After a restore: this checkout's password, set over the (trusted) unix socket."""
+        import psycopg
+        from psycopg import sql
+
+        pg = stack.postgres
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                conn = psycopg.connect(host=str(layout.run), port=pg.port, user=pg.user, dbname="postgres",
+                                       autocommit=True, connect_timeout=2)
+                break
+            except psycopg.OperationalError as exc:
+                if self.exit_status(stack, "postgres") or time.monotonic() > deadline:
+                    raise HealthCheckError(
+                        f"postgres did not start from the cached data directory: {exc}",
+                        hint="delete the cache entry (DEVENV_CACHE_DIR) and run `devenv up` again.",
+                        log_tail=_tail(layout.log_file("postgres"), 20),
+                    ) from exc
+                time.sleep(0.02)
+        with conn:
+            conn.execute("SET log_statement = 'none'")  # keep the password out of the log
+            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(pg.user), sql.Literal(pg.password)))
+
+    def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
+        """Snapshot the freshly seeded data directory into the cache (a clean stop, then restart)."""
+        from devenv import cache
+
+        layout = self.layout(stack)
+        state = self._read_state(layout)
+        entry = state["postgres"]
+        start = time.perf_counter()
+        self._stop("postgres", entry)  # a clean shutdown: the copy needs no recovery
+        try:
+            path = cache.save(layout.pgdata, key)
+        finally:
+            binaries = self.binaries(stack)
+            self._children["postgres"] = _spawn(self._command("postgres", layout, binaries), layout.log_file("postgres"),
+                                                self.run_user(), cwd=layout.base)
+            state["postgres"] = {**entry, "pid": self._children["postgres"].pid}
+            _write_json(layout.state_file, state)
+        progress(f"postgres   cached the seeded data in {path} ({path.stat().st_size / 1e6:.1f} MB, "
+                 f"{time.perf_counter() - start:.2f}s)")
+
+    def _initdb_args(self, stack: Stack, pgdata: Path, pwfile: Path) -> list[str]:
+        return ["-D", str(pgdata), "-U", stack.postgres.user, f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C",
+                "--auth-local=trust", "--auth-host=scram-sha-256"]
+
     def _initdb(self, stack: Stack, layout: Layout, binaries: Binaries, user: RunUser | None) -> None:
         """initdb into a scratch directory, then rename: a killed initdb never leaves half a cluster."""
         scratch = layout.pgdata.with_name(layout.pgdata.name + ".initdb")
@@ -314,10 +394,7 @@ class NativeRuntime:
         with os.fdopen(fd, "w") as handle:
             handle.write(stack.postgres.password + "\n")
         _chown(pwfile, user)
-        argv = [
-            binaries.initdb, "-D", str(scratch), "-U", stack.postgres.user, f"--pwfile={pwfile}",
-            "-E", "UTF8", "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256",
-        ]
+        argv = [binaries.initdb, *self._initdb_args(stack, scratch, pwfile)]
         if stack.ephemeral:
             argv.append("--no-sync")  # tmpfs: there is nothing to sync to
         try:

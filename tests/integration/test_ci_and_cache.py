@@ -1,0 +1,66 @@
+"""CI mode output, and cold starts from the cached seeded data directory."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+
+@pytest.fixture
+def cached_project(project, tmp_path):
+    project.env["DEVENV_CACHE_DIR"] = str(tmp_path / "cache")
+    return project
+
+
+def test_second_cold_up_restores_from_the_cache(cached_project, runtime: str) -> None:
+    if runtime != "native":
+        pytest.skip("the data cache is implemented for the native runtime")
+    proj = cached_project
+    first = proj.devenv("up")
+    assert "cached the seeded data" in first.stderr
+    archives = list((proj.root.parent / "cache").glob("pgdata-*"))
+    assert len(archives) == 1
+    with proj.connect() as conn:
+        conn.execute("INSERT INTO users (email, password_hash) VALUES ('later@x', 'x')")
+        conn.commit()
+    proj.devenv("down", "--volumes")
+    second = proj.devenv("up")
+    assert "restoring seeded data" in second.stderr and "postgres   initdb" not in second.stderr
+    with proj.connect() as conn:  # the seeded state: the row added after seeding is not cached
+        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 8
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+    with proj.connect(pooled=True) as conn:  # this checkout's password works through PgBouncer too
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
+    proj.devenv("reset")  # the restored template serves resets
+
+
+def test_a_changed_seed_file_misses_the_cache(cached_project, runtime: str) -> None:
+    if runtime != "native":
+        pytest.skip("the data cache is implemented for the native runtime")
+    proj = cached_project
+    proj.devenv("up")
+    proj.devenv("down", "--volumes")
+    tasks = proj.root / "seeds" / "data" / "002_tasks.sql"
+    tasks.write_text(tasks.read_text().replace("Fix rounding error in invoice totals", "Fix rounding in invoice totals"))
+    again = proj.devenv("up")
+    assert "postgres   initdb" in again.stderr and "restoring seeded data" not in again.stderr
+    assert len(list((proj.root.parent / "cache").glob("pgdata-*"))) == 2
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM tasks WHERE title = 'Fix rounding in invoice totals'").fetchone()[0] == 1
+
+
+def test_ci_mode_output_is_plain_timestamped_lines(project) -> None:
+    project.env["CI"] = "true"
+    logged = 0
+    for args in (("up",), ("status",), ("up", "--timeout", "5", "-p", "nope")):
+        proc = project.devenv(*args, check=False)
+        output = proc.stdout + proc.stderr
+        assert "\x1b[" not in output, f"escape codes in CI output of {args}"
+        assert "\r" not in output, f"carriage returns (spinners) in CI output of {args}"
+        # Every progress/status line on stderr carries a timestamp (log tails are quoted as they are).
+        lines = [line for line in proc.stderr.splitlines() if line and not line.startswith(("---", " "))]
+        assert all(re.match(r"^\d\d:\d\d:\d\d\.\d{3} ", line) for line in lines), proc.stderr
+        logged += len(lines)
+    assert logged >= 5
+    assert proc.returncode == 3  # the unknown profile still fails loudly, with its exit code
