@@ -1,21 +1,163 @@
-"""Runtimes: one interface (base.Runtime), implemented by local processes (native)."""
+"""Runtimes: one interface (base.Runtime), implemented by containers (docker) and local processes (native).
+
+`auto` (the default) is the runtime a stack already runs on; else Docker when an engine
+answers a ping and has the images (or can pull them); else native. Where there obviously is
+no engine (no DOCKER_HOST, no Docker context, no socket) it decides without importing the
+docker SDK.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+from typing import Callable, Iterator, Mapping
 
-from devenv.errors import ConfigError
-from devenv.runtime.base import Runtime
+from devenv.errors import ConfigError, DependencyError
+from devenv.runtime.base import Progress, Runtime, ServiceState, UpResult
+from devenv.stack import Stack
 
-RUNTIME_NAMES = ("auto", "native")
+RUNTIME_NAMES = ("auto", "native", "docker")
+Say = Callable[[str], None]
 
 
-def get_runtime(name: str, say: Callable[[str], None] = lambda line: None) -> Runtime:
-    """The runtime by name; `auto` picks one and says which."""
-    if name in ("auto", "native"):
+def get_runtime(name: str, say: Say = lambda line: None) -> Runtime:
+    """The runtime by name; `auto` picks one per stack and says which."""
+    if name == "native":
         from devenv.runtime.native import NativeRuntime
 
-        if name == "auto":
-            say("runtime: native (local processes)")
         return NativeRuntime()
+    if name == "docker":
+        from devenv.runtime.docker import DockerRuntime
+
+        return DockerRuntime()
+    if name == "auto":
+        return AutoRuntime(say)
     raise ConfigError(f"unknown runtime '{name}'", hint=f"choose one of: {', '.join(RUNTIME_NAMES)}.")
+
+
+class AutoRuntime:
+    """`--runtime auto`: resolves to native or docker for a stack on first use, then delegates."""
+
+    def __init__(self, say: Say = lambda line: None, env: Mapping[str, str] | None = None) -> None:
+        self.say = say
+        self.env = dict(os.environ if env is None else env)
+        self._chosen: Runtime | None = None
+        self._checked_images = False
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """The chosen runtime's name ("auto" until one is chosen)."""
+        return self._chosen.name if self._chosen is not None else "auto"
+
+    def resolve(self, stack: Stack) -> Runtime:
+        """The runtime this stack is recorded on; else Docker if an engine answers; else native."""
+        if self._chosen is not None:
+            return self._chosen
+        from devenv.state import read_state
+
+        recorded = read_state(stack.state_dir).get("runtime")
+        if recorded == "native":
+            self._chosen = get_runtime("native")
+            self._checked_images = True  # it runs there: use it as it is
+            self.say("runtime: native (the stack is running there)")
+            return self._chosen
+        docker = self._docker()
+        if not isinstance(docker, str):
+            self._checked_images = recorded == "docker"
+            self.say(f"runtime: docker ({'the stack is running there' if recorded == 'docker' else 'engine'} at "
+                     f"{docker.endpoint().host}, from {docker.endpoint().origin})")
+            self._chosen = docker
+            return docker
+        self._chosen = self._native(docker)
+        return self._chosen
+
+    def _docker(self) -> "Runtime | str":
+        """A DockerRuntime whose engine answered a ping, or why there is none."""
+        from devenv.runtime.docker import find_endpoint  # the module defers the SDK itself
+
+        try:
+            endpoint = find_endpoint(self.env)
+        except DependencyError as exc:
+            return exc.message
+        if endpoint is None:
+            return "no Docker engine found"
+        from devenv.runtime.docker import API_TIMEOUT, PING_TIMEOUT, DockerRuntime, connect
+
+        try:
+            client = connect(endpoint, timeout=PING_TIMEOUT)
+        except DependencyError as exc:
+            return exc.message
+        client.api.timeout = API_TIMEOUT  # the ping had to be quick; pulls and stops need not be
+        return DockerRuntime(env=self.env, endpoint=endpoint, client=client)
+
+    def _native(self, why: str) -> Runtime:
+        from devenv.runtime.native import NativeRuntime
+
+        self.say(f"runtime: native (local processes; {why})")
+        return NativeRuntime()
+
+    def _for_up(self, stack: Stack, progress: Progress) -> Runtime:
+        """As `resolve`, and when Docker was picked by a ping: its images present or pullable, else native."""
+        runtime = self.resolve(stack)
+        if runtime.name != "docker" or self._checked_images:
+            return runtime
+        self._checked_images = True
+        try:
+            runtime.ensure_images(stack, progress)  # type: ignore[attr-defined]
+        except DependencyError as exc:
+            from devenv.runtime.native import NativeRuntime
+
+            native = NativeRuntime()
+            try:
+                native.binaries(stack)
+            except DependencyError:
+                raise exc from None  # neither works: the Docker error says what to do
+            self.say(f"runtime: native instead of docker: {exc.message}")
+            self._chosen = native
+        return self._chosen
+
+    # ---- the Runtime interface, delegated ------------------------------------------------------
+
+    def describe(self, stack: Stack) -> str:
+        """The chosen runtime's description (choosing it, images included, if not done yet)."""
+        runtime = self._for_up(stack, self.say)
+        describe = getattr(runtime, "describe", None)
+        return describe(stack) if describe else runtime.name
+
+    def up(self, stack: Stack, progress: Progress) -> UpResult:
+        """Start the stack on the chosen runtime."""
+        return self._for_up(stack, progress).up(stack, progress)
+
+    def down(self, stack: Stack, volumes: bool = False) -> list[str]:
+        """Stop the stack where it runs; with nothing recorded, wherever it left something."""
+        from devenv.state import read_state
+
+        if read_state(stack.state_dir).get("runtime") in ("native", "docker"):
+            return self.resolve(stack).down(stack, volumes=volumes)
+        stopped: list[str] = []
+        if (stack.state_dir / "native").exists():  # a native tree: data of an earlier native `up`
+            from devenv.runtime.native import NativeRuntime
+
+            stopped += NativeRuntime().down(stack, volumes=volumes)
+        docker = self._docker()
+        if not isinstance(docker, str):
+            stopped += [s for s in docker.down(stack, volumes=volumes) if s not in stopped]
+        return stopped
+
+    def states(self, stack: Stack) -> list[ServiceState]:
+        """Each service's state on the chosen runtime."""
+        return self.resolve(stack).states(stack)
+
+    def exit_status(self, stack: Stack, service: str) -> str | None:
+        """Why a service is gone, on the chosen runtime."""
+        return self.resolve(stack).exit_status(stack, service)
+
+    def log_tail(self, stack: Stack, service: str, lines: int = 20) -> str:
+        """The last lines of a service's log, on the chosen runtime."""
+        return self.resolve(stack).log_tail(stack, service, lines)
+
+    def follow_logs(self, stack: Stack, service: str | None, follow: bool) -> Iterator[str]:
+        """Log lines on the chosen runtime."""
+        return self.resolve(stack).follow_logs(stack, service, follow)
+
+
+__all__ = ["AutoRuntime", "RUNTIME_NAMES", "get_runtime"]
