@@ -2,15 +2,27 @@
 
 Every test here runs once per runtime in RUNTIMES. A runtime whose engine is missing is
 skipped on a developer's machine and fails in CI (where `CI` is set).
+
+Docker: the images are devenv.yaml's, or the local test images built by .ci/images/build.sh
+(devenv-test/*) when DEVENV_TEST_DOCKER_IMAGES=1 (CI sets it) or when devenv.yaml's images are
+absent and the test images exist. Each throwaway project gets its own `project:` name, so
+its containers, network and volumes are its own; teardown removes them by label.
+
+Marker: `native_only(reason)` skips a test of native internals (pid files, unix sockets in
+run/) on the other runtimes.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -21,7 +33,83 @@ from devenv.settings import load_config
 from devenv.stack import Stack, build_stack
 
 REPO = Path(__file__).resolve().parents[2]
-RUNTIMES = ["native"]
+RUNTIMES = ["native", "docker"]
+# Built by .ci/images/build.sh from Debian packages; they honour the official images' contracts.
+TEST_IMAGES = {
+    "DEVENV_POSTGRES_IMAGE": "devenv-test/postgres:15",
+    "DEVENV_PGBOUNCER_IMAGE": "devenv-test/pgbouncer:1.18",
+    "DEVENV_REDIS_IMAGE": "devenv-test/redis:7",
+}
+SERVICES = ("postgres", "pgbouncer", "redis")
+SERVER_COMMS = {"postgres", "pgbouncer", "redis-server", "initdb"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "native_only(reason): tests native internals; skipped on other runtimes")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        runtime = getattr(getattr(item, "callspec", None), "params", {}).get("runtime")
+        if runtime is None:
+            continue
+        native_only = item.get_closest_marker("native_only")
+        if native_only and runtime != "native":
+            item.add_marker(pytest.mark.skip(reason=f"native internals: {native_only.kwargs.get('reason', '')}"))
+
+
+# ---- Docker: the engine, the images, the containers of a project --------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def docker_client() -> Any:
+    """A docker SDK client for the engine devenv would use (DependencyError when none answers)."""
+    from devenv.runtime.docker import connect, find_endpoint, no_engine_error
+
+    endpoint = find_endpoint()
+    if endpoint is None:
+        raise no_engine_error(os.environ)
+    return connect(endpoint, timeout=120)
+
+
+def _image_present(client: Any, image: str) -> bool:
+    from docker.errors import ImageNotFound
+
+    try:
+        client.images.get(image)
+        return True
+    except ImageNotFound:
+        return False
+
+
+@functools.lru_cache(maxsize=None)
+def docker_images() -> tuple[tuple[str, str], ...]:
+    """DEVENV_*_IMAGE overrides for the docker runtime: the local test images, or none."""
+    if os.environ.get("DEVENV_TEST_DOCKER_IMAGES", "") not in ("", "0"):
+        return tuple(TEST_IMAGES.items())
+    client = docker_client()
+    config = load_config(REPO / "devenv.yaml", env={})
+    official = [service.image for service in config.services.values()]
+    if all(_image_present(client, image) for image in official):
+        return ()
+    if all(_image_present(client, image) for image in TEST_IMAGES.values()):
+        return tuple(TEST_IMAGES.items())
+    return ()
+
+
+def docker_teardown(project_name: str) -> None:
+    """Remove every container, network and volume labelled with a (throwaway) project name."""
+    try:
+        client = docker_client()
+    except Exception:  # no engine: nothing of ours can exist
+        return
+    label = {"label": f"dev.devenv.project={project_name}"}
+    for container in client.containers.list(all=True, filters=label):
+        container.remove(force=True, v=True)
+    for network in client.networks.list(filters=label):
+        network.remove()
+    for volume in client.volumes.list(filters=label):
+        volume.remove(force=True)
 
 
 def free_port() -> int:
@@ -29,6 +117,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports (each held until all are chosen, so none comes back twice)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 @dataclass
@@ -77,38 +177,230 @@ class Project:
         assert old in text, f"{old!r} not in {relative}"
         path.write_text(text.replace(old, new, 1))
 
+    # ---- runtime-neutral views of what runs ------------------------------------------------
 
+    @property
+    def project_name(self) -> str:
+        """The `project:` of this project's devenv.yaml (Docker labels carry it)."""
+        match = re.search(r"^project:\s*(\S+)", (self.root / "devenv.yaml").read_text(), re.M)
+        assert match, "devenv.yaml names no project"
+        return match.group(1)
+
+    def native_state(self) -> dict[str, Any]:
+        """The native runtime's record: {service: {"pid": ...}, "_meta": {"pgdata": ...}}."""
+        return json.loads((self.root / ".devenv" / self.profile / "native" / "state.json").read_text())
+
+    def containers(self, running_only: bool = False) -> list[Any]:
+        """This project's containers for its profile (docker runtime), found by Compose's labels."""
+        stack_name = f"{self.project_name}-{self.profile}"
+        filters = {"label": f"com.docker.compose.project={stack_name}"}
+        return docker_client().containers.list(all=not running_only, filters=filters)
+
+    def container(self, service: str) -> Any:
+        """The container of one service (docker runtime); fails the test if there is none."""
+        found = [c for c in self.containers() if c.labels.get("com.docker.compose.service") == service
+                 and c.labels.get("com.docker.compose.oneoff") == "False"]
+        assert len(found) == 1, f"{len(found)} containers for {service}: {[c.name for c in found]}"
+        return found[0]
+
+    def server_pids(self) -> dict[str, int]:
+        """{service: host pid of its server}: the native state file, or each container's main process."""
+        if self.runtime == "native":
+            state = self.native_state()
+            return {service: state[service]["pid"] for service in SERVICES}
+        out = {}
+        for service in SERVICES:
+            container = self.container(service)
+            assert container.attrs["State"]["Running"], f"{container.name} is not running"
+            out[service] = container.attrs["State"]["Pid"]
+        return out
+
+    def listen_port(self, service: str) -> int:
+        """The port the server itself listens on: the stack's port natively; in Docker the
+        container port that is published on the stack's port (127.0.0.1 only)."""
+        port = getattr(self.stack(), service).port
+        if self.runtime == "native":
+            return port
+        bindings = self.container(service).attrs["HostConfig"]["PortBindings"] or {}
+        inside = [int(key.split("/")[0]) for key, binds in bindings.items()
+                  if any(b["HostPort"] == str(port) and b["HostIp"] == "127.0.0.1" for b in binds or [])]
+        assert len(inside) == 1, f"{service}: no single container port published on 127.0.0.1:{port}: {bindings}"
+        return inside[0]
+
+    def server_processes(self) -> list[int]:
+        """Host pids of every server process of this project that runs, tracked by devenv or not."""
+        if self.runtime == "native":
+            return _native_project_processes(self)
+        return sorted(c.attrs["State"]["Pid"] for c in self.containers(running_only=True))
+
+    def pgdata(self) -> str:
+        """Where Postgres keeps this project's data: a path (native), `volume:NAME` or `tmpfs:PATH` (docker)."""
+        if self.runtime == "native":
+            return self.native_state()["_meta"]["pgdata"]
+        container = self.container("postgres")
+        volume = next((m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"
+                       and m["Destination"].startswith("/var/lib/postgresql")), None)
+        if volume:
+            return f"volume:{volume}"
+        tmpfs = container.attrs["HostConfig"].get("Tmpfs") or {}
+        assert tmpfs, f"{container.name} keeps its data neither in a volume nor on tmpfs"
+        return f"tmpfs:{next(iter(tmpfs))}"
+
+    def pgdata_on_tmpfs(self) -> bool:
+        """Whether the data lives in memory (/dev/shm natively, a tmpfs mount in Docker)."""
+        location = self.pgdata()
+        return location.startswith("/dev/shm") or location.startswith("tmpfs:")
+
+    def pgdata_exists(self, location: str) -> bool:
+        """Whether the data at a location `pgdata()` returned is still there."""
+        if location.startswith("volume:"):
+            from docker.errors import NotFound
+
+            try:
+                docker_client().volumes.get(location.split(":", 1)[1])
+                return True
+            except NotFound:
+                return False
+        if location.startswith("tmpfs:"):  # gone with its container
+            return bool(self.containers())
+        return Path(location).exists()
+
+    def postmasters(self) -> list[int]:
+        """Host pids of live postmasters running on this project's data (one, when all is well)."""
+        if self.runtime == "native":
+            return _native_postmasters(self.pgdata())
+        location = self.pgdata()
+        out = []
+        for container in docker_client().containers.list(filters={"status": "running"}):
+            mounts = container.attrs["Mounts"]
+            same_volume = location.startswith("volume:") and any(m.get("Name") == location[7:] for m in mounts)
+            same_stack = container.labels.get("com.docker.compose.project") == f"{self.project_name}-{self.profile}" \
+                and container.labels.get("com.docker.compose.service") == "postgres"
+            if same_volume or same_stack:
+                out.append(container.attrs["State"]["Pid"])
+        return out
+
+
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+    except OSError:
+        return None
+    return raw[raw.index("(") + 1 : raw.rindex(")")], raw[raw.rindex(")") + 2 :][:1]
+
+
+def _proc_argv(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _native_postmasters(pgdata: str) -> list[int]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            stat = _proc_stat(int(proc.name))
+            if stat and stat[0] == "postgres" and stat[1] != "Z" and pgdata in _proc_argv(int(proc.name)):
+                out.append(int(proc.name))
+    return out
+
+
+def _native_project_processes(project: Project) -> list[int]:
+    """Live server processes whose argv or cwd names the project's native directory."""
+    link = project.root / ".devenv" / project.profile / "native"
+    match = re.search(r"-([0-9a-f]{10})$", os.path.realpath(link)) if link.exists() else None
+    if not match:
+        return []
+    key, out = match.group(1), []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        pid = int(proc.name)
+        stat = _proc_stat(pid)
+        if not stat or stat[0] not in SERVER_COMMS or stat[1] == "Z":
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            cwd = ""
+        if any(key in arg for arg in _proc_argv(pid)) or key in cwd:
+            out.append(pid)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
 def _engine_available(runtime: str) -> str | None:
     """None when the runtime can run here, else why not."""
     if runtime == "native":
         missing = [p for p in ("pgbouncer", "redis-server") if not shutil.which(p, path=os.environ.get("PATH", "") + ":/usr/sbin")]
         return f"missing {', '.join(missing)}" if missing else None
+    if runtime == "docker":
+        from devenv.errors import DevenvError
+
+        try:
+            client = docker_client()  # pings the engine
+        except DevenvError as exc:
+            return exc.message
+        images = dict(docker_images()) or {
+            f"DEVENV_{name.upper()}_IMAGE": service.image
+            for name, service in load_config(REPO / "devenv.yaml", env={}).services.items()}
+        missing = [image for image in images.values() if not _image_present(client, image)]
+        if missing:
+            return f"images missing on the engine: {', '.join(missing)} (build the test images: .ci/images/build.sh)"
+        return None
     return f"unknown runtime {runtime}"
 
 
-@pytest.fixture(params=RUNTIMES)
-def runtime(request: pytest.FixtureRequest) -> str:
-    """Each integration test runs once per runtime."""
-    reason = _engine_available(request.param)
+def use_runtime(name: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Skip (fail in CI) when a runtime cannot run here; for docker, export the chosen images."""
+    reason = _engine_available(name)
     if reason:
         if os.environ.get("CI"):
-            pytest.fail(f"{request.param} runtime unavailable in CI: {reason}")
-        pytest.skip(f"{request.param} runtime unavailable: {reason}")
-    return request.param
+            pytest.fail(f"{name} runtime unavailable in CI: {reason}")
+        pytest.skip(f"{name} runtime unavailable: {reason}")
+    if name == "docker":
+        for var, image in docker_images():  # also for what a test starts itself (pytester, the API)
+            monkeypatch.setenv(var, image)
+    return name
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each integration test runs once per runtime (docker: with the images chosen above)."""
+    return use_runtime(request.param, monkeypatch)
 
 
 def make_project(base: Path, runtime: str, profile: str = "dev") -> Project:
-    """Copy devenv.yaml and seeds/ into `base` and give the stack free ports."""
+    """Copy devenv.yaml and seeds/ into `base` and give the stack free ports.
+
+    On Docker the project also gets its own name: container, network and volume names derive
+    from it, and two throwaway projects must not share them.
+    """
     base.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "devenv.yaml", base / "devenv.yaml")
     shutil.copytree(REPO / "seeds", base / "seeds")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVENV_")}
+    ports = free_ports(3)
     env.update({
-        "DEVENV_POSTGRES_PORT": str(free_port()),
-        "DEVENV_PGBOUNCER_PORT": str(free_port()),
-        "DEVENV_REDIS_PORT": str(free_port()),
+        "DEVENV_POSTGRES_PORT": str(ports[0]),
+        "DEVENV_PGBOUNCER_PORT": str(ports[1]),
+        "DEVENV_REDIS_PORT": str(ports[2]),
     })
+    if runtime == "docker":
+        env.update(dict(docker_images()))
+        config = base / "devenv.yaml"
+        text = config.read_text()
+        config.write_text(re.sub(r"^project:\s*(\S+)", lambda m: f"project: {m.group(1)}-t{uuid.uuid4().hex[:8]}",
+                                 text, count=1, flags=re.M))
     return Project(root=base, runtime=runtime, profile=profile, env=env)
+
+
+def teardown_project(proj: Project) -> None:
+    """`down --volumes`, then (Docker) remove whatever still carries the project's label."""
+    proj.devenv("down", "--volumes", check=False)
+    if proj.runtime == "docker":
+        docker_teardown(proj.project_name)
 
 
 @pytest.fixture
@@ -116,7 +408,7 @@ def project(tmp_path: Path, runtime: str) -> Iterator[Project]:
     """A fresh project (nothing running yet), torn down with its data afterwards."""
     proj = make_project(tmp_path / "proj", runtime, profile="ci")
     yield proj
-    proj.devenv("down", "--volumes", check=False)
+    teardown_project(proj)
 
 
 @pytest.fixture(scope="session")
@@ -124,7 +416,7 @@ def _session_stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[t
     started: dict[tuple[str, str], Project] = {}
     yield started
     for proj in started.values():
-        proj.devenv("down", "--volumes", check=False)
+        teardown_project(proj)
 
 
 @pytest.fixture

@@ -74,7 +74,7 @@ def test_pgbouncer_config(running, profile: str) -> None:
     assert rows["pool_mode"] == "transaction"
     assert rows["default_pool_size"] == "20"
     assert rows["max_client_conn"] == "100"
-    assert rows["listen_port"] == str(pgb.port)
+    assert rows["listen_port"] == str(proj.listen_port("pgbouncer"))  # pgb.port itself natively
 
 
 @pytest.mark.parametrize("profile", PROFILES)

@@ -1,0 +1,341 @@
+"""The Docker runtime against a real engine: what only Docker has.
+
+The containers devenv starts are compared with the rendered docker-compose.yml (parsed here,
+independently of devenv's own translation), Compose's labels, TLS in a container, images that
+are missing, an engine that is not there, a health check that never passes, a first start
+that fails half way, leftovers of an interrupted `up`, and `--runtime auto`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import yaml
+
+from tests.integration.conftest import Project, docker_client, make_project, teardown_project, use_runtime
+
+SERVICES = ("postgres", "pgbouncer", "redis")
+
+
+@pytest.fixture(params=["docker"])
+def runtime(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here is about the docker runtime only (overrides the conftest's parametrization)."""
+    return use_runtime(request.param, monkeypatch)
+
+
+@pytest.fixture
+def dev_project(tmp_path: Path, runtime: str) -> Iterator[Project]:
+    """A fresh project on the durable dev profile (a named data volume)."""
+    proj = make_project(tmp_path / "proj", runtime, profile="dev")
+    yield proj
+    teardown_project(proj)
+
+
+def _stderr_error(result: Any) -> str:
+    return next((line for line in result.stderr.splitlines() if line.startswith("error:")), "")
+
+
+def _hint(result: Any) -> str:
+    return next((line for line in result.stderr.splitlines() if line.startswith("hint:")), "")
+
+
+# ---- the containers are the rendered compose file ---------------------------------------------------
+
+_NS = {"h": 3600e9, "m": 60e9, "s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1}
+
+
+def _ns(text: str) -> int:
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|ns|h|m|s)", str(text))
+    assert parts, f"not a duration: {text}"
+    return int(sum(float(n) * _NS[u] for n, u in parts))
+
+
+def _size(text: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([kmg]?)", str(text).lower()).groups()
+    return int(number) * 1024 ** " kmg".index(unit or " ")
+
+
+def _api_at_least(version: str, wanted: str) -> bool:
+    return tuple(map(int, version.split("."))) >= tuple(map(int, wanted.split(".")))
+
+
+@pytest.mark.parametrize("profile", ["dev", "prod", "ci"])
+def test_containers_match_the_rendered_compose_file(running: Any, profile: str, tmp_path: Path) -> None:
+    """Image, command, environment, ports, mounts, health check, limits, stop signal, labels, network."""
+    proj = running(profile)
+    state_dir = proj.root / ".devenv" / profile
+    compose_path = state_dir / "docker-compose.yml"
+    # The file is what `devenv render` writes, byte for byte.
+    proj.devenv("render", "--out", str(tmp_path / "rendered"))
+    assert compose_path.read_text() == (tmp_path / "rendered" / "docker-compose.yml").read_text()
+
+    compose = yaml.safe_load(compose_path.read_text())
+    api_version = docker_client().api.api_version
+    containers = {c.labels["com.docker.compose.service"]: c for c in proj.containers()}
+    assert set(containers) == set(compose["services"]), "one container per compose service, nothing else"
+
+    for service, svc in compose["services"].items():
+        container = containers[service]
+        config, host = container.attrs["Config"], container.attrs["HostConfig"]
+        where = f"{profile}/{service}"
+        assert container.name == f"{compose['name']}-{service}-1", where
+        assert container.attrs["State"]["Running"], where
+        assert config["Image"] == svc["image"], where
+        assert config["Cmd"] == svc["command"], where
+        env = dict(item.split("=", 1) for item in config["Env"])
+        for key, value in svc.get("environment", {}).items():
+            assert env.get(key) == str(value), f"{where}: environment {key}"
+
+        expected_ports = {}
+        for port in svc["ports"]:
+            ip, published, target = port.split(":")
+            expected_ports[f"{target}/tcp"] = [{"HostIp": ip, "HostPort": published}]
+        assert host["PortBindings"] == expected_ports, where
+        assert all(ip == "127.0.0.1" for ip, *_ in (p.split(":") for p in svc["ports"]))
+
+        declared = compose.get("volumes", {})
+        expected_mounts = set()
+        for entry in svc.get("volumes", []):
+            source, target, *mode = entry.split(":")
+            read_only = "ro" in mode
+            if source.startswith("."):
+                expected_mounts.add(("bind", str((state_dir / source).resolve()), target, not read_only))
+            else:
+                expected_mounts.add(("volume", declared[source]["name"], target, not read_only))
+        image_volumes = set((docker_client().images.get(config["Image"]).attrs["Config"].get("Volumes") or {}))
+        seen_mounts = set()
+        for mount in container.attrs["Mounts"]:
+            key = ("bind", mount["Source"], mount["Destination"], mount["RW"]) if mount["Type"] == "bind" else (
+                "volume", mount["Name"], mount["Destination"], mount["RW"])
+            if key not in expected_mounts:
+                # Only what Compose would add too: an anonymous volume for the image's own VOLUME.
+                assert mount["Type"] == "volume" and mount["Destination"] in image_volumes, f"{where}: extra {mount}"
+                continue
+            seen_mounts.add(key)
+        assert seen_mounts == expected_mounts, where
+        assert set(host.get("Tmpfs") or {}) == set(svc.get("tmpfs", [])), where
+        for bind in (m for m in expected_mounts if m[0] == "bind"):
+            assert Path(bind[1]).is_file(), f"{where}: mounted file {bind[1]} is missing"
+
+        check, health = config["Healthcheck"], svc["healthcheck"]
+        assert check["Test"] == [part.replace("$$", "$") for part in health["test"]], where
+        assert check["Interval"] == _ns(health["interval"]), where
+        assert check["Timeout"] == _ns(health["timeout"]), where
+        assert check["StartPeriod"] == _ns(health["start_period"]), where
+        assert check["Retries"] == health["retries"], where
+        if _api_at_least(api_version, "1.44"):
+            assert check["StartInterval"] == _ns(health["start_interval"]), where
+        else:  # this engine rejects it; the compose file keeps it for current Docker
+            assert "StartInterval" not in check and "start_interval" in health, where
+
+        limits = svc.get("deploy", {}).get("resources", {}).get("limits", {})
+        assert host["Memory"] == (_size(limits["memory"]) if "memory" in limits else 0), where
+        assert host["NanoCpus"] == (int(float(limits["cpus"]) * 1e9) if "cpus" in limits else 0), where
+        if "stop_signal" in svc:
+            assert config["StopSignal"] == svc["stop_signal"], where
+        if "stop_grace_period" in svc:
+            assert config["StopTimeout"] == _ns(svc["stop_grace_period"]) // 10**9, where
+
+        for key, value in svc["labels"].items():
+            assert config["Labels"].get(key) == str(value), f"{where}: label {key}"
+        network = f"{compose['name']}_default"
+        assert service in container.attrs["NetworkSettings"]["Networks"][network]["Aliases"], where
+
+
+def test_compose_labels_make_it_a_compose_project(running: Any) -> None:
+    """What `docker compose -p <name> ps` filters on and shows: project, service, oneoff, number, files."""
+    proj = running("dev")
+    client = docker_client()
+    name = f"{proj.project_name}-dev"
+    listed = client.containers.list(filters={"label": [f"com.docker.compose.project={name}",
+                                                       "com.docker.compose.oneoff=False"]})
+    assert sorted(c.labels["com.docker.compose.service"] for c in listed) == sorted(SERVICES)
+    state_dir = proj.root / ".devenv" / "dev"
+    compose = yaml.safe_load((state_dir / "docker-compose.yml").read_text())
+    for container in listed:
+        labels = container.labels
+        assert labels["com.docker.compose.container-number"] == "1"
+        assert Path(labels["com.docker.compose.project.working_dir"]) == state_dir.absolute()
+        assert Path(labels["com.docker.compose.project.config_files"]) == (state_dir / "docker-compose.yml").absolute()
+        assert re.fullmatch(r"[0-9a-f]{64}", labels["com.docker.compose.config-hash"])
+        assert labels["com.docker.compose.image"] == client.images.get(container.attrs["Config"]["Image"]).id
+        assert labels["dev.devenv.project"] == proj.project_name and labels["dev.devenv.profile"] == "dev"
+    assert listed[0].labels["com.docker.compose.project"] == compose["name"]
+    pgbouncer = next(c for c in listed if c.labels["com.docker.compose.service"] == "pgbouncer")
+    assert pgbouncer.labels["com.docker.compose.depends_on"] == "postgres:service_healthy:false"
+    networks = client.networks.list(filters={"label": f"com.docker.compose.project={name}"})
+    assert [n.name for n in networks] == [f"{name}_default"]
+    assert networks[0].attrs["Labels"]["com.docker.compose.network"] == "default"
+    volumes = {v.name: v.attrs["Labels"] for v in client.volumes.list(filters={"label": f"com.docker.compose.project={name}"})}
+    assert set(volumes) == {f"{name}-pgdata", f"{name}-redisdata"}
+    assert volumes[f"{name}-pgdata"]["com.docker.compose.volume"] == "pgdata"
+
+
+def test_prod_runs_tls_with_the_key_owned_by_the_containers_postgres(running: Any) -> None:
+    proj = running("prod")
+    with proj.connect() as conn:  # DIRECT_DATABASE_URL carries sslmode=require on prod
+        assert conn.execute("SHOW ssl").fetchone()[0] == "on"
+        assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0] is True
+    container = proj.container("postgres")
+    owner = container.exec_run(["stat", "-c", "%U %a", "/etc/postgresql/server.key"]).output.decode().strip()
+    assert owner == "postgres 600"
+    # The host copy the compose file mounts is the same file, never readable by others.
+    key = proj.root / ".devenv" / "prod" / "ssl" / "server.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+
+
+# ---- failures: engine, images, health, initialisation -----------------------------------------------
+
+
+def test_engine_not_reachable_names_the_socket(tmp_path: Path) -> None:
+    proj = make_project(tmp_path / "proj", "native", profile="dev")  # no engine is needed for this one
+    proj.env["DOCKER_HOST"] = "unix:///nonexistent/docker.sock"
+    result = proj.devenv("up", "--runtime", "docker", check=False)
+    assert result.returncode == 4, result.stderr
+    error = _stderr_error(result)
+    assert "unix:///nonexistent/docker.sock" in error and "DOCKER_HOST" in error, result.stderr
+    assert "does not exist" in error
+    assert "--runtime native" in _hint(result)
+    status = proj.devenv("status", "--runtime", "docker", check=False)
+    assert status.returncode == 4 and "unix:///nonexistent/docker.sock" in status.stderr
+
+
+def test_missing_image_that_cannot_be_pulled(project: Project) -> None:
+    project.env["DEVENV_REDIS_IMAGE"] = "devenv-test/nope:1"
+    result = project.devenv("up", check=False)
+    assert result.returncode == 4, result.stderr
+    error, hint = _stderr_error(result), _hint(result)
+    assert "devenv-test/nope:1" in error and "redis" in error and "could not be pulled" in error, result.stderr
+    assert "pulling devenv-test/nope:1" in result.stderr
+    assert "DEVENV_REDIS_IMAGE" in hint and "--runtime native" in hint and "docker load" in hint
+    assert project.containers() == [], "nothing may start when an image is missing"
+
+
+@pytest.fixture
+def silent_redis_image(runtime: str) -> Iterator[str]:
+    """A redis image whose server never starts: its entrypoint only sleeps (made by docker commit)."""
+    client = docker_client()
+    base = client.containers.create(os.environ.get("DEVENV_REDIS_IMAGE", "redis:7"))
+    try:
+        client.api.commit(base.id, repository="devenv-test/redis-silent", tag="test", changes=[
+            'ENTRYPOINT ["sh", "-c", "echo devenv-test: this redis never answers; exec sleep 3600", "--"]'])
+    finally:
+        base.remove(force=True, v=True)
+    yield "devenv-test/redis-silent:test"
+    client.images.remove("devenv-test/redis-silent:test", force=True)
+
+
+def test_health_check_that_never_passes_times_out_with_logs_and_health_output(project: Project, silent_redis_image: str) -> None:
+    project.env["DEVENV_REDIS_IMAGE"] = silent_redis_image
+    result = project.devenv("up", "--timeout", "20", check=False)
+    assert result.returncode == 6, result.stderr
+    error = _stderr_error(result)
+    assert error.startswith("error: redis not healthy after 20s"), result.stderr
+    assert "devenv-test: this redis never answers" in result.stderr, "the container's log tail"
+    health = next((line for line in result.stderr.splitlines() if "Docker health check" in line), "")
+    assert "Could not connect to Redis" in health or "Connection refused" in health, result.stderr
+    assert "devenv logs redis" in _hint(result)
+
+
+def test_failed_first_start_removes_the_half_initialised_volume(dev_project: Project) -> None:
+    proj = dev_project
+    volume = f"{proj.project_name}-dev-pgdata"
+    line = next(l for l in (proj.root / "devenv.yaml").read_text().splitlines() if l.strip().startswith("full_page_writes:"))
+    proj.edit("devenv.yaml", line + "\n", line + "\n    shared_preload_libraries:   {default: no_such_library}\n")
+    result = proj.devenv("up", "--timeout", "30", check=False)
+    assert result.returncode == 6, result.stderr
+    error = _stderr_error(result)
+    assert "while initialising its data" in error and f"volume {volume} was removed" in error, result.stderr
+    assert any("no_such_library" in l for l in result.stderr.splitlines() if not l.startswith("error:")), result.stderr
+    assert not proj.pgdata_exists(f"volume:{volume}")
+
+    proj.edit("devenv.yaml", "    shared_preload_libraries:   {default: no_such_library}\n", "")
+    proj.devenv("up")
+    logs = proj.devenv("logs", "postgres").stdout
+    assert "init process complete" in logs, "the second start initialised afresh"
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+
+
+# ---- lifecycle details only Docker has ----------------------------------------------------------------
+
+
+def test_leftovers_of_an_interrupted_up_are_found_by_label(project: Project) -> None:
+    project.devenv("up")
+    client = docker_client()
+    name = f"{project.project_name}-{project.profile}"
+    redis = project.container("redis")
+    redis.remove(force=True, v=True)  # as if `up` died between removing and creating it
+    image = project.container("postgres").attrs["Config"]["Image"]
+    stray = client.containers.create(image, ["sleep", "60"], entrypoint=[], name=f"{name}-worker-1", labels={
+        "com.docker.compose.project": name, "com.docker.compose.service": "worker",
+        "com.docker.compose.oneoff": "False", "dev.devenv.project": project.project_name})
+    helper = client.containers.create(image, ["true"], entrypoint=[], name=f"{name}-postgres-tls", labels={
+        "com.docker.compose.project": name, "com.docker.compose.service": "postgres",
+        "com.docker.compose.oneoff": "True", "dev.devenv.project": project.project_name})
+    before = {s: project.container(s).id for s in ("postgres", "pgbouncer")}
+
+    result = project.devenv("up")
+    assert f"removed leftover container {stray.name}" in result.stderr
+    assert f"removed leftover container {helper.name}" in result.stderr
+    assert sorted(c.name for c in project.containers()) == sorted(f"{name}-{s}-1" for s in SERVICES)
+    assert {s: project.container(s).id for s in ("postgres", "pgbouncer")} == before
+    assert project.redis().ping() is True
+
+
+def test_a_created_but_never_started_container_is_started(project: Project) -> None:
+    """An `up` killed between creating a container and starting it: the next `up` starts that one."""
+    from devenv.runtime.docker import compose_specs, load_compose
+
+    project.devenv("up")
+    client = docker_client()
+    project.container("redis").remove(force=True, v=True)
+    state_dir = (project.root / ".devenv" / project.profile).absolute()
+    images = {s.image: client.images.get(s.image).id for s in project.stack().services}
+    specs = compose_specs(load_compose((state_dir / "docker-compose.yml").read_text()), state_dir / "docker-compose.yml",
+                          client.api.api_version, images, env=project.env)
+    created = client.api.create_container_from_config(specs["redis"].body, name=specs["redis"].name)["Id"]
+    assert project.container("redis").status == "created"
+
+    result = project.devenv("up")
+    assert "starting redis;" in result.stderr, result.stderr
+    assert project.container("redis").id == created, "the created container was started, not replaced"
+    assert project.container("redis").status == "running"
+    assert project.redis().ping() is True
+
+
+def test_auto_picks_docker_when_the_engine_answers_and_follows_the_stack(project: Project) -> None:
+    up = project.devenv("up", "--runtime", "auto")
+    assert "runtime: docker (engine at " in up.stderr, up.stderr
+    assert "ready on docker" in up.stderr
+    status = project.devenv("status", "--json", "--runtime", "auto")
+    rows = json.loads(status.stdout)["services"]
+    assert [r["pid"] for r in rows] == [project.server_pids()[s] for s in SERVICES]
+    down = project.devenv("down", "--runtime", "auto")
+    assert "stopped postgres, pgbouncer, redis" in down.stderr
+    assert project.containers() == []
+
+
+def test_auto_falls_back_to_native_when_no_engine_answers(tmp_path: Path) -> None:
+    if shutil.which("pgbouncer", path="/usr/sbin:/usr/bin") is None:
+        pytest.skip("the native runtime is not installed")
+    proj = make_project(tmp_path / "proj", "native", profile="ci")
+    proj.env["DOCKER_HOST"] = "unix:///nonexistent/docker.sock"
+    try:
+        up = proj.devenv("up", "--runtime", "auto", "--no-seed")
+        said = next(l for l in up.stderr.splitlines() if l.startswith("runtime:"))
+        assert said.startswith("runtime: native (local processes; no Docker engine answers at unix:///nonexistent/docker.sock")
+        assert "ready on native" in up.stderr
+        # Recorded: the next commands follow the stack to native, whatever the engine does.
+        other = dataclasses.replace(proj, env={k: v for k, v in proj.env.items() if k != "DOCKER_HOST"})
+        assert other.devenv("status", "--runtime", "auto").returncode == 0
+    finally:
+        proj.devenv("down", "--volumes", "--runtime", "auto", check=False)
