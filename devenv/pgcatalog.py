@@ -181,3 +181,48 @@ def to_bytes(value: str, major: int, name: str) -> int | None:
     number, suffix = float(match.group(1)), match.group(2)
     scale = _MEMORY_UNITS[suffix] if suffix else table_base(spec["unit"])
     return int(number * scale)
+
+
+def base_units(name: str, value: str, major: int) -> float | str:
+    """A setting's value in the unit `pg_settings.setting` reports it in, for exact comparisons.
+
+    Numbers come back as floats in the setting's own unit: shared_buffers (8kB pages) '128MB'
+    -> 16384.0, log_min_duration_statement (ms) '1s' -> 1000.0, a plain '1000' -> 1000.0.
+    Other types, and names the catalogue does not know, come back unchanged. Raises ValueError
+    for a unit the setting cannot take (devenv.yaml's validation rejects those first).
+    """
+    spec = load_catalog(major).settings.get(name)
+    match = _NUMBER_WITH_UNIT.match(str(value))
+    if not spec or spec["type"] not in ("integer", "real") or not match:
+        return value
+    number, suffix = float(match.group(1)), match.group(2)
+    if not suffix:
+        return number
+    table = _unit_table(spec.get("unit"))
+    if table is None or suffix not in table:
+        raise ValueError(f"{name} = {value!r}: PostgreSQL {major} takes no unit '{suffix}' for {name}")
+    return number * table[suffix] / table_base(spec["unit"])
+
+
+def same_setting(name: str, expected: str, reported: str, major: int) -> bool:
+    """Whether a server's `pg_settings.setting` is the value devenv.yaml gives (in any spelling).
+
+    Numbers are compared in base units (an integer setting rounds as the server does), booleans
+    by meaning (on/true/yes/1), enums ignoring case; anything else must match exactly.
+    """
+    spec = load_catalog(major).settings.get(name) or {}
+    kind = spec.get("type")
+    if kind in ("integer", "real"):
+        try:
+            want, got = float(base_units(name, expected, major)), float(reported)
+        except ValueError:
+            return expected == reported
+        if kind == "integer":
+            return round(want) == round(got)
+        return abs(want - got) <= 1e-9 * max(1.0, abs(want))
+    if kind == "bool":
+        words = (_BOOL_WORDS.get(str(expected).strip().lower()), _BOOL_WORDS.get(str(reported).strip().lower()))
+        return words[0] is not None and words[0] == words[1]
+    if kind == "enum":
+        return str(expected).strip().lower() == str(reported).strip().lower()
+    return str(expected) == str(reported)
