@@ -1,0 +1,888 @@
+"""`devenv doctor` and the monitoring view of `devenv status`: what is wrong, and how the stack is doing.
+
+doctor: `run_checks` returns a list of Check(name, status, detail), status one of ok, warn,
+FAIL: the Docker engine (which endpoint, answering or not), the native binaries and their
+versions, the stack's ports (free, held by this stack, or held by another program, named),
+free disk for the data and the cache, the stack's health, and settings drift: every setting
+of the profile compared with what the running servers report (Postgres `pg_settings` in base
+units, PgBouncer `SHOW CONFIG`, Redis `CONFIG GET`), so a server changed by hand is caught.
+
+monitoring (`devenv status`): the infrastructure doc's monitoring section, locally:
+connections in use against max_connections and the readiness threshold, PgBouncer pools,
+Redis used_memory against maxmemory with the 80% alert, and the slow queries the postgres
+log holds (over log_min_duration_statement).
+
+Nothing here prints: the CLI formats the results (`format_checks`, `format_monitoring`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Iterable, Mapping
+
+from devenv.errors import DevenvError
+
+if TYPE_CHECKING:
+    from devenv.runtime.base import Runtime, ServiceState
+    from devenv.runtime.docker import Endpoint
+    from devenv.stack import Stack
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+SERVICES = ("postgres", "pgbouncer", "redis")
+LOW_DISK_BYTES = 1 << 30  # warn under 1 GiB free: a seeded data directory plus a cached snapshot
+# The infrastructure doc's ElastiCache alarm: "memory > 80%".
+REDIS_MEMORY_ALERT_PERCENT = 80
+RECENT_SLOW_QUERIES = 10
+PING_TIMEOUT = 2.0
+# Programs that hold a published port for a container, not the container's own process.
+_DOCKER_PORT_HOLDERS = {"docker-proxy", "rootlesskit", "rootlessport", "vpnkit", "com.docker.backend", "slirp4netns"}
+_REDIS_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One finding of `devenv doctor`: what was checked, ok/warn/FAIL, and what was seen."""
+
+    name: str
+    status: str
+    detail: str
+
+    def to_json(self) -> dict[str, str]:
+        """The check as a JSON object."""
+        return asdict(self)
+
+
+# ---- doctor ------------------------------------------------------------------------------------
+
+
+def run_checks(stack: "Stack", runtime: "Runtime", requested: str = "auto",
+               env: Mapping[str, str] | None = None) -> list[Check]:
+    """Every doctor check for a stack, in reading order. `requested` is the --runtime asked for."""
+    from devenv.state import read_state
+
+    env = dict(os.environ if env is None else env)
+    # A stack that `up` recorded on Docker needs the engine as much as `--runtime docker` does.
+    on_docker = requested == "docker" or read_state(stack.state_dir).get("runtime") == "docker"
+    checks = [docker_check(env, "docker" if on_docker else requested)]
+    runtime_name = _resolved_name(stack, runtime, checks)
+    checks += binary_checks(stack, runtime_name, env)
+    try:
+        states = runtime.states(stack)
+    except Exception as exc:  # DependencyError, or the SDK's own: a finding, not a crash
+        reason = exc.message if isinstance(exc, DevenvError) else f"{type(exc).__name__}: {exc}"
+        checks.append(Check("stack", FAIL, f"cannot ask the {runtime_name} runtime: {reason}"))
+        states = []
+    checks += port_checks(stack, states, runtime_name)
+    checks += disk_checks(stack, runtime_name, env)
+    checks += health_and_drift_checks(stack, states)
+    return checks
+
+
+def failed(checks: Iterable[Check]) -> bool:
+    """Whether any check FAILed (doctor then exits non-zero)."""
+    return any(check.status == FAIL for check in checks)
+
+
+def format_checks(checks: Iterable[Check]) -> list[str]:
+    """One line per check: `ok|warn|FAIL  <check>: <detail>`."""
+    return [f"{check.status:<4}  {check.name}: {check.detail}" for check in checks]
+
+
+def _resolved_name(stack: "Stack", runtime: "Runtime", checks: list[Check]) -> str:
+    """The runtime the stack is (or would be) on: `auto` resolves like `up` does."""
+    resolve = getattr(runtime, "resolve", None)
+    if resolve is None:
+        return runtime.name
+    try:
+        return str(resolve(stack).name)
+    except DevenvError as exc:
+        checks.append(Check("runtime", FAIL, exc.message))
+        return "native"
+
+
+# ---- the Docker engine -------------------------------------------------------------------------
+
+
+def docker_check(env: Mapping[str, str], requested: str = "auto", sockets: list[Path] | None = None) -> Check:
+    """Which Docker endpoint applies (DOCKER_HOST, a context, a socket) and whether it answers.
+
+    With no DOCKER_HOST, no context and no socket file there is obviously no engine: decided
+    from the filesystem, without the docker SDK. A unix socket is pinged with a raw `GET
+    /_ping`; only other endpoints (tcp with TLS, ssh) need the SDK.
+    """
+    from devenv.runtime.docker import find_endpoint
+
+    severity = FAIL if requested == "docker" else WARN  # only a Docker stack needs the engine
+    try:
+        endpoint = find_endpoint(env, sockets)
+    except DevenvError as exc:  # a Docker context without a readable endpoint
+        return Check("docker", severity, exc.message)
+    if endpoint is None:
+        where = ", ".join(str(s) for s in (sockets if sockets is not None else _default_sockets(env)))
+        status = FAIL if requested == "docker" else OK
+        return Check("docker", status, f"no engine: no DOCKER_HOST, no Docker context, no socket ({where}); "
+                     "`--runtime auto` uses the native runtime")
+    answer = ping_engine(endpoint)
+    if answer.startswith("answers"):
+        return Check("docker", OK, f"engine at {endpoint.host} (from {endpoint.origin}) {answer}")
+    fallback = "" if requested == "docker" else "; `--runtime auto` uses the native runtime"
+    return Check("docker", severity, f"engine at {endpoint.host} (from {endpoint.origin}) {answer}{fallback}")
+
+
+def _default_sockets(env: Mapping[str, str]) -> list[Path]:
+    from devenv.runtime.docker import default_sockets
+
+    return default_sockets(env)
+
+
+def unix_http_get(path: str, url: str, timeout: float = PING_TIMEOUT) -> tuple[int, dict[str, str], bytes]:
+    """GET `url` from an HTTP server on a unix socket (the engine's `/_ping`, `/info`): (status, headers, body)."""
+    import http.client  # here, not at the top: `devenv status` imports this module and never needs it
+
+    class UnixHTTPConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(path)
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+
+    conn = UnixHTTPConnection("localhost", timeout=timeout)
+    try:
+        conn.request("GET", url, headers={"Host": "docker"})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def ping_engine(endpoint: "Endpoint") -> str:
+    """'answers /_ping (Docker/27.3.1, API 1.47)', or why it does not."""
+    if endpoint.host.startswith("unix://"):
+        path = endpoint.host[len("unix://"):]
+        try:
+            status, headers, body = unix_http_get(path, "/_ping")
+        except PermissionError:
+            return f"refuses this user: no permission on {path} (join the `docker` group, or use rootless Docker)"
+        except Exception as exc:  # refused, timed out, not HTTP (http.client.HTTPException): no engine here
+            return f"does not answer: {type(exc).__name__}: {exc}"
+        if status != 200 or body.strip() != b"OK":
+            return f"answers /_ping with HTTP {status} {body[:80]!r}"
+        server = headers.get("server", "Docker")
+        api = headers.get("api-version")
+        return f"answers /_ping ({server}{f', API {api}' if api else ''})"
+    # tcp:// (maybe TLS) and ssh:// need the SDK's transport; an engine is configured, so load it.
+    from devenv.runtime.docker import PING_TIMEOUT as SDK_PING_TIMEOUT, connect
+
+    try:
+        client = connect(endpoint, timeout=SDK_PING_TIMEOUT)
+    except DevenvError as exc:
+        return f"does not answer: {exc.message.split(': ', 1)[-1]}"
+    try:
+        return f"answers ping (API {client.api.api_version})"
+    finally:
+        client.close()
+
+
+# ---- binaries ----------------------------------------------------------------------------------
+
+
+def binary_checks(stack: "Stack", runtime_name: str, env: Mapping[str, str]) -> list[Check]:
+    """The programs devenv runs: where each is found and its version.
+
+    The servers matter for the native runtime (a FAIL there, a warn under Docker); psql and
+    pg_dump for `devenv psql`/`dump` (pg_dump must be at least the server's major version);
+    openssl for profiles with ssl on. Discovery is the native runtime's, without its state
+    file: doctor creates nothing.
+    """
+    from devenv.runtime.native import _postgres_candidates, _which
+
+    native = runtime_name == "native"
+    server_missing = FAIL if native else WARN
+    only_native = "" if native else "; only the native runtime needs it"
+    checks: list[Check] = []
+    server_major = stack.postgres.major
+    candidates = _postgres_candidates(env)
+    if candidates:
+        # As NativeRuntime.binaries chooses: the image's major when installed, else the newest.
+        major, version, bindir = next((c for c in candidates if c[0] == stack.postgres.major), candidates[0])
+        if native:
+            server_major = major
+        note = "" if major == stack.postgres.major else (
+            f"; devenv.yaml's image {stack.postgres.image} is PostgreSQL {stack.postgres.major}")
+        checks.append(Check("binary postgres", WARN if note and native else OK,
+                            f"PostgreSQL {version} at {bindir / 'postgres'}{note}"))
+        initdb = bindir / "initdb"
+        checks.append(Check("binary initdb", OK, str(initdb)) if initdb.exists() else
+                      Check("binary initdb", server_missing, f"not found next to postgres in {bindir}{only_native}"))
+    else:
+        checks.append(Check("binary postgres", server_missing,
+                            f"not found (PATH, `pg_config --bindir`, /usr/lib/postgresql/*/bin){only_native}"))
+    for program in ("pgbouncer", "redis-server"):
+        path = _which(program, env)
+        checks.append(Check(f"binary {program}", OK, f"{_version(path)} at {path}") if path else
+                      Check(f"binary {program}", server_missing, f"not found on PATH or in /usr/sbin{only_native}"))
+    for program in ("psql", "pg_dump"):
+        path = _which(program, env)
+        if path is None:
+            checks.append(Check(f"binary {program}", WARN, f"not found on PATH: `devenv {program.replace('pg_', '')}` needs it"))
+            continue
+        version = _version(path)
+        client_major = _major(version)
+        if program == "pg_dump" and client_major is not None and client_major < server_major:
+            checks.append(Check(f"binary {program}", WARN, f"{version} at {path} is older than PostgreSQL "
+                                f"{server_major}, which it cannot dump: install postgresql-client-{server_major}"))
+        else:
+            checks.append(Check(f"binary {program}", OK, f"{version} at {path}"))
+    openssl = _which("openssl", env)
+    if openssl is None:
+        checks.append(Check("binary openssl", FAIL if stack.postgres.ssl else WARN,
+                            "not found: profiles with ssl on need it for the local certificate"))
+    else:
+        checks.append(Check("binary openssl", OK, f"{_version(openssl, 'version')} at {openssl}"))
+    return checks
+
+
+def _version(path: str, flag: str = "--version") -> str:
+    """A program's version number as it reports it ('1.18.0', '7.0.15'), or '?'."""
+    try:
+        out = subprocess.run([path, flag], capture_output=True, text=True, timeout=5,
+                             stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "version unknown"
+    return parse_version(out) or "version unknown"
+
+
+def parse_version(text: str) -> str | None:
+    """The first version number in a program's `--version` output ('Redis server v=7.0.15' -> '7.0.15')."""
+    match = re.search(r"(?<![\w.])v?=?(\d+\.\d+(?:\.\d+)?)", text.splitlines()[0] if text.strip() else "")
+    return match.group(1) if match else None
+
+
+def _major(version: str) -> int | None:
+    match = re.match(r"(\d+)", version)
+    return int(match.group(1)) if match else None
+
+
+# ---- ports -------------------------------------------------------------------------------------
+
+
+def port_checks(stack: "Stack", states: list["ServiceState"], runtime_name: str) -> list[Check]:
+    """Each port: free, held by this stack's server, or held by another program (named)."""
+    from devenv.errors import PortInUseError
+    from devenv.runtime.native import check_ports_free, port_holder
+    from devenv.state import read_state
+
+    by_service = {state.name: state for state in states}
+    checks = []
+    for service in SERVICES:
+        port = getattr(stack, service).port
+        try:
+            check_ports_free(stack, [service])
+            free, holder = True, None
+        except PortInUseError:
+            free, holder = False, port_holder(port)
+        except OSError as exc:  # not "in use": e.g. a privileged port for a non-root user
+            checks.append(Check(f"port {port}", FAIL, f"{service} cannot bind 127.0.0.1:{port}: {exc.strerror or exc}"))
+            continue
+        checks.append(classify_port(service, port, free, holder, by_service.get(service), runtime_name))
+    recorded = read_state(stack.state_dir).get("ports")
+    wanted = [s.port for s in stack.services]
+    if recorded and recorded != wanted:
+        checks.append(Check("ports", WARN, f"the running stack was started on {recorded}; the settings now give "
+                            f"{wanted}: `devenv up` moves it"))
+    return checks
+
+
+def classify_port(service: str, port: int, free: bool, holder: str | None,
+                  state: "ServiceState | None", runtime_name: str) -> Check:
+    """The verdict on one port from what was seen: bind test, /proc's holder, the runtime's state."""
+    name = f"port {port}"
+    running = state is not None and state.running
+    if free:
+        if running:
+            return Check(name, WARN, f"{service} runs but nothing listens on 127.0.0.1:{port}: "
+                         "it was started with another port? `devenv up` restarts it")
+        return Check(name, OK, f"free for {service}")
+    holder_pid, holder_name = _parse_holder(holder)
+    if running and state is not None:
+        own = f"{service} (pid {state.pid})" if state.pid else service
+        if state.pid and holder_pid == state.pid:
+            return Check(name, OK, f"held by this stack's {own}")
+        if runtime_name == "docker" and (holder_pid is None or holder_name in _DOCKER_PORT_HOLDERS):
+            return Check(name, OK, f"held by this stack's {service}, published by Docker"
+                         + (f" ({holder})" if holder_pid else ""))
+        if holder_pid is None:  # e.g. not root: /proc does not show other users' sockets
+            return Check(name, OK, f"in use, by this stack's {own} as far as can be seen")
+        return Check(name, FAIL, f"held by {holder}, not by this stack's {own}")
+    who = holder or "another program"
+    return Check(name, FAIL, f"held by {who}, not by this stack: `devenv up` would fail; stop it, or give "
+                 f"{service} another port (DEVENV_{service.upper()}_PORT)")
+
+
+def _parse_holder(holder: str | None) -> tuple[int | None, str]:
+    """'pid 123 (python3)' -> (123, 'python3'); anything else -> (None, '')."""
+    match = re.match(r"pid (\d+) \((.*)\)$", holder or "")
+    return (int(match.group(1)), match.group(2)) if match else (None, "")
+
+
+# ---- disk --------------------------------------------------------------------------------------
+
+
+def disk_checks(stack: "Stack", runtime_name: str, env: Mapping[str, str]) -> list[Check]:
+    """Free space where the data lives and in the cache directory; warn under 1 GiB."""
+    from devenv.cache import cache_dir  # the one definition: DEVENV_CACHE_DIR or the platform's
+
+    places: list[tuple[str, Path | None, str]] = []
+    if runtime_name == "docker":
+        root = _docker_root(env)
+        places.append(("disk data", root, "" if root else "in the engine's volumes (not on this machine's "
+                       "filesystem, or the engine did not say where)"))
+    else:
+        places.append(("disk data", _native_data_dir(stack, env), ""))
+    places.append(("disk cache", cache_dir(), ""))
+    checks = []
+    for name, path, why_not in places:
+        if path is None:
+            checks.append(Check(name, OK, why_not))
+            continue
+        existing = _existing(path)
+        usage = shutil.disk_usage(existing)
+        text = f"{_size(usage.free)} free at {path}" + ("" if existing == path else f" (on {existing}'s filesystem)")
+        checks.append(Check(name, WARN if usage.free < LOW_DISK_BYTES else OK,
+                            text + (": under 1 GiB" if usage.free < LOW_DISK_BYTES else "")))
+    return checks
+
+
+def _native_data_dir(stack: "Stack", env: Mapping[str, str]) -> Path:
+    """Where native Postgres keeps its data; without creating anything for a stack never started."""
+    if (stack.state_dir / "native").exists():
+        from devenv.runtime.native import NativeRuntime
+
+        return NativeRuntime(env).layout(stack).pgdata
+    if stack.ephemeral and Path("/dev/shm").is_dir():
+        return Path("/dev/shm")
+    return Path("/var/lib/devenv") if os.geteuid() == 0 else stack.state_dir
+
+
+def _docker_root(env: Mapping[str, str]) -> Path | None:
+    """The engine's data root (its volumes) when the engine is local and says where."""
+    import json
+
+    from devenv.runtime.docker import find_endpoint
+
+    try:
+        endpoint = find_endpoint(env)
+        if endpoint is None or not endpoint.host.startswith("unix://"):
+            return None
+        status, _, body = unix_http_get(endpoint.host[len("unix://"):], "/info")
+        root = json.loads(body).get("DockerRootDir") if status == 200 else None
+    except Exception:  # no local answer (or not JSON): the data root is then not known here
+        return None
+    # Docker Desktop, colima: the root is inside their VM, not on this machine.
+    return Path(root) if isinstance(root, str) and root.startswith("/") and Path(root).is_dir() else None
+
+
+def _existing(path: Path) -> Path:
+    """The path, or its nearest ancestor that exists (whose filesystem it would be on)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path("/")
+
+
+def _size(count: float) -> str:
+    """Bytes for people: '512 B', '1.5 MiB', '78.2 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024:
+            return f"{int(count)} B" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} TiB"
+
+
+# ---- health and settings drift -----------------------------------------------------------------
+
+
+def health_and_drift_checks(stack: "Stack", states: list["ServiceState"]) -> list[Check]:
+    """Each service's health (when the stack is up), then its settings compared with the profile."""
+    from devenv import health
+
+    running = {state.name for state in states if state.running}
+    if not running:
+        return [Check("stack", OK, f"not running (`devenv up -p {stack.profile}` starts it); health and drift not checked")]
+    checks: list[Check] = []
+    healthy = set()
+    all_checks = health.stack_checks(stack)
+    for state in states:
+        if not state.running:
+            checks.append(Check(f"health {state.name}", FAIL, f"{state.detail or 'not running'} while the rest of "
+                                "the stack runs: `devenv up` starts it"))
+            continue
+        problem = health.check_once(all_checks[state.name])
+        if problem is None:
+            healthy.add(state.name)
+            checks.append(Check(f"health {state.name}", OK, "healthy"))
+        else:
+            checks.append(Check(f"health {state.name}", FAIL, problem))
+    drift = {"postgres": postgres_drift, "pgbouncer": pgbouncer_drift, "redis": redis_drift}
+    for service in SERVICES:
+        if service not in healthy:
+            continue
+        try:
+            checks += drift[service](stack)
+        except Exception as exc:  # a probe that breaks is a finding, never a crash
+            checks.append(Check(f"settings {service}", FAIL, f"could not read its settings: {type(exc).__name__}: {exc}"))
+    return checks
+
+
+def postgres_drift(stack: "Stack") -> list[Check]:
+    """Each setting of the profile's postgres column against `pg_settings` of the running server.
+
+    Asked in the application's database, so per-database and per-role settings count too.
+    """
+    from devenv import pgcatalog
+    from devenv.health import _pg_connect
+
+    import psycopg
+
+    pg = stack.postgres
+    names = list(pg.settings)
+    try:
+        conn = _pg_connect(stack, pg.database, pg.port, pg.user, pg.password, pg.ssl)
+    except psycopg.OperationalError as exc:
+        if "does not exist" not in str(exc):
+            raise
+        conn = _pg_connect(stack, "postgres", pg.port, pg.user, pg.password, pg.ssl)  # no app database (yet)
+    with conn:
+        major = conn.info.server_version // 10000
+        rows = {row[0]: row[1:] for row in conn.execute(
+            "SELECT name, setting, current_setting(name), source, sourcefile, pending_restart "
+            "FROM pg_settings WHERE name = ANY(%s)", (names,))}
+    if major not in pgcatalog.SUPPORTED_MAJORS:
+        major = pg.major
+    return compare_postgres_settings(stack.profile, pg.settings, rows, major)
+
+
+def compare_postgres_settings(profile: str, wanted: Mapping[str, str], rows: Mapping[str, tuple[Any, ...]],
+                              major: int) -> list[Check]:
+    """Drift findings from pg_settings rows: {name: (setting, shown, source, sourcefile, pending_restart)}."""
+    from devenv import pgcatalog
+
+    checks = []
+    for name, expected in wanted.items():
+        row = rows.get(name)
+        if row is None:
+            checks.append(Check(f"setting postgres.{name}", FAIL, f"expected {expected}; the server has no such setting"))
+            continue
+        setting, shown, source, sourcefile, pending = row
+        if pending:
+            checks.append(Check(f"setting postgres.{name}", WARN, f"changed in the configuration, applied only after "
+                                "a restart (pending_restart): `devenv down && devenv up`"))
+        if pgcatalog.same_setting(name, expected, setting, major):
+            continue
+        checks.append(Check(f"setting postgres.{name}", FAIL,
+                            f"expected {expected} (devenv.yaml, profile {profile}), actual {shown}{_origin(name, source, sourcefile)}"))
+    if not any(c.status == FAIL for c in checks):
+        checks.insert(0, Check("settings postgres", OK, f"all {len(wanted)} settings as devenv.yaml's {profile} column"))
+    return checks
+
+
+def _origin(name: str, source: str | None, sourcefile: str | None) -> str:
+    """Where a drifted value comes from, and how to undo it."""
+    if sourcefile and sourcefile.endswith("postgresql.auto.conf"):
+        return f" (set by ALTER SYSTEM in postgresql.auto.conf: `ALTER SYSTEM RESET {name}; SELECT pg_reload_conf()`)"
+    if source == "configuration file":
+        return f" (from {sourcefile or 'the configuration file'}: devenv.yaml changed since `devenv up`? run it)"
+    if source in ("database", "user", "database user"):
+        return f" (ALTER {'ROLE' if 'user' in source else 'DATABASE'} ... SET: `ALTER ... RESET {name}`)"
+    return f" (source: {source})" if source else ""
+
+
+def pgbouncer_drift(stack: "Stack") -> list[Check]:
+    """Each setting of the profile's pgbouncer column against `SHOW CONFIG` on the admin console."""
+    from devenv.health import _pg_connect
+
+    pgb = stack.pgbouncer
+    with _pg_connect(stack, "pgbouncer", pgb.port, pgb.admin_user, pgb.admin_password) as conn:
+        config = _simple_query(conn, b"SHOW CONFIG")
+    reported = {row["key"]: row.get("value") or "" for row in config}
+    return compare_named_settings("pgbouncer", stack.profile, pgb.settings, reported, "SHOW CONFIG")
+
+
+def redis_drift(stack: "Stack") -> list[Check]:
+    """Each setting of the profile's redis column against `CONFIG GET`."""
+    names = list(stack.redis.settings)
+    replies = redis_call(stack.redis.port, stack.redis.password, [["CONFIG", "GET", name] for name in names])
+    reported = {}
+    for reply in replies:
+        if isinstance(reply, list):
+            reported.update(dict(zip(reply[::2], reply[1::2])))
+    return compare_named_settings("redis", stack.profile, stack.redis.settings, reported, "CONFIG GET")
+
+
+def compare_named_settings(service: str, profile: str, wanted: Mapping[str, str], reported: Mapping[str, str],
+                           how: str) -> list[Check]:
+    """Drift findings for PgBouncer or Redis: same value as text, as a number or as a Redis size."""
+    checks = []
+    for name, expected in wanted.items():
+        if name not in reported:
+            checks.append(Check(f"setting {service}.{name}", WARN, f"expected {expected}; {how} does not report it"))
+        elif not same_plain_value(expected, reported[name]):
+            checks.append(Check(f"setting {service}.{name}", FAIL,
+                                f"expected {expected} (devenv.yaml, profile {profile}), actual {reported[name]}"))
+    if not checks:
+        checks.append(Check(f"settings {service}", OK, f"all {len(wanted)} settings as devenv.yaml's {profile} column ({how})"))
+    return checks
+
+
+def same_plain_value(expected: str, reported: str) -> bool:
+    """PgBouncer/Redis values: equal ignoring case, as numbers, or as Redis sizes ('256mb' == '268435456')."""
+    if expected.strip().lower() == reported.strip().lower():
+        return True
+    want, got = redis_bytes(expected), redis_bytes(reported)
+    return want is not None and want == got
+
+
+def redis_bytes(value: str) -> int | None:
+    """A Redis memory value in bytes ('256mb' -> 268435456, '1g' -> 10**9); None if not one."""
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(value))
+    if not match or match.group(2).lower() not in _REDIS_UNITS:
+        return None
+    return int(match.group(1)) * _REDIS_UNITS[match.group(2).lower()]
+
+
+def _simple_query(conn: Any, query: bytes) -> list[dict[str, str | None]]:
+    """Rows of a query on PgBouncer's admin console, which speaks only the simple query protocol."""
+    result = conn.pgconn.exec_(query)
+    if result.status != 2:  # PGRES_TUPLES_OK
+        raise RuntimeError(f"{query.decode()} failed: {(result.error_message or b'').decode(errors='replace').strip()}")
+    names = [result.fname(i).decode() for i in range(result.nfields)]
+    rows = []
+    for r in range(result.ntuples):
+        values = [result.get_value(r, c) for c in range(result.nfields)]
+        rows.append({n: (v.decode(errors="replace") if v is not None else None) for n, v in zip(names, values)})
+    return rows
+
+
+# ---- Redis: a few commands whose replies are bulk strings and arrays ---------------------------
+
+
+class RedisReplyError(Exception):
+    """An error reply ('-ERR ...') from Redis."""
+
+
+def redis_call(port: int, password: str, commands: list[list[str]], timeout: float = 2.0) -> list[Any]:
+    """AUTH, then `commands`; their replies (str, int, list, None). Raises on a refused AUTH.
+
+    RESP over a plain socket like devenv.resp (which reads single-line replies only): INFO
+    and CONFIG GET answer with bulk strings and arrays. `status` stays free of redis-py's import.
+    """
+    from devenv import resp
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(resp.encode([["AUTH", password], *commands]))
+        reader = sock.makefile("rb")
+        replies = [read_reply(reader) for _ in range(len(commands) + 1)]
+    if isinstance(replies[0], RedisReplyError):
+        raise replies[0]
+    return replies[1:]
+
+
+def read_reply(reader: IO[bytes]) -> Any:
+    """One RESP2 reply: simple string, error (returned, not raised), integer, bulk string or array."""
+    line = reader.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError(f"Redis closed the connection mid-reply ({line[:80]!r})")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode(errors="replace")
+    if kind == b"-":
+        return RedisReplyError(rest.decode(errors="replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None
+        data = reader.read(size + 2)
+        if len(data) != size + 2:
+            raise ConnectionError("Redis closed the connection mid-reply")
+        return data[:-2].decode(errors="replace")
+    if kind == b"*":
+        count = int(rest)
+        return None if count < 0 else [read_reply(reader) for _ in range(count)]
+    raise ConnectionError(f"unexpected Redis reply {line[:80]!r}")
+
+
+def parse_info(text: str) -> dict[str, str]:
+    """Redis INFO text -> {field: value} ('# Memory' headers and blank lines skipped)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and ":" in line:
+            key, _, value = line.partition(":")
+            out[key] = value.strip()
+    return out
+
+
+# ---- monitoring (devenv status) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlowQuery:
+    """One statement the postgres log reports as slower than log_min_duration_statement."""
+
+    duration_ms: float
+    statement: str
+    time: str = ""
+    pid: int | None = None
+
+
+# '%m [%p] ' (the default log_line_prefix): "2025-11-22 00:50:01.123 UTC [1234] LOG:  ..."
+_LOG_MESSAGE = re.compile(r"^(?P<prefix>.*?)\b(?P<level>LOG|STATEMENT|DETAIL|HINT|ERROR|FATAL|PANIC|WARNING|NOTICE|INFO|"
+                          r"DEBUG\d?|CONTEXT):\s+(?P<message>.*)$")
+_LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?(?: ?[A-Z]{2,5}| ?[+-]\d\d(?::?\d\d)?)?)")
+_LOG_PID = re.compile(r"\[(\d+)\]")
+_DURATION = re.compile(r"^duration: (?P<ms>\d+(?:\.\d+)?) ms(?:\s+(?:statement|(?:execute|parse|bind) [^:]*|"
+                       r"fastpath function call): (?P<text>.*))?$")
+_STATEMENT = re.compile(r"^(?:statement|execute [^:]*): (?P<text>.*)$")
+
+
+def parse_slow_queries(lines: Iterable[str], threshold_ms: float | None,
+                       keep: int = RECENT_SLOW_QUERIES) -> tuple[int, list[SlowQuery]]:
+    """(how many, the last `keep`) statements the log reports at or over `threshold_ms`.
+
+    A `duration:` line carries its statement unless log_statement had already logged it (dev
+    logs every statement): then the statement is the one the same backend (pid) logged last.
+    Continuation lines of a multi-line statement start with a tab.
+    """
+    last_statement: dict[int | None, str] = {}
+    recent: deque[SlowQuery] = deque(maxlen=keep)
+    count = 0
+    current: str | None = None  # what a continuation line extends: "statement" or "slow"
+    pid: int | None = None
+    for raw in lines:
+        line = raw.rstrip("\n")
+        if line.startswith("\t") and current:
+            extra = " " + line.strip()
+            if current == "statement":
+                last_statement[pid] = last_statement.get(pid, "") + extra
+            elif current == "slow" and recent:
+                query = recent[-1]
+                recent[-1] = SlowQuery(query.duration_ms, (query.statement + extra).strip(), query.time, query.pid)
+            continue
+        current = None
+        match = _LOG_MESSAGE.match(line)
+        if not match or match.group("level") != "LOG":
+            continue
+        prefix, message = match.group("prefix"), match.group("message")
+        pid_match = _LOG_PID.search(prefix)
+        pid = int(pid_match.group(1)) if pid_match else None
+        duration = _DURATION.match(message)
+        if duration:
+            ms = float(duration.group("ms"))
+            if threshold_ms is None or threshold_ms < 0 or ms < threshold_ms:
+                continue  # log_duration lines, or a threshold raised since
+            text = duration.group("text")
+            time_match = _LOG_TIME.search(prefix)
+            count += 1
+            recent.append(SlowQuery(ms, text if text is not None else last_statement.get(pid, ""),
+                                    time_match.group(1) if time_match else "", pid))
+            current = "slow" if text is not None else None
+            continue
+        statement = _STATEMENT.match(message)
+        if statement:
+            last_statement[pid] = statement.group("text")
+            current = "statement"
+    return count, list(recent)
+
+
+def monitoring(stack: "Stack", runtime: "Runtime", healthy: set[str]) -> dict[str, Any]:
+    """The monitoring view of the services that are healthy (only those are asked).
+
+    Keys: connections, slow_queries (Postgres), pools (PgBouncer), redis_memory (Redis), and
+    alerts: one line per threshold crossed. A probe that fails gives {"error": ...} instead.
+    """
+    out: dict[str, Any] = {}
+    threshold: float | None = None
+    if "postgres" in healthy:
+        out["connections"] = _guarded(lambda: postgres_connections(stack))
+        threshold = out["connections"].get("log_min_duration_statement_ms", _profile_threshold(stack))
+        out["slow_queries"] = _guarded(lambda: slow_queries(stack, runtime, threshold))
+    if "pgbouncer" in healthy:
+        out["pools"] = _guarded(lambda: pgbouncer_pools(stack))
+    if "redis" in healthy:
+        out["redis_memory"] = _guarded(lambda: redis_memory(stack))
+    out["alerts"] = alerts(out)
+    return out
+
+
+def _profile_threshold(stack: "Stack") -> float | None:
+    """log_min_duration_statement in ms as the profile sets it (when the server cannot be asked)."""
+    from devenv import pgcatalog
+
+    value = stack.postgres.settings.get("log_min_duration_statement")
+    if value is None:
+        return None
+    number = pgcatalog.base_units("log_min_duration_statement", value, stack.postgres.major)
+    return float(number) if isinstance(number, float) else None
+
+
+def _guarded(probe: Any) -> dict[str, Any]:
+    try:
+        return dict(probe())
+    except Exception as exc:  # monitoring is best effort: `status` must still print the services
+        return {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+
+
+def postgres_connections(stack: "Stack") -> dict[str, Any]:
+    """Client connections in use (and active) against max_connections and the readiness threshold.
+
+    Counted as the readiness check counts them (non-idle backends), leaving out this probe's own.
+    """
+    from devenv.health import _pg_connect
+
+    pg = stack.postgres
+    with _pg_connect(stack, "postgres", pg.port, pg.user, pg.password, pg.ssl) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE backend_type = 'client backend'),"
+            " count(*) FILTER (WHERE state != 'idle'),"
+            " current_setting('max_connections')::int,"
+            " (SELECT setting::int FROM pg_settings WHERE name = 'log_min_duration_statement')"
+            " FROM pg_stat_activity WHERE pid != pg_backend_pid()").fetchone()
+    in_use, active, max_connections, slow_ms = row
+    return {
+        "in_use": in_use,
+        "active": active,
+        "max_connections": max_connections,
+        "readiness_threshold": pg.readiness_limit,  # ready while fewer than this are active
+        "ready": active + 1 < pg.readiness_limit,  # + the health check's own connection
+        "log_min_duration_statement_ms": slow_ms,
+    }
+
+
+def slow_queries(stack: "Stack", runtime: "Runtime", threshold_ms: float | None) -> dict[str, Any]:
+    """The postgres log's statements over log_min_duration_statement (through the runtime: file or container)."""
+    if threshold_ms is None or threshold_ms < 0:
+        return {"threshold_ms": threshold_ms, "count": 0, "recent": [], "note": "log_min_duration_statement is off"}
+    count, recent = parse_slow_queries(runtime.follow_logs(stack, "postgres", False), threshold_ms)
+    return {"threshold_ms": threshold_ms, "count": count, "recent": [asdict(q) for q in recent]}
+
+
+def pgbouncer_pools(stack: "Stack") -> dict[str, Any]:
+    """`SHOW POOLS` on the admin console: clients active/waiting, server connections, per pool."""
+    from devenv.health import _pg_connect
+
+    pgb = stack.pgbouncer
+    with _pg_connect(stack, "pgbouncer", pgb.port, pgb.admin_user, pgb.admin_password) as conn:
+        rows = _simple_query(conn, b"SHOW POOLS")
+    pools = []
+    for row in rows:
+        if row.get("database") == "pgbouncer":  # the admin console's own pseudo-pool
+            continue
+        number = lambda key: int(row.get(key) or 0)  # noqa: E731
+        pools.append({
+            "database": row.get("database"), "user": row.get("user"), "pool_mode": row.get("pool_mode"),
+            "cl_active": number("cl_active"), "cl_waiting": number("cl_waiting"),
+            "sv_active": number("sv_active"), "sv_idle": number("sv_idle"), "sv_used": number("sv_used"),
+            "server_connections": sum(number(k) for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")),
+            "maxwait_s": number("maxwait"),
+        })
+    return {"pools": pools, "default_pool_size": int(pgb.settings.get("default_pool_size", 20))}
+
+
+def redis_memory(stack: "Stack") -> dict[str, Any]:
+    """INFO memory: used_memory against maxmemory, and whether it crossed the 80% alert."""
+    (info,) = redis_call(stack.redis.port, stack.redis.password, [["INFO", "memory"]])
+    if isinstance(info, Exception):
+        raise info
+    fields = parse_info(info)
+    used, limit = int(fields.get("used_memory", 0)), int(fields.get("maxmemory", 0))
+    percent = round(100 * used / limit, 1) if limit else None
+    return {
+        "used_memory": used, "maxmemory": limit, "percent": percent,
+        "alert_percent": REDIS_MEMORY_ALERT_PERCENT,
+        "alert": percent is not None and percent > REDIS_MEMORY_ALERT_PERCENT,
+        "maxmemory_policy": fields.get("maxmemory_policy", ""),
+    }
+
+
+def alerts(view: Mapping[str, Any]) -> list[str]:
+    """The thresholds a monitoring view crosses, as sentences."""
+    out = []
+    memory = view.get("redis_memory") or {}
+    if memory.get("alert"):
+        out.append(f"Redis used_memory is {memory['percent']}% of maxmemory, above the "
+                   f"{memory['alert_percent']}% alert threshold")
+    connections = view.get("connections") or {}
+    if "active" in connections and not connections.get("ready", True):
+        out.append(f"{connections['active']} active connections: at the readiness threshold "
+                   f"({connections['readiness_threshold']})")
+    for pool in (view.get("pools") or {}).get("pools", []):
+        if pool["cl_waiting"]:
+            out.append(f"{pool['cl_waiting']} clients waiting for a server connection in pool "
+                       f"{pool['database']}/{pool['user']}")
+    return out
+
+
+def format_monitoring(view: Mapping[str, Any]) -> list[str]:
+    """The monitoring view as text lines for `devenv status` (warn lines last)."""
+    lines = []
+    connections = view.get("connections")
+    if connections is not None:
+        if "error" in connections:
+            lines.append(f"connections   unknown ({connections['error']})")
+        else:
+            lines.append(f"connections   {connections['in_use']} of max_connections {connections['max_connections']} in use, "
+                         f"{connections['active']} active (readiness threshold {connections['readiness_threshold']})")
+    pools = view.get("pools")
+    if pools is not None:
+        if "error" in pools:
+            lines.append(f"pools         unknown ({pools['error']})")
+        for pool in pools.get("pools", []):
+            lines.append(f"pool          {pool['database']}/{pool['user']} ({pool['pool_mode']}): clients "
+                         f"{pool['cl_active']} active, {pool['cl_waiting']} waiting; servers {pool['server_connections']} "
+                         f"of {pools['default_pool_size']} ({pool['sv_active']} active, {pool['sv_idle']} idle)")
+        if "error" not in pools and not pools.get("pools"):
+            lines.append("pools         none yet (a pool opens with its first client)")
+    memory = view.get("redis_memory")
+    if memory is not None:
+        if "error" in memory:
+            lines.append(f"memory        unknown ({memory['error']})")
+        else:
+            limit = _size(memory["maxmemory"]) if memory["maxmemory"] else "no maxmemory"
+            share = f"{memory['percent']}%, " if memory["percent"] is not None else ""
+            lines.append(f"memory        Redis used_memory {_size(memory['used_memory'])} of {limit} "
+                         f"({share}alert above {memory['alert_percent']}%)")
+    slow = view.get("slow_queries")
+    if slow is not None:
+        if "error" in slow:
+            lines.append(f"slow queries  unknown ({slow['error']})")
+        elif slow.get("threshold_ms") is None or slow["threshold_ms"] < 0:
+            lines.append("slow queries  not logged (log_min_duration_statement is off)")
+        else:
+            lines.append(f"slow queries  {slow['count']} logged over {_ms(slow['threshold_ms'])} "
+                         f"(log_min_duration_statement){'; the latest:' if slow['recent'] else ''}")
+            for query in slow["recent"]:
+                when = f"{query['time']}  " if query["time"] else ""
+                lines.append(f"              {when}{_ms(query['duration_ms'])}  {_shorten(query['statement'])}")
+    lines += [f"warn          {alert}" for alert in view.get("alerts", [])]
+    return lines
+
+
+def _ms(value: float) -> str:
+    return f"{value:.0f} ms" if float(value).is_integer() or value >= 100 else f"{value:.1f} ms"
+
+
+def _shorten(statement: str, width: int = 100) -> str:
+    text = " ".join(statement.split()) or "(statement not in the log)"
+    return text if len(text) <= width else text[: width - 1] + "…"
