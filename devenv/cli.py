@@ -230,19 +230,53 @@ def down(profile: str, config_path: str | None, runtime: str, volumes: bool) -> 
 @_runtime_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(profile: str, config_path: str | None, runtime: str, as_json: bool) -> None:
-    """Each service: its state, health and port. Exits 1 when something is not healthy."""
+    """Each service: its state, health and port; when up, the monitoring view (connections,
+    PgBouncer pools, Redis memory, slow queries). Exits 1 when something is not healthy."""
     from devenv import lifecycle
     from devenv.runtime import get_runtime
 
     stack = load_stack(config_path, profile)
-    rows = lifecycle.status(stack, get_runtime(runtime))
+    report = lifecycle.status(stack, get_runtime(runtime))
+    rows = report["services"]
     if as_json:
-        click.echo(json.dumps({"profile": profile, "services": rows}, indent=2))
+        click.echo(json.dumps({"profile": profile, **report}, indent=2))
     else:
         for row in rows:
             extra = f"  ({row['problem']})" if row["problem"] else ""
             click.echo(f"{row['service']:<10} {row['state']:<12} {row['health']:<10} 127.0.0.1:{row['port']}{extra}")
+        if report["monitoring"]:
+            from devenv.doctor import format_monitoring
+
+            for line in format_monitoring(report["monitoring"]):
+                click.echo(line)
     if any(row["health"] != "healthy" for row in rows):
+        sys.exit(1)
+
+
+@cli.command()
+@_profile_option
+@_runtime_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(profile: str, config_path: str | None, runtime: str, as_json: bool) -> None:
+    """Check the machine and the stack: Docker, binaries, ports, disk, health, settings drift.
+
+    One line per check (ok, warn or FAIL); exits 1 when any check FAILs. Drift compares each
+    setting of the profile with what the running servers report, so a value changed by hand
+    (ALTER SYSTEM, CONFIG SET) is caught.
+    """
+    from devenv import doctor as checks_module
+    from devenv.runtime import get_runtime
+
+    stack = load_stack(config_path, profile)
+    checks = checks_module.run_checks(stack, get_runtime(runtime), requested=runtime)
+    failed = checks_module.failed(checks)
+    if as_json:
+        click.echo(json.dumps({"profile": profile, "ok": not failed,
+                               "checks": [check.to_json() for check in checks]}, indent=2))
+    else:
+        for line in checks_module.format_checks(checks):
+            click.echo(line)
+    if failed:
         sys.exit(1)
 
 

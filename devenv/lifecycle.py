@@ -123,8 +123,13 @@ def down(stack: Stack, runtime: Runtime, *, volumes: bool = False) -> list[str]:
     return stopped
 
 
-def status(stack: Stack, runtime: Runtime) -> list[dict[str, Any]]:
-    """Each service: state, health (a real check, once), port."""
+def status(stack: Stack, runtime: Runtime, *, monitor: bool = True) -> dict[str, Any]:
+    """{"services": each service's state, health (a real check, once), port, pid;
+    "monitoring": the monitoring view of the healthy services, None when none is up}.
+
+    The monitoring view (devenv.doctor.monitoring) is asked only of services that passed
+    their check, so `status` on a stopped stack stays as fast as before.
+    """
     checks = health.stack_checks(stack)
     rows = []
     for state in runtime.states(stack):
@@ -137,6 +142,12 @@ def status(stack: Stack, runtime: Runtime) -> list[dict[str, Any]]:
             "port": state.port,
             "pid": state.pid,
         })
-    return rows
+    healthy = {row["service"] for row in rows if row["health"] == "healthy"}
+    view = None
+    if monitor and healthy:
+        from devenv.doctor import monitoring
+
+        view = monitoring(stack, runtime, healthy)
+    return {"services": rows, "monitoring": view}
 
 
