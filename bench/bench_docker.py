@@ -1,0 +1,240 @@
+"""`devenv up --runtime docker` against plain Docker and testcontainers, measured in the same run.
+
+Baselines (the same Postgres image): `docker run` of the image (through the SDK) until the first
+connection, with the entrypoint's initdb and with existing data (`docker start`); and
+testcontainers' PostgresContainer when testcontainers is installed (Ryuk off: no registry).
+devenv: the first-ever `up` (three containers healthy, schema and seed applied), `up` with
+existing volumes (after `down`), and a no-op `up`; `devenv --help` as the process floor.
+Rounds are interleaved; medians are printed with the ratios against the targets:
+first-ever < 1.5x testcontainers (else the `docker run` baseline); existing volumes < 1 s.
+
+    python bench/bench_docker.py [--runs 3] [--profile dev]
+
+Images: DEVENV_*_IMAGE if set, else the local test images (devenv-test/*, .ci/images/build.sh)
+when devenv.yaml's are absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+TEST_IMAGES = {
+    "DEVENV_POSTGRES_IMAGE": "devenv-test/postgres:15",
+    "DEVENV_PGBOUNCER_IMAGE": "devenv-test/pgbouncer:1.18",
+    "DEVENV_REDIS_IMAGE": "devenv-test/redis:7",
+}
+
+
+def free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def first_connection(port: int, user: str, password: str, timeout: float = 60.0) -> None:
+    import psycopg
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            psycopg.connect(host="127.0.0.1", port=port, user=user, password=password, dbname="postgres",
+                            connect_timeout=1).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def choose_images(client: Any) -> dict[str, str]:
+    """DEVENV_*_IMAGE from the environment, else the test images when devenv.yaml's are absent."""
+    from docker.errors import ImageNotFound
+
+    from devenv.settings import load_config
+
+    chosen = {k: v for k, v in os.environ.items() if k in TEST_IMAGES}
+    config = load_config(REPO / "devenv.yaml", env=chosen)
+    wanted = {f"DEVENV_{name.upper()}_IMAGE": service.image for name, service in config.services.items()}
+    try:
+        for image in wanted.values():
+            client.images.get(image)
+        return wanted
+    except ImageNotFound:
+        return {**TEST_IMAGES, **chosen}
+
+
+def bench_docker_run(client: Any, image: str) -> tuple[float, float]:
+    """(initdb + first connection, docker start with existing data + first connection) in seconds."""
+    port = free_ports(1)[0]
+    start = time.perf_counter()
+    container = client.containers.run(image, detach=True, environment={"POSTGRES_PASSWORD": "bench"},
+                                      ports={"5432/tcp": ("127.0.0.1", port)}, labels={"dev.devenv.project": "bench"})
+    try:
+        first_connection(port, "postgres", "bench")
+        fresh = time.perf_counter() - start
+        container.stop(timeout=30)
+        start = time.perf_counter()
+        container.start()
+        first_connection(port, "postgres", "bench")
+        existing = time.perf_counter() - start
+    finally:
+        container.remove(force=True, v=True)
+    return fresh, existing
+
+
+def bench_testcontainers(image: str) -> float | None:
+    """PostgresContainer(image) started until a first connection; None without testcontainers."""
+    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # Ryuk's image cannot be pulled here
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from testcontainers.postgres import PostgresContainer
+    except ImportError:
+        return None
+    import psycopg
+
+    start = time.perf_counter()
+    container = PostgresContainer(image=image, driver=None)
+    container.start()
+    try:
+        psycopg.connect(container.get_connection_url()).close()
+        return time.perf_counter() - start
+    finally:
+        container.stop()
+
+
+class DevenvProject:
+    """A throwaway copy of the project with its own name and ports."""
+
+    def __init__(self, images: dict[str, str], profile: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="devenv-bench-docker-"))
+        self.profile = profile
+        shutil.copy(REPO / "devenv.yaml", self.root / "devenv.yaml")
+        shutil.copytree(REPO / "seeds", self.root / "seeds")
+        self.name = f"bench-{uuid.uuid4().hex[:8]}"
+        text = (self.root / "devenv.yaml").read_text()
+        (self.root / "devenv.yaml").write_text(text.replace("project: taskflow", f"project: {self.name}", 1))
+        ports = free_ports(3)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DEVENV_")}
+        self.env.update(images)
+        self.env.update({"DEVENV_POSTGRES_PORT": str(ports[0]), "DEVENV_PGBOUNCER_PORT": str(ports[1]),
+                         "DEVENV_REDIS_PORT": str(ports[2])})
+
+    def run(self, *args: str) -> float:
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "devenv", *args], cwd=self.root, env=self.env,
+                              capture_output=True, text=True, timeout=300)
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"devenv {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+        return elapsed
+
+    def cleanup(self, client: Any) -> None:
+        subprocess.run([sys.executable, "-m", "devenv", "down", "--volumes", "--runtime", "docker", "-p", self.profile],
+                       cwd=self.root, env=self.env, capture_output=True, timeout=120)
+        label = {"label": f"dev.devenv.project={self.name}"}
+        for container in client.containers.list(all=True, filters=label):
+            container.remove(force=True, v=True)
+        for network in client.networks.list(filters=label):
+            network.remove()
+        for volume in client.volumes.list(filters=label):
+            volume.remove(force=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def bench_devenv(client: Any, images: dict[str, str], profile: str) -> dict[str, float]:
+    project = DevenvProject(images, profile)
+    out: dict[str, float] = {}
+    try:
+        runtime = ("--runtime", "docker", "-p", profile)
+        out["devenv up, first ever"] = project.run("up", *runtime)
+        out["devenv up, no-op"] = project.run("up", *runtime)
+        project.run("down", *runtime)
+        out["devenv up, existing volumes"] = project.run("up", *runtime)
+        out["devenv --help"] = project.run("--help")
+    finally:
+        project.cleanup(client)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile", default="dev")
+    args = parser.parse_args()
+
+    from devenv.runtime.docker import connect, find_endpoint, no_engine_error
+
+    endpoint = find_endpoint()
+    if endpoint is None:
+        print(f"no Docker engine: {no_engine_error(os.environ).message}")
+        return
+    client = connect(endpoint)
+    images = choose_images(client)
+    pg_image = images["DEVENV_POSTGRES_IMAGE"]
+    print(f"engine {client.api.version().get('Version')} (API {client.api.api_version}) at {endpoint.host}; "
+          f"images {', '.join(images.values())}; profile {args.profile}; {args.runs} interleaved rounds")
+
+    samples: dict[str, list[float]] = {}
+
+    def add(name: str, value: float | None) -> None:
+        if value is not None:
+            samples.setdefault(name, []).append(value)
+
+    steps: list[Callable[[], None]] = [
+        lambda: [add(n, v) for n, v in zip(("docker run, initdb -> first connection",
+                                            "docker start, existing data -> first connection"),
+                                           bench_docker_run(client, pg_image))],
+        lambda: add("testcontainers PostgresContainer", bench_testcontainers(pg_image)),
+        lambda: [add(n, v) for n, v in bench_devenv(client, images, args.profile).items()],
+    ]
+    for round_ in range(args.runs):
+        for step in steps:
+            step()
+        print(f"  round {round_ + 1}/{args.runs} done", flush=True)
+
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    width = max(map(len, medians))
+    print(f"\n{'measurement':<{width}}  median     runs")
+    for name, value in medians.items():
+        print(f"{name:<{width}}  {value:6.2f} s   {', '.join(f'{v:.2f}' for v in samples[name])}")
+
+    first = medians["devenv up, first ever"]
+    baseline_name = "testcontainers PostgresContainer" if "testcontainers PostgresContainer" in medians else \
+        "docker run, initdb -> first connection"
+    baseline = medians[baseline_name]
+    existing = medians["devenv up, existing volumes"]
+    print()
+    print(f"first-ever up / {baseline_name}: {first / baseline:.2f}x (target < 1.5x) "
+          f"{'met' if first < 1.5 * baseline else 'NOT met'}")
+    print(f"first-ever up / docker run to first connection: {first / medians['docker run, initdb -> first connection']:.2f}x")
+    print(f"up with existing volumes: {existing:.2f} s (target < 1 s) {'met' if existing < 1 else 'NOT met'}; "
+          f"{existing / medians['docker start, existing data -> first connection']:.2f}x `docker start` of one "
+          "Postgres container to first connection")
+    print(f"no-op up: {medians['devenv up, no-op']:.2f} s ({medians['devenv up, no-op'] / medians['devenv --help']:.2f}x "
+          "`devenv --help`)")
+
+
+if __name__ == "__main__":
+    main()
