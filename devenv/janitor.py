@@ -44,6 +44,8 @@ _SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "devenv", "pg_toast")
 _drop_counter = itertools.count()
 _SCHEMA_CHANGED = "devenv: schema changed since the clone"
 _TEMPLATE_FORMAT = 2  # bump when what a template carries (snapshots, guards) changes
+# Scratch databases of one process (group 2: its pid), which `sweep` drops once it is gone.
+SCRATCH_PATTERN = r"__(new|old|building|restore)_([0-9]+)(_[0-9]+)?$"
 
 # Installed in every template: counts DDL so that `restore` knows when it is not enough.
 _DDL_GUARD = """
@@ -265,7 +267,7 @@ class Janitor:
                     (list(_SYSTEM_SCHEMAS[:2]),),
                 ).fetchone():
                     return False
-        self._clone(dbname, template)
+        self.clone(dbname, template)
         return True
 
     def reset(self, dbname: str | None = None, strategy: str = "auto") -> ResetResult:
@@ -285,7 +287,7 @@ class Janitor:
             if strategy == "auto":
                 strategy = "clone" if self._template_bytes(template) <= WAL_LOG_MAX_BYTES else "copy"
             used = "copy" if strategy == "copy" else "clone"
-            self._clone(dbname, template, method="file_copy" if used == "copy" else "wal_log")
+            self.clone(dbname, template, method="file_copy" if used == "copy" else "wal_log")
         return ResetResult(dbname, used, time.perf_counter() - start)
 
     def _template_bytes(self, template: str) -> int:
@@ -299,7 +301,7 @@ class Janitor:
         dbname = dbname or self.stack.postgres.database
         self._plans.clear()
         template = self.ensure_template(rebuild=True)
-        self._clone(dbname, template)
+        self.clone(dbname, template)
         return ResetResult(dbname, "hard", time.perf_counter() - start)
 
     def _restore_plan(self, dbname: str, template: str) -> "_RestorePlan | None":
@@ -330,28 +332,89 @@ class Janitor:
         self._pgbouncer_command(f"RECONNECT {dbname}")
         return True
 
-    def _clone(self, dbname: str, template: str, method: str = "wal_log") -> None:
+    def clone(self, dbname: str, template: str, method: str = "wal_log") -> None:
+        """Make `dbname` a fresh copy of `template` (a database nobody is connected to).
+
+        The copy is built under a scratch name and swapped in (`swap_in`), so `dbname` is
+        never missing or half copied. `method` is CREATE DATABASE's STRATEGY: `wal_log`
+        for small templates, `file_copy` for big ones (see `method_for`).
+        """
+        fresh = f"{dbname}__new_{os.getpid()}"
+        self._drop(fresh)
+        self._create_from(fresh, template, method)
+        self.swap_in(dbname, fresh)
+
+    def swap_in(self, dbname: str, fresh: str) -> None:
+        """Rename the database `fresh` to `dbname`, replacing the one there.
+
+        Pooled clients wait meanwhile (PgBouncer KILL, then RESUME) and reconnect to the new
+        database; direct sessions on the old one are terminated. The old database is
+        dropped in the background; if the final rename fails it is renamed back.
+        """
         from psycopg import sql
 
         self._forget(dbname)
         self._plans.pop(dbname, None)
-        fresh = f"{dbname}__new_{os.getpid()}"
-        self._drop(fresh)
-        # WAL_LOG (15+) copies through the WAL: no checkpoints, the fastest for small databases.
-        self.admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(
-            sql.Identifier(fresh), sql.Identifier(template),
-            sql.SQL(f" STRATEGY {method}") if self._supports_strategy() else sql.SQL("")))
         self._pgbouncer_command(f"KILL {dbname}")  # pooled clients wait until RESUME
         try:
             exists = self.admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+            old = None
             if exists:
                 old = f"{dbname}__old_{os.getpid()}_{next(_drop_counter)}"
                 self._terminate(dbname)
                 self.admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(dbname), sql.Identifier(old)))
+            try:
+                self.admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(fresh), sql.Identifier(dbname)))
+            except BaseException:
+                if old is not None:  # put the old data back rather than leave no database at all
+                    self.admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(dbname)))
+                raise
+            if old is not None:
                 self._drop_later(old)
-            self.admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(fresh), sql.Identifier(dbname)))
         finally:
             self._pgbouncer_command(f"RESUME {dbname}")
+
+    def copy_live(self, source: str, target: str, method: str | None = None) -> None:
+        """CREATE DATABASE `target` from `source`, a database that may be in use.
+
+        PostgreSQL copies only a database without sessions: pooled clients are held
+        (PgBouncer KILL ... RESUME) and direct sessions terminated for the moment it takes.
+        A client reconnecting directly in between makes the copy fail: it is retried twice.
+        """
+        import psycopg
+
+        method = method or self.method_for(source)
+        self._forget(source)
+        self._pgbouncer_command(f"KILL {source}")
+        try:
+            for attempt in range(3):
+                self._terminate(source)
+                try:
+                    self._create_from(target, source, method)
+                    return
+                except psycopg.errors.ObjectInUse:  # "source database ... is being accessed by other users"
+                    if attempt == 2:
+                        raise
+                    time.sleep(0.1)
+        finally:
+            self._pgbouncer_command(f"RESUME {source}")
+
+    def method_for(self, source: str) -> str:
+        """CREATE DATABASE's STRATEGY for copying `source`: WAL_LOG when small, else FILE_COPY."""
+        size = self.admin.execute("SELECT pg_database_size(%s)", (source,)).fetchone()[0]
+        return "wal_log" if size <= WAL_LOG_MAX_BYTES else "file_copy"
+
+    def drop(self, dbname: str) -> None:
+        """Drop a database now, template or not, terminating its sessions (no-op if missing)."""
+        self._drop(dbname)
+
+    def _create_from(self, name: str, template: str, method: str) -> None:
+        from psycopg import sql
+
+        # WAL_LOG (15+) copies through the WAL: no checkpoints, the fastest for small databases.
+        self.admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(
+            sql.Identifier(name), sql.Identifier(template),
+            sql.SQL(f" STRATEGY {method}") if self._supports_strategy() else sql.SQL("")))
 
     def _terminate(self, dbname: str) -> None:
         self.admin.execute(
@@ -385,12 +448,15 @@ class Janitor:
         self._drops.append(thread)
 
     def sweep(self) -> None:
-        """Drop scratch databases (`__new_<pid>`, `__old_<pid>_<n>`, `__building_<pid>`) whose
-        process is gone: another process may be mid-reset on its own."""
+        """Drop scratch databases (`__new_<pid>`, `__old_<pid>_<n>`, `__building_<pid>`,
+        `__restore_<pid>`) whose process is gone: another process may be mid-reset on its own.
+
+        Snapshots (`<db>__snap_<name>`) never match: their names cannot contain `__`.
+        """
         for (name,) in self.admin.execute(
-            "SELECT datname FROM pg_database WHERE datname ~ '__(new|old|building)_[0-9]+(_[0-9]+)?$'"
+            "SELECT datname FROM pg_database WHERE datname ~ %s", (SCRATCH_PATTERN,)
         ).fetchall():
-            pid = int(re.search(r"__(?:new|old|building)_(\d+)", name).group(1))
+            pid = int(re.search(SCRATCH_PATTERN, name).group(2))
             if not _pid_alive(pid):
                 self._drop(name)
 
