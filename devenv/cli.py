@@ -210,6 +210,175 @@ def reset(profile: str, config_path: str | None, hard: bool, strategy: str) -> N
     _say(f"{handle.stack.name}: reset {result.database} ({result.strategy}) and Redis in {result.seconds * 1000:.0f} ms")
 
 
+# ---- snapshots, dump, restore (domain logic: devenv/snapshots.py, devenv/dumps.py) -----------
+
+
+def _human_size(size: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return f"{size} B"
+
+
+def _with_snapshots(config_path: str | None, profile: str, action: Callable[[Any], Any], lock: bool = True) -> Any:
+    """Run `action(Snapshots)` for a profile, under its lock unless `lock` is False (reads)."""
+    import contextlib
+
+    from devenv.janitor import Janitor
+    from devenv.snapshots import Snapshots
+    from devenv.state import locked
+
+    stack = load_stack(config_path, profile)
+    janitor = Janitor(stack)
+    import psycopg  # noqa: F401  (loaded before any clock starts: it is start-up, as for reset)
+
+    try:
+        with locked(stack.state_dir, on_wait=_say) if lock else contextlib.nullcontext():
+            return action(Snapshots(janitor, say=_say))
+    finally:
+        janitor.close()
+
+
+def _timed(action: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """`action`'s result and the seconds it took (start-up and connecting excluded, as for reset)."""
+    import time
+
+    start = time.monotonic()
+    return action(*args, **kwargs), time.monotonic() - start
+
+
+@cli.group()
+def snapshot() -> None:
+    """Named copies of the database, near-instant: save before a migration, restore to go back.
+
+    A snapshot is a template database on the same server (`<db>__snap_<NAME>`): it survives
+    `down`/`up`, not `down --volumes`.
+    """
+
+
+@snapshot.command("save")
+@_profile_option
+@click.argument("name")
+@click.option("--force", "-f", is_flag=True, help="Overwrite a snapshot of that name.")
+def snapshot_save(profile: str, config_path: str | None, name: str, force: bool) -> None:
+    """Save the database as snapshot NAME (a-z, 0-9, '_', '-'; up to 40)."""
+    from devenv.snapshots import validate_name
+
+    validate_name(name)  # before connecting: a bad name is an error even with the stack down
+    snap, seconds = _with_snapshots(config_path, profile, lambda store: _timed(store.save, name, force=force))
+    _say(f"saved snapshot {snap.name} ({_human_size(snap.size)}) in {seconds * 1000:.0f} ms")
+
+
+@snapshot.command("restore")
+@_profile_option
+@click.argument("name")
+def snapshot_restore(profile: str, config_path: str | None, name: str) -> None:
+    """Replace the database with snapshot NAME (the snapshot is kept)."""
+    from devenv.snapshots import validate_name
+
+    validate_name(name)
+    snap, seconds = _with_snapshots(config_path, profile, lambda store: _timed(store.restore, name))
+    _say(f"restored {snap.name} in {seconds * 1000:.0f} ms")
+
+
+@snapshot.command("list")
+@_profile_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def snapshot_list(profile: str, config_path: str | None, as_json: bool) -> None:
+    """The snapshots: name, size and when each was saved (oldest first)."""
+    from devenv.snapshots import Snapshots
+
+    def listing(store: Snapshots) -> tuple[str, list[Any]]:
+        return store.database, store.list_all()
+
+    database, snaps = _with_snapshots(config_path, profile, listing, lock=False)
+    if as_json:
+        click.echo(json.dumps({"profile": profile, "database": database,
+                               "snapshots": [s.as_json() for s in snaps]}, indent=2))
+        return
+    if not snaps:
+        _say(f"no snapshots of {database} (profile {profile}); `devenv snapshot save NAME` takes one")
+        return
+    rows = [("NAME", "SIZE", "CREATED")] + [
+        (s.name, _human_size(s.size), s.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if s.created_at else "?")
+        for s in snaps]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@snapshot.command("rm")
+@_profile_option
+@click.argument("name")
+def snapshot_rm(profile: str, config_path: str | None, name: str) -> None:
+    """Delete snapshot NAME (its database)."""
+    from devenv.snapshots import validate_name
+
+    validate_name(name)
+    snap = _with_snapshots(config_path, profile, lambda store: store.remove(name))
+    _say(f"removed snapshot {snap.name} ({snap.database})")
+
+
+@cli.command()
+@_profile_option
+@_runtime_option
+@click.argument("file", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+def dump(profile: str, config_path: str | None, runtime: str, file: str | None) -> None:
+    """Write a pg_dump (custom format) of the database to FILE, or to stdout with `-`.
+
+    Default FILE: .devenv/dumps/<profile>-<timestamp>.dump, whose path is printed.
+    `devenv restore FILE` loads it back.
+    """
+    from devenv import dumps
+    from devenv.runtime import get_runtime
+
+    stack = load_stack(config_path, profile)
+    if file == "-":
+        if sys.stdout.isatty():
+            raise click.UsageError("refusing to write a binary archive to a terminal: redirect stdout, or name a FILE")
+        dumps.dump(stack, get_runtime(runtime), click.get_binary_stream("stdout"), say=_say)
+        return
+    if file and not Path(file).resolve().parent.is_dir():
+        raise click.BadParameter(f"directory {Path(file).resolve().parent} does not exist", param_hint="FILE")
+    path = Path(file) if file else dumps.default_dump_path(stack)
+    dumps.dump(stack, get_runtime(runtime), path, say=_say)
+    click.echo(str(path))
+
+
+@cli.command()
+@_profile_option
+@_runtime_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--yes", "-y", is_flag=True, help="Replace the database without asking (required when stdin is not a terminal).")
+def restore(profile: str, config_path: str | None, runtime: str, file: str, yes: bool) -> None:
+    """Replace the database with FILE, a dump made by `devenv dump`.
+
+    The dump is restored into a scratch database and swapped in only once complete: a
+    failed restore leaves the data as it was. Asks first unless --yes.
+    """
+    from devenv import dumps
+    from devenv.janitor import Janitor
+    from devenv.runtime import get_runtime
+    from devenv.state import locked
+
+    stack = load_stack(config_path, profile)
+    database = stack.postgres.database
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError(f"restore replaces database '{database}' (profile {profile}) and stdin is not "
+                                   "a terminal to confirm it: pass --yes")
+        if not click.confirm(f"Replace database '{database}' (profile {profile}) with {file}?", default=False, err=True):
+            _say("restore cancelled: nothing changed")
+            sys.exit(1)
+    janitor = Janitor(stack)
+    try:
+        with locked(stack.state_dir, on_wait=_say):
+            dumps.restore(stack, get_runtime(runtime), janitor, Path(file), say=_say)
+    finally:
+        janitor.close()
+
+
 @cli.command()
 @_profile_option
 @_runtime_option

@@ -1,0 +1,262 @@
+"""Logical backups: `devenv dump` and `devenv restore` (the infrastructure doc's pg_dump backups).
+
+A dump is `pg_dump --format=custom` of the working database. A restore never touches the
+working database until it has succeeded: the archive is restored into a scratch database,
+`<db>__restore_<pid>`, with `pg_restore --exit-on-error --no-owner`, then swapped in as
+`devenv reset` swaps a clone in (PgBouncer holds pooled clients, which then reconnect to
+the new database). A failed restore drops the scratch database: the data is as it was.
+
+pg_dump and pg_restore must be of the server's major version (an older pg_dump refuses a
+newer server; an older pg_restore cannot read a newer archive), so the runtime provides them
+(`Runtime.pg_tool`): natively from the running server's bindir; in Docker, inside the
+postgres container. Archives go through stdin/stdout, so either works the same.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Callable
+
+from devenv.errors import DependencyError, SchemaError
+from devenv.stack import Stack
+
+if TYPE_CHECKING:
+    from devenv.janitor import Janitor
+    from devenv.runtime.base import Runtime
+
+Say = Callable[[str], None]
+MAGIC = b"PGDMP"  # the first bytes of every custom-format archive
+_CHUNK = 1 << 16
+_DUMP_HINT = "no file was written (a partial one is removed); check `devenv status` and `devenv logs postgres`."
+
+
+@dataclass(frozen=True)
+class DumpResult:
+    """What `dump` wrote."""
+
+    database: str
+    target: str  # a path, or "stdout"
+    size: int  # bytes
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What `restore` did."""
+
+    database: str
+    source: Path
+    size: int  # bytes of the archive
+    seconds: float
+
+
+def default_dump_path(stack: Stack, now: datetime | None = None) -> Path:
+    """`<project>/.devenv/dumps/<profile>-<timestamp>.dump` (a new name even within one second),
+    creating the directory."""
+    stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    directory = stack.state_dir.parent / "dumps"
+    directory.mkdir(parents=True, exist_ok=True)
+    path, n = directory / f"{stack.profile}-{stamp}.dump", 1
+    while path.exists():
+        n += 1
+        path = directory / f"{stack.profile}-{stamp}-{n}.dump"
+    return path
+
+
+def pg_tool(runtime: "Runtime", stack: Stack, tool: str) -> list[str]:
+    """The argv prefix of `tool` from the runtime the stack runs on (see `Runtime.pg_tool`)."""
+    resolve = getattr(runtime, "resolve", None)  # `--runtime auto`: the runtime the stack is on
+    concrete = resolve(stack) if resolve is not None else runtime
+    hook = getattr(concrete, "pg_tool", None)
+    if hook is None:
+        raise DependencyError(
+            f"the {concrete.name} runtime cannot run {tool} yet",
+            hint="dump and restore need `Runtime.pg_tool` in that runtime; meanwhile run the stack with "
+            "`--runtime native`, or use pg_dump/pg_restore of the server's version on `devenv env`'s URL.",
+        )
+    return hook(stack, tool)
+
+
+def tool_env(stack: Stack) -> dict[str, str]:
+    """The environment for pg_dump/pg_restore: the stack's password and SSL mode, nothing else PG*."""
+    # The caller's PG* variables (PGHOST, PGDATABASE...) must not point the tool elsewhere.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PGPASSWORD=stack.postgres.password, PGSSLMODE="require" if stack.postgres.ssl else "prefer",
+               PGCONNECT_TIMEOUT="10", PGAPPNAME="devenv")
+    return env
+
+
+def dump(stack: Stack, runtime: "Runtime", destination: Path | IO[bytes], say: Say = lambda line: None) -> DumpResult:
+    """pg_dump the working database in custom format to a file (written whole or not at all)
+    or to a binary stream."""
+    from devenv.database import connect
+
+    database = stack.postgres.database
+    connect(stack).close()  # "is the stack up?" said plainly, before pg_dump says it its way
+    argv = pg_tool(runtime, stack, "pg_dump") + ["--format=custom", "--no-password", f"--dbname={database}"]
+    start = time.monotonic()
+    if isinstance(destination, Path):
+        say(f"dump: dumping {database} to {destination}...")
+        partial = destination.with_name(destination.name + ".partial")
+        # 0600: a dump holds the data, password hashes included. A file (not a pipe) lets
+        # pg_dump record data offsets, so pg_restore can seek.
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            raise SchemaError(f"cannot write {partial}: {exc.strerror}",
+                              hint="name a file in an existing, writable directory (or `-` for stdout).") from exc
+        try:
+            with os.fdopen(fd, "wb") as out:
+                _run(argv, stack, stdin=subprocess.DEVNULL, stdout=out, what=f"dump {database}", hint=_DUMP_HINT)
+            os.replace(partial, destination)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        size, target = destination.stat().st_size, str(destination)
+    else:
+        say(f"dump: dumping {database} to stdout...")
+        size = _run_to_stream(argv, stack, destination, what=f"dump {database}",
+                              hint="what went to stdout is incomplete: discard it; check `devenv status`.")
+        target = "stdout"
+    seconds = time.monotonic() - start
+    say(f"dump: {size} bytes in {seconds:.2f}s")
+    return DumpResult(database, target, size, seconds)
+
+
+def restore(stack: Stack, runtime: "Runtime", janitor: "Janitor", source: Path,
+            say: Say = lambda line: None) -> RestoreResult:
+    """Replace the working database with the contents of a custom-format archive.
+
+    The archive goes into a scratch database first; only a complete restore is swapped in.
+    """
+    import psycopg
+    from psycopg import sql
+
+    database = stack.postgres.database
+    size = _check_archive(source)
+    argv = pg_tool(runtime, stack, "pg_restore")
+    start = time.monotonic()
+    scratch = f"{database}__restore_{os.getpid()}"  # `Janitor.sweep` drops it if this process dies
+    say(f"restore: restoring {source} ({size} bytes) into a scratch database, {scratch}")
+    try:
+        janitor.drop(scratch)
+        # template0: nothing but what the archive holds (template1 may carry local additions).
+        janitor.admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(scratch)))
+    except psycopg.Error as exc:
+        raise SchemaError(f"could not create the scratch database {scratch}: {_reason(exc)}",
+                          hint="the working database is unchanged; check the postgres log (`devenv logs postgres`).") from exc
+    try:
+        with open(source, "rb") as archive:
+            _run(argv + ["--exit-on-error", "--no-owner", "--no-password", f"--dbname={scratch}"], stack,
+                 stdin=archive, stdout=subprocess.DEVNULL, what=f"restore {source}",
+                 hint=f"nothing was changed: {database} is as it was. Is {source} a complete archive made by "
+                 "`devenv dump` (pg_dump --format=custom of this major version or older)? "
+                 f"`pg_restore --list {source}` checks it.")
+        say(f"restore: complete in {time.monotonic() - start:.2f}s; swapping it in as {database}")
+        janitor.swap_in(database, scratch)
+    except psycopg.Error as exc:
+        _drop_quietly(janitor, scratch)
+        raise SchemaError(f"could not swap the restored database in as {database}: {_reason(exc)}",
+                          hint=f"{database} is as it was; retry, or check `devenv status`.") from exc
+    except BaseException:
+        _drop_quietly(janitor, scratch)
+        raise
+    seconds = time.monotonic() - start
+    say(f"restore: {database} restored from {source} ({size} bytes) in {seconds:.2f}s")
+    return RestoreResult(database, source, size, seconds)
+
+
+# ---- helpers: the one place here that spawns the tools ------------------------------------------
+
+
+def _check_archive(source: Path) -> int:
+    """The archive's size; SchemaError unless it is a readable custom-format archive."""
+    try:
+        with open(source, "rb") as handle:
+            head = handle.read(len(MAGIC))
+        size = source.stat().st_size
+    except OSError as exc:
+        raise SchemaError(f"cannot read {source}: {exc.strerror}", hint="name a file written by `devenv dump`.") from exc
+    if head != MAGIC:
+        raise SchemaError(
+            f"{source} is not a pg_dump custom-format archive (it does not start with {MAGIC.decode()})",
+            hint="`devenv dump` writes one. A plain SQL dump loads with `devenv psql -f FILE`.",
+        )
+    return size
+
+
+def _run(argv: list[str], stack: Stack, *, stdin: int | IO[bytes], stdout: int | IO[bytes], what: str,
+         hint: str | None = None) -> None:
+    """Run a PostgreSQL tool to completion; its stderr becomes the error when it fails."""
+    with tempfile.TemporaryFile() as errors:
+        try:
+            code = subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=errors, env=tool_env(stack)).returncode
+        except OSError as exc:
+            raise _spawn_error(argv, exc) from exc
+        if code != 0:
+            errors.seek(0)
+            raise _tool_error(argv, code, errors.read().decode(errors="replace"), what, hint)
+
+
+def _run_to_stream(argv: list[str], stack: Stack, out: IO[bytes], what: str, hint: str | None = None) -> int:
+    """Run a tool, copying its stdout to a stream; the number of bytes copied."""
+    with tempfile.TemporaryFile() as errors:
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors,
+                                    env=tool_env(stack))
+        except OSError as exc:
+            raise _spawn_error(argv, exc) from exc
+        size = 0
+        assert proc.stdout is not None
+        with proc.stdout:
+            while chunk := proc.stdout.read(_CHUNK):
+                out.write(chunk)
+                size += len(chunk)
+        out.flush()
+        code = proc.wait()
+        if code != 0:
+            errors.seek(0)
+            raise _tool_error(argv, code, errors.read().decode(errors="replace"), what, hint)
+    return size
+
+
+def _spawn_error(argv: list[str], exc: OSError) -> DependencyError:
+    return DependencyError(f"cannot run {argv[0]}: {exc.strerror or exc}",
+                           hint="install the PostgreSQL client programs of the server's major version.")
+
+
+def _tool_error(argv: list[str], code: int, stderr: str, what: str, hint: str | None) -> Exception:
+    tool = next((Path(a).name for a in argv if Path(a).name in ("pg_dump", "pg_restore")), Path(argv[0]).name)
+    lines = [_unprefixed(line.strip(), tool) for line in stderr.splitlines() if line.strip()]
+    reason = "; ".join(lines[-3:])[:600] or (f"killed by signal {-code}" if code < 0 else f"exit code {code}")
+    if code < 0:  # e.g. pg_restore crashing on a corrupt archive
+        reason += f" ({tool} was killed by signal {-code})" if lines else ""
+    if "version mismatch" in stderr or "unsupported version" in stderr:
+        return DependencyError(f"could not {what}: {reason}",
+                               hint=f"{tool} must be of the server's major version (or newer for reading archives).")
+    return SchemaError(f"could not {what}: {tool} failed: {reason}", hint=hint or "see the message above.")
+
+
+def _unprefixed(line: str, tool: str) -> str:
+    for prefix in (f"{tool}: error: ", f"{tool}: "):
+        if line.startswith(prefix):
+            return line[len(prefix):]
+    return line
+
+
+def _drop_quietly(janitor: "Janitor", name: str) -> None:
+    try:
+        janitor.drop(name)
+    except Exception:  # the connection may be what failed; `sweep` drops it later
+        pass
+
+
+def _reason(exc: Exception) -> str:
+    diag = getattr(exc, "diag", None)
+    return ((getattr(diag, "message_primary", None) if diag is not None else None) or str(exc)).strip()
