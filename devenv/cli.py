@@ -365,9 +365,10 @@ def restore(profile: str, config_path: str | None, runtime: str, file: str, yes:
     stack = load_stack(config_path, profile)
     database = stack.postgres.database
     if not yes:
-        if not sys.stdin.isatty():
-            raise click.UsageError(f"restore replaces database '{database}' (profile {profile}) and stdin is not "
-                                   "a terminal to confirm it: pass --yes")
+        if not sys.stdin.isatty() or ci_mode():  # CI mode never prompts
+            raise click.UsageError(f"restore replaces database '{database}' (profile {profile}) and "
+                                   f"{'CI mode does not ask' if ci_mode() else 'stdin is not a terminal'} "
+                                   "to confirm it: pass --yes")
         if not click.confirm(f"Replace database '{database}' (profile {profile}) with {file}?", default=False, err=True):
             _say("restore cancelled: nothing changed")
             sys.exit(1)

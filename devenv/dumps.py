@@ -140,6 +140,7 @@ def restore(stack: Stack, runtime: "Runtime", janitor: "Janitor", source: Path,
 
     database = stack.postgres.database
     size = _check_archive(source)
+    janitor.admin  # noqa: B018  ("is the stack up?" said plainly, before the runtime is asked for pg_restore)
     argv = pg_tool(runtime, stack, "pg_restore")
     start = time.monotonic()
     scratch = f"{database}__restore_{os.getpid()}"  # `Janitor.sweep` drops it if this process dies
