@@ -248,6 +248,15 @@ class NativeRuntime:
                     f"PostgreSQL {data_major}.",
                 )
         to_bind = [s for s, action in plan.items() if action == "start"]
+        # A `up` killed between a spawn and its state.json entry leaves a server of ours
+        # running unrecorded: stop it, so its port does not look taken by someone else.
+        if "postgres" in to_bind:
+            self._cleanup_postgres(layout, stack.postgres.port)
+        for service in to_bind:
+            if service != "postgres":
+                for orphan in _processes_with_arg(_COMM[service], str(layout.conf / ("pgbouncer.ini" if service == "pgbouncer" else "redis.conf"))):
+                    _signal(orphan, signal.SIGKILL)
+                    _wait_gone(orphan, 5)
         check_ports_free(stack, to_bind)
 
         if files is not None:
@@ -290,8 +299,6 @@ class NativeRuntime:
                 (layout.run / f"{service}.pid").unlink(missing_ok=True)
             argv = self._command(service, layout, binaries)
             self._children[service] = _spawn(argv, layout.log_file(service), user, cwd=layout.base)
-            if service == "postgres" and result.from_cache:
-                self._set_password(stack, layout)
             state[service] = {
                 "pid": self._children[service].pid,
                 "hash": hashes[service],
@@ -299,6 +306,8 @@ class NativeRuntime:
                 "port": getattr(stack, service).port,
             }
             _write_json(layout.state_file, state)
+            if service == "postgres" and _password_marker(layout).exists():
+                self._set_password(stack, layout)
             if plan[service] == "start":
                 result.started.append(service)
         return result
@@ -325,6 +334,9 @@ class NativeRuntime:
         archive = cache.find(key) if self.cache_enabled else None
         if archive is not None:
             progress(f"postgres   restoring seeded data from {archive}")
+            # Until this checkout's password is set, every start must set it: even if this
+            # `up` is killed before it gets there.
+            _password_marker(layout).touch()
             seconds = cache.restore(archive, layout.pgdata, (user.uid, user.gid) if user else None)
             progress(f"postgres   restored in {seconds:.2f}s (no initdb, schema or seed)")
             result.from_cache = True
@@ -357,6 +369,7 @@ class NativeRuntime:
         with conn:
             conn.execute("SET log_statement = 'none'")  # keep the password out of the log
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(pg.user), sql.Literal(pg.password)))
+        _password_marker(layout).unlink(missing_ok=True)
 
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
         """Snapshot the freshly seeded data directory into the cache (a clean stop, then restart)."""
@@ -684,6 +697,11 @@ def _process_name(pid: int) -> str | None:
             pass
         return None
     return name
+
+
+def _password_marker(layout: Layout) -> Path:
+    """Exists while a data directory restored from the cache still has another checkout's password."""
+    return layout.pgdata.with_name(layout.pgdata.name + ".password-pending")
 
 
 def _cwd(pid: int) -> Path | None:

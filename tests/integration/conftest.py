@@ -383,6 +383,9 @@ def make_project(base: Path, runtime: str, profile: str = "dev") -> Project:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVENV_")}
     ports = free_ports(3)
     env.update({
+        # The seeded-data cache is shared by every project on the machine: tests opt in to it
+        # (test_ci_and_cache.py), so that the rest exercise initdb and seeding as written.
+        "DEVENV_NO_CACHE": "1",
         "DEVENV_POSTGRES_PORT": str(ports[0]),
         "DEVENV_PGBOUNCER_PORT": str(ports[1]),
         "DEVENV_REDIS_PORT": str(ports[2]),

@@ -10,6 +10,7 @@ import pytest
 @pytest.fixture
 def cached_project(project, tmp_path):
     project.env["DEVENV_CACHE_DIR"] = str(tmp_path / "cache")
+    project.env.pop("DEVENV_NO_CACHE", None)
     return project
 
 
@@ -48,6 +49,29 @@ def test_a_changed_seed_file_misses_the_cache(cached_project, runtime: str) -> N
     assert len(list((proj.root.parent / "cache").glob("pgdata-*"))) == 2
     with proj.connect() as conn:
         assert conn.execute("SELECT count(*) FROM tasks WHERE title = 'Fix rounding in invoice totals'").fetchone()[0] == 1
+
+
+def test_a_killed_restore_still_gets_this_checkouts_password(cached_project, runtime: str) -> None:
+    """Killed right after the restore (before the password is set): the next `up` sets it."""
+    import signal
+    import subprocess
+    import sys
+
+    if runtime != "native":
+        pytest.skip("the data cache is implemented for the native runtime")
+    proj = cached_project
+    proj.devenv("up")
+    proj.devenv("down", "--volumes")
+    proc = subprocess.Popen([sys.executable, "-m", "devenv", "up", "--runtime", runtime, "-p", proj.profile],
+                            cwd=proj.root, env=proj.env, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:  # kill it as soon as the data is back, before the password is set
+        if "restored in" in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    proj.devenv("up")
+    with proj.connect(pooled=True) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
 
 
 def test_ci_mode_output_is_plain_timestamped_lines(project) -> None:

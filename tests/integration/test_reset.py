@@ -107,7 +107,8 @@ def test_seed_scale_generates_tasks(project) -> None:
             == "Plan onboarding emails"  # ARRAY[...][1 + 7 % 8], [1 + 7 % 10]
 
 
-def test_python_api(project) -> None:
+def test_python_api(project, monkeypatch) -> None:
+    monkeypatch.setenv("DEVENV_NO_CACHE", "1")  # in-process: the shared cache would skip the clone
     handle = Devenv.load(config=project.root / "devenv.yaml", profile="ci", runtime=project.runtime, env=project.env)
     try:
         report = handle.up()
