@@ -123,9 +123,25 @@ class AutoRuntime:
         describe = getattr(runtime, "describe", None)
         return describe(stack) if describe else runtime.name
 
+    # Optional hooks of lifecycle.up (a runtime has them or not): passed on to the chosen one.
+    cache_enabled = False
+
     def up(self, stack: Stack, progress: Progress) -> UpResult:
         """Start the stack on the chosen runtime."""
-        return self._for_up(stack, progress).up(stack, progress)
+        runtime = self._for_up(stack, progress)
+        if hasattr(runtime, "cache_enabled"):
+            runtime.cache_enabled = self.cache_enabled  # type: ignore[attr-defined]
+        return runtime.up(stack, progress)
+
+    def save_cache(self, stack: Stack, key: str, say: Say) -> None:
+        """The chosen runtime's seeded-data cache, when it has one."""
+        save = getattr(self.resolve(stack), "save_cache", None)
+        if save is not None:
+            save(stack, key, say)
+
+    def pg_tool(self, stack: Stack, tool: str) -> list[str]:
+        """A PostgreSQL client program of the server's version, from the chosen runtime."""
+        return self.resolve(stack).pg_tool(stack, tool)
 
     def down(self, stack: Stack, volumes: bool = False) -> list[str]:
         """Stop the stack where it runs; with nothing recorded, wherever it left something."""

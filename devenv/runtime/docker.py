@@ -92,6 +92,13 @@ class Endpoint:
     origin: str  # "DOCKER_HOST", "Docker context 'colima'", "the default socket"
     tls_dir: str | None = None  # ca.pem, cert.pem, key.pem
     tls_verify: bool = False
+    context: str | None = None  # the Docker context it came from
+
+    def cli_args(self) -> list[str]:
+        """Options that point the `docker` CLI at this engine (DOCKER_HOST it reads itself)."""
+        if self.context:
+            return ["--context", self.context]
+        return [] if self.origin == "DOCKER_HOST" else ["--host", self.host]
 
 
 def default_sockets(env: Mapping[str, str]) -> list[Path]:
@@ -161,6 +168,7 @@ def context_endpoint(name: str, env: Mapping[str, str]) -> Endpoint:
         origin=f"Docker context '{name}'",
         tls_dir=str(tls_dir) if (tls_dir / "cert.pem").exists() or (tls_dir / "ca.pem").exists() else None,
         tls_verify=not docker_endpoint.get("SkipTLSVerify", False),
+        context=name,
     )
 
 
@@ -971,6 +979,32 @@ class DockerRuntime:
                     hint=f"stop it there (`devenv down` in that project), or give this checkout another "
                     f"`project:` name in devenv.yaml; `docker compose -p {stack.name} down` removes it.",
                 )
+
+    def pg_tool(self, stack: Stack, tool: str) -> list[str]:
+        """`docker exec -i` of a PostgreSQL client program in the postgres container: the
+        server's own major version, connected over the container's loopback.
+
+        PGPASSWORD, PGSSLMODE, PGCONNECT_TIMEOUT and PGAPPNAME pass as `-e NAME` (their values
+        from the caller's environment, never on the command line); archives go through stdin
+        and stdout.
+        """
+        import shutil
+
+        docker = shutil.which("docker")
+        if docker is None:
+            raise DependencyError(
+                f"the docker command-line client is not installed: {tool} runs in the postgres container "
+                "through `docker exec`",
+                hint="install the docker CLI (Debian/Ubuntu `apt-get install docker.io` or docker-ce-cli), or "
+                "run the stack with `--runtime native`.",
+            )
+        container = self._container(stack, "postgres")
+        if container is None or container.status != "running":
+            raise StateError(f"the postgres container {stack.name}-postgres-1 is not running",
+                             hint="start the stack first: `devenv up`.")
+        passed = [arg for name in ("PGPASSWORD", "PGSSLMODE", "PGCONNECT_TIMEOUT", "PGAPPNAME") for arg in ("-e", name)]
+        return [docker, *self.endpoint().cli_args(), "exec", "-i", *passed, container.name, tool,
+                "--host=127.0.0.1", f"--port={stack.postgres.container_port}", f"--username={stack.postgres.user}"]
 
     # ---- down, states, logs --------------------------------------------------------------------
 
