@@ -92,35 +92,51 @@ def find(key: str) -> Path | None:
     return None
 
 
-def restore(archive: Path, pgdata: Path, owner: tuple[int, int] | None) -> float:
-    """Extract a snapshot into `pgdata` (which must not exist); returns the seconds it took."""
-    start = time.perf_counter()
-    scratch = pgdata.with_name(pgdata.name + ".restore")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    try:
+class Restore:
+    """An extraction of a cached snapshot running in the background (tar and zstd on another core).
+
+    Started as early as possible in `up`, joined just before Postgres starts: the Python work
+    in between (imports, rendering) overlaps with it.
+    """
+
+    def __init__(self, archive: Path, pgdata: Path) -> None:
+        self.archive, self.pgdata = archive, pgdata
+        self.started = time.perf_counter()
+        self.scratch = pgdata.with_name(pgdata.name + ".restore")
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.scratch.mkdir(parents=True)
+        self._procs: list[subprocess.Popen[bytes]] = []
         if archive.suffix == ".zst":
             zstd = shutil.which("zstd")
             if zstd is None:
                 raise OSError("zstd is needed to read the cached data directory")
             unzstd = subprocess.Popen([zstd, "-d", "-q", "-c", str(archive)], stdout=subprocess.PIPE)
-            subprocess.run(["tar", "-C", str(scratch), "-xf", "-"], stdin=unzstd.stdout, check=True)
-            unzstd.stdout.close()  # type: ignore[union-attr]
-            if unzstd.wait() != 0:
-                raise OSError(f"{archive} is corrupt")
-        else:
-            with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(scratch, filter="tar")
-        first = next(scratch.iterdir(), scratch)
-        if owner is not None and (first.stat().st_uid, first.stat().st_gid) != owner:
-            # tar as root restores owners by name; walk only when the names differ here.
-            for root, dirs, files in os.walk(scratch):
-                for name in [*dirs, *files]:
-                    os.chown(os.path.join(root, name), *owner)
-            os.chown(scratch, *owner)
-        os.chmod(scratch, 0o700)  # postgres refuses a data directory others can read
-        os.replace(scratch, pgdata)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    return time.perf_counter() - start
+            tar = subprocess.Popen(["tar", "-C", str(self.scratch), "-xf", "-"], stdin=unzstd.stdout)
+            unzstd.stdout.close()  # type: ignore[union-attr]  (tar holds the pipe now)
+            self._procs = [unzstd, tar]
+
+    def finish(self, owner: tuple[int, int] | None) -> float:
+        """Wait for the extraction, fix owners, move it into place; returns seconds since start."""
+        try:
+            if self._procs:
+                if any(proc.wait() != 0 for proc in self._procs):
+                    raise OSError(f"{self.archive} is corrupt or unreadable")
+            else:
+                with tarfile.open(self.archive, "r:gz") as tar:
+                    tar.extractall(self.scratch, filter="tar")
+            first = next(self.scratch.iterdir(), self.scratch)
+            if owner is not None and (first.stat().st_uid, first.stat().st_gid) != owner:
+                # tar as root restores owners by name; walk only when the names differ here.
+                for root, dirs, files in os.walk(self.scratch):
+                    for name in [*dirs, *files]:
+                        os.chown(os.path.join(root, name), *owner)
+            if owner is not None:
+                os.chown(self.scratch, *owner)
+            os.chmod(self.scratch, 0o700)  # postgres refuses a data directory others can read
+            os.replace(self.scratch, self.pgdata)
+        except BaseException:
+            for proc in self._procs:
+                proc.kill()
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            raise
+        return time.perf_counter() - self.started

@@ -64,6 +64,8 @@ def up(
             if not seed:
                 report.database_created = ensure_database(stack)
                 return
+            if result.from_cache:
+                return  # the cached data directory holds this very template and database
             seed_start = time.monotonic()
             janitor = Janitor(stack)
             try:
@@ -111,8 +113,7 @@ def up(
 
 
 def _import_drivers() -> None:
-    import psycopg  # noqa: F401
-    import redis  # noqa: F401
+    import psycopg  # noqa: F401  (redis-py is not needed: health and reset speak RESP)
 
 
 def down(stack: Stack, runtime: Runtime, *, volumes: bool = False) -> list[str]:

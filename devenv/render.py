@@ -11,6 +11,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from devenv.errors import ConfigError, StateError
 from devenv.project import template_dirs
@@ -62,8 +63,12 @@ def render_files(stack: Stack, placement: Placement) -> dict[str, str]:
     """Render every config file for a placement; the compose file only for the compose target."""
     import jinja2  # deferred: `devenv --help` must stay fast
 
+    from devenv.cache import cache_dir
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(d) for d in template_dirs(stack.root)]),
+        # Compiling the templates costs more than rendering them: keep the bytecode.
+        bytecode_cache=_bytecode_cache(jinja2, cache_dir() / "jinja"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -90,6 +95,14 @@ def render_files(stack: Stack, placement: Placement) -> dict[str, str]:
             where = f"{getattr(exc, 'filename', None) or name}:{getattr(exc, 'lineno', '?')}"
             raise ConfigError(f"{where}: template error: {exc}", hint="fix the template at that line.") from exc
     return files
+
+
+def _bytecode_cache(jinja2: Any, directory: Path) -> Any:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # read-only home: render without the cache
+    return jinja2.FileSystemBytecodeCache(str(directory))
 
 
 def write_files(files: dict[str, str], out_dir: Path) -> list[Path]:

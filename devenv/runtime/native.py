@@ -216,6 +216,7 @@ class NativeRuntime:
         for directory in (layout.base, layout.conf, layout.log, layout.run, layout.pgdata.parent, layout.redis_dir):
             _make_dir(directory, user)
         recorded = self._read_state(layout)
+        restoring = self._start_restore(stack, layout, binaries, recorded, progress)
         placement = self.placement(stack, layout)
         render_key = _render_key(stack, placement)
         meta = recorded.get("_meta", {})
@@ -293,7 +294,7 @@ class NativeRuntime:
             if service == "postgres":
                 self._cleanup_postgres(layout, stack.postgres.port)
                 if not (layout.pgdata / "PG_VERSION").exists():
-                    self._create_cluster(stack, layout, binaries, user, progress, result)
+                    self._create_cluster(stack, layout, binaries, user, progress, result, restoring)
             else:
                 # Not running (checked above), so a pid file left behind is stale.
                 (layout.run / f"{service}.pid").unlink(missing_ok=True)
@@ -325,26 +326,41 @@ class NativeRuntime:
             return "reload"  # also covers a pg_hba.conf-only change
         return "restart"
 
-    def _create_cluster(self, stack: Stack, layout: Layout, binaries: Binaries, user: RunUser | None,
-                        progress: Progress, result: UpResult) -> None:
-        """A new data directory: from the cache when a seeded snapshot matches, else initdb."""
+    def _start_restore(self, stack: Stack, layout: Layout, binaries: Binaries, recorded: dict,
+                       progress: Progress) -> "Any":
+        """If Postgres will need a new data directory and the cache has it, start extracting now."""
         from devenv import cache
 
-        key = cache.data_key(stack, binaries.pg_version, self._initdb_args(stack, Path("PGDATA"), Path("PWFILE")))
-        archive = cache.find(key) if self.cache_enabled else None
-        if archive is not None:
-            progress(f"postgres   restoring seeded data from {archive}")
-            # Until this checkout's password is set, every start must set it: even if this
-            # `up` is killed before it gets there.
-            _password_marker(layout).touch()
-            seconds = cache.restore(archive, layout.pgdata, (user.uid, user.gid) if user else None)
+        if not self.cache_enabled or (layout.pgdata / "PG_VERSION").exists() or \
+                self._alive(recorded.get("postgres", {}), "postgres"):
+            return None
+        archive = cache.find(self._data_key(stack, binaries))
+        if archive is None:
+            return None
+        progress(f"postgres   restoring seeded data from {archive}")
+        layout.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        # Until this checkout's password is set, every start must set it, even if this `up`
+        # is killed before it gets there.
+        _password_marker(layout).touch()
+        return cache.Restore(archive, layout.pgdata)
+
+    def _data_key(self, stack: Stack, binaries: Binaries) -> str:
+        from devenv import cache
+
+        return cache.data_key(stack, binaries.pg_version, self._initdb_args(stack, Path("PGDATA"), Path("PWFILE")))
+
+    def _create_cluster(self, stack: Stack, layout: Layout, binaries: Binaries, user: RunUser | None,
+                        progress: Progress, result: UpResult, restoring: "Any") -> None:
+        """A new data directory: from the cache when a seeded snapshot matches, else initdb."""
+        if restoring is not None:
+            seconds = restoring.finish((user.uid, user.gid) if user else None)
             progress(f"postgres   restored in {seconds:.2f}s (no initdb, schema or seed)")
             result.from_cache = True
             return
         progress(f"postgres   initdb ({binaries.pg_version})")
         self._initdb(stack, layout, binaries, user)
         result.fresh_database = True
-        result.cache_key = key if self.cache_enabled else ""
+        result.cache_key = self._data_key(stack, binaries) if self.cache_enabled else ""
 
     def _set_password(self, stack: Stack, layout: Layout, timeout: float = 30.0) -> None:
         """After a restore: this checkout's password, set over the (trusted) unix socket."""
