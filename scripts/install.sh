@@ -11,6 +11,7 @@ have redis-server || need+=(redis-server)
 have openssl      || need+=(openssl)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || have postgres || need+=(postgresql)
 have psql         || need+=(postgresql-client)
+have zstd         || need+=(zstd)
 
 if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
@@ -35,4 +36,6 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 python3 -m pip install --quiet --disable-pip-version-check -e ".[test]"
+# pyenv finds new console scripts only after a rehash.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 echo "devenv installed: $(python3 -m devenv --version)"
