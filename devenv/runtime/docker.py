@@ -930,7 +930,7 @@ class DockerRuntime:
         finally:
             if container_id:
                 try:
-                    api.remove_container(container_id, force=True)
+                    api.remove_container(container_id, force=True, v=True)  # v: the image's VOLUME
                 except DockerException:
                     pass
         if code != 0:

@@ -230,6 +230,9 @@ def silent_redis_image(runtime: str) -> Iterator[str]:
     finally:
         base.remove(force=True, v=True)
     yield "devenv-test/redis-silent:test"
+    # The project's container of it goes first (its teardown comes later): else the image stays, dangling.
+    for container in client.containers.list(all=True, filters={"ancestor": "devenv-test/redis-silent:test"}):
+        container.remove(force=True, v=True)
     client.images.remove("devenv-test/redis-silent:test", force=True)
 
 
