@@ -380,7 +380,9 @@ def make_project(base: Path, runtime: str, profile: str = "dev") -> Project:
     base.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "devenv.yaml", base / "devenv.yaml")
     shutil.copytree(REPO / "seeds", base / "seeds")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVENV_")}
+    # The CLI runs as on a developer's machine: no DEVENV_* from outside, and no CI mode (its
+    # timestamps would prefix every line); test_ci_and_cache.py turns CI mode on itself.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVENV_") and k != "CI"}
     ports = free_ports(3)
     env.update({
         # The seeded-data cache is shared by every project on the machine: tests opt in to it
