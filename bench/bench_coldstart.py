@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,23 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stderr}")
-    return time.perf_counter() - start
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import free_port, make_project, timed  # noqa: E402  (also puts the repo on sys.path)
 
 
 def pytest_postgresql_equivalent(bindir: Path) -> float:
@@ -77,11 +61,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
 
-    project = Path(tempfile.mkdtemp(prefix="devenv-bench-cold-"))
-    shutil.copy(REPO / "devenv.yaml", project)
-    shutil.copytree(REPO / "seeds", project / "seeds")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVENV_")}
-    env.update({f"DEVENV_{s}_PORT": str(free_port()) for s in ("POSTGRES", "PGBOUNCER", "REDIS")})
+    project, env = make_project("devenv-bench-cold-")
     env["DEVENV_CACHE_DIR"] = str(project / "cache")
     no_cache = {**env, "DEVENV_NO_CACHE": "1"}
     devenv = [sys.executable, "-m", "devenv"]

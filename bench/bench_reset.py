@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,26 +27,9 @@ import textwrap
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def make_project(profile_extra: str = "") -> tuple[Path, dict[str, str]]:
-    project = Path(tempfile.mkdtemp(prefix="devenv-bench-reset-"))
-    config = (REPO / "devenv.yaml").read_text()
-    if profile_extra:
-        config = config.replace("profiles:\n", f"profiles:\n{profile_extra}", 1)
-    (project / "devenv.yaml").write_text(config)
-    shutil.copytree(REPO / "seeds", project / "seeds")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVENV_")}
-    env.update({f"DEVENV_{s}_PORT": str(free_port()) for s in ("POSTGRES", "PGBOUNCER", "REDIS")})
-    return project, env
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, make_project  # noqa: E402  (also puts the repo on sys.path)
+from _common import timed as run  # noqa: E402
 
 
 def median_ms(fn, runs: int) -> float:
@@ -57,14 +39,6 @@ def median_ms(fn, runs: int) -> float:
         fn()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples) * 1000
-
-
-def run(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return time.perf_counter() - start
 
 
 def per_test_overhead(project: Path, env: dict[str, str], profile: str, tests: int) -> dict[str, float]:
@@ -158,7 +132,7 @@ def scale_table(scales: list[int], profile: str, runs: int) -> list[tuple[int, d
     rows = []
     for scale in scales:
         extra = f"  bench{scale}:\n    extends: {profile}\n    seed_scale: {scale}\n"
-        project, env = make_project(extra)
+        project, env = make_project("devenv-bench-reset-", extra)
         name = f"bench{scale}"
         devenv = [sys.executable, "-m", "devenv"]
         try:
@@ -185,7 +159,7 @@ def main() -> None:
     parser.add_argument("--scales", default="1000,100000,1000000")
     args = parser.parse_args()
 
-    project, env = make_project()
+    project, env = make_project("devenv-bench-reset-")
     devenv = [sys.executable, "-m", "devenv"]
     os.environ.update({k: v for k, v in env.items() if k.startswith("DEVENV_")})
     try:

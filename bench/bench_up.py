@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -22,17 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, free_port, make_project, timed  # noqa: E402  (also puts the repo on sys.path)
 
 from devenv.database import split_statements  # noqa: E402
 from devenv.runtime.native import NativeRuntime, _which  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def as_user() -> dict:
@@ -118,26 +111,13 @@ def floors(bindir: Path, scratch: Path) -> dict[str, float]:
     return out
 
 
-def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
-    t = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stderr}")
-    return elapsed
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profile", default="dev")
     args = parser.parse_args()
 
-    project = Path(tempfile.mkdtemp(prefix="devenv-bench-"))
-    shutil.copy(REPO / "devenv.yaml", project)
-    shutil.copytree(REPO / "seeds", project / "seeds")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVENV_")}
-    env.update({f"DEVENV_{s}_PORT": str(free_port()) for s in ("POSTGRES", "PGBOUNCER", "REDIS")})
+    project, env = make_project("devenv-bench-")
     devenv = [sys.executable, "-m", "devenv"]
     prof = ["--profile", args.profile, "--runtime", "native"]
 
