@@ -146,7 +146,7 @@ class Snapshots:
             self.janitor.copy_live(self.database, scratch)
             ident = sql.Identifier(scratch)
             comment = json.dumps({"kind": _COMMENT_KIND, "name": name, "source": self.database,
-                                  "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+                                  "created_at": datetime.now(timezone.utc).isoformat(timespec="microseconds")})
             self._admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(ident, sql.Literal(comment)))
             # A template nobody can connect to: nothing changes it, and it can always be cloned.
             self._admin.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(ident))
