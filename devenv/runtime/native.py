@@ -104,6 +104,7 @@ class NativeRuntime:
         self.env = dict(os.environ if env is None else env)
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._binaries: Binaries | None = None
+        self._procs: dict[int, str] | None = None  # one /proc scan per `up` (see _process_table)
 
     # ---- discovery ---------------------------------------------------------------------
 
@@ -209,6 +210,7 @@ class NativeRuntime:
         binaries = self.binaries(stack)
         user = self.run_user()
         layout = self.layout(stack)
+        self._procs = None
         if binaries.pg_major != stack.postgres.major:
             # Settings were validated for the image's major; check them for the one that runs.
             for name, value in stack.postgres.settings.items():
@@ -255,7 +257,7 @@ class NativeRuntime:
             self._cleanup_postgres(layout, stack.postgres.port)
         for service in to_bind:
             if service != "postgres":
-                for orphan in _processes_with_arg(_COMM[service], str(layout.conf / ("pgbouncer.ini" if service == "pgbouncer" else "redis.conf"))):
+                for orphan in _processes_with_arg(self._process_table(), _COMM[service], str(layout.conf / ("pgbouncer.ini" if service == "pgbouncer" else "redis.conf"))):
                     _signal(orphan, signal.SIGKILL)
                     _wait_gone(orphan, 5)
         check_ports_free(stack, to_bind)
@@ -414,7 +416,7 @@ class NativeRuntime:
     def _initdb(self, stack: Stack, layout: Layout, binaries: Binaries, user: RunUser | None) -> None:
         """initdb into a scratch directory, then rename: a killed initdb never leaves half a cluster."""
         scratch = layout.pgdata.with_name(layout.pgdata.name + ".initdb")
-        for orphan in _processes_with_arg("initdb", str(scratch)):  # from a killed `up`
+        for orphan in _processes_with_arg(self._process_table(), "initdb", str(scratch)):  # from a killed `up`
             _signal(orphan, signal.SIGKILL)
             _wait_gone(orphan, 5)
         shutil.rmtree(scratch, ignore_errors=True)
@@ -459,6 +461,16 @@ class NativeRuntime:
             _chown(tmp, user)
             os.replace(tmp, path)
 
+    def _process_table(self) -> dict[int, str]:
+        """Pid -> program name of every process, scanned once per `up`.
+
+        Orphans are looked for before each of up to four spawns; a /proc scan costs ~30 ms on
+        a busy machine, and a process that appears later is one of ours, not an orphan.
+        """
+        if self._procs is None:
+            self._procs = _scan_processes()
+        return self._procs
+
     def _cleanup_postgres(self, layout: Layout, port: int) -> None:
         """Before a start: end a postmaster devenv lost track of, and clear what a SIGKILL left.
 
@@ -478,7 +490,7 @@ class NativeRuntime:
                 _wait_gone(pid, 5)
         # A SIGKILLed postmaster's backends live on (each leads its own session), holding the
         # shared memory a new postmaster needs.
-        for orphan in _processes_in("postgres", layout.pgdata.resolve()):
+        for orphan in _processes_in(self._process_table(), "postgres", layout.pgdata.resolve()):
             _signal(orphan, signal.SIGKILL)
             _wait_gone(orphan, 5)
         pidfile.unlink(missing_ok=True)
@@ -497,7 +509,15 @@ class NativeRuntime:
             _signal(recorded[service]["pid"], _STOP_SIGNAL[service])
         for service in stopping:
             self._wait_stopped(service, recorded[service])
-        layout.state_file.unlink(missing_ok=True)
+        if volumes:
+            layout.state_file.unlink(missing_ok=True)
+        elif recorded:
+            # Keep what the rendered files were made from, without pids: the next `up` then
+            # starts the servers on those files instead of importing jinja2 to render them again.
+            _write_json(layout.state_file, {
+                key: value if key == "_meta" else {"hash": value.get("hash")}
+                for key, value in recorded.items() if isinstance(value, dict)
+            })
         if volumes:
             pgdata = Path(recorded.get("_meta", {}).get("pgdata", layout.pgdata))
             for path in (pgdata, layout.pgdata):
@@ -727,15 +747,15 @@ def _cwd(pid: int) -> Path | None:
         return None
 
 
-def _processes_in(name: str, directory: Path) -> list[int]:
-    """Pids of live processes named `name` whose working directory is `directory` (Linux)."""
-    return [pid for pid in _pids_named(name) if _cwd(pid) == directory]
+def _processes_in(table: Mapping[int, str], name: str, directory: Path) -> list[int]:
+    """Pids in `table` named `name` whose working directory is `directory` (Linux)."""
+    return [pid for pid, comm in table.items() if comm == name and _cwd(pid) == directory]
 
 
-def _processes_with_arg(name: str, arg: str) -> list[int]:
-    """Pids of live processes named `name` with `arg` in their command line (Linux)."""
+def _processes_with_arg(table: Mapping[int, str], name: str, arg: str) -> list[int]:
+    """Pids in `table` named `name` with `arg` in their command line (Linux)."""
     found = []
-    for pid in _pids_named(name):
+    for pid in (pid for pid, comm in table.items() if comm == name):
         try:
             if arg.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                 found.append(pid)
@@ -744,12 +764,15 @@ def _processes_with_arg(name: str, arg: str) -> list[int]:
     return found
 
 
-def _pids_named(name: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        if _process_name(int(proc.name)) == name:
-            pids.append(int(proc.name))
-    return pids
+def _scan_processes() -> dict[int, str]:
+    """Pid -> program name of every live process (empty without procfs)."""
+    table = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            name = _process_name(int(entry))
+            if name is not None:
+                table[int(entry)] = name
+    return table
 
 
 def _signal(pid: int, sig: int) -> None:
