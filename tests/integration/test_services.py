@@ -156,3 +156,28 @@ def test_pgbench_through_pgbouncer_with_more_clients_than_the_pool(running, tmp_
     processed = re.search(r"number of transactions actually processed: (\d+)/(\d+)", proc.stdout)
     assert processed and processed.group(1) == processed.group(2) == str(30 * 40), proc.stdout
     assert 0 < peak["server"] <= 20, f"Postgres saw {peak['server']} connections from a pool of 20"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_pgwire_speaks_to_postgres_and_pgbouncer(running, profile: str) -> None:
+    """devenv.pgwire (health checks, the cold-`up` seed check) against the real servers:
+    SCRAM over TLS (prod) or plain (dev), NULLs, errors with SQLSTATE, the admin console."""
+    from devenv import pgwire
+
+    proj = running(profile)
+    pg, pgb = proj.stack().postgres, proj.stack().pgbouncer
+    with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, pg.database, ssl=pg.ssl) as conn:
+        assert conn.query("SELECT 1, NULL::text, 'it''s'") == [("1", None, "it's")]
+        assert conn.scalar("SELECT count(*) FROM tasks") == "40"
+        assert conn.scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") == ("t" if pg.ssl else "f")
+        with pytest.raises(pgwire.PgError) as caught:
+            conn.query("SELECT no_such_column FROM tasks")
+        assert caught.value.sqlstate == "42703"
+        assert conn.scalar("SELECT 2") == "2", "the session survives an error"
+    with pgwire.Connection("127.0.0.1", pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer") as conn:
+        assert conn.scalar("SHOW VERSION").startswith("PgBouncer")
+    with pgwire.Connection("127.0.0.1", pgb.port, pg.user, pg.password, pgb.database) as conn:
+        assert conn.scalar("SELECT current_user") == pg.user
+    with pytest.raises(pgwire.PgError) as caught:
+        pgwire.Connection("127.0.0.1", pg.port, pg.user, "wrong", pg.database, ssl=pg.ssl)
+    assert caught.value.sqlstate == "28P01"

@@ -1,0 +1,241 @@
+"""The PostgreSQL wire protocol, just enough for health checks and simple queries.
+
+Importing psycopg costs 150-250 ms on a small machine, more than starting Postgres itself,
+and `devenv up` on an existing stack needs only a few one-line queries: liveness, readiness,
+PgBouncer's admin console, "is the seeded state current?". This speaks protocol 3.0 over a
+socket: startup, password / MD5 / SCRAM-SHA-256 authentication, TLS when asked, and the simple
+query protocol with text results. Everything else (seeding, resets, the Python API) uses psycopg.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import socket
+import struct
+from typing import Optional
+
+Row = tuple[Optional[str], ...]
+
+_PROTOCOL_3 = 196608
+_SSL_REQUEST = 80877103
+
+
+class PgError(Exception):
+    """An error the server sent (with its SQLSTATE), or a broken conversation."""
+
+    def __init__(self, message: str, sqlstate: str = "") -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class Connection:
+    """One authenticated session; `query` runs simple-protocol statements.
+
+    Use as a context manager: the session is terminated and the socket closed on exit.
+    """
+
+    def __init__(self, host: str, port: int, user: str, password: str, dbname: str, *,
+                 ssl: bool = False, timeout: float = 2.0, application_name: str = "devenv") -> None:
+        self.parameters: dict[str, str] = {}
+        self._sock = socket.create_connection((host, port), timeout=timeout)
+        try:
+            if ssl:
+                self._start_tls()
+            self._buffer = b""
+            params = {"user": user, "database": dbname, "application_name": application_name}
+            body = struct.pack("!i", _PROTOCOL_3) + b"".join(
+                k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
+            self._sock.sendall(struct.pack("!i", len(body) + 4) + body)
+            self._authenticate(user, password)
+            self._until_ready()
+        except BaseException:
+            self._sock.close()
+            raise
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Say goodbye (Terminate) and close the socket."""
+        try:
+            self._sock.sendall(b"X\0\0\0\4")
+        except OSError:
+            pass
+        self._sock.close()
+
+    def query(self, sql: str) -> list[Row]:
+        """Run one or more statements; the rows of the last result set, as text (None for NULL)."""
+        self._send(b"Q", sql.encode() + b"\0")
+        rows: list[Row] = []
+        error: PgError | None = None
+        while True:
+            kind, data = self._receive()
+            if kind == b"T":
+                rows = []  # a new result set
+            elif kind == b"D":
+                rows.append(_data_row(data))
+            elif kind == b"E":
+                error = _error(data)
+            elif kind == b"Z":
+                if error is not None:
+                    raise error
+                return rows
+
+    def scalar(self, sql: str) -> Optional[str]:
+        """The first column of the first row (None when there is no row)."""
+        rows = self.query(sql)
+        return rows[0][0] if rows else None
+
+    # ---- the conversation --------------------------------------------------------------
+
+    def _start_tls(self) -> None:
+        import ssl as tls
+
+        self._sock.sendall(struct.pack("!ii", 8, _SSL_REQUEST))
+        if self._sock.recv(1) != b"S":
+            raise PgError("the server does not offer TLS")
+        context = tls.create_default_context()
+        context.check_hostname = False  # sslmode=require: encrypted, certificate not verified
+        context.verify_mode = tls.CERT_NONE
+        self._sock = context.wrap_socket(self._sock)
+
+    def _authenticate(self, user: str, password: str) -> None:
+        while True:
+            kind, data = self._receive()
+            if kind == b"E":
+                raise _error(data)
+            if kind != b"R":
+                raise PgError(f"unexpected message {kind!r} during authentication")
+            (code,) = struct.unpack("!i", data[:4])
+            if code == 0:  # AuthenticationOk
+                return
+            if code == 3:  # cleartext password
+                self._send(b"p", password.encode() + b"\0")
+            elif code == 5:  # MD5 with a 4-byte salt
+                inner = hashlib.md5(password.encode() + user.encode()).hexdigest().encode()
+                self._send(b"p", b"md5" + hashlib.md5(inner + data[4:8]).hexdigest().encode() + b"\0")
+            elif code == 10:  # SASL: the server lists its mechanisms
+                if b"SCRAM-SHA-256\0" not in data[4:]:
+                    raise PgError("the server offers no SASL mechanism devenv speaks (SCRAM-SHA-256)")
+                self._scram(password)
+                return self._authenticate_done()
+            else:
+                raise PgError(f"unsupported authentication request {code}")
+
+    def _scram(self, password: str) -> None:
+        scram = Scram(password)
+        first = scram.client_first().encode()
+        self._send(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first)
+        self._send(b"p", scram.client_final(self._sasl_data(11)).encode())
+        scram.verify_server_final(self._sasl_data(12))
+
+    def _sasl_data(self, expected: int) -> str:
+        kind, data = self._receive()
+        if kind == b"E":
+            raise _error(data)
+        (code,) = struct.unpack("!i", data[:4])
+        if kind != b"R" or code != expected:
+            raise PgError(f"unexpected SASL message {kind!r}/{code}")
+        return data[4:].decode()
+
+    def _authenticate_done(self) -> None:
+        kind, data = self._receive()
+        if kind == b"E":
+            raise _error(data)
+        if kind != b"R" or struct.unpack("!i", data[:4])[0] != 0:
+            raise PgError("authentication did not complete")
+
+    def _until_ready(self) -> None:
+        while True:
+            kind, data = self._receive()
+            if kind == b"S":
+                name, value = data.rstrip(b"\0").split(b"\0", 1)
+                self.parameters[name.decode()] = value.decode()
+            elif kind == b"E":
+                raise _error(data)
+            elif kind == b"Z":
+                return
+
+    def _send(self, kind: bytes, body: bytes) -> None:
+        self._sock.sendall(kind + struct.pack("!i", len(body) + 4) + body)
+
+    def _receive(self) -> tuple[bytes, bytes]:
+        """The next message, NoticeResponses skipped."""
+        while True:
+            header = self._read(5)
+            kind, length = header[:1], struct.unpack("!i", header[1:])[0]
+            data = self._read(length - 4)
+            if kind != b"N":
+                return kind, data
+
+    def _read(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            chunk = self._sock.recv(max(65536, size - len(self._buffer)))
+            if not chunk:
+                raise PgError("the server closed the connection")
+            self._buffer += chunk
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+
+class Scram:
+    """The client side of SCRAM-SHA-256 (RFC 5802, RFC 7677), without channel binding."""
+
+    def __init__(self, password: str, nonce: str | None = None, user: str = "") -> None:
+        self.password = password
+        self.nonce = nonce or base64.b64encode(os.urandom(18)).decode()
+        self.first_bare = f"n={user},r={self.nonce}"  # Postgres takes the user from the startup packet
+        self._server_signature = b""
+
+    def client_first(self) -> str:
+        """The client-first message: no channel binding, our nonce."""
+        return "n,," + self.first_bare
+
+    def client_final(self, server_first: str) -> str:
+        """The client-final message with the proof, for the server-first message received."""
+        fields = dict(item.split("=", 1) for item in server_first.split(","))
+        if not fields["r"].startswith(self.nonce):
+            raise PgError("SCRAM: the server's nonce does not extend ours")
+        salted = hashlib.pbkdf2_hmac("sha256", self.password.encode(), base64.b64decode(fields["s"]), int(fields["i"]))
+        client_key = hmac.digest(salted, b"Client Key", "sha256")
+        without_proof = f"c=biws,r={fields['r']}"
+        auth_message = f"{self.first_bare},{server_first},{without_proof}".encode()
+        signature = hmac.digest(hashlib.sha256(client_key).digest(), auth_message, "sha256")
+        proof = bytes(a ^ b for a, b in zip(client_key, signature))
+        self._server_signature = hmac.digest(hmac.digest(salted, b"Server Key", "sha256"), auth_message, "sha256")
+        return f"{without_proof},p={base64.b64encode(proof).decode()}"
+
+    def verify_server_final(self, server_final: str) -> None:
+        """Check the server proved it knows the password too."""
+        fields = dict(item.split("=", 1) for item in server_final.split(","))
+        if "e" in fields:
+            raise PgError(f"SCRAM: {fields['e']}")
+        if not hmac.compare_digest(base64.b64decode(fields.get("v", "")), self._server_signature):
+            raise PgError("SCRAM: the server's signature does not match")
+
+
+def _data_row(data: bytes) -> Row:
+    (count,) = struct.unpack("!h", data[:2])
+    values: list[Optional[str]] = []
+    offset = 2
+    for _ in range(count):
+        (length,) = struct.unpack("!i", data[offset : offset + 4])
+        offset += 4
+        if length < 0:
+            values.append(None)
+        else:
+            values.append(data[offset : offset + length].decode())
+            offset += length
+    return tuple(values)
+
+
+def _error(data: bytes) -> PgError:
+    fields = {part[:1]: part[1:].decode(errors="replace") for part in data.split(b"\0") if part}
+    return PgError(fields.get(b"M", "unknown error"), fields.get(b"C", ""))
+
