@@ -290,6 +290,29 @@ def test_data_survives_down_and_up_on_the_durable_profile(proj: Any) -> None:
     assert count(proj, "tasks") == SEEDED_TASKS
 
 
+def test_cold_up_applies_seed_changes_made_while_down(proj: Any) -> None:
+    """A cold `up` skips seeding only when nothing changed (devenv.lifecycle.seeded_and_current):
+    a file added while the stack was down is applied, an applied file edited meanwhile refused."""
+    proj.profile = "dev"
+    proj.devenv("up")
+    proj.devenv("down")
+    again = proj.devenv("up")
+    assert "schema+seed" not in again.stderr, again.stderr
+    proj.devenv("down")
+    extra = proj.root / "seeds" / "data" / "003_more.sql"
+    extra.write_text("INSERT INTO users (id, email, password_hash, created_at) VALUES "
+                     "('00000000-0000-4000-8000-0000000000b1', 'judy@taskflow.dev', 'x', '2025-01-01');\n")
+    result = proj.devenv("up")
+    assert "applied data/003_more.sql" in result.stderr, result.stderr
+    assert count(proj, "users") == SEEDED_USERS + 1
+    assert len(ledger(proj)) == SEED_FILES + 1
+    proj.devenv("down")
+    with open(extra, "a") as handle:
+        handle.write("-- an edit after the file was applied\n")
+    refused = proj.devenv("up", check=False)
+    assert refused.returncode == 8 and "003_more.sql" in refused.stderr, refused.stderr
+
+
 def test_down_volumes_deletes_the_data_and_up_reseeds(proj: Any) -> None:
     proj.devenv("up")
     insert_user(proj)
