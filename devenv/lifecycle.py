@@ -137,8 +137,8 @@ def seeded_and_current(stack: Stack) -> bool:
         with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, "postgres", ssl=pg.ssl) as conn:
             major = int(re.match(r"\d+", conn.parameters.get("server_version", "")).group(0))  # type: ignore[union-attr]
             names = {row[0] for row in conn.query(
-                f"SELECT datname FROM pg_database WHERE datname = {_literal(pg.database)} "
-                f"OR starts_with(datname, {_literal(pg.database + '__tpl_')}) OR datname ~ {_literal(SCRATCH_PATTERN)}")}
+                f"SELECT datname FROM pg_database WHERE datname = {pgwire.literal(pg.database)} "
+                f"OR starts_with(datname, {pgwire.literal(pg.database + '__tpl_')}) OR datname ~ {pgwire.literal(SCRATCH_PATTERN)}")}
         if names != {pg.database, f"{pg.database}__tpl_{template_key(seeds_dir, major, stack.seed_scale)}"}:
             return False
         with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, pg.database, ssl=pg.ssl) as conn:
@@ -146,11 +146,6 @@ def seeded_and_current(stack: Stack) -> bool:
     except (pgwire.PgError, OSError, AttributeError, ValueError):
         return False
     return all(applied.get(seed.key) == seed.checksum for seed in files)
-
-
-def _literal(text: str) -> str:
-    """A SQL string literal (standard_conforming_strings is on in every supported version)."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _import_drivers() -> None:

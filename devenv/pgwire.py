@@ -34,13 +34,24 @@ class PgError(Exception):
 class Connection:
     """One authenticated session; `query` runs simple-protocol statements.
 
+    `host` is an address, or a directory holding the server's unix socket (as for libpq).
+
     Use as a context manager: the session is terminated and the socket closed on exit.
     """
 
     def __init__(self, host: str, port: int, user: str, password: str, dbname: str, *,
                  ssl: bool = False, timeout: float = 2.0, application_name: str = "devenv") -> None:
         self.parameters: dict[str, str] = {}
-        self._sock = socket.create_connection((host, port), timeout=timeout)
+        if host.startswith("/"):  # a socket directory, as libpq reads it
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sock.settimeout(timeout)
+            try:
+                self._sock.connect(f"{host}/.s.PGSQL.{port}")
+            except OSError:
+                self._sock.close()
+                raise
+        else:
+            self._sock = socket.create_connection((host, port), timeout=timeout)
         try:
             if ssl:
                 self._start_tls()
@@ -238,4 +249,14 @@ def _data_row(data: bytes) -> Row:
 def _error(data: bytes) -> PgError:
     fields = {part[:1]: part[1:].decode(errors="replace") for part in data.split(b"\0") if part}
     return PgError(fields.get(b"M", "unknown error"), fields.get(b"C", ""))
+
+
+def literal(text: str) -> str:
+    """A SQL string literal (standard_conforming_strings is on in every supported version)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def identifier(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
 

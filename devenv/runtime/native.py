@@ -365,28 +365,30 @@ class NativeRuntime:
         result.cache_key = self._data_key(stack, binaries) if self.cache_enabled else ""
 
     def _set_password(self, stack: Stack, layout: Layout, timeout: float = 30.0) -> None:
-        """After a restore: this checkout's password, set over the (trusted) unix socket."""
-        import psycopg
-        from psycopg import sql
+        """After a restore: this checkout's password, set over the (trusted) unix socket.
+
+        Over pgwire, not psycopg: a start from the cache needs no database driver at all.
+        """
+        from devenv import pgwire
 
         pg = stack.postgres
         deadline = time.monotonic() + timeout
         while True:
             try:
-                conn = psycopg.connect(host=str(layout.run), port=pg.port, user=pg.user, dbname="postgres",
-                                       autocommit=True, connect_timeout=2)
+                conn = pgwire.Connection(str(layout.run), pg.port, pg.user, "", "postgres", timeout=2.0)
                 break
-            except psycopg.OperationalError as exc:
+            except (pgwire.PgError, OSError) as exc:
                 if self.exit_status(stack, "postgres") or time.monotonic() > deadline:
                     raise HealthCheckError(
                         f"postgres did not start from the cached data directory: {exc}",
                         hint="delete the cache entry (DEVENV_CACHE_DIR) and run `devenv up` again.",
                         log_tail=_tail(layout.log_file("postgres"), 20),
                     ) from exc
-                time.sleep(0.02)
+                time.sleep(0.01)
         with conn:
-            conn.execute("SET log_statement = 'none'")  # keep the password out of the log
-            conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(pg.user), sql.Literal(pg.password)))
+            # One statement per message: SET first keeps the password out of the log.
+            conn.query("SET log_statement = 'none'")
+            conn.query(f"ALTER ROLE {pgwire.identifier(pg.user)} PASSWORD {pgwire.literal(pg.password)}")
         _password_marker(layout).unlink(missing_ok=True)
 
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
