@@ -268,6 +268,96 @@ def test_failed_first_start_removes_the_half_initialised_volume(dev_project: Pro
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
 
 
+# ---- cold start from the cache: restored into the named volume -----------------------------------------
+
+
+@pytest.fixture
+def cached_dev_project(dev_project: Project, tmp_path: Path) -> Project:
+    """The dev profile (its data in a named volume, which the cache fills) with its own cache."""
+    dev_project.env["DEVENV_CACHE_DIR"] = str(tmp_path / "cache")
+    dev_project.env.pop("DEVENV_NO_CACHE", None)
+    return dev_project
+
+
+def test_second_cold_up_restores_the_cache_into_the_volume(cached_dev_project: Project) -> None:
+    proj = cached_dev_project
+    first = proj.devenv("up")
+    assert "postgres   initdb" in first.stderr and "cached the seeded data" in first.stderr, first.stderr
+    archives = list((proj.root.parent / "cache").glob("pgdata-*"))
+    assert len(archives) == 1
+    with proj.connect() as conn:
+        conn.execute("INSERT INTO users (email, password_hash) VALUES ('later@x', 'x')")
+        conn.commit()
+    proj.devenv("down", "--volumes")
+
+    # Another checkout of the same setup: its own secrets, the same cache.
+    shutil.rmtree(proj.root / ".devenv")
+    second = proj.devenv("up")
+    assert "restoring seeded data" in second.stderr, second.stderr
+    assert "postgres   initdb" not in second.stderr and "schema+seed" not in second.stderr, second.stderr
+    assert "restoring seeded data" not in proj.devenv("logs", "postgres").stdout
+    assert "Skipping initialization" in proj.devenv("logs", "postgres").stdout, "the entrypoint found the data"
+    assert proj.pgdata() == f"volume:{proj.project_name}-dev-pgdata"
+    with proj.connect() as conn:  # the seeded state, with this checkout's password
+        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 8
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+    with proj.connect(pooled=True) as conn:
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
+    assert proj.stack().postgres.password not in proj.devenv("logs", "postgres").stdout
+    assert not (proj.root / ".devenv" / "dev" / "docker-restore-pending").exists()
+    proj.devenv("reset")  # the restored template serves resets
+    proj.devenv("down")
+    proj.devenv("up")  # and the restored volume is an ordinary one afterwards
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+
+
+def test_a_changed_seed_file_misses_the_docker_cache(cached_dev_project: Project) -> None:
+    proj = cached_dev_project
+    proj.devenv("up")
+    proj.devenv("down", "--volumes")
+    tasks = proj.root / "seeds" / "data" / "002_tasks.sql"
+    tasks.write_text(tasks.read_text().replace("Fix rounding error in invoice totals", "Fix rounding in invoice totals"))
+    again = proj.devenv("up")
+    assert "postgres   initdb" in again.stderr and "restoring seeded data" not in again.stderr, again.stderr
+    assert len(list((proj.root.parent / "cache").glob("pgdata-*"))) == 2
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM tasks WHERE title = 'Fix rounding in invoice totals'").fetchone()[0] == 1
+
+
+def test_an_interrupted_restore_is_redone_and_gets_this_checkouts_password(cached_dev_project: Project) -> None:
+    """Killed while restoring, the half-filled volume is discarded; killed after, the password is still set."""
+    import signal
+    import subprocess
+    import sys
+
+    proj = cached_dev_project
+    proj.devenv("up")
+    proj.devenv("down", "--volumes")
+    for kill_on in ("restoring seeded data", "restored in"):
+        proc = subprocess.Popen([sys.executable, "-m", "devenv", "up", "--runtime", "docker", "-p", proj.profile],
+                                cwd=proj.root, env=proj.env, stderr=subprocess.PIPE, text=True)
+        for line in proc.stderr:  # type: ignore[union-attr]
+            if kill_on in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+        proc.wait()
+        assert (proj.root / ".devenv" / "dev" / "docker-restore-pending").exists(), kill_on
+        proj.devenv("up")
+        with proj.connect(pooled=True) as conn:
+            assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+        assert not (proj.root / ".devenv" / "dev" / "docker-restore-pending").exists()
+        proj.devenv("down", "--volumes")
+
+
+def test_the_ci_profile_on_tmpfs_neither_saves_nor_restores(project: Project, tmp_path: Path) -> None:
+    project.env["DEVENV_CACHE_DIR"] = str(tmp_path / "cache")
+    project.env.pop("DEVENV_NO_CACHE", None)
+    first = project.devenv("up")
+    assert "cached the seeded data" not in first.stderr
+    assert not list((tmp_path / "cache").glob("pgdata-*"))
+
+
 # ---- lifecycle details only Docker has ----------------------------------------------------------------
 
 
