@@ -3,9 +3,9 @@
 Each check talks to 127.0.0.1 on the ports of the Stack: Postgres liveness (`SELECT 1`) and
 readiness (CON-003's connection threshold), a real query through PgBouncer with the
 application's credentials plus `SHOW VERSION` on its admin console, and Redis `PING`.
-`wait_until_healthy` polls them about every 100 ms until a deadline; while a service's port
-still refuses connections it is watched every 10 ms with a bare TCP connect instead, so a
-server that comes up is probed within ~10 ms of listening rather than up to 100 ms later.
+`wait_until_healthy` polls them about every 100 ms until a deadline; a server that is merely
+not up yet (connection refused, "starting up") is asked again every 10 ms instead, so it is
+found healthy within ~10 ms of being ready rather than up to 100 ms later.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from devenv import pgwire
 
 POLL_INTERVAL = 0.1
-PORT_INTERVAL = 0.01  # a refused TCP connect costs microseconds: cheap to watch closely
+STARTING_INTERVAL = 0.01  # "not listening yet" / "starting up" answers cost microseconds
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,6 @@ class Check:
     service: str
     name: str
     probe: Callable[[], None]
-    port: int | None = None  # the 127.0.0.1 port it talks to: watched while it refuses
 
 
 def _pg_connect(stack: Stack, dbname: str, port: int, user: str, password: str, ssl: bool = False):  # type: ignore[no-untyped-def]
@@ -66,7 +65,7 @@ def postgres_checks(stack: Stack, dbname: str = "postgres") -> list[Check]:
             if ready != "t":
                 raise RuntimeError(f"not ready: {pg.readiness_limit} or more active connections")
 
-    return [Check("postgres", "SELECT 1 + readiness", probe, pg.port)]
+    return [Check("postgres", "SELECT 1 + readiness", probe)]
 
 
 def pgbouncer_checks(stack: Stack) -> list[Check]:
@@ -82,8 +81,8 @@ def pgbouncer_checks(stack: Stack) -> list[Check]:
         with _session(pgb.port, pg.user, pg.password, pgb.database) as conn:
             conn.query("SELECT 1")
 
-    return [Check("pgbouncer", "SHOW VERSION (admin console)", admin, pgb.port),
-            Check("pgbouncer", "SELECT 1 through the pool", pooled, pgb.port)]
+    return [Check("pgbouncer", "SHOW VERSION (admin console)", admin),
+            Check("pgbouncer", "SELECT 1 through the pool", pooled)]
 
 
 def redis_checks(stack: Stack) -> list[Check]:
@@ -101,7 +100,7 @@ def redis_checks(stack: Stack) -> list[Check]:
         if replies[1] != "+PONG":
             raise RuntimeError(f"PING answered {replies[1]!r}, not PONG")
 
-    return [Check("redis", "AUTH + PING", probe, stack.redis.port)]
+    return [Check("redis", "AUTH + PING", probe)]
 
 
 def stack_checks(stack: Stack) -> dict[str, list[Check]]:
@@ -115,12 +114,26 @@ def stack_checks(stack: Stack) -> dict[str, list[Check]]:
 
 def check_once(checks: list[Check]) -> str | None:
     """Run checks once; None when all pass, else the first failure as text."""
+    return _probe(checks)[0]
+
+
+def _probe(checks: list[Check]) -> tuple[str | None, bool]:
+    """(the first failure as text or None, whether it only says "still starting")."""
     for check in checks:
         try:
             check.probe()
         except Exception as exc:  # any failure is a reason to report, never to crash
-            return f"{check.name}: {_one_line(exc)}"
-    return None
+            return f"{check.name}: {_one_line(exc)}", _starting(exc)
+    return None, False
+
+
+def _starting(exc: BaseException) -> bool:
+    """A server that is not listening yet, or says it is starting up (SQLSTATE 57P03).
+
+    Both answers come before any authentication and cost well under a millisecond, so they
+    are asked again after STARTING_INTERVAL rather than POLL_INTERVAL.
+    """
+    return isinstance(exc, ConnectionRefusedError) or getattr(exc, "sqlstate", "") == "57P03"
 
 
 def wait_until_healthy(
@@ -134,18 +147,20 @@ def wait_until_healthy(
 ) -> dict[str, float]:
     """Poll every service's checks until all pass; return seconds to healthy per service.
 
-    `gone(service)` reports a server that exited (fail at once rather than wait out the
-    deadline); `on_healthy(service)` runs once when a service first passes (e.g. create the
-    database before PgBouncer's pooled check needs it). A service in `depends_on` is probed
-    only once its dependency is healthy: a pooled query sent while Postgres is still starting
-    makes PgBouncer wait out its login retry. On failure raises HealthCheckError naming the
-    check, its last error and the service's log tail.
+    A failing service is probed again after POLL_INTERVAL, or after STARTING_INTERVAL while
+    it is merely not up yet (see _starting). `gone(service)` reports a server that exited
+    (fail at once rather than wait out the deadline); `on_healthy(service)` runs once when a
+    service first passes (e.g. create the database before PgBouncer's pooled check needs it).
+    A service in `depends_on` is probed only once its dependency is healthy: a pooled query
+    sent while Postgres is still starting makes PgBouncer wait out its login retry. On
+    failure raises HealthCheckError naming the check, its last error and the service's log tail.
     """
     depends_on = {"pgbouncer": "postgres"} if depends_on is None else depends_on
     start = time.monotonic()
     deadline = start + timeout
     # Dependencies first: PgBouncer is probed in the very round Postgres turns healthy.
     pending = {service: checks[service] for service in sorted(checks, key=lambda s: s in depends_on)}
+    due = dict.fromkeys(pending, start)  # when each service is probed next
     healthy: dict[str, float] = {}
     last_error: dict[str, str] = {}
     while pending:
@@ -153,14 +168,20 @@ def wait_until_healthy(
             if depends_on.get(service) in pending:
                 last_error[service] = f"waiting for {depends_on[service]}"
                 continue
-            error = check_once(pending[service])
+            if due[service] > time.monotonic():
+                continue
+            error, starting = _probe(pending[service])
             if error is None:
                 healthy[service] = time.monotonic() - start
                 del pending[service]
                 progress(f"{service:<10} healthy in {healthy[service]:.2f}s")
                 on_healthy(service)
+                for waiting in pending:  # a dependant is probed at once
+                    if depends_on.get(waiting) == service:
+                        due[waiting] = time.monotonic()
                 continue
             last_error[service] = error
+            due[service] = time.monotonic() + (STARTING_INTERVAL if starting else POLL_INTERVAL)
             reason = gone(service)
             if reason:
                 raise HealthCheckError(
@@ -170,39 +191,17 @@ def wait_until_healthy(
                 )
         if not pending:
             break
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             service = next(iter(pending))
             raise HealthCheckError(
                 f"{service} not healthy after {timeout:.0f}s: {last_error.get(service, 'no answer')}",
                 hint="raise --timeout if the machine is slow, or read `devenv logs " + service + "`.",
                 log_tail=_format_tail(service, log_tail(service)),
             )
-        ports = {check.port for service in pending if depends_on.get(service) not in pending
-                 for check in pending[service] if check.port is not None}
-        _pause(sorted(ports), min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+        ready = [due[s] for s in pending if depends_on.get(s) not in pending]
+        time.sleep(max(0.0, min(min(ready, default=now + POLL_INTERVAL), deadline) - now))
     return healthy
-
-
-def _pause(ports: list[int], interval: float) -> None:
-    """Wait `interval` before the next round, or less as soon as a port that refused accepts."""
-    end = time.monotonic() + interval
-    refusing = [port for port in ports if not _accepts(port)]
-    while refusing and time.monotonic() + PORT_INTERVAL < end:
-        time.sleep(PORT_INTERVAL)
-        if any(_accepts(port) for port in refusing):
-            return
-    time.sleep(max(0.0, end - time.monotonic()))
-
-
-def _accepts(port: int) -> bool:
-    """Whether something listens on 127.0.0.1:port (connect, then close at once)."""
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
 
 
 def _format_tail(service: str, tail: str) -> str:
