@@ -6,7 +6,6 @@ real server of major NN reports it; `tools/gen_pg_catalog.py` regenerates them.
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -65,6 +64,8 @@ def normalize(name: str, value: Any, major: int, where: str) -> str:
     catalog = load_catalog(major)
     spec = catalog.settings.get(name)
     if spec is None:
+        import difflib  # only for an error message
+
         close = difflib.get_close_matches(name, catalog.settings, n=1, cutoff=0.6)
         suggestion = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(

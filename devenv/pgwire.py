@@ -51,7 +51,8 @@ class Connection:
                 self._sock.close()
                 raise
         else:
-            self._sock = socket.create_connection((host, port), timeout=timeout)
+            # A bytes host skips the idna codec getaddrinfo would import for a str.
+            self._sock = socket.create_connection((host.encode(), port), timeout=timeout)
         try:
             if ssl:
                 self._start_tls()

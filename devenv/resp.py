@@ -22,7 +22,8 @@ def exchange(port: int, commands: list[list[str]], timeout: float = 2.0, host: s
 
     Only for commands whose replies are single lines (status, integer, error).
     """
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    # A bytes host skips the idna codec getaddrinfo would import for a str (~5 ms at start-up).
+    with socket.create_connection((host.encode(), port), timeout=timeout) as sock:
         sock.sendall(encode(commands))
         data = b""
         while data.count(b"\r\n") < len(commands):

@@ -7,7 +7,6 @@ columns are profiles. `Config.column(service, profile)` resolves one column, fol
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -290,6 +289,8 @@ def parse_bytes(text: str) -> int:
 
 
 def _did_you_mean(word: str, candidates: Any) -> str:
+    import difflib  # only for an error message
+
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 

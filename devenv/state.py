@@ -91,7 +91,7 @@ def ports_answer(ports: list[int], timeout: float = 0.2) -> bool:
     """Whether something accepts TCP connections on every port of 127.0.0.1."""
     for port in ports:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            with socket.create_connection((b"127.0.0.1", port), timeout=timeout):  # bytes: no idna codec import
                 pass
         except OSError:
             return False

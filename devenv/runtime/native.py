@@ -331,11 +331,11 @@ class NativeRuntime:
     def _start_restore(self, stack: Stack, layout: Layout, binaries: Binaries, recorded: dict,
                        progress: Progress) -> "Any":
         """If Postgres will need a new data directory and the cache has it, start extracting now."""
-        from devenv import cache
-
         if not self.cache_enabled or (layout.pgdata / "PG_VERSION").exists() or \
                 self._alive(recorded.get("postgres", {}), "postgres"):
             return None
+        from devenv import cache  # tarfile and friends: only when there is something to restore
+
         archive = cache.find(self._data_key(stack, binaries))
         if archive is None:
             return None
