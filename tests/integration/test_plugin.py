@@ -114,3 +114,16 @@ def test_xdist_workers_get_their_own_database_and_redis_index(plugin_project, ru
     assert by_worker["gw0"]["db"] == "taskflow_test_gw0" and by_worker["gw1"]["db"] == "taskflow_test_gw1"
     assert by_worker["gw0"]["redis"] != by_worker["gw1"]["redis"]
     assert all(r["env_db"] == r["db"] for r in seen.values())
+
+
+def test_the_reused_connection_runs_the_same_query_in_many_tests(plugin_project, runtime: str) -> None:
+    """psycopg prepares a query run five times; DISCARD ALL between tests must not break the sixth."""
+    pytester, _ = plugin_project
+    pytester.makepyfile(test_repeat="\n".join(
+        f"def test_{i}(devenv_db):\n"
+        f"    assert devenv_db.conn.execute('select count(*) from tasks').fetchone()[0] == 40\n"
+        f"    devenv_db.conn.execute('delete from tasks where status = %s', ('done',))\n"
+        f"    devenv_db.conn.commit()\n"
+        for i in range(8)))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--devenv-runtime", runtime, "test_repeat.py")
+    result.assert_outcomes(passed=8)
