@@ -5,9 +5,12 @@ hashes the schema and seed files and the server's major version: a change to any
 builds a new template, so nothing stale is served. The working database (and each pytest
 worker's) is created from it. A reset uses one of two strategies:
 
-- `restore`, for small data: TRUNCATE the tables and reload them from snapshot tables
-  that the template carries in the `devenv` schema; a few milliseconds. An event trigger
-  counts DDL, so a database whose schema changed since its clone falls back to `clone`.
+- `restore`, for small data: reload the tables written since the last reset from snapshot
+  tables that the template carries in the `devenv` schema, in one round trip (a function in
+  the database, `devenv.restore`). A statement trigger on every table records which were
+  written (`devenv.dirty`), so a test that changed nothing costs well under a millisecond.
+  An event trigger counts DDL, so a database whose schema changed since its clone falls back
+  to `clone`.
 - `clone`: CREATE DATABASE from the template under a fresh name, swap the names, and drop
   the old database in the background (dropping forces a checkpoint: off the critical path).
 
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devenv.database import apply_seeds, connect, seed_files
-from devenv.errors import SchemaError
+from devenv.errors import HealthCheckError, SchemaError
 from devenv.stack import Stack
 
 if TYPE_CHECKING:
@@ -38,12 +41,12 @@ STRATEGIES = ("auto", "restore", "clone", "copy")
 # Thresholds measured by bench/bench_reset.py: above this many seeded rows reloading costs
 # more than cloning; above this template size FILE_COPY (copy files, then checkpoint) beats
 # WAL_LOG (every page through the WAL).
-RESTORE_MAX_ROWS = 2_000  # measured: restore ~10 ms + ~0.03 ms/row; a clone ~30-45 ms whatever the seed
+# Counted over the tables a reset reloads (those written since the last one), not the whole seed.
+RESTORE_MAX_ROWS = 2_000  # measured: restore ~0.03 ms/row reloaded; a clone ~30-45 ms whatever the seed
 WAL_LOG_MAX_BYTES = 64 << 20
 _SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "devenv", "pg_toast")
 _drop_counter = itertools.count()
-_SCHEMA_CHANGED = "devenv: schema changed since the clone"
-_TEMPLATE_FORMAT = 2  # bump when what a template carries (snapshots, guards) changes
+_TEMPLATE_FORMAT = 3  # bump when what a template carries (snapshots, guards) changes
 # Scratch databases of one process (group 2: its pid), which `sweep` drops once it is gone.
 SCRATCH_PATTERN = r"__(new|old|building|restore)_([0-9]+)(_[0-9]+)?$"
 
@@ -54,6 +57,82 @@ CREATE OR REPLACE FUNCTION devenv.count_ddl() RETURNS event_trigger LANGUAGE plp
 $$ BEGIN PERFORM nextval('devenv.ddl_changes'); END $$;
 CREATE EVENT TRIGGER devenv_ddl_end ON ddl_command_end EXECUTE FUNCTION devenv.count_ddl();
 CREATE EVENT TRIGGER devenv_ddl_drop ON sql_drop EXECUTE FUNCTION devenv.count_ddl();
+"""
+
+# Installed in every template, after the snapshots. `devenv.dirty` holds the tables written
+# since the last reset: a statement trigger on every table (ENABLE ALWAYS: it fires under
+# session_replication_role = replica too, and for cascaded foreign-key actions) adds its table,
+# rolled back with the write it records. Once per transaction (a transaction-local setting
+# remembers it) and only if not there yet, except in serializable transactions: there the
+# look would add read-write conflicts to the application's, so they only insert. No unique
+# key, so concurrent writers never wait on each other.
+_RESTORE_FUNCTIONS = """
+CREATE TABLE devenv.dirty (rel regclass NOT NULL);
+CREATE FUNCTION devenv.mark_dirty() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+BEGIN
+    IF pg_catalog.current_setting('devenv.dirty_' || TG_RELID, true) IS DISTINCT FROM 'y' THEN
+        IF pg_catalog.current_setting('transaction_isolation') = 'serializable'
+           OR NOT EXISTS (SELECT 1 FROM devenv.dirty WHERE rel = TG_RELID) THEN
+            INSERT INTO devenv.dirty VALUES (TG_RELID);
+        END IF;
+        PERFORM pg_catalog.set_config('devenv.dirty_' || TG_RELID, 'y', true);
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Put the written tables and every sequence back as in the snapshots, in the caller's
+-- transaction. In a written table only the rows that differ are replaced (compared as text,
+-- as a multiset): deleting and inserting the rest again would cost their index entries (the
+-- GIN ones of tasks dominate) and leave them dead for vacuum. Returns 'restored', or why it
+-- cannot ('stale': cloned from another template; 'schema': DDL since the clone; 'too big':
+-- more than max_rows seeded rows to compare) having changed nothing.
+CREATE FUNCTION devenv.restore(expected_template text, max_rows bigint) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    meta record;
+    rels regclass[];
+    snapshots text[];
+    changed text[];
+    total bigint;
+    role text := pg_catalog.current_setting('session_replication_role');
+BEGIN
+    SELECT * INTO meta FROM devenv.snapshot_meta;
+    IF meta.template IS DISTINCT FROM expected_template THEN
+        RETURN 'stale';
+    END IF;
+    -- Sessions inside a transaction hold locks the reload would wait on, and may be about to
+    -- write: end them and wait for them to be gone. Idle sessions are harmless.
+    PERFORM pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity
+     WHERE datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid() AND state <> 'idle';
+    IF NOT EXISTS (SELECT 1 FROM devenv.ddl_changes
+                    WHERE last_value = meta.ddl_mark_value AND is_called = meta.ddl_mark_called) THEN
+        RETURN 'schema';
+    END IF;
+    SELECT array_agg(s.rel), array_agg(s.snapshot), coalesce(sum(s.row_count), 0) INTO rels, snapshots, total
+      FROM devenv.snapshots s
+     WHERE s.rel IN (SELECT coalesce(pg_catalog.pg_partition_root(d.rel), d.rel) FROM devenv.dirty d);
+    IF total > max_rows THEN
+        RETURN 'too big';
+    END IF;
+    IF rels IS NOT NULL THEN
+        -- No triggers, no FK checks: the data is known good.
+        PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+        FOR i IN 1 .. pg_catalog.array_length(rels, 1) LOOP
+            EXECUTE pg_catalog.format(
+                'SELECT array_agg(r) FROM (SELECT ROW(x.*)::text AS r, count(*) AS n FROM %s x GROUP BY 1) cur '
+                'FULL JOIN (SELECT ROW(x.*)::text AS r, count(*) AS n FROM devenv.%I x GROUP BY 1) seeded USING (r) '
+                'WHERE cur.n IS DISTINCT FROM seeded.n', rels[i], snapshots[i]) INTO changed;
+            CONTINUE WHEN changed IS NULL;
+            EXECUTE pg_catalog.format('DELETE FROM %s x WHERE ROW(x.*)::text IN (SELECT unnest($1))', rels[i])
+              USING changed;
+            EXECUTE pg_catalog.format('INSERT INTO %s SELECT * FROM devenv.%I x WHERE ROW(x.*)::text IN (SELECT unnest($1))',
+                                      rels[i], snapshots[i]) USING changed;
+        END LOOP;
+        DELETE FROM devenv.dirty;
+        PERFORM pg_catalog.set_config('session_replication_role', role, true);
+    END IF;
+    PERFORM pg_catalog.setval(sequence::regclass, last_value, is_called) FROM devenv.snapshot_sequences;
+    RETURN 'restored';
+END $$;
 """
 
 
@@ -69,6 +148,7 @@ class ResetResult:
 def template_key(seeds_dir: Path, major: int, scale: int = 0) -> str:
     """Content hash of the schema and seed files, the server's major version and the scale."""
     digest = hashlib.sha256(f"format{_TEMPLATE_FORMAT}\0pg{major}\0{scale}\0".encode())
+    digest.update((_DDL_GUARD + _RESTORE_FUNCTIONS).encode())  # what every template carries besides the data
     for seed in seed_files(seeds_dir):
         digest.update(f"{seed.key}\0{seed.checksum}\0".encode())
     if scale:
@@ -78,6 +158,37 @@ def template_key(seeds_dir: Path, major: int, scale: int = 0) -> str:
 
 SCALE_FILE = "scale.sql"
 REDIS_SEED_FILE = "redis.json"
+
+
+def restore_quick(stack: Stack, dbname: str | None = None, strategy: str = "auto") -> ResetResult | None:
+    """The `restore` strategy without psycopg, for one-shot callers (`devenv reset`): importing
+    psycopg costs 150-250 ms, a hundred times the restore. One devenv.pgwire session to the
+    database and one to PgBouncer's console. None when only `Janitor.reset` can do it (a clone:
+    the database is missing, from another template, has had DDL or too much to reload).
+    """
+    from devenv import pgwire
+
+    start = time.perf_counter()
+    pg, pgb = stack.postgres, stack.pgbouncer
+    dbname = dbname or pg.database
+    max_rows = "NULL" if strategy == "restore" else str(RESTORE_MAX_ROWS)
+    try:
+        with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, dbname, ssl=pg.ssl, timeout=5.0) as conn:
+            major = int(re.match(r"\d+", conn.parameters.get("server_version", "")).group(0))  # type: ignore[union-attr]
+            template = f"{pg.database}__tpl_{template_key(stack.root / 'seeds', major, stack.seed_scale)}"
+            status = conn.scalar(f"SELECT devenv.restore({pgwire.literal(template)}, {max_rows})")
+    except (pgwire.PgError, OSError, AttributeError):  # no such database (or server: the full path says so)
+        return None
+    if status != "restored":
+        return None
+    try:
+        with pgwire.Connection("127.0.0.1", pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer", timeout=5.0) as admin:
+            admin.query(f"RECONNECT {dbname}")
+    except (pgwire.PgError, OSError) as exc:
+        if "no such database" not in str(exc):  # PgBouncer has not pooled this one yet
+            raise HealthCheckError(f"PgBouncer refused `RECONNECT {dbname}` on 127.0.0.1:{pgb.port}: {exc}",
+                                   hint=f"check `devenv status -p {stack.profile}`.") from exc
+    return ResetResult(dbname, "restore", time.perf_counter() - start)
 
 
 class Janitor:
@@ -94,7 +205,7 @@ class Janitor:
         self._pgbouncer: psycopg.Connection[Any] | None = None
         self._drops: list[threading.Thread] = []
         self._template: str | None = None
-        self._plans: dict[str, _RestorePlan | None] = {}
+        self._keys: dict[tuple[Any, ...], str] = {}  # seed files' (name, mtime, size) + major -> template
         self._sizes: dict[str, int] = {}
 
     # ---- connections ---------------------------------------------------------------------
@@ -151,10 +262,25 @@ class Janitor:
 
     # ---- the template --------------------------------------------------------------------
 
+    def template_name(self, major: int) -> str:
+        """The name the current seed files give the template (hashed again only when one changed)."""
+        seeds = self.seeds_dir
+        paths = [*sorted(seeds.glob("schema/*.sql")), *sorted(seeds.glob("data/*.sql")), seeds / SCALE_FILE]
+        signature: tuple[Any, ...] = (major,)
+        for path in paths:
+            try:
+                stat = path.stat()
+                signature += ((str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino),)
+            except OSError:
+                signature += ((str(path),),)
+        if signature not in self._keys:
+            key = template_key(seeds, major, self.stack.seed_scale)
+            self._keys = {signature: f"{self.stack.postgres.database}__tpl_{key}"}
+        return self._keys[signature]
+
     def ensure_template(self, rebuild: bool = False) -> str:
         """The current template's name, built from the seed files when missing or stale."""
-        major = int(self.admin.execute("SHOW server_version_num").fetchone()[0]) // 10000
-        name = f"{self.stack.postgres.database}__tpl_{template_key(self.seeds_dir, major, self.stack.seed_scale)}"
+        name = self.template_name(self.admin.info.server_version // 10000)
         if self._template == name and not rebuild:
             return name
         exists = self.admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
@@ -169,8 +295,6 @@ class Janitor:
             "SELECT datname FROM pg_database WHERE starts_with(datname, %s) AND datname <> %s", (prefix, name)
         ).fetchall():
             self._drop(old)
-        if self._template != name:
-            self._plans.clear()  # plans name the template their database was cloned from
         self._template = name
         return name
 
@@ -271,23 +395,24 @@ class Janitor:
         return True
 
     def reset(self, dbname: str | None = None, strategy: str = "auto") -> ResetResult:
-        """Put a database back to the freshly seeded state; create it if missing."""
+        """Put a database back to the freshly seeded state; create it if missing.
+
+        `restore` (and `auto` while the tables to reload hold at most RESTORE_MAX_ROWS seeded
+        rows) costs one round trip to the database and one to PgBouncer, and needs neither the
+        maintenance connection nor the template: the database carries its snapshots and knows
+        the template it came from, which must be the one the seed files name now.
+        """
         start = time.perf_counter()
         dbname = dbname or self.stack.postgres.database
-        template = self.ensure_template()
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown reset strategy {strategy!r}")
-        used = ""
-        if strategy in ("auto", "restore"):
-            plan = self._restore_plan(dbname, template)
-            if plan is not None and (strategy == "restore" or plan.rows <= RESTORE_MAX_ROWS):
-                if self._restore(dbname, plan):
-                    used = "restore"
-        if not used:
-            if strategy == "auto":
-                strategy = "clone" if self._template_bytes(template) <= WAL_LOG_MAX_BYTES else "copy"
-            used = "copy" if strategy == "copy" else "clone"
-            self.clone(dbname, template, method="file_copy" if used == "copy" else "wal_log")
+        if strategy in ("auto", "restore") and self._restore(dbname, None if strategy == "restore" else RESTORE_MAX_ROWS):
+            return ResetResult(dbname, "restore", time.perf_counter() - start)
+        template = self.ensure_template()
+        if strategy == "auto":
+            strategy = "clone" if self._template_bytes(template) <= WAL_LOG_MAX_BYTES else "copy"
+        used = "copy" if strategy == "copy" else "clone"
+        self.clone(dbname, template, method="file_copy" if used == "copy" else "wal_log")
         return ResetResult(dbname, used, time.perf_counter() - start)
 
     def _template_bytes(self, template: str) -> int:
@@ -299,35 +424,24 @@ class Janitor:
         """Rebuild the template from the schema files, then recreate the database from it."""
         start = time.perf_counter()
         dbname = dbname or self.stack.postgres.database
-        self._plans.clear()
         template = self.ensure_template(rebuild=True)
         self.clone(dbname, template)
         return ResetResult(dbname, "hard", time.perf_counter() - start)
 
-    def _restore_plan(self, dbname: str, template: str) -> "_RestorePlan | None":
-        """What `restore` would reload, or None if this database cannot be restored."""
-        if dbname in self._plans:
-            return self._plans[dbname]
-        try:
-            conn = self._db(dbname)
-            plan = _RestorePlan.read(conn, template)
-        except Exception:  # missing database, or not cloned from this template
-            plan = None
-        self._plans[dbname] = plan
-        return plan
-
-    def _restore(self, dbname: str, plan: "_RestorePlan") -> bool:
-        """Reload the snapshots in place, in one round trip; False if the schema changed."""
+    def _restore(self, dbname: str, max_rows: int | None) -> bool:
+        """Reload what was written since the last reset, in place; False if only a clone can
+        reset this database (missing, from another template, DDL since, or too much to reload)."""
         import psycopg
 
-        conn = self._db(dbname)
         try:
-            conn.execute(plan.sql)
-        except psycopg.errors.RaiseException as exc:
-            conn.execute("ROLLBACK")
-            if _SCHEMA_CHANGED in str(exc):
-                return False  # DDL since the clone: only a clone restores the schema
-            raise
+            conn = self._db(dbname)
+            template = self.template_name(conn.info.server_version // 10000)
+            status = conn.execute("SELECT devenv.restore(%s, %s)", (template, max_rows)).fetchone()[0]
+        except (psycopg.Error, SchemaError, HealthCheckError):  # no such database, or not one of ours
+            self._forget(dbname)
+            return False
+        if status != "restored":
+            return False
         # Fresh server sessions for pooled clients: no temp tables or settings from the last test.
         self._pgbouncer_command(f"RECONNECT {dbname}")
         return True
@@ -354,7 +468,6 @@ class Janitor:
         from psycopg import sql
 
         self._forget(dbname)
-        self._plans.pop(dbname, None)
         self._pgbouncer_command(f"KILL {dbname}")  # pooled clients wait until RESUME
         try:
             exists = self.admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
@@ -462,7 +575,7 @@ class Janitor:
 
     def _supports_strategy(self) -> bool:
         # CREATE DATABASE ... STRATEGY arrived in PostgreSQL 15 (WAL_LOG: no checkpoints).
-        return int(self.admin.execute("SHOW server_version_num").fetchone()[0]) >= 150000
+        return self.admin.info.server_version >= 150000
 
 
 def _pid_alive(pid: int) -> bool:
@@ -475,47 +588,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class _RestorePlan:
-    """The SQL that reloads a database cloned from a template with snapshots."""
-
-    sql: bytes
-    rows: int
-    ddl_mark: tuple[int, bool]
-
-    @classmethod
-    def read(cls, conn: "psycopg.Connection[Any]", template: str) -> "_RestorePlan":
-        tables = conn.execute("SELECT schema_name, table_name, snapshot, row_count FROM devenv.snapshots ORDER BY 1, 2").fetchall()
-        sequences = conn.execute("SELECT sequence, last_value, is_called FROM devenv.snapshot_sequences").fetchall()
-        mark = conn.execute("SELECT ddl_mark_value, ddl_mark_called, template FROM devenv.snapshot_meta").fetchone()
-        if mark[2] != template:
-            raise LookupError(f"cloned from {mark[2]}, not the current template {template}")  # never serve stale data
-        ident = lambda schema, name: f'"{schema}"."{name}"'  # noqa: E731  (names from the catalog)
-        parts = [
-            "BEGIN",
-            # Sessions inside a transaction hold locks the reload would wait on; idle ones are harmless.
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND pid <> pg_backend_pid() AND state <> 'idle'",
-            f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM devenv.ddl_changes WHERE last_value = {int(mark[0])} "
-            f"AND is_called = {bool(mark[1])}) THEN RAISE EXCEPTION '{_SCHEMA_CHANGED}'; END IF; END $$",
-            "SET LOCAL session_replication_role = replica",  # no triggers, no FK checks: the data is known good
-        ]
-        # DELETE, not TRUNCATE: for the few rows restore is chosen for it is faster (2.9 vs 4.8 ms
-        # measured on the seed), as TRUNCATE creates and unlinks files for every table and index.
-        parts += [f"DELETE FROM {ident(s, t)}" for s, t, _, _ in tables]
-        parts += [f'INSERT INTO {ident(s, t)} SELECT * FROM devenv."{snap}"' for s, t, snap, _ in tables]
-        parts += [f"SELECT setval('{seq}', {value}, {called})" for seq, value, called in sequences]
-        parts.append("COMMIT")
-        return cls(sql=(";\n".join(parts) + ";").encode(), rows=sum(r for *_, r in tables), ddl_mark=(mark[0], mark[1]))
-
-
 def _make_snapshots(conn: "psycopg.Connection[Any]", template: str) -> None:
-    """Copy every seeded table into `devenv.snap_*` so a clone can restore itself in place."""
+    """Copy every seeded table into `devenv.snap_*` so a clone can restore itself in place, and
+    install what tells a reset which tables to reload (`devenv.dirty`, `devenv.restore`)."""
     conn.execute(
-        "CREATE TABLE devenv.snapshots (schema_name text, table_name text, snapshot text, row_count bigint);"
+        "CREATE TABLE devenv.snapshots (schema_name text, table_name text, snapshot text, row_count bigint, rel regclass);"
         "CREATE TABLE devenv.snapshot_sequences (sequence text, last_value bigint, is_called boolean);"
         "CREATE TABLE devenv.snapshot_meta (template text, ddl_mark_value bigint, ddl_mark_called boolean)"
     )
+    conn.execute(_RESTORE_FUNCTIONS)
     tables = conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname <> ALL(%s) "
@@ -524,9 +605,20 @@ def _make_snapshots(conn: "psycopg.Connection[Any]", template: str) -> None:
     ).fetchall()
     for index, (schema, table) in enumerate(tables):
         snapshot = f"snap_{index}_{table}"[:63]
-        conn.execute(f'CREATE TABLE devenv."{snapshot}" AS TABLE "{schema}"."{table}"')
+        qualified = f'"{schema}"."{table}"'
+        conn.execute(f'CREATE TABLE devenv."{snapshot}" AS TABLE {qualified}')
         rows = conn.execute(f'SELECT count(*) FROM devenv."{snapshot}"').fetchone()[0]
-        conn.execute("INSERT INTO devenv.snapshots VALUES (%s, %s, %s, %s)", (schema, table, snapshot, rows))
+        conn.execute("INSERT INTO devenv.snapshots VALUES (%s, %s, %s, %s, %s::regclass)",
+                     (schema, table, snapshot, rows, qualified))
+    # Partitions too: a write straight into one marks it, and a reset reloads its root.
+    for (qualified,) in conn.execute(
+        "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p') AND n.nspname <> ALL(%s) AND n.nspname NOT LIKE 'pg_temp%%'",
+        (list(_SYSTEM_SCHEMAS),),
+    ).fetchall():
+        conn.execute(f"CREATE TRIGGER devenv_dirty AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {qualified} "
+                     f"FOR EACH STATEMENT EXECUTE FUNCTION devenv.mark_dirty();"
+                     f"ALTER TABLE {qualified} ENABLE ALWAYS TRIGGER devenv_dirty")
     for (schema, name) in conn.execute(
         "SELECT schemaname, sequencename FROM pg_sequences WHERE schemaname <> ALL(%s)", (list(_SYSTEM_SCHEMAS),)
     ).fetchall():

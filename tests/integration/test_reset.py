@@ -128,3 +128,41 @@ def test_python_api(project, monkeypatch) -> None:
         assert handle.redis(3).ping() is True
     finally:
         handle.close()
+
+
+_CONTENTS = ("SELECT (SELECT md5(string_agg(u::text, ',' ORDER BY u::text)) FROM users u), "
+             "(SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM tasks t)")
+# Each is what one test might do; every one must be undone by an in-place restore.
+_WRITES = {
+    "update one row": ["UPDATE tasks SET title = 'changed' WHERE id = (SELECT id FROM tasks ORDER BY id LIMIT 1)"],
+    "cascaded delete": ["DELETE FROM users WHERE email = 'alice@taskflow.dev'"],  # ON DELETE CASCADE to tasks
+    "insert": ["INSERT INTO users (email, password_hash) VALUES ('new@x', 'x')"],
+    "truncate": ["TRUNCATE users CASCADE"],
+    "as a replica": ["SET session_replication_role = replica", "DELETE FROM tasks", "RESET session_replication_role"],
+    "rolled back": ["BEGIN", "DELETE FROM tasks", "ROLLBACK"],
+    "open transaction": ["BEGIN", "UPDATE tasks SET status = 'done'"],  # left open: the reset ends it
+}
+
+
+def test_restore_undoes_every_kind_of_write(project) -> None:
+    """Restore reloads only what was written (devenv.dirty); whatever the write, the data is the seed's."""
+    project.devenv("up")
+    handle = Devenv.load(config=project.root / "devenv.yaml", profile="ci", runtime=project.runtime, env=project.env)
+    try:
+        with project.connect(autocommit=True) as conn:
+            seeded = conn.execute(_CONTENTS).fetchone()
+        for name, statements in _WRITES.items():
+            writer = project.connect(autocommit=True)
+            for statement in statements:
+                writer.execute(statement)
+            result = handle.reset(redis_db=None)
+            assert result.strategy == "restore", name
+            writer.close()
+            with project.connect(autocommit=True) as conn:
+                assert conn.execute(_CONTENTS).fetchone() == seeded, f"{name}: not the seeded data after a restore"
+                assert conn.execute("SELECT count(*) FROM devenv.dirty").fetchone()[0] == 0, name
+        with project.connect(autocommit=True) as conn:  # nothing written: nothing to reload, still seeded
+            conn.execute("SELECT count(*) FROM tasks")
+        assert handle.reset(redis_db=None).strategy == "restore"
+    finally:
+        handle.close()
