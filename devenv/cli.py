@@ -193,21 +193,29 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
 @_profile_option
 @click.option("--hard", is_flag=True, help="Rebuild the template from the schema and seed files first.")
 @click.option("--strategy", type=click.Choice(["auto", "restore", "clone", "copy"]), default="auto", show_default=True,
-              help="restore: TRUNCATE + reload (small data); clone: WAL_LOG copy of the template; copy: FILE_COPY.")
+              help="restore: reload in place what was written (small data); clone: WAL_LOG copy of the template; copy: FILE_COPY.")
 def reset(profile: str, config_path: str | None, hard: bool, strategy: str) -> None:
     """Put the database and Redis back to the freshly seeded state."""
-    from devenv.api import Devenv
+    from devenv.janitor import Janitor, restore_quick
     from devenv.state import locked
 
-    handle = Devenv(load_stack(config_path, profile))
-    import psycopg  # noqa: F401  (loaded before the clock starts: it is start-up, not reset)
+    stack = load_stack(config_path, profile)
+    with locked(stack.state_dir):
+        # The usual case, an in-place restore, needs no psycopg (its import costs more than the reset).
+        result = restore_quick(stack, strategy=strategy) if not hard and strategy in ("auto", "restore") else None
+        if result is not None:
+            Janitor(stack).reset_redis(0)
+        else:
+            from devenv.api import Devenv
 
-    try:
-        with locked(handle.stack.state_dir):
-            result = handle.reset(hard=hard, strategy=strategy)
-    finally:
-        handle.close()
-    _say(f"{handle.stack.name}: reset {result.database} ({result.strategy}) and Redis in {result.seconds * 1000:.0f} ms")
+            handle = Devenv(stack)
+            import psycopg  # noqa: F401  (loaded before the clock starts: it is start-up, not reset)
+
+            try:
+                result = handle.reset(hard=hard, strategy=strategy)
+            finally:
+                handle.close()
+    _say(f"{stack.name}: reset {result.database} ({result.strategy}) and Redis in {result.seconds * 1000:.0f} ms")
 
 
 # ---- snapshots, dump, restore (domain logic: devenv/snapshots.py, devenv/dumps.py) -----------
