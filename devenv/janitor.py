@@ -83,10 +83,13 @@ END $$;
 -- Put the written tables and every sequence back as in the snapshots, in the caller's
 -- transaction. In a written table only the rows that differ are replaced (compared as text,
 -- as a multiset): deleting and inserting the rest again would cost their index entries (the
--- GIN ones of tasks dominate) and leave them dead for vacuum. Returns 'restored', or why it
--- cannot ('stale': cloned from another template; 'schema': DDL since the clone; 'too big':
--- more than max_rows seeded rows to compare) having changed nothing.
-CREATE FUNCTION devenv.restore(expected_template text, max_rows bigint) RETURNS text LANGUAGE plpgsql AS $$
+-- GIN ones of tasks dominate) and leave them dead for vacuum. status is 'restored', or why it
+-- cannot be ('stale': cloned from another template; 'schema': DDL since the clone; 'too big':
+-- more than max_rows seeded rows to compare) and nothing changed. sessions counts the other
+-- client sessions on the database afterwards: PgBouncer's server connections are among them,
+-- so with none there is nothing for it to reconnect.
+CREATE FUNCTION devenv.restore(expected_template text, max_rows bigint, OUT status text, OUT sessions bigint)
+LANGUAGE plpgsql AS $$
 DECLARE
     meta record;
     rels regclass[];
@@ -97,21 +100,27 @@ DECLARE
 BEGIN
     SELECT * INTO meta FROM devenv.snapshot_meta;
     IF meta.template IS DISTINCT FROM expected_template THEN
-        RETURN 'stale';
+        status := 'stale';
+        RETURN;
     END IF;
     -- Sessions inside a transaction hold locks the reload would wait on, and may be about to
-    -- write: end them and wait for them to be gone. Idle sessions are harmless.
-    PERFORM pg_catalog.pg_terminate_backend(pid, 5000) FROM pg_catalog.pg_stat_activity
-     WHERE datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid() AND state <> 'idle';
+    -- write: end them and wait for them to be gone. Idle ones are harmless; they are counted.
+    SELECT count(*) FILTER (WHERE NOT ended) INTO sessions FROM (
+        SELECT CASE WHEN state <> 'idle' THEN pg_catalog.pg_terminate_backend(pid, 5000) ELSE false END AS ended
+          FROM pg_catalog.pg_stat_activity
+         WHERE datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid()
+           AND backend_type = 'client backend') other;
     IF NOT EXISTS (SELECT 1 FROM devenv.ddl_changes
                     WHERE last_value = meta.ddl_mark_value AND is_called = meta.ddl_mark_called) THEN
-        RETURN 'schema';
+        status := 'schema';
+        RETURN;
     END IF;
     SELECT array_agg(s.rel), array_agg(s.snapshot), coalesce(sum(s.row_count), 0) INTO rels, snapshots, total
       FROM devenv.snapshots s
      WHERE s.rel IN (SELECT coalesce(pg_catalog.pg_partition_root(d.rel), d.rel) FROM devenv.dirty d);
     IF total > max_rows THEN
-        RETURN 'too big';
+        status := 'too big';
+        RETURN;
     END IF;
     IF rels IS NOT NULL THEN
         -- No triggers, no FK checks: the data is known good.
@@ -131,7 +140,7 @@ BEGIN
         PERFORM pg_catalog.set_config('session_replication_role', role, true);
     END IF;
     PERFORM pg_catalog.setval(sequence::regclass, last_value, is_called) FROM devenv.snapshot_sequences;
-    RETURN 'restored';
+    status := 'restored';
 END $$;
 """
 
@@ -163,8 +172,9 @@ REDIS_SEED_FILE = "redis.json"
 def restore_quick(stack: Stack, dbname: str | None = None, strategy: str = "auto") -> ResetResult | None:
     """The `restore` strategy without psycopg, for one-shot callers (`devenv reset`): importing
     psycopg costs 150-250 ms, a hundred times the restore. One devenv.pgwire session to the
-    database and one to PgBouncer's console. None when only `Janitor.reset` can do it (a clone:
-    the database is missing, from another template, has had DDL or too much to reload).
+    database, and one to PgBouncer's console if it holds server connections to the database.
+    None when only `Janitor.reset` can do it (a clone: the database is missing, from another
+    template, has had DDL or too much to reload).
     """
     from devenv import pgwire
 
@@ -176,11 +186,13 @@ def restore_quick(stack: Stack, dbname: str | None = None, strategy: str = "auto
         with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, dbname, ssl=pg.ssl, timeout=5.0) as conn:
             major = int(re.match(r"\d+", conn.parameters.get("server_version", "")).group(0))  # type: ignore[union-attr]
             template = f"{pg.database}__tpl_{template_key(stack.root / 'seeds', major, stack.seed_scale)}"
-            status = conn.scalar(f"SELECT devenv.restore({pgwire.literal(template)}, {max_rows})")
-    except (pgwire.PgError, OSError, AttributeError):  # no such database (or server: the full path says so)
+            [(status, sessions)] = conn.query(f"SELECT * FROM devenv.restore({pgwire.literal(template)}, {max_rows})")
+    except (pgwire.PgError, OSError, AttributeError, ValueError):  # no such database (or server), not ours
         return None
     if status != "restored":
         return None
+    if sessions == "0":  # PgBouncer holds no server connection to it
+        return ResetResult(dbname, "restore", time.perf_counter() - start)
     try:
         with pgwire.Connection("127.0.0.1", pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer", timeout=5.0) as admin:
             admin.query(f"RECONNECT {dbname}")
@@ -436,14 +448,14 @@ class Janitor:
         try:
             conn = self._db(dbname)
             template = self.template_name(conn.info.server_version // 10000)
-            status = conn.execute("SELECT devenv.restore(%s, %s)", (template, max_rows)).fetchone()[0]
-        except (psycopg.Error, SchemaError, HealthCheckError):  # no such database, or not one of ours
+            status, sessions = conn.execute("SELECT * FROM devenv.restore(%s, %s)", (template, max_rows)).fetchone()
+        except (psycopg.Error, SchemaError, HealthCheckError, ValueError):  # no such database, or not one of ours
             self._forget(dbname)
             return False
         if status != "restored":
             return False
-        # Fresh server sessions for pooled clients: no temp tables or settings from the last test.
-        self._pgbouncer_command(f"RECONNECT {dbname}")
+        if sessions:  # fresh server sessions for pooled clients: no temp tables or settings from the last test
+            self._pgbouncer_command(f"RECONNECT {dbname}")
         return True
 
     def clone(self, dbname: str, template: str, method: str = "wal_log") -> None:
