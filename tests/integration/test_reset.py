@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from devenv.api import Devenv
+from devenv.api import Devenv, load_stack_cached
+from tests.integration.conftest import free_port
 
 
 def _counts(proj) -> tuple[int, int]:
@@ -166,3 +167,18 @@ def test_restore_undoes_every_kind_of_write(project) -> None:
         assert handle.reset(redis_db=None).strategy == "restore"
     finally:
         handle.close()
+
+
+def test_the_cli_reuses_the_stack_until_an_input_changes(project, monkeypatch) -> None:
+    """`devenv reset` reads .devenv/<profile>/stack.json instead of devenv.yaml while up's inputs hash the same."""
+    for name, value in project.env.items():
+        if name.startswith("DEVENV_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.chdir(project.root)
+    built = load_stack_cached(None, "ci")
+    assert (project.root / ".devenv" / "ci" / "stack.json").stat().st_mode & 0o077 == 0, "it holds the passwords"
+    assert load_stack_cached(None, "ci") == built == project.stack("ci")
+    monkeypatch.setenv("DEVENV_REDIS_PORT", str(free_port()))
+    assert load_stack_cached(None, "ci").redis.port != built.redis.port
+    project.edit("devenv.yaml", "    ephemeral: true\n", "    ephemeral: true\n    seed_scale: 5\n")
+    assert load_stack_cached(None, "ci").seed_scale == 5
