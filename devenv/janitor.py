@@ -38,11 +38,11 @@ if TYPE_CHECKING:
     import psycopg
 
 STRATEGIES = ("auto", "restore", "clone", "copy")
-# Thresholds measured by bench/bench_reset.py: above this many seeded rows reloading costs
-# more than cloning; above this template size FILE_COPY (copy files, then checkpoint) beats
-# WAL_LOG (every page through the WAL).
-# Counted over the tables a reset reloads (those written since the last one), not the whole seed.
-RESTORE_MAX_ROWS = 2_000  # measured: restore ~0.03 ms/row reloaded; a clone ~30-45 ms whatever the seed
+# Thresholds measured by bench/bench_reset.py: above this many seeded rows in the tables written
+# since the last reset, comparing them costs more than cloning (ci profile, a one-row write to
+# tasks: restore 28 / 39 / 90 ms at 1k / 2k / 5k tasks, a clone 28 / 32 / 46 ms); above this
+# template size FILE_COPY (copy files, then checkpoint) beats WAL_LOG (every page through the WAL).
+RESTORE_MAX_ROWS = 1_000
 WAL_LOG_MAX_BYTES = 64 << 20
 _SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "devenv", "pg_toast")
 _drop_counter = itertools.count()
@@ -81,9 +81,11 @@ BEGIN
 END $$;
 
 -- Put the written tables and every sequence back as in the snapshots, in the caller's
--- transaction. In a written table only the rows that differ are replaced (compared as text,
--- as a multiset): deleting and inserting the rest again would cost their index entries (the
--- GIN ones of tasks dominate) and leave them dead for vacuum. status is 'restored', or why it
+-- transaction. In a written table only the rows that differ are replaced: rows are compared
+-- as text, as a multiset (for each distinct row whose count differs, its copies here go by
+-- tableoid and ctid, and those of the snapshot come back by ctid), one conversion per row;
+-- deleting and inserting the rest too would cost their index entries (the GIN ones of tasks
+-- dominate) and leave them dead for vacuum. status is 'restored', or why it
 -- cannot be ('stale': cloned from another template; 'schema': DDL since the clone; 'too big':
 -- more than max_rows seeded rows to compare) and nothing changed. sessions counts the other
 -- client sessions on the database afterwards: PgBouncer's server connections are among them,
@@ -94,7 +96,9 @@ DECLARE
     meta record;
     rels regclass[];
     snapshots text[];
-    changed text[];
+    gone_tables oid[];
+    gone_rows tid[];
+    wanted tid[];
     total bigint;
     role text := pg_catalog.current_setting('session_replication_role');
 BEGIN
@@ -127,14 +131,21 @@ BEGIN
         PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
         FOR i IN 1 .. pg_catalog.array_length(rels, 1) LOOP
             EXECUTE pg_catalog.format(
-                'SELECT array_agg(r) FROM (SELECT ROW(x.*)::text AS r, count(*) AS n FROM %s x GROUP BY 1) cur '
-                'FULL JOIN (SELECT ROW(x.*)::text AS r, count(*) AS n FROM devenv.%I x GROUP BY 1) seeded USING (r) '
-                'WHERE cur.n IS DISTINCT FROM seeded.n', rels[i], snapshots[i]) INTO changed;
-            CONTINUE WHEN changed IS NULL;
-            EXECUTE pg_catalog.format('DELETE FROM %s x WHERE ROW(x.*)::text IN (SELECT unnest($1))', rels[i])
-              USING changed;
-            EXECUTE pg_catalog.format('INSERT INTO %s SELECT * FROM devenv.%I x WHERE ROW(x.*)::text IN (SELECT unnest($1))',
-                                      rels[i], snapshots[i]) USING changed;
+                'WITH diff AS (SELECT cur.tables, cur.rows, seeded.rows AS wanted FROM '
+                '(SELECT ROW(x.*)::text AS r, array_agg(x.tableoid) AS tables, array_agg(x.ctid) AS rows FROM %s x GROUP BY 1) cur '
+                'FULL JOIN (SELECT ROW(x.*)::text AS r, array_agg(x.ctid) AS rows FROM devenv.%I x GROUP BY 1) seeded USING (r) '
+                'WHERE cardinality(cur.rows) IS DISTINCT FROM cardinality(seeded.rows)) '
+                'SELECT gone.tables, gone.rows, (SELECT array_agg(w) FROM diff, unnest(diff.wanted) w) FROM '
+                '(SELECT array_agg(t) AS tables, array_agg(r) AS rows FROM diff, unnest(diff.tables, diff.rows) u(t, r)) gone',
+                rels[i], snapshots[i]) INTO gone_tables, gone_rows, wanted;
+            IF gone_rows IS NOT NULL THEN
+                EXECUTE pg_catalog.format('DELETE FROM %s x WHERE (x.tableoid, x.ctid) IN (SELECT * FROM unnest($1, $2))',
+                                          rels[i]) USING gone_tables, gone_rows;
+            END IF;
+            IF wanted IS NOT NULL THEN
+                EXECUTE pg_catalog.format('INSERT INTO %s SELECT * FROM devenv.%I WHERE ctid = ANY($1)', rels[i], snapshots[i])
+                  USING wanted;
+            END IF;
         END LOOP;
         DELETE FROM devenv.dirty;
         PERFORM pg_catalog.set_config('session_replication_role', role, true);
@@ -422,7 +433,11 @@ class Janitor:
             return ResetResult(dbname, "restore", time.perf_counter() - start)
         template = self.ensure_template()
         if strategy == "auto":
-            strategy = "clone" if self._template_bytes(template) <= WAL_LOG_MAX_BYTES else "copy"
+            # Without fsync FILE_COPY's checkpoints cost next to nothing: measured faster than WAL_LOG
+            # at every size then (ci profile: 18 vs 23 ms for the seed, 388 vs 1031 ms at 1M tasks).
+            cheap_checkpoints = self.stack.postgres.settings.get("fsync") == "off"
+            big = self._template_bytes(template) > WAL_LOG_MAX_BYTES
+            strategy = "copy" if big or cheap_checkpoints else "clone"
         used = "copy" if strategy == "copy" else "clone"
         self.clone(dbname, template, method="file_copy" if used == "copy" else "wal_log")
         return ResetResult(dbname, used, time.perf_counter() - start)
