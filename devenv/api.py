@@ -162,7 +162,7 @@ def load_stack_cached(config: str | os.PathLike[str] | None, profile: str) -> St
     from devenv.stack import build_stack
 
     stack = build_stack(load_config(path), profile)
-    key = fingerprint(path.parent, path, profile, {"stack": STACK_CACHE})  # load_config may create secrets.json
+    key = fingerprint(path.parent, path, profile, {"stack": STACK_CACHE})  # building it may have created secrets.json
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{STACK_CACHE}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the passwords
