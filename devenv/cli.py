@@ -36,12 +36,14 @@ def _profile_option(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def load_stack(config_path: str | None, profile: str) -> "Stack":
-    """devenv.yaml -> validated Stack for one profile; warnings go to stderr."""
-    from devenv.settings import find_config, load_config
-    from devenv.stack import build_stack
+    """devenv.yaml -> validated Stack for one profile; warnings go to stderr.
 
-    config = load_config(find_config(config_path))
-    stack = build_stack(config, profile)
+    Kept in .devenv/<profile>/stack.json while its inputs hash the same (api.load_stack_cached):
+    PyYAML's import and the validation of every profile cost more than a cold `up`'s health checks.
+    """
+    from devenv.api import load_stack_cached
+
+    stack = load_stack_cached(config_path, profile)
     for warning in stack.warnings:
         _say(f"warning: {warning}", "warning")
     return stack
