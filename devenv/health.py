@@ -31,6 +31,7 @@ class Check:
     service: str
     name: str
     probe: Callable[[], None]
+    after: str | None = None  # a service that must be healthy before this check is tried
 
 
 def _pg_connect(stack: Stack, dbname: str, port: int, user: str, password: str, ssl: bool = False):  # type: ignore[no-untyped-def]
@@ -81,8 +82,10 @@ def pgbouncer_checks(stack: Stack) -> list[Check]:
         with _session(pgb.port, pg.user, pg.password, pgb.database) as conn:
             conn.query("SELECT 1")
 
+    # The admin console answers without Postgres; a pooled query sent while Postgres is still
+    # starting would make PgBouncer wait out its login retry.
     return [Check("pgbouncer", "SHOW VERSION (admin console)", admin),
-            Check("pgbouncer", "SELECT 1 through the pool", pooled)]
+            Check("pgbouncer", "SELECT 1 through the pool", pooled, after="postgres")]
 
 
 def redis_checks(stack: Stack) -> list[Check]:
@@ -143,43 +146,49 @@ def wait_until_healthy(
     gone: Callable[[str], str | None] = lambda service: None,
     log_tail: Callable[[str], str] = lambda service: "",
     on_healthy: Callable[[str], None] = lambda service: None,
-    depends_on: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Poll every service's checks until all pass; return seconds to healthy per service.
 
     A failing service is probed again after POLL_INTERVAL, or after STARTING_INTERVAL while
-    it is merely not up yet (see _starting). `gone(service)` reports a server that exited
+    it is merely not up yet (see _starting). A check that passed is not repeated; one with
+    `after` waits until that service is healthy. `gone(service)` reports a server that exited
     (fail at once rather than wait out the deadline); `on_healthy(service)` runs once when a
     service first passes (e.g. create the database before PgBouncer's pooled check needs it).
-    A service in `depends_on` is probed only once its dependency is healthy: a pooled query
-    sent while Postgres is still starting makes PgBouncer wait out its login retry. On
-    failure raises HealthCheckError naming the check, its last error and the service's log tail.
+    On failure raises HealthCheckError naming the check, its last error and the service's log tail.
     """
-    depends_on = {"pgbouncer": "postgres"} if depends_on is None else depends_on
     start = time.monotonic()
     deadline = start + timeout
-    # Dependencies first: PgBouncer is probed in the very round Postgres turns healthy.
-    pending = {service: checks[service] for service in sorted(checks, key=lambda s: s in depends_on)}
+    # Services others wait for first: PgBouncer is probed in the very round Postgres turns healthy.
+    waited_for = {check.after for group in checks.values() for check in group}
+    pending = {service: list(checks[service]) for service in sorted(checks, key=lambda s: s not in waited_for)}
     due = dict.fromkeys(pending, start)  # when each service is probed next
     healthy: dict[str, float] = {}
     last_error: dict[str, str] = {}
     while pending:
         for service in list(pending):
-            if depends_on.get(service) in pending:
-                last_error[service] = f"waiting for {depends_on[service]}"
+            runnable = [check for check in pending[service] if check.after not in pending]
+            if not runnable:
+                last_error[service] = f"waiting for {pending[service][0].after}"
                 continue
             if due[service] > time.monotonic():
                 continue
-            error, starting = _probe(pending[service])
-            if error is None:
+            error, starting = None, False
+            for check in runnable:
+                error, starting = _probe([check])
+                if error is not None:
+                    break
+                pending[service].remove(check)
+            if error is None and not pending[service]:
                 healthy[service] = time.monotonic() - start
                 del pending[service]
                 progress(f"{service:<10} healthy in {healthy[service]:.2f}s")
                 on_healthy(service)
-                for waiting in pending:  # a dependant is probed at once
-                    if depends_on.get(waiting) == service:
+                for waiting in pending:  # a check that waited for it is tried at once
+                    if any(check.after == service for check in pending[waiting]):
                         due[waiting] = time.monotonic()
                 continue
+            if error is None:
+                continue  # the rest waits for another service
             last_error[service] = error
             due[service] = time.monotonic() + (STARTING_INTERVAL if starting else POLL_INTERVAL)
             reason = gone(service)
@@ -199,7 +208,7 @@ def wait_until_healthy(
                 hint="raise --timeout if the machine is slow, or read `devenv logs " + service + "`.",
                 log_tail=_format_tail(service, log_tail(service)),
             )
-        ready = [due[s] for s in pending if depends_on.get(s) not in pending]
+        ready = [due[s] for s in pending if any(check.after not in pending for check in pending[s])]
         time.sleep(max(0.0, min(min(ready, default=now + POLL_INTERVAL), deadline) - now))
     return healthy
 
