@@ -198,13 +198,10 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
               help="restore: reload in place what was written (small data); clone: WAL_LOG copy of the template; copy: FILE_COPY.")
 def reset(profile: str, config_path: str | None, hard: bool, strategy: str) -> None:
     """Put the database and Redis back to the freshly seeded state."""
-    from devenv.api import load_stack_cached
     from devenv.janitor import Janitor, restore_quick
     from devenv.state import locked
 
-    stack = load_stack_cached(config_path, profile)  # no YAML while devenv.yaml and the secrets are as they were
-    for warning in stack.warnings:
-        _say(f"warning: {warning}", "warning")
+    stack = load_stack(config_path, profile)
     with locked(stack.state_dir):
         # The usual case, an in-place restore, needs no psycopg (its import costs more than the reset).
         result = restore_quick(stack, strategy=strategy) if not hard and strategy in ("auto", "restore") else None
