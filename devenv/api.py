@@ -173,8 +173,7 @@ def load_stack_cached(config: str | os.PathLike[str] | None, profile: str) -> St
 
 
 def _stack_from_dict(data: dict[str, Any]) -> Stack:
-    from devenv.settings import Limits
-    from devenv.stack import PgBouncer, Postgres, Redis
+    from devenv.stack import Limits, PgBouncer, Postgres, Redis
 
     postgres = dict(data["postgres"], limits=Limits(**data["postgres"]["limits"]))
     return Stack(**dict(data, root=Path(data["root"]), warnings=tuple(data["warnings"]), postgres=Postgres(**postgres),

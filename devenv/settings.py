@@ -16,6 +16,7 @@ from typing import Any
 
 from devenv.errors import ConfigError
 from devenv.project import CONFIG_NAME, find_config  # noqa: F401  (re-exported)
+from devenv.stack import Limits  # the model's type, parsed here from `limits:`
 
 SERVICES = ("postgres", "pgbouncer", "redis")
 DEFAULT_COLUMN = "default"
@@ -30,14 +31,6 @@ _SERVICE_KEYS = {
     "redis": {"image", "port", "settings"},
 }
 _DEFAULT_PORTS = {"postgres": 5432, "pgbouncer": 6432, "redis": 6379}
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Container resource limits; also the budget the memory warning checks against."""
-
-    memory_bytes: int
-    cpus: float
 
 
 @dataclass(frozen=True)
