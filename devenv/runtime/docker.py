@@ -718,6 +718,9 @@ class DockerRuntime:
                 _clear_marker(stack)  # a new cluster gets this checkout's password from initdb
                 where = f"volume {', '.join(specs['postgres'].volumes)}" if specs["postgres"].volumes else "tmpfs"
                 progress(f"postgres   initdb into a new {where} (the image's entrypoint)")
+                from devenv.database import preload_driver
+
+                preload_driver()  # seeding will need it; the entrypoint's initdb takes longer
                 result.fresh_database = True
                 result.cache_key = key
         for service in ("pgbouncer", "redis"):

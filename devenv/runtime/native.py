@@ -360,6 +360,9 @@ class NativeRuntime:
             result.from_cache = True
             return
         progress(f"postgres   initdb ({binaries.pg_version})")
+        from devenv.database import preload_driver
+
+        preload_driver()  # seeding will need it; initdb takes longer than the import
         self._initdb(stack, layout, binaries, user)
         result.fresh_database = True
         result.cache_key = self._data_key(stack, binaries) if self.cache_enabled else ""
