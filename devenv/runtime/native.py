@@ -288,8 +288,10 @@ class NativeRuntime:
             if action == "reload":
                 state[service] = {**recorded[service], "hash": hashes[service], "settings": stack.postgres.settings}
         _write_json(layout.state_file, state)
-        # PgBouncer and Redis start at once; Postgres may first need initdb (~0.5 s).
-        order = sorted(plan, key=lambda s: s == "postgres")
+        # Postgres takes longest to become ready: spawned first when its data exists, last when
+        # it first needs initdb (~1 s), so that PgBouncer and Redis need not wait for that.
+        needs_initdb = not (layout.pgdata / "PG_VERSION").exists()
+        order = sorted(plan, key=lambda s: (s == "postgres") == needs_initdb)
         for service in order:
             if plan[service] not in ("start", "restart"):
                 continue
