@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from devenv import health
+from devenv.errors import HealthCheckError
 from devenv.runtime.base import Runtime, UpResult
 from devenv.stack import Stack
 from devenv.state import clear_state, locked, write_state
@@ -55,17 +57,7 @@ def up(
             say(f"starting {verb}; waiting until healthy (timeout {timeout:.0f}s)")
         report = UpReport(runtime=runtime.name, result=result)
 
-        def on_healthy(service: str) -> None:
-            # Before PgBouncer's pooled check, which needs the application database.
-            if service != "postgres":
-                return
-            if not seed:
-                report.database_created = ensure_database(stack)
-                return
-            if result.from_cache:
-                return  # the cached data directory holds this very template and database
-            if seeded_and_current(stack):
-                return  # the usual cold `up`: nothing to build, clone or apply
+        def seed_database() -> None:
             seed_start = time.monotonic()
             janitor = Janitor(stack)
             try:
@@ -82,14 +74,57 @@ def up(
                     f"applied {', '.join(report.applied)}")
                 say(f"schema+seed: {what} ({time.monotonic() - seed_start:.2f}s)")
 
-        report.healthy_after = health.wait_until_healthy(
-            health.stack_checks(stack),
-            timeout=timeout,
-            progress=say if result.changed else (lambda line: None),
-            gone=lambda service: runtime.exit_status(stack, service),
-            log_tail=lambda service: runtime.log_tail(stack, service),
-            on_healthy=on_healthy,
-        )
+        background: list[threading.Thread] = []
+        failed: list[BaseException] = []
+
+        def check_then_seed() -> None:
+            try:
+                if not seeded_and_current(stack):
+                    seed_database()
+            except BaseException as exc:  # re-raised in the main thread below
+                failed.append(exc)
+
+        def on_healthy(service: str) -> None:
+            if service != "postgres":
+                return
+            if not seed:
+                report.database_created = ensure_database(stack)
+                return
+            if result.from_cache:
+                return  # the cached data directory holds this very template and database
+            if result.fresh_database:
+                seed_database()  # before PgBouncer's pooled check, which needs the database
+                return
+            # An existing cluster is almost always seeded and current: find that out beside
+            # PgBouncer's checks rather than before them (and seed there if it is not).
+            thread = threading.Thread(target=check_then_seed, name="seed check", daemon=True)
+            thread.start()
+            background.append(thread)
+
+        def gone(service: str) -> str | None:
+            if failed:
+                return "was not waited for: seeding failed"  # the seeding error is raised instead
+            return runtime.exit_status(stack, service)
+
+        try:
+            report.healthy_after = health.wait_until_healthy(
+                health.stack_checks(stack),
+                timeout=timeout,
+                progress=say if result.changed else (lambda line: None),
+                gone=gone,
+                log_tail=lambda service: runtime.log_tail(stack, service),
+                on_healthy=on_healthy,
+            )
+        except HealthCheckError:
+            for thread in background:
+                thread.join()
+            if failed:
+                raise failed[0] from None  # e.g. SchemaError naming the file, not "not healthy"
+            raise
+        for thread in background:
+            thread.join()
+        if failed:
+            raise failed[0]
         if result.cache_key and hasattr(runtime, "save_cache"):
             # The first seeded start of this setup: keep it for the next cold `up` anywhere.
             runtime.save_cache(stack, result.cache_key, say)
