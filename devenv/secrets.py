@@ -36,10 +36,19 @@ def load_or_create_secrets(state_root: Path) -> dict[str, str]:
             # URL-safe: the passwords go into connection URLs and config files unquoted.
             stored[name] = _random.token_urlsafe(24)
         state_root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        # A name of its own: two `up`s started together both get here on a new checkout.
+        tmp = path.with_name(f".secrets.{os.getpid()}.tmp")
         tmp.unlink(missing_ok=True)  # a leftover would keep its old mode through os.open
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(stored, handle, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        if len(missing) < len(SECRET_NAMES):
+            os.replace(tmp, path)  # adding a name to an existing file
+        else:
+            try:
+                os.link(tmp, path)  # a new file: the first process to link it wins...
+            except FileExistsError:
+                tmp.unlink()
+                return load_or_create_secrets(state_root)  # ...and the others use its passwords
+            tmp.unlink()
     return stored
