@@ -64,9 +64,11 @@ def connect(stack: Stack, dbname: str | None = None, **kwargs: Any) -> "psycopg.
 
     pg = stack.postgres
     try:
+        # A server that is not there refuses at once; the timeout only bounds a live one that is
+        # slow to answer, and a loaded CI machine took over 5 s (Docker's port proxy).
         return psycopg.connect(
             host="127.0.0.1", port=pg.port, dbname=dbname or pg.database, user=pg.user, password=pg.password,
-            sslmode="require" if pg.ssl else "prefer", connect_timeout=5, application_name="devenv", **kwargs,
+            sslmode="require" if pg.ssl else "prefer", connect_timeout=30, application_name="devenv", **kwargs,
         )
     except psycopg.OperationalError as exc:
         reason = (str(exc).strip().splitlines() or ["no answer"])[-1]

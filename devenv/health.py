@@ -50,7 +50,7 @@ def _session(port: int, user: str, password: str, dbname: str, ssl: bool = False
     # than a Postgres start (see devenv.pgwire).
     from devenv import pgwire
 
-    return pgwire.Connection("127.0.0.1", port, user, password, dbname, ssl=ssl, timeout=2.0,
+    return pgwire.Connection("127.0.0.1", port, user, password, dbname, ssl=ssl, timeout=2.0, query_timeout=2.0,
                              application_name="devenv-health")
 
 

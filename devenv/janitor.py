@@ -194,7 +194,7 @@ def restore_quick(stack: Stack, dbname: str | None = None, strategy: str = "auto
     dbname = dbname or pg.database
     max_rows = "NULL" if strategy == "restore" else str(RESTORE_MAX_ROWS)
     try:
-        with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, dbname, ssl=pg.ssl, timeout=5.0) as conn:
+        with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, dbname, ssl=pg.ssl, timeout=30.0) as conn:
             major = int(re.match(r"\d+", conn.parameters.get("server_version", "")).group(0))  # type: ignore[union-attr]
             template = f"{pg.database}__tpl_{template_key(stack.root / 'seeds', major, stack.seed_scale)}"
             [(status, sessions)] = conn.query(f"SELECT * FROM devenv.restore({pgwire.literal(template)}, {max_rows})")
@@ -205,7 +205,7 @@ def restore_quick(stack: Stack, dbname: str | None = None, strategy: str = "auto
     if sessions == "0":  # PgBouncer holds no server connection to it
         return ResetResult(dbname, "restore", time.perf_counter() - start)
     try:
-        with pgwire.Connection("127.0.0.1", pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer", timeout=5.0) as admin:
+        with pgwire.Connection("127.0.0.1", pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer", timeout=30.0) as admin:
             admin.query(f"RECONNECT {dbname}")
     except (pgwire.PgError, OSError) as exc:
         if "no such database" not in str(exc):  # PgBouncer has not pooled this one yet
@@ -260,7 +260,7 @@ class Janitor:
             if self._pgbouncer is None or self._pgbouncer.closed or self._pgbouncer.broken:
                 self._pgbouncer = psycopg.connect(
                     host="127.0.0.1", port=pgb.port, dbname="pgbouncer", user=pgb.admin_user,
-                    password=pgb.admin_password, autocommit=True, connect_timeout=5,
+                    password=pgb.admin_password, autocommit=True, connect_timeout=30,
                 )
             result = self._pgbouncer.pgconn.exec_(command.encode())
             if result.status in (1, 2):  # COMMAND_OK, TUPLES_OK

@@ -169,7 +169,8 @@ def seeded_and_current(stack: Stack) -> bool:
     try:
         # pg_database is shared by every database: one session in the application database
         # answers both questions (and fails at once, 3D000, when it does not exist yet).
-        with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, pg.database, ssl=pg.ssl) as conn:
+        with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, pg.database, ssl=pg.ssl,
+                               timeout=10.0, query_timeout=10.0) as conn:
             major = int(re.match(r"\d+", conn.parameters.get("server_version", "")).group(0))  # type: ignore[union-attr]
             names = {row[0] for row in conn.query(
                 f"SELECT datname FROM pg_database WHERE datname = {pgwire.literal(pg.database)} "

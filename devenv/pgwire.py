@@ -36,12 +36,14 @@ class Connection:
     """One authenticated session; `query` runs simple-protocol statements.
 
     `host` is an address, or a directory holding the server's unix socket (as for libpq).
+    `timeout` bounds connecting and logging in, `query_timeout` (default none) each answer.
 
     Use as a context manager: the session is terminated and the socket closed on exit.
     """
 
     def __init__(self, host: str, port: int, user: str, password: str, dbname: str, *,
-                 ssl: bool = False, timeout: float = 2.0, application_name: str = "devenv") -> None:
+                 ssl: bool = False, timeout: float = 2.0, query_timeout: float | None = None,
+                 application_name: str = "devenv") -> None:
         self.parameters: dict[str, str] = {}
         if host.startswith("/"):  # a socket directory, as libpq reads it
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -64,6 +66,9 @@ class Connection:
             self._sock.sendall(struct.pack("!i", len(body) + 4) + body)
             self._authenticate(user, password)
             self._until_ready()
+            # `timeout` bounds connecting and logging in; a query may take as long as the server
+            # works on it (a restore of a large table) unless the caller bounds it too.
+            self._sock.settimeout(query_timeout)
         except BaseException:
             self._sock.close()
             raise
