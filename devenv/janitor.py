@@ -180,6 +180,16 @@ SCALE_FILE = "scale.sql"
 REDIS_SEED_FILE = "redis.json"
 
 
+def template_prefix(stack: Stack) -> str:
+    """What every template name of the stack's database starts with."""
+    return f"{stack.postgres.database}__tpl_"
+
+
+def template_name(stack: Stack, major: int, seeds_dir: Path | None = None) -> str:
+    """The template the current seed files make for this server major: `<db>__tpl_<key>`."""
+    return template_prefix(stack) + template_key(seeds_dir or stack.root / "seeds", major, stack.seed_scale)
+
+
 def restore_quick(stack: Stack, dbname: str | None = None, strategy: str = "auto") -> ResetResult | None:
     """The `restore` strategy without psycopg, for one-shot callers (`devenv reset`): importing
     psycopg costs 150-250 ms, a hundred times the restore. One devenv.pgwire session to the
@@ -195,10 +205,9 @@ def restore_quick(stack: Stack, dbname: str | None = None, strategy: str = "auto
     max_rows = "NULL" if strategy == "restore" else str(RESTORE_MAX_ROWS)
     try:
         with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, dbname, ssl=pg.ssl, timeout=30.0) as conn:
-            major = int(re.match(r"\d+", conn.parameters.get("server_version", "")).group(0))  # type: ignore[union-attr]
-            template = f"{pg.database}__tpl_{template_key(stack.root / 'seeds', major, stack.seed_scale)}"
+            template = template_name(stack, conn.server_major)
             [(status, sessions)] = conn.query(f"SELECT * FROM devenv.restore({pgwire.literal(template)}, {max_rows})")
-    except (pgwire.PgError, OSError, AttributeError, ValueError):  # no such database (or server), not ours
+    except (pgwire.PgError, OSError, ValueError):  # no such database (or server), not ours
         return None
     if status != "restored":
         return None
@@ -297,8 +306,7 @@ class Janitor:
             except OSError:
                 signature += ((str(path),),)
         if signature not in self._keys:
-            key = template_key(seeds, major, self.stack.seed_scale)
-            self._keys = {signature: f"{self.stack.postgres.database}__tpl_{key}"}
+            self._keys = {signature: template_name(self.stack, major, seeds)}
         return self._keys[signature]
 
     def ensure_template(self, rebuild: bool = False) -> str:
@@ -313,7 +321,7 @@ class Janitor:
         if not exists:
             self._build_template(name)
         # Older templates (other keys) are stale: nothing may be served from them.
-        prefix = f"{self.stack.postgres.database}__tpl_"
+        prefix = template_prefix(self.stack)
         for (old,) in self.admin.execute(
             "SELECT datname FROM pg_database WHERE starts_with(datname, %s) AND datname <> %s", (prefix, name)
         ).fetchall():

@@ -155,11 +155,9 @@ def seeded_and_current(stack: Stack) -> bool:
     Two one-line queries in one devenv.pgwire session: on a cold `up` with existing data this spares
     the psycopg import, which costs more than starting the three servers.
     """
-    import re
-
     from devenv import pgwire
     from devenv.database import LEDGER_TABLE, seed_files
-    from devenv.janitor import SCRATCH_PATTERN, template_key
+    from devenv.janitor import SCRATCH_PATTERN, template_name, template_prefix
 
     pg = stack.postgres
     seeds_dir = stack.root / "seeds"
@@ -171,15 +169,14 @@ def seeded_and_current(stack: Stack) -> bool:
         # answers both questions (and fails at once, 3D000, when it does not exist yet).
         with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, pg.database, ssl=pg.ssl,
                                timeout=10.0, query_timeout=10.0) as conn:
-            major = int(re.match(r"\d+", conn.parameters.get("server_version", "")).group(0))  # type: ignore[union-attr]
             names = {row[0] for row in conn.query(
                 f"SELECT datname FROM pg_database WHERE datname = {pgwire.literal(pg.database)} "
-                f"OR starts_with(datname, {pgwire.literal(pg.database + '__tpl_')}) "
+                f"OR starts_with(datname, {pgwire.literal(template_prefix(stack))}) "
                 f"OR datname ~ {pgwire.literal(SCRATCH_PATTERN)}")}
-            if names != {pg.database, f"{pg.database}__tpl_{template_key(seeds_dir, major, stack.seed_scale)}"}:
+            if names != {pg.database, template_name(stack, conn.server_major, seeds_dir)}:
                 return False
             applied = dict(conn.query(f"SELECT file, checksum FROM {LEDGER_TABLE}"))
-    except (pgwire.PgError, OSError, AttributeError, ValueError):
+    except (pgwire.PgError, OSError, ValueError):
         return False
     return all(applied.get(seed.key) == seed.checksum for seed in files)
 

@@ -105,6 +105,15 @@ class Connection:
                     raise error
                 return rows
 
+    @property
+    def server_major(self) -> int:
+        """The server's major version, from the startup's server_version ("15.18 (Debian ...)")."""
+        version = self.parameters.get("server_version", "")
+        digits = version[: len(version) - len(version.lstrip("0123456789"))]
+        if not digits:
+            raise PgError(f"the server reported no version number ({version!r})")
+        return int(digits)
+
     def scalar(self, sql: str) -> Optional[str]:
         """The first column of the first row (None when there is no row)."""
         rows = self.query(sql)

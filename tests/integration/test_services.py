@@ -166,7 +166,10 @@ def test_pgwire_speaks_to_postgres_and_pgbouncer(running, profile: str) -> None:
 
     proj = running(profile)
     pg, pgb = proj.stack().postgres, proj.stack().pgbouncer
+    with proj.connect() as reference:
+        major = reference.info.server_version // 10000
     with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, pg.database, ssl=pg.ssl) as conn:
+        assert conn.server_major == major
         assert conn.query("SELECT 1, NULL::text, 'it''s'") == [("1", None, "it's")]
         assert conn.scalar("SELECT count(*) FROM tasks") == "40"
         assert conn.scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") == ("t" if pg.ssl else "f")
