@@ -31,7 +31,7 @@ from devenv.errors import DevenvError
 
 if TYPE_CHECKING:
     from devenv.runtime.base import Runtime, ServiceState
-    from devenv.runtime.docker import Endpoint
+    from devenv.runtime.engine import Endpoint
     from devenv.stack import Stack
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -117,7 +117,7 @@ def docker_check(env: Mapping[str, str], requested: str = "auto", sockets: list[
     from the filesystem, without the docker SDK. A unix socket is pinged with a raw `GET
     /_ping`; only other endpoints (tcp with TLS, ssh) need the SDK.
     """
-    from devenv.runtime.docker import find_endpoint
+    from devenv.runtime.engine import find_endpoint
 
     severity = FAIL if requested == "docker" else WARN  # only a Docker stack needs the engine
     try:
@@ -137,41 +137,19 @@ def docker_check(env: Mapping[str, str], requested: str = "auto", sockets: list[
 
 
 def _default_sockets(env: Mapping[str, str]) -> list[Path]:
-    from devenv.runtime.docker import default_sockets
+    from devenv.runtime.engine import default_sockets
 
     return default_sockets(env)
 
 
-def unix_http_get(path: str, url: str, timeout: float = PING_TIMEOUT) -> tuple[int, dict[str, str], bytes]:
-    """GET `url` from an HTTP server on a unix socket (the engine's `/_ping`, `/info`): (status, headers, body)."""
-    import http.client  # here, not at the top: `devenv status` imports this module and never needs it
-
-    class UnixHTTPConnection(http.client.HTTPConnection):
-        def connect(self) -> None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(timeout)
-            try:
-                sock.connect(path)
-            except OSError:
-                sock.close()
-                raise
-            self.sock = sock
-
-    conn = UnixHTTPConnection("localhost", timeout=timeout)
-    try:
-        conn.request("GET", url, headers={"Host": "docker"})
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
-
-
 def ping_engine(endpoint: "Endpoint") -> str:
     """'answers /_ping (Docker/27.3.1, API 1.47)', or why it does not."""
+    from devenv.runtime.engine import unix_http_get
+
     if endpoint.host.startswith("unix://"):
         path = endpoint.host[len("unix://"):]
         try:
-            status, headers, body = unix_http_get(path, "/_ping")
+            status, headers, body = unix_http_get(path, "/_ping", timeout=PING_TIMEOUT)
         except PermissionError:
             return f"refuses this user: no permission on {path} (join the `docker` group, or use rootless Docker)"
         except Exception as exc:  # refused, timed out, not HTTP (http.client.HTTPException): no engine here
@@ -182,7 +160,8 @@ def ping_engine(endpoint: "Endpoint") -> str:
         api = headers.get("api-version")
         return f"answers /_ping ({server}{f', API {api}' if api else ''})"
     # tcp:// (maybe TLS) and ssh:// need the SDK's transport; an engine is configured, so load it.
-    from devenv.runtime.docker import PING_TIMEOUT as SDK_PING_TIMEOUT, connect
+    from devenv.runtime.docker import connect
+    from devenv.runtime.engine import PING_TIMEOUT as SDK_PING_TIMEOUT
 
     try:
         client = connect(endpoint, timeout=SDK_PING_TIMEOUT)
@@ -379,13 +358,13 @@ def _docker_root(env: Mapping[str, str]) -> Path | None:
     """The engine's data root (its volumes) when the engine is local and says where."""
     import json
 
-    from devenv.runtime.docker import find_endpoint
+    from devenv.runtime.engine import find_endpoint, unix_http_get
 
     try:
         endpoint = find_endpoint(env)
         if endpoint is None or not endpoint.host.startswith("unix://"):
             return None
-        status, _, body = unix_http_get(endpoint.host[len("unix://"):], "/info")
+        status, _, body = unix_http_get(endpoint.host[len("unix://"):], "/info", timeout=PING_TIMEOUT)
         root = json.loads(body).get("DockerRootDir") if status == 200 else None
     except Exception:  # no local answer (or not JSON): the data root is then not known here
         return None

@@ -32,6 +32,15 @@ from devenv.certs import ensure_certificate
 from devenv.errors import ConfigError, DependencyError, DevenvError, HealthCheckError, PortInUseError, StateError
 from devenv.render import COMPOSE_FILE, SERVICE_FILES, compose_placement, render_files, service_hashes, write_files
 from devenv.runtime.base import Progress, ServiceState, UpResult
+from devenv.runtime.engine import (  # noqa: F401  (re-exported: the engine's whereabouts live there)
+    Endpoint,
+    context_endpoint,
+    default_sockets,
+    docker_config_dir,
+    engine_unreachable,
+    find_endpoint,
+    no_engine_error,
+)
 from devenv.stack import Stack
 
 if TYPE_CHECKING:  # the SDK loads only when an engine is used
@@ -64,7 +73,6 @@ DEVENV_HASH = "dev.devenv.config-hash"
 _UNHASHED_LABELS = {COMPOSE_CONFIG_HASH, DEVENV_HASH}
 
 START_INTERVAL_API = "1.44"  # engines before this reject Healthcheck.StartInterval
-PING_TIMEOUT = 3.0  # seconds: `--runtime auto` must not hang on a dead remote engine
 API_TIMEOUT = 120.0
 # What the postgres image's entrypoint prints when it initialises an empty data directory
 # (initdb's first line) and when it is done (shared/image-contracts.md).
@@ -81,95 +89,7 @@ _RELOADABLE = {"sighup", "user", "superuser", "backend", "superuser-backend"}
 CACHE_FILE = ".docker-render.json"  # in .devenv/<profile>/: the inputs the rendered files came from
 
 
-# ---- the engine: where it is (no SDK import), connecting -------------------------------------------
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where the Docker engine is expected, and why there."""
-
-    host: str  # unix:///var/run/docker.sock, tcp://host:2376, ssh://user@host
-    origin: str  # "DOCKER_HOST", "Docker context 'colima'", "the default socket"
-    tls_dir: str | None = None  # ca.pem, cert.pem, key.pem
-    tls_verify: bool = False
-    context: str | None = None  # the Docker context it came from
-
-    def cli_args(self) -> list[str]:
-        """Options that point the `docker` CLI at this engine (DOCKER_HOST it reads itself)."""
-        if self.context:
-            return ["--context", self.context]
-        return [] if self.origin == "DOCKER_HOST" else ["--host", self.host]
-
-
-def default_sockets(env: Mapping[str, str]) -> list[Path]:
-    """Unix sockets an engine listens on without any configuration: rootful, rootless, Desktop."""
-    sockets = [Path("/var/run/docker.sock")]
-    if env.get("XDG_RUNTIME_DIR"):
-        sockets.append(Path(env["XDG_RUNTIME_DIR"]) / "docker.sock")  # rootless dockerd
-    if env.get("HOME"):
-        sockets.append(Path(env["HOME"]) / ".docker" / "run" / "docker.sock")  # Docker Desktop
-    return sockets
-
-
-def docker_config_dir(env: Mapping[str, str]) -> Path:
-    """The Docker CLI's configuration directory: $DOCKER_CONFIG or ~/.docker."""
-    if env.get("DOCKER_CONFIG"):
-        return Path(env["DOCKER_CONFIG"]).expanduser()
-    return Path(env.get("HOME") or os.path.expanduser("~")) / ".docker"
-
-
-def find_endpoint(env: Mapping[str, str] | None = None, sockets: list[Path] | None = None) -> Endpoint | None:
-    """The engine to talk to, as the docker CLI would choose it; None when there obviously is none.
-
-    DOCKER_HOST wins, then a Docker context (DOCKER_CONTEXT or `currentContext` in
-    ~/.docker/config.json), then the first default socket that exists. Reads files only: cheap
-    enough for `--runtime auto` on a machine without Docker.
-    """
-    env = os.environ if env is None else env
-    if env.get("DOCKER_HOST"):
-        verify = env.get("DOCKER_TLS_VERIFY", "") not in ("", "0")
-        cert_path = env.get("DOCKER_CERT_PATH") or (str(docker_config_dir(env)) if verify else None)
-        return Endpoint(env["DOCKER_HOST"], "DOCKER_HOST", cert_path, verify)
-    context = env.get("DOCKER_CONTEXT") or _current_context(env)
-    if context and context != "default":
-        return context_endpoint(context, env)
-    for sock in default_sockets(env) if sockets is None else sockets:
-        if sock.exists():
-            return Endpoint(f"unix://{sock}", "the default socket")
-    return None
-
-
-def _current_context(env: Mapping[str, str]) -> str | None:
-    try:
-        config = json.loads((docker_config_dir(env) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return config.get("currentContext") if isinstance(config, dict) else None
-
-
-def context_endpoint(name: str, env: Mapping[str, str]) -> Endpoint:
-    """A Docker context's engine endpoint, from ~/.docker/contexts/meta/<sha256(name)>/meta.json."""
-    key = hashlib.sha256(name.encode()).hexdigest()
-    base = docker_config_dir(env) / "contexts"
-    meta_file = base / "meta" / key / "meta.json"
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        docker_endpoint = meta["Endpoints"]["docker"]
-        host = docker_endpoint["Host"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DependencyError(
-            f"Docker context '{name}' has no readable endpoint ({meta_file})",
-            hint="choose an existing context (`docker context ls`, `docker context use default`), or set "
-            "DOCKER_HOST, or use the native runtime: `devenv up --runtime native`.",
-        ) from exc
-    tls_dir = base / "tls" / key / "docker"
-    return Endpoint(
-        host=host,
-        origin=f"Docker context '{name}'",
-        tls_dir=str(tls_dir) if (tls_dir / "cert.pem").exists() or (tls_dir / "ca.pem").exists() else None,
-        tls_verify=not docker_endpoint.get("SkipTLSVerify", False),
-        context=name,
-    )
+# ---- connecting (where the engine is, without the SDK: devenv.runtime.engine) -------------------
 
 
 def connect(endpoint: Endpoint, timeout: float = API_TIMEOUT) -> "DockerClient":
@@ -192,40 +112,6 @@ def connect(endpoint: Endpoint, timeout: float = API_TIMEOUT) -> "DockerClient":
     except (DockerException, OSError) as exc:
         raise engine_unreachable(endpoint, exc) from exc
     return client
-
-
-def engine_unreachable(endpoint: Endpoint, exc: BaseException) -> DependencyError:
-    """The error for an engine that does not answer: the host tried, where it came from, why."""
-    return DependencyError(
-        f"no Docker engine answers at {endpoint.host} (from {endpoint.origin}): {_why(exc)}",
-        hint="start Docker (`sudo systemctl start docker`, Docker Desktop, colima), point DOCKER_HOST or "
-        "`docker context use` at a running engine, or use the native runtime: `devenv up --runtime native`.",
-    )
-
-
-def _why(exc: BaseException) -> str:
-    """The root cause of a connection failure, in a few words."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, FileNotFoundError):
-            return "the socket does not exist"
-        if isinstance(seen, PermissionError):
-            return "permission denied (is your user in the `docker` group?)"
-        if isinstance(seen, ConnectionRefusedError):
-            return "connection refused"
-        seen = seen.__cause__ or seen.__context__ or next((a for a in getattr(seen, "args", ()) if isinstance(a, BaseException)), None)
-    text = " ".join(str(exc).split())
-    return text[:200] or type(exc).__name__
-
-
-def no_engine_error(env: Mapping[str, str]) -> DependencyError:
-    """The error when nothing suggests an engine: no DOCKER_HOST, no context, no socket."""
-    tried = ", ".join(str(s) for s in default_sockets(env))
-    return DependencyError(
-        f"no Docker engine found: DOCKER_HOST is not set, no Docker context is selected and no socket exists ({tried})",
-        hint="install and start Docker, set DOCKER_HOST (or `docker context use`), or use the native runtime: "
-        "`devenv up --runtime native`.",
-    )
 
 
 # ---- the compose file -> container create bodies (pure: no engine) --------------------------------

@@ -173,25 +173,37 @@ def test_default_socket_only_when_it_exists(tmp_path: Path) -> None:
     assert find_endpoint({"HOME": str(tmp_path)}, sockets=[sock]) == Endpoint(f"unix://{sock}", "the default socket")
 
 
-def test_auto_without_any_engine_picks_native_without_importing_docker(project: Path, tmp_path: Path) -> None:
-    """`--runtime auto` on a machine with no engine: decided from files alone, the SDK never loaded."""
+@pytest.mark.parametrize("leftover_socket", [False, True], ids=["no socket", "stopped engine's socket"])
+def test_auto_without_any_engine_picks_native_without_importing_docker(
+        project: Path, tmp_path: Path, leftover_socket: bool) -> None:
+    """`--runtime auto` on a machine with no engine: decided from files alone (or one refused
+    connect to a socket a stopped engine left), neither the SDK nor the Docker runtime loaded."""
+    sock_path = tmp_path / "none.sock"
+    if leftover_socket:
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as left:
+            left.bind(str(sock_path))  # bound, never listening: connecting is refused
     probe = f"""
 import sys, json
-import devenv.runtime.docker as d
-d.default_sockets = lambda env: [d.Path({str(tmp_path / 'none.sock')!r})]
+import devenv.runtime.engine as d
+d.default_sockets = lambda env: [d.Path({str(sock_path)!r})]
 from devenv.runtime import AutoRuntime
 from devenv.settings import load_config
 from devenv.stack import build_stack
 said = []
 auto = AutoRuntime(said.append, env={{"HOME": {str(tmp_path)!r}}})
 chosen = auto.resolve(build_stack(load_config(d.Path({str(project / 'devenv.yaml')!r}), {{}}), "dev"))
-print(json.dumps({{"chosen": chosen.name, "said": said, "docker": "docker" in sys.modules}}))
+print(json.dumps({{"chosen": chosen.name, "said": said, "docker": "docker" in sys.modules,
+                  "runtime module": "devenv.runtime.docker" in sys.modules}}))
 """
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=project)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
-    assert report == {"chosen": "native", "said": ["runtime: native (local processes; no Docker engine found)"],
-                      "docker": False}
+    why = (f"no Docker engine answers at unix://{sock_path} (from the default socket): connection refused"
+           if leftover_socket else "no Docker engine found")
+    assert report == {"chosen": "native", "said": [f"runtime: native (local processes; {why})"],
+                      "docker": False, "runtime module": False}
 
 
 # ---- images ----------------------------------------------------------------------------------------------
