@@ -6,10 +6,16 @@ application's credentials plus `SHOW VERSION` on its admin console, and Redis `P
 `wait_until_healthy` polls them about every 100 ms until a deadline; a server that is merely
 not up yet (connection refused, "starting up") is asked again every 10 ms instead, so it is
 found healthy within ~10 ms of being ready rather than up to 100 ms later.
+
+A probe's first tries get a short I/O timeout (FIRST_PROBE_TIMEOUT), doubled after each
+timeout up to PROBE_TIMEOUT: Docker's port proxy accepts a connection before the container
+listens and then holds it silent for about a second, and the probes run one after another.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -22,15 +28,17 @@ if TYPE_CHECKING:
 
 POLL_INTERVAL = 0.1
 STARTING_INTERVAL = 0.01  # "not listening yet" / "starting up" answers cost microseconds
+PROBE_TIMEOUT = 2.0  # seconds for connecting, logging in and each answer
+FIRST_PROBE_TIMEOUT = 0.25
 
 
 @dataclass(frozen=True)
 class Check:
-    """One probe: returns on success, raises with the reason on failure."""
+    """One probe: `probe(timeout)` returns on success, raises with the reason on failure."""
 
     service: str
     name: str
-    probe: Callable[[], None]
+    probe: Callable[[float], None]
     after: str | None = None  # a service that must be healthy before this check is tried
 
 
@@ -45,12 +53,12 @@ def _pg_connect(stack: Stack, dbname: str, port: int, user: str, password: str, 
     )
 
 
-def _session(port: int, user: str, password: str, dbname: str, ssl: bool = False) -> "pgwire.Connection":
+def _session(port: int, user: str, password: str, dbname: str, timeout: float, ssl: bool = False) -> "pgwire.Connection":
     # The checks' few one-line queries need no driver: psycopg's import alone takes longer
     # than a Postgres start (see devenv.pgwire).
     from devenv import pgwire
 
-    return pgwire.Connection("127.0.0.1", port, user, password, dbname, ssl=ssl, timeout=2.0, query_timeout=2.0,
+    return pgwire.Connection("127.0.0.1", port, user, password, dbname, ssl=ssl, timeout=timeout, query_timeout=timeout,
                              application_name="devenv-health")
 
 
@@ -58,8 +66,8 @@ def postgres_checks(stack: Stack, dbname: str = "postgres") -> list[Check]:
     """Liveness `SELECT 1` and readiness: non-idle connections below 90% of max_connections."""
     pg = stack.postgres
 
-    def probe() -> None:
-        with _session(pg.port, pg.user, pg.password, dbname, pg.ssl) as conn:
+    def probe(timeout: float) -> None:
+        with _session(pg.port, pg.user, pg.password, dbname, timeout, pg.ssl) as conn:
             conn.query("SELECT 1")
             ready = conn.scalar(
                 f"SELECT count(*) < {int(pg.readiness_limit)} FROM pg_stat_activity WHERE state != 'idle'")
@@ -73,13 +81,13 @@ def pgbouncer_checks(stack: Stack) -> list[Check]:
     """A real query through the pool as the application, and SHOW VERSION on the admin console."""
     pg, pgb = stack.postgres, stack.pgbouncer
 
-    def admin() -> None:
-        with _session(pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer") as conn:
+    def admin(timeout: float) -> None:
+        with _session(pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer", timeout) as conn:
             if not conn.query("SHOW VERSION"):
                 raise RuntimeError("SHOW VERSION returned no row")
 
-    def pooled() -> None:
-        with _session(pgb.port, pg.user, pg.password, pgb.database) as conn:
+    def pooled(timeout: float) -> None:
+        with _session(pgb.port, pg.user, pg.password, pgb.database, timeout) as conn:
             conn.query("SELECT 1")
 
     # The admin console answers without Postgres; a pooled query sent while Postgres is still
@@ -94,10 +102,10 @@ def redis_checks(stack: Stack) -> list[Check]:
     Spoken in RESP over a plain socket: importing redis-py costs more than a whole healthy
     Redis start, and `up` waits on this.
     """
-    def probe() -> None:
+    def probe(timeout: float) -> None:
         from devenv import resp
 
-        replies = resp.exchange(stack.redis.port, [["AUTH", stack.redis.password], ["PING"]])
+        replies = resp.exchange(stack.redis.port, [["AUTH", stack.redis.password], ["PING"]], timeout=timeout)
         if replies[0] != "+OK":
             raise RuntimeError(f"AUTH answered {replies[0]!r}")
         if replies[1] != "+PONG":
@@ -115,28 +123,29 @@ def stack_checks(stack: Stack) -> dict[str, list[Check]]:
     }
 
 
-def check_once(checks: list[Check]) -> str | None:
+def check_once(checks: list[Check], timeout: float = PROBE_TIMEOUT) -> str | None:
     """Run checks once; None when all pass, else the first failure as text."""
-    return _probe(checks)[0]
+    return _probe(checks, timeout)[0]
 
 
-def _probe(checks: list[Check]) -> tuple[str | None, bool]:
-    """(the first failure as text or None, whether it only says "still starting")."""
+def _probe(checks: list[Check], timeout: float) -> tuple[str | None, BaseException | None]:
+    """(the first failure as text or None, its exception)."""
     for check in checks:
         try:
-            check.probe()
+            check.probe(timeout)
         except Exception as exc:  # any failure is a reason to report, never to crash
-            return f"{check.name}: {_one_line(exc)}", _starting(exc)
-    return None, False
+            return f"{check.name}: {_one_line(exc)}", exc
+    return None, None
 
 
-def _starting(exc: BaseException) -> bool:
-    """A server that is not listening yet, or says it is starting up (SQLSTATE 57P03).
+def _starting(exc: BaseException | None) -> bool:
+    """A server that is not listening yet, says it is starting up (SQLSTATE 57P03), or let a
+    probe time out (a proxy in front of a server not yet up: see FIRST_PROBE_TIMEOUT).
 
-    Both answers come before any authentication and cost well under a millisecond, so they
+    Refusals come before any authentication and cost well under a millisecond, so all three
     are asked again after STARTING_INTERVAL rather than POLL_INTERVAL.
     """
-    return isinstance(exc, ConnectionRefusedError) or getattr(exc, "sqlstate", "") == "57P03"
+    return isinstance(exc, (ConnectionRefusedError, TimeoutError)) or getattr(exc, "sqlstate", "") == "57P03"
 
 
 def wait_until_healthy(
@@ -149,58 +158,39 @@ def wait_until_healthy(
 ) -> dict[str, float]:
     """Poll every service's checks until all pass; return seconds to healthy per service.
 
-    A failing service is probed again after POLL_INTERVAL, or after STARTING_INTERVAL while
-    it is merely not up yet (see _starting). A check that passed is not repeated; one with
+    Services are probed side by side (a thread each), so one that hangs delays no other. A
+    failing service is probed again after POLL_INTERVAL, or after STARTING_INTERVAL while it
+    is merely not up yet (see _starting). A check that passed is not repeated; one with
     `after` waits until that service is healthy. `gone(service)` reports a server that exited
     (fail at once rather than wait out the deadline); `on_healthy(service)` runs once when a
     service first passes (e.g. create the database before PgBouncer's pooled check needs it).
-    On failure raises HealthCheckError naming the check, its last error and the service's log tail.
+    Callbacks run in the calling thread. On failure raises HealthCheckError naming the check,
+    its last error and the service's log tail.
     """
     start = time.monotonic()
     deadline = start + timeout
-    # Services others wait for first: PgBouncer is probed in the very round Postgres turns healthy.
-    waited_for = {check.after for group in checks.values() for check in group}
-    pending = {service: list(checks[service]) for service in sorted(checks, key=lambda s: s not in waited_for)}
+    pending = {service: list(group) for service, group in checks.items()}
     due = dict.fromkeys(pending, start)  # when each service is probed next
+    probe_timeout = dict.fromkeys(pending, FIRST_PROBE_TIMEOUT)
     healthy: dict[str, float] = {}
     last_error: dict[str, str] = {}
+    in_flight: set[str] = set()
+    # Plain threads, not concurrent.futures: its import (logging) costs more than a Redis start.
+    results: queue.SimpleQueue[tuple[str, list[Check], str | None, BaseException | None]] = queue.SimpleQueue()
+
+    def run(service: str, runnable: list[Check], seconds: float) -> None:
+        results.put((service, *_probe_until_failure(runnable, seconds)))
+
     while pending:
-        for service in list(pending):
+        now = time.monotonic()
+        for service in pending:
             runnable = [check for check in pending[service] if check.after not in pending]
             if not runnable:
                 last_error[service] = f"waiting for {pending[service][0].after}"
-                continue
-            if due[service] > time.monotonic():
-                continue
-            error, starting = None, False
-            for check in runnable:
-                error, starting = _probe([check])
-                if error is not None:
-                    break
-                pending[service].remove(check)
-            if error is None and not pending[service]:
-                healthy[service] = time.monotonic() - start
-                del pending[service]
-                progress(f"{service:<10} healthy in {healthy[service]:.2f}s")
-                on_healthy(service)
-                for waiting in pending:  # a check that waited for it is tried at once
-                    if any(check.after == service for check in pending[waiting]):
-                        due[waiting] = time.monotonic()
-                continue
-            if error is None:
-                continue  # the rest waits for another service
-            last_error[service] = error
-            due[service] = time.monotonic() + (STARTING_INTERVAL if starting else POLL_INTERVAL)
-            reason = gone(service)
-            if reason:
-                raise HealthCheckError(
-                    f"{service} {reason} before it became healthy (last check: {error})",
-                    hint=f"see its log: `devenv logs {service}`; the last lines are above.",
-                    log_tail=_format_tail(service, log_tail(service)),
-                )
-        if not pending:
-            break
-        now = time.monotonic()
+            elif service not in in_flight and due[service] <= now:
+                in_flight.add(service)  # a probe in flight ends within its timeout; daemon, never joined
+                threading.Thread(target=run, args=(service, runnable, probe_timeout[service]),
+                                 name=f"devenv-health-{service}", daemon=True).start()
         if now >= deadline:
             service = next(iter(pending))
             raise HealthCheckError(
@@ -208,9 +198,50 @@ def wait_until_healthy(
                 hint="raise --timeout if the machine is slow, or read `devenv logs " + service + "`.",
                 log_tail=_format_tail(service, log_tail(service)),
             )
-        ready = [due[s] for s in pending if any(check.after not in pending for check in pending[s])]
-        time.sleep(max(0.0, min(min(ready, default=now + POLL_INTERVAL), deadline) - now))
+        idle = [due[s] for s in pending if s not in in_flight
+                and any(check.after not in pending for check in pending[s])]
+        wake = min(min(idle, default=deadline), deadline)
+        try:
+            service, passed, error, exc = results.get(timeout=max(0.0, wake - time.monotonic()))
+        except queue.Empty:
+            continue
+        in_flight.discard(service)
+        for check in passed:
+            pending[service].remove(check)
+        if error is None and not pending[service]:
+            healthy[service] = time.monotonic() - start
+            del pending[service]
+            progress(f"{service:<10} healthy in {healthy[service]:.2f}s")
+            on_healthy(service)
+            for waiting in pending:  # a check that waited for it is tried at once
+                if any(check.after == service for check in pending[waiting]):
+                    due[waiting] = time.monotonic()
+            continue
+        if error is None:
+            continue  # the rest waits for another service
+        last_error[service] = error
+        if isinstance(exc, TimeoutError):
+            probe_timeout[service] = min(PROBE_TIMEOUT, probe_timeout[service] * 2)
+        due[service] = time.monotonic() + (STARTING_INTERVAL if _starting(exc) else POLL_INTERVAL)
+        reason = gone(service)
+        if reason:
+            raise HealthCheckError(
+                f"{service} {reason} before it became healthy (last check: {error})",
+                hint=f"see its log: `devenv logs {service}`; the last lines are above.",
+                log_tail=_format_tail(service, log_tail(service)),
+            )
     return healthy
+
+
+def _probe_until_failure(checks: list[Check], timeout: float) -> tuple[list[Check], str | None, BaseException | None]:
+    """Run checks in order until one fails: (those that passed, the failure as text, its exception)."""
+    passed = []
+    for check in checks:
+        error, exc = _probe([check], timeout)
+        if error is not None:
+            return passed, error, exc
+        passed.append(check)
+    return passed, None, None
 
 
 def _format_tail(service: str, tail: str) -> str:
