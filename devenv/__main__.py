@@ -1,5 +1,5 @@
 """`python -m devenv`: the same as the `devenv` command."""
 
-from devenv.cli import main
+from devenv.cli import run
 
-main()
+run()

@@ -7,11 +7,12 @@ printed as `error: ...` plus a hint and exits with its class's code (see devenv.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 
@@ -554,8 +555,35 @@ def _print_error(exc: DevenvError) -> None:
         _say(f"hint: {exc.hint}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the CLI and map errors to messages and exit codes."""
+def run() -> NoReturn:
+    """The `devenv` command (console script, `python -m devenv`): `main`, then a quick exit.
+
+    Tearing down the interpreter (freeing every module click and devenv loaded) costs ~25 ms
+    here, a tenth of a cold `up`. Exiting does what that teardown must: flush the output, join
+    threads that are not daemons (a background DROP DATABASE), run atexit handlers.
+    """
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    if isinstance(code, str):
+        click.echo(code, err=True)
+        code = 1
+    threading = sys.modules.get("threading")  # never imported: no threads to wait for
+    try:
+        for thread in threading.enumerate() if threading else ():
+            if thread is not threading.main_thread() and not thread.daemon:
+                thread.join()
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # `devenv env | head -1`: the reader left; nothing more to say
+        pass
+    os._exit(code if isinstance(code, int) else 0)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run the CLI and map errors to messages and exit codes (raises SystemExit; see `run`)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("DEVENV_DEBUG", "") not in ("", "0")
     if "--debug" in args:  # accepted anywhere, e.g. `devenv up --debug`
