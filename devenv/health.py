@@ -139,13 +139,17 @@ def _probe(checks: list[Check], timeout: float) -> tuple[str | None, BaseExcepti
 
 
 def _starting(exc: BaseException | None) -> bool:
-    """A server that is not listening yet, says it is starting up (SQLSTATE 57P03), or let a
-    probe time out (a proxy in front of a server not yet up: see FIRST_PROBE_TIMEOUT).
+    """A server that is not up yet: it refused the connection or says it is starting up
+    (SQLSTATE 57P03); or a proxy in front of it (Docker's) reset or closed the connection, or
+    held it silent until the probe timed out (see FIRST_PROBE_TIMEOUT).
 
-    Refusals come before any authentication and cost well under a millisecond, so all three
+    These answers come before any authentication and cost well under a millisecond, so they
     are asked again after STARTING_INTERVAL rather than POLL_INTERVAL.
     """
-    return isinstance(exc, (ConnectionRefusedError, TimeoutError)) or getattr(exc, "sqlstate", "") == "57P03"
+    from devenv.pgwire import ServerClosedError
+
+    return (isinstance(exc, (ConnectionError, TimeoutError, ServerClosedError))
+            or getattr(exc, "sqlstate", "") == "57P03")
 
 
 def wait_until_healthy(

@@ -32,6 +32,10 @@ class PgError(Exception):
         self.sqlstate = sqlstate
 
 
+class ServerClosedError(PgError):
+    """The server, or a proxy in front of it (Docker's), closed the connection."""
+
+
 class Connection:
     """One authenticated session; `query` runs simple-protocol statements.
 
@@ -205,7 +209,7 @@ class Connection:
         while len(self._buffer) < size:
             chunk = self._sock.recv(max(65536, size - len(self._buffer)))
             if not chunk:
-                raise PgError("the server closed the connection")
+                raise ServerClosedError("the server closed the connection")
             self._buffer += chunk
         data, self._buffer = self._buffer[:size], self._buffer[size:]
         return data

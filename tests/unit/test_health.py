@@ -1,0 +1,119 @@
+"""health.wait_until_healthy's scheduling, with probes that are plain functions (pure logic:
+the checks themselves are exercised against real servers by the integration suite)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from devenv import health
+from devenv.errors import HealthCheckError
+from devenv.health import Check
+from devenv.pgwire import ServerClosedError
+
+
+def wait(checks: dict[str, list[Check]], timeout: float = 5.0, **kwargs: object) -> dict[str, float]:
+    return health.wait_until_healthy(checks, timeout=timeout, progress=lambda line: None, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_hanging_service_delays_no_other() -> None:
+    release = threading.Event()
+
+    def hangs(timeout: float) -> None:
+        release.wait(timeout)  # like a probe held by Docker's port proxy
+        raise TimeoutError("timed out")
+
+    calls: list[float] = []
+
+    def slow_then_ok(timeout: float) -> None:
+        calls.append(timeout)
+        if len(calls) < 3:
+            hangs(timeout)
+
+    try:
+        healthy = wait({"redis": [Check("redis", "PING", slow_then_ok)],
+                        "postgres": [Check("postgres", "SELECT 1", lambda timeout: None)]})
+    finally:
+        release.set()
+    assert healthy["postgres"] < 0.2, "postgres waited for redis's probe"
+    # Timed-out probes are retried at once, each with twice the time (0.25 s, 0.5 s, 1 s).
+    assert calls == [health.FIRST_PROBE_TIMEOUT, 2 * health.FIRST_PROBE_TIMEOUT, 4 * health.FIRST_PROBE_TIMEOUT]
+    assert 0.7 < healthy["redis"] < 1.5
+
+
+def test_after_waits_for_the_other_service_and_then_runs_at_once() -> None:
+    postgres_up = threading.Event()
+    order: list[str] = []
+
+    def postgres(timeout: float) -> None:
+        if len(order) < 3:
+            order.append("postgres refused")
+            raise ConnectionRefusedError("not listening")
+        order.append("postgres ok")
+        postgres_up.set()
+
+    def pooled(timeout: float) -> None:
+        assert postgres_up.is_set(), "the pooled check ran before postgres was healthy"
+        order.append("pooled")
+
+    healthy = wait({"pgbouncer": [Check("pgbouncer", "admin", lambda timeout: None),
+                                  Check("pgbouncer", "pooled", pooled, after="postgres")],
+                    "postgres": [Check("postgres", "SELECT 1", postgres)]})
+    assert order == ["postgres refused"] * 3 + ["postgres ok", "pooled"]
+    # Refusals are asked again after STARTING_INTERVAL, not POLL_INTERVAL.
+    assert healthy["postgres"] < 3 * health.POLL_INTERVAL
+    assert healthy["pgbouncer"] >= healthy["postgres"]
+
+
+@pytest.mark.parametrize("exc", [ConnectionRefusedError(), ConnectionResetError(), TimeoutError(),
+                                 ServerClosedError("the server closed the connection")])
+def test_not_up_yet_answers_are_asked_again_soon(exc: BaseException) -> None:
+    assert health._starting(exc)
+
+
+def test_other_failures_wait_the_poll_interval() -> None:
+    class AuthFailed(Exception):
+        sqlstate = "28P01"
+
+    assert not health._starting(AuthFailed())
+    assert not health._starting(RuntimeError("not ready: 18 or more active connections"))
+
+
+def test_deadline_names_the_check_and_its_last_error() -> None:
+    def refuses(timeout: float) -> None:
+        raise RuntimeError("not ready: 18 or more active connections")
+
+    start = time.monotonic()
+    with pytest.raises(HealthCheckError) as caught:
+        wait({"postgres": [Check("postgres", "SELECT 1 + readiness", refuses)]}, timeout=0.3,
+             log_tail=lambda service: "LOG:  the last line")
+    assert time.monotonic() - start < 2
+    assert "postgres not healthy after 0s: SELECT 1 + readiness: RuntimeError: not ready" in caught.value.message
+    assert "the last line" in caught.value.log_tail
+
+
+def test_a_server_that_exited_fails_at_once() -> None:
+    def refuses(timeout: float) -> None:
+        raise ConnectionRefusedError("refused")
+
+    with pytest.raises(HealthCheckError) as caught:
+        wait({"redis": [Check("redis", "PING", refuses)]}, timeout=30,
+             gone=lambda service: "exited with code 1")
+    assert caught.value.message.startswith("redis exited with code 1 before it became healthy")
+
+
+def test_a_passed_check_is_not_run_again() -> None:
+    runs = {"admin": 0, "pooled": 0}
+
+    def admin(timeout: float) -> None:
+        runs["admin"] += 1
+
+    def pooled(timeout: float) -> None:
+        runs["pooled"] += 1
+        if runs["pooled"] < 3:
+            raise ServerClosedError("the server closed the connection")
+
+    wait({"pgbouncer": [Check("pgbouncer", "admin", admin), Check("pgbouncer", "pooled", pooled)]})
+    assert runs == {"admin": 1, "pooled": 3}
