@@ -59,13 +59,19 @@ def archive_path(key: str) -> Path:
     return cache_dir() / f"pgdata-{key}.tar.zst"
 
 
-def save(pgdata: Path, key: str) -> Path:
-    """Archive a stopped, cleanly shut down data directory into the cache (atomically)."""
+def save(pgdata: Path, key: str, keep_wal: str | None = None) -> Path:
+    """Archive a stopped, cleanly shut down data directory into the cache (atomically).
+
+    `keep_wal`: the one WAL segment the cluster starts from, when known; the others are left out.
+    """
     target = archive_path(key)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     # Per-server files that must not travel: the pid file and the log of the old server.
     excludes = ["./postmaster.pid", "./postmaster.opts", "./log"]
+    if keep_wal:
+        excludes += [f"./pg_wal/{seg.name}" for seg in (pgdata / "pg_wal").iterdir()
+                     if len(seg.name) == 24 and seg.name != keep_wal]
     zstd = shutil.which("zstd")
     if zstd:
         with open(tmp, "wb") as out:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
@@ -88,3 +89,28 @@ def test_ci_mode_output_is_plain_timestamped_lines(project) -> None:
         logged += len(lines)
     assert logged >= 5
     assert proc.returncode == 3  # the unknown profile still fails loudly, with its exit code
+
+
+def test_the_archive_keeps_the_wal_segment_a_stopped_cluster_starts_from(cached_project, runtime: str) -> None:
+    """native._redo_wal_file reads pg_controldata: the segment of a cleanly stopped cluster, None
+    for a running one (its files are still changing), and only that segment goes into the cache."""
+    if runtime != "native":
+        pytest.skip("the native runtime archives its own data directory")
+    from pathlib import Path
+
+    from devenv.runtime.native import NativeRuntime, _redo_wal_file
+
+    proj = cached_project
+    proj.devenv("up")
+    pgdata = Path(proj.pgdata())
+    binaries = NativeRuntime().binaries(proj.stack())
+    assert _redo_wal_file(binaries, pgdata) is None, "a running cluster has no settled start segment"
+    proj.devenv("down")
+    redo = _redo_wal_file(binaries, pgdata)
+    assert redo and (pgdata / "pg_wal" / redo).is_file()
+    [archive] = (proj.root.parent / "cache").glob("pgdata-*")
+    listing = subprocess.run(f"zstd -dc '{archive}' | tar -t", shell=True, capture_output=True, text=True, check=True)
+    # One segment, the one the cluster started from when the archive was made: the shutdown
+    # checkpoint of `down` came after it, in the same segment or a later one.
+    [segment] = [m for m in listing.stdout.split() if re.fullmatch(r"\./pg_wal/[0-9A-F]{24}", m)]
+    assert segment <= f"./pg_wal/{redo}"
