@@ -4,7 +4,6 @@ the checks themselves are exercised against real servers by the integration suit
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -19,28 +18,41 @@ def wait(checks: dict[str, list[Check]], timeout: float = 5.0, **kwargs: object)
 
 
 def test_a_hanging_service_delays_no_other() -> None:
-    release = threading.Event()
+    """Redis's first probe hangs (as behind Docker's port proxy) until Postgres is healthy:
+    probed one after another, Postgres's check would wait for it."""
+    postgres_healthy = threading.Event()
+    events: list[str] = []
 
-    def hangs(timeout: float) -> None:
-        release.wait(timeout)  # like a probe held by Docker's port proxy
-        raise TimeoutError("timed out")
+    def redis(timeout: float) -> None:
+        if not events.count("redis hung"):
+            events.append("redis hung")
+            if not postgres_healthy.wait(10):
+                events.append("redis gave up")
+            raise TimeoutError("timed out")
+        events.append("redis ok")
 
-    calls: list[float] = []
+    def on_healthy(service: str) -> None:
+        events.append(f"{service} healthy")
+        if service == "postgres":
+            postgres_healthy.set()
 
-    def slow_then_ok(timeout: float) -> None:
-        calls.append(timeout)
-        if len(calls) < 3:
-            hangs(timeout)
+    wait({"redis": [Check("redis", "PING", redis)],
+          "postgres": [Check("postgres", "SELECT 1", lambda timeout: None)]}, on_healthy=on_healthy)
+    assert "redis gave up" not in events, events
+    assert sorted(events[:2]) == ["postgres healthy", "redis hung"] and events[2:] == ["redis ok", "redis healthy"]
 
-    try:
-        healthy = wait({"redis": [Check("redis", "PING", slow_then_ok)],
-                        "postgres": [Check("postgres", "SELECT 1", lambda timeout: None)]})
-    finally:
-        release.set()
-    assert healthy["postgres"] < 0.2, "postgres waited for redis's probe"
-    # Timed-out probes are retried at once, each with twice the time (0.25 s, 0.5 s, 1 s).
-    assert calls == [health.FIRST_PROBE_TIMEOUT, 2 * health.FIRST_PROBE_TIMEOUT, 4 * health.FIRST_PROBE_TIMEOUT]
-    assert 0.7 < healthy["redis"] < 1.5
+
+def test_a_probe_that_timed_out_is_retried_at_once_with_twice_the_time() -> None:
+    timeouts: list[float] = []
+
+    def probe(timeout: float) -> None:
+        timeouts.append(timeout)
+        if len(timeouts) < 4:
+            raise TimeoutError("timed out")
+
+    wait({"redis": [Check("redis", "PING", probe)]})
+    first = health.FIRST_PROBE_TIMEOUT
+    assert timeouts == [first, 2 * first, 4 * first, min(8 * first, health.PROBE_TIMEOUT)]
 
 
 def test_after_waits_for_the_other_service_and_then_runs_at_once() -> None:
@@ -62,8 +74,6 @@ def test_after_waits_for_the_other_service_and_then_runs_at_once() -> None:
                                   Check("pgbouncer", "pooled", pooled, after="postgres")],
                     "postgres": [Check("postgres", "SELECT 1", postgres)]})
     assert order == ["postgres refused"] * 3 + ["postgres ok", "pooled"]
-    # Refusals are asked again after STARTING_INTERVAL, not POLL_INTERVAL.
-    assert healthy["postgres"] < 3 * health.POLL_INTERVAL
     assert healthy["pgbouncer"] >= healthy["postgres"]
 
 
@@ -85,11 +95,9 @@ def test_deadline_names_the_check_and_its_last_error() -> None:
     def refuses(timeout: float) -> None:
         raise RuntimeError("not ready: 18 or more active connections")
 
-    start = time.monotonic()
     with pytest.raises(HealthCheckError) as caught:
         wait({"postgres": [Check("postgres", "SELECT 1 + readiness", refuses)]}, timeout=0.3,
              log_tail=lambda service: "LOG:  the last line")
-    assert time.monotonic() - start < 2
     assert "postgres not healthy after 0s: SELECT 1 + readiness: RuntimeError: not ready" in caught.value.message
     assert "the last line" in caught.value.log_tail
 
