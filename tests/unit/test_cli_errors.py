@@ -174,3 +174,38 @@ def test_help_imports_neither_jinja2_nor_yaml(project: Path) -> None:
     """cli.py promises `devenv --help` stays light: templates and YAML load only when needed."""
     modules = loaded_modules(project, "--help")
     assert not modules & {"jinja2", "yaml"}, sorted(modules & {"jinja2", "yaml"})
+
+
+# --------------------------------------------------------------------------- the quick exit
+
+_QUICK_EXIT = """
+import atexit, concurrent.futures, sys, threading, time
+from pathlib import Path
+pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+pool.submit(lambda: None).result()  # an idle worker nobody shut down: the interpreter stops it
+marker = Path(sys.argv[1])
+def late_write():
+    time.sleep(0.3)
+    marker.write_text("done")
+threading.Thread(target=late_write).start()  # not a daemon: the exit waits for it
+atexit.register(lambda: print("atexit ran"))
+sys.argv = ["devenv", *sys.argv[2:]]
+from devenv.cli import run
+run()
+"""
+
+
+@pytest.mark.parametrize(("args", "code"), [(["--help"], 0), (["rendr"], USAGE_ERROR)])
+def test_the_quick_exit_keeps_what_the_interpreter_exit_does(tmp_path: Path, args: list[str], code: int) -> None:
+    """cli.run skips the interpreter's teardown (os._exit): the exit code, threads that are not
+    daemons (an idle concurrent.futures worker too), atexit handlers and buffered output remain."""
+    marker = tmp_path / "thread-finished"
+    result = subprocess.run([sys.executable, "-c", _QUICK_EXIT, str(marker), *args],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == code, result.stderr
+    assert marker.read_text() == "done", "a non-daemon thread was cut off"
+    assert result.stdout.rstrip().endswith("atexit ran"), result.stdout
+    if code == 0:
+        assert "Usage: devenv" in result.stdout
+    else:
+        assert "No such command 'rendr'" in result.stderr
