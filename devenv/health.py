@@ -9,7 +9,8 @@ found healthy within ~10 ms of being ready rather than up to 100 ms later.
 
 A probe's first tries get a short I/O timeout (FIRST_PROBE_TIMEOUT), doubled after each
 timeout up to PROBE_TIMEOUT: Docker's port proxy accepts a connection before the container
-listens and then holds it silent for about a second, and the probes run one after another.
+listens and then holds it silent for about a second. Each service is probed in a thread of
+its own, so one held that way delays no other.
 """
 
 from __future__ import annotations
@@ -125,17 +126,19 @@ def stack_checks(stack: Stack) -> dict[str, list[Check]]:
 
 def check_once(checks: list[Check], timeout: float = PROBE_TIMEOUT) -> str | None:
     """Run checks once; None when all pass, else the first failure as text."""
-    return _probe(checks, timeout)[0]
+    return _probe(checks, timeout)[1]
 
 
-def _probe(checks: list[Check], timeout: float) -> tuple[str | None, BaseException | None]:
-    """(the first failure as text or None, its exception)."""
+def _probe(checks: list[Check], timeout: float) -> tuple[list[Check], str | None, BaseException | None]:
+    """Run checks in order until one fails: (those that passed, the failure as text, its exception)."""
+    passed = []
     for check in checks:
         try:
             check.probe(timeout)
         except Exception as exc:  # any failure is a reason to report, never to crash
-            return f"{check.name}: {_one_line(exc)}", exc
-    return None, None
+            return passed, f"{check.name}: {_one_line(exc)}", exc
+        passed.append(check)
+    return passed, None, None
 
 
 def _starting(exc: BaseException | None) -> bool:
@@ -143,8 +146,9 @@ def _starting(exc: BaseException | None) -> bool:
     (SQLSTATE 57P03); or a proxy in front of it (Docker's) reset or closed the connection, or
     held it silent until the probe timed out (see FIRST_PROBE_TIMEOUT).
 
-    These answers come before any authentication and cost well under a millisecond, so they
-    are asked again after STARTING_INTERVAL rather than POLL_INTERVAL.
+    Refusals come before any authentication and cost well under a millisecond, and a probe
+    that timed out has waited already: all are asked again after STARTING_INTERVAL rather
+    than POLL_INTERVAL.
     """
     from devenv.pgwire import ServerClosedError
 
@@ -183,7 +187,7 @@ def wait_until_healthy(
     results: queue.SimpleQueue[tuple[str, list[Check], str | None, BaseException | None]] = queue.SimpleQueue()
 
     def run(service: str, runnable: list[Check], seconds: float) -> None:
-        results.put((service, *_probe_until_failure(runnable, seconds)))
+        results.put((service, *_probe(runnable, seconds)))
 
     while pending:
         now = time.monotonic()
@@ -235,17 +239,6 @@ def wait_until_healthy(
                 log_tail=_format_tail(service, log_tail(service)),
             )
     return healthy
-
-
-def _probe_until_failure(checks: list[Check], timeout: float) -> tuple[list[Check], str | None, BaseException | None]:
-    """Run checks in order until one fails: (those that passed, the failure as text, its exception)."""
-    passed = []
-    for check in checks:
-        error, exc = _probe([check], timeout)
-        if error is not None:
-            return passed, error, exc
-        passed.append(check)
-    return passed, None, None
 
 
 def _format_tail(service: str, tail: str) -> str:
