@@ -66,9 +66,14 @@ def connect(stack: Stack, dbname: str | None = None, **kwargs: Any) -> "psycopg.
     try:
         # A server that is not there refuses at once; the timeout only bounds a live one that is
         # slow to answer, and a loaded CI machine took over 5 s (Docker's port proxy).
+        # devenv's own commits (template, database renames, the seed ledger) must outlive a
+        # killed server even where the profile turns synchronous_commit off (ci): an async
+        # commit lost to a SIGKILL left `taskflow` under its scratch name, swept as litter.
+        # With fsync off as well this costs a write(), not a disk flush.
         return psycopg.connect(
             host="127.0.0.1", port=pg.port, dbname=dbname or pg.database, user=pg.user, password=pg.password,
-            sslmode="require" if pg.ssl else "prefer", connect_timeout=30, application_name="devenv", **kwargs,
+            sslmode="require" if pg.ssl else "prefer", connect_timeout=30, application_name="devenv",
+            options="-c synchronous_commit=on", **kwargs,
         )
     except psycopg.OperationalError as exc:
         reason = (str(exc).strip().splitlines() or ["no answer"])[-1]
