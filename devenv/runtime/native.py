@@ -561,10 +561,14 @@ class NativeRuntime:
         return out
 
     def exit_status(self, stack: Stack, service: str) -> str | None:
-        """"exited N" when a server started by this process has died."""
+        """"exited N" when a server started by this process has died; "exited" when one left
+        running by an earlier `up` is gone (or a zombie), so nobody waits out the deadline on it."""
         child = self._children.get(service)
-        if child is not None and child.poll() is not None:
-            return f"exited with code {child.returncode}"
+        if child is not None:
+            return f"exited with code {child.returncode}" if child.poll() is not None else None
+        entry = self._read_state(self.layout(stack)).get(service, {})
+        if entry.get("pid") and not self._alive(entry, service):
+            return f"exited (pid {entry['pid']}, started by an earlier `devenv up`)"
         return None
 
     def log_tail(self, stack: Stack, service: str, lines: int = 20) -> str:

@@ -425,6 +425,21 @@ def test_postgres_restart_keeps_pgbouncer_unix_socket(proj: Any) -> None:
         assert conn.execute("SELECT current_database()").fetchone()[0] == "taskflow"
 
 
+@pytest.mark.native_only(reason="native's exit detection from its state file")
+def test_a_server_left_by_an_earlier_up_is_seen_dying(proj: Any) -> None:
+    """`up` waits on servers it did not start itself too: their death must end the wait."""
+    from devenv.runtime.native import NativeRuntime
+
+    proj.devenv("up")
+    pids = server_pids(proj)
+    runtime, stack = NativeRuntime(), proj.stack()
+    assert runtime.exit_status(stack, "pgbouncer") is None
+    os.kill(pids["pgbouncer"], signal.SIGKILL)
+    wait_for(lambda: not alive(pids["pgbouncer"]), 10, "the killed pgbouncer to die")
+    assert "exited" in (runtime.exit_status(stack, "pgbouncer") or "")
+    assert runtime.exit_status(stack, "redis") is None
+
+
 def _write_stale_pid_files(proj: Any, pgdata: Path, run: Path, pid: int) -> None:
     owner = pgdata.stat()
     postmaster_pid = f"{pid}\n{pgdata}\n{int(time.time())}\n{port_of(proj, 'postgres')}\n{run}\n127.0.0.1\n  5432001         0\nready   \n"
