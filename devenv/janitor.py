@@ -15,20 +15,25 @@ worker's) is created from it. A reset uses one of two strategies:
   the old database in the background (dropping forces a checkpoint: off the critical path).
 
 PgBouncer is told through its admin console, so pooled clients reconnect cleanly: `RECONNECT`
-after a restore (fresh server sessions), `KILL`/`RESUME` around a clone.
+after a restore (fresh server sessions), `PAUSE`/`RESUME` around a clone's swap (pooled clients
+keep their connections and wait; PgBouncer closes its server connections to the old database).
+Not `KILL`: PgBouncer 1.18 to 1.24 segfaults when it kills a database with clients mid-login
+(pgbouncer/pgbouncer#1401; reproduced here with pooled logins beside KILL/RESUME in a loop).
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import contextlib
 import os
 import re
+import select
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from devenv.database import apply_seeds, connect, seed_files
 from devenv.errors import HealthCheckError, SchemaError
@@ -49,6 +54,9 @@ _drop_counter = itertools.count()
 _TEMPLATE_FORMAT = 3  # bump when what a template carries (snapshots, guards) changes
 # Scratch databases of one process (group 2: its pid), which `sweep` drops once it is gone.
 SCRATCH_PATTERN = r"__(new|old|building|restore)_([0-9]+)(_[0-9]+)?$"
+# How long PAUSE may take to close PgBouncer's server connections to a database whose sessions
+# are being terminated meanwhile (it takes under 5 ms when idle).
+PAUSE_TIMEOUT = 30.0
 
 # Installed in every template: counts DDL so that `restore` knows when it is not enough.
 _DDL_GUARD = """
@@ -260,25 +268,75 @@ class Janitor:
         if conn is not None:
             conn.close()
 
-    def _pgbouncer_command(self, command: str) -> None:
-        """Run a command on PgBouncer's admin console (simple query protocol only)."""
+    def _console(self) -> "psycopg.Connection[Any]":
+        """PgBouncer's admin console, connected once; an unreachable PgBouncer is named as such."""
         import psycopg
 
-        pgb = self.stack.pgbouncer
-        for attempt in (1, 2):
-            if self._pgbouncer is None or self._pgbouncer.closed or self._pgbouncer.broken:
+        if self._pgbouncer is None or self._pgbouncer.closed or self._pgbouncer.broken:
+            pgb = self.stack.pgbouncer
+            try:
                 self._pgbouncer = psycopg.connect(
                     host="127.0.0.1", port=pgb.port, dbname="pgbouncer", user=pgb.admin_user,
                     password=pgb.admin_password, autocommit=True, connect_timeout=30,
                 )
-            result = self._pgbouncer.pgconn.exec_(command.encode())
+            except psycopg.OperationalError as exc:
+                reason = (str(exc).strip().splitlines() or ["no answer"])[-1]
+                raise HealthCheckError(
+                    f"cannot reach PgBouncer's admin console at 127.0.0.1:{pgb.port}: {reason}",
+                    hint=f"check `devenv status -p {self.stack.profile}` and `devenv logs pgbouncer -p "
+                         f"{self.stack.profile}`; `devenv up -p {self.stack.profile}` restarts what is down.",
+                ) from exc
+        return self._pgbouncer
+
+    def _pgbouncer_command(self, command: str) -> None:
+        """Run a command on PgBouncer's admin console (simple query protocol only)."""
+        for attempt in (1, 2):
+            console = self._console()
+            result = console.pgconn.exec_(command.encode())
             if result.status in (1, 2):  # COMMAND_OK, TUPLES_OK
                 return
             message = result.error_message.decode(errors="replace")
             if "no such database" in message:  # PgBouncer has not pooled this one yet
                 return
-            if attempt == 2 or not self._pgbouncer.broken:
+            if attempt == 2 or not console.broken:
                 raise SchemaError(f"PgBouncer refused `{command}`: {message.strip()}")
+
+    @contextlib.contextmanager
+    def _pooled_clients_held(self, dbname: str) -> Iterator[None]:
+        """PAUSE `dbname` on PgBouncer for the block, then RESUME it.
+
+        Pooled clients keep their connections; their next transaction waits until RESUME and
+        then runs on a fresh server connection. PAUSE waits for transactions in progress, so the
+        database's sessions are terminated while it waits (a reset ends them anyway), or an
+        idle-in-transaction client would hold the reset forever.
+        """
+        console = self._console().pgconn
+        console.send_query(f"PAUSE {dbname}".encode())
+        deadline = time.monotonic() + PAUSE_TIMEOUT
+        while True:
+            self._terminate(dbname)
+            select.select([console.socket], [], [], 0.02)
+            console.consume_input()
+            if not console.is_busy():
+                break
+            if time.monotonic() > deadline:
+                self._pgbouncer.close()  # the pending PAUSE goes with it; RESUME on a new session
+                self._pgbouncer_command(f"RESUME {dbname}")
+                raise HealthCheckError(
+                    f"PgBouncer did not PAUSE {dbname} within {PAUSE_TIMEOUT:.0f}s: its server "
+                    f"connections to the database stayed busy",
+                    hint=f"see `devenv logs pgbouncer -p {self.stack.profile}`.")
+        errors = []
+        while (result := console.get_result()) is not None:
+            if result.status not in (1, 2):
+                errors.append(result.error_message.decode(errors="replace").strip())
+        if errors and not any("no such database" in e for e in errors):  # not pooled yet: nothing to hold
+            raise SchemaError(f"PgBouncer refused `PAUSE {dbname}`: {'; '.join(errors)}")
+        try:
+            yield
+        finally:
+            if not errors:
+                self._pgbouncer_command(f"RESUME {dbname}")
 
     def close(self) -> None:
         """Wait for background drops, close every connection."""
@@ -496,15 +554,14 @@ class Janitor:
     def swap_in(self, dbname: str, fresh: str) -> None:
         """Rename the database `fresh` to `dbname`, replacing the one there.
 
-        Pooled clients wait meanwhile (PgBouncer KILL, then RESUME) and reconnect to the new
+        Pooled clients wait meanwhile (PgBouncer PAUSE, then RESUME) and go on on the new
         database; direct sessions on the old one are terminated. The old database is
         dropped in the background; if the final rename fails it is renamed back.
         """
         from psycopg import sql
 
         self._forget(dbname)
-        self._pgbouncer_command(f"KILL {dbname}")  # pooled clients wait until RESUME
-        try:
+        with self._pooled_clients_held(dbname):
             exists = self.admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
             old = None
             if exists:
@@ -519,22 +576,19 @@ class Janitor:
                 raise
             if old is not None:
                 self._drop_later(old)
-        finally:
-            self._pgbouncer_command(f"RESUME {dbname}")
 
     def copy_live(self, source: str, target: str, method: str | None = None) -> None:
         """CREATE DATABASE `target` from `source`, a database that may be in use.
 
         PostgreSQL copies only a database without sessions: pooled clients are held
-        (PgBouncer KILL ... RESUME) and direct sessions terminated for the moment it takes.
+        (PgBouncer PAUSE ... RESUME) and direct sessions terminated for the moment it takes.
         A client reconnecting directly in between makes the copy fail: it is retried twice.
         """
         import psycopg
 
         method = method or self.method_for(source)
         self._forget(source)
-        self._pgbouncer_command(f"KILL {source}")
-        try:
+        with self._pooled_clients_held(source):
             for attempt in range(3):
                 self._terminate(source)
                 try:
@@ -544,8 +598,6 @@ class Janitor:
                     if attempt == 2:
                         raise
                     time.sleep(0.1)
-        finally:
-            self._pgbouncer_command(f"RESUME {source}")
 
     def method_for(self, source: str) -> str:
         """CREATE DATABASE's STRATEGY for copying `source`: WAL_LOG when small, else FILE_COPY."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 
+import psycopg
 import pytest
 
 from devenv.api import Devenv, load_stack_cached
@@ -82,6 +84,50 @@ def test_pooled_clients_reconnect_cleanly_after_a_reset(project) -> None:
         for _ in range(5):  # more clients than one server connection, through the same pool
             with project.connect(pooled=True, autocommit=True) as pooled:
                 assert pooled.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+
+
+def test_a_pooled_connection_outlives_a_clone_reset(project) -> None:
+    """PgBouncer holds pooled clients through the swap (PAUSE/RESUME): an open pooled
+    connection is not dropped and its next query runs on the new database."""
+    project.devenv("up")
+    with project.connect(pooled=True, autocommit=True) as pooled:
+        pooled.execute("DELETE FROM tasks")
+        project.devenv("reset", "--strategy", "clone")
+        assert pooled.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+
+
+def test_clone_resets_beside_pooled_logins_leave_pgbouncer_running(project) -> None:
+    """PgBouncer 1.18 to 1.24 segfaults when KILL meets clients mid-login (pgbouncer#1401):
+    resets while other clients log in through the pool must leave it up and serving."""
+    project.devenv("up")
+    pgbouncer = project.server_pids()["pgbouncer"]
+    stop, served = threading.Event(), [0]
+
+    def pooled_client() -> None:
+        while not stop.is_set():
+            try:
+                with project.connect(pooled=True, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute("SELECT count(*) FROM tasks")
+                    served[0] += 1
+            except psycopg.OperationalError:  # its session terminated by a reset: that is allowed
+                pass
+
+    clients = [threading.Thread(target=pooled_client, daemon=True) for _ in range(3)]
+    handle = Devenv.load(config=project.root / "devenv.yaml", profile="ci", runtime=project.runtime, env=project.env)
+    try:
+        for thread in clients:
+            thread.start()
+        for _ in range(40):
+            assert handle.reset(strategy="clone").strategy == "clone"
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(10)
+        handle.close()
+    assert served[0] > 0, "the pooled clients never got through"
+    assert project.server_pids()["pgbouncer"] == pgbouncer, "PgBouncer was restarted or replaced"
+    with project.connect(pooled=True, autocommit=True, connect_timeout=5) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
 
 
 def test_redis_seed_keys_are_reloaded(project) -> None:
