@@ -163,6 +163,7 @@ def wait_until_healthy(
     gone: Callable[[str], str | None] = lambda service: None,
     log_tail: Callable[[str], str] = lambda service: "",
     on_healthy: Callable[[str], None] = lambda service: None,
+    started: Callable[[str], bool] = lambda service: True,
 ) -> dict[str, float]:
     """Poll every service's checks until all pass; return seconds to healthy per service.
 
@@ -171,7 +172,8 @@ def wait_until_healthy(
     is merely not up yet (see _starting). A check that passed is not repeated; one with
     `after` waits until that service is healthy. `gone(service)` reports a server that exited
     (fail at once rather than wait out the deadline); `on_healthy(service)` runs once when a
-    service first passes (e.g. create the database before PgBouncer's pooled check needs it).
+    service first passes (e.g. create the database before PgBouncer's pooled check needs it);
+    a service is not probed before `started(service)` (a start still in progress).
     Callbacks run in the calling thread. On failure raises HealthCheckError naming the check,
     its last error and the service's log tail.
     """
@@ -195,6 +197,9 @@ def wait_until_healthy(
             runnable = [check for check in pending[service] if check.after not in pending]
             if not runnable:
                 last_error[service] = f"waiting for {pending[service][0].after}"
+            elif service not in in_flight and due[service] <= now and not started(service):
+                last_error.setdefault(service, "still being started")
+                due[service] = now + STARTING_INTERVAL
             elif service not in in_flight and due[service] <= now:
                 in_flight.add(service)  # a probe in flight ends within its timeout; daemon, never joined
                 threading.Thread(target=run, args=(service, runnable, probe_timeout[service]),

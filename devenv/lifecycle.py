@@ -114,6 +114,7 @@ def up(
                 gone=gone,
                 log_tail=lambda service: runtime.log_tail(stack, service),
                 on_healthy=on_healthy,
+                started=lambda service: runtime.started(stack, service),
             )
         except HealthCheckError:
             for thread in background:

@@ -176,6 +176,10 @@ class AutoRuntime:
         """Why a service is gone, on the chosen runtime."""
         return self.resolve(stack).exit_status(stack, service)
 
+    def started(self, stack: Stack, service: str) -> bool:
+        """Whether the service's start is done, on the chosen runtime."""
+        return self.resolve(stack).started(stack, service)
+
     def log_tail(self, stack: Stack, service: str, lines: int = 20) -> str:
         """The last lines of a service's log, on the chosen runtime."""
         return self.resolve(stack).log_tail(stack, service, lines)

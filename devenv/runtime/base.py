@@ -61,6 +61,11 @@ class Runtime(Protocol):
         """Why a service is gone ("exited 1") if it stopped after `up`, else None."""
         ...
 
+    def started(self, stack: Stack, service: str) -> bool:
+        """Whether the service's start (if `up` left one in progress) has completed, so that
+        probing it now tells something (see health.wait_until_healthy's `started`)."""
+        ...
+
     def log_tail(self, stack: Stack, service: str, lines: int = 20) -> str:
         """The last lines of a service's log."""
         ...

@@ -571,6 +571,10 @@ class NativeRuntime:
             return f"exited (pid {entry['pid']}, started by an earlier `devenv up`)"
         return None
 
+    def started(self, stack: Stack, service: str) -> bool:
+        """Always: a server process is spawned before `up` returns."""
+        return True
+
     def log_tail(self, stack: Stack, service: str, lines: int = 20) -> str:
         """The last lines of the service's log file."""
         return _tail(self.layout(stack).log_file(service), lines)

@@ -125,3 +125,28 @@ def test_a_passed_check_is_not_run_again() -> None:
 
     wait({"pgbouncer": [Check("pgbouncer", "admin", admin), Check("pgbouncer", "pooled", pooled)]})
     assert runs == {"admin": 1, "pooled": 3}
+
+
+def test_a_service_is_not_probed_before_its_start_is_done() -> None:
+    """Docker: a port probed while its container starts costs a failed ARP and ~1 s."""
+    redis_started = threading.Event()
+    events: list[str] = []
+
+    def on_healthy(service: str) -> None:
+        events.append(f"{service} healthy")
+        if service == "postgres":
+            redis_started.set()  # a start that ends only after another service is healthy
+
+    def redis(timeout: float) -> None:
+        events.append("redis probed" if redis_started.is_set() else "redis probed before its start was done")
+
+    wait({"redis": [Check("redis", "PING", redis)],
+          "postgres": [Check("postgres", "SELECT 1", lambda timeout: None)]},
+         on_healthy=on_healthy, started=lambda service: service != "redis" or redis_started.is_set())
+    assert events == ["postgres healthy", "redis probed", "redis healthy"]
+
+
+def test_a_service_never_started_times_out_naming_it() -> None:
+    with pytest.raises(HealthCheckError, match="redis not healthy after 0s: still being started"):
+        wait({"redis": [Check("redis", "PING", lambda timeout: None)]}, timeout=0.2,
+             started=lambda service: False)
