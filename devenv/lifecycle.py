@@ -6,13 +6,16 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from devenv import health
 from devenv.errors import HealthCheckError
 from devenv.runtime.base import Runtime, UpResult
 from devenv.stack import Stack
 from devenv.state import clear_state, locked, write_state
+
+if TYPE_CHECKING:
+    from devenv import pgwire
 
 Say = Callable[[str], None]
 
@@ -80,6 +83,7 @@ def up(
         def check_then_seed() -> None:
             try:
                 if not seeded_and_current(stack):
+                    sync_password(stack)
                     seed_database()
             except BaseException as exc:  # re-raised in the main thread below
                 failed.append(exc)
@@ -88,11 +92,13 @@ def up(
             if service != "postgres":
                 return
             if not seed:
+                sync_password(stack)
                 report.database_created = ensure_database(stack)
                 return
             if result.from_cache:
                 return  # the cached data directory holds this very template and database
             if result.fresh_database:
+                sync_password(stack)  # the image's entrypoint stored POSTGRES_PASSWORD its own way
                 seed_database()  # before PgBouncer's pooled check, which needs the database
                 return
             # An existing cluster is almost always seeded and current: find that out beside
@@ -148,6 +154,34 @@ def up(
     return report
 
 
+def sync_password(stack: Stack) -> None:
+    """Store the role's password as the SCRAM secret PgBouncer's userlist holds (see
+    pgwire.scram_secret), in a session of its own."""
+    from devenv import pgwire
+
+    pg = stack.postgres
+    with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, "postgres", ssl=pg.ssl,
+                           timeout=30.0, query_timeout=30.0) as conn:
+        _sync_password(conn, stack)
+
+
+def _sync_password(conn: "pgwire.Connection", stack: Stack) -> None:
+    """A cluster made by the image's entrypoint (POSTGRES_PASSWORD) or by an older devenv
+    stores the password with a random salt: PgBouncer then cannot log in for its clients."""
+    from devenv import pgwire
+
+    pg = stack.postgres
+    secret = pg.password_secret
+    try:
+        conn.query("SET log_statement = 'none'")  # one statement per message: the SET comes first
+        if conn.scalar(f"SELECT rolpassword = {pgwire.literal(secret)} FROM pg_authid WHERE rolname = current_user") != "t":
+            conn.query(f"ALTER ROLE {pgwire.identifier(pg.user)} PASSWORD {pgwire.literal(secret)}")
+        conn.query("RESET log_statement")
+    except pgwire.PgError as exc:
+        if exc.sqlstate != "42501":  # not a superuser: the role is not devenv's to change
+            raise
+
+
 def seeded_and_current(stack: Stack) -> bool:
     """Whether seeding would change nothing: the current template and the application database
     exist, no stale template or scratch database is left to sweep, and the ledger holds every
@@ -170,6 +204,7 @@ def seeded_and_current(stack: Stack) -> bool:
         # answers both questions (and fails at once, 3D000, when it does not exist yet).
         with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, pg.database, ssl=pg.ssl,
                                timeout=10.0, query_timeout=10.0) as conn:
+            _sync_password(conn, stack)
             names = {row[0] for row in conn.query(
                 f"SELECT datname FROM pg_database WHERE datname = {pgwire.literal(pg.database)} "
                 f"OR starts_with(datname, {pgwire.literal(template_prefix(stack))}) "

@@ -251,6 +251,22 @@ class Scram:
             raise PgError("SCRAM: the server's signature does not match")
 
 
+def scram_secret(user: str, password: str, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 secret Postgres stores for a password (pg_authid.rolpassword), with a
+    salt derived from the user and password, so every caller computes the same string.
+
+    PgBouncer's userlist holds it instead of the password: given the very secret the server
+    stores, PgBouncer checks clients and logs in to Postgres for them without running PBKDF2
+    itself (~12 ms of its single thread per login with a plain password).
+    """
+    salt = hmac.digest(password.encode(), b"devenv scram salt\0" + user.encode(), "sha256")[:16]
+    salted = _salted_password(password, base64.b64encode(salt).decode(), iterations)
+    stored_key = hashlib.sha256(hmac.digest(salted, b"Client Key", "sha256")).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
 @functools.lru_cache(maxsize=8)
 def _salted_password(password: str, salt: str, iterations: int) -> bytes:
     """PBKDF2 of the password (4096 rounds, ~3 ms): the same for every session of one role."""

@@ -58,6 +58,13 @@ class Postgres(Service):
     limits: Limits = field(default_factory=lambda: Limits(1 << 30, 1.0))
 
     @property
+    def password_secret(self) -> str:
+        """The password as the SCRAM secret the role stores and PgBouncer's userlist holds."""
+        from devenv.pgwire import scram_secret
+
+        return scram_secret(self.user, self.password)
+
+    @property
     def ssl(self) -> bool:
         """Whether the profile turns TLS on (then devenv generates a local certificate)."""
         return self.settings.get("ssl") == "on"
@@ -90,6 +97,13 @@ class PgBouncer(Service):
     database: str = "taskflow"
     admin_user: str = "pgbouncer_admin"
     admin_password: str = ""
+
+    @property
+    def admin_secret(self) -> str:
+        """The admin console's password as a SCRAM secret, for the userlist."""
+        from devenv.pgwire import scram_secret
+
+        return scram_secret(self.admin_user, self.admin_password)
 
 
 @dataclass(frozen=True)

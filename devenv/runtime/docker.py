@@ -705,7 +705,7 @@ class DockerRuntime:
             "SQL\n"
         )
         env = {"PORT": str(pg.container_port), "TRIES": str(int(timeout / 0.05)), "DEVENV_USER": pg.user,
-               "DEVENV_PASSWORD": pg.password}
+               "DEVENV_PASSWORD": pg.password_secret}  # the SCRAM secret PgBouncer's userlist holds
         api = self.client().api
         try:
             exec_id = api.exec_create(container_id, ["sh", "-c", script], user="postgres", environment=env)["Id"]

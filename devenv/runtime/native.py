@@ -393,7 +393,7 @@ class NativeRuntime:
         with conn:
             # One statement per message: SET first keeps the password out of the log.
             conn.query("SET log_statement = 'none'")
-            conn.query(f"ALTER ROLE {pgwire.identifier(pg.user)} PASSWORD {pgwire.literal(pg.password)}")
+            conn.query(f"ALTER ROLE {pgwire.identifier(pg.user)} PASSWORD {pgwire.literal(pg.password_secret)}")
         _password_marker(layout).unlink(missing_ok=True)
 
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
@@ -430,7 +430,7 @@ class NativeRuntime:
         pwfile = layout.run / "initdb.pw"
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(stack.postgres.password + "\n")
+            handle.write(stack.postgres.password_secret + "\n")  # stored as is: PgBouncer's userlist holds it too
         _chown(pwfile, user)
         argv = [binaries.initdb, *self._initdb_args(stack, scratch, pwfile)]
         if stack.ephemeral:

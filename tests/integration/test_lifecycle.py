@@ -313,6 +313,36 @@ def test_cold_up_applies_seed_changes_made_while_down(proj: Any) -> None:
     assert refused.returncode == 8 and "003_more.sql" in refused.stderr, refused.stderr
 
 
+def test_up_stores_the_userlist_secret_on_a_cluster_that_stores_the_password_otherwise(proj: Any) -> None:
+    """PgBouncer's userlist holds the password's SCRAM secret and logs in to Postgres with it,
+    which works only if Postgres stores that very secret. A cluster made by the image's
+    entrypoint from a plain password, or by an older devenv, stores one with a random salt:
+    `up` replaces it, and pooled connections work again."""
+    proj.devenv("up")
+    stack = proj.stack()
+    secret = stack.postgres.password_secret
+    state_dir = proj.root / ".devenv" / proj.profile
+    userlist = (state_dir / "native" / "conf" if proj.runtime == "native" else state_dir) / "userlist.txt"
+    userlist = userlist.read_text()
+    assert f'"{stack.postgres.user}" "{secret}"' in userlist.splitlines() and stack.postgres.password not in userlist
+
+    def stored() -> str:
+        with proj.connect() as conn:
+            return conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = current_user").fetchone()[0]
+
+    assert stored() == secret
+    with proj.connect(autocommit=True) as conn:  # what initdb does with a plain password: a random salt
+        conn.execute("SET password_encryption = 'scram-sha-256'")
+        conn.execute(f"ALTER ROLE {stack.postgres.user} PASSWORD '{stack.postgres.password}'")
+    assert stored() != secret
+    proj.devenv("down")
+
+    proj.devenv("up")
+    assert stored() == secret
+    with proj.connect(pooled=True) as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == SEEDED_USERS
+
+
 def test_down_volumes_deletes_the_data_and_up_reseeds(proj: Any) -> None:
     proj.devenv("up")
     insert_user(proj)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from devenv.errors import ConfigError, DependencyError
+from devenv.pgwire import scram_secret
 from devenv.render import compose_placement, render_files
 from devenv.runtime.docker import (
     COMPOSE_CONFIG_HASH,
@@ -47,7 +48,10 @@ def test_prod_postgres_body_is_the_compose_service(project: Path) -> None:
     assert spec.name == "taskflow-prod-postgres-1"
     assert body["Image"] == "postgres:16"
     assert body["Cmd"] == ["postgres", "-c", "config_file=/etc/postgresql/postgresql.conf"]
-    assert set(body["Env"]) == {"POSTGRES_USER=taskflow", "POSTGRES_PASSWORD=pg-test-pw", "POSTGRES_DB=taskflow",
+    # The password as its SCRAM secret, Compose's $$ escapes undone (initdb stores it as is).
+    secret = scram_secret("taskflow", "pg-test-pw")
+    assert "$" in secret
+    assert set(body["Env"]) == {"POSTGRES_USER=taskflow", f"POSTGRES_PASSWORD={secret}", "POSTGRES_DB=taskflow",
                                 "PGDATA=/var/lib/postgresql/data"}
     assert body["ExposedPorts"] == {"5432/tcp": {}}
     assert host["PortBindings"] == {"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": "5432"}]}

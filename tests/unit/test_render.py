@@ -216,11 +216,29 @@ def test_pgbouncer_ini_has_the_seed_values(project: Path, profile: str, fixed_se
     assert section["auth_type"] == "scram-sha-256"
     assert section["admin_users"] == "pgbouncer_admin"
     assert ini["databases"]["taskflow"] == "host=postgres port=5432 dbname=taskflow"
-    # userlist.txt: both users PgBouncer authenticates, with the generated passwords.
-    assert files["userlist.txt"].splitlines() == [
-        f'"taskflow" "{fixed_secrets["postgres_password"]}"',
-        f'"pgbouncer_admin" "{fixed_secrets["pgbouncer_admin_password"]}"',
-    ]
+    # userlist.txt: both users PgBouncer authenticates, each with the SCRAM secret of its
+    # generated password (the same string Postgres stores: PgBouncer logs in with it).
+    lines = [line.split(" ") for line in files["userlist.txt"].splitlines()]
+    assert [user for user, _ in lines] == ['"taskflow"', '"pgbouncer_admin"']
+    for (_, secret), password in zip(lines, (fixed_secrets["postgres_password"], fixed_secrets["pgbouncer_admin_password"])):
+        assert_scram_secret_of(secret.strip('"'), password)
+    assert lines[0][1] == lines[0][1].strip() and password not in files["userlist.txt"]
+
+
+def assert_scram_secret_of(secret: str, password: str) -> None:
+    """`secret` is Postgres's SCRAM-SHA-256 form of `password` (RFC 5803's layout)."""
+    import base64
+    import hashlib
+    import hmac
+
+    scheme, rest = secret.split("$", 1)
+    iterations_salt, keys = rest.split("$")
+    iterations, salt = iterations_salt.split(":")
+    stored_key, server_key = (base64.b64decode(part) for part in keys.split(":"))
+    assert scheme == "SCRAM-SHA-256" and int(iterations) >= 4096
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(iterations))
+    assert stored_key == hashlib.sha256(hmac.digest(salted, b"Client Key", "sha256")).digest()
+    assert server_key == hmac.digest(salted, b"Server Key", "sha256")
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -448,7 +466,11 @@ def test_no_fixed_password_in_devenv_yaml_or_templates(fixed_secrets: dict[str, 
 def test_every_password_in_the_rendered_files_comes_from_secrets_json(
     project: Path, profile: str, fixed_secrets: dict[str, str]
 ) -> None:
-    """Render with two sets of secrets: with passwords masked and hashes dropped, the files are equal."""
+    """Render with two sets of secrets: with passwords (and their SCRAM secrets) masked and hashes
+    dropped, the files are equal."""
+    from devenv.pgwire import scram_secret
+
+    users = {"postgres_password": "taskflow", "pgbouncer_admin_password": "pgbouncer_admin"}
 
     def masked(secrets: dict[str, str]) -> dict[str, str]:
         (project / ".devenv" / "secrets.json").write_text(json.dumps(secrets), encoding="utf-8")
@@ -456,6 +478,9 @@ def test_every_password_in_the_rendered_files_comes_from_secrets_json(
         out = {}
         for name, text in files.items():
             for key, password in secrets.items():
+                if key in users:
+                    secret = scram_secret(users[key], password)
+                    text = text.replace(secret.replace("$", "$$"), f"<{key}>").replace(secret, f"<{key}>")
                 text = text.replace(password, f"<{key}>")
             out[name] = re.sub(r'(dev\.devenv\.config-hash: )"[0-9a-f]+"', r"\1<hash>", text)
         return out
