@@ -561,6 +561,11 @@ class Janitor:
         from psycopg import sql
 
         self._forget(dbname)
+        if not self.admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+            # Nobody is connected to a database that is not there: nothing for PgBouncer to hold,
+            # which a first `up` on Docker may still be starting.
+            self.admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(fresh), sql.Identifier(dbname)))
+            return
         with self._pooled_clients_held(dbname):
             exists = self.admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
             old = None

@@ -130,6 +130,31 @@ def test_clone_resets_beside_pooled_logins_leave_pgbouncer_running(project) -> N
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
 
 
+def test_a_new_database_needs_no_pgbouncer_and_a_swap_names_it_when_unreachable(project) -> None:
+    """Creating a database that is not there yet holds no pooled clients (a first `up` on Docker
+    seeds while PgBouncer's container may still be starting); replacing one does, and an
+    unreachable PgBouncer is then named as such."""
+    import dataclasses
+
+    from devenv.errors import HealthCheckError
+    from devenv.janitor import Janitor
+
+    project.devenv("up")
+    stack = project.stack()
+    stack = dataclasses.replace(stack, pgbouncer=dataclasses.replace(stack.pgbouncer, port=free_port()))  # nobody listens
+    janitor = Janitor(stack)
+    try:
+        assert janitor.create("taskflow_fresh") is True
+        with pytest.raises(HealthCheckError, match="cannot reach PgBouncer's admin console"):
+            janitor.reset("taskflow_fresh", strategy="clone")
+    finally:
+        janitor.close()
+    with project.connect() as conn:
+        conn.execute("SELECT 1")  # the failed swap left the stack as it was
+        names = {row[0] for row in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'taskflow_fresh%'")}
+    assert "taskflow_fresh" in names
+
+
 def test_redis_seed_keys_are_reloaded(project) -> None:
     (project.root / "seeds" / "redis.json").write_text(json.dumps({
         "feature:dark_mode": "on", "queue:emails": ["a", "b"], "ratelimit:config": {"limit": "100", "window": "60"},
