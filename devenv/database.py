@@ -58,6 +58,11 @@ def preload_driver() -> None:
     threading.Thread(target=lambda: __import__("psycopg"), name="import psycopg", daemon=True).start()
 
 
+def failure_reason(exc: BaseException) -> str:
+    """The last line of a driver's connection error: libpq's reason comes after the address."""
+    return (str(exc).strip().splitlines() or ["no answer"])[-1]
+
+
 def connect(stack: Stack, dbname: str | None = None, **kwargs: Any) -> "psycopg.Connection[Any]":
     """A direct connection to Postgres (not through the pool) as the stack's superuser."""
     import psycopg
@@ -76,9 +81,8 @@ def connect(stack: Stack, dbname: str | None = None, **kwargs: Any) -> "psycopg.
             options="-c synchronous_commit=on", **kwargs,
         )
     except psycopg.OperationalError as exc:
-        reason = (str(exc).strip().splitlines() or ["no answer"])[-1]
         raise HealthCheckError(
-            f"cannot connect to PostgreSQL at 127.0.0.1:{pg.port} (database {dbname or pg.database}): {reason}",
+            f"cannot connect to PostgreSQL at 127.0.0.1:{pg.port} (database {dbname or pg.database}): {failure_reason(exc)}",
             hint=f"is the stack up? Run `devenv up -p {stack.profile}` (or check `devenv status -p {stack.profile}`).",
         ) from exc
 

@@ -23,9 +23,9 @@ Not `KILL`: PgBouncer 1.18 to 1.24 segfaults when it kills a database with clien
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
-import contextlib
 import os
 import re
 import select
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from devenv.database import apply_seeds, connect, seed_files
+from devenv.database import apply_seeds, connect, failure_reason, seed_files
 from devenv.errors import HealthCheckError, SchemaError
 from devenv.stack import Stack
 
@@ -280,26 +280,20 @@ class Janitor:
                     password=pgb.admin_password, autocommit=True, connect_timeout=30,
                 )
             except psycopg.OperationalError as exc:
-                reason = (str(exc).strip().splitlines() or ["no answer"])[-1]
                 raise HealthCheckError(
-                    f"cannot reach PgBouncer's admin console at 127.0.0.1:{pgb.port}: {reason}",
+                    f"cannot reach PgBouncer's admin console at 127.0.0.1:{pgb.port}: {failure_reason(exc)}",
                     hint=f"check `devenv status -p {self.stack.profile}` and `devenv logs pgbouncer -p "
                          f"{self.stack.profile}`; `devenv up -p {self.stack.profile}` restarts what is down.",
                 ) from exc
         return self._pgbouncer
 
-    def _pgbouncer_command(self, command: str) -> None:
-        """Run a command on PgBouncer's admin console (simple query protocol only)."""
-        for attempt in (1, 2):
-            console = self._console()
-            result = console.pgconn.exec_(command.encode())
-            if result.status in (1, 2):  # COMMAND_OK, TUPLES_OK
-                return
-            message = result.error_message.decode(errors="replace")
-            if "no such database" in message:  # PgBouncer has not pooled this one yet
-                return
-            if attempt == 2 or not console.broken:
-                raise SchemaError(f"PgBouncer refused `{command}`: {message.strip()}")
+    def _pgbouncer_command(self, command: str) -> bool:
+        """Run a command on PgBouncer's admin console (simple query protocol only); see _took_effect."""
+        console = self._console()
+        result = console.pgconn.exec_(command.encode())
+        if result.status not in (1, 2) and console.broken:  # a stale console session: once more, anew
+            result = self._console().pgconn.exec_(command.encode())
+        return _took_effect(command, result)
 
     @contextlib.contextmanager
     def _pooled_clients_held(self, dbname: str) -> Iterator[None]:
@@ -314,11 +308,11 @@ class Janitor:
         console.send_query(f"PAUSE {dbname}".encode())
         deadline = time.monotonic() + PAUSE_TIMEOUT
         while True:
-            self._terminate(dbname)
-            select.select([console.socket], [], [], 0.02)
+            select.select([console.socket], [], [], 0.02)  # an idle pool answers in a few ms
             console.consume_input()
             if not console.is_busy():
                 break
+            self._terminate(dbname)
             if time.monotonic() > deadline:
                 self._pgbouncer.close()  # the pending PAUSE goes with it; RESUME on a new session
                 self._pgbouncer_command(f"RESUME {dbname}")
@@ -326,16 +320,13 @@ class Janitor:
                     f"PgBouncer did not PAUSE {dbname} within {PAUSE_TIMEOUT:.0f}s: its server "
                     f"connections to the database stayed busy",
                     hint=f"see `devenv logs pgbouncer -p {self.stack.profile}`.")
-        errors = []
+        paused = True
         while (result := console.get_result()) is not None:
-            if result.status not in (1, 2):
-                errors.append(result.error_message.decode(errors="replace").strip())
-        if errors and not any("no such database" in e for e in errors):  # not pooled yet: nothing to hold
-            raise SchemaError(f"PgBouncer refused `PAUSE {dbname}`: {'; '.join(errors)}")
+            paused = _took_effect(f"PAUSE {dbname}", result) and paused
         try:
             yield
         finally:
-            if not errors:
+            if paused:
                 self._pgbouncer_command(f"RESUME {dbname}")
 
     def close(self) -> None:
@@ -560,27 +551,25 @@ class Janitor:
         """
         from psycopg import sql
 
+        def rename(name: str, to: str) -> None:
+            self.admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(name), sql.Identifier(to)))
+
         self._forget(dbname)
         if not self.admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
             # Nobody is connected to a database that is not there: nothing for PgBouncer to hold,
             # which a first `up` on Docker may still be starting.
-            self.admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(fresh), sql.Identifier(dbname)))
+            rename(fresh, dbname)
             return
+        old = f"{dbname}__old_{os.getpid()}_{next(_drop_counter)}"
         with self._pooled_clients_held(dbname):
-            exists = self.admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
-            old = None
-            if exists:
-                old = f"{dbname}__old_{os.getpid()}_{next(_drop_counter)}"
-                self._terminate(dbname)
-                self.admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(dbname), sql.Identifier(old)))
+            self._terminate(dbname)
+            rename(dbname, old)
             try:
-                self.admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(fresh), sql.Identifier(dbname)))
+                rename(fresh, dbname)
             except BaseException:
-                if old is not None:  # put the old data back rather than leave no database at all
-                    self.admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(dbname)))
+                rename(old, dbname)  # put the old data back rather than leave no database at all
                 raise
-            if old is not None:
-                self._drop_later(old)
+        self._drop_later(old)
 
     def copy_live(self, source: str, target: str, method: str | None = None) -> None:
         """CREATE DATABASE `target` from `source`, a database that may be in use.
@@ -668,6 +657,17 @@ class Janitor:
     def _supports_strategy(self) -> bool:
         # CREATE DATABASE ... STRATEGY arrived in PostgreSQL 15 (WAL_LOG: no checkpoints).
         return self.admin.info.server_version >= 150000
+
+
+def _took_effect(command: str, result: Any) -> bool:
+    """Whether an admin-console command (its libpq result) took effect: False when PgBouncer
+    does not pool that database yet (nothing to do); any other refusal raises."""
+    if result.status in (1, 2):  # COMMAND_OK, TUPLES_OK
+        return True
+    message = result.error_message.decode(errors="replace").strip()
+    if "no such database" in message:
+        return False
+    raise SchemaError(f"PgBouncer refused `{command}`: {message}")
 
 
 def _pid_alive(pid: int) -> bool:
