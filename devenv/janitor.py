@@ -540,7 +540,12 @@ class Janitor:
         fresh = f"{dbname}__new_{os.getpid()}"
         self._drop(fresh)
         self._create_from(fresh, template, method)
-        self.swap_in(dbname, fresh)
+        try:
+            self.swap_in(dbname, fresh)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the swap's error is the one to report
+                self._drop(fresh)
+            raise
 
     def swap_in(self, dbname: str, fresh: str) -> None:
         """Rename the database `fresh` to `dbname`, replacing the one there.
