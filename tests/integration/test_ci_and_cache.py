@@ -91,11 +91,10 @@ def test_ci_mode_output_is_plain_timestamped_lines(project) -> None:
     assert proc.returncode == 3  # the unknown profile still fails loudly, with its exit code
 
 
-def test_the_archive_keeps_the_wal_segment_a_stopped_cluster_starts_from(cached_project, runtime: str) -> None:
+@pytest.mark.native_only(reason="the native runtime archives its own data directory")
+def test_the_archive_keeps_the_wal_segment_a_stopped_cluster_starts_from(cached_project) -> None:
     """native._redo_wal_file reads pg_controldata: the segment of a cleanly stopped cluster, None
     for a running one (its files are still changing), and only that segment goes into the cache."""
-    if runtime != "native":
-        pytest.skip("the native runtime archives its own data directory")
     from pathlib import Path
 
     from devenv.runtime.native import NativeRuntime, _redo_wal_file
