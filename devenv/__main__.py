@@ -1,5 +1,5 @@
 """`python -m devenv`: the same as the `devenv` command."""
 
-from devenv.cli import run
+from devenv.entry import run
 
 run()

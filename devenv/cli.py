@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 
+from devenv.entry import ci_mode, reset_summary, stamped
 from devenv.errors import DevenvError
 
 if TYPE_CHECKING:
@@ -117,17 +118,10 @@ def format_settings_table(stacks: list["Stack"]) -> str:
     return "\n".join(out)
 
 
-def ci_mode() -> bool:
-    """CI mode: `--ci`, or the CI variable every CI system sets (not "false"/"0")."""
-    return "--ci" in sys.argv[1:] or os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-
-
 def _say(line: str, kind: str = "") -> None:
     """One progress or status line on stderr: timestamped in CI mode, coloured on a terminal."""
     if ci_mode():
-        from datetime import datetime, timezone
-
-        line = f"{datetime.now(timezone.utc).strftime('%H:%M:%S.%f')[:-3]} {line}"
+        line = stamped(line)
     elif kind and sys.stderr.isatty():
         line = click.style(line, fg={"error": "red", "warning": "yellow", "ok": "green"}[kind])
     click.echo(line, err=True, color=None if not ci_mode() else False)
@@ -218,7 +212,7 @@ def reset(profile: str, config_path: str | None, hard: bool, strategy: str) -> N
                 result = handle.reset(hard=hard, strategy=strategy)
             finally:
                 handle.close()
-    _say(f"{stack.name}: reset {result.database} ({result.strategy}) and Redis in {result.seconds * 1000:.0f} ms")
+    _say(reset_summary(stack, result))
 
 
 # ---- snapshots, dump, restore (domain logic: devenv/snapshots.py, devenv/dumps.py) -----------
@@ -556,7 +550,8 @@ def _print_error(exc: DevenvError) -> None:
 
 
 def run() -> NoReturn:
-    """The `devenv` command (console script, `python -m devenv`): `main`, then a quick exit.
+    """The `devenv` command through click (devenv.entry.run, the console script, hands over every
+    form but a plain `devenv reset`): `main`, then a quick exit.
 
     Tearing down the interpreter (freeing every module click and devenv loaded) costs ~25 ms
     here, a tenth of a cold `up`. Exiting does the part of that teardown that shows: wait for
@@ -590,21 +585,35 @@ def main(argv: list[str] | None = None) -> NoReturn:
         args = ["--debug", *(a for a in args if a != "--debug")]
     try:
         code = cli.main(args=args, prog_name="devenv", standalone_mode=False)
-    except DevenvError as exc:
-        if debug:
-            raise
-        _print_error(exc)
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.Abort, KeyboardInterrupt):
+    except Exception as exc:
+        exit_for(exc, debug)
+    except KeyboardInterrupt as exc:
+        exit_for(exc, debug)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def exit_for(exc: BaseException, debug: bool | None = None) -> NoReturn:
+    """Print an error the one way and exit with its code; with --debug, raise it (the traceback).
+
+    A DevenvError: its message, hint (and log tail) and its class's exit code. A bug: one line
+    saying so. Also used by devenv.entry, whose `devenv reset` has not loaded click.
+    """
+    if debug is None:
+        debug = "--debug" in sys.argv[1:] or os.environ.get("DEVENV_DEBUG", "") not in ("", "0")
+    if isinstance(exc, SystemExit):
+        raise exc
+    if isinstance(exc, (click.Abort, KeyboardInterrupt)):
         click.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # a bug: say so briefly; --debug shows the traceback
-        if debug:
-            raise
-        click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
-        click.echo("hint: rerun with --debug for the traceback, and report it.", err=True)
-        sys.exit(1)
-    sys.exit(code if isinstance(code, int) else 0)
+    if isinstance(exc, click.ClickException):
+        exc.show()
+        sys.exit(exc.exit_code)
+    if debug:
+        raise exc
+    if isinstance(exc, DevenvError):
+        _print_error(exc)
+        sys.exit(exc.exit_code)
+    # a bug: say so briefly; --debug shows the traceback
+    click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
+    click.echo("hint: rerun with --debug for the traceback, and report it.", err=True)
+    sys.exit(1)

@@ -39,6 +39,28 @@ def test_cli_reset_restores_the_seeded_state(project, strategy: str) -> None:
     assert project.redis().exists("dirty") == 0
 
 
+def test_the_plain_cli_reset_runs_without_click_and_says_the_same(project) -> None:
+    """`devenv reset [-p P]` restores in place without loading click (devenv.entry: its import
+    costs more than the reset); a form click parses prints the same line."""
+    project.devenv("up")
+    project.redis().set("dirty", "1")
+    with project.connect() as conn:
+        conn.execute("DELETE FROM tasks WHERE status = 'done'")
+    project.env["PYTHONPROFILEIMPORTTIME"] = "1"  # python -X importtime
+    try:
+        plain = project.devenv("reset")
+    finally:
+        del project.env["PYTHONPROFILEIMPORTTIME"]
+    imported = {line.rsplit("|", 1)[1].strip() for line in plain.stderr.splitlines() if line.startswith("import time:")}
+    assert "devenv.janitor" in imported, "the import trace is not there to be read"
+    assert not {"click", "psycopg"} & imported, sorted({"click", "psycopg"} & imported)
+    assert _counts(project) == (8, 40) and project.redis().exists("dirty") == 0
+    said = [line for line in plain.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(said) == 1 and said[0].startswith("taskflow-") and "reset taskflow (restore) and Redis in" in said[0]
+    parsed = project.devenv("reset", "--strategy", "auto")
+    assert parsed.stderr.split(" in ")[0] == said[0].split(" in ")[0]
+
+
 def test_reset_after_ddl_drops_what_the_test_created(project) -> None:
     project.devenv("up")
     _dirty(project)

@@ -26,9 +26,9 @@ def assert_config_error(result: subprocess.CompletedProcess[str], *fragments: st
         assert fragment in result.stderr, f"{fragment!r} not in:\n{result.stderr}"
 
 
-@pytest.fixture(params=["render", "settings"])
+@pytest.fixture(params=["render", "settings", "reset"])
 def command(request: pytest.FixtureRequest) -> str:
-    """Both commands that read devenv.yaml report its errors the same way."""
+    """Commands that read devenv.yaml report its errors the same way (`reset`: without click)."""
     return str(request.param)
 
 
@@ -103,9 +103,10 @@ def test_debug_shows_the_traceback(edit_config: Any, run_devenv: Any) -> None:
     assert "devenv.errors.ConfigError" in result.stderr and "did you mean 'shared_buffers'" in result.stderr
 
 
-def test_debug_from_the_environment_shows_the_traceback(edit_config: Any, run_devenv: Any) -> None:
+@pytest.mark.parametrize("command", ["render", "reset"])
+def test_debug_from_the_environment_shows_the_traceback(edit_config: Any, run_devenv: Any, command: str) -> None:
     edit_config("    shared_buffers:", "    shared_bufers:")
-    result = run_devenv("render", env={"DEVENV_DEBUG": "1"})
+    result = run_devenv(command, env={"DEVENV_DEBUG": "1"})
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
