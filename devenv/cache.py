@@ -11,6 +11,7 @@ the superuser's password is set again over the unix socket (trusted locally).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,8 +22,12 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, Iterator
 
 from devenv.stack import Stack
+
+if TYPE_CHECKING:
+    from devenv import pgwire
 
 CACHE_FORMAT = 1  # bump when what a cached data directory must contain changes
 
@@ -59,35 +64,146 @@ def archive_path(key: str) -> Path:
     return cache_dir() / f"pgdata-{key}.tar.zst"
 
 
-def save(pgdata: Path, key: str, keep_wal: str | None = None) -> Path:
-    """Archive a stopped, cleanly shut down data directory into the cache (atomically).
+# Not copied from a running cluster (pg_basebackup leaves them out too): one server's runtime
+# state (the directories stay, empty; the WAL needed is added after the copy) and files that
+# must not travel. GNU tar patterns, on names as `tar -C PGDATA .` gives them.
+_LIVE_EXCLUDES = (
+    "./postmaster.pid", "./postmaster.opts", "./current_logfiles", "./backup_label", "./tablespace_map", "./log",
+    "./pg_wal/0*", "./pg_wal/archive_status/*", "pg_internal.init", "pgsql_tmp*",
+    *(f"./{name}/*" for name in ("pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial", "pg_snapshots",
+                                 "pg_stat_tmp", "pg_subtrans")),
+)
+# Files of a running server change, shrink or go while tar reads them: WAL replay from the
+# backup's start fixes what it copied, so say nothing (tar still exits 1 for "files differ").
+_LIVE_TAR_QUIET = ("--ignore-failed-read", "--warning=no-file-changed", "--warning=no-file-removed",
+                   "--warning=no-file-shrank")
 
-    `keep_wal`: the one WAL segment the cluster starts from, when known; the others are left out.
+
+def save_live(pgdata: Path, key: str, conn: "pgwire.Connection") -> Path:
+    """Archive the data directory of a running cluster into the cache (atomically): a base backup.
+
+    pg_backup_start (an immediate checkpoint), the files, pg_backup_stop, then the backup_label
+    it returns and the WAL from the backup's start to its end, in the same archive: the restored
+    copy recovers to a consistent state at its first start. Unlike stopping the server for a
+    clean copy, it keeps running: stopping, starting and waiting for it again cost more than the
+    copy, most of all in a container. `conn`: a superuser session, held for the backup.
     """
-    target = archive_path(key)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    # Per-server files that must not travel: the pid file and the log of the old server.
-    excludes = ["./postmaster.pid", "./postmaster.opts", "./log"]
-    if keep_wal:
-        excludes += [f"./pg_wal/{seg.name}" for seg in (pgdata / "pg_wal").iterdir()
-                     if len(seg.name) == 24 and seg.name != keep_wal]
-    zstd = shutil.which("zstd")
-    if zstd:
-        with open(tmp, "wb") as out:
-            tar = subprocess.Popen(["tar", "-C", str(pgdata), *(f"--exclude={e}" for e in excludes), "-cf", "-", "."],
-                                   stdout=subprocess.PIPE)
-            subprocess.run([zstd, "-1", "-T0", "-q", "-c"], stdin=tar.stdout, stdout=out, check=True)
-            tar.stdout.close()  # type: ignore[union-attr]
-            if tar.wait() != 0:
-                raise OSError(f"tar of {pgdata} failed")
-    else:  # no zstd binary: gzip through Python, slower but everywhere
-        tmp = tmp.with_suffix(".gz.tmp")
-        with tarfile.open(tmp, "w:gz", compresslevel=1) as archive:
-            archive.add(pgdata, arcname=".", filter=lambda info: None if info.name in excludes else info)
-        target = target.with_suffix(".gz")
-    os.replace(tmp, target)
+    import re
+    import tempfile
+
+    from devenv import pgwire
+
+    conn.query("SELECT pg_catalog.pg_backup_start('devenv cache', true)")
+    with _compressed(archive_path(key)) as (sink, target):
+        _tar_into(sink, pgdata, ["."], _LIVE_EXCLUDES, ok=(0, 1), quiet=_LIVE_TAR_QUIET, last=False)
+        [(label, tablespace_map, stop_wal)] = conn.query(
+            "SELECT labelfile, spcmapfile, pg_catalog.pg_walfile_name(lsn) FROM pg_catalog.pg_backup_stop(false)")
+        start_wal = re.search(r"^START WAL LOCATION: .*\(file ([0-9A-F]{24})\)$", label, re.M)
+        if start_wal is None:
+            raise pgwire.PgError(f"pg_backup_stop returned a backup label devenv cannot read: {label!r}")
+        segments = sorted(f"./pg_wal/{p.name}" for p in (pgdata / "pg_wal").iterdir()
+                          if len(p.name) == 24 and start_wal.group(1) <= p.name <= stop_wal)
+        if not segments or segments[0] != f"./pg_wal/{start_wal.group(1)}":
+            raise OSError(f"the WAL the backup needs from {start_wal.group(1)} on is not in {pgdata / 'pg_wal'}")
+        owner = pgdata.stat()
+        with tempfile.TemporaryDirectory() as extra:
+            names = []
+            for name, text in (("backup_label", label), ("tablespace_map", tablespace_map)):
+                if text:
+                    path = Path(extra, name)
+                    path.write_text(text)
+                    os.chown(path, owner.st_uid, owner.st_gid)  # the server reads and renames it
+                    path.chmod(0o600)
+                    names.append(f"./{name}")
+            _tar_into(sink, Path(extra), names, extra_args=["-C", str(pgdata), *segments])
     return target
+
+
+def _tar_into(sink: IO[bytes], directory: Path, members: list[str], excludes: tuple[str, ...] = (),
+              ok: tuple[int, ...] = (0,), quiet: tuple[str, ...] = (), last: bool = True,
+              extra_args: list[str] | None = None) -> None:
+    """GNU tar of `members` (relative to `directory`) written to `sink`; unless `last`, without
+    its end-of-archive blocks, so that the next tar written there continues the same archive."""
+    argv = ["tar", "--numeric-owner", *quiet, "-C", str(directory), *(f"--exclude={e}" for e in excludes),
+            "-cf", "-", *members, *(extra_args or [])]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
+    members_only = None if last else _TarMembers(sink)
+    try:
+        for chunk in iter(lambda: proc.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
+            if members_only is None:
+                sink.write(chunk)
+            else:
+                members_only.feed(chunk)
+    finally:
+        proc.stdout.close()  # type: ignore[union-attr]
+        code = proc.wait()
+    if code not in ok:
+        raise OSError(f"tar of {directory} failed (exit status {code})")
+    if members_only is not None and not members_only.ended:
+        raise OSError(f"tar of {directory} has no end-of-archive block")
+
+
+class _TarMembers:
+    """Passes a tar stream's members on and stops at its end (the first all-zero header block):
+    what comes after is padding, and another archive's members may follow in its place.
+
+    Each member is a 512-byte header, then its size (an octal field) rounded up to 512 bytes.
+    """
+
+    def __init__(self, sink: IO[bytes]) -> None:
+        self.sink, self.buffer, self.data_left, self.ended = sink, bytearray(), 0, False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.ended:
+            return
+        self.buffer += chunk
+        passed = 0  # the members found whole or begun in the buffer, written out at once
+        while True:
+            if self.data_left:
+                step = min(self.data_left, len(self.buffer) - passed)
+                passed += step
+                self.data_left -= step
+                if self.data_left:
+                    break
+            if len(self.buffer) - passed < 512:
+                break
+            header = bytes(self.buffer[passed:passed + 512])
+            if header == bytes(512):
+                self.ended = True
+                break
+            size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)  # sizes of 8 GiB and up are not octal
+            self.data_left = 512 + -(-size // 512) * 512
+        self.sink.write(self.buffer[:passed])
+        del self.buffer[:passed]
+
+
+@contextlib.contextmanager
+def _compressed(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
+    """A stream written compressed to `target` (zstd; without it, gzip: the path it gets),
+    renamed into place only when complete."""
+    import gzip
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    zstd = shutil.which("zstd")
+    if zstd is None:
+        target = target.with_suffix(".gz")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as out:
+            if zstd:
+                proc = subprocess.Popen([zstd, "-1", "-T0", "-q", "-c"], stdin=subprocess.PIPE, stdout=out)
+                try:
+                    yield proc.stdin, target  # type: ignore[misc]
+                finally:
+                    proc.stdin.close()  # type: ignore[union-attr]
+                    if proc.wait() != 0:
+                        raise OSError("zstd failed")
+            else:
+                with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1) as gz:
+                    yield gz, target  # type: ignore[misc]
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def find(key: str) -> Path | None:

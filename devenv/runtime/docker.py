@@ -722,27 +722,34 @@ class DockerRuntime:
         _clear_marker(stack)
 
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
-        """Keep the freshly seeded volume in the cache: a clean stop of the container, its data
-        directory through the engine's archive API into zstd, then the container starts again."""
+        """Keep the freshly seeded volume in the cache. When the volume's directory is here, a base
+        backup of the running server (cache.save_live); else a clean stop of the container, its
+        data directory through the engine's archive API into zstd, then the container starts again."""
         from docker.errors import DockerException
+
+        from devenv import pgwire
 
         container = self._container(stack, "postgres")
         if container is None:
             return
         start = time.perf_counter()
-        _stop(container, int(container.attrs.get("Config", {}).get("StopTimeout") or 10))  # no recovery needed later
+        local = self._local_data_dir(stack, _spec_of(container))
         try:
-            local = self._local_data_dir(stack, _spec_of(container))
-            if local is not None:  # read the volume's directory here: ~5x faster than the archive API
-                stream = _tar_of(local)
+            if local is not None:  # no stop and start: ~1 s less than the archive API's way
+                pg = stack.postgres
+                with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, "postgres", ssl=pg.ssl,
+                                       timeout=30.0, query_timeout=300.0) as conn:
+                    path = cache.save_live(local, key, conn)
             else:
-                stream, _ = self.client().api.get_archive(container.id, stack.postgres.pgdata + "/.")
-            path = _save_stream(stream, cache.archive_path(key))
-        except (DockerException, OSError) as exc:
+                _stop(container, int(container.attrs.get("Config", {}).get("StopTimeout") or 10))  # no recovery needed later
+                try:
+                    stream, _ = self.client().api.get_archive(container.id, stack.postgres.pgdata + "/.")
+                    path = _save_stream(stream, cache.archive_path(key))
+                finally:
+                    self._start("postgres", container.id, stack)
+        except (DockerException, OSError, pgwire.PgError) as exc:
             progress(f"postgres   could not cache the seeded data: {_api_message(exc)}")
             return
-        finally:
-            self._start("postgres", container.id, stack)
         progress(f"postgres   cached the seeded data in {path} ({path.stat().st_size / 1e6:.1f} MB, "
                  f"{time.perf_counter() - start:.2f}s)")
 
@@ -1417,19 +1424,6 @@ def _spec_of(container: "Container") -> ContainerSpec:
                and str(m.get("Destination", "")).startswith("/var/lib/postgresql")}
     return ContainerSpec(service="postgres", name=container.name, image="", body={}, config_hash="", files_hash="",
                          volumes=volumes)
-
-
-def _tar_of(directory: Path) -> Iterator[bytes]:
-    """The tar stream of a directory, `./`-relative and with numeric owners (as the engine's)."""
-    import subprocess
-
-    proc = subprocess.Popen(["tar", "-C", str(directory), "--numeric-owner", "-cf", "-", "."], stdout=subprocess.PIPE)
-    try:
-        yield from iter(lambda: proc.stdout.read(1 << 20), b"")  # type: ignore[union-attr]
-    finally:
-        proc.stdout.close()  # type: ignore[union-attr]
-        if proc.wait() != 0:
-            raise OSError(f"tar of {directory} failed")
 
 
 def _untar_into(archive: Path, directory: Path) -> None:

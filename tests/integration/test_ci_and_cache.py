@@ -91,29 +91,36 @@ def test_ci_mode_output_is_plain_timestamped_lines(project) -> None:
     assert proc.returncode == 3  # the unknown profile still fails loudly, with its exit code
 
 
-@pytest.mark.native_only(reason="the native runtime archives its own data directory")
-def test_the_archive_keeps_the_wal_segment_a_stopped_cluster_starts_from(cached_project) -> None:
-    """native._redo_wal_file reads pg_controldata: the segment of a cleanly stopped cluster, None
-    for a running one (its files are still changing), and only that segment goes into the cache."""
+@pytest.mark.native_only(reason="reads the native data directory's WAL")
+def test_the_cache_is_a_base_backup_taken_while_the_server_runs(cached_project) -> None:
+    """cache.save_live: Postgres is not stopped for the copy; the archive holds the backup label,
+    only the WAL from the backup's start to its end, no pid file, and a cold `up` recovers from it."""
+    import datetime
     from pathlib import Path
 
-    from devenv.runtime.native import NativeRuntime, _redo_wal_file
-
     proj = cached_project
-    # Generated tasks write WAL across several segments before the archive is made (the
-    # default seeds fit in the first one, so there would be nothing to leave out).
+    # Generated tasks write WAL across several segments before the backup starts (the default
+    # seeds fit in the first one, so there would be nothing to leave out).
     proj.edit("devenv.yaml", "\nprofiles:\n", "\nprofiles:\n  walheavy:\n    extends: ci\n    seed_scale: 20000\n")
     proj.profile = "walheavy"
-    proj.devenv("up")
-    pgdata = Path(proj.pgdata())
-    binaries = NativeRuntime().binaries(proj.stack())
-    assert _redo_wal_file(binaries, pgdata) is None, "a running cluster has no settled start segment"
-    proj.devenv("down")
-    redo = _redo_wal_file(binaries, pgdata)
-    assert redo and (pgdata / "pg_wal" / redo).is_file()
+    assert "cached the seeded data" in proj.devenv("up").stderr
     [archive] = (proj.root.parent / "cache").glob("pgdata-*")
-    listing = subprocess.run(f"zstd -dc '{archive}' | tar -t", shell=True, capture_output=True, text=True, check=True)
-    # One segment, the one the cluster started from when the archive was made: the shutdown
-    # checkpoint of `down` came after it, in the same segment or a later one.
-    [segment] = [m for m in listing.stdout.split() if re.fullmatch(r"\./pg_wal/[0-9A-F]{24}", m)]
-    assert segment <= f"./pg_wal/{redo}"
+    with proj.connect() as conn:
+        started = conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+        tasks = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]
+    saved = datetime.datetime.fromtimestamp(archive.stat().st_mtime, tz=datetime.timezone.utc)
+    assert started < saved, "the server was restarted after the archive was made"
+    unpacked = proj.root.parent / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(f"zstd -dc '{archive}' | tar -x -C '{unpacked}'", shell=True, check=True)
+    label = (unpacked / "backup_label").read_text()
+    first = re.search(r"START WAL LOCATION: .*\(file ([0-9A-F]{24})\)", label).group(1)
+    segments = sorted(p.name for p in (unpacked / "pg_wal").iterdir() if len(p.name) == 24)
+    on_disk = [p for p in (Path(proj.pgdata()) / "pg_wal").iterdir() if len(p.name) == 24]
+    assert segments[0] == first and len(segments) < len(on_disk), (label, segments, len(on_disk))
+    assert not (unpacked / "postmaster.pid").exists() and (unpacked / "pg_wal" / "archive_status").is_dir()
+    proj.devenv("down", "--volumes")
+    again = proj.devenv("up")
+    assert "restoring seeded data" in again.stderr and "postgres   initdb" not in again.stderr
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == tasks

@@ -9,6 +9,7 @@ that fails half way, leftovers of an interrupted `up`, and `--runtime auto`.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import re
@@ -286,6 +287,10 @@ def test_second_cold_up_restores_the_cache_into_the_volume(cached_dev_project: P
     assert "postgres   initdb" in first.stderr and "cached the seeded data" in first.stderr, first.stderr
     archives = list((proj.root.parent / "cache").glob("pgdata-*"))
     assert len(archives) == 1
+    # A base backup of the running server (the volume's directory is here): not restarted for it.
+    started = proj.container("postgres").attrs["State"]["StartedAt"][:26]  # ISO, to microseconds, UTC
+    saved = datetime.datetime.fromtimestamp(archives[0].stat().st_mtime, tz=datetime.timezone.utc)
+    assert started < saved.strftime("%Y-%m-%dT%H:%M:%S.%f"), (started, saved)
     with proj.connect() as conn:
         conn.execute("INSERT INTO users (email, password_hash) VALUES ('later@x', 'x')")
         conn.commit()

@@ -1,4 +1,7 @@
-"""devenv.cache.save: what goes into a seeded-data archive (real tar and zstd, files made here)."""
+"""devenv.cache: what a copy of a running data directory takes (real tar and zstd, files made here).
+
+cache.save_live itself needs a server: tests/integration/test_ci_and_cache.py runs it.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +13,15 @@ import pytest
 
 from devenv import cache
 
-SEGMENTS = ("000000010000000000000001", "000000010000000000000002", "000000010000000000000003")
-
 
 @pytest.fixture
 def pgdata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DEVENV_CACHE_DIR", str(tmp_path / "cache"))
     data = tmp_path / "data"
-    for name in ("PG_VERSION", "base/1/1259", "global/pg_control", "postmaster.pid", "log/postgresql.log",
-                 *(f"pg_wal/{segment}" for segment in SEGMENTS), "pg_wal/archive_status/.keep"):
+    for name in ("PG_VERSION", "base/1/1259", "base/1/pg_internal.init", "base/pgsql_tmp/pgsql_tmp1.0",
+                 "global/pg_control", "postmaster.pid", "postmaster.opts", "log/postgresql.log",
+                 "pg_wal/000000010000000000000001", "pg_wal/archive_status/000000010000000000000001.done",
+                 "pg_stat_tmp/global.stat", "pg_subtrans/0000", "pg_notify/0000"):
         (data / name).parent.mkdir(parents=True, exist_ok=True)
         (data / name).write_bytes(b"x" * 64)
     return data
@@ -33,15 +36,32 @@ def members(archive: Path) -> set[str]:
 
 
 @pytest.mark.skipif(shutil.which("zstd") is None or shutil.which("tar") is None, reason="needs tar and zstd")
-def test_only_the_wal_segment_the_cluster_starts_from_travels(pgdata: Path) -> None:
-    archive = cache.save(pgdata, "k1", keep_wal=SEGMENTS[1])
-    names = members(archive)
-    assert {n for n in names if n.startswith("./pg_wal/0")} == {f"./pg_wal/{SEGMENTS[1]}"}
-    assert {"./PG_VERSION", "./base/1/1259", "./global/pg_control", "./pg_wal/archive_status"} <= names
-    assert not {"./postmaster.pid", "./log"} & names, "per-server files stay behind"
+def test_a_running_clusters_state_stays_behind_and_a_second_tar_continues_the_archive(pgdata: Path, tmp_path: Path) -> None:
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "backup_label").write_text("START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n")
+    (pgdata / "base" / "1" / "2600").write_bytes(bytes(8192))  # a member ending in zero blocks, as empty pages do
+    with cache._compressed(cache.archive_path("k1")) as (sink, target):
+        cache._tar_into(sink, pgdata, ["."], cache._LIVE_EXCLUDES, last=False)
+        cache._tar_into(sink, extra, ["./backup_label"], extra_args=["-C", str(pgdata), "./pg_wal/000000010000000000000001"])
+    names = members(target)  # tar reads on after the first tar's members: one archive
+    assert {"./PG_VERSION", "./base/1/1259", "./base/1/2600", "./global/pg_control", "./backup_label",
+            "./pg_wal/000000010000000000000001"} <= names
+    # The directories stay (postgres wants them), their runtime contents do not.
+    assert {"./pg_wal", "./pg_wal/archive_status", "./pg_stat_tmp", "./pg_subtrans", "./pg_notify"} <= names
+    assert not {n for n in names if n.startswith(("./pg_wal/archive_status/", "./pg_stat_tmp/", "./pg_subtrans/",
+                                                   "./pg_notify/", "./log"))}
+    assert not {"./postmaster.pid", "./postmaster.opts", "./base/1/pg_internal.init",
+                "./base/pgsql_tmp/pgsql_tmp1.0"} & names
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(f"zstd -dc '{target}' | tar -x -C '{unpacked}'", shell=True, check=True)
+    assert (unpacked / "base" / "1" / "2600").read_bytes() == bytes(8192)
+    assert (unpacked / "backup_label").read_text().startswith("START WAL LOCATION")
 
 
-@pytest.mark.skipif(shutil.which("zstd") is None or shutil.which("tar") is None, reason="needs tar and zstd")
-def test_without_the_start_segment_every_segment_travels(pgdata: Path) -> None:
-    names = members(cache.save(pgdata, "k2"))
-    assert {n for n in names if n.startswith("./pg_wal/0")} == {f"./pg_wal/{s}" for s in SEGMENTS}
+def test_an_interrupted_archive_leaves_nothing_in_the_cache(pgdata: Path) -> None:
+    with pytest.raises(RuntimeError), cache._compressed(cache.archive_path("k2")) as (sink, target):
+        cache._tar_into(sink, pgdata, ["."], cache._LIVE_EXCLUDES, last=False)
+        raise RuntimeError("pg_backup_stop failed")
+    assert not target.exists() and not list(target.parent.iterdir()), "no archive, no temporary file"
