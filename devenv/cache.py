@@ -94,7 +94,7 @@ def save_live(pgdata: Path, key: str, conn: "pgwire.Connection") -> Path:
     from devenv import pgwire
 
     conn.query("SELECT pg_catalog.pg_backup_start('devenv cache', true)")
-    with _compressed(archive_path(key)) as (sink, target):
+    with compressed(archive_path(key)) as (sink, target):
         _tar_into(sink, pgdata, ["."], _LIVE_EXCLUDES, ok=(0, 1), quiet=_LIVE_TAR_QUIET, last=False)
         [(label, tablespace_map, stop_wal)] = conn.query(
             "SELECT labelfile, spcmapfile, pg_catalog.pg_walfile_name(lsn) FROM pg_catalog.pg_backup_stop(false)")
@@ -178,7 +178,7 @@ class _TarMembers:
 
 
 @contextlib.contextmanager
-def _compressed(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
+def compressed(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
     """A stream written compressed to `target` (zstd; without it, gzip: the path it gets),
     renamed into place only when complete."""
     import gzip

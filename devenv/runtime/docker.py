@@ -744,7 +744,9 @@ class DockerRuntime:
                 _stop(container, int(container.attrs.get("Config", {}).get("StopTimeout") or 10))  # no recovery needed later
                 try:
                     stream, _ = self.client().api.get_archive(container.id, stack.postgres.pgdata + "/.")
-                    path = _save_stream(stream, cache.archive_path(key))
+                    with cache.compressed(cache.archive_path(key)) as (sink, path):
+                        for chunk in stream:
+                            sink.write(chunk)
                 finally:
                     self._start("postgres", container.id, stack)
         except (DockerException, OSError, pgwire.PgError) as exc:
@@ -1443,39 +1445,6 @@ def _untar_into(archive: Path, directory: Path) -> None:
             raise OSError(f"{archive} is corrupt or unreadable")
     else:
         subprocess.run(["tar", "-C", str(directory), "--numeric-owner", "-xzf", str(archive)], check=True)
-
-
-def _save_stream(chunks: Iterator[bytes], target: Path) -> Path:
-    """Write a tar stream compressed into the cache, atomically (zstd when installed, else gzip)."""
-    import gzip
-    import shutil
-    import subprocess
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    zstd = shutil.which("zstd")
-    if zstd is None:
-        target = target.with_suffix(".gz")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as out:
-            if zstd:
-                proc = subprocess.Popen([zstd, "-1", "-T0", "-q", "-c"], stdin=subprocess.PIPE, stdout=out)
-                try:
-                    for chunk in chunks:
-                        proc.stdin.write(chunk)  # type: ignore[union-attr]
-                finally:
-                    proc.stdin.close()  # type: ignore[union-attr]
-                    if proc.wait() != 0:
-                        raise OSError("zstd failed")
-            else:
-                with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1) as gz:
-                    for chunk in chunks:
-                        gz.write(chunk)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def test_a_running_clusters_state_stays_behind_and_a_second_tar_continues_the_ar
     extra.mkdir()
     (extra / "backup_label").write_text("START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n")
     (pgdata / "base" / "1" / "2600").write_bytes(bytes(8192))  # a member ending in zero blocks, as empty pages do
-    with cache._compressed(cache.archive_path("k1")) as (sink, target):
+    with cache.compressed(cache.archive_path("k1")) as (sink, target):
         cache._tar_into(sink, pgdata, ["."], cache._LIVE_EXCLUDES, last=False)
         cache._tar_into(sink, extra, ["./backup_label"], extra_args=["-C", str(pgdata), "./pg_wal/000000010000000000000001"])
     names = members(target)  # tar reads on after the first tar's members: one archive
@@ -61,7 +61,7 @@ def test_a_running_clusters_state_stays_behind_and_a_second_tar_continues_the_ar
 
 
 def test_an_interrupted_archive_leaves_nothing_in_the_cache(pgdata: Path) -> None:
-    with pytest.raises(RuntimeError), cache._compressed(cache.archive_path("k2")) as (sink, target):
+    with pytest.raises(RuntimeError), cache.compressed(cache.archive_path("k2")) as (sink, target):
         cache._tar_into(sink, pgdata, ["."], cache._LIVE_EXCLUDES, last=False)
         raise RuntimeError("pg_backup_stop failed")
     assert not target.exists() and not list(target.parent.iterdir()), "no archive, no temporary file"
