@@ -95,7 +95,7 @@ def save_live(pgdata: Path, key: str, conn: "pgwire.Connection") -> Path:
 
     conn.query("SELECT pg_catalog.pg_backup_start('devenv cache', true)")
     with compressed(archive_path(key)) as (sink, target):
-        _tar_into(sink, pgdata, ["."], _LIVE_EXCLUDES, ok=(0, 1), quiet=_LIVE_TAR_QUIET, last=False)
+        written = _tar_into(sink, pgdata, ["."], _LIVE_EXCLUDES, ok=(0, 1), quiet=_LIVE_TAR_QUIET)
         [(label, tablespace_map, stop_wal)] = conn.query(
             "SELECT labelfile, spcmapfile, pg_catalog.pg_walfile_name(lsn) FROM pg_catalog.pg_backup_stop(false)")
         start_wal = re.search(r"^START WAL LOCATION: .*\(file ([0-9A-F]{24})\)$", label, re.M)
@@ -115,32 +115,37 @@ def save_live(pgdata: Path, key: str, conn: "pgwire.Connection") -> Path:
                     os.chown(path, owner.st_uid, owner.st_gid)  # the server reads and renames it
                     path.chmod(0o600)
                     names.append(f"./{name}")
-            _tar_into(sink, Path(extra), names, extra_args=["-C", str(pgdata), *segments])
+            written += _tar_into(sink, Path(extra), names, extra_args=["-C", str(pgdata), *segments])
+        sink.write(end_of_archive(written))
     return target
 
 
 def _tar_into(sink: IO[bytes], directory: Path, members: list[str], excludes: tuple[str, ...] = (),
-              ok: tuple[int, ...] = (0,), quiet: tuple[str, ...] = (), last: bool = True,
-              extra_args: list[str] | None = None) -> None:
-    """GNU tar of `members` (relative to `directory`) written to `sink`; unless `last`, without
-    its end-of-archive blocks, so that the next tar written there continues the same archive."""
+              ok: tuple[int, ...] = (0,), quiet: tuple[str, ...] = (), extra_args: list[str] | None = None) -> int:
+    """The members of a GNU tar of `members` (relative to `directory`), written to `sink` without
+    the end-of-archive blocks: more members may follow (see `end_of_archive`). Returns the bytes written."""
     argv = ["tar", "--numeric-owner", *quiet, "-C", str(directory), *(f"--exclude={e}" for e in excludes),
             "-cf", "-", *members, *(extra_args or [])]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
-    members_only = None if last else _TarMembers(sink)
+    members_only = _TarMembers(sink)
     try:
         for chunk in iter(lambda: proc.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
-            if members_only is None:
-                sink.write(chunk)
-            else:
-                members_only.feed(chunk)
+            members_only.feed(chunk)
     finally:
         proc.stdout.close()  # type: ignore[union-attr]
         code = proc.wait()
     if code not in ok:
         raise OSError(f"tar of {directory} failed (exit status {code})")
-    if members_only is not None and not members_only.ended:
+    if not members_only.ended:
         raise OSError(f"tar of {directory} has no end-of-archive block")
+    return members_only.written
+
+
+def end_of_archive(written: int, record: int = 10240) -> bytes:
+    """Two zero blocks, then zeros up to a whole record, as GNU tar ends an archive. tar reads
+    whole records and stops at those blocks: with a shorter last record it would leave bytes of
+    its input unread, and the zstd feeding it would die of SIGPIPE (an archive "unreadable")."""
+    return bytes(1024 + -(written + 1024) % record)
 
 
 class _TarMembers:
@@ -151,7 +156,7 @@ class _TarMembers:
     """
 
     def __init__(self, sink: IO[bytes]) -> None:
-        self.sink, self.buffer, self.data_left, self.ended = sink, bytearray(), 0, False
+        self.sink, self.buffer, self.data_left, self.ended, self.written = sink, bytearray(), 0, False, 0
 
     def feed(self, chunk: bytes) -> None:
         if self.ended:
@@ -174,6 +179,7 @@ class _TarMembers:
             size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)  # sizes of 8 GiB and up are not octal
             self.data_left = 512 + -(-size // 512) * 512
         self.sink.write(self.buffer[:passed])
+        self.written += passed
         del self.buffer[:passed]
 
 
@@ -214,6 +220,29 @@ def find(key: str) -> Path | None:
     return None
 
 
+def start_unpacking(archive: Path, directory: Path, numeric_owner: bool = False) -> list[subprocess.Popen[bytes]]:
+    """`zstd -d | tar -x` of a cached archive into `directory`, started; `wait_unpacked` ends it."""
+    zstd = shutil.which("zstd")
+    if zstd is None:
+        raise OSError("zstd is needed to read the cached data directory")
+    unzstd = subprocess.Popen([zstd, "-d", "-q", "-c", str(archive)], stdout=subprocess.PIPE)
+    tar = subprocess.Popen(["tar", "-C", str(directory), *(["--numeric-owner"] if numeric_owner else []), "-xf", "-"],
+                           stdin=unzstd.stdout)
+    unzstd.stdout.close()  # type: ignore[union-attr]  (tar holds the pipe now)
+    return [unzstd, tar]
+
+
+def wait_unpacked(procs: list[subprocess.Popen[bytes]], archive: Path) -> None:
+    """Wait for `start_unpacking`'s processes; OSError if the archive could not be read. tar stops
+    reading at the end-of-archive blocks: zstd killed by SIGPIPE for bytes past them (an archive
+    without whole records at its end) is no failure when tar read the archive to its end."""
+    import signal
+
+    unzstd, tar = procs
+    if tar.wait() != 0 or unzstd.wait() not in (0, -signal.SIGPIPE):
+        raise OSError(f"{archive} is corrupt or unreadable")
+
+
 class Restore:
     """An extraction of a cached snapshot running in the background (tar and zstd on another core).
 
@@ -227,22 +256,13 @@ class Restore:
         self.scratch = pgdata.with_name(pgdata.name + ".restore")
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(parents=True)
-        self._procs: list[subprocess.Popen[bytes]] = []
-        if archive.suffix == ".zst":
-            zstd = shutil.which("zstd")
-            if zstd is None:
-                raise OSError("zstd is needed to read the cached data directory")
-            unzstd = subprocess.Popen([zstd, "-d", "-q", "-c", str(archive)], stdout=subprocess.PIPE)
-            tar = subprocess.Popen(["tar", "-C", str(self.scratch), "-xf", "-"], stdin=unzstd.stdout)
-            unzstd.stdout.close()  # type: ignore[union-attr]  (tar holds the pipe now)
-            self._procs = [unzstd, tar]
+        self._procs = start_unpacking(archive, self.scratch) if archive.suffix == ".zst" else []
 
     def finish(self, owner: tuple[int, int] | None) -> float:
         """Wait for the extraction, fix owners, move it into place; returns seconds since start."""
         try:
             if self._procs:
-                if any(proc.wait() != 0 for proc in self._procs):
-                    raise OSError(f"{self.archive} is corrupt or unreadable")
+                wait_unpacked(self._procs, self.archive)
             else:
                 with tarfile.open(self.archive, "r:gz") as tar:
                     tar.extractall(self.scratch, filter="tar")

@@ -1433,16 +1433,7 @@ def _untar_into(archive: Path, directory: Path) -> None:
     import subprocess
 
     if archive.name.endswith(".zst"):
-        import shutil
-
-        zstd = shutil.which("zstd")
-        if zstd is None:
-            raise OSError("zstd is needed to read the cached data directory")
-        unzstd = subprocess.Popen([zstd, "-d", "-q", "-c", str(archive)], stdout=subprocess.PIPE)
-        tar = subprocess.Popen(["tar", "-C", str(directory), "--numeric-owner", "-xf", "-"], stdin=unzstd.stdout)
-        unzstd.stdout.close()  # type: ignore[union-attr]  (tar holds the pipe now)
-        if tar.wait() != 0 or unzstd.wait() != 0:
-            raise OSError(f"{archive} is corrupt or unreadable")
+        cache.wait_unpacked(cache.start_unpacking(archive, directory, numeric_owner=True), archive)
     else:
         subprocess.run(["tar", "-C", str(directory), "--numeric-owner", "-xzf", str(archive)], check=True)
 

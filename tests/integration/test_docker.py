@@ -318,6 +318,32 @@ def test_second_cold_up_restores_the_cache_into_the_volume(cached_dev_project: P
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
 
 
+def test_without_the_volumes_directory_the_cache_fills_through_the_archive_api(
+        cached_dev_project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A remote engine, or devenv not root: the volume's directory is not here. save_cache then
+    stops the container, reads its data directory through the engine's archive API and starts
+    it again; a cold `up` restores that archive like the other."""
+    from devenv.runtime.docker import DockerRuntime
+
+    proj = cached_dev_project
+    proj.devenv("up")
+    [archive] = (proj.root.parent / "cache").glob("pgdata-*.tar.zst")
+    key = archive.name.removeprefix("pgdata-").removesuffix(".tar.zst")
+    archive.unlink()
+    monkeypatch.setenv("DEVENV_CACHE_DIR", proj.env["DEVENV_CACHE_DIR"])
+    monkeypatch.setattr(DockerRuntime, "_local_data_dir", lambda self, stack, spec: None)  # the one branch forced
+    said: list[str] = []
+    before = proj.container("postgres").attrs["State"]["StartedAt"]
+    DockerRuntime(env=proj.env).save_cache(proj.stack(), key, said.append)
+    assert archive.is_file() and "cached the seeded data" in said[-1], said
+    assert proj.container("postgres").attrs["State"]["StartedAt"] > before, "stopped for the copy and started again"
+    proj.devenv("down", "--volumes")
+    again = proj.devenv("up")
+    assert "restoring seeded data" in again.stderr and "postgres   initdb" not in again.stderr, again.stderr
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+
+
 def test_a_changed_seed_file_misses_the_docker_cache(cached_dev_project: Project) -> None:
     proj = cached_dev_project
     proj.devenv("up")

@@ -42,9 +42,15 @@ def test_a_running_clusters_state_stays_behind_and_a_second_tar_continues_the_ar
     (extra / "backup_label").write_text("START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n")
     (pgdata / "base" / "1" / "2600").write_bytes(bytes(8192))  # a member ending in zero blocks, as empty pages do
     with cache.compressed(cache.archive_path("k1")) as (sink, target):
-        cache._tar_into(sink, pgdata, ["."], cache._LIVE_EXCLUDES, last=False)
-        cache._tar_into(sink, extra, ["./backup_label"], extra_args=["-C", str(pgdata), "./pg_wal/000000010000000000000001"])
+        written = cache._tar_into(sink, pgdata, ["."], cache._LIVE_EXCLUDES)
+        written += cache._tar_into(sink, extra, ["./backup_label"],
+                                   extra_args=["-C", str(pgdata), "./pg_wal/000000010000000000000001"])
+        sink.write(cache.end_of_archive(written))
     names = members(target)  # tar reads on after the first tar's members: one archive
+    size = len(subprocess.run(["zstd", "-dc", str(target)], capture_output=True, check=True).stdout)
+    # Whole records, as GNU tar writes them: a `tar -x` reading it from zstd reads all of it, so
+    # zstd never writes into a closed pipe (SIGPIPE: "corrupt or unreadable").
+    assert size % 10240 == 0, size
     assert {"./PG_VERSION", "./base/1/1259", "./base/1/2600", "./global/pg_control", "./backup_label",
             "./pg_wal/000000010000000000000001"} <= names
     # The directories stay (postgres wants them), their runtime contents do not.
@@ -62,6 +68,29 @@ def test_a_running_clusters_state_stays_behind_and_a_second_tar_continues_the_ar
 
 def test_an_interrupted_archive_leaves_nothing_in_the_cache(pgdata: Path) -> None:
     with pytest.raises(RuntimeError), cache.compressed(cache.archive_path("k2")) as (sink, target):
-        cache._tar_into(sink, pgdata, ["."], cache._LIVE_EXCLUDES, last=False)
+        cache._tar_into(sink, pgdata, ["."], cache._LIVE_EXCLUDES)
         raise RuntimeError("pg_backup_stop failed")
     assert not target.exists() and not list(target.parent.iterdir()), "no archive, no temporary file"
+
+
+@pytest.mark.parametrize("written", [0, 512, 9216, 10240, 123 * 512])
+def test_the_end_of_archive_fills_the_last_record(written: int) -> None:
+    end = cache.end_of_archive(written)
+    assert end == bytes(len(end)) and len(end) >= 1024 and (written + len(end)) % 10240 == 0
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None or shutil.which("tar") is None, reason="needs tar and zstd")
+def test_bytes_past_the_end_of_archive_are_no_failure_but_a_cut_archive_is(pgdata: Path, tmp_path: Path) -> None:
+    """tar stops at the end-of-archive blocks; zstd then dies of SIGPIPE writing what follows
+    (here 4 MB of zeros). That is not an unreadable archive; a truncated one is."""
+    (pgdata / "base" / "1" / "16384").write_bytes(bytes(range(256)) * 512)  # 128 kB: most of the archive
+    whole = subprocess.run(["tar", "-C", str(pgdata), "-cf", "-", "."], capture_output=True, check=True).stdout
+    for name, data in (("padded", whole + bytes(4 << 20)), ("cut", whole[: len(whole) // 2])):  # cut in that file
+        (tmp_path / f"{name}.tar").write_bytes(data)
+        subprocess.run(["zstd", "-q", "-1", str(tmp_path / f"{name}.tar")], check=True)
+        (tmp_path / name).mkdir()
+    archive = tmp_path / "padded.tar.zst"
+    cache.wait_unpacked(cache.start_unpacking(archive, tmp_path / "padded"), archive)
+    assert (tmp_path / "padded" / "PG_VERSION").is_file()
+    with pytest.raises(OSError, match="corrupt or unreadable"):
+        cache.wait_unpacked(cache.start_unpacking(tmp_path / "cut.tar.zst", tmp_path / "cut"), tmp_path / "cut.tar.zst")
