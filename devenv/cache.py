@@ -129,7 +129,9 @@ def _tar_into(sink: IO[bytes], directory: Path, members: list[str], excludes: tu
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE)
     members_only = _TarMembers(sink)
     try:
-        for chunk in iter(lambda: proc.stdout.read(1 << 20), b""):  # type: ignore[union-attr]
+        fd = proc.stdout.fileno()  # type: ignore[union-attr]
+        _widen_pipe(fd)
+        for chunk in iter(lambda: os.read(fd, 1 << 20), b""):
             members_only.feed(chunk)
     finally:
         proc.stdout.close()  # type: ignore[union-attr]
@@ -139,6 +141,16 @@ def _tar_into(sink: IO[bytes], directory: Path, members: list[str], excludes: tu
     if not members_only.ended:
         raise OSError(f"tar of {directory} has no end-of-archive block")
     return members_only.written
+
+
+def _widen_pipe(fd: int) -> None:
+    """A 1 MiB pipe instead of 64 KiB: fewer wake-ups passing tar's output on to zstd."""
+    import fcntl
+
+    try:
+        fcntl.fcntl(fd, 1031, 1 << 20)  # F_SETPIPE_SZ (Linux)
+    except OSError:
+        pass
 
 
 def end_of_archive(written: int, record: int = 10240) -> bytes:
@@ -153,34 +165,40 @@ class _TarMembers:
     what comes after is padding, and another archive's members may follow in its place.
 
     Each member is a 512-byte header, then its size (an octal field) rounded up to 512 bytes.
+    Chunks go out as memoryviews of what was read: no copies but a header cut between two reads.
     """
 
     def __init__(self, sink: IO[bytes]) -> None:
-        self.sink, self.buffer, self.data_left, self.ended, self.written = sink, bytearray(), 0, False, 0
+        self.sink, self.partial, self.data_left, self.ended, self.written = sink, b"", 0, False, 0
 
     def feed(self, chunk: bytes) -> None:
         if self.ended:
             return
-        self.buffer += chunk
-        passed = 0  # the members found whole or begun in the buffer, written out at once
+        if self.partial:
+            chunk, self.partial = self.partial + chunk, b""
+        view = memoryview(chunk)
+        passed = 0  # the members found whole or begun in this chunk, written out at once
         while True:
             if self.data_left:
-                step = min(self.data_left, len(self.buffer) - passed)
+                step = min(self.data_left, len(chunk) - passed)
                 passed += step
                 self.data_left -= step
                 if self.data_left:
                     break
-            if len(self.buffer) - passed < 512:
+            if len(chunk) - passed < 512:
+                self.partial = bytes(view[passed:])
                 break
-            header = bytes(self.buffer[passed:passed + 512])
-            if header == bytes(512):
+            header = view[passed:passed + 512]
+            if header == _ZERO_BLOCK:
                 self.ended = True
                 break
-            size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)  # sizes of 8 GiB and up are not octal
+            size = int(bytes(header[124:136]).rstrip(b"\0 ") or b"0", 8)  # sizes of 8 GiB and up are not octal
             self.data_left = 512 + -(-size // 512) * 512
-        self.sink.write(self.buffer[:passed])
+        self.sink.write(view[:passed])
         self.written += passed
-        del self.buffer[:passed]
+
+
+_ZERO_BLOCK = bytes(512)
 
 
 @contextlib.contextmanager
@@ -198,6 +216,7 @@ def compressed(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
         with open(tmp, "wb") as out:
             if zstd:
                 proc = subprocess.Popen([zstd, "-1", "-T0", "-q", "-c"], stdin=subprocess.PIPE, stdout=out)
+                _widen_pipe(proc.stdin.fileno())  # type: ignore[union-attr]
                 try:
                     yield proc.stdin, target  # type: ignore[misc]
                 finally:
