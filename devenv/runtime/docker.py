@@ -602,6 +602,7 @@ class DockerRuntime:
                 result.from_cache = True
             elif fresh:
                 _clear_marker(stack)  # a new cluster gets this checkout's password from initdb
+                _record_password(stack)
                 where = f"volume {', '.join(specs['postgres'].volumes)}" if specs["postgres"].volumes else "tmpfs"
                 progress(f"postgres   initdb into a new {where} (the image's entrypoint)")
                 from devenv.database import preload_driver
@@ -609,6 +610,10 @@ class DockerRuntime:
                 preload_driver()  # seeding will need it; the entrypoint's initdb takes longer
                 result.fresh_database = True
                 result.cache_key = key
+            elif not _password_recorded(stack):
+                # The volume outlived the checkout that made it (deleted and cloned again: its
+                # .devenv/ and secrets gone): this checkout's password, as after a restore.
+                _write_marker(stack, "password")
         for service in ("pgbouncer", "redis"):
             if plan.get(service) in ("create", "recreate"):
                 self._ensure_volumes(stack, specs[service])
@@ -640,6 +645,9 @@ class DockerRuntime:
         else:
             for future in futures.values():
                 future.result()
+        if "postgres" not in starting and "postgres" in current and specs["postgres"].volumes \
+                and not _password_recorded(stack):
+            _write_marker(stack, "password")  # running on a volume of an earlier checkout (see above)
         if "postgres" not in starting and "postgres" in current and _read_marker(stack) == "password":
             self._set_password(stack, current["postgres"].id)  # a restore whose `up` was killed
         for service in starting:
@@ -715,10 +723,11 @@ class DockerRuntime:
             output, code = _api_message(exc), None
         if code != 0:
             raise HealthCheckError(
-                f"postgres did not take this checkout's password after the restore from the cache "
-                f"(exit {code}): {output or 'no output'}",
+                f"postgres did not take this checkout's password (data from the cache or from an earlier "
+                f"checkout; exit {code}): {output or 'no output'}",
                 hint="delete the cache entry (DEVENV_CACHE_DIR) and run `devenv down --volumes && devenv up`.",
                 log_tail=self._logs_of(container_id))
+        _record_password(stack)
         _clear_marker(stack)
 
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
@@ -1364,6 +1373,7 @@ def _write_in_place(path: Path, content: str) -> None:
 # unpacked into the volume (a killed `up` leaves half a cluster: the next one wipes it), then
 # "password" until this checkout's password is set (every start sets it until then).
 RESTORE_MARKER = "docker-restore-pending"
+PASSWORD_RECORD = "docker-volume-password"  # the volume has this checkout's password (see _record_password)
 
 
 def _read_marker(stack: Stack) -> str:
@@ -1383,6 +1393,27 @@ def _write_marker(stack: Stack, phase: str) -> None:
 
 def _clear_marker(stack: Stack) -> None:
     (stack.state_dir / RESTORE_MARKER).unlink(missing_ok=True)
+
+
+def _password_digest(stack: Stack) -> str:
+    import hashlib
+
+    return hashlib.sha256(stack.postgres.password_secret.encode()).hexdigest()
+
+
+def _record_password(stack: Stack) -> None:
+    """Note in this checkout that the data volume's superuser has its password (a digest)."""
+    path = stack.state_dir / PASSWORD_RECORD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_password_digest(stack) + "\n", encoding="utf-8")
+
+
+def _password_recorded(stack: Stack) -> bool:
+    """Whether this checkout gave the data volume's superuser its password, as far as it noted."""
+    try:
+        return (stack.state_dir / PASSWORD_RECORD).read_text(encoding="utf-8").strip() == _password_digest(stack)
+    except OSError:
+        return False
 
 
 class _decompressed:

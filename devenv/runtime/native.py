@@ -291,6 +291,10 @@ class NativeRuntime:
         # Postgres takes longest to become ready: spawned first when its data exists, last when
         # it first needs initdb (~1 s), so that PgBouncer and Redis need not wait for that.
         needs_initdb = not (layout.pgdata / "PG_VERSION").exists()
+        if not needs_initdb and not _password_stamped(layout, stack):
+            # The data outlived the checkout that made it (deleted and cloned again at the same
+            # path, its .devenv/ and secrets gone): this checkout's password, as after a restore.
+            _password_marker(layout).touch()
         order = sorted(plan, key=lambda s: (s == "postgres") == needs_initdb)
         for service in order:
             if plan[service] not in ("start", "restart"):
@@ -315,6 +319,8 @@ class NativeRuntime:
                 self._set_password(stack, layout)
             if plan[service] == "start":
                 result.started.append(service)
+        if plan.get("postgres") not in ("start", "restart") and _password_marker(layout).exists():
+            self._set_password(stack, layout)  # running already, with the other checkout's password
         return result
 
     def _change_kind(self, service: str, entry: dict, stack: Stack, major: int) -> str:
@@ -366,6 +372,7 @@ class NativeRuntime:
 
         preload_driver()  # seeding will need it; initdb takes longer than the import
         self._initdb(stack, layout, binaries, user)
+        _stamp_password(layout, stack)
         result.fresh_database = True
         result.cache_key = self._data_key(stack, binaries) if self.cache_enabled else ""
 
@@ -394,6 +401,7 @@ class NativeRuntime:
             # One statement per message: SET first keeps the password out of the log.
             conn.query("SET log_statement = 'none'")
             conn.query(f"ALTER ROLE {pgwire.identifier(pg.user)} PASSWORD {pgwire.literal(pg.password_secret)}")
+        _stamp_password(layout, stack)
         _password_marker(layout).unlink(missing_ok=True)
 
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
@@ -741,6 +749,27 @@ def _process_name(pid: int) -> str | None:
             pass
         return None
     return name
+
+
+def _password_stamp(layout: Layout) -> Path:
+    return layout.pgdata.with_name(layout.pgdata.name + ".password-sha256")
+
+
+def _password_digest(stack: Stack) -> str:
+    return hashlib.sha256(stack.postgres.password_secret.encode()).hexdigest()
+
+
+def _stamp_password(layout: Layout, stack: Stack) -> None:
+    """Note which password the data directory's superuser has (a digest of its SCRAM secret)."""
+    _password_stamp(layout).write_text(_password_digest(stack) + "\n")
+
+
+def _password_stamped(layout: Layout, stack: Stack) -> bool:
+    """Whether the data directory's superuser has this checkout's password, as far as devenv noted."""
+    try:
+        return _password_stamp(layout).read_text().strip() == _password_digest(stack)
+    except OSError:
+        return False
 
 
 def _password_marker(layout: Layout) -> Path:

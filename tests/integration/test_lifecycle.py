@@ -290,6 +290,28 @@ def test_data_survives_down_and_up_on_the_durable_profile(proj: Any) -> None:
     assert count(proj, "tasks") == SEEDED_TASKS
 
 
+@pytest.mark.parametrize("running", [False, True], ids=["stopped", "running"])
+def test_a_checkout_cloned_again_at_the_same_path_puts_its_password_on_the_old_data(proj: Any, running: bool) -> None:
+    """The checkout is deleted without `down --volumes` (its .devenv/ and secrets go with it) and
+    cloned again at the same path: the data outlives it (native: outside the checkout, keyed by
+    its path; Docker: the named volume). `up` gives the cluster the new checkout's password, over
+    the trusted unix socket, instead of failing to log in for a minute. The data stays."""
+    proj.profile = "dev"
+    proj.devenv("up")
+    insert_user(proj)
+    old_password = proj.stack().postgres.password
+    if not running:
+        proj.devenv("down")
+    shutil.rmtree(proj.root / ".devenv")
+    again = proj.devenv("up")
+    assert proj.stack().postgres.password != old_password, "new secrets, as a new checkout has"
+    assert user_exists(proj) and count(proj, "tasks") == SEEDED_TASKS, again.stderr
+    with proj.connect(pooled=True) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == proj.stack().postgres.user
+    last = proj.devenv("up").stderr
+    assert "up to date" in last or "nothing changed" in last, last
+
+
 def test_cold_up_applies_seed_changes_made_while_down(proj: Any) -> None:
     """A cold `up` skips seeding only when nothing changed (devenv.lifecycle.seeded_and_current):
     a file added while the stack was down is applied, an applied file edited meanwhile refused."""
