@@ -95,7 +95,8 @@ def save_live(pgdata: Path, key: str, conn: "pgwire.Connection") -> Path:
 
     conn.query("SELECT pg_catalog.pg_backup_start('devenv cache', true)")
     with compressed(archive_path(key)) as (sink, target):
-        written = _tar_into(sink, pgdata, ["."], _LIVE_EXCLUDES, ok=(0, 1), quiet=_LIVE_TAR_QUIET)
+        quiet = _LIVE_TAR_QUIET if _gnu_tar() else ()  # bsdtar (macOS) has no such options
+        written = _tar_into(sink, pgdata, ["."], _LIVE_EXCLUDES, ok=(0, 1), quiet=quiet)
         [(label, tablespace_map, stop_wal)] = conn.query(
             "SELECT labelfile, spcmapfile, pg_catalog.pg_walfile_name(lsn) FROM pg_catalog.pg_backup_stop(false)")
         start_wal = re.search(r"^START WAL LOCATION: .*\(file ([0-9A-F]{24})\)$", label, re.M)
@@ -141,6 +142,14 @@ def _tar_into(sink: IO[bytes], directory: Path, members: list[str], excludes: tu
     if not members_only.ended:
         raise OSError(f"tar of {directory} has no end-of-archive block")
     return members_only.written
+
+
+def _gnu_tar() -> bool:
+    """Whether `tar` is GNU tar (Linux) rather than bsdtar (macOS)."""
+    try:
+        return "GNU tar" in subprocess.run(["tar", "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
 
 
 def _widen_pipe(fd: int) -> None:

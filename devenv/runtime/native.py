@@ -377,7 +377,8 @@ class NativeRuntime:
         result.cache_key = self._data_key(stack, binaries) if self.cache_enabled else ""
 
     def _set_password(self, stack: Stack, layout: Layout, timeout: float = 30.0) -> None:
-        """After a restore: this checkout's password, set over the (trusted) unix socket.
+        """After a restore, or on data an earlier checkout left: this checkout's password, set
+        over the (trusted) unix socket.
 
         Over pgwire, not psycopg: a start from the cache needs no database driver at all.
         """
@@ -392,8 +393,10 @@ class NativeRuntime:
             except (pgwire.PgError, OSError) as exc:
                 if self.exit_status(stack, "postgres") or time.monotonic() > deadline:
                     raise HealthCheckError(
-                        f"postgres did not start from the cached data directory: {exc}",
-                        hint="delete the cache entry (DEVENV_CACHE_DIR) and run `devenv up` again.",
+                        f"postgres did not answer on its unix socket to take this checkout's password "
+                        f"(data from the cache or from an earlier checkout): {exc}",
+                        hint="see `devenv logs postgres`; data from the cache: delete the cache entry "
+                        "(DEVENV_CACHE_DIR) and run `devenv up` again; else `devenv down --volumes` starts afresh.",
                         log_tail=_tail(layout.log_file("postgres"), 20),
                     ) from exc
                 time.sleep(0.01)
@@ -411,9 +414,13 @@ class NativeRuntime:
 
         pg = stack.postgres
         start = time.perf_counter()
-        with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, "postgres", ssl=pg.ssl,
-                               timeout=30.0, query_timeout=300.0) as conn:
-            path = cache.save_live(self.layout(stack).pgdata, key, conn)
+        try:
+            with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, "postgres", ssl=pg.ssl,
+                                   timeout=30.0, query_timeout=300.0) as conn:
+                path = cache.save_live(self.layout(stack).pgdata, key, conn)
+        except (OSError, pgwire.PgError) as exc:  # the cache only speeds up the next cold `up`
+            progress(f"postgres   could not cache the seeded data: {exc}")
+            return
         progress(f"postgres   cached the seeded data in {path} ({path.stat().st_size / 1e6:.1f} MB, "
                  f"{time.perf_counter() - start:.2f}s)")
 

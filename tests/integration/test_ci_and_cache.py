@@ -37,6 +37,20 @@ def test_second_cold_up_restores_from_the_cache(cached_project, runtime: str) ->
     proj.devenv("reset")  # the restored template serves resets
 
 
+def test_a_cache_that_cannot_be_written_does_not_fail_up(cached_project, runtime: str) -> None:
+    """The cache only speeds up the next cold `up`: failing to fill it is said, not fatal."""
+    if runtime != "native":
+        pytest.skip("ci on Docker keeps its data on tmpfs (no cache); test_docker.py covers the volume cache")
+    proj = cached_project
+    blocker = proj.root.parent / "not-a-directory"
+    blocker.write_text("")
+    proj.env["DEVENV_CACHE_DIR"] = str(blocker / "cache")
+    first = proj.devenv("up")
+    assert "could not cache the seeded data" in first.stderr, first.stderr
+    with proj.connect(pooled=True) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+
+
 def test_a_changed_seed_file_misses_the_cache(cached_project, runtime: str) -> None:
     if runtime != "native":
         pytest.skip("ci on Docker keeps its data on tmpfs (no cache); test_docker.py covers the volume cache")
