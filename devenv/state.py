@@ -134,3 +134,19 @@ def locked(state_dir: Path, timeout: float = 300.0, on_wait: Any = None) -> Iter
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def note_password(path: Path, secret: str) -> None:
+    """Keep a digest of the password secret a cluster's superuser was given, at `path`: data
+    can outlive the checkout whose secrets made it (see password_noted)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(hashlib.sha256(secret.encode()).hexdigest() + "\n", encoding="utf-8")
+
+
+def password_noted(path: Path, secret: str) -> bool:
+    """Whether the note at `path` says the cluster has this secret; no note (an older devenv,
+    a restore in progress or killed) is a no: setting the same password again is harmless."""
+    try:
+        return path.read_text(encoding="utf-8").strip() == hashlib.sha256(secret.encode()).hexdigest()
+    except OSError:
+        return False

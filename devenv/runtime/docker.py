@@ -42,6 +42,7 @@ from devenv.runtime.engine import (  # noqa: F401  (re-exported: the engine's wh
     no_engine_error,
 )
 from devenv.stack import Stack
+from devenv.state import note_password, password_noted
 
 if TYPE_CHECKING:  # the SDK loads only when an engine is used
     from docker import DockerClient
@@ -595,14 +596,15 @@ class DockerRuntime:
             restoring = cache.find(key) if key else None
             if restoring is not None:
                 _write_marker(stack, "restoring")  # until the data is complete: a killed restore is wiped
+                _password_note(stack).unlink(missing_ok=True)  # another checkout's, until it is set
                 progress(f"postgres   restoring seeded data from {restoring} into volume "
                          f"{', '.join(specs['postgres'].volumes)}")
                 if plan["postgres"] == "start":  # a container of the old volume: the restore needs a new one
                     plan["postgres"] = "recreate"
                 result.from_cache = True
             elif fresh:
-                _clear_marker(stack)  # a new cluster gets this checkout's password from initdb
-                _record_password(stack)
+                _clear_marker(stack)
+                note_password(_password_note(stack), stack.postgres.password_secret)  # initdb's, from the env
                 where = f"volume {', '.join(specs['postgres'].volumes)}" if specs["postgres"].volumes else "tmpfs"
                 progress(f"postgres   initdb into a new {where} (the image's entrypoint)")
                 from devenv.database import preload_driver
@@ -610,10 +612,6 @@ class DockerRuntime:
                 preload_driver()  # seeding will need it; the entrypoint's initdb takes longer
                 result.fresh_database = True
                 result.cache_key = key
-            elif not _password_recorded(stack):
-                # The volume outlived the checkout that made it (deleted and cloned again: its
-                # .devenv/ and secrets gone): this checkout's password, as after a restore.
-                _write_marker(stack, "password")
         for service in ("pgbouncer", "redis"):
             if plan.get(service) in ("create", "recreate"):
                 self._ensure_volumes(stack, specs[service])
@@ -630,7 +628,7 @@ class DockerRuntime:
             if service == "postgres" and restoring is not None:
                 self._restore(stack, spec, container_id, restoring, progress)
             self._start(service, container_id, stack)
-            if service == "postgres" and _read_marker(stack):
+            if service == "postgres" and not _has_password(stack):
                 self._set_password(stack, container_id)
 
         # All at once: PgBouncer needs Postgres only to serve queries, not to start. `up` waits
@@ -645,11 +643,8 @@ class DockerRuntime:
         else:
             for future in futures.values():
                 future.result()
-        if "postgres" not in starting and "postgres" in current and specs["postgres"].volumes \
-                and not _password_recorded(stack):
-            _write_marker(stack, "password")  # running on a volume of an earlier checkout (see above)
-        if "postgres" not in starting and "postgres" in current and _read_marker(stack) == "password":
-            self._set_password(stack, current["postgres"].id)  # a restore whose `up` was killed
+        if "postgres" not in starting and "postgres" in current and not _has_password(stack):
+            self._set_password(stack, current["postgres"].id)  # a restore whose `up` was killed, or old data
         for service in starting:
             (result.restarted if plan[service] == "recreate" else result.started).append(service)
 
@@ -693,13 +688,14 @@ class DockerRuntime:
         except (DockerException, OSError) as exc:
             raise StateError(f"could not restore {archive} into the postgres volume: {_api_message(exc)}",
                              hint=f"delete {archive} and run `devenv up` again (it then runs initdb and seeds).") from exc
-        _write_marker(stack, "password")  # the data is complete; it still has another checkout's password
+        _clear_marker(stack)  # the data is complete; it still has another checkout's password (_has_password)
         progress(f"postgres   restored in {time.perf_counter() - start:.2f}s (no initdb, schema or seed)")
 
     def _set_password(self, stack: Stack, container_id: str, timeout: float = 60.0) -> None:
-        """This checkout's password for the superuser of a restored data directory: set over the
-        container's unix socket (trusted locally), the password passed in the exec's environment,
-        never on a command line, and kept out of the server log."""
+        """This checkout's password for the superuser of a restored data directory (or of one an
+        earlier checkout left; see _has_password): set over the container's unix socket (trusted
+        locally), the password passed in the exec's environment, never on a command line, and kept
+        out of the server log."""
         from docker.errors import DockerException
 
         pg = stack.postgres
@@ -727,8 +723,7 @@ class DockerRuntime:
                 f"checkout; exit {code}): {output or 'no output'}",
                 hint="delete the cache entry (DEVENV_CACHE_DIR) and run `devenv down --volumes && devenv up`.",
                 log_tail=self._logs_of(container_id))
-        _record_password(stack)
-        _clear_marker(stack)
+        note_password(_password_note(stack), pg.password_secret)
 
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
         """Keep the freshly seeded volume in the cache. When the volume's directory is here, a base
@@ -1370,10 +1365,11 @@ def _write_in_place(path: Path, content: str) -> None:
 
 
 # The restore marker, in .devenv/<profile>/: "restoring" while a cached data directory is being
-# unpacked into the volume (a killed `up` leaves half a cluster: the next one wipes it), then
-# "password" until this checkout's password is set (every start sets it until then).
+# unpacked into the volume (a killed `up` leaves half a cluster: the next one wipes it).
 RESTORE_MARKER = "docker-restore-pending"
-PASSWORD_RECORD = "docker-volume-password"  # the volume has this checkout's password (see _record_password)
+# Which password the data volume's superuser has (state.note_password); until it is this
+# checkout's, every start of Postgres sets it.
+PASSWORD_NOTE = "docker-volume-password"
 
 
 def _read_marker(stack: Stack) -> str:
@@ -1395,25 +1391,15 @@ def _clear_marker(stack: Stack) -> None:
     (stack.state_dir / RESTORE_MARKER).unlink(missing_ok=True)
 
 
-def _password_digest(stack: Stack) -> str:
-    import hashlib
-
-    return hashlib.sha256(stack.postgres.password_secret.encode()).hexdigest()
+def _password_note(stack: Stack) -> Path:
+    return stack.state_dir / PASSWORD_NOTE
 
 
-def _record_password(stack: Stack) -> None:
-    """Note in this checkout that the data volume's superuser has its password (a digest)."""
-    path = stack.state_dir / PASSWORD_RECORD
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_password_digest(stack) + "\n", encoding="utf-8")
-
-
-def _password_recorded(stack: Stack) -> bool:
-    """Whether this checkout gave the data volume's superuser its password, as far as it noted."""
-    try:
-        return (stack.state_dir / PASSWORD_RECORD).read_text(encoding="utf-8").strip() == _password_digest(stack)
-    except OSError:
-        return False
+def _has_password(stack: Stack) -> bool:
+    """Whether the data's superuser has this checkout's password: not after a restore from the
+    cache, nor on a volume an earlier checkout left (deleted and cloned again: its .devenv/ and
+    secrets gone). Then it is set over the container's unix socket."""
+    return password_noted(_password_note(stack), stack.postgres.password_secret)
 
 
 class _decompressed:

@@ -30,6 +30,7 @@ from devenv.certs import ensure_certificate
 from devenv.render import Placement, render_files, service_hashes
 from devenv.runtime.base import Progress, ServiceState, UpResult
 from devenv.stack import Stack
+from devenv.state import note_password, password_noted
 
 SERVICES = ("postgres", "pgbouncer", "redis")
 # The program name each server runs under, to tell our process from a reused pid.
@@ -291,10 +292,6 @@ class NativeRuntime:
         # Postgres takes longest to become ready: spawned first when its data exists, last when
         # it first needs initdb (~1 s), so that PgBouncer and Redis need not wait for that.
         needs_initdb = not (layout.pgdata / "PG_VERSION").exists()
-        if not needs_initdb and not _password_stamped(layout, stack):
-            # The data outlived the checkout that made it (deleted and cloned again at the same
-            # path, its .devenv/ and secrets gone): this checkout's password, as after a restore.
-            _password_marker(layout).touch()
         order = sorted(plan, key=lambda s: (s == "postgres") == needs_initdb)
         for service in order:
             if plan[service] not in ("start", "restart"):
@@ -315,12 +312,12 @@ class NativeRuntime:
                 "port": getattr(stack, service).port,
             }
             _write_json(layout.state_file, state)
-            if service == "postgres" and _password_marker(layout).exists():
+            if service == "postgres" and not _has_password(layout, stack):
                 self._set_password(stack, layout)
             if plan[service] == "start":
                 result.started.append(service)
-        if plan.get("postgres") not in ("start", "restart") and _password_marker(layout).exists():
-            self._set_password(stack, layout)  # running already, with the other checkout's password
+        if plan.get("postgres") not in ("start", "restart") and not _has_password(layout, stack):
+            self._set_password(stack, layout)  # running already, on another checkout's data
         return result
 
     def _change_kind(self, service: str, entry: dict, stack: Stack, major: int) -> str:
@@ -351,7 +348,7 @@ class NativeRuntime:
         layout.pgdata.parent.mkdir(parents=True, exist_ok=True)
         # Until this checkout's password is set, every start must set it, even if this `up`
         # is killed before it gets there.
-        _password_marker(layout).touch()
+        _password_note(layout).unlink(missing_ok=True)
         return cache.Restore(archive, layout.pgdata)
 
     def _data_key(self, stack: Stack, binaries: Binaries) -> str:
@@ -372,7 +369,7 @@ class NativeRuntime:
 
         preload_driver()  # seeding will need it; initdb takes longer than the import
         self._initdb(stack, layout, binaries, user)
-        _stamp_password(layout, stack)
+        note_password(_password_note(layout), stack.postgres.password_secret)
         result.fresh_database = True
         result.cache_key = self._data_key(stack, binaries) if self.cache_enabled else ""
 
@@ -404,8 +401,7 @@ class NativeRuntime:
             # One statement per message: SET first keeps the password out of the log.
             conn.query("SET log_statement = 'none'")
             conn.query(f"ALTER ROLE {pgwire.identifier(pg.user)} PASSWORD {pgwire.literal(pg.password_secret)}")
-        _stamp_password(layout, stack)
-        _password_marker(layout).unlink(missing_ok=True)
+        note_password(_password_note(layout), pg.password_secret)
 
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
         """Snapshot the freshly seeded data directory into the cache: a base backup of the running
@@ -758,30 +754,17 @@ def _process_name(pid: int) -> str | None:
     return name
 
 
-def _password_stamp(layout: Layout) -> Path:
+def _password_note(layout: Layout) -> Path:
+    """Beside the data directory (which outlives the checkout: it is keyed by the project's path):
+    which password its superuser has (state.note_password)."""
     return layout.pgdata.with_name(layout.pgdata.name + ".password-sha256")
 
 
-def _password_digest(stack: Stack) -> str:
-    return hashlib.sha256(stack.postgres.password_secret.encode()).hexdigest()
-
-
-def _stamp_password(layout: Layout, stack: Stack) -> None:
-    """Note which password the data directory's superuser has (a digest of its SCRAM secret)."""
-    _password_stamp(layout).write_text(_password_digest(stack) + "\n")
-
-
-def _password_stamped(layout: Layout, stack: Stack) -> bool:
-    """Whether the data directory's superuser has this checkout's password, as far as devenv noted."""
-    try:
-        return _password_stamp(layout).read_text().strip() == _password_digest(stack)
-    except OSError:
-        return False
-
-
-def _password_marker(layout: Layout) -> Path:
-    """Exists while a data directory restored from the cache still has another checkout's password."""
-    return layout.pgdata.with_name(layout.pgdata.name + ".password-pending")
+def _has_password(layout: Layout, stack: Stack) -> bool:
+    """Whether the data directory's superuser has this checkout's password; else it is set over
+    the unix socket: after a restore from the cache, or on data an earlier checkout left (deleted
+    and cloned again at the same path, its .devenv/ and secrets gone)."""
+    return password_noted(_password_note(layout), stack.postgres.password_secret)
 
 
 def _cwd(pid: int) -> Path | None:

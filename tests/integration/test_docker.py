@@ -366,6 +366,8 @@ def test_an_interrupted_restore_is_redone_and_gets_this_checkouts_password(cache
     proj = cached_dev_project
     proj.devenv("up")
     proj.devenv("down", "--volumes")
+    marker = proj.root / ".devenv" / "dev" / "docker-restore-pending"
+    note = proj.root / ".devenv" / "dev" / "docker-volume-password"  # which password the volume has
     for kill_on in ("restoring seeded data", "restored in"):
         proc = subprocess.Popen([sys.executable, "-m", "devenv", "up", "--runtime", "docker", "-p", proj.profile],
                                 cwd=proj.root, env=proj.env, stderr=subprocess.PIPE, text=True)
@@ -374,11 +376,14 @@ def test_an_interrupted_restore_is_redone_and_gets_this_checkouts_password(cache
                 proc.send_signal(signal.SIGKILL)
                 break
         proc.wait()
-        assert (proj.root / ".devenv" / "dev" / "docker-restore-pending").exists(), kill_on
+        # What the next `up` goes by: a half-filled volume is marked; a restored one has no note
+        # of this checkout's password yet.
+        assert marker.exists() if kill_on == "restoring seeded data" else not marker.exists(), kill_on
+        assert not note.exists(), kill_on
         proj.devenv("up")
         with proj.connect(pooled=True) as conn:
             assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
-        assert not (proj.root / ".devenv" / "dev" / "docker-restore-pending").exists()
+        assert not marker.exists() and note.exists()
         proj.devenv("down", "--volumes")
 
 
