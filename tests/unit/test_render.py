@@ -222,7 +222,11 @@ def test_pgbouncer_ini_has_the_seed_values(project: Path, profile: str, fixed_se
     assert [user for user, _ in lines] == ['"taskflow"', '"pgbouncer_admin"']
     for (_, secret), password in zip(lines, (fixed_secrets["postgres_password"], fixed_secrets["pgbouncer_admin_password"])):
         assert_scram_secret_of(secret.strip('"'), password)
-    assert lines[0][1] == lines[0][1].strip() and password not in files["userlist.txt"]
+    # Two fields a line, and neither plain password anywhere in the file (the loop's `password`
+    # was only the last one).
+    assert all(len(line) == 2 for line in lines)
+    for password in (fixed_secrets["postgres_password"], fixed_secrets["pgbouncer_admin_password"]):
+        assert password not in files["userlist.txt"]
 
 
 def assert_scram_secret_of(secret: str, password: str) -> None:
