@@ -155,8 +155,10 @@ def api_vs_bare(project: Path, env: dict[str, str], profile: str, runs: int) -> 
 
 def cli_reset(project: Path, env: dict[str, str], profile: str, runs: int) -> dict[str, float]:
     devenv = [sys.executable, "-m", "devenv"]
-    samples_cli = [run(devenv + ["reset", "-p", profile], project, env) for _ in range(runs)]
-    samples_help = [run(devenv + ["--help"], project, env) for _ in range(runs)]
+    samples_cli, samples_help = [], []
+    for _ in range(runs):  # interleaved: a noisy neighbour slows both alike
+        samples_cli.append(run(devenv + ["reset", "-p", profile], project, env))
+        samples_help.append(run(devenv + ["--help"], project, env))
     return {"CLI devenv reset": statistics.median(samples_cli) * 1000,
             "CLI devenv --help": statistics.median(samples_help) * 1000}
 

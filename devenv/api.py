@@ -143,7 +143,6 @@ def load_stack_cached(config: str | os.PathLike[str] | None, profile: str) -> St
     of `up` hash the same (state.fingerprint: devenv.yaml, the secrets, templates, seed files,
     DEVENV_* variables and devenv's version); otherwise the Stack is built and the copy renewed.
     """
-    import dataclasses
     import json
 
     from devenv.project import find_config, state_dir
@@ -167,7 +166,7 @@ def load_stack_cached(config: str | os.PathLike[str] | None, profile: str) -> St
     tmp = cache.with_name(f".{STACK_CACHE}.{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the passwords
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"fingerprint": key, "stack": dataclasses.asdict(stack)}, handle, default=str)
+        json.dump({"fingerprint": key, "stack": stack.as_dict()}, handle, default=str)
     os.replace(tmp, cache)
     return stack
 

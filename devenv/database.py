@@ -8,11 +8,11 @@ rebuilds); a failing file rolls back entirely and the error names the file and t
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devenv.errors import HealthCheckError, SchemaError, StateError
+from devenv.record import Record
 from devenv.stack import Stack
 
 if TYPE_CHECKING:
@@ -23,8 +23,7 @@ LEDGER_SCHEMA = "devenv"
 LEDGER_TABLE = f"{LEDGER_SCHEMA}.applied_files"
 
 
-@dataclass(frozen=True)
-class SeedFile:
+class SeedFile(Record):
     """One SQL file of the schema or the seed data."""
 
     key: str  # "schema/001_users.sql": the ledger's primary key

@@ -31,12 +31,12 @@ import re
 import select
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from devenv.database import apply_seeds, connect, failure_reason, seed_files
 from devenv.errors import HealthCheckError, SchemaError
+from devenv.record import Record
 from devenv.stack import Stack
 
 if TYPE_CHECKING:
@@ -164,8 +164,7 @@ END $$;
 """
 
 
-@dataclass(frozen=True)
-class ResetResult:
+class ResetResult(Record):
     """How one reset went."""
 
     database: str

@@ -6,13 +6,13 @@ Nothing downstream re-derives a port, a password, an image or a setting.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from devenv.errors import ConfigError
 from devenv.project import STATE_DIR_NAME
+from devenv.record import Factory, Record
 
 if TYPE_CHECKING:
     # Imported where a Stack is built: one read back from stack.json needs neither the
@@ -24,16 +24,14 @@ CONTAINER_PORTS = {"postgres": 5432, "pgbouncer": 6432, "redis": 6379}
 _PGBOUNCER_KNOWN = None  # filled lazily from the catalogue
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(Record):
     """Container resource limits; also the budget the memory warning checks against."""
 
     memory_bytes: int
     cpus: float
 
 
-@dataclass(frozen=True)
-class Service:
+class Service(Record):
     """What every service has: an image, a published port and its settings column."""
 
     name: str
@@ -47,7 +45,6 @@ class Service:
         return CONTAINER_PORTS[self.name]
 
 
-@dataclass(frozen=True)
 class Postgres(Service):
     """PostgreSQL: the settings are validated against the major version's catalogue."""
 
@@ -55,7 +52,7 @@ class Postgres(Service):
     database: str = "taskflow"
     user: str = "taskflow"
     password: str = ""
-    limits: Limits = field(default_factory=lambda: Limits(1 << 30, 1.0))
+    limits: Limits = Factory(lambda: Limits(1 << 30, 1.0))
 
     @property
     def password_secret(self) -> str:
@@ -90,7 +87,6 @@ class Postgres(Service):
         return max(1, self.max_connections * 9 // 10)
 
 
-@dataclass(frozen=True)
 class PgBouncer(Service):
     """PgBouncer in front of Postgres; its admin console user lives only in userlist.txt."""
 
@@ -106,15 +102,13 @@ class PgBouncer(Service):
         return scram_secret(self.admin_user, self.admin_password)
 
 
-@dataclass(frozen=True)
 class Redis(Service):
     """Redis with a password (protected mode refuses outside clients otherwise)."""
 
     password: str = ""
 
 
-@dataclass(frozen=True)
-class Stack:
+class Stack(Record):
     """The whole stack for one project and profile."""
 
     project: str
