@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -147,7 +148,19 @@ class Project:
             argv += ["--runtime", self.runtime]
         if args and args[0] not in ("--help",) and "-p" not in args and "--profile" not in args:
             argv += ["--profile", self.profile]
-        proc = subprocess.run(argv, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout, **kw)
+        # PYTHONFAULTHANDLER: a CLI that hangs past `timeout` is sent SIGABRT and prints every
+        # thread's stack, so the failure says where it hung.
+        env = {**self.env, "PYTHONFAULTHANDLER": "1"}
+        with subprocess.Popen(argv, cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, **kw) as child:
+            try:
+                stdout, stderr = child.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                child.send_signal(signal.SIGABRT)
+                stdout, stderr = child.communicate()
+                pytest.fail(f"devenv {' '.join(args)} did not finish within {timeout:g}s; its stderr and "
+                            f"threads:\n{stderr}", pytrace=False)
+        proc = subprocess.CompletedProcess(argv, child.returncode, stdout, stderr)
         if check:
             assert proc.returncode == 0, f"devenv {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}"
         return proc
