@@ -71,16 +71,7 @@ def default_dump_path(stack: Stack, now: datetime | None = None) -> Path:
 
 def pg_tool(runtime: "Runtime", stack: Stack, tool: str) -> list[str]:
     """The argv prefix of `tool` from the runtime the stack runs on (see `Runtime.pg_tool`)."""
-    resolve = getattr(runtime, "resolve", None)  # `--runtime auto`: the runtime the stack is on
-    concrete = resolve(stack) if resolve is not None else runtime
-    hook = getattr(concrete, "pg_tool", None)
-    if hook is None:
-        raise DependencyError(
-            f"the {concrete.name} runtime cannot run {tool} yet",
-            hint="dump and restore need `Runtime.pg_tool` in that runtime; meanwhile run the stack with "
-            "`--runtime native`, or use pg_dump/pg_restore of the server's version on `devenv env`'s URL.",
-        )
-    return hook(stack, tool)
+    return runtime.pg_tool(stack, tool)
 
 
 def tool_env(stack: Stack) -> dict[str, str]:

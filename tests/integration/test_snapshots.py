@@ -57,15 +57,6 @@ def _snapshot_list(proj: Any) -> list[dict[str, Any]]:
     return json.loads(proj.devenv("snapshot", "list", "--json").stdout)["snapshots"]
 
 
-def _needs_pg_tool(proj: Any) -> None:
-    """dump/restore run pg_dump/pg_restore through `Runtime.pg_tool`; Docker's is being added."""
-    if proj.runtime == "docker":
-        from devenv.runtime.docker import DockerRuntime
-
-        if not hasattr(DockerRuntime, "pg_tool"):
-            pytest.skip("docker pg_tool: pending")
-
-
 @pytest.fixture
 def seeded_task_title(project: Any) -> str:
     project.devenv("up")
@@ -220,7 +211,6 @@ def test_template_rebuild_and_sweep_never_drop_snapshots(project: Any) -> None:
 
 
 def test_dump_down_volumes_up_restore_gives_the_same_rows(project: Any, seeded_task_title: str) -> None:
-    _needs_pg_tool(project)
     _change(project, "dumped")
     dumped = _rows(project)
     result = project.devenv("dump")
@@ -244,7 +234,6 @@ def test_dump_down_volumes_up_restore_gives_the_same_rows(project: Any, seeded_t
 
 
 def test_failed_restore_leaves_the_data_in_place(project: Any, seeded_task_title: str, tmp_path: Path) -> None:
-    _needs_pg_tool(project)
     good = tmp_path / "good.dump"
     project.devenv("dump", str(good))
     _change(project, "current")
@@ -273,7 +262,6 @@ def test_failed_restore_leaves_the_data_in_place(project: Any, seeded_task_title
 
 def test_restore_without_yes_refuses_when_stdin_is_not_a_terminal(project: Any, seeded_task_title: str,
                                                                    tmp_path: Path) -> None:
-    _needs_pg_tool(project)
     path = tmp_path / "x.dump"
     project.devenv("dump", str(path))
     _change(project, "current")
@@ -285,7 +273,6 @@ def test_restore_without_yes_refuses_when_stdin_is_not_a_terminal(project: Any, 
 
 
 def test_dump_to_stdout_is_a_valid_archive(project: Any, seeded_task_title: str, tmp_path: Path) -> None:
-    _needs_pg_tool(project)
     _change(project, "streamed")
     streamed = _rows(project)
     argv = [sys.executable, "-m", "devenv", "dump", "-", "--profile", project.profile]
