@@ -60,13 +60,15 @@ def up(
             say(f"starting {verb}; waiting until healthy (timeout {timeout:.0f}s)")
         report = UpReport(runtime=runtime.name, result=result)
 
-        def seed_database() -> None:
+        def seed_database(fresh: bool = False) -> None:
             seed_start = time.monotonic()
             janitor = Janitor(stack)
             try:
                 janitor.sweep()
-                report.template = janitor.ensure_template()  # SchemaError names a failing file
-                report.database_created = janitor.create(stack.postgres.database)
+                # The template is built first (SchemaError names a failing file); on a new
+                # cluster in the image's empty POSTGRES_DB database.
+                report.database_created = janitor.create(stack.postgres.database, adopt=fresh)
+                report.template = janitor.ensure_template()
                 if not report.database_created:
                     # An existing database gets the files it lacks, each in its own transaction.
                     report.applied = apply_seeds(stack, stack.root / "seeds")
@@ -99,7 +101,7 @@ def up(
                 return  # the cached data directory holds this very template and database
             if result.fresh_database:
                 sync_password(stack)  # the image's entrypoint stored POSTGRES_PASSWORD its own way
-                seed_database()  # before PgBouncer's pooled check, which needs the database
+                seed_database(fresh=True)  # before PgBouncer's pooled check, which needs the database
                 return
             # An existing cluster is almost always seeded and current: find that out beside
             # PgBouncer's checks rather than before them (and seed there if it is not).

@@ -177,6 +177,53 @@ def test_a_new_database_needs_no_pgbouncer_and_a_swap_names_it_when_unreachable(
     assert names == {"taskflow_fresh"}, "the failed clone's scratch copy is dropped"
 
 
+def test_a_new_clusters_empty_database_is_adopted_for_the_template(project) -> None:
+    """The image's entrypoint makes an empty POSTGRES_DB database with the cluster: the template
+    is built in it (renamed away) rather than in a new database that the empty one is then
+    dropped for. One with a session on it is not adopted: a new database is made as before."""
+    from devenv.janitor import Janitor
+
+    project.devenv("up")
+    stack = project.stack()
+
+    def as_if_new(extra: str = "") -> int:
+        """Only an empty taskflow, as the entrypoint leaves it; its oid."""
+        with project.connect(dbname="postgres", autocommit=True) as conn:
+            for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'taskflow%'").fetchall():
+                conn.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE false')
+                conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            conn.execute("CREATE DATABASE taskflow")
+            return conn.execute("SELECT oid FROM pg_database WHERE datname = 'taskflow'").fetchone()[0]
+
+    def oids() -> dict[str, int]:
+        """{"template": oid, "taskflow": oid}, and any other taskflow* database by name."""
+        with project.connect(dbname="postgres") as conn:
+            rows = conn.execute("SELECT datname, oid FROM pg_database WHERE datname LIKE 'taskflow%'").fetchall()
+        return {"template" if "__tpl_" in name else name: oid for name, oid in rows}
+
+    empty = as_if_new()
+    janitor = Janitor(stack)
+    try:
+        assert janitor.create("taskflow", adopt=True) is True
+    finally:
+        janitor.close()
+    after = oids()
+    assert set(after) == {"template", "taskflow"} and after["template"] == empty, after
+    assert _counts(project) == (8, 40)
+
+    empty = as_if_new()
+    with project.connect(dbname="taskflow", autocommit=True) as held:  # a session on it: no rename
+        held.execute("SELECT 1")
+        janitor = Janitor(stack)
+        try:
+            assert janitor.create("taskflow", adopt=True) is True
+        finally:
+            janitor.close()
+    after = oids()
+    assert set(after) == {"template", "taskflow"} and empty not in after.values(), "a new one; the empty one replaced"
+    assert _counts(project) == (8, 40)
+
+
 def test_redis_seed_keys_are_reloaded(project) -> None:
     (project.root / "seeds" / "redis.json").write_text(json.dumps({
         "feature:dark_mode": "on", "queue:emails": ["a", "b"], "ratelimit:config": {"limit": "100", "window": "60"},
