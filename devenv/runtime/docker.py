@@ -607,9 +607,6 @@ class DockerRuntime:
                 note_password(_password_note(stack), stack.postgres.password_secret)  # initdb's, from the env
                 where = f"volume {', '.join(specs['postgres'].volumes)}" if specs["postgres"].volumes else "tmpfs"
                 progress(f"postgres   initdb into a new {where} (the image's entrypoint)")
-                from devenv.database import preload_driver
-
-                preload_driver()  # seeding will need it; the entrypoint's initdb takes longer
                 result.fresh_database = True
                 result.cache_key = key
         for service in ("pgbouncer", "redis"):
@@ -635,7 +632,16 @@ class DockerRuntime:
         # for Postgres's start (its errors, a restore, the password); the others' starts go on
         # while the health checks poll: exit_status reports their failures, states() waits.
         pool = ThreadPoolExecutor(max_workers=3)
-        futures = {service: pool.submit(run, service) for service in starting}
+        futures = {}
+        if result.fresh_database and "postgres" in starting:
+            # The entrypoint's initdb is the long pole, and the engine starts one container in
+            # ~0.3 s but three at once in ~0.7 s: Postgres first, the others during its initdb.
+            futures["postgres"] = pool.submit(run, "postgres")
+            futures["postgres"].exception()  # raised below
+            from devenv.database import preload_driver
+
+            preload_driver()  # seeding will need it; now, not to slow the start down (the GIL)
+        futures.update({service: pool.submit(run, service) for service in starting if service not in futures})
         pool.shutdown(wait=False)
         if "postgres" in futures:
             self._pending = {s: f for s, f in futures.items() if s != "postgres"}
