@@ -12,6 +12,7 @@ the environment and the filesystem alone whether there is an engine to ask.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -526,7 +527,8 @@ class DockerRuntime:
         out_dir = stack.state_dir.absolute()
         files = self._rendered(stack, out_dir)
         compose_file = out_dir / COMPOSE_FILE
-        specs = compose_specs(load_compose(files[COMPOSE_FILE]), compose_file, self.api_version, image_ids, self.env)
+        compose = self._parsed(out_dir, files[COMPOSE_FILE])
+        specs = compose_specs(compose, compose_file, self.api_version, image_ids, self.env)
         missing = set(SERVICES) - set(specs)
         if missing:
             raise ConfigError(f"the rendered {COMPOSE_FILE} has no service {', '.join(sorted(missing))}",
@@ -579,7 +581,7 @@ class DockerRuntime:
         for name, content in reload_files.items():
             _write_in_place(out_dir / name, content)
         write_files(files, out_dir)
-        self._remember_render(stack, out_dir, files)
+        self._remember_render(stack, out_dir, files, compose)
         if stack.postgres.ssl and plan.get("postgres") in ("create", "recreate", "start"):
             self._prepare_tls(stack, specs["postgres"], progress)
 
@@ -817,12 +819,25 @@ class DockerRuntime:
                 return files
         return render_files(stack, compose_placement(stack))
 
-    def _remember_render(self, stack: Stack, out_dir: Path, files: dict[str, str]) -> None:
+    def _parsed(self, out_dir: Path, text: str) -> dict[str, Any]:
+        """The rendered compose file, parsed: read back from the render record while the text
+        is the same (PyYAML's import and parse take ~15 ms of every `up` that starts a container)."""
+        record = _read_json(out_dir / CACHE_FILE)
+        if record.get("compose_sha256") == hashlib.sha256(text.encode()).hexdigest():
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                compose = json.loads(record["compose"])
+                if isinstance(compose, dict):
+                    return compose
+        return load_compose(text)
+
+    def _remember_render(self, stack: Stack, out_dir: Path, files: dict[str, str], compose: dict[str, Any]) -> None:
         from devenv.runtime.native import _render_key
 
         _write_json(out_dir / CACHE_FILE, {
             "render_key": _render_key(stack, compose_placement(stack)),
             "files": {name: hashlib.sha256(text.encode()).hexdigest() for name, text in files.items()},
+            "compose_sha256": hashlib.sha256(files[COMPOSE_FILE].encode()).hexdigest(),
+            "compose": json.dumps(compose),  # a string: the record's keys are sorted, the mappings' order counts (Env)
         })
 
     def _has_files(self, container: "Container", spec: ContainerSpec, files: dict[str, str], stack: Stack) -> bool:

@@ -239,3 +239,25 @@ def test_pull_error_says_what_to_do_offline() -> None:
     assert error.exit_code == 4
     assert "redis:7" in error.message and "no such host" in error.message
     assert "DEVENV_REDIS_IMAGE" in error.hint and "--runtime native" in error.hint and "docker load" in error.hint
+
+
+@pytest.mark.parametrize("profile", ["dev", "ci", "prod"])
+def test_the_remembered_compose_file_gives_the_same_containers(project: Path, profile: str, tmp_path: Path) -> None:
+    """`up` reads the parsed compose file back from its render record (no PyYAML): the specs,
+    config hashes included (a differing one recreates the container), must be those of a parse."""
+    from devenv.runtime.docker import COMPOSE_FILE, DockerRuntime
+
+    stack = build_stack(load_config(project / "devenv.yaml", {}), profile)
+    files = render_files(stack, compose_placement(stack))
+    parsed = load_compose(files[COMPOSE_FILE])
+    runtime = DockerRuntime(env={})
+    runtime._remember_render(stack, tmp_path, files, parsed)
+    remembered = runtime._parsed(tmp_path, files[COMPOSE_FILE])
+    compose_file = tmp_path / COMPOSE_FILE
+    expected = compose_specs(parsed, compose_file, "1.41", env={})
+    again = compose_specs(remembered, compose_file, "1.41", env={})
+    assert {s: spec.config_hash for s, spec in again.items()} == {s: spec.config_hash for s, spec in expected.items()}
+    assert {s: spec.body for s, spec in again.items()} == {s: spec.body for s, spec in expected.items()}
+    edited = files[COMPOSE_FILE].replace(f"image: {stack.postgres.image}", "image: postgres:99", 1)
+    assert edited != files[COMPOSE_FILE]
+    assert runtime._parsed(tmp_path, edited)["services"]["postgres"]["image"] == "postgres:99", "another text is parsed anew"
