@@ -186,7 +186,7 @@ def test_a_new_clusters_empty_database_is_adopted_for_the_template(project) -> N
     project.devenv("up")
     stack = project.stack()
 
-    def as_if_new(extra: str = "") -> int:
+    def as_if_new() -> int:
         """Only an empty taskflow, as the entrypoint leaves it; its oid."""
         with project.connect(dbname="postgres", autocommit=True) as conn:
             for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'taskflow%'").fetchall():
@@ -201,12 +201,15 @@ def test_a_new_clusters_empty_database_is_adopted_for_the_template(project) -> N
             rows = conn.execute("SELECT datname, oid FROM pg_database WHERE datname LIKE 'taskflow%'").fetchall()
         return {"template" if "__tpl_" in name else name: oid for name, oid in rows}
 
+    def create_adopting() -> bool:
+        janitor = Janitor(stack)
+        try:
+            return janitor.create("taskflow", adopt=True)
+        finally:
+            janitor.close()
+
     empty = as_if_new()
-    janitor = Janitor(stack)
-    try:
-        assert janitor.create("taskflow", adopt=True) is True
-    finally:
-        janitor.close()
+    assert create_adopting() is True
     after = oids()
     assert set(after) == {"template", "taskflow"} and after["template"] == empty, after
     assert _counts(project) == (8, 40)
@@ -214,11 +217,7 @@ def test_a_new_clusters_empty_database_is_adopted_for_the_template(project) -> N
     empty = as_if_new()
     with project.connect(dbname="taskflow", autocommit=True) as held:  # a session on it: no rename
         held.execute("SELECT 1")
-        janitor = Janitor(stack)
-        try:
-            assert janitor.create("taskflow", adopt=True) is True
-        finally:
-            janitor.close()
+        assert create_adopting() is True
     after = oids()
     assert set(after) == {"template", "taskflow"} and empty not in after.values(), "a new one; the empty one replaced"
     assert _counts(project) == (8, 40)
