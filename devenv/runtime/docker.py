@@ -640,15 +640,11 @@ class DockerRuntime:
             # ~0.3 s but three at once in ~0.7 s: Postgres first, the others during its initdb.
             futures["postgres"] = pool.submit(run, "postgres")
             futures["postgres"].exception()  # raised below
+            from devenv.database import preload_driver
+
+            preload_driver()  # seeding will need it; now, not to slow the start down (the GIL)
         futures.update({service: pool.submit(run, service) for service in starting if service not in futures})
         pool.shutdown(wait=False)
-        if result.fresh_database:
-            # Seeding will need psycopg (~0.2 s to import): on this thread while the engine
-            # starts the others and the entrypoint runs initdb. Not on a thread of its own, as
-            # before: imports on several threads at once (that one, the starts, the health
-            # probes) can deadlock in CPython (python/cpython#82272), and one `up` here hung
-            # with nothing said after "waiting until healthy".
-            import psycopg  # noqa: F401
         if "postgres" in futures:
             self._pending = {s: f for s, f in futures.items() if s != "postgres"}
             futures["postgres"].result()

@@ -365,6 +365,9 @@ class NativeRuntime:
             result.from_cache = True
             return
         progress(f"postgres   initdb ({binaries.pg_version})")
+        from devenv.database import preload_driver
+
+        preload_driver()  # seeding will need it; initdb takes longer than the import
         self._initdb(stack, layout, binaries, user)
         note_password(_password_note(layout), stack.postgres.password_secret)
         result.fresh_database = True
@@ -437,13 +440,7 @@ class NativeRuntime:
         if stack.ephemeral:
             argv.append("--no-sync")  # tmpfs: there is nothing to sync to
         try:
-            with open(layout.log_file("postgres"), "ab") as log:
-                _chown(layout.log_file("postgres"), user)
-                with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                      env=_child_env(), cwd="/", **_as_user(user)) as proc:
-                    # Seeding will need psycopg (~0.2 s to import): meanwhile, on this thread
-                    # (imports on several threads at once can deadlock: python/cpython#82272).
-                    import psycopg  # noqa: F401
+            proc = _run(argv, layout.log_file("postgres"), user)
         finally:
             pwfile.unlink(missing_ok=True)
         if proc.returncode != 0:
@@ -637,6 +634,13 @@ def _spawn(argv: list[str], log_path: Path, user: RunUser | None, cwd: Path) -> 
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
             start_new_session=True, env=_child_env(), **_as_user(user),
         )
+
+
+def _run(argv: list[str], log_path: Path, user: RunUser | None) -> subprocess.CompletedProcess[bytes]:
+    with open(log_path, "ab") as log:
+        _chown(log_path, user)
+        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                              env=_child_env(), cwd="/", **_as_user(user))
 
 
 def _as_user(user: RunUser | None) -> dict:
