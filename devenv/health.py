@@ -186,7 +186,9 @@ def wait_until_healthy(
     last_error: dict[str, str] = {}
     in_flight: set[str] = set()
     # Plain threads, not concurrent.futures: its import (logging) costs more than a Redis start.
-    results: queue.SimpleQueue[tuple[str, list[Check], str | None, BaseException | None]] = queue.SimpleQueue()
+    # queue.Queue, not SimpleQueue: CPython 3.11's SimpleQueue.get(timeout) retries a wait that a
+    # signal interrupted with the time left, and when that is negative it waits forever.
+    results: queue.Queue[tuple[str, list[Check], str | None, BaseException | None]] = queue.Queue()
 
     def run(service: str, runnable: list[Check], seconds: float) -> None:
         results.put((service, *_probe(runnable, seconds)))

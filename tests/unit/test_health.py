@@ -3,7 +3,11 @@ the checks themselves are exercised against real servers by the integration suit
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -150,3 +154,32 @@ def test_a_service_never_started_times_out_naming_it() -> None:
     with pytest.raises(HealthCheckError, match="redis not healthy after 0s: still being started"):
         wait({"redis": [Check("redis", "PING", lambda timeout: None)]}, timeout=0.2,
              started=lambda service: False)
+
+
+def test_signals_during_the_wait_do_not_hang_it() -> None:
+    """A signal that interrupts the wait for a probe's result must not turn it into a wait
+    forever: CPython 3.11's queue.SimpleQueue.get(timeout) does that (an interrupted wait is
+    retried with the time left, which may be negative: "block forever"), and a docker `up` here
+    hung in it. Run in a child process, so that a hang fails the test instead of the run."""
+    script = textwrap.dedent("""
+        import os, signal, threading, time
+        from devenv import health
+        from devenv.health import Check
+
+        signal.signal(signal.SIGUSR1, lambda *args: None)
+        def pester():
+            while True:
+                time.sleep(0.0002)
+                os.kill(os.getpid(), signal.SIGUSR1)
+        threading.Thread(target=pester, daemon=True).start()
+        ready_at = time.monotonic() + 1.5
+        def probe(timeout):
+            if time.monotonic() < ready_at:
+                raise ConnectionRefusedError("not yet")
+        healthy = health.wait_until_healthy({"postgres": [Check("postgres", "SELECT 1", probe)]},
+                                            timeout=10, progress=lambda line: None)
+        print("healthy" if "postgres" in healthy else "not healthy")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0 and proc.stdout.strip() == "healthy", proc.stderr
