@@ -390,6 +390,9 @@ class Janitor:
             self.admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(building)))
         try:
             with connect(self.stack, building, autocommit=True) as conn:
+                # Its commits need not wait for the disk: the template is used only once renamed,
+                # and the rename's commit flushes the WAL up to it, theirs included.
+                conn.execute("SET synchronous_commit = off")
                 apply_seeds(self.stack, self.seeds_dir, conn)
                 if self.stack.seed_scale:
                     self._generate(conn)
