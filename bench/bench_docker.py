@@ -266,6 +266,13 @@ def main() -> None:
           f"{no_cache / baseline:.2f}x (target < 1.5x) {'met' if no_cache < 1.5 * baseline else 'NOT met'}")
     print(f"cold up from the cache on Docker: {cached:.2f} s; {baseline_name} / it: {baseline / cached:.2f}x "
           f"(issue 6's target >= 5x, set for the ci profile natively) {'met' if baseline >= 5 * cached else 'NOT met'}")
+    if "testcontainers PostgresContainer" in samples:
+        # testcontainers waits for the container's log in steps of a second: each of its runs ends
+        # at about the same time or a second later, so its median swings with the split; its
+        # fastest run is the strict baseline.
+        fastest = min(samples["testcontainers PostgresContainer"])
+        print(f"first-ever up / testcontainers' fastest run ({fastest:.2f} s): {first / fastest:.2f}x "
+              f"(the strict reading of the target) {'met' if first < 1.5 * fastest else 'NOT met'}")
     print(f"first-ever up / docker run to first connection: {first / medians['docker run, initdb -> first connection']:.2f}x")
     print(f"up with existing volumes: {existing:.2f} s (target < 1 s) {'met' if existing < 1 else 'NOT met'}; "
           f"{existing / medians['docker start, existing data -> first connection']:.2f}x `docker start` of one "
