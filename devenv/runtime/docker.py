@@ -630,24 +630,22 @@ class DockerRuntime:
             if service == "postgres" and not _has_password(stack):
                 self._set_password(stack, container_id)
 
-        # PgBouncer needs Postgres only to serve queries, not to start: all at once, but for a new
-        # cluster (below). `up` waits for Postgres's start (its errors, a restore, the password);
-        # the others' starts go on while the health checks poll: exit_status reports their
-        # failures, states() waits.
-        pool = ThreadPoolExecutor(max_workers=3)
+        # PgBouncer needs Postgres only to serve queries, not to start: all three at once. `up`
+        # waits for Postgres's start (its errors, a restore, the password); the others' starts go
+        # on while the health checks poll: exit_status reports their failures, states() waits.
+        # For a new cluster the entrypoint's initdb is the long pole, and the engine starts one
+        # container in ~0.3 s but three at once in ~0.7 s: Postgres first, then the others during
+        # its initdb one at a time (one worker), as the engine's work slows initdb down (on 2
+        # cores its phases took 0.26 s longer beside two starts at once, 0.16 s beside one).
+        initdb = result.fresh_database and "postgres" in starting
+        pool = ThreadPoolExecutor(max_workers=1 if initdb else 3)
         futures = {}
-        if result.fresh_database and "postgres" in starting:
-            # The entrypoint's initdb is the long pole, and the engine starts one container in
-            # ~0.3 s but three at once in ~0.7 s: Postgres first, then the others during its
-            # initdb, one at a time: the engine's work slows initdb down (on 2 cores its phases
-            # took 0.26 s longer beside two starts at once, 0.16 s beside one at a time).
+        if initdb:
             futures["postgres"] = pool.submit(run, "postgres")
             futures["postgres"].exception()  # raised below
             from devenv.database import preload_driver
 
             preload_driver()  # seeding will need it; now, not to slow the start down (the GIL)
-            pool.shutdown(wait=False)
-            pool = ThreadPoolExecutor(max_workers=1)
         futures.update({service: pool.submit(run, service) for service in starting if service not in futures})
         pool.shutdown(wait=False)
         if "postgres" in futures:
