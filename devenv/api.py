@@ -102,18 +102,18 @@ class Devenv:
         return self.stack.urls(database, redis_db)
 
     def connect(self, database: str | None = None, pooled: bool = False, **kwargs: Any) -> "psycopg.Connection[Any]":
-        """A psycopg connection, direct to Postgres or through PgBouncer."""
-        import psycopg
+        """A psycopg connection, direct to Postgres or through PgBouncer (keyword arguments go to
+        psycopg.connect)."""
+        from devenv.clients import connect
 
-        urls = self.urls(database)
-        return psycopg.connect(urls["DATABASE_URL" if pooled else "DIRECT_DATABASE_URL"], **kwargs)
+        return connect.psycopg_postgres(self.stack, database, pooled=pooled, application_name=None, **kwargs)
 
     def redis(self, db: int = 0) -> "redis.Redis":
         """A redis-py client on one database index, with the password."""
-        import redis as redis_py
+        from devenv.clients import connect
 
         if db not in self._redis_clients:
-            self._redis_clients[db] = redis_py.Redis.from_url(self.urls(redis_db=db)["REDIS_URL"], decode_responses=True)
+            self._redis_clients[db] = connect.redis_py(self.stack, db)
         return self._redis_clients[db]
 
     def close(self) -> None:

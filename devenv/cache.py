@@ -27,7 +27,7 @@ from typing import IO, TYPE_CHECKING, Iterator
 from devenv.stack import Stack
 
 if TYPE_CHECKING:
-    from devenv import pgwire
+    from devenv.clients import pgwire
 
 CACHE_FORMAT = 1  # bump when what a cached data directory must contain changes
 
@@ -91,7 +91,7 @@ def save_live(pgdata: Path, key: str, conn: "pgwire.Connection") -> Path:
     import re
     import tempfile
 
-    from devenv import pgwire
+    from devenv.clients import pgwire
 
     conn.query("SELECT pg_catalog.pg_backup_start('devenv cache', true)")
     with compressed(archive_path(key)) as (sink, target):

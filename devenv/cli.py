@@ -407,11 +407,11 @@ def down(profile: str, config_path: str | None, runtime: str, volumes: bool) -> 
 def status(profile: str, config_path: str | None, runtime: str, as_json: bool) -> None:
     """Each service: its state, health and port; when up, the monitoring view (connections,
     PgBouncer pools, Redis memory, slow queries). Exits 1 when something is not healthy."""
-    from devenv import lifecycle
+    from devenv import status as status_view
     from devenv.runtime import get_runtime
 
     stack = load_stack(config_path, profile)
-    report = lifecycle.status(stack, get_runtime(runtime))
+    report = status_view.report(stack, get_runtime(runtime))
     rows = report["services"]
     if as_json:
         click.echo(json.dumps({"profile": profile, **report}, indent=2))
@@ -420,9 +420,7 @@ def status(profile: str, config_path: str | None, runtime: str, as_json: bool) -
             extra = f"  ({row['problem']})" if row["problem"] else ""
             click.echo(f"{row['service']:<10} {row['state']:<12} {row['health']:<10} 127.0.0.1:{row['port']}{extra}")
         if report["monitoring"]:
-            from devenv.doctor import format_monitoring
-
-            for line in format_monitoring(report["monitoring"]):
+            for line in status_view.format_monitoring(report["monitoring"]):
                 click.echo(line)
     if any(row["health"] != "healthy" for row in rows):
         sys.exit(1)

@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devenv.errors import HealthCheckError, SchemaError, StateError
+from devenv.errors import SchemaError, StateError
 from devenv.record import Record
 from devenv.stack import Stack
 
@@ -57,40 +57,13 @@ def preload_driver() -> None:
     threading.Thread(target=lambda: __import__("psycopg"), name="import psycopg", daemon=True).start()
 
 
-def failure_reason(exc: BaseException) -> str:
-    """The last line of a driver's connection error: libpq's reason comes after the address."""
-    return (str(exc).strip().splitlines() or ["no answer"])[-1]
-
-
-def connect(stack: Stack, dbname: str | None = None, **kwargs: Any) -> "psycopg.Connection[Any]":
-    """A direct connection to Postgres (not through the pool) as the stack's superuser."""
-    import psycopg
-
-    pg = stack.postgres
-    try:
-        # A server that is not there refuses at once; the timeout only bounds a live one that is
-        # slow to answer, and a loaded CI machine took over 5 s (Docker's port proxy).
-        # devenv's own commits (template, database renames, the seed ledger) must outlive a
-        # killed server even where the profile turns synchronous_commit off (ci): an async
-        # commit lost to a SIGKILL left `taskflow` under its scratch name, swept as litter.
-        # With fsync off as well this costs a write(), not a disk flush.
-        return psycopg.connect(
-            host="127.0.0.1", port=pg.port, dbname=dbname or pg.database, user=pg.user, password=pg.password,
-            sslmode="require" if pg.ssl else "prefer", connect_timeout=30, application_name="devenv",
-            options="-c synchronous_commit=on", **kwargs,
-        )
-    except psycopg.OperationalError as exc:
-        raise HealthCheckError(
-            f"cannot connect to PostgreSQL at 127.0.0.1:{pg.port} (database {dbname or pg.database}): {failure_reason(exc)}",
-            hint=f"is the stack up? Run `devenv up -p {stack.profile}` (or check `devenv status -p {stack.profile}`).",
-        ) from exc
-
-
 def ensure_database(stack: Stack) -> bool:
     """Create the application database if it does not exist; True when created."""
     from psycopg import sql
 
-    with connect(stack, "postgres", autocommit=True) as conn:
+    from devenv.clients import connect
+
+    with connect.psycopg_postgres(stack, "postgres", durable=True, explain=True, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (stack.postgres.database,)).fetchone()
         if exists:
             return False
@@ -104,7 +77,10 @@ def apply_seeds(stack: Stack, seeds_dir: Path, conn: "psycopg.Connection[Any] | 
     if not files:
         return []
     own = conn is None
-    conn = conn or connect(stack, autocommit=True)
+    if conn is None:
+        from devenv.clients import connect
+
+        conn = connect.psycopg_postgres(stack, durable=True, explain=True, autocommit=True)
     try:
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA}")
         conn.execute(

@@ -1,4 +1,4 @@
-"""`devenv doctor` and the monitoring view of `devenv status`: what is wrong, and how the stack is doing.
+"""`devenv doctor`: what is wrong with the machine or the stack (devenv.status says how it is doing).
 
 doctor: `run_checks` returns a list of Check(name, status, detail), status one of ok, warn,
 FAIL: the Docker engine (which endpoint, answering or not), the native binaries and their
@@ -7,12 +7,7 @@ free disk for the data and the cache, the stack's health, and settings drift: ev
 of the profile compared with what the running servers report (Postgres `pg_settings` in base
 units, PgBouncer `SHOW CONFIG`, Redis `CONFIG GET`), so a server changed by hand is caught.
 
-monitoring (`devenv status`): the infrastructure doc's monitoring section, locally:
-connections in use against max_connections and the readiness threshold, PgBouncer pools,
-Redis used_memory against maxmemory with the 80% alert, and the slow queries the postgres
-log holds (over log_min_duration_statement).
-
-Nothing here prints: the CLI formats the results (`format_checks`, `format_monitoring`).
+Nothing here prints: the CLI formats the results (`format_checks`).
 """
 
 from __future__ import annotations
@@ -20,13 +15,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from devenv import humanize
 from devenv.errors import DevenvError
 
 if TYPE_CHECKING:
@@ -37,9 +31,6 @@ if TYPE_CHECKING:
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 SERVICES = ("postgres", "pgbouncer", "redis")
 LOW_DISK_BYTES = 1 << 30  # warn under 1 GiB free: a seeded data directory plus a cached snapshot
-# The infrastructure doc's ElastiCache alarm: "memory > 80%".
-REDIS_MEMORY_ALERT_PERCENT = 80
-RECENT_SLOW_QUERIES = 10
 PING_TIMEOUT = 2.0
 # Programs that hold a published port for a container, not the container's own process.
 _DOCKER_PORT_HOLDERS = {"docker-proxy", "rootlesskit", "rootlessport", "vpnkit", "com.docker.backend", "slirp4netns"}
@@ -337,7 +328,7 @@ def disk_checks(stack: "Stack", runtime_name: str, env: Mapping[str, str]) -> li
             continue
         existing = _existing(path)
         usage = shutil.disk_usage(existing)
-        text = f"{_size(usage.free)} free at {path}" + ("" if existing == path else f" (on {existing}'s filesystem)")
+        text = f"{humanize.size(usage.free)} free at {path}" + ("" if existing == path else f" (on {existing}'s filesystem)")
         checks.append(Check(name, WARN if usage.free < LOW_DISK_BYTES else OK,
                             text + (": under 1 GiB" if usage.free < LOW_DISK_BYTES else "")))
     return checks
@@ -378,15 +369,6 @@ def _existing(path: Path) -> Path:
         if candidate.exists():
             return candidate
     return Path("/")
-
-
-def _size(count: float) -> str:
-    """Bytes for people: '512 B', '1.5 MiB', '78.2 GiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if count < 1024:
-            return f"{int(count)} B" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return f"{count:.1f} TiB"
 
 
 # ---- health and settings drift -----------------------------------------------------------------
@@ -430,23 +412,22 @@ def postgres_drift(stack: "Stack") -> list[Check]:
     Asked in the application's database, so per-database and per-role settings count too.
     """
     from devenv import pgcatalog
-    from devenv.health import _pg_connect
-
-    import psycopg
+    from devenv.clients import connect, pgwire
 
     pg = stack.postgres
-    names = list(pg.settings)
+    names = ", ".join(pgwire.literal(name) for name in pg.settings) or "NULL"
     try:
-        conn = _pg_connect(stack, pg.database, pg.port, pg.user, pg.password, pg.ssl)
-    except psycopg.OperationalError as exc:
-        if "does not exist" not in str(exc):
+        conn = connect.postgres(stack, timeout=PING_TIMEOUT, query_timeout=PING_TIMEOUT, application_name="devenv-doctor")
+    except pgwire.PgError as exc:
+        if exc.sqlstate != "3D000":  # invalid_catalog_name: no application database (yet)
             raise
-        conn = _pg_connect(stack, "postgres", pg.port, pg.user, pg.password, pg.ssl)  # no app database (yet)
+        conn = connect.postgres(stack, "postgres", timeout=PING_TIMEOUT, query_timeout=PING_TIMEOUT,
+                                application_name="devenv-doctor")
     with conn:
-        major = conn.info.server_version // 10000
-        rows = {row[0]: row[1:] for row in conn.execute(
-            "SELECT name, setting, current_setting(name), source, sourcefile, pending_restart "
-            "FROM pg_settings WHERE name = ANY(%s)", (names,))}
+        major = conn.server_major
+        rows = {name: (setting, shown, source, sourcefile, pending == "t") for name, setting, shown, source, sourcefile, pending
+                in conn.query("SELECT name, setting, current_setting(name), source, sourcefile, pending_restart "
+                              f"FROM pg_settings WHERE name IN ({names})")}
     if major not in pgcatalog.SUPPORTED_MAJORS:
         major = pg.major
     return compare_postgres_settings(stack.profile, pg.settings, rows, major)
@@ -489,19 +470,21 @@ def _origin(name: str, source: str | None, sourcefile: str | None) -> str:
 
 def pgbouncer_drift(stack: "Stack") -> list[Check]:
     """Each setting of the profile's pgbouncer column against `SHOW CONFIG` on the admin console."""
-    from devenv.health import _pg_connect
+    from devenv.clients import connect
 
     pgb = stack.pgbouncer
-    with _pg_connect(stack, "pgbouncer", pgb.port, pgb.admin_user, pgb.admin_password) as conn:
-        config = _simple_query(conn, b"SHOW CONFIG")
+    with connect.pgbouncer_admin(stack, timeout=PING_TIMEOUT, query_timeout=PING_TIMEOUT) as console:
+        config = console.show("CONFIG")
     reported = {row["key"]: row.get("value") or "" for row in config}
     return compare_named_settings("pgbouncer", stack.profile, pgb.settings, reported, "SHOW CONFIG")
 
 
 def redis_drift(stack: "Stack") -> list[Check]:
     """Each setting of the profile's redis column against `CONFIG GET`."""
-    names = list(stack.redis.settings)
-    replies = redis_call(stack.redis.port, stack.redis.password, [["CONFIG", "GET", name] for name in names])
+    from devenv.clients import connect
+
+    with connect.redis(stack, timeout=PING_TIMEOUT) as conn:
+        replies = conn.call(*[["CONFIG", "GET", name] for name in stack.redis.settings])
     reported = {}
     for reply in replies:
         if isinstance(reply, list):
@@ -538,330 +521,3 @@ def redis_bytes(value: str) -> int | None:
     if not match or match.group(2).lower() not in _REDIS_UNITS:
         return None
     return int(match.group(1)) * _REDIS_UNITS[match.group(2).lower()]
-
-
-def _simple_query(conn: Any, query: bytes) -> list[dict[str, str | None]]:
-    """Rows of a query on PgBouncer's admin console, which speaks only the simple query protocol."""
-    result = conn.pgconn.exec_(query)
-    if result.status != 2:  # PGRES_TUPLES_OK
-        raise RuntimeError(f"{query.decode()} failed: {(result.error_message or b'').decode(errors='replace').strip()}")
-    names = [result.fname(i).decode() for i in range(result.nfields)]
-    rows = []
-    for r in range(result.ntuples):
-        values = [result.get_value(r, c) for c in range(result.nfields)]
-        rows.append({n: (v.decode(errors="replace") if v is not None else None) for n, v in zip(names, values)})
-    return rows
-
-
-# ---- Redis: a few commands whose replies are bulk strings and arrays ---------------------------
-
-
-class RedisReplyError(Exception):
-    """An error reply ('-ERR ...') from Redis."""
-
-
-def redis_call(port: int, password: str, commands: list[list[str]], timeout: float = 2.0) -> list[Any]:
-    """AUTH, then `commands`; their replies (str, int, list, None). Raises on a refused AUTH.
-
-    RESP over a plain socket like devenv.resp (which reads single-line replies only): INFO
-    and CONFIG GET answer with bulk strings and arrays. `status` stays free of redis-py's import.
-    """
-    from devenv import resp
-
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(resp.encode([["AUTH", password], *commands]))
-        reader = sock.makefile("rb")
-        replies = [read_reply(reader) for _ in range(len(commands) + 1)]
-    if isinstance(replies[0], RedisReplyError):
-        raise replies[0]
-    return replies[1:]
-
-
-def read_reply(reader: IO[bytes]) -> Any:
-    """One RESP2 reply: simple string, error (returned, not raised), integer, bulk string or array."""
-    line = reader.readline()
-    if not line.endswith(b"\r\n"):
-        raise ConnectionError(f"Redis closed the connection mid-reply ({line[:80]!r})")
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest.decode(errors="replace")
-    if kind == b"-":
-        return RedisReplyError(rest.decode(errors="replace"))
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        size = int(rest)
-        if size < 0:
-            return None
-        data = reader.read(size + 2)
-        if len(data) != size + 2:
-            raise ConnectionError("Redis closed the connection mid-reply")
-        return data[:-2].decode(errors="replace")
-    if kind == b"*":
-        count = int(rest)
-        return None if count < 0 else [read_reply(reader) for _ in range(count)]
-    raise ConnectionError(f"unexpected Redis reply {line[:80]!r}")
-
-
-def parse_info(text: str) -> dict[str, str]:
-    """Redis INFO text -> {field: value} ('# Memory' headers and blank lines skipped)."""
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#") and ":" in line:
-            key, _, value = line.partition(":")
-            out[key] = value.strip()
-    return out
-
-
-# ---- monitoring (devenv status) ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SlowQuery:
-    """One statement the postgres log reports as slower than log_min_duration_statement."""
-
-    duration_ms: float
-    statement: str
-    time: str = ""
-    pid: int | None = None
-
-
-# '%m [%p] ' (the default log_line_prefix): "2025-11-22 00:50:01.123 UTC [1234] LOG:  ..."
-_LOG_MESSAGE = re.compile(r"^(?P<prefix>.*?)\b(?P<level>LOG|STATEMENT|DETAIL|HINT|ERROR|FATAL|PANIC|WARNING|NOTICE|INFO|"
-                          r"DEBUG\d?|CONTEXT):\s+(?P<message>.*)$")
-_LOG_TIME = re.compile(r"(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:\.\d+)?(?: ?[A-Z]{2,5}| ?[+-]\d\d(?::?\d\d)?)?)")
-_LOG_PID = re.compile(r"\[(\d+)\]")
-_DURATION = re.compile(r"^duration: (?P<ms>\d+(?:\.\d+)?) ms(?:\s+(?:statement|(?:execute|parse|bind) [^:]*|"
-                       r"fastpath function call): (?P<text>.*))?$")
-_STATEMENT = re.compile(r"^(?:statement|execute [^:]*): (?P<text>.*)$")
-
-
-def parse_slow_queries(lines: Iterable[str], threshold_ms: float | None,
-                       keep: int = RECENT_SLOW_QUERIES) -> tuple[int, list[SlowQuery]]:
-    """(how many, the last `keep`) statements the log reports at or over `threshold_ms`.
-
-    A `duration:` line carries its statement unless log_statement had already logged it (dev
-    logs every statement): then the statement is the one the same backend (pid) logged last.
-    Continuation lines of a multi-line statement start with a tab.
-    """
-    last_statement: dict[int | None, str] = {}
-    recent: deque[SlowQuery] = deque(maxlen=keep)
-    count = 0
-    current: str | None = None  # what a continuation line extends: "statement" or "slow"
-    pid: int | None = None
-    for raw in lines:
-        line = raw.rstrip("\n")
-        if line.startswith("\t") and current:
-            extra = " " + line.strip()
-            if current == "statement":
-                last_statement[pid] = last_statement.get(pid, "") + extra
-            elif current == "slow" and recent:
-                query = recent[-1]
-                recent[-1] = SlowQuery(query.duration_ms, (query.statement + extra).strip(), query.time, query.pid)
-            continue
-        current = None
-        match = _LOG_MESSAGE.match(line)
-        if not match or match.group("level") != "LOG":
-            continue
-        prefix, message = match.group("prefix"), match.group("message")
-        pid_match = _LOG_PID.search(prefix)
-        pid = int(pid_match.group(1)) if pid_match else None
-        duration = _DURATION.match(message)
-        if duration:
-            ms = float(duration.group("ms"))
-            if threshold_ms is None or threshold_ms < 0 or ms < threshold_ms:
-                continue  # log_duration lines, or a threshold raised since
-            text = duration.group("text")
-            time_match = _LOG_TIME.search(prefix)
-            count += 1
-            recent.append(SlowQuery(ms, text if text is not None else last_statement.get(pid, ""),
-                                    time_match.group(1) if time_match else "", pid))
-            current = "slow" if text is not None else None
-            continue
-        statement = _STATEMENT.match(message)
-        if statement:
-            last_statement[pid] = statement.group("text")
-            current = "statement"
-    return count, list(recent)
-
-
-def monitoring(stack: "Stack", runtime: "Runtime", healthy: set[str]) -> dict[str, Any]:
-    """The monitoring view of the services that are healthy (only those are asked).
-
-    Keys: connections, slow_queries (Postgres), pools (PgBouncer), redis_memory (Redis), and
-    alerts: one line per threshold crossed. A probe that fails gives {"error": ...} instead.
-    """
-    out: dict[str, Any] = {}
-    threshold: float | None = None
-    if "postgres" in healthy:
-        out["connections"] = _guarded(lambda: postgres_connections(stack))
-        threshold = out["connections"].get("log_min_duration_statement_ms", _profile_threshold(stack))
-        out["slow_queries"] = _guarded(lambda: slow_queries(stack, runtime, threshold))
-    if "pgbouncer" in healthy:
-        out["pools"] = _guarded(lambda: pgbouncer_pools(stack))
-    if "redis" in healthy:
-        out["redis_memory"] = _guarded(lambda: redis_memory(stack))
-    out["alerts"] = alerts(out)
-    return out
-
-
-def _profile_threshold(stack: "Stack") -> float | None:
-    """log_min_duration_statement in ms as the profile sets it (when the server cannot be asked)."""
-    from devenv import pgcatalog
-
-    value = stack.postgres.settings.get("log_min_duration_statement")
-    if value is None:
-        return None
-    number = pgcatalog.base_units("log_min_duration_statement", value, stack.postgres.major)
-    return float(number) if isinstance(number, float) else None
-
-
-def _guarded(probe: Any) -> dict[str, Any]:
-    try:
-        return dict(probe())
-    except Exception as exc:  # monitoring is best effort: `status` must still print the services
-        return {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
-
-
-def postgres_connections(stack: "Stack") -> dict[str, Any]:
-    """Client connections in use (and active) against max_connections and the readiness threshold.
-
-    Counted as the readiness check counts them (non-idle backends), leaving out this probe's own.
-    """
-    from devenv.health import _pg_connect
-
-    pg = stack.postgres
-    with _pg_connect(stack, "postgres", pg.port, pg.user, pg.password, pg.ssl) as conn:
-        row = conn.execute(
-            "SELECT count(*) FILTER (WHERE backend_type = 'client backend'),"
-            " count(*) FILTER (WHERE state != 'idle'),"
-            " current_setting('max_connections')::int,"
-            " (SELECT setting::int FROM pg_settings WHERE name = 'log_min_duration_statement')"
-            " FROM pg_stat_activity WHERE pid != pg_backend_pid()").fetchone()
-    in_use, active, max_connections, slow_ms = row
-    return {
-        "in_use": in_use,
-        "active": active,
-        "max_connections": max_connections,
-        "readiness_threshold": pg.readiness_limit,  # ready while fewer than this are active
-        "ready": active + 1 < pg.readiness_limit,  # + the health check's own connection
-        "log_min_duration_statement_ms": slow_ms,
-    }
-
-
-def slow_queries(stack: "Stack", runtime: "Runtime", threshold_ms: float | None) -> dict[str, Any]:
-    """The postgres log's statements over log_min_duration_statement (through the runtime: file or container)."""
-    if threshold_ms is None or threshold_ms < 0:
-        return {"threshold_ms": threshold_ms, "count": 0, "recent": [], "note": "log_min_duration_statement is off"}
-    count, recent = parse_slow_queries(runtime.follow_logs(stack, "postgres", False), threshold_ms)
-    return {"threshold_ms": threshold_ms, "count": count, "recent": [asdict(q) for q in recent]}
-
-
-def pgbouncer_pools(stack: "Stack") -> dict[str, Any]:
-    """`SHOW POOLS` on the admin console: clients active/waiting, server connections, per pool."""
-    from devenv.health import _pg_connect
-
-    pgb = stack.pgbouncer
-    with _pg_connect(stack, "pgbouncer", pgb.port, pgb.admin_user, pgb.admin_password) as conn:
-        rows = _simple_query(conn, b"SHOW POOLS")
-    pools = []
-    for row in rows:
-        if row.get("database") == "pgbouncer":  # the admin console's own pseudo-pool
-            continue
-        number = lambda key: int(row.get(key) or 0)  # noqa: E731
-        pools.append({
-            "database": row.get("database"), "user": row.get("user"), "pool_mode": row.get("pool_mode"),
-            "cl_active": number("cl_active"), "cl_waiting": number("cl_waiting"),
-            "sv_active": number("sv_active"), "sv_idle": number("sv_idle"), "sv_used": number("sv_used"),
-            "server_connections": sum(number(k) for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login")),
-            "maxwait_s": number("maxwait"),
-        })
-    return {"pools": pools, "default_pool_size": int(pgb.settings.get("default_pool_size", 20))}
-
-
-def redis_memory(stack: "Stack") -> dict[str, Any]:
-    """INFO memory: used_memory against maxmemory, and whether it crossed the 80% alert."""
-    (info,) = redis_call(stack.redis.port, stack.redis.password, [["INFO", "memory"]])
-    if isinstance(info, Exception):
-        raise info
-    fields = parse_info(info)
-    used, limit = int(fields.get("used_memory", 0)), int(fields.get("maxmemory", 0))
-    percent = round(100 * used / limit, 1) if limit else None
-    return {
-        "used_memory": used, "maxmemory": limit, "percent": percent,
-        "alert_percent": REDIS_MEMORY_ALERT_PERCENT,
-        "alert": percent is not None and percent > REDIS_MEMORY_ALERT_PERCENT,
-        "maxmemory_policy": fields.get("maxmemory_policy", ""),
-    }
-
-
-def alerts(view: Mapping[str, Any]) -> list[str]:
-    """The thresholds a monitoring view crosses, as sentences."""
-    out = []
-    memory = view.get("redis_memory") or {}
-    if memory.get("alert"):
-        out.append(f"Redis used_memory is {memory['percent']}% of maxmemory, above the "
-                   f"{memory['alert_percent']}% alert threshold")
-    connections = view.get("connections") or {}
-    if "active" in connections and not connections.get("ready", True):
-        out.append(f"{connections['active']} active connections: at the readiness threshold "
-                   f"({connections['readiness_threshold']})")
-    for pool in (view.get("pools") or {}).get("pools", []):
-        if pool["cl_waiting"]:
-            out.append(f"{pool['cl_waiting']} clients waiting for a server connection in pool "
-                       f"{pool['database']}/{pool['user']}")
-    return out
-
-
-def format_monitoring(view: Mapping[str, Any]) -> list[str]:
-    """The monitoring view as text lines for `devenv status` (warn lines last)."""
-    lines = []
-    connections = view.get("connections")
-    if connections is not None:
-        if "error" in connections:
-            lines.append(f"connections   unknown ({connections['error']})")
-        else:
-            lines.append(f"connections   {connections['in_use']} of max_connections {connections['max_connections']} in use, "
-                         f"{connections['active']} active (readiness threshold {connections['readiness_threshold']})")
-    pools = view.get("pools")
-    if pools is not None:
-        if "error" in pools:
-            lines.append(f"pools         unknown ({pools['error']})")
-        for pool in pools.get("pools", []):
-            lines.append(f"pool          {pool['database']}/{pool['user']} ({pool['pool_mode']}): clients "
-                         f"{pool['cl_active']} active, {pool['cl_waiting']} waiting; servers {pool['server_connections']} "
-                         f"of {pools['default_pool_size']} ({pool['sv_active']} active, {pool['sv_idle']} idle)")
-        if "error" not in pools and not pools.get("pools"):
-            lines.append("pools         none yet (a pool opens with its first client)")
-    memory = view.get("redis_memory")
-    if memory is not None:
-        if "error" in memory:
-            lines.append(f"memory        unknown ({memory['error']})")
-        else:
-            limit = _size(memory["maxmemory"]) if memory["maxmemory"] else "no maxmemory"
-            share = f"{memory['percent']}%, " if memory["percent"] is not None else ""
-            lines.append(f"memory        Redis used_memory {_size(memory['used_memory'])} of {limit} "
-                         f"({share}alert above {memory['alert_percent']}%)")
-    slow = view.get("slow_queries")
-    if slow is not None:
-        if "error" in slow:
-            lines.append(f"slow queries  unknown ({slow['error']})")
-        elif slow.get("threshold_ms") is None or slow["threshold_ms"] < 0:
-            lines.append("slow queries  not logged (log_min_duration_statement is off)")
-        else:
-            lines.append(f"slow queries  {slow['count']} logged over {_ms(slow['threshold_ms'])} "
-                         f"(log_min_duration_statement){'; the latest:' if slow['recent'] else ''}")
-            for query in slow["recent"]:
-                when = f"{query['time']}  " if query["time"] else ""
-                lines.append(f"              {when}{_ms(query['duration_ms'])}  {_shorten(query['statement'])}")
-    lines += [f"warn          {alert}" for alert in view.get("alerts", [])]
-    return lines
-
-
-def _ms(value: float) -> str:
-    return f"{value:.0f} ms" if float(value).is_integer() or value >= 100 else f"{value:.1f} ms"
-
-
-def _shorten(statement: str, width: int = 100) -> str:
-    text = " ".join(statement.split()) or "(statement not in the log)"
-    return text if len(text) <= width else text[: width - 1] + "…"

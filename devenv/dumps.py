@@ -86,10 +86,10 @@ def tool_env(stack: Stack) -> dict[str, str]:
 def dump(stack: Stack, runtime: "Runtime", destination: Path | IO[bytes], say: Say = lambda line: None) -> DumpResult:
     """pg_dump the working database in custom format to a file (written whole or not at all)
     or to a binary stream."""
-    from devenv.database import connect
+    from devenv.clients import connect
 
     database = stack.postgres.database
-    connect(stack).close()  # "is the stack up?" said plainly, before pg_dump says it its way
+    connect.psycopg_postgres(stack, explain=True).close()  # "is the stack up?" said plainly, before pg_dump says it its way
     argv = pg_tool(runtime, stack, "pg_dump") + ["--format=custom", "--no-password", f"--dbname={database}"]
     start = time.monotonic()
     if isinstance(destination, Path):

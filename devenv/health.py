@@ -19,13 +19,11 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
+from devenv.clients import connect
 from devenv.errors import HealthCheckError
 from devenv.stack import Stack
-
-if TYPE_CHECKING:
-    from devenv import pgwire
 
 POLL_INTERVAL = 0.1
 STARTING_INTERVAL = 0.01  # "not listening yet" / "starting up" answers cost microseconds
@@ -43,32 +41,13 @@ class Check:
     after: str | None = None  # a service that must be healthy before this check is tried
 
 
-def _pg_connect(stack: Stack, dbname: str, port: int, user: str, password: str, ssl: bool = False):  # type: ignore[no-untyped-def]
-    """A psycopg connection for doctor's richer queries (the checks themselves use _session)."""
-    import psycopg
-
-    return psycopg.connect(
-        host="127.0.0.1", port=port, dbname=dbname, user=user, password=password,
-        sslmode="require" if ssl else "prefer", connect_timeout=2, autocommit=True,
-        application_name="devenv-health",
-    )
-
-
-def _session(port: int, user: str, password: str, dbname: str, timeout: float, ssl: bool = False) -> "pgwire.Connection":
-    # The checks' few one-line queries need no driver: psycopg's import alone takes longer
-    # than a Postgres start (see devenv.pgwire).
-    from devenv import pgwire
-
-    return pgwire.Connection("127.0.0.1", port, user, password, dbname, ssl=ssl, timeout=timeout, query_timeout=timeout,
-                             application_name="devenv-health")
-
-
 def postgres_checks(stack: Stack, dbname: str = "postgres") -> list[Check]:
     """Liveness `SELECT 1` and readiness: non-idle connections below 90% of max_connections."""
     pg = stack.postgres
 
     def probe(timeout: float) -> None:
-        with _session(pg.port, pg.user, pg.password, dbname, timeout, pg.ssl) as conn:
+        with connect.postgres(stack, dbname, timeout=timeout, query_timeout=timeout,
+                              application_name="devenv-health") as conn:
             conn.query("SELECT 1")
             ready = conn.scalar(
                 f"SELECT count(*) < {int(pg.readiness_limit)} FROM pg_stat_activity WHERE state != 'idle'")
@@ -80,15 +59,15 @@ def postgres_checks(stack: Stack, dbname: str = "postgres") -> list[Check]:
 
 def pgbouncer_checks(stack: Stack) -> list[Check]:
     """A real query through the pool as the application, and SHOW VERSION on the admin console."""
-    pg, pgb = stack.postgres, stack.pgbouncer
 
     def admin(timeout: float) -> None:
-        with _session(pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer", timeout) as conn:
-            if not conn.query("SHOW VERSION"):
+        with connect.pgbouncer_admin(stack, timeout=timeout, query_timeout=timeout) as console:
+            if not console.show("VERSION"):
                 raise RuntimeError("SHOW VERSION returned no row")
 
     def pooled(timeout: float) -> None:
-        with _session(pgb.port, pg.user, pg.password, pgb.database, timeout) as conn:
+        with connect.postgres(stack, pooled=True, timeout=timeout, query_timeout=timeout,
+                              application_name="devenv-health") as conn:
             conn.query("SELECT 1")
 
     # The admin console answers without Postgres; a pooled query sent while Postgres is still
@@ -104,13 +83,10 @@ def redis_checks(stack: Stack) -> list[Check]:
     Redis start, and `up` waits on this.
     """
     def probe(timeout: float) -> None:
-        from devenv import resp
-
-        replies = resp.exchange(stack.redis.port, [["AUTH", stack.redis.password], ["PING"]], timeout=timeout)
-        if replies[0] != "+OK":
-            raise RuntimeError(f"AUTH answered {replies[0]!r}")
-        if replies[1] != "+PONG":
-            raise RuntimeError(f"PING answered {replies[1]!r}, not PONG")
+        with connect.redis(stack, timeout=timeout) as conn:
+            [reply] = conn.call(["PING"])
+        if reply != "PONG":
+            raise RuntimeError(f"PING answered {str(reply) if isinstance(reply, Exception) else repr(reply)}, not PONG")
 
     return [Check("redis", "AUTH + PING", probe)]
 
@@ -150,7 +126,7 @@ def _starting(exc: BaseException | None) -> bool:
     that timed out has waited already: all are asked again after STARTING_INTERVAL rather
     than POLL_INTERVAL.
     """
-    from devenv.pgwire import ServerClosedError
+    from devenv.clients.pgwire import ServerClosedError
 
     return (isinstance(exc, (ConnectionError, TimeoutError, ServerClosedError))
             or getattr(exc, "sqlstate", "") == "57P03")

@@ -28,19 +28,22 @@ import hashlib
 import itertools
 import os
 import re
-import select
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from devenv.database import apply_seeds, connect, failure_reason, seed_files
-from devenv.errors import HealthCheckError, SchemaError
+from devenv.clients import connect
+from devenv.database import apply_seeds, seed_files
+from devenv.errors import SchemaError
 from devenv.record import Record
 from devenv.stack import Stack
 
 if TYPE_CHECKING:
     import psycopg
+
+    from devenv.clients import pgwire
+    from devenv.clients.pgbouncer import Console
 
 STRATEGIES = ("auto", "restore", "clone", "copy")
 # Thresholds measured by bench/bench_reset.py: above this many seeded rows in the tables written
@@ -54,9 +57,6 @@ _drop_counter = itertools.count()
 _TEMPLATE_FORMAT = 3  # bump when what a template carries (snapshots, guards) changes
 # Scratch databases of one process (group 2: its pid), which `sweep` drops once it is gone.
 SCRATCH_PATTERN = r"__(new|old|building|restore)_([0-9]+)(_[0-9]+)?$"
-# How long PAUSE may take to close PgBouncer's server connections to a database whose sessions
-# are being terminated meanwhile (it takes under 5 ms when idle).
-PAUSE_TIMEOUT = 30.0
 
 # Installed in every template: counts DDL so that `restore` knows when it is not enough.
 _DDL_GUARD = """
@@ -184,7 +184,6 @@ def template_key(seeds_dir: Path, major: int, scale: int = 0) -> str:
 
 
 SCALE_FILE = "scale.sql"
-REDIS_SEED_FILE = "redis.json"
 
 
 def template_prefix(stack: Stack) -> str:
@@ -198,36 +197,41 @@ def template_name(stack: Stack, major: int, seeds_dir: Path | None = None) -> st
 
 
 def restore_quick(stack: Stack, dbname: str | None = None, strategy: str = "auto") -> ResetResult | None:
-    """The `restore` strategy without psycopg, for one-shot callers (`devenv reset`): importing
-    psycopg costs 150-250 ms, a hundred times the restore. One devenv.pgwire session to the
-    database, and one to PgBouncer's console if it holds server connections to the database.
-    None when only `Janitor.reset` can do it (a clone: the database is missing, from another
-    template, has had DDL or too much to reload).
+    """The `restore` strategy in sessions of its own, for one-shot callers (`devenv reset`):
+    one pgwire session to the database, and one to PgBouncer's console if it holds server
+    connections to the database (no psycopg: its import costs 150-250 ms, a hundred times the
+    restore). None when only `Janitor.reset` can do it (a clone: the database is missing, from
+    another template, has had DDL or too much to reload).
     """
-    from devenv import pgwire
+    from devenv.clients import connect, pgwire
 
     start = time.perf_counter()
-    pg, pgb = stack.postgres, stack.pgbouncer
-    dbname = dbname or pg.database
-    max_rows = "NULL" if strategy == "restore" else str(RESTORE_MAX_ROWS)
+    dbname = dbname or stack.postgres.database
     try:
-        with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, dbname, ssl=pg.ssl, timeout=30.0) as conn:
-            template = template_name(stack, conn.server_major)
-            [(status, sessions)] = conn.query(f"SELECT * FROM devenv.restore({pgwire.literal(template)}, {max_rows})")
+        with connect.postgres(stack, dbname) as conn:
+            sessions = restore_in_place(conn, template_name(stack, conn.server_major), strategy)
     except (pgwire.PgError, OSError, ValueError):  # no such database (or server), not ours
         return None
-    if status != "restored":
+    if sessions is None:
         return None
-    if sessions == "0":  # PgBouncer holds no server connection to it
-        return ResetResult(dbname, "restore", time.perf_counter() - start)
-    try:
-        with pgwire.Connection("127.0.0.1", pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer", timeout=30.0) as admin:
-            admin.query(f"RECONNECT {dbname}")
-    except (pgwire.PgError, OSError) as exc:
-        if "no such database" not in str(exc):  # PgBouncer has not pooled this one yet
-            raise HealthCheckError(f"PgBouncer refused `RECONNECT {dbname}` on 127.0.0.1:{pgb.port}: {exc}",
-                                   hint=f"check `devenv status -p {stack.profile}`.") from exc
+    if sessions:  # fresh server sessions for pooled clients: no temp tables or settings from the last test
+        with connect.pgbouncer_admin(stack, explain=True) as console:
+            console.command(f"RECONNECT {dbname}")
     return ResetResult(dbname, "restore", time.perf_counter() - start)
+
+
+def restore_in_place(conn: "pgwire.Connection", template: str, strategy: str = "auto") -> int | None:
+    """THE in-place restore (devenv.restore in the database, one round trip): reload what was
+    written since the last reset. The number of other sessions on the database afterwards
+    (PgBouncer's among them: with none there is nothing to RECONNECT), or None when only a
+    clone can reset it (from another template, DDL since, or more than RESTORE_MAX_ROWS seeded
+    rows to reload under `auto`). Raises the driver's error for a database that is not ours.
+    """
+    from devenv.clients import pgwire
+
+    max_rows = "NULL" if strategy == "restore" else str(RESTORE_MAX_ROWS)
+    [(status, sessions)] = conn.query(f"SELECT * FROM devenv.restore({pgwire.literal(template)}, {max_rows})")
+    return int(sessions or 0) if status == "restored" else None
 
 
 class Janitor:
@@ -240,26 +244,30 @@ class Janitor:
         self.stack = stack
         self.seeds_dir = seeds_dir or stack.root / "seeds"
         self._admin: psycopg.Connection[Any] | None = None
-        self._db_conns: dict[str, psycopg.Connection[Any]] = {}
-        self._pgbouncer: psycopg.Connection[Any] | None = None
+        self._db_conns: dict[str, pgwire.Connection] = {}  # kept for the in-place restore
+        self._console: Console | None = None
         self._drops: list[threading.Thread] = []
         self._template: str | None = None
         self._keys: dict[tuple[Any, ...], str] = {}  # seed files' (name, mtime, size) + major -> template
         self._sizes: dict[str, int] = {}
 
-    # ---- connections ---------------------------------------------------------------------
+    # ---- connections (all through devenv.clients.connect) --------------------------------
 
     @property
     def admin(self) -> "psycopg.Connection[Any]":
         """A connection to the maintenance database, for CREATE/DROP/ALTER DATABASE."""
         if self._admin is None or self._admin.closed:
-            self._admin = connect(self.stack, "postgres", autocommit=True)
+            self._admin = self._session("postgres")
         return self._admin
 
-    def _db(self, name: str) -> "psycopg.Connection[Any]":
+    def _session(self, dbname: str) -> "psycopg.Connection[Any]":
+        """A new psycopg session of devenv's own (durable commits), autocommit, on `dbname`."""
+        return connect.psycopg_postgres(self.stack, dbname, durable=True, explain=True, autocommit=True)
+
+    def _db(self, name: str) -> "pgwire.Connection":
         conn = self._db_conns.get(name)
-        if conn is None or conn.closed or conn.broken:
-            conn = self._db_conns[name] = connect(self.stack, name, autocommit=True)
+        if conn is None:
+            conn = self._db_conns[name] = connect.postgres(self.stack, name)
         return conn
 
     def _forget(self, name: str) -> None:
@@ -267,66 +275,33 @@ class Janitor:
         if conn is not None:
             conn.close()
 
-    def _console(self) -> "psycopg.Connection[Any]":
-        """PgBouncer's admin console, connected once; an unreachable PgBouncer is named as such."""
-        import psycopg
+    def _open_console(self) -> Console:
+        self._close_console()
+        self._console = connect.pgbouncer_admin(self.stack, explain=True)
+        return self._console
 
-        if self._pgbouncer is None or self._pgbouncer.closed or self._pgbouncer.broken:
-            pgb = self.stack.pgbouncer
-            try:
-                self._pgbouncer = psycopg.connect(
-                    host="127.0.0.1", port=pgb.port, dbname="pgbouncer", user=pgb.admin_user,
-                    password=pgb.admin_password, autocommit=True, connect_timeout=30,
-                )
-            except psycopg.OperationalError as exc:
-                raise HealthCheckError(
-                    f"cannot reach PgBouncer's admin console at 127.0.0.1:{pgb.port}: {failure_reason(exc)}",
-                    hint=f"check `devenv status -p {self.stack.profile}` and `devenv logs pgbouncer -p "
-                         f"{self.stack.profile}`; `devenv up -p {self.stack.profile}` restarts what is down.",
-                ) from exc
-        return self._pgbouncer
+    def _close_console(self) -> None:
+        if self._console is not None:
+            self._console.close()
+            self._console = None
 
     def _pgbouncer_command(self, command: str) -> bool:
-        """Run a command on PgBouncer's admin console (simple query protocol only); see _took_effect."""
-        console = self._console()
-        result = console.pgconn.exec_(command.encode())
-        if result.status not in (1, 2) and console.broken:  # a stale console session: once more, anew
-            result = self._console().pgconn.exec_(command.encode())
-        return _took_effect(command, result)
+        """A command on PgBouncer's admin console, kept open; a stale session is replaced once."""
+        from devenv.clients import pgwire
+
+        try:
+            return (self._console or self._open_console()).command(command)
+        except (pgwire.PgError, OSError) as exc:
+            if isinstance(exc, pgwire.PgError) and not isinstance(exc, pgwire.ServerClosedError):
+                raise
+            return self._open_console().command(command)
 
     @contextlib.contextmanager
     def _pooled_clients_held(self, dbname: str) -> Iterator[None]:
-        """PAUSE `dbname` on PgBouncer for the block, then RESUME it.
-
-        Pooled clients keep their connections; their next transaction waits until RESUME and
-        then runs on a fresh server connection. PAUSE waits for transactions in progress, so the
-        database's sessions are terminated while it waits (a reset ends them anyway), or an
-        idle-in-transaction client would hold the reset forever.
-        """
-        console = self._console().pgconn
-        console.send_query(f"PAUSE {dbname}".encode())
-        deadline = time.monotonic() + PAUSE_TIMEOUT
-        while True:
-            select.select([console.socket], [], [], 0.02)  # an idle pool answers in a few ms
-            console.consume_input()
-            if not console.is_busy():
-                break
-            self._terminate(dbname)
-            if time.monotonic() > deadline:
-                self._pgbouncer.close()  # the pending PAUSE goes with it; RESUME on a new session
-                self._pgbouncer_command(f"RESUME {dbname}")
-                raise HealthCheckError(
-                    f"PgBouncer did not PAUSE {dbname} within {PAUSE_TIMEOUT:.0f}s: its server "
-                    f"connections to the database stayed busy",
-                    hint=f"see `devenv logs pgbouncer -p {self.stack.profile}`.")
-        paused = True
-        while (result := console.get_result()) is not None:
-            paused = _took_effect(f"PAUSE {dbname}", result) and paused
-        try:
+        """PAUSE `dbname` on PgBouncer for the block (terminating its sessions meanwhile), then RESUME."""
+        console = self._console or self._open_console()
+        with console.paused(dbname, terminate=lambda: self._terminate(dbname), reopen=self._open_console):
             yield
-        finally:
-            if paused:
-                self._pgbouncer_command(f"RESUME {dbname}")
 
     def close(self) -> None:
         """Wait for background drops, close every connection."""
@@ -335,10 +310,10 @@ class Janitor:
         self._drops.clear()
         for name in list(self._db_conns):
             self._forget(name)
-        for conn in (self._admin, self._pgbouncer):
-            if conn is not None:
-                conn.close()
-        self._admin = self._pgbouncer = None
+        self._close_console()
+        if self._admin is not None:
+            self._admin.close()
+        self._admin = None
 
     # ---- the template --------------------------------------------------------------------
 
@@ -389,7 +364,7 @@ class Janitor:
         if adopt is None or not self._renamed(adopt, building):
             self.admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(building)))
         try:
-            with connect(self.stack, building, autocommit=True) as conn:
+            with self._session(building) as conn:
                 # Its commits need not wait for the disk: the template is used only once renamed,
                 # and the rename's commit flushes the WAL up to it, theirs included.
                 conn.execute("SET synchronous_commit = off")
@@ -443,40 +418,10 @@ class Janitor:
     # ---- Redis ---------------------------------------------------------------------------
 
     def reset_redis(self, db: int = 0) -> None:
-        """FLUSHDB on one index, then load seeds/redis.json if there is one, atomically.
+        """Redis index `db` back to its seeded state (devenv.redis_seed)."""
+        from devenv.redis_seed import reset_redis
 
-        seeds/redis.json maps keys to values: a string is SET, a list RPUSHed, an object HSET.
-        """
-        from devenv import resp
-
-        commands = [["AUTH", self.stack.redis.password], ["SELECT", str(db)], ["MULTI"], ["FLUSHDB"]]
-        for key, value in self._redis_seed().items():
-            if isinstance(value, list):
-                commands.append(["RPUSH", key, *map(str, value)])
-            elif isinstance(value, dict):
-                commands.append(["HSET", key, *(str(x) for pair in value.items() for x in pair)])
-            else:
-                commands.append(["SET", key, str(value)])
-        commands.append(["EXEC"])
-        replies = resp.exchange(self.stack.redis.port, commands)
-        errors = [reply for reply in replies if reply.startswith("-")]
-        if errors:
-            raise SchemaError(f"Redis refused the reset: {errors[0][1:]}",
-                              hint=f"check {self.seeds_dir / REDIS_SEED_FILE} and `devenv status`.")
-
-    def _redis_seed(self) -> dict[str, Any]:
-        path = self.seeds_dir / REDIS_SEED_FILE
-        if not path.is_file():
-            return {}
-        import json
-
-        try:
-            keys = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise SchemaError(f"{path}: not valid JSON: {exc}", hint="it maps key names to values.") from exc
-        if not isinstance(keys, dict):
-            raise SchemaError(f"{path}: expected an object mapping keys to values")
-        return keys
+        reset_redis(self.stack, db, self.seeds_dir)
 
     # ---- databases from the template -----------------------------------------------------
 
@@ -492,7 +437,7 @@ class Janitor:
         """
         exists = self.admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
         if exists:
-            with connect(self.stack, dbname, autocommit=True) as conn:
+            with self._session(dbname) as conn:
                 if conn.execute(
                     "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname <> ALL(%s) LIMIT 1",
@@ -516,7 +461,7 @@ class Janitor:
         dbname = dbname or self.stack.postgres.database
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown reset strategy {strategy!r}")
-        if strategy in ("auto", "restore") and self._restore(dbname, None if strategy == "restore" else RESTORE_MAX_ROWS):
+        if strategy in ("auto", "restore") and self._restore(dbname, strategy):
             return ResetResult(dbname, "restore", time.perf_counter() - start)
         template = self.ensure_template()
         if strategy == "auto":
@@ -542,19 +487,18 @@ class Janitor:
         self.clone(dbname, template)
         return ResetResult(dbname, "hard", time.perf_counter() - start)
 
-    def _restore(self, dbname: str, max_rows: int | None) -> bool:
-        """Reload what was written since the last reset, in place; False if only a clone can
-        reset this database (missing, from another template, DDL since, or too much to reload)."""
-        import psycopg
+    def _restore(self, dbname: str, strategy: str) -> bool:
+        """The in-place restore (restore_in_place) on the database's kept session; False if only
+        a clone can reset it (missing, from another template, DDL since, or too much to reload)."""
+        from devenv.clients import pgwire
 
         try:
             conn = self._db(dbname)
-            template = self.template_name(conn.info.server_version // 10000)
-            status, sessions = conn.execute("SELECT * FROM devenv.restore(%s, %s)", (template, max_rows)).fetchone()
-        except (psycopg.Error, SchemaError, HealthCheckError, ValueError):  # no such database, or not one of ours
+            sessions = restore_in_place(conn, self.template_name(conn.server_major), strategy)
+        except (pgwire.PgError, OSError, ValueError):  # no such database, or not one of ours, or a stale session
             self._forget(dbname)
             return False
-        if status != "restored":
+        if sessions is None:
             return False
         if sessions:  # fresh server sessions for pooled clients: no temp tables or settings from the last test
             self._pgbouncer_command(f"RECONNECT {dbname}")
@@ -664,7 +608,7 @@ class Janitor:
         """Drop in a background thread: DROP DATABASE waits for a checkpoint."""
         def drop() -> None:
             try:
-                with connect(self.stack, "postgres", autocommit=True) as conn:
+                with self._session("postgres") as conn:
                     from psycopg import sql
 
                     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
@@ -692,17 +636,6 @@ class Janitor:
     def _supports_strategy(self) -> bool:
         # CREATE DATABASE ... STRATEGY arrived in PostgreSQL 15 (WAL_LOG: no checkpoints).
         return self.admin.info.server_version >= 150000
-
-
-def _took_effect(command: str, result: Any) -> bool:
-    """Whether an admin-console command (its libpq result) took effect: False when PgBouncer
-    does not pool that database yet (nothing to do); any other refusal raises."""
-    if result.status in (1, 2):  # COMMAND_OK, TUPLES_OK
-        return True
-    message = result.error_message.decode(errors="replace").strip()
-    if "no such database" in message:
-        return False
-    raise SchemaError(f"PgBouncer refused `{command}`: {message}")
 
 
 def _pid_alive(pid: int) -> bool:

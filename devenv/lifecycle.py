@@ -15,7 +15,7 @@ from devenv.stack import Stack
 from devenv.state import clear_state, locked, write_state
 
 if TYPE_CHECKING:
-    from devenv import pgwire
+    from devenv.clients import pgwire
 
 Say = Callable[[str], None]
 
@@ -159,18 +159,16 @@ def up(
 def sync_password(stack: Stack) -> None:
     """Store the role's password as the SCRAM secret PgBouncer's userlist holds (see
     pgwire.scram_secret), in a session of its own."""
-    from devenv import pgwire
+    from devenv.clients import connect
 
-    pg = stack.postgres
-    with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, "postgres", ssl=pg.ssl,
-                           timeout=30.0, query_timeout=30.0) as conn:
+    with connect.postgres(stack, "postgres", query_timeout=30.0) as conn:
         _sync_password(conn, stack)
 
 
 def _sync_password(conn: "pgwire.Connection", stack: Stack) -> None:
     """A cluster made by the image's entrypoint (POSTGRES_PASSWORD) or by an older devenv
     stores the password with a random salt: PgBouncer then cannot log in for its clients."""
-    from devenv import pgwire
+    from devenv.clients import pgwire
 
     pg = stack.postgres
     secret = pg.password_secret
@@ -189,10 +187,10 @@ def seeded_and_current(stack: Stack) -> bool:
     exist, no stale template or scratch database is left to sweep, and the ledger holds every
     seed file with its checksum. Any doubt answers False and the full path (Janitor) decides.
 
-    Two one-line queries in one devenv.pgwire session: on a cold `up` with existing data this spares
+    Two one-line queries in one devenv.clients.pgwire session: on a cold `up` with existing data this spares
     the psycopg import, which costs more than starting the three servers.
     """
-    from devenv import pgwire
+    from devenv.clients import connect, pgwire
     from devenv.database import LEDGER_TABLE, seed_files
     from devenv.janitor import SCRATCH_PATTERN, template_name, template_prefix
 
@@ -204,8 +202,7 @@ def seeded_and_current(stack: Stack) -> bool:
     try:
         # pg_database is shared by every database: one session in the application database
         # answers both questions (and fails at once, 3D000, when it does not exist yet).
-        with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, pg.database, ssl=pg.ssl,
-                               timeout=10.0, query_timeout=10.0) as conn:
+        with connect.postgres(stack, timeout=10.0, query_timeout=10.0) as conn:
             _sync_password(conn, stack)
             names = {row[0] for row in conn.query(
                 f"SELECT datname FROM pg_database WHERE datname = {pgwire.literal(pg.database)} "
@@ -225,33 +222,3 @@ def down(stack: Stack, runtime: Runtime, *, volumes: bool = False) -> list[str]:
         stopped = runtime.down(stack, volumes=volumes)
         clear_state(stack.state_dir)
     return stopped
-
-
-def status(stack: Stack, runtime: Runtime, *, monitor: bool = True) -> dict[str, Any]:
-    """{"services": each service's state, health (a real check, once), port, pid;
-    "monitoring": the monitoring view of the healthy services, None when none is up}.
-
-    The monitoring view (devenv.doctor.monitoring) is asked only of services that passed
-    their check, so `status` on a stopped stack stays as fast as before.
-    """
-    checks = health.stack_checks(stack)
-    rows = []
-    for state in runtime.states(stack):
-        problem = health.check_once(checks[state.name]) if state.running else None
-        rows.append({
-            "service": state.name,
-            "state": "running" if state.running else (state.detail or "stopped"),
-            "health": ("healthy" if problem is None else "unhealthy") if state.running else "-",
-            "problem": problem or "",
-            "port": state.port,
-            "pid": state.pid,
-        })
-    healthy = {row["service"] for row in rows if row["health"] == "healthy"}
-    view = None
-    if monitor and healthy:
-        from devenv.doctor import monitoring
-
-        view = monitoring(stack, runtime, healthy)
-    return {"services": rows, "monitoring": view}
-
-

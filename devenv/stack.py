@@ -57,7 +57,7 @@ class Postgres(Service):
     @property
     def password_secret(self) -> str:
         """The password as the SCRAM secret the role stores and PgBouncer's userlist holds."""
-        from devenv.pgwire import scram_secret
+        from devenv.clients.pgwire import scram_secret
 
         return scram_secret(self.user, self.password)
 
@@ -97,7 +97,7 @@ class PgBouncer(Service):
     @property
     def admin_secret(self) -> str:
         """The admin console's password as a SCRAM secret, for the userlist."""
-        from devenv.pgwire import scram_secret
+        from devenv.clients.pgwire import scram_secret
 
         return scram_secret(self.admin_user, self.admin_password)
 

@@ -742,7 +742,7 @@ class DockerRuntime:
         data directory through the engine's archive API into zstd, then the container starts again."""
         from docker.errors import DockerException
 
-        from devenv import pgwire
+        from devenv.clients import pgwire
 
         container = self._container(stack, "postgres")
         if container is None:

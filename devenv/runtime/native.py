@@ -379,7 +379,7 @@ class NativeRuntime:
 
         Over pgwire, not psycopg: a start from the cache needs no database driver at all.
         """
-        from devenv import pgwire
+        from devenv.clients import pgwire
 
         pg = stack.postgres
         deadline = time.monotonic() + timeout
@@ -406,7 +406,8 @@ class NativeRuntime:
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
         """Snapshot the freshly seeded data directory into the cache: a base backup of the running
         server (cache.save_live)."""
-        from devenv import cache, pgwire
+        from devenv import cache
+        from devenv.clients import pgwire
 
         pg = stack.postgres
         start = time.perf_counter()

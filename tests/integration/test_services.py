@@ -160,9 +160,9 @@ def test_pgbench_through_pgbouncer_with_more_clients_than_the_pool(running, tmp_
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_pgwire_speaks_to_postgres_and_pgbouncer(running, profile: str) -> None:
-    """devenv.pgwire (health checks, the cold-`up` seed check) against the real servers:
+    """devenv.clients.pgwire (health checks, the cold-`up` seed check) against the real servers:
     SCRAM over TLS (prod) or plain (dev), NULLs, errors with SQLSTATE, the admin console."""
-    from devenv import pgwire
+    from devenv.clients import pgwire
 
     proj = running(profile)
     pg, pgb = proj.stack().postgres, proj.stack().pgbouncer
@@ -184,3 +184,45 @@ def test_pgwire_speaks_to_postgres_and_pgbouncer(running, profile: str) -> None:
     with pytest.raises(pgwire.PgError) as caught:
         pgwire.Connection("127.0.0.1", pg.port, pg.user, "wrong", pg.database, ssl=pg.ssl)
     assert caught.value.sqlstate == "28P01"
+
+
+def test_the_door_opens_every_kind_of_session(running) -> None:
+    """devenv.clients.connect against the real servers: direct and pooled pgwire sessions,
+    psycopg with durable commits, the admin console (SHOW, RECONNECT, PAUSE/RESUME), and Redis
+    on an index of its own."""
+    import threading
+    import time
+
+    from devenv.clients import connect
+
+    proj = running("dev")
+    stack = proj.stack()
+    with connect.postgres(stack) as conn:
+        assert conn.scalar("SELECT current_database()") == stack.postgres.database
+    with connect.postgres(stack, pooled=True) as conn:
+        assert conn.scalar("SELECT current_user") == stack.postgres.user
+    with connect.psycopg_postgres(stack, "postgres", durable=True, autocommit=True) as conn:
+        assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+    with connect.pgbouncer_admin(stack) as console:
+        assert any(row["key"] == "pool_mode" for row in console.show("CONFIG"))
+        assert console.command(f"RECONNECT {stack.pgbouncer.database}") is True
+        # A pooled client's next query waits while the database is paused, then runs.
+        answered: list[float] = []
+        with console.paused(stack.pgbouncer.database, terminate=lambda: None, reopen=lambda: console):
+            def query() -> None:
+                with connect.postgres(stack, pooled=True, timeout=10) as pooled:
+                    pooled.query("SELECT 1")
+                    answered.append(time.monotonic())
+            client = threading.Thread(target=query)
+            client.start()
+            time.sleep(0.3)
+            resumed = time.monotonic()
+            assert not answered, "a query ran through a paused database"
+        client.join(10)
+        assert answered and answered[0] >= resumed
+    with connect.redis(stack, 3) as conn:
+        assert conn.call(["SET", "door", "3"], ["GET", "door"]) == ["OK", "3"]
+    with connect.redis(stack) as conn:
+        assert conn.call(["GET", "door"]) == [None], "index 0 is not index 3"
+    with connect.redis(stack, 3) as conn:
+        conn.call(["DEL", "door"])

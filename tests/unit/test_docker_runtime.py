@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from devenv.errors import ConfigError, DependencyError
-from devenv.pgwire import scram_secret
+from devenv.clients.pgwire import scram_secret
 from devenv.render import compose_placement, render_files
 from devenv.runtime.docker import (
     COMPOSE_CONFIG_HASH,

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from devenv import doctor, pgcatalog
+from devenv import doctor, pgcatalog, status
 from devenv.doctor import FAIL, OK, WARN, Check
 from devenv.runtime.base import ServiceState
 
@@ -183,12 +183,12 @@ def _view(used: int = 1 << 20, limit: int = 256 << 20, waiting: int = 0) -> dict
         "slow_queries": {"threshold_ms": 1000, "count": 1, "recent": [
             {"duration_ms": 1101.2, "statement": "SELECT pg_sleep(1.1)", "time": "2025-11-22 01:00:00.000 UTC", "pid": 9}]},
     }
-    view["alerts"] = doctor.alerts(view)
+    view["alerts"] = status.alerts(view)
     return view
 
 
 def test_format_monitoring() -> None:
-    lines = doctor.format_monitoring(_view())
+    lines = status.format_monitoring(_view())
     assert lines[0] == "connections   3 of max_connections 20 in use, 1 active (readiness threshold 18)"
     assert lines[1] == ("pool          taskflow/taskflow (transaction): clients 2 active, 0 waiting; "
                         "servers 5 of 20 (1 active, 4 idle)")
@@ -200,15 +200,15 @@ def test_format_monitoring() -> None:
 
 def test_monitoring_warns_above_the_80_percent_redis_alert_and_on_waiting_clients() -> None:
     view = _view(used=220 << 20, waiting=3)
-    warnings = [line for line in doctor.format_monitoring(view) if line.startswith("warn")]
+    warnings = [line for line in status.format_monitoring(view) if line.startswith("warn")]
     assert len(warnings) == 2
     assert "85.9% of maxmemory, above the 80% alert threshold" in warnings[0]
     assert "3 clients waiting" in warnings[1]
-    assert not doctor.alerts(_view(used=200 << 20))  # 78%: under the threshold
+    assert not status.alerts(_view(used=200 << 20))  # 78%: under the threshold
 
 
 def test_format_monitoring_shows_probe_errors_instead_of_failing() -> None:
-    lines = doctor.format_monitoring({"redis_memory": {"error": "ConnectionRefusedError: refused"}, "alerts": []})
+    lines = status.format_monitoring({"redis_memory": {"error": "ConnectionRefusedError: refused"}, "alerts": []})
     assert lines == ["memory        unknown (ConnectionRefusedError: refused)"]
 
 
@@ -241,7 +241,7 @@ PROD_LOG = """\
 
 
 def test_slow_queries_pair_a_bare_duration_with_the_statement_its_backend_logged() -> None:
-    count, recent = doctor.parse_slow_queries(DEV_LOG.splitlines(), 1000)
+    count, recent = status.parse_slow_queries(DEV_LOG.splitlines(), 1000)
     assert count == 3
     assert [(q.duration_ms, q.statement, q.pid) for q in recent] == [
         (1101.234, "SELECT pg_sleep(1.1)", 201),
@@ -252,49 +252,30 @@ def test_slow_queries_pair_a_bare_duration_with_the_statement_its_backend_logged
 
 
 def test_slow_queries_with_the_statement_on_the_duration_line() -> None:
-    count, recent = doctor.parse_slow_queries(io.StringIO(PROD_LOG), 1000)
+    count, recent = status.parse_slow_queries(io.StringIO(PROD_LOG), 1000)
     assert count == 3  # the ERROR's STATEMENT line is not a duration
     assert [q.statement for q in recent] == ["SELECT pg_sleep(1.2)", "SELECT pg_sleep($1)", "SELECT 1, pg_sleep(1.4)"]
 
 
 def test_slow_queries_threshold_and_limit() -> None:
-    assert doctor.parse_slow_queries(DEV_LOG.splitlines(), 1600)[0] == 1
-    assert doctor.parse_slow_queries(DEV_LOG.splitlines(), -1) == (0, [])
-    assert doctor.parse_slow_queries(DEV_LOG.splitlines(), None) == (0, [])
-    count, recent = doctor.parse_slow_queries(DEV_LOG.splitlines(), 1000, keep=1)
+    assert status.parse_slow_queries(DEV_LOG.splitlines(), 1600)[0] == 1
+    assert status.parse_slow_queries(DEV_LOG.splitlines(), -1) == (0, [])
+    assert status.parse_slow_queries(DEV_LOG.splitlines(), None) == (0, [])
+    count, recent = status.parse_slow_queries(DEV_LOG.splitlines(), 1000, keep=1)
     assert count == 3 and [q.duration_ms for q in recent] == [2000.5]
 
 
 def test_slow_queries_without_a_pid_in_the_prefix() -> None:
     lines = ["LOG:  statement: SELECT pg_sleep(1)", "LOG:  duration: 1001 ms"]
-    assert [q.statement for q in doctor.parse_slow_queries(lines, 1000)[1]] == ["SELECT pg_sleep(1)"]
+    assert [q.statement for q in status.parse_slow_queries(lines, 1000)[1]] == ["SELECT pg_sleep(1)"]
 
 
 # ---- RESP replies and INFO ------------------------------------------------------------------------
 
 
-def test_read_reply_kinds() -> None:
-    data = io.BytesIO(b"+OK\r\n-ERR wrong\r\n:42\r\n$5\r\nhe\r\no\r\n$-1\r\n*2\r\n$9\r\nmaxmemory\r\n$3\r\n100\r\n*0\r\n")
-    assert doctor.read_reply(data) == "OK"
-    error = doctor.read_reply(data)
-    assert isinstance(error, doctor.RedisReplyError) and str(error) == "ERR wrong"
-    assert doctor.read_reply(data) == 42
-    assert doctor.read_reply(data) == "he\r\no"  # a bulk string is length-delimited, not line-delimited
-    assert doctor.read_reply(data) is None
-    assert doctor.read_reply(data) == ["maxmemory", "100"]
-    assert doctor.read_reply(data) == []
-
-
-def test_read_reply_truncated() -> None:
-    with pytest.raises(ConnectionError):
-        doctor.read_reply(io.BytesIO(b"$10\r\nshort\r\n"))
-    with pytest.raises(ConnectionError):
-        doctor.read_reply(io.BytesIO(b""))
-
-
 def test_parse_info() -> None:
     text = "# Memory\r\nused_memory:1048576\r\nused_memory_human:1.00M\r\nmaxmemory:268435456\r\n\r\nmaxmemory_policy:allkeys-lru\r\n"
-    fields = doctor.parse_info(text)
+    fields = status.parse_info(text)
     assert fields["used_memory"] == "1048576" and fields["maxmemory_policy"] == "allkeys-lru"
     assert "# Memory" not in fields
 

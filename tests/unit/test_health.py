@@ -14,7 +14,7 @@ import pytest
 from devenv import health
 from devenv.errors import HealthCheckError
 from devenv.health import Check
-from devenv.pgwire import ServerClosedError
+from devenv.clients.pgwire import ServerClosedError
 
 
 def wait(checks: dict[str, list[Check]], timeout: float = 5.0, **kwargs: object) -> dict[str, float]:

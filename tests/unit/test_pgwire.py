@@ -1,4 +1,4 @@
-"""devenv.pgwire's pure logic: SCRAM-SHA-256 against RFC 7677's worked example, row decoding.
+"""devenv.clients.pgwire's pure logic: SCRAM-SHA-256 against RFC 7677's worked example, row decoding.
 (The wire conversation itself is tested against real servers in tests/integration/test_services.py.)"""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from devenv import pgwire
+from devenv.clients import pgwire
 
 # RFC 7677, section 3: user "user", password "pencil".
 NONCE = "rOprNGfwEbeRWgbNEkqO"

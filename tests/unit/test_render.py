@@ -472,7 +472,7 @@ def test_every_password_in_the_rendered_files_comes_from_secrets_json(
 ) -> None:
     """Render with two sets of secrets: with passwords (and their SCRAM secrets) masked and hashes
     dropped, the files are equal."""
-    from devenv.pgwire import scram_secret
+    from devenv.clients.pgwire import scram_secret
 
     users = {"postgres_password": "taskflow", "pgbouncer_admin_password": "pgbouncer_admin"}
 

@@ -49,6 +49,8 @@ class Connection:
                  ssl: bool = False, timeout: float = 2.0, query_timeout: float | None = None,
                  application_name: str = "devenv") -> None:
         self.parameters: dict[str, str] = {}
+        self.columns: list[str] = []  # the column names of the last result set
+        self._buffer = b""
         if host.startswith("/"):  # a socket directory, as libpq reads it
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._sock.settimeout(timeout)
@@ -63,7 +65,6 @@ class Connection:
         try:
             if ssl:
                 self._start_tls()
-            self._buffer = b""
             params = {"user": user, "database": dbname, "application_name": application_name}
             body = struct.pack("!i", _PROTOCOL_3) + b"".join(
                 k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
@@ -93,13 +94,35 @@ class Connection:
 
     def query(self, sql: str) -> list[Row]:
         """Run one or more statements; the rows of the last result set, as text (None for NULL)."""
+        self.send_query(sql)
+        return self.result()
+
+    def query_named(self, sql: str) -> list[dict[str, Optional[str]]]:
+        """As `query`, each row a dict by column name (PgBouncer's SHOW commands)."""
+        rows = self.query(sql)
+        return [dict(zip(self.columns, row)) for row in rows]
+
+    def send_query(self, sql: str) -> None:
+        """Send statements without waiting for the answer (see `answered`, then `result`)."""
         self._send(b"Q", sql.encode() + b"\0")
+
+    def answered(self, timeout: float) -> bool:
+        """Whether the server has begun to answer, waiting up to `timeout` seconds."""
+        import select
+
+        if self._buffer or getattr(self._sock, "pending", lambda: 0)():  # TLS holds decrypted bytes
+            return True
+        return bool(select.select([self._sock], [], [], timeout)[0])
+
+    def result(self) -> list[Row]:
+        """The answer to the statements sent: the rows of the last result set (raises its error)."""
         rows: list[Row] = []
         error: PgError | None = None
         while True:
             kind, data = self._receive()
             if kind == b"T":
                 rows = []  # a new result set
+                self.columns = column_names(data)
             elif kind == b"D":
                 rows.append(_data_row(data))
             elif kind == b"E":
@@ -286,6 +309,17 @@ def _data_row(data: bytes) -> Row:
             values.append(data[offset : offset + length].decode())
             offset += length
     return tuple(values)
+
+
+def column_names(data: bytes) -> list[str]:
+    """The names in a RowDescription message (each: name, then 18 bytes of type information)."""
+    (count,) = struct.unpack("!h", data[:2])
+    names, offset = [], 2
+    for _ in range(count):
+        end = data.index(b"\0", offset)
+        names.append(data[offset:end].decode())
+        offset = end + 1 + 18
+    return names
 
 
 def _error(data: bytes) -> PgError:

@@ -1,0 +1,149 @@
+"""The door: every session devenv opens to Postgres, PgBouncer's admin console or Redis opens here.
+
+Two Postgres drivers sit behind it. devenv.clients.pgwire, devenv's own, serves short admin
+work (health checks, the cold `up`'s seed check, the password, `devenv reset`'s in-place
+restore, status and doctor): importing psycopg costs 150-250 ms on a small machine, more than
+a Postgres start or a reset. psycopg serves seeding, clones and what the Python API hands users.
+Redis is spoken in RESP (devenv.clients.resp) by devenv itself, and through redis-py for users.
+
+Where a server lives (127.0.0.1, the stack's ports, its credentials) is decided here and
+nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from devenv.errors import HealthCheckError
+
+if TYPE_CHECKING:
+    import psycopg
+    import redis as redis_py
+
+    from devenv.clients import pgwire, resp
+    from devenv.clients.pgbouncer import Console
+    from devenv.stack import Stack
+
+HOST = "127.0.0.1"  # every port a stack publishes is bound here
+
+
+def postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False,
+             socket_dir: str | None = None, password: str | None = None,
+             timeout: float = 30.0, query_timeout: float | None = None,
+             application_name: str = "devenv") -> "pgwire.Connection":
+    """A pgwire session as the stack's Postgres role: direct, or through PgBouncer (`pooled`).
+
+    `dbname` defaults to the application database. `socket_dir` connects over the server's
+    unix socket (the native runtime's trust login before a password is set, with `password`
+    ""). Connection failures are raised as the driver's (pgwire.PgError, OSError): callers
+    probing a server that may not be up decide what a failure means.
+    """
+    from devenv.clients import pgwire
+
+    pg, pgb = stack.postgres, stack.pgbouncer
+    if pooled:
+        return pgwire.Connection(HOST, pgb.port, pg.user, pg.password if password is None else password,
+                                 dbname or pgb.database, timeout=timeout, query_timeout=query_timeout,
+                                 application_name=application_name)
+    return pgwire.Connection(socket_dir or HOST, pg.port, pg.user, pg.password if password is None else password,
+                             dbname or pg.database, ssl=pg.ssl and socket_dir is None, timeout=timeout,
+                             query_timeout=query_timeout, application_name=application_name)
+
+
+def psycopg_postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False,
+                     durable: bool = False, explain: bool = False, application_name: str | None = "devenv",
+                     **kwargs: Any) -> "psycopg.Connection[Any]":
+    """A psycopg connection as the stack's Postgres role: direct, or through PgBouncer (`pooled`).
+
+    `durable`: devenv's own commits (template, database renames, the seed ledger) must outlive
+    a killed server even where the profile turns synchronous_commit off (ci): an async commit
+    lost to a SIGKILL once left the database under its scratch name, swept as litter. With
+    fsync off as well this costs a write(), not a disk flush.
+    `explain`: a failure to connect is raised as HealthCheckError naming the address and what
+    to run, for devenv's commands; without it psycopg's own error (for the API's users).
+    `application_name` labels devenv's own sessions (None for the API's users). Other keyword
+    arguments go to psycopg.connect.
+    """
+    import psycopg
+
+    pg, pgb = stack.postgres, stack.pgbouncer
+    port, database = (pgb.port, dbname or pgb.database) if pooled else (pg.port, dbname or pg.database)
+    params: dict[str, Any] = {
+        "host": HOST, "port": port, "dbname": database, "user": pg.user, "password": pg.password,
+        # A server that is not there refuses at once; the timeout only bounds a live one that is
+        # slow to answer, and a loaded CI machine took over 5 s (Docker's port proxy).
+        "connect_timeout": 30,
+    }
+    if application_name:
+        params["application_name"] = application_name
+    if not pooled:
+        params["sslmode"] = "require" if pg.ssl else "prefer"
+    if durable:
+        params["options"] = "-c synchronous_commit=on"
+    try:
+        return psycopg.connect(**{**params, **kwargs})
+    except psycopg.OperationalError as exc:
+        if not explain:
+            raise
+        where = f"PgBouncer at {HOST}:{port}" if pooled else f"PostgreSQL at {HOST}:{port}"
+        raise HealthCheckError(
+            f"cannot connect to {where} (database {database}): {failure_reason(exc)}",
+            hint=f"is the stack up? Run `devenv up -p {stack.profile}` (or check `devenv status -p {stack.profile}`).",
+        ) from exc
+
+
+def pgbouncer_admin(stack: "Stack", *, timeout: float = 30.0, query_timeout: float | None = None,
+                    explain: bool = False) -> "Console":
+    """PgBouncer's admin console (the `pgbouncer` pseudo-database) as its admin user.
+
+    `explain`: an unreachable console is raised as HealthCheckError saying what to run.
+    """
+    from devenv.clients import pgwire
+    from devenv.clients.pgbouncer import Console
+
+    pgb = stack.pgbouncer
+    try:
+        return Console(pgwire.Connection(HOST, pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer",
+                                         timeout=timeout, query_timeout=query_timeout, application_name="devenv"),
+                       stack.profile)
+    except (pgwire.PgError, OSError) as exc:
+        if not explain:
+            raise
+        raise HealthCheckError(
+            f"cannot reach PgBouncer's admin console at {HOST}:{pgb.port}: {exc}",
+            hint=f"check `devenv status -p {stack.profile}` and `devenv logs pgbouncer -p {stack.profile}`; "
+                 f"`devenv up -p {stack.profile}` restarts what is down.",
+        ) from exc
+
+
+def redis(stack: "Stack", db: int = 0, *, timeout: float = 2.0) -> "resp.Connection":
+    """A RESP session to the stack's Redis, authenticated and on index `db`.
+
+    A refused AUTH or SELECT raises resp.ReplyError naming the command.
+    """
+    from devenv.clients import resp
+
+    conn = resp.Connection(HOST, stack.redis.port, timeout=timeout)
+    try:
+        commands = [["AUTH", stack.redis.password]] + ([["SELECT", str(db)]] if db else [])
+        for command, reply in zip(commands, conn.call(*commands)):
+            if reply != "OK":
+                raise resp.ReplyError(f"{command[0]} answered {reply!r}" if not isinstance(reply, Exception)
+                                      else f"{command[0]} refused: {reply}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def redis_py(stack: "Stack", db: int = 0) -> "redis_py.Redis":
+    """A redis-py client on one index of the stack's Redis (for the API's users)."""
+    import redis as redis_module
+
+    return redis_module.Redis(host=HOST, port=stack.redis.port, db=db, password=stack.redis.password,
+                              decode_responses=True)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The last line of a driver's connection error: libpq's reason comes after the address."""
+    return (str(exc).strip().splitlines() or ["no answer"])[-1]
