@@ -44,7 +44,7 @@ def cache_dir() -> Path:
 
 def data_key(stack: Stack, pg_version: str, initdb_args: list[str]) -> str:
     """What a seeded data directory depends on, hashed."""
-    from devenv.janitor import template_key
+    from devenv.template import template_key
 
     major = int(pg_version.split(".")[0])
     parts = {

@@ -1,9 +1,7 @@
-"""The seeded template and fast resets: every database goes back to the freshly seeded state.
+"""Databases from the seeded template (devenv.template), and fast resets back to it.
 
-After schema and seed, devenv keeps a template database, `<db>__tpl_<key>`, where the key
-hashes the schema and seed files and the server's major version: a change to any of them
-builds a new template, so nothing stale is served. The working database (and each pytest
-worker's) is created from it. A reset uses one of two strategies:
+The working database (and each pytest worker's) is cloned from the template. A reset uses one
+of two strategies:
 
 - `restore`, for small data: reload the tables written since the last reset from snapshot
   tables that the template carries in the `devenv` schema, in one round trip (a function in
@@ -24,7 +22,6 @@ Not `KILL`: PgBouncer 1.18 to 1.24 segfaults when it kills a database with clien
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import os
 import re
@@ -34,10 +31,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from devenv.clients import connect
-from devenv.database import apply_seeds, seed_files
-from devenv.errors import SchemaError
 from devenv.record import Record
 from devenv.stack import Stack
+from devenv.template import SCALE_FILE, SYSTEM_SCHEMAS, populate, template_name, template_prefix
 
 if TYPE_CHECKING:
     import psycopg
@@ -52,116 +48,9 @@ STRATEGIES = ("auto", "restore", "clone", "copy")
 # template size FILE_COPY (copy files, then checkpoint) beats WAL_LOG (every page through the WAL).
 RESTORE_MAX_ROWS = 1_000
 WAL_LOG_MAX_BYTES = 64 << 20
-_SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "devenv", "pg_toast")
 _drop_counter = itertools.count()
-_TEMPLATE_FORMAT = 3  # bump when what a template carries (snapshots, guards) changes
 # Scratch databases of one process (group 2: its pid), which `sweep` drops once it is gone.
 SCRATCH_PATTERN = r"__(new|old|building|restore)_([0-9]+)(_[0-9]+)?$"
-
-# Installed in every template: counts DDL so that `restore` knows when it is not enough.
-_DDL_GUARD = """
-CREATE SEQUENCE IF NOT EXISTS devenv.ddl_changes;
-CREATE OR REPLACE FUNCTION devenv.count_ddl() RETURNS event_trigger LANGUAGE plpgsql AS
-$$ BEGIN PERFORM nextval('devenv.ddl_changes'); END $$;
-CREATE EVENT TRIGGER devenv_ddl_end ON ddl_command_end EXECUTE FUNCTION devenv.count_ddl();
-CREATE EVENT TRIGGER devenv_ddl_drop ON sql_drop EXECUTE FUNCTION devenv.count_ddl();
-"""
-
-# Installed in every template, after the snapshots. `devenv.dirty` holds the tables written
-# since the last reset: a statement trigger on every table (ENABLE ALWAYS: it fires under
-# session_replication_role = replica too, and for cascaded foreign-key actions) adds its table,
-# rolled back with the write it records. Once per transaction (a transaction-local setting
-# remembers it) and only if not there yet, except in serializable transactions: there the
-# look would add read-write conflicts to the application's, so they only insert. No unique
-# key, so concurrent writers never wait on each other.
-_RESTORE_FUNCTIONS = """
-CREATE TABLE devenv.dirty (rel regclass NOT NULL);
-CREATE FUNCTION devenv.mark_dirty() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
-BEGIN
-    IF pg_catalog.current_setting('devenv.dirty_' || TG_RELID, true) IS DISTINCT FROM 'y' THEN
-        IF pg_catalog.current_setting('transaction_isolation') = 'serializable'
-           OR NOT EXISTS (SELECT 1 FROM devenv.dirty WHERE rel = TG_RELID) THEN
-            INSERT INTO devenv.dirty VALUES (TG_RELID);
-        END IF;
-        PERFORM pg_catalog.set_config('devenv.dirty_' || TG_RELID, 'y', true);
-    END IF;
-    RETURN NULL;
-END $$;
-
--- Put the written tables and every sequence back as in the snapshots, in the caller's
--- transaction. In a written table only the rows that differ are replaced: rows are compared
--- as text, as a multiset (for each distinct row whose count differs, its copies here go by
--- tableoid and ctid, and those of the snapshot come back by ctid), one conversion per row;
--- deleting and inserting the rest too would cost their index entries (the GIN ones of tasks
--- dominate) and leave them dead for vacuum. status is 'restored', or why it
--- cannot be ('stale': cloned from another template; 'schema': DDL since the clone; 'too big':
--- more than max_rows seeded rows to compare) and nothing changed. sessions counts the other
--- client sessions on the database afterwards: PgBouncer's server connections are among them,
--- so with none there is nothing for it to reconnect.
-CREATE FUNCTION devenv.restore(expected_template text, max_rows bigint, OUT status text, OUT sessions bigint)
-LANGUAGE plpgsql AS $$
-DECLARE
-    meta record;
-    rels regclass[];
-    snapshots text[];
-    gone_tables oid[];
-    gone_rows tid[];
-    wanted tid[];
-    total bigint;
-    role text := pg_catalog.current_setting('session_replication_role');
-BEGIN
-    SELECT * INTO meta FROM devenv.snapshot_meta;
-    IF meta.template IS DISTINCT FROM expected_template THEN
-        status := 'stale';
-        RETURN;
-    END IF;
-    -- Sessions inside a transaction hold locks the reload would wait on, and may be about to
-    -- write: end them and wait for them to be gone. Idle ones are harmless; they are counted.
-    SELECT count(*) FILTER (WHERE NOT ended) INTO sessions FROM (
-        SELECT CASE WHEN state <> 'idle' THEN pg_catalog.pg_terminate_backend(pid, 5000) ELSE false END AS ended
-          FROM pg_catalog.pg_stat_activity
-         WHERE datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid()
-           AND backend_type = 'client backend') other;
-    IF NOT EXISTS (SELECT 1 FROM devenv.ddl_changes
-                    WHERE last_value = meta.ddl_mark_value AND is_called = meta.ddl_mark_called) THEN
-        status := 'schema';
-        RETURN;
-    END IF;
-    SELECT array_agg(s.rel), array_agg(s.snapshot), coalesce(sum(s.row_count), 0) INTO rels, snapshots, total
-      FROM devenv.snapshots s
-     WHERE s.rel IN (SELECT coalesce(pg_catalog.pg_partition_root(d.rel), d.rel) FROM devenv.dirty d);
-    IF total > max_rows THEN
-        status := 'too big';
-        RETURN;
-    END IF;
-    IF rels IS NOT NULL THEN
-        -- No triggers, no FK checks: the data is known good.
-        PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
-        FOR i IN 1 .. pg_catalog.array_length(rels, 1) LOOP
-            EXECUTE pg_catalog.format(
-                'WITH diff AS (SELECT cur.tables, cur.rows, seeded.rows AS wanted FROM '
-                '(SELECT ROW(x.*)::text AS r, array_agg(x.tableoid) AS tables, array_agg(x.ctid) AS rows FROM %s x GROUP BY 1) cur '
-                'FULL JOIN (SELECT ROW(x.*)::text AS r, array_agg(x.ctid) AS rows FROM devenv.%I x GROUP BY 1) seeded USING (r) '
-                'WHERE cardinality(cur.rows) IS DISTINCT FROM cardinality(seeded.rows)) '
-                'SELECT gone.tables, gone.rows, (SELECT array_agg(w) FROM diff, unnest(diff.wanted) w) FROM '
-                '(SELECT array_agg(t) AS tables, array_agg(r) AS rows FROM diff, unnest(diff.tables, diff.rows) u(t, r)) gone',
-                rels[i], snapshots[i]) INTO gone_tables, gone_rows, wanted;
-            IF gone_rows IS NOT NULL THEN
-                EXECUTE pg_catalog.format('DELETE FROM %s x WHERE (x.tableoid, x.ctid) IN (SELECT * FROM unnest($1, $2))',
-                                          rels[i]) USING gone_tables, gone_rows;
-            END IF;
-            IF wanted IS NOT NULL THEN
-                EXECUTE pg_catalog.format('INSERT INTO %s SELECT * FROM devenv.%I WHERE ctid = ANY($1)', rels[i], snapshots[i])
-                  USING wanted;
-            END IF;
-        END LOOP;
-        DELETE FROM devenv.dirty;
-        PERFORM pg_catalog.set_config('session_replication_role', role, true);
-    END IF;
-    PERFORM pg_catalog.setval(sequence::regclass, last_value, is_called) FROM devenv.snapshot_sequences;
-    status := 'restored';
-END $$;
-"""
 
 
 class ResetResult(Record):
@@ -170,30 +59,6 @@ class ResetResult(Record):
     database: str
     strategy: str
     seconds: float
-
-
-def template_key(seeds_dir: Path, major: int, scale: int = 0) -> str:
-    """Content hash of the schema and seed files, the server's major version and the scale."""
-    digest = hashlib.sha256(f"format{_TEMPLATE_FORMAT}\0pg{major}\0{scale}\0".encode())
-    digest.update((_DDL_GUARD + _RESTORE_FUNCTIONS).encode())  # what every template carries besides the data
-    for seed in seed_files(seeds_dir):
-        digest.update(f"{seed.key}\0{seed.checksum}\0".encode())
-    if scale:
-        digest.update((seeds_dir / SCALE_FILE).read_bytes())
-    return digest.hexdigest()[:12]
-
-
-SCALE_FILE = "scale.sql"
-
-
-def template_prefix(stack: Stack) -> str:
-    """What every template name of the stack's database starts with."""
-    return f"{stack.postgres.database}__tpl_"
-
-
-def template_name(stack: Stack, major: int, seeds_dir: Path | None = None) -> str:
-    """The template the current seed files make for this server major: `<db>__tpl_<key>`."""
-    return template_prefix(stack) + template_key(seeds_dir or stack.root / "seeds", major, stack.seed_scale)
 
 
 def restore_quick(stack: Stack, dbname: str | None = None, strategy: str = "auto") -> ResetResult | None:
@@ -365,14 +230,7 @@ class Janitor:
             self.admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(building)))
         try:
             with self._session(building) as conn:
-                # Its commits need not wait for the disk: the template is used only once renamed,
-                # and the rename's commit flushes the WAL up to it, theirs included.
-                conn.execute("SET synchronous_commit = off")
-                apply_seeds(self.stack, self.seeds_dir, conn)
-                if self.stack.seed_scale:
-                    self._generate(conn)
-                conn.execute(_DDL_GUARD)
-                _make_snapshots(conn, name)
+                populate(conn, self.stack, self.seeds_dir, name)
         except BaseException:
             self._drop(building)  # a failed file leaves no half-built template behind
             raise
@@ -397,23 +255,6 @@ class Janitor:
         except (psycopg.errors.ObjectInUse, psycopg.errors.InvalidCatalogName):
             return False
         return True
-
-    def _generate(self, conn: "psycopg.Connection[Any]") -> None:
-        """Add `seed_scale` generated tasks (seeds/scale.sql) to the template being built."""
-        path = self.seeds_dir / SCALE_FILE
-        if not path.is_file():
-            raise SchemaError(f"profile sets seed_scale but {path} does not exist",
-                              hint="add seeds/scale.sql (a generator using :scale), or remove seed_scale.")
-        from devenv.database import split_statements
-
-        text = path.read_text(encoding="utf-8").replace(":scale", str(int(self.stack.seed_scale)))
-        with conn.transaction():
-            for statement, line in split_statements(text):
-                try:
-                    conn.execute(statement.encode())
-                except Exception as exc:
-                    raise SchemaError(f"{path}:{line}: {exc}", hint="fix the generator.") from exc
-        conn.execute("ANALYZE")
 
     # ---- Redis ---------------------------------------------------------------------------
 
@@ -441,7 +282,7 @@ class Janitor:
                 if conn.execute(
                     "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE c.relkind IN ('r', 'p', 'v', 'm') AND n.nspname <> ALL(%s) LIMIT 1",
-                    (list(_SYSTEM_SCHEMAS[:2]),),
+                    (list(SYSTEM_SCHEMAS[:2]),),
                 ).fetchone():
                     self.ensure_template()
                     return False
@@ -646,44 +487,3 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _make_snapshots(conn: "psycopg.Connection[Any]", template: str) -> None:
-    """Copy every seeded table into `devenv.snap_*` so a clone can restore itself in place, and
-    install what tells a reset which tables to reload (`devenv.dirty`, `devenv.restore`)."""
-    conn.execute(
-        "CREATE TABLE devenv.snapshots (schema_name text, table_name text, snapshot text, row_count bigint, rel regclass);"
-        "CREATE TABLE devenv.snapshot_sequences (sequence text, last_value bigint, is_called boolean);"
-        "CREATE TABLE devenv.snapshot_meta (template text, ddl_mark_value bigint, ddl_mark_called boolean)"
-    )
-    conn.execute(_RESTORE_FUNCTIONS)
-    tables = conn.execute(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname <> ALL(%s) "
-        "AND n.nspname NOT LIKE 'pg_temp%%' ORDER BY 1, 2",
-        (list(_SYSTEM_SCHEMAS),),
-    ).fetchall()
-    for index, (schema, table) in enumerate(tables):
-        snapshot = f"snap_{index}_{table}"[:63]
-        qualified = f'"{schema}"."{table}"'
-        conn.execute(f'CREATE TABLE devenv."{snapshot}" AS TABLE {qualified}')
-        rows = conn.execute(f'SELECT count(*) FROM devenv."{snapshot}"').fetchone()[0]
-        conn.execute("INSERT INTO devenv.snapshots VALUES (%s, %s, %s, %s, %s::regclass)",
-                     (schema, table, snapshot, rows, qualified))
-    # Partitions too: a write straight into one marks it, and a reset reloads its root.
-    for (qualified,) in conn.execute(
-        "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relkind IN ('r', 'p') AND n.nspname <> ALL(%s) AND n.nspname NOT LIKE 'pg_temp%%'",
-        (list(_SYSTEM_SCHEMAS),),
-    ).fetchall():
-        conn.execute(f"CREATE TRIGGER devenv_dirty AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {qualified} "
-                     f"FOR EACH STATEMENT EXECUTE FUNCTION devenv.mark_dirty();"
-                     f"ALTER TABLE {qualified} ENABLE ALWAYS TRIGGER devenv_dirty")
-    for (schema, name) in conn.execute(
-        "SELECT schemaname, sequencename FROM pg_sequences WHERE schemaname <> ALL(%s)", (list(_SYSTEM_SCHEMAS),)
-    ).fetchall():
-        qualified = f'"{schema}"."{name}"'
-        value, called = conn.execute(f"SELECT last_value, is_called FROM {qualified}").fetchone()
-        conn.execute("INSERT INTO devenv.snapshot_sequences VALUES (%s, %s, %s)", (qualified, value, called))
-    # The DDL count after building the snapshots: any later DDL makes it differ.
-    conn.execute("INSERT INTO devenv.snapshot_meta SELECT %s, last_value, is_called FROM devenv.ddl_changes", (template,))

@@ -6,7 +6,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from devenv import health
 from devenv.errors import HealthCheckError
@@ -192,7 +192,8 @@ def seeded_and_current(stack: Stack) -> bool:
     """
     from devenv.clients import connect, pgwire
     from devenv.database import LEDGER_TABLE, seed_files
-    from devenv.janitor import SCRATCH_PATTERN, template_name, template_prefix
+    from devenv.janitor import SCRATCH_PATTERN
+    from devenv.template import template_name, template_prefix
 
     pg = stack.postgres
     seeds_dir = stack.root / "seeds"

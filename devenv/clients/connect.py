@@ -12,13 +12,13 @@ nowhere else.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from devenv.errors import HealthCheckError
 
 if TYPE_CHECKING:
     import psycopg
-    import redis as redis_py
+    import redis as redis_module
 
     from devenv.clients import pgwire, resp
     from devenv.clients.pgbouncer import Console
@@ -136,7 +136,7 @@ def redis(stack: "Stack", db: int = 0, *, timeout: float = 2.0) -> "resp.Connect
     return conn
 
 
-def redis_py(stack: "Stack", db: int = 0) -> "redis_py.Redis":
+def redis_py(stack: "Stack", db: int = 0) -> "redis_module.Redis":
     """A redis-py client on one index of the stack's Redis (for the API's users)."""
     import redis as redis_module
 
