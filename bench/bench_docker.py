@@ -74,7 +74,7 @@ def choose_images(client: Any) -> dict[str, str]:
     """DEVENV_*_IMAGE from the environment, else the test images when devenv.yaml's are absent."""
     from docker.errors import ImageNotFound
 
-    from devenv.settings import load_config
+    from devenv.config.settings import load_config
 
     chosen = {k: v for k, v in os.environ.items() if k in TEST_IMAGES}
     config = load_config(REPO / "devenv.yaml", env=chosen)

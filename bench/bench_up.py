@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, free_port, make_project, timed  # noqa: E402  (also puts the repo on sys.path)
 
-from devenv.database import split_statements  # noqa: E402
+from devenv.db.seeds import split_statements  # noqa: E402
 from devenv.runtime.native import NativeRuntime, _which  # noqa: E402
 
 
@@ -122,8 +122,8 @@ def main() -> None:
     devenv = [sys.executable, "-m", "devenv"]
     prof = ["--profile", args.profile, "--runtime", "native"]
 
-    from devenv.settings import load_config
-    from devenv.stack import build_stack
+    from devenv.config.settings import load_config
+    from devenv.config.resolve import build_stack
 
     stack = build_stack(load_config(project / "devenv.yaml", env), args.profile)
     bindir = Path(NativeRuntime(env).binaries(stack).postgres).parent

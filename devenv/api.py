@@ -15,13 +15,13 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from devenv.stack import Stack
+from devenv.config.stack import Stack
 
 if TYPE_CHECKING:
     import psycopg
     import redis
 
-    from devenv.janitor import Janitor, ResetResult
+    from devenv.db.janitor import Janitor, ResetResult
     from devenv.lifecycle import UpReport
 
 
@@ -44,9 +44,9 @@ class Devenv:
         cwd: Path | None = None,
     ) -> "Devenv":
         """Read devenv.yaml (given, DEVENV_CONFIG, or the nearest upwards) for a profile."""
-        from devenv.project import find_config
-        from devenv.settings import load_config
-        from devenv.stack import build_stack
+        from devenv.config.project import find_config
+        from devenv.config.settings import load_config
+        from devenv.config.resolve import build_stack
 
         env = os.environ if env is None else env
         path = find_config(config or env.get("DEVENV_CONFIG"), cwd=cwd)
@@ -56,7 +56,7 @@ class Devenv:
     @property
     def janitor(self) -> "Janitor":
         """The template/reset machinery, with its connections kept open between resets."""
-        from devenv.janitor import Janitor
+        from devenv.db.janitor import Janitor
 
         if self._janitor is None:
             self._janitor = Janitor(self.stack)
@@ -145,7 +145,7 @@ def load_stack_cached(config: str | os.PathLike[str] | None, profile: str) -> St
     """
     import json
 
-    from devenv.project import find_config, state_dir
+    from devenv.config.project import find_config, state_dir
     from devenv.state import fingerprint
 
     path = find_config(config)
@@ -157,8 +157,8 @@ def load_stack_cached(config: str | os.PathLike[str] | None, profile: str) -> St
             return _stack_from_dict(recorded["stack"])
     except (OSError, ValueError, KeyError, TypeError):
         pass  # missing, unreadable or of another shape: build it
-    from devenv.settings import load_config
-    from devenv.stack import build_stack
+    from devenv.config.settings import load_config
+    from devenv.config.resolve import build_stack
 
     stack = build_stack(load_config(path), profile)
     key = fingerprint(path.parent, path, profile, {"stack": STACK_CACHE})  # building it may have created secrets.json
@@ -172,7 +172,7 @@ def load_stack_cached(config: str | os.PathLike[str] | None, profile: str) -> St
 
 
 def _stack_from_dict(data: dict[str, Any]) -> Stack:
-    from devenv.stack import Limits, PgBouncer, Postgres, Redis
+    from devenv.config.stack import Limits, PgBouncer, Postgres, Redis
 
     postgres = dict(data["postgres"], limits=Limits(**data["postgres"]["limits"]))
     return Stack(**dict(data, root=Path(data["root"]), warnings=tuple(data["warnings"]), postgres=Postgres(**postgres),

@@ -20,7 +20,7 @@ from devenv.entry import ci_mode, reset_summary, stamped
 from devenv.errors import DevenvError
 
 if TYPE_CHECKING:
-    from devenv.stack import Stack
+    from devenv.config.stack import Stack
 
 RUNTIMES = ("auto", "native", "docker")
 ENV_FORMATS = ("dotenv", "shell", "json", "github")
@@ -82,8 +82,9 @@ def render(profile: str, config_path: str | None, out: str | None) -> None:
 @click.option("--diff", nargs=2, metavar="A B", help="Show two profiles side by side, differing rows marked.")
 def settings(profile: str, config_path: str | None, diff: tuple[str, str] | None) -> None:
     """Print the settings tables for a profile (or two profiles side by side)."""
-    from devenv.settings import find_config, load_config
-    from devenv.stack import build_stack
+    from devenv.config.project import find_config
+    from devenv.config.settings import load_config
+    from devenv.config.resolve import build_stack
 
     config = load_config(find_config(config_path))
     profiles = list(diff) if diff else [profile]
@@ -153,7 +154,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     """
     import time
 
-    from devenv.project import find_config, state_dir as profile_dir
+    from devenv.config.project import find_config, state_dir as profile_dir
     from devenv.state import fingerprint, ports_answer, processes_alive, read_state
 
     started = time.monotonic()
@@ -193,7 +194,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
               help="restore: reload in place what was written (small data); clone: WAL_LOG copy of the template; copy: FILE_COPY.")
 def reset(profile: str, config_path: str | None, hard: bool, strategy: str) -> None:
     """Put the database and Redis back to the freshly seeded state."""
-    from devenv.janitor import Janitor, restore_quick
+    from devenv.db.janitor import Janitor, restore_quick
     from devenv.state import locked
 
     stack = load_stack(config_path, profile)
@@ -230,8 +231,8 @@ def _with_snapshots(config_path: str | None, profile: str, action: Callable[[Any
     """Run `action(Snapshots)` for a profile, under its lock unless `lock` is False (reads)."""
     import contextlib
 
-    from devenv.janitor import Janitor
-    from devenv.snapshots import Snapshots
+    from devenv.db.janitor import Janitor
+    from devenv.db.snapshots import Snapshots
     from devenv.state import locked
 
     stack = load_stack(config_path, profile)
@@ -268,7 +269,7 @@ def snapshot() -> None:
 @click.option("--force", "-f", is_flag=True, help="Overwrite a snapshot of that name.")
 def snapshot_save(profile: str, config_path: str | None, name: str, force: bool) -> None:
     """Save the database as snapshot NAME (a-z, 0-9, '_', '-'; up to 40)."""
-    from devenv.snapshots import validate_name
+    from devenv.db.snapshots import validate_name
 
     validate_name(name)  # before connecting: a bad name is an error even with the stack down
     snap, seconds = _with_snapshots(config_path, profile, lambda store: _timed(store.save, name, force=force))
@@ -280,7 +281,7 @@ def snapshot_save(profile: str, config_path: str | None, name: str, force: bool)
 @click.argument("name")
 def snapshot_restore(profile: str, config_path: str | None, name: str) -> None:
     """Replace the database with snapshot NAME (the snapshot is kept)."""
-    from devenv.snapshots import validate_name
+    from devenv.db.snapshots import validate_name
 
     validate_name(name)
     snap, seconds = _with_snapshots(config_path, profile, lambda store: _timed(store.restore, name))
@@ -292,7 +293,7 @@ def snapshot_restore(profile: str, config_path: str | None, name: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def snapshot_list(profile: str, config_path: str | None, as_json: bool) -> None:
     """The snapshots: name, size and when each was saved (oldest first)."""
-    from devenv.snapshots import Snapshots
+    from devenv.db.snapshots import Snapshots
 
     def listing(store: Snapshots) -> tuple[str, list[Any]]:
         return store.database, store.list_all()
@@ -318,7 +319,7 @@ def snapshot_list(profile: str, config_path: str | None, as_json: bool) -> None:
 @click.argument("name")
 def snapshot_rm(profile: str, config_path: str | None, name: str) -> None:
     """Delete snapshot NAME (its database)."""
-    from devenv.snapshots import validate_name
+    from devenv.db.snapshots import validate_name
 
     validate_name(name)
     snap = _with_snapshots(config_path, profile, lambda store: store.remove(name))
@@ -335,7 +336,7 @@ def dump(profile: str, config_path: str | None, runtime: str, file: str | None) 
     Default FILE: .devenv/dumps/<profile>-<timestamp>.dump, whose path is printed.
     `devenv restore FILE` loads it back.
     """
-    from devenv import dumps
+    from devenv.db import dumps
     from devenv.runtime import get_runtime
 
     stack = load_stack(config_path, profile)
@@ -362,8 +363,8 @@ def restore(profile: str, config_path: str | None, runtime: str, file: str, yes:
     The dump is restored into a scratch database and swapped in only once complete: a
     failed restore leaves the data as it was. Asks first unless --yes.
     """
-    from devenv import dumps
-    from devenv.janitor import Janitor
+    from devenv.db import dumps
+    from devenv.db.janitor import Janitor
     from devenv.runtime import get_runtime
     from devenv.state import locked
 

@@ -26,7 +26,7 @@ from devenv.errors import DevenvError
 if TYPE_CHECKING:
     from devenv.runtime.base import Runtime, ServiceState
     from devenv.runtime.engine import Endpoint
-    from devenv.stack import Stack
+    from devenv.config.stack import Stack
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 SERVICES = ("postgres", "pgbouncer", "redis")
@@ -311,7 +311,7 @@ def _parse_holder(holder: str | None) -> tuple[int | None, str]:
 
 def disk_checks(stack: "Stack", runtime_name: str, env: Mapping[str, str]) -> list[Check]:
     """Free space where the data lives and in the cache directory; warn under 1 GiB."""
-    from devenv.cache import cache_dir  # the one definition: DEVENV_CACHE_DIR or the platform's
+    from devenv.db.cache import cache_dir  # the one definition: DEVENV_CACHE_DIR or the platform's
 
     places: list[tuple[str, Path | None, str]] = []
     if runtime_name == "docker":
@@ -411,7 +411,7 @@ def postgres_drift(stack: "Stack") -> list[Check]:
 
     Asked in the application's database, so per-database and per-role settings count too.
     """
-    from devenv import pgcatalog
+    from devenv.config import pgcatalog
     from devenv.clients import connect, pgwire
 
     pg = stack.postgres
@@ -436,7 +436,7 @@ def postgres_drift(stack: "Stack") -> list[Check]:
 def compare_postgres_settings(profile: str, wanted: Mapping[str, str], rows: Mapping[str, tuple[Any, ...]],
                               major: int) -> list[Check]:
     """Drift findings from pg_settings rows: {name: (setting, shown, source, sourcefile, pending_restart)}."""
-    from devenv import pgcatalog
+    from devenv.config import pgcatalog
 
     checks = []
     for name, expected in wanted.items():

@@ -15,8 +15,8 @@ import sys
 from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
-    from devenv.janitor import ResetResult
-    from devenv.stack import Stack
+    from devenv.db.janitor import ResetResult
+    from devenv.config.stack import Stack
 
 RESET_OPTIONS = {"-p": "profile", "--profile": "profile", "--config": "config"}
 
@@ -67,7 +67,7 @@ def plain_reset_options(args: list[str]) -> dict[str, str | None] | None:
 def _reset_in_place(profile: str, config: str | None) -> bool:
     """`devenv reset` by an in-place restore; False, having changed nothing, when it takes more."""
     from devenv.api import load_stack_cached
-    from devenv.janitor import Janitor, restore_quick
+    from devenv.db.janitor import Janitor, restore_quick
     from devenv.state import locked
 
     stack = load_stack_cached(config, profile)

@@ -23,7 +23,7 @@ from typing import Callable
 
 from devenv.clients import connect
 from devenv.errors import HealthCheckError
-from devenv.stack import Stack
+from devenv.config.stack import Stack
 
 POLL_INTERVAL = 0.1
 STARTING_INTERVAL = 0.01  # "not listening yet" / "starting up" answers cost microseconds

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 from devenv import health
 from devenv.errors import HealthCheckError
 from devenv.runtime.base import Runtime, UpResult
-from devenv.stack import Stack
+from devenv.config.stack import Stack
 from devenv.state import clear_state, locked, write_state
 
 if TYPE_CHECKING:
@@ -43,8 +43,8 @@ def up(
     fingerprint: str | None = None,
 ) -> UpReport:
     """Bring the stack up and seeded; idempotent. Records the state for the fast no-op path."""
-    from devenv.database import apply_seeds, ensure_database
-    from devenv.janitor import Janitor
+    from devenv.db.seeds import apply_seeds, ensure_database
+    from devenv.db.janitor import Janitor
 
     start = time.monotonic()
     # No driver is imported ahead: health checks and the "already seeded?" check speak pgwire,
@@ -191,9 +191,9 @@ def seeded_and_current(stack: Stack) -> bool:
     the psycopg import, which costs more than starting the three servers.
     """
     from devenv.clients import connect, pgwire
-    from devenv.database import LEDGER_TABLE, seed_files
-    from devenv.janitor import SCRATCH_PATTERN
-    from devenv.template import template_name, template_prefix
+    from devenv.db.seeds import LEDGER_TABLE, seed_files
+    from devenv.db.janitor import SCRATCH_PATTERN
+    from devenv.db.template import template_name, template_prefix
 
     pg = stack.postgres
     seeds_dir = stack.root / "seeds"

@@ -50,7 +50,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """The controller stops the stack if this run started it (workers never do)."""
     from devenv.errors import ConfigError
-    from devenv.project import find_config, state_dir
+    from devenv.config.project import find_config, state_dir
 
     config = session.config
     if hasattr(config, "workerinput"):

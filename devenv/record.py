@@ -2,7 +2,7 @@
 
 `devenv reset` runs between tests, so its start-up counts. Importing dataclasses (it imports
 inspect, ast, dis and tokenize) and generating six methods per class with `exec` cost ~17 ms
-for the Stack's classes (`python -c "import devenv.stack"`, interleaved with the same imports
+for the Stack's classes (`python -c "import devenv.config.stack"`, interleaved with the same imports
 minus dataclasses): more than the reset itself. A Record keeps what devenv uses of a frozen
 dataclass: fields from the class annotations (inherited ones first), defaults, `Factory`
 defaults, keyword or positional construction, immutability, equality, repr, `replace` and a

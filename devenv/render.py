@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from devenv.errors import ConfigError, StateError
-from devenv.project import template_dirs
-from devenv.stack import Stack
+from devenv.config.project import template_dirs
+from devenv.config.stack import Stack
 
 CONFIG_FILES = ("postgresql.conf", "pg_hba.conf", "pgbouncer.ini", "userlist.txt", "redis.conf")
 COMPOSE_FILE = "docker-compose.yml"
@@ -63,7 +63,7 @@ def render_files(stack: Stack, placement: Placement) -> dict[str, str]:
     """Render every config file for a placement; the compose file only for the compose target."""
     import jinja2  # deferred: `devenv --help` must stay fast
 
-    from devenv.cache import cache_dir
+    from devenv.db.cache import cache_dir
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(d) for d in template_dirs(stack.root)]),

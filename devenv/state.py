@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from devenv import __version__
 from devenv.errors import StateError
-from devenv.project import template_dirs
+from devenv.config.project import template_dirs
 
 STATE_FILE = "state.json"
 # Environment variables that change the stack (profile and config are part of the path).

@@ -19,7 +19,7 @@ from devenv import humanize
 
 if TYPE_CHECKING:
     from devenv.runtime.base import Runtime
-    from devenv.stack import Stack
+    from devenv.config.stack import Stack
 
 # The infrastructure doc's ElastiCache alarm: "memory > 80%".
 REDIS_MEMORY_ALERT_PERCENT = 80
@@ -144,7 +144,7 @@ def monitoring(stack: "Stack", runtime: "Runtime", healthy: set[str]) -> dict[st
 
 def _profile_threshold(stack: "Stack") -> float | None:
     """log_min_duration_statement in ms as the profile sets it (when the server cannot be asked)."""
-    from devenv import pgcatalog
+    from devenv.config import pgcatalog
 
     value = stack.postgres.settings.get("log_min_duration_statement")
     if value is None:

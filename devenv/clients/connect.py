@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from devenv.clients import pgwire, resp
     from devenv.clients.pgbouncer import Console
-    from devenv.stack import Stack
+    from devenv.config.stack import Stack
 
 HOST = "127.0.0.1"  # every port a stack publishes is bound here
 

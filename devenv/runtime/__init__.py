@@ -13,7 +13,7 @@ from typing import Callable, Iterator, Mapping
 
 from devenv.errors import ConfigError, DependencyError
 from devenv.runtime.base import Progress, Runtime, ServiceState, UpResult
-from devenv.stack import Stack
+from devenv.config.stack import Stack
 
 RUNTIME_NAMES = ("auto", "native", "docker")
 Say = Callable[[str], None]

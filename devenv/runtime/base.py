@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
-from devenv.stack import Stack
+from devenv.config.stack import Stack
 
 Progress = Callable[[str], None]
 

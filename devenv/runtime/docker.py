@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from devenv import cache, pgcatalog
+from devenv.db import cache
+from devenv.config import pgcatalog
 from devenv.certs import ensure_certificate
 from devenv.errors import ConfigError, DependencyError, DevenvError, HealthCheckError, PortInUseError, StateError
 from devenv.render import COMPOSE_FILE, SERVICE_FILES, compose_placement, render_files, service_hashes, write_files
@@ -42,7 +43,7 @@ from devenv.runtime.engine import (  # noqa: F401  (re-exported: the engine's wh
     find_endpoint,
     no_engine_error,
 )
-from devenv.stack import Stack
+from devenv.config.stack import Stack
 from devenv.state import note_password, password_noted
 
 if TYPE_CHECKING:  # the SDK loads only when an engine is used
@@ -643,7 +644,7 @@ class DockerRuntime:
         if initdb:
             futures["postgres"] = pool.submit(run, "postgres")
             futures["postgres"].exception()  # raised below
-            from devenv.database import preload_driver
+            from devenv.db.seeds import preload_driver
 
             preload_driver()  # seeding will need it; now, not to slow the start down (the GIL)
         futures.update({service: pool.submit(run, service) for service in starting if service not in futures})
@@ -668,7 +669,7 @@ class DockerRuntime:
             result.reloaded.append("postgres")
         return result
 
-    # ---- the seeded-data cache (devenv.cache): saved from, restored into the named volume -----
+    # ---- the seeded-data cache (devenv.db.cache): saved from, restored into the named volume -----
 
     def _cacheable(self, spec: ContainerSpec) -> bool:
         """Whether this `up` may use the cache: seeding is on and the data lives in a named volume

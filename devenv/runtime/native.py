@@ -24,12 +24,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from devenv import pgcatalog
+from devenv.config import pgcatalog
 from devenv.errors import DependencyError, HealthCheckError, PortInUseError, StateError
 from devenv.certs import ensure_certificate
 from devenv.render import Placement, render_files, service_hashes
 from devenv.runtime.base import Progress, ServiceState, UpResult
-from devenv.stack import Stack
+from devenv.config.stack import Stack
 from devenv.state import note_password, password_noted
 
 SERVICES = ("postgres", "pgbouncer", "redis")
@@ -352,7 +352,7 @@ class NativeRuntime:
         return cache.Restore(archive, layout.pgdata)
 
     def _data_key(self, stack: Stack, binaries: Binaries) -> str:
-        from devenv import cache
+        from devenv.db import cache
 
         return cache.data_key(stack, binaries.pg_version, self._initdb_args(stack, Path("PGDATA"), Path("PWFILE")))
 
@@ -365,7 +365,7 @@ class NativeRuntime:
             result.from_cache = True
             return
         progress(f"postgres   initdb ({binaries.pg_version})")
-        from devenv.database import preload_driver
+        from devenv.db.seeds import preload_driver
 
         preload_driver()  # seeding will need it; initdb takes longer than the import
         self._initdb(stack, layout, binaries, user)
@@ -406,7 +406,7 @@ class NativeRuntime:
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
         """Snapshot the freshly seeded data directory into the cache: a base backup of the running
         server (cache.save_live)."""
-        from devenv import cache
+        from devenv.db import cache
         from devenv.clients import pgwire
 
         pg = stack.postgres
@@ -693,7 +693,7 @@ def _discovery_key(env: Mapping[str, str]) -> list[str]:
 
 def _render_key(stack: Stack, placement: Placement) -> str:
     """Everything the rendered files depend on: the model, the placement, the templates."""
-    from devenv.project import template_dirs
+    from devenv.config.project import template_dirs
 
     digest = hashlib.sha256(repr((stack, placement)).encode())
     for directory in template_dirs(stack.root):

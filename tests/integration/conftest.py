@@ -30,8 +30,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from devenv.settings import load_config
-from devenv.stack import Stack, build_stack
+from devenv.config.settings import load_config
+from devenv.config.stack import Stack
+from devenv.config.resolve import build_stack
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIMES = ["native", "docker"]

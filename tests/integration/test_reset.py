@@ -52,7 +52,7 @@ def test_the_plain_cli_reset_runs_without_click_and_says_the_same(project) -> No
     finally:
         del project.env["PYTHONPROFILEIMPORTTIME"]
     imported = {line.rsplit("|", 1)[1].strip() for line in plain.stderr.splitlines() if line.startswith("import time:")}
-    assert "devenv.janitor" in imported, "the import trace is not there to be read"
+    assert "devenv.db.janitor" in imported, "the import trace is not there to be read"
     # Each costs more than the reset: click ~35 ms, psycopg ~150 ms, dataclasses (with inspect) ~10 ms.
     heavy = {"click", "psycopg", "dataclasses", "inspect"}
     assert not heavy & imported, sorted(heavy & imported)
@@ -159,7 +159,7 @@ def test_a_new_database_needs_no_pgbouncer_and_a_swap_names_it_when_unreachable(
     seeds while PgBouncer's container may still be starting); replacing one does, and an
     unreachable PgBouncer is then named as such."""
     from devenv.errors import HealthCheckError
-    from devenv.janitor import Janitor
+    from devenv.db.janitor import Janitor
 
     project.devenv("up")
     stack = project.stack()
@@ -181,7 +181,7 @@ def test_a_new_clusters_empty_database_is_adopted_for_the_template(project) -> N
     """The image's entrypoint makes an empty POSTGRES_DB database with the cluster: the template
     is built in it (renamed away) rather than in a new database that the empty one is then
     dropped for. One with a session on it is not adopted: a new database is made as before."""
-    from devenv.janitor import Janitor
+    from devenv.db.janitor import Janitor
 
     project.devenv("up")
     stack = project.stack()

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from devenv import pgcatalog
+from devenv.config import pgcatalog
 
 PROFILES = ["dev", "prod"]
 

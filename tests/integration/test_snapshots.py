@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from devenv.errors import ConfigError
-from devenv.janitor import SCRATCH_PATTERN
-from devenv.snapshots import database_name, validate_name
+from devenv.db.janitor import SCRATCH_PATTERN
+from devenv.db.snapshots import database_name, validate_name
 
 TASK_ID = "00000000-0000-4000-9000-000000000001"  # seeded task 01 (seeds/data/002_tasks.sql), in_progress
 

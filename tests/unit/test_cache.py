@@ -1,4 +1,4 @@
-"""devenv.cache: what a copy of a running data directory takes (real tar and zstd, files made here).
+"""devenv.db.cache: what a copy of a running data directory takes (real tar and zstd, files made here).
 
 cache.save_live itself needs a server: tests/integration/test_ci_and_cache.py runs it.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from devenv import cache
+from devenv.db import cache
 
 
 @pytest.fixture

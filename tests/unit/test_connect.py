@@ -15,7 +15,7 @@ import pytest
 from devenv.clients import connect, pgwire, resp
 from devenv.clients.pgbouncer import Console
 from devenv.errors import HealthCheckError
-from devenv.stack import PgBouncer, Postgres, Redis, Stack
+from devenv.config.stack import PgBouncer, Postgres, Redis, Stack
 
 
 def _stack(pg_port: int, pgb_port: int, redis_port: int, tmp_path) -> Stack:  # type: ignore[no-untyped-def]

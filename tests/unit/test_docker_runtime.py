@@ -27,8 +27,8 @@ from devenv.runtime.docker import (
     load_compose,
     pull_error,
 )
-from devenv.settings import load_config
-from devenv.stack import build_stack
+from devenv.config.settings import load_config
+from devenv.config.resolve import build_stack
 
 
 def rendered_compose(project: Path, profile: str) -> dict:
@@ -193,8 +193,8 @@ import sys, json
 import devenv.runtime.engine as d
 d.default_sockets = lambda env: [d.Path({str(sock_path)!r})]
 from devenv.runtime import AutoRuntime
-from devenv.settings import load_config
-from devenv.stack import build_stack
+from devenv.config.settings import load_config
+from devenv.config.resolve import build_stack
 said = []
 auto = AutoRuntime(said.append, env={{"HOME": {str(tmp_path)!r}}})
 chosen = auto.resolve(build_stack(load_config(d.Path({str(project / 'devenv.yaml')!r}), {{}}), "dev"))

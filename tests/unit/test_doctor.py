@@ -17,7 +17,8 @@ from typing import Iterator
 
 import pytest
 
-from devenv import doctor, pgcatalog, status
+from devenv import doctor, status
+from devenv.config import pgcatalog
 from devenv.doctor import FAIL, OK, WARN, Check
 from devenv.runtime.base import ServiceState
 

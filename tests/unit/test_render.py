@@ -17,8 +17,9 @@ import yaml
 
 import devenv
 from devenv.render import compose_placement, render_files
-from devenv.settings import load_config
-from devenv.stack import Stack, build_stack
+from devenv.config.settings import load_config
+from devenv.config.stack import Stack
+from devenv.config.resolve import build_stack
 
 REPO_ROOT = Path(devenv.__file__).resolve().parents[1]
 GOLDEN_DIR = Path(__file__).parent / "golden"

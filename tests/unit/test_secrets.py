@@ -6,7 +6,7 @@ import multiprocessing
 import multiprocessing.synchronize  # noqa: F401  (the Barrier annotation)
 from pathlib import Path
 
-from devenv.secrets import SECRET_NAMES, load_or_create_secrets
+from devenv.config.secrets import SECRET_NAMES, load_or_create_secrets
 
 
 def _create(root: str, start: "multiprocessing.synchronize.Barrier", queue: "multiprocessing.Queue[object]") -> None:

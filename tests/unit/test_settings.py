@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from devenv.errors import ConfigError
-from devenv.settings import load_config
-from devenv.stack import Stack, build_stack, postgres_major
+from devenv.config.settings import load_config
+from devenv.config.stack import Stack
+from devenv.config.resolve import build_stack, postgres_major
 
 
 def make_stack(project: Path, profile: str = "dev", env: Mapping[str, str] | None = None) -> Stack:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from devenv.errors import SchemaError, StateError
 from devenv.record import Record
-from devenv.stack import Stack
+from devenv.config.stack import Stack
 
 if TYPE_CHECKING:
     import psycopg

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from devenv.errors import SchemaError
-from devenv.stack import Stack
+from devenv.config.stack import Stack
 
 REDIS_SEED_FILE = "redis.json"
 

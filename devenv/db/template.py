@@ -3,7 +3,7 @@
 After schema and seed, devenv keeps a template database, `<db>__tpl_<key>`, where the key
 hashes the schema and seed files, the server's major version and what this module installs:
 a change to any of them builds a new template, so nothing stale is served. Databases are
-cloned from it (devenv.janitor), and each clone carries snapshot tables of the seeded data
+cloned from it (devenv.db.janitor), and each clone carries snapshot tables of the seeded data
 and `devenv.restore`, the function that puts written tables back in place (one round trip).
 """
 
@@ -13,9 +13,9 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devenv.database import apply_seeds, seed_files, split_statements
+from devenv.db.seeds import apply_seeds, seed_files, split_statements
 from devenv.errors import SchemaError
-from devenv.stack import Stack
+from devenv.config.stack import Stack
 
 if TYPE_CHECKING:
     import psycopg

@@ -15,7 +15,7 @@ from typing import Any
 
 from devenv.errors import ConfigError
 
-CATALOG_DIR = Path(__file__).parent / "catalog"
+CATALOG_DIR = Path(__file__).parents[1] / "catalog"
 SUPPORTED_MAJORS = (15, 16, 17, 18)
 
 # Units PostgreSQL accepts, as multiples of the smallest one of their kind.

@@ -28,7 +28,7 @@ from devenv.errors import ConfigError, StateError
 if TYPE_CHECKING:
     import psycopg
 
-    from devenv.janitor import Janitor
+    from devenv.db.janitor import Janitor
 
 Say = Callable[[str], None]
 

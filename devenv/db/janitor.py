@@ -1,4 +1,4 @@
-"""Databases from the seeded template (devenv.template), and fast resets back to it.
+"""Databases from the seeded template (devenv.db.template), and fast resets back to it.
 
 The working database (and each pytest worker's) is cloned from the template. A reset uses one
 of two strategies:
@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from devenv.clients import connect
 from devenv.record import Record
-from devenv.stack import Stack
-from devenv.template import SCALE_FILE, SYSTEM_SCHEMAS, populate, template_name, template_prefix
+from devenv.config.stack import Stack
+from devenv.db.template import SCALE_FILE, SYSTEM_SCHEMAS, populate, template_name, template_prefix
 
 if TYPE_CHECKING:
     import psycopg
@@ -259,8 +259,8 @@ class Janitor:
     # ---- Redis ---------------------------------------------------------------------------
 
     def reset_redis(self, db: int = 0) -> None:
-        """Redis index `db` back to its seeded state (devenv.redis_seed)."""
-        from devenv.redis_seed import reset_redis
+        """Redis index `db` back to its seeded state (devenv.db.redis_seed)."""
+        from devenv.db.redis_seed import reset_redis
 
         reset_redis(self.stack, db, self.seeds_dir)
 

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable
 
 from devenv.errors import DependencyError, SchemaError
-from devenv.stack import Stack
+from devenv.config.stack import Stack
 
 if TYPE_CHECKING:
-    from devenv.janitor import Janitor
+    from devenv.db.janitor import Janitor
     from devenv.runtime.base import Runtime
 
 Say = Callable[[str], None]

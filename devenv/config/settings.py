@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devenv.config.stack import Limits  # the model's type, parsed here from `limits:`
 from devenv.errors import ConfigError
-from devenv.project import CONFIG_NAME, find_config  # noqa: F401  (re-exported)
-from devenv.stack import Limits  # the model's type, parsed here from `limits:`
 
 SERVICES = ("postgres", "pgbouncer", "redis")
 DEFAULT_COLUMN = "default"
@@ -77,7 +76,7 @@ class Config:
             return self.profiles[name]
         known = ", ".join(sorted(self.profiles))
         raise ConfigError(
-            f"{self.path}: unknown profile '{name}'{_did_you_mean(name, self.profiles)}",
+            f"{self.path}: unknown profile '{name}'{did_you_mean(name, self.profiles)}",
             hint=f"profiles defined under `profiles:` are: {known}. "
             "Add a profile there to use a new one.",
         )
@@ -139,7 +138,7 @@ class _Parser:
         self.text = text
 
     def fail(self, keypath: str, message: str, hint: str | None = None) -> ConfigError:
-        line = _line_of(self.text, keypath)
+        line = line_of(self.text, keypath)
         where = f"{self.path}:{line}" if line else str(self.path)
         return ConfigError(f"{where}: {keypath}: {message}", hint=hint)
 
@@ -154,7 +153,7 @@ class _Parser:
             if allowed is not None and key not in allowed:
                 raise self.fail(
                     f"{keypath}.{key}" if keypath else key,
-                    f"unknown key{_did_you_mean(key, allowed)}",
+                    f"unknown key{did_you_mean(key, allowed)}",
                     hint=f"allowed here: {', '.join(sorted(allowed))}.",
                 )
         return value
@@ -184,7 +183,7 @@ class _Parser:
             body = self.mapping(body, keypath, _PROFILE_KEYS)
             extends = body.get("extends")
             if extends is not None and extends not in table:
-                raise self.fail(f"{keypath}.extends", f"unknown profile '{extends}'{_did_you_mean(str(extends), table)}")
+                raise self.fail(f"{keypath}.extends", f"unknown profile '{extends}'{did_you_mean(str(extends), table)}")
             limits = self.parse_limits(body["limits"], f"{keypath}.limits") if "limits" in body else None
             scale = body.get("seed_scale", 0)
             if isinstance(scale, bool) or not isinstance(scale, int) or scale < 0:
@@ -281,14 +280,14 @@ def parse_bytes(text: str) -> int:
     return int(match.group(1)) * _BYTE_UNITS[match.group(2).lower()]
 
 
-def _did_you_mean(word: str, candidates: Any) -> str:
+def did_you_mean(word: str, candidates: Any) -> str:
     import difflib  # only for an error message
 
     close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _line_of(text: str, keypath: str) -> int | None:
+def line_of(text: str, keypath: str) -> int | None:
     """Best-effort line number of a dotted key path in the YAML source (errors only)."""
     import yaml
 

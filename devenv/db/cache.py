@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Iterator
 
-from devenv.stack import Stack
+from devenv.config.stack import Stack
 
 if TYPE_CHECKING:
     from devenv.clients import pgwire
@@ -44,7 +44,7 @@ def cache_dir() -> Path:
 
 def data_key(stack: Stack, pg_version: str, initdb_args: list[str]) -> str:
     """What a seeded data directory depends on, hashed."""
-    from devenv.template import template_key
+    from devenv.db.template import template_key
 
     major = int(pg_version.split(".")[0])
     parts = {

@@ -9,7 +9,7 @@ from devenv.errors import ConfigError
 
 CONFIG_NAME = "devenv.yaml"
 STATE_DIR_NAME = ".devenv"
-_OWN_CHECKOUT = Path(__file__).resolve().parent.parent
+_OWN_CHECKOUT = Path(__file__).resolve().parents[2]  # devenv/config/project.py -> the checkout
 
 
 def find_config(explicit: str | os.PathLike[str] | None = None, cwd: Path | None = None) -> Path:

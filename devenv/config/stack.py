@@ -1,0 +1,145 @@
+"""`Stack`: the one model the renderer, both runtimes and the health checks read (devenv.config.resolve
+builds it from the Config and a profile).
+
+Nothing downstream re-derives a port, a password, an image or a setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import quote
+
+from devenv.config.project import STATE_DIR_NAME
+from devenv.record import Factory, Record
+
+# Ports the servers listen on inside their containers; the host ports are in the model.
+CONTAINER_PORTS = {"postgres": 5432, "pgbouncer": 6432, "redis": 6379}
+
+
+class Limits(Record):
+    """Container resource limits; also the budget the memory warning checks against."""
+
+    memory_bytes: int
+    cpus: float
+
+
+class Service(Record):
+    """What every service has: an image, a published port and its settings column."""
+
+    name: str
+    image: str
+    port: int
+    settings: dict[str, str]
+
+    @property
+    def container_port(self) -> int:
+        """The port the server listens on inside its container."""
+        return CONTAINER_PORTS[self.name]
+
+
+class Postgres(Service):
+    """PostgreSQL: the settings are validated against the major version's catalogue."""
+
+    major: int = 16
+    database: str = "taskflow"
+    user: str = "taskflow"
+    password: str = ""
+    limits: Limits = Factory(lambda: Limits(1 << 30, 1.0))
+
+    @property
+    def password_secret(self) -> str:
+        """The password as the SCRAM secret the role stores and PgBouncer's userlist holds."""
+        from devenv.clients.pgwire import scram_secret
+
+        return scram_secret(self.user, self.password)
+
+    @property
+    def ssl(self) -> bool:
+        """Whether the profile turns TLS on (then devenv generates a local certificate)."""
+        return self.settings.get("ssl") == "on"
+
+    @property
+    def volume_path(self) -> str:
+        """Where the data volume mounts in the official image (18 moved it up a level)."""
+        return "/var/lib/postgresql" if self.major >= 18 else "/var/lib/postgresql/data"
+
+    @property
+    def pgdata(self) -> str:
+        """PGDATA inside the official image for this major version."""
+        return f"/var/lib/postgresql/{self.major}/docker" if self.major >= 18 else "/var/lib/postgresql/data"
+
+    @property
+    def max_connections(self) -> int:
+        """max_connections as this profile sets it (PostgreSQL's default 100 otherwise)."""
+        return int(self.settings.get("max_connections", "100"))
+
+    @property
+    def readiness_limit(self) -> int:
+        """CON-003's readiness threshold, 90 of 100 connections, scaled to the profile."""
+        return max(1, self.max_connections * 9 // 10)
+
+
+class PgBouncer(Service):
+    """PgBouncer in front of Postgres; its admin console user lives only in userlist.txt."""
+
+    database: str = "taskflow"
+    admin_user: str = "pgbouncer_admin"
+    admin_password: str = ""
+
+    @property
+    def admin_secret(self) -> str:
+        """The admin console's password as a SCRAM secret, for the userlist."""
+        from devenv.clients.pgwire import scram_secret
+
+        return scram_secret(self.admin_user, self.admin_password)
+
+
+class Redis(Service):
+    """Redis with a password (protected mode refuses outside clients otherwise)."""
+
+    password: str = ""
+
+
+class Stack(Record):
+    """The whole stack for one project and profile."""
+
+    project: str
+    profile: str
+    root: Path
+    ephemeral: bool
+    postgres: Postgres
+    pgbouncer: PgBouncer
+    redis: Redis
+    warnings: tuple[str, ...] = ()
+    seed_scale: int = 0  # generated tasks on top of the seed files (profile option)
+
+    @property
+    def services(self) -> tuple[Service, ...]:
+        """The services in start order (PgBouncer after the Postgres it pools)."""
+        return (self.postgres, self.pgbouncer, self.redis)
+
+    @property
+    def state_dir(self) -> Path:
+        """`.devenv/<profile>/`: rendered files and, for native, data, logs and sockets."""
+        return self.root / STATE_DIR_NAME / self.profile
+
+    @property
+    def name(self) -> str:
+        """Compose project name / Docker label: one per project and profile."""
+        return f"{self.project}-{self.profile}"
+
+    def urls(self, database: str | None = None, redis_db: int = 0, host: str = "127.0.0.1") -> dict[str, str]:
+        """Connection URLs as an application uses them (for another database/Redis index if given).
+
+        DATABASE_URL goes through PgBouncer (transaction pooling); DIRECT_DATABASE_URL reaches
+        Postgres itself, for LISTEN/NOTIFY, migrations and other session features.
+        """
+        pg, pgb, redis = self.postgres, self.pgbouncer, self.redis
+        user, password = quote(pg.user, safe=""), quote(pg.password, safe="")
+        ssl = "?sslmode=require" if pg.ssl else ""
+        pooled_db = database or pgb.database
+        return {
+            "DATABASE_URL": f"postgresql://{user}:{password}@{host}:{pgb.port}/{pooled_db}",
+            "DIRECT_DATABASE_URL": f"postgresql://{user}:{password}@{host}:{pg.port}/{database or pg.database}{ssl}",
+            "REDIS_URL": f"redis://:{quote(redis.password, safe='')}@{host}:{redis.port}/{redis_db}",
+        }
