@@ -40,10 +40,10 @@ def _profile_option(func: Callable[..., Any]) -> Callable[..., Any]:
 def load_stack(config_path: str | None, profile: str) -> "Stack":
     """devenv.yaml -> validated Stack for one profile; warnings go to stderr.
 
-    Kept in .devenv/<profile>/stack.json while its inputs hash the same (api.load_stack_cached):
+    Kept in .devenv/<profile>/stack.json while its inputs hash the same (resolve.load_stack_cached):
     PyYAML's import and the validation of every profile cost more than a cold `up`'s health checks.
     """
-    from devenv.api import load_stack_cached
+    from devenv.resolve import load_stack_cached
 
     stack = load_stack_cached(config_path, profile)
     for warning in stack.warnings:

@@ -66,7 +66,7 @@ def plain_reset_options(args: list[str]) -> dict[str, str | None] | None:
 
 def _reset_in_place(profile: str, config: str | None) -> bool:
     """`devenv reset` by an in-place restore; False, having changed nothing, when it takes more."""
-    from devenv.api import load_stack_cached
+    from devenv.resolve import load_stack_cached
     from devenv.janitor import Janitor, restore_quick
     from devenv.state import locked
 

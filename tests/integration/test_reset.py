@@ -8,7 +8,8 @@ import threading
 import psycopg
 import pytest
 
-from devenv.api import Devenv, load_stack_cached
+from devenv.api import Devenv
+from devenv.resolve import load_stack_cached
 from tests.integration.conftest import free_port
 
 
