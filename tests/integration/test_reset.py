@@ -41,7 +41,7 @@ def test_cli_reset_restores_the_seeded_state(project, strategy: str) -> None:
 
 
 def test_the_plain_cli_reset_runs_without_click_and_says_the_same(project) -> None:
-    """`devenv reset [-p P]` restores in place without loading click (devenv.entry: its import
+    """`devenv reset [-p P]` restores in place without loading click (devenv.cli.entry: its import
     costs more than the reset); a form click parses prints the same line."""
     project.devenv("up")
     project.redis().set("dirty", "1")

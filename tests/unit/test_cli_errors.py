@@ -127,10 +127,10 @@ def test_warnings_go_to_stderr_and_do_not_fail(run_devenv: Any, project: Path) -
 
 _PROBE = """
 import json, sys
-import devenv.cli
+import devenv.cli.main
 sys.argv = ["devenv", *{args!r}]
 try:
-    devenv.cli.main()
+    devenv.cli.main.main()
 except SystemExit as exc:
     code = exc.code
 else:
@@ -172,7 +172,7 @@ def test_light_commands_do_not_import_client_libraries(project: Path, args: tupl
 
 
 def test_help_imports_neither_jinja2_nor_yaml(project: Path) -> None:
-    """cli.py promises `devenv --help` stays light: templates and YAML load only when needed."""
+    """devenv.cli.main promises `devenv --help` stays light: templates and YAML load only when needed."""
     modules = loaded_modules(project, "--help")
     assert not modules & {"jinja2", "yaml"}, sorted(modules & {"jinja2", "yaml"})
 
@@ -191,15 +191,16 @@ def late_write():
 threading.Thread(target=late_write).start()  # not a daemon: the exit waits for it
 atexit.register(lambda: print("atexit ran"))
 sys.argv = ["devenv", *sys.argv[2:]]
-from devenv.cli import run
+from devenv.cli.main import run
 run()
 """
 
 
 @pytest.mark.parametrize(("args", "code"), [(["--help"], 0), (["rendr"], USAGE_ERROR)])
 def test_the_quick_exit_keeps_what_the_interpreter_exit_does(tmp_path: Path, args: list[str], code: int) -> None:
-    """cli.run skips the interpreter's teardown (os._exit): the exit code, threads that are not
-    daemons (an idle concurrent.futures worker too), atexit handlers and buffered output remain."""
+    """devenv.cli.main.run skips the interpreter's teardown (os._exit): the exit code, threads that
+    are not daemons (an idle concurrent.futures worker too), atexit handlers and buffered output
+    remain."""
     marker = tmp_path / "thread-finished"
     result = subprocess.run([sys.executable, "-c", _QUICK_EXIT, str(marker), *args],
                             capture_output=True, text=True, timeout=30)
