@@ -14,7 +14,7 @@ import os
 import sys
 from typing import NoReturn
 
-from devenv.cli.output import exit_for, reset_summary, say
+from devenv.cli.output import exit_for, fast_exit, reset_summary, say
 
 RESET_OPTIONS = {"-p": "profile", "--profile": "profile", "--config": "config"}
 
@@ -28,8 +28,7 @@ def run() -> NoReturn:
         except BaseException as exc:  # noqa: BLE001  (every error gets its message and code)
             exit_for(exc)
         if done:
-            sys.stderr.flush()
-            os._exit(0)  # nothing to tear down: no threads, no atexit handlers (see devenv.cli.main.run)
+            fast_exit(0)
     from devenv.cli.main import run as run_click  # the hand-over: click is imported from here on
 
     run_click()

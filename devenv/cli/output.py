@@ -8,6 +8,7 @@ recognised only once click has been loaded, which is the only way one can have b
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from typing import TYPE_CHECKING, NoReturn
@@ -106,3 +107,33 @@ def exit_for(exc: BaseException, debug: bool | None = None) -> NoReturn:
     echo_err(f"error: internal error: {type(exc).__name__}: {exc}")
     echo_err("hint: rerun with --debug for the traceback, and report it.")
     sys.exit(1)
+
+
+def fast_exit(code: int | str | None = 0) -> NoReturn:
+    """Exit as `sys.exit(code)` would, without tearing the interpreter down.
+
+    Tearing down (freeing every module click and devenv loaded) costs ~25 ms here, a tenth of a
+    cold `up`. This does the part of it that shows: wait for threads that are not daemons
+    (threading's own shutdown, which also stops idle concurrent.futures workers), run atexit
+    handlers, flush the output; then os._exit. Both steps are CPython's private functions:
+    where either is missing, a plain sys.exit.
+    """
+    threading = sys.modules.get("threading")  # never imported: no threads to wait for
+    shutdown = getattr(threading, "_shutdown", None) if threading is not None else lambda: None
+    run_exitfuncs = getattr(atexit, "_run_exitfuncs", None)
+    if shutdown is None or run_exitfuncs is None:
+        sys.exit(code)
+    message = None
+    if code is not None and not isinstance(code, int):  # sys.exit's rule: printed, exit status 1
+        message, code = str(code), 1
+    try:
+        if message is not None:
+            echo_err(message)
+        shutdown()  # what the interpreter calls first at exit
+        run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # `devenv env | head -1`: the reader left; nothing more to say
+        pass
+    os._exit(code or 0)
+
