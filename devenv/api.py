@@ -86,11 +86,12 @@ class Devenv:
 
     def reset(self, database: str | None = None, hard: bool = False, strategy: str = "auto",
               redis_db: int | None = 0) -> "ResetResult":
-        """Put a database (default: the working one) and a Redis index back to the seeded state."""
-        janitor = self.janitor
-        result = janitor.reset_hard(database) if hard else janitor.reset(database, strategy)
-        if redis_db is not None:
-            janitor.reset_redis(redis_db)
+        """Put a database (default: the working one) and a Redis index back to the seeded state,
+        under the profile's lock (devenv.reset), over this handle's open connections."""
+        from devenv.reset import reset
+
+        result = reset(self.stack, database, hard=hard, strategy=strategy, redis_db=redis_db, janitor=self.janitor)
+        assert result is not None  # only in_place_only or redis_only leave the database
         return result
 
     def create_database(self, name: str) -> bool:

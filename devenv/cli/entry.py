@@ -61,17 +61,14 @@ def plain_reset_options(args: list[str]) -> dict[str, str | None] | None:
 
 def _reset_in_place(profile: str, config: str | None) -> bool:
     """`devenv reset` by an in-place restore; False, having changed nothing, when it takes more."""
-    from devenv.janitor import Janitor, restore_quick
+    from devenv.reset import reset
     from devenv.resolve import load_stack_cached
-    from devenv.state import locked
 
     stack = load_stack_cached(config, profile)
     if stack.warnings:  # printed by devenv.cli.main
         return False
-    with locked(stack.state_dir):
-        result = restore_quick(stack)
-        if result is None:  # a clone: devenv.cli.main's reset, with psycopg
-            return False
-        Janitor(stack).reset_redis(0)
+    result = reset(stack, in_place_only=True)
+    if result is None:  # a clone: devenv.cli.main's reset, with psycopg
+        return False
     say(reset_summary(stack, result))
     return True

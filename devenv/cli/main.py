@@ -183,25 +183,11 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
               help="restore: reload in place what was written (small data); clone: WAL_LOG copy of the template; copy: FILE_COPY.")
 def reset(profile: str, config_path: str | None, hard: bool, strategy: str) -> None:
     """Put the database and Redis back to the freshly seeded state."""
-    from devenv.janitor import Janitor, restore_quick
-    from devenv.state import locked
+    from devenv.reset import reset as reset_stack
 
     stack = load_stack(config_path, profile)
-    with locked(stack.state_dir):
-        # The usual case, an in-place restore, needs no psycopg (its import costs more than the reset).
-        result = restore_quick(stack, strategy=strategy) if not hard and strategy in ("auto", "restore") else None
-        if result is not None:
-            Janitor(stack).reset_redis(0)
-        else:
-            from devenv.api import Devenv
-
-            handle = Devenv(stack)
-            import psycopg  # noqa: F401  (loaded before the clock starts: it is start-up, not reset)
-
-            try:
-                result = handle.reset(hard=hard, strategy=strategy)
-            finally:
-                handle.close()
+    result = reset_stack(stack, hard=hard, strategy=strategy)
+    assert result is not None  # only in_place_only or redis_only leave the database
     say(reset_summary(stack, result))
 
 
