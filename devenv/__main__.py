@@ -1,5 +1,5 @@
 """`python -m devenv`: the same as the `devenv` command."""
 
-from devenv.entry import run
+from devenv.cli.entry import run
 
 run()

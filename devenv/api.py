@@ -86,11 +86,12 @@ class Devenv:
 
     def reset(self, database: str | None = None, hard: bool = False, strategy: str = "auto",
               redis_db: int | None = 0) -> "ResetResult":
-        """Put a database (default: the working one) and a Redis index back to the seeded state."""
-        janitor = self.janitor
-        result = janitor.reset_hard(database) if hard else janitor.reset(database, strategy)
-        if redis_db is not None:
-            janitor.reset_redis(redis_db)
+        """Put a database (default: the working one) and a Redis index back to the seeded state,
+        under the profile's lock (devenv.db.reset), over this handle's open connections."""
+        from devenv.db.reset import reset
+
+        result = reset(self.stack, database, hard=hard, strategy=strategy, redis_db=redis_db, janitor=self.janitor)
+        assert result is not None  # only in_place_only or redis_only leave the database
         return result
 
     def create_database(self, name: str) -> bool:
@@ -130,53 +131,6 @@ class Devenv:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-STACK_CACHE = "stack.json"
-
-
-def load_stack_cached(config: str | os.PathLike[str] | None, profile: str) -> Stack:
-    """The Stack of a profile, as `devenv.yaml` gives it, kept in `.devenv/<profile>/stack.json`.
-
-    For one-shot commands that need only the model (`devenv reset`): importing PyYAML, parsing
-    and validating every profile costs more than the reset. The copy is used while the inputs
-    of `up` hash the same (state.fingerprint: devenv.yaml, the secrets, templates, seed files,
-    DEVENV_* variables and devenv's version); otherwise the Stack is built and the copy renewed.
-    """
-    import json
-
-    from devenv.config.project import find_config, state_dir
-    from devenv.state import fingerprint
-
-    path = find_config(config)
-    cache = state_dir(path.parent, profile) / STACK_CACHE
-    key = fingerprint(path.parent, path, profile, {"stack": STACK_CACHE})
-    try:
-        recorded = json.loads(cache.read_text(encoding="utf-8"))
-        if recorded.get("fingerprint") == key:
-            return _stack_from_dict(recorded["stack"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # missing, unreadable or of another shape: build it
-    from devenv.config.settings import load_config
-    from devenv.config.resolve import build_stack
-
-    stack = build_stack(load_config(path), profile)
-    key = fingerprint(path.parent, path, profile, {"stack": STACK_CACHE})  # building it may have created secrets.json
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{STACK_CACHE}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the passwords
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"fingerprint": key, "stack": stack.as_dict()}, handle, default=str)
-    os.replace(tmp, cache)
-    return stack
-
-
-def _stack_from_dict(data: dict[str, Any]) -> Stack:
-    from devenv.config.stack import Limits, PgBouncer, Postgres, Redis
-
-    postgres = dict(data["postgres"], limits=Limits(**data["postgres"]["limits"]))
-    return Stack(**dict(data, root=Path(data["root"]), warnings=tuple(data["warnings"]), postgres=Postgres(**postgres),
-                        pgbouncer=PgBouncer(**data["pgbouncer"]), redis=Redis(**data["redis"])))
 
 
 def connect(profile: str | None = None, pooled: bool = False, database: str | None = None,

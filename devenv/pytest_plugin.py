@@ -217,6 +217,8 @@ def devenv_db(devenv_stack: "Devenv", _devenv_worker_connection: _WorkerConnecti
 @pytest.fixture
 def devenv_redis(devenv_stack: "Devenv") -> Any:
     """A redis-py client on this worker's Redis index, flushed and re-seeded."""
+    from devenv.db.reset import reset
+
     index = _redis_index()
-    devenv_stack.janitor.reset_redis(index)
+    reset(devenv_stack.stack, redis_db=index, janitor=devenv_stack.janitor, redis_only=True)
     return devenv_stack.redis(index)

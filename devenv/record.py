@@ -6,7 +6,13 @@ for the Stack's classes (`python -c "import devenv.config.stack"`, interleaved w
 minus dataclasses): more than the reset itself. A Record keeps what devenv uses of a frozen
 dataclass: fields from the class annotations (inherited ones first), defaults, `Factory`
 defaults, keyword or positional construction, immutability, equality, repr, `replace` and a
-recursive `as_dict`. Modules off that path keep `@dataclass`.
+recursive `as_dict`.
+
+The rule: every module on the `devenv reset` path (devenv.cli.entry and .output, devenv.db.reset,
+devenv.config.resolve, devenv.config.stack, devenv.db.janitor and what they import at module level) uses
+Record, not dataclasses; modules off that path keep `@dataclass`. A test enforces it:
+`python -X importtime -m devenv reset` on a running stack loads no dataclasses, psycopg, click
+or yaml (tests/integration/test_reset.py).
 """
 
 from __future__ import annotations

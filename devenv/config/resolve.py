@@ -1,17 +1,26 @@
-"""Config + profile -> `Stack`: every profile's settings validated, the secrets and ports bound.
+"""Config + profile -> `Stack`: every profile's settings validated, the secrets and ports bound;
+and the copy of it kept between one-shot commands.
 
-Imported where a Stack is built: one read back from stack.json needs neither the parser nor
-the catalogue (~9 ms).
+`load_stack_cached` is what every command on one profile (and `devenv reset`'s click-free fast
+path) loads its Stack with: importing PyYAML, parsing and validating every profile costs more
+than the reset, so the validated Stack is kept in `.devenv/<profile>/stack.json`. This module is
+on the `reset` path: the parser, the catalogue and dataclasses load only where a Stack is built
+(see devenv/record.py).
 """
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from devenv.config.project import STATE_DIR_NAME
-from devenv.config.settings import Config, did_you_mean, line_of
 from devenv.config.stack import PgBouncer, Postgres, Redis, Stack
 from devenv.errors import ConfigError
+
+if TYPE_CHECKING:
+    from devenv.config.settings import Config
 
 
 def postgres_major(image: str, explicit: int | None = None) -> int:
@@ -102,6 +111,7 @@ def build_stack(config: Config, profile: str) -> Stack:
 def validate_postgres(config: Config, profile: str, major: int) -> dict[str, str]:
     """One profile's postgres column, each value checked and normalised for postgresql.conf."""
     from devenv.config import pgcatalog
+    from devenv.config.settings import line_of
 
     text = config.path.read_text(encoding="utf-8")
     out: dict[str, str] = {}
@@ -121,6 +131,7 @@ def validate_postgres(config: Config, profile: str, major: int) -> dict[str, str
 def validate_named(config: Config, service: str, profile: str) -> None:
     """PgBouncer and Redis settings: the name must be one the server knows."""
     from devenv.catalog import known_settings
+    from devenv.config.settings import did_you_mean, line_of
 
     known = known_settings(service)
     for name in config.column(service, profile):
@@ -165,3 +176,50 @@ def _plain(value: object, yes_no: bool = False) -> str:
     if isinstance(value, bool):
         return ("yes" if value else "no") if yes_no else ("1" if value else "0")
     return str(value)
+
+
+STACK_CACHE = "stack.json"
+
+
+def load_stack_cached(config: str | os.PathLike[str] | None, profile: str) -> Stack:
+    """The Stack of a profile, as `devenv.yaml` gives it, kept in `.devenv/<profile>/stack.json`.
+
+    For one-shot commands that need only the model (`devenv reset`): importing PyYAML, parsing
+    and validating every profile costs more than the reset. The copy is used while the inputs
+    of `up` hash the same (state.fingerprint: devenv.yaml, the secrets, templates, seed files,
+    DEVENV_* variables and devenv's version); otherwise the Stack is built and the copy renewed.
+    """
+    import json
+
+    from devenv.config.project import find_config, state_dir
+    from devenv.state import fingerprint
+
+    path = find_config(config)
+    cache = state_dir(path.parent, profile) / STACK_CACHE
+    key = fingerprint(path.parent, path, profile, {"stack": STACK_CACHE})
+    try:
+        recorded = json.loads(cache.read_text(encoding="utf-8"))
+        if recorded.get("fingerprint") == key:
+            return _stack_from_dict(recorded["stack"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing, unreadable or of another shape: build it
+    from devenv.config.settings import load_config
+    from devenv.config.resolve import build_stack
+
+    stack = build_stack(load_config(path), profile)
+    key = fingerprint(path.parent, path, profile, {"stack": STACK_CACHE})  # building it may have created secrets.json
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{STACK_CACHE}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the passwords
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump({"fingerprint": key, "stack": stack.as_dict()}, handle, default=str)
+    os.replace(tmp, cache)
+    return stack
+
+
+def _stack_from_dict(data: dict[str, Any]) -> Stack:
+    from devenv.config.stack import Limits, PgBouncer, Postgres, Redis, Stack
+
+    postgres = dict(data["postgres"], limits=Limits(**data["postgres"]["limits"]))
+    return Stack(**dict(data, root=Path(data["root"]), warnings=tuple(data["warnings"]), postgres=Postgres(**postgres),
+                        pgbouncer=PgBouncer(**data["pgbouncer"]), redis=Redis(**data["redis"])))

@@ -127,10 +127,10 @@ def test_warnings_go_to_stderr_and_do_not_fail(run_devenv: Any, project: Path) -
 
 _PROBE = """
 import json, sys
-import devenv.cli
+import devenv.cli.main
 sys.argv = ["devenv", *{args!r}]
 try:
-    devenv.cli.main()
+    devenv.cli.main.main()
 except SystemExit as exc:
     code = exc.code
 else:
@@ -172,15 +172,17 @@ def test_light_commands_do_not_import_client_libraries(project: Path, args: tupl
 
 
 def test_help_imports_neither_jinja2_nor_yaml(project: Path) -> None:
-    """cli.py promises `devenv --help` stays light: templates and YAML load only when needed."""
+    """devenv.cli.main promises `devenv --help` stays light: templates and YAML load only when needed."""
     modules = loaded_modules(project, "--help")
     assert not modules & {"jinja2", "yaml"}, sorted(modules & {"jinja2", "yaml"})
 
 
 # --------------------------------------------------------------------------- the quick exit
 
-_QUICK_EXIT = """
-import atexit, concurrent.futures, sys, threading, time
+# What an exit must keep: a thread that is not a daemon, an idle concurrent.futures worker
+# (the interpreter stops it), an atexit handler; argv[1] is where the thread writes at its end.
+_EXIT_SETUP = """
+import atexit, concurrent.futures, os, sys, threading, time
 from pathlib import Path
 pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 pool.submit(lambda: None).result()  # an idle worker nobody shut down: the interpreter stops it
@@ -190,16 +192,20 @@ def late_write():
     marker.write_text("done")
 threading.Thread(target=late_write).start()  # not a daemon: the exit waits for it
 atexit.register(lambda: print("atexit ran"))
+"""
+
+_QUICK_EXIT = _EXIT_SETUP + """
 sys.argv = ["devenv", *sys.argv[2:]]
-from devenv.cli import run
+from devenv.cli.main import run
 run()
 """
 
 
 @pytest.mark.parametrize(("args", "code"), [(["--help"], 0), (["rendr"], USAGE_ERROR)])
 def test_the_quick_exit_keeps_what_the_interpreter_exit_does(tmp_path: Path, args: list[str], code: int) -> None:
-    """cli.run skips the interpreter's teardown (os._exit): the exit code, threads that are not
-    daemons (an idle concurrent.futures worker too), atexit handlers and buffered output remain."""
+    """devenv.cli.main.run skips the interpreter's teardown (os._exit): the exit code, threads that
+    are not daemons (an idle concurrent.futures worker too), atexit handlers and buffered output
+    remain."""
     marker = tmp_path / "thread-finished"
     result = subprocess.run([sys.executable, "-c", _QUICK_EXIT, str(marker), *args],
                             capture_output=True, text=True, timeout=30)
@@ -210,3 +216,44 @@ def test_the_quick_exit_keeps_what_the_interpreter_exit_does(tmp_path: Path, arg
         assert "Usage: devenv" in result.stdout
     else:
         assert "No such command 'rendr'" in result.stderr
+
+
+# argv[2]: the private function to delete first ("" for none); argv[3]: the code, as JSON.
+_FAST_EXIT = _EXIT_SETUP + """
+import json
+real_exit = os._exit
+def noted_exit(status):  # the fast branch's last step, noted where the test can see it
+    marker.with_name("os_exit").write_text(str(status))
+    real_exit(status)
+os._exit = noted_exit
+if sys.argv[2]:
+    module, name = sys.argv[2].split(".")
+    delattr(sys.modules[module], name)
+print("written before the exit", end="")  # stdout is a pipe: buffered until flushed
+from devenv.cli.output import fast_exit
+fast_exit(json.loads(sys.argv[3]))
+"""
+
+
+@pytest.mark.parametrize("missing", ["", "threading._shutdown", "atexit._run_exitfuncs"],
+                         ids=["fast", "no threading._shutdown", "no atexit._run_exitfuncs"])
+@pytest.mark.parametrize(("code", "status"), [(0, 0), (None, 0), (USAGE_ERROR, USAGE_ERROR), ("bye", 1)])
+def test_fast_exit_exits_as_sys_exit_does_with_or_without_the_private_api(
+        tmp_path: Path, missing: str, code: int | str | None, status: int) -> None:
+    """output.fast_exit: os._exit after threading's shutdown and the atexit handlers; where either
+    private function is missing, sys.exit. Either way: sys.exit's exit status (a string printed,
+    then 1), the output flushed, atexit handlers run."""
+    marker = tmp_path / "thread-finished"
+    result = subprocess.run([sys.executable, "-c", _FAST_EXIT, str(marker), missing, json.dumps(code)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == status, result.stderr
+    assert result.stdout == "written before the exit" + "atexit ran\n", result.stdout
+    if code == "bye":
+        assert "bye" in result.stderr.splitlines()
+    took_fast_branch = (tmp_path / "os_exit").exists()
+    assert took_fast_branch == (not missing), "the fallback is sys.exit, the fast branch os._exit"
+    if took_fast_branch:
+        assert (tmp_path / "os_exit").read_text() == str(status)
+        assert result.stderr == ("bye\n" if code == "bye" else ""), result.stderr
+    if missing != "threading._shutdown":  # without it the interpreter cannot wait for threads either
+        assert marker.read_text() == "done", "a non-daemon thread was cut off"

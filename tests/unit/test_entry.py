@@ -1,10 +1,10 @@
-"""devenv.entry: which `devenv reset` command lines it runs without click, and with what."""
+"""devenv.cli.entry: which `devenv reset` command lines it runs without click, and with what."""
 
 from __future__ import annotations
 
 import pytest
 
-from devenv.entry import plain_reset_options
+from devenv.cli.entry import plain_reset_options
 
 
 @pytest.mark.parametrize(

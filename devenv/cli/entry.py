@@ -3,20 +3,18 @@
 `devenv reset` runs between tests, so its start-up is paid once per test, and importing click
 (~35 ms here) costs more than the reset it parses the arguments of (~10 ms). The plain form,
 `devenv reset [-p P | --profile P] [--config C]`, is read here and restored in place. Anything
-else goes to devenv.cli: other arguments (`--hard`, `--strategy`, `--help`, `--debug` ...), a
-warning to print, a reset that needs a clone, and every error, which devenv.cli prints the one
-way. This module imports neither click nor psycopg.
+else goes to devenv.cli.main: other arguments (`--hard`, `--strategy`, `--help`, `--debug` ...),
+a warning to print and a reset that needs a clone. Errors are printed by devenv.cli.output, the
+one way for both. This module imports neither click nor psycopg.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
-if TYPE_CHECKING:
-    from devenv.db.janitor import ResetResult
-    from devenv.config.stack import Stack
+from devenv.cli.output import exit_for, fast_exit, reset_summary, say
 
 RESET_OPTIONS = {"-p": "profile", "--profile": "profile", "--config": "config"}
 
@@ -27,16 +25,13 @@ def run() -> NoReturn:
     if options is not None:
         try:
             done = _reset_in_place(options["profile"], options["config"])
-        except BaseException as exc:  # noqa: BLE001  (devenv.cli maps every error to its message and code)
-            from devenv.cli import exit_for
-
+        except BaseException as exc:  # noqa: BLE001  (every error gets its message and code)
             exit_for(exc)
         if done:
-            sys.stderr.flush()
-            os._exit(0)  # nothing to tear down: no threads, no atexit handlers (see devenv.cli.run)
-    from devenv.cli import run as run_cli
+            fast_exit(0)
+    from devenv.cli.main import run as run_click  # the hand-over: click is imported from here on
 
-    run_cli()
+    run_click()
 
 
 def plain_reset_options(args: list[str]) -> dict[str, str | None] | None:
@@ -66,39 +61,14 @@ def plain_reset_options(args: list[str]) -> dict[str, str | None] | None:
 
 def _reset_in_place(profile: str, config: str | None) -> bool:
     """`devenv reset` by an in-place restore; False, having changed nothing, when it takes more."""
-    from devenv.api import load_stack_cached
-    from devenv.db.janitor import Janitor, restore_quick
-    from devenv.state import locked
+    from devenv.db.reset import reset
+    from devenv.config.resolve import load_stack_cached
 
     stack = load_stack_cached(config, profile)
-    if stack.warnings:  # printed by devenv.cli
+    if stack.warnings:  # printed by devenv.cli.main
         return False
-    with locked(stack.state_dir):
-        result = restore_quick(stack)
-        if result is None:  # a clone: devenv.cli's reset, with psycopg
-            return False
-        Janitor(stack).reset_redis(0)
+    result = reset(stack, in_place_only=True)
+    if result is None:  # a clone: devenv.cli.main's reset, with psycopg
+        return False
     say(reset_summary(stack, result))
     return True
-
-
-def reset_summary(stack: Stack, result: ResetResult) -> str:
-    """The line `devenv reset` ends with, on either path."""
-    return f"{stack.name}: reset {result.database} ({result.strategy}) and Redis in {result.seconds * 1000:.0f} ms"
-
-
-def ci_mode() -> bool:
-    """CI mode: `--ci`, or the CI variable every CI system sets (not "false"/"0")."""
-    return "--ci" in sys.argv[1:] or os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-
-
-def stamped(line: str) -> str:
-    """A progress line as CI mode prints it: prefixed with the UTC time of day, to milliseconds."""
-    from datetime import datetime, timezone
-
-    return f"{datetime.now(timezone.utc).strftime('%H:%M:%S.%f')[:-3]} {line}"
-
-
-def say(line: str) -> None:
-    """An uncoloured status line on stderr, timestamped in CI mode (devenv.cli._say, without click)."""
-    sys.stderr.write(f"{stamped(line) if ci_mode() else line}\n")

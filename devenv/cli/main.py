@@ -1,13 +1,13 @@
-"""The `devenv` command line: the only module that imports click.
+"""The `devenv` click commands: the only module that imports click.
 
 Each command is a thin shell over the domain modules, imported inside the command so that
 `devenv --help` loads neither docker, psycopg, redis, jinja2 nor yaml. Every DevenvError is
-printed as `error: ...` plus a hint and exits with its class's code (see devenv.errors).
+printed as `error: ...` plus a hint and exits with its class's code (see devenv.errors and
+devenv.cli.output, which prints for both entry points).
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import sys
@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 
-from devenv.entry import ci_mode, reset_summary, stamped
-from devenv.errors import DevenvError
+from devenv.cli.output import ci_mode, debug_mode, exit_for, fast_exit, human_size, reset_summary, say
 
 if TYPE_CHECKING:
     from devenv.config.stack import Stack
@@ -40,14 +39,14 @@ def _profile_option(func: Callable[..., Any]) -> Callable[..., Any]:
 def load_stack(config_path: str | None, profile: str) -> "Stack":
     """devenv.yaml -> validated Stack for one profile; warnings go to stderr.
 
-    Kept in .devenv/<profile>/stack.json while its inputs hash the same (api.load_stack_cached):
+    Kept in .devenv/<profile>/stack.json while its inputs hash the same (resolve.load_stack_cached):
     PyYAML's import and the validation of every profile cost more than a cold `up`'s health checks.
     """
-    from devenv.api import load_stack_cached
+    from devenv.config.resolve import load_stack_cached
 
     stack = load_stack_cached(config_path, profile)
     for warning in stack.warnings:
-        _say(f"warning: {warning}", "warning")
+        say(f"warning: {warning}", "warning")
     return stack
 
 
@@ -91,7 +90,7 @@ def settings(profile: str, config_path: str | None, diff: tuple[str, str] | None
     stacks = [build_stack(config, name) for name in profiles]
     for stack in stacks:
         for warning in stack.warnings:
-            _say(f"warning: {stack.profile}: {warning}", "warning")
+            say(f"warning: {stack.profile}: {warning}", "warning")
     click.echo(format_settings_table(stacks))
 
 
@@ -117,15 +116,6 @@ def format_settings_table(stacks: list["Stack"]) -> str:
     out = [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(row) for row in rows]
     return "\n".join(out)
-
-
-def _say(line: str, kind: str = "") -> None:
-    """One progress or status line on stderr: timestamped in CI mode, coloured on a terminal."""
-    if ci_mode():
-        line = stamped(line)
-    elif kind and sys.stderr.isatty():
-        line = click.style(line, fg={"error": "red", "warning": "yellow", "ok": "green"}[kind])
-    click.echo(line, err=True, color=None if not ci_mode() else False)
 
 
 def _runtime_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -168,7 +158,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
         and processes_alive(recorded.get("processes", {}))
         and ports_answer(recorded.get("ports", []))
     ):
-        _say(f"{profile}: up to date on {recorded['runtime']}, nothing to do ({time.monotonic() - started:.2f}s)")
+        say(f"{profile}: up to date on {recorded['runtime']}, nothing to do ({time.monotonic() - started:.2f}s)")
         _emit_urls(recorded["urls"])
         return
 
@@ -176,14 +166,14 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     from devenv.runtime import get_runtime
 
     stack = load_stack(str(config), profile)
-    backend = get_runtime(runtime, say=_say)
+    backend = get_runtime(runtime, say=say)
     if hasattr(backend, "describe"):
-        _say(f"{stack.name}: {backend.describe(stack)}")
+        say(f"{stack.name}: {backend.describe(stack)}")
     # Hashed after load_stack, which creates secrets.json on first use.
     inputs = fingerprint(root, config, profile, options)
-    report = lifecycle.up(stack, backend, timeout=timeout, seed=not no_seed, say=_say, fingerprint=inputs)
+    report = lifecycle.up(stack, backend, timeout=timeout, seed=not no_seed, say=say, fingerprint=inputs)
     summary = "nothing changed" if not (report.result.changed or report.applied or report.database_created) else "ready"
-    _say(f"{stack.name}: {summary} on {report.runtime} in {report.seconds:.2f}s")
+    say(f"{stack.name}: {summary} on {report.runtime} in {report.seconds:.2f}s")
     _emit_urls(stack.urls())
 
 
@@ -194,37 +184,15 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
               help="restore: reload in place what was written (small data); clone: WAL_LOG copy of the template; copy: FILE_COPY.")
 def reset(profile: str, config_path: str | None, hard: bool, strategy: str) -> None:
     """Put the database and Redis back to the freshly seeded state."""
-    from devenv.db.janitor import Janitor, restore_quick
-    from devenv.state import locked
+    from devenv.db.reset import reset as reset_stack
 
     stack = load_stack(config_path, profile)
-    with locked(stack.state_dir):
-        # The usual case, an in-place restore, needs no psycopg (its import costs more than the reset).
-        result = restore_quick(stack, strategy=strategy) if not hard and strategy in ("auto", "restore") else None
-        if result is not None:
-            Janitor(stack).reset_redis(0)
-        else:
-            from devenv.api import Devenv
-
-            handle = Devenv(stack)
-            import psycopg  # noqa: F401  (loaded before the clock starts: it is start-up, not reset)
-
-            try:
-                result = handle.reset(hard=hard, strategy=strategy)
-            finally:
-                handle.close()
-    _say(reset_summary(stack, result))
+    result = reset_stack(stack, hard=hard, strategy=strategy)
+    assert result is not None  # only in_place_only or redis_only leave the database
+    say(reset_summary(stack, result))
 
 
 # ---- snapshots, dump, restore (domain logic: devenv/snapshots.py, devenv/dumps.py) -----------
-
-
-def _human_size(size: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024  # type: ignore[assignment]
-    return f"{size} B"
 
 
 def _with_snapshots(config_path: str | None, profile: str, action: Callable[[Any], Any], lock: bool = True) -> Any:
@@ -240,8 +208,8 @@ def _with_snapshots(config_path: str | None, profile: str, action: Callable[[Any
     import psycopg  # noqa: F401  (loaded before any clock starts: it is start-up, as for reset)
 
     try:
-        with locked(stack.state_dir, on_wait=_say) if lock else contextlib.nullcontext():
-            return action(Snapshots(janitor, say=_say))
+        with locked(stack.state_dir, on_wait=say) if lock else contextlib.nullcontext():
+            return action(Snapshots(janitor, say=say))
     finally:
         janitor.close()
 
@@ -273,7 +241,7 @@ def snapshot_save(profile: str, config_path: str | None, name: str, force: bool)
 
     validate_name(name)  # before connecting: a bad name is an error even with the stack down
     snap, seconds = _with_snapshots(config_path, profile, lambda store: _timed(store.save, name, force=force))
-    _say(f"saved snapshot {snap.name} ({_human_size(snap.size)}) in {seconds * 1000:.0f} ms")
+    say(f"saved snapshot {snap.name} ({human_size(snap.size)}) in {seconds * 1000:.0f} ms")
 
 
 @snapshot.command("restore")
@@ -285,7 +253,7 @@ def snapshot_restore(profile: str, config_path: str | None, name: str) -> None:
 
     validate_name(name)
     snap, seconds = _with_snapshots(config_path, profile, lambda store: _timed(store.restore, name))
-    _say(f"restored {snap.name} in {seconds * 1000:.0f} ms")
+    say(f"restored {snap.name} in {seconds * 1000:.0f} ms")
 
 
 @snapshot.command("list")
@@ -304,10 +272,10 @@ def snapshot_list(profile: str, config_path: str | None, as_json: bool) -> None:
                                "snapshots": [s.as_json() for s in snaps]}, indent=2))
         return
     if not snaps:
-        _say(f"no snapshots of {database} (profile {profile}); `devenv snapshot save NAME` takes one")
+        say(f"no snapshots of {database} (profile {profile}); `devenv snapshot save NAME` takes one")
         return
     rows = [("NAME", "SIZE", "CREATED")] + [
-        (s.name, _human_size(s.size), s.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if s.created_at else "?")
+        (s.name, human_size(s.size), s.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if s.created_at else "?")
         for s in snaps]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
@@ -323,7 +291,7 @@ def snapshot_rm(profile: str, config_path: str | None, name: str) -> None:
 
     validate_name(name)
     snap = _with_snapshots(config_path, profile, lambda store: store.remove(name))
-    _say(f"removed snapshot {snap.name} ({snap.database})")
+    say(f"removed snapshot {snap.name} ({snap.database})")
 
 
 @cli.command()
@@ -343,12 +311,12 @@ def dump(profile: str, config_path: str | None, runtime: str, file: str | None) 
     if file == "-":
         if sys.stdout.isatty():
             raise click.UsageError("refusing to write a binary archive to a terminal: redirect stdout, or name a FILE")
-        dumps.dump(stack, get_runtime(runtime), click.get_binary_stream("stdout"), say=_say)
+        dumps.dump(stack, get_runtime(runtime), click.get_binary_stream("stdout"), say=say)
         return
     if file and not Path(file).resolve().parent.is_dir():
         raise click.BadParameter(f"directory {Path(file).resolve().parent} does not exist", param_hint="FILE")
     path = Path(file) if file else dumps.default_dump_path(stack)
-    dumps.dump(stack, get_runtime(runtime), path, say=_say)
+    dumps.dump(stack, get_runtime(runtime), path, say=say)
     click.echo(str(path))
 
 
@@ -376,12 +344,12 @@ def restore(profile: str, config_path: str | None, runtime: str, file: str, yes:
                                    f"{'CI mode does not ask' if ci_mode() else 'stdin is not a terminal'} "
                                    "to confirm it: pass --yes")
         if not click.confirm(f"Replace database '{database}' (profile {profile}) with {file}?", default=False, err=True):
-            _say("restore cancelled: nothing changed")
+            say("restore cancelled: nothing changed")
             sys.exit(1)
     janitor = Janitor(stack)
     try:
-        with locked(stack.state_dir, on_wait=_say):
-            dumps.restore(stack, get_runtime(runtime), janitor, Path(file), say=_say)
+        with locked(stack.state_dir, on_wait=say):
+            dumps.restore(stack, get_runtime(runtime), janitor, Path(file), say=say)
     finally:
         janitor.close()
 
@@ -398,7 +366,7 @@ def down(profile: str, config_path: str | None, runtime: str, volumes: bool) -> 
     stack = load_stack(config_path, profile)
     stopped = lifecycle.down(stack, get_runtime(runtime), volumes=volumes)
     what = f"stopped {', '.join(stopped)}" if stopped else "nothing was running"
-    _say(f"{stack.name}: {what}{'; data deleted' if volumes else ''}")
+    say(f"{stack.name}: {what}{'; data deleted' if volumes else ''}")
 
 
 @cli.command()
@@ -475,7 +443,7 @@ def env_command(profile: str, config_path: str | None, fmt: str) -> None:
         with open(target, "a", encoding="utf-8") as handle:
             for key, value in urls.items():
                 handle.write(f"{key}={value}\n")
-        _say(f"wrote {', '.join(urls)} to {target}")
+        say(f"wrote {', '.join(urls)} to {target}")
     else:
         _emit_urls(urls)
 
@@ -539,47 +507,19 @@ def redis_cli(profile: str, config_path: str | None, args: tuple[str, ...]) -> N
     os.execve(binary, [binary, "-h", "127.0.0.1", "-p", str(stack.redis.port), *args], env)
 
 
-def _print_error(exc: DevenvError) -> None:
-    _say(f"error: {exc.message}", "error")
-    log_tail = getattr(exc, "log_tail", "")
-    if log_tail:
-        click.echo(log_tail.rstrip("\n"), err=True)
-    if exc.hint:
-        _say(f"hint: {exc.hint}")
-
-
 def run() -> NoReturn:
-    """The `devenv` command through click (devenv.entry.run, the console script, hands over every
-    form but a plain `devenv reset`): `main`, then a quick exit.
-
-    Tearing down the interpreter (freeing every module click and devenv loaded) costs ~25 ms
-    here, a tenth of a cold `up`. Exiting does the part of that teardown that shows: wait for
-    threads that are not daemons (threading's own shutdown, which also stops idle
-    concurrent.futures workers), run atexit handlers, flush the output.
-    """
+    """The `devenv` command through click (devenv.cli.entry.run, the console script, hands over
+    every form but a plain `devenv reset`): `main`, then a quick exit (output.fast_exit)."""
     try:
         main()
     except SystemExit as exc:
-        code = exc.code
-    if isinstance(code, str):
-        click.echo(code, err=True)
-        code = 1
-    threading = sys.modules.get("threading")  # never imported: no threads to wait for
-    try:
-        if threading is not None:
-            threading._shutdown()  # type: ignore[attr-defined]  (what the interpreter calls first at exit)
-        atexit._run_exitfuncs()
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:  # `devenv env | head -1`: the reader left; nothing more to say
-        pass
-    os._exit(code if isinstance(code, int) else 0)
+        fast_exit(exc.code)
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
     """Run the CLI and map errors to messages and exit codes (raises SystemExit; see `run`)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("DEVENV_DEBUG", "") not in ("", "0")
+    debug = debug_mode(args)
     if "--debug" in args:  # accepted anywhere, e.g. `devenv up --debug`
         args = ["--debug", *(a for a in args if a != "--debug")]
     try:
@@ -589,30 +529,3 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except KeyboardInterrupt as exc:
         exit_for(exc, debug)
     sys.exit(code if isinstance(code, int) else 0)
-
-
-def exit_for(exc: BaseException, debug: bool | None = None) -> NoReturn:
-    """Print an error the one way and exit with its code; with --debug, raise it (the traceback).
-
-    A DevenvError: its message, hint (and log tail) and its class's exit code. A bug: one line
-    saying so. Also used by devenv.entry, whose `devenv reset` has not loaded click.
-    """
-    if debug is None:
-        debug = "--debug" in sys.argv[1:] or os.environ.get("DEVENV_DEBUG", "") not in ("", "0")
-    if isinstance(exc, SystemExit):
-        raise exc
-    if isinstance(exc, (click.Abort, KeyboardInterrupt)):
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    if isinstance(exc, click.ClickException):
-        exc.show()
-        sys.exit(exc.exit_code)
-    if debug:
-        raise exc
-    if isinstance(exc, DevenvError):
-        _print_error(exc)
-        sys.exit(exc.exit_code)
-    # a bug: say so briefly; --debug shows the traceback
-    click.echo(f"error: internal error: {type(exc).__name__}: {exc}", err=True)
-    click.echo("hint: rerun with --debug for the traceback, and report it.", err=True)
-    sys.exit(1)
