@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
 
@@ -146,12 +146,11 @@ class SeededDatabase:
     direct_url: str  # Postgres itself (LISTEN/NOTIFY, session features)
     strategy: str  # how the reset was done: restore, clone or copy
     conn: "psycopg.Connection[Any]"  # direct, autocommit off
+    handle: "Devenv" = field(repr=False, compare=False)  # the stack it is on
 
     def connect(self, pooled: bool = False, **kwargs: Any) -> "psycopg.Connection[Any]":
         """Another connection to this database; the caller closes it."""
-        import psycopg
-
-        return psycopg.connect(self.url if pooled else self.direct_url, **kwargs)
+        return self.handle.connect(self.name, pooled=pooled, **kwargs)
 
 
 class _WorkerConnection:
@@ -175,9 +174,7 @@ class _WorkerConnection:
             except Exception:
                 self.close()
 
-    def after_reset(self, url: str, strategy: str) -> "psycopg.Connection[Any]":
-        import psycopg
-
+    def after_reset(self, reopen: Callable[[], "psycopg.Connection[Any]"], strategy: str) -> "psycopg.Connection[Any]":
         if self.conn is not None and not (self.conn.closed or self.conn.broken) and strategy == "restore":
             try:
                 self.conn.autocommit = True
@@ -187,7 +184,7 @@ class _WorkerConnection:
             except Exception:
                 pass
         self.close()
-        self.conn = psycopg.connect(url, prepare_threshold=None)
+        self.conn = reopen()
         return self.conn
 
     def close(self) -> None:
@@ -210,8 +207,9 @@ def devenv_db(devenv_stack: "Devenv", _devenv_worker_connection: _WorkerConnecti
     _devenv_worker_connection.before_reset()
     result = devenv_stack.reset(name, redis_db=None)
     urls = devenv_stack.urls(name)
-    conn = _devenv_worker_connection.after_reset(urls["DIRECT_DATABASE_URL"], result.strategy)
-    return SeededDatabase(name, urls["DATABASE_URL"], urls["DIRECT_DATABASE_URL"], result.strategy, conn)
+    conn = _devenv_worker_connection.after_reset(lambda: devenv_stack.connect(name, prepare_threshold=None),
+                                                 result.strategy)
+    return SeededDatabase(name, urls["DATABASE_URL"], urls["DIRECT_DATABASE_URL"], result.strategy, conn, devenv_stack)
 
 
 @pytest.fixture

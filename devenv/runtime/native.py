@@ -339,7 +339,7 @@ class NativeRuntime:
         if not self.cache_enabled or (layout.pgdata / "PG_VERSION").exists() or \
                 self._alive(recorded.get("postgres", {}), "postgres"):
             return None
-        from devenv import cache  # tarfile and friends: only when there is something to restore
+        from devenv.db import cache  # tarfile and friends: only when there is something to restore
 
         archive = cache.find(self._data_key(stack, binaries))
         if archive is None:
