@@ -184,7 +184,7 @@ def binary_checks(stack: "Stack", runtime_name: str, env: Mapping[str, str]) -> 
     openssl for profiles with ssl on. Discovery is the native runtime's, without its state
     file: doctor creates nothing.
     """
-    from devenv.runtime.native import _postgres_candidates, _which
+    from devenv.runtime.discovery import postgres_candidates as _postgres_candidates, which as _which
 
     native = runtime_name == "native"
     server_missing = FAIL if native else WARN
@@ -259,7 +259,7 @@ def _major(version: str) -> int | None:
 def port_checks(stack: "Stack", states: list["ServiceState"], runtime_name: str) -> list[Check]:
     """Each port: free, held by this stack's server, or held by another program (named)."""
     from devenv.errors import PortInUseError
-    from devenv.runtime.native import check_ports_free, port_holder
+    from devenv.runtime.ports import check_ports_free, port_holder
     from devenv.state import read_state
 
     by_service = {state.name: state for state in states}

@@ -9,11 +9,13 @@ decides with devenv.runtime.engine alone: neither the docker SDK nor the Docker 
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 from devenv.errors import ConfigError, DependencyError
-from devenv.runtime.base import Progress, Runtime, ServiceState, UpResult
-from devenv.stack import Stack
+
+if TYPE_CHECKING:  # devenv.state imports devenv.runtime.procs: this package must load cheaply
+    from devenv.runtime.base import Progress, Runtime, ServiceState, UpResult
+    from devenv.stack import Stack
 
 RUNTIME_NAMES = ("auto", "native", "docker")
 Say = Callable[[str], None]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from devenv import cache, pgcatalog
 from devenv.certs import ensure_certificate
-from devenv.errors import ConfigError, DependencyError, DevenvError, HealthCheckError, PortInUseError, StateError
+from devenv.errors import ConfigError, DependencyError, DevenvError, HealthCheckError, StateError
 from devenv.render import COMPOSE_FILE, SERVICE_FILES, compose_placement, render_files, service_hashes, write_files
 from devenv.runtime.base import Progress, ServiceState, UpResult
 from devenv.runtime.compose import (
@@ -46,6 +46,8 @@ from devenv.runtime.compose import (
     load_compose,
 )
 from devenv.runtime.engine import Endpoint, engine_unreachable, find_endpoint, no_engine_error
+from devenv.runtime.ports import check_ports_free, port_in_use
+from devenv.runtime.procs import read_stat
 from devenv.stack import Stack
 from devenv.state import note_password, password_noted
 
@@ -242,8 +244,6 @@ class DockerRuntime:
 
         to_bind = [s for s, action in plan.items()
                    if action in ("create", "start") or (action == "recreate" and not _holds_ports(current[s], specs[s]))]
-        from devenv.runtime.native import check_ports_free
-
         check_ports_free(stack, to_bind)
 
         # The files: a reload writes in place (a file bind mount pins its inode); the rest atomically.
@@ -573,15 +573,8 @@ class DockerRuntime:
             self.client().api.start(container_id)
         except APIError as exc:
             message = _api_message(exc)
-            port = getattr(stack, service).port
             if "port is already allocated" in message or "address already in use" in message:
-                from devenv.runtime.native import port_holder
-
-                holder = port_holder(port)
-                raise PortInUseError(
-                    f"port {port} for {service} is already in use{f' by {holder}' if holder else ''} ({message})",
-                    hint=f"stop that program, or give {service} another port: DEVENV_{service.upper()}_PORT=<port> devenv up",
-                ) from exc
+                raise port_in_use(service, getattr(stack, service).port, message) from exc
             if "bind source path does not exist" in message or "not a directory" in message:
                 raise DependencyError(
                     f"Docker could not mount {service}'s config files: {message}",
@@ -791,7 +784,8 @@ class DockerRuntime:
             state = container.attrs.get("State", {})
             running = bool(state.get("Running")) and not state.get("Restarting")
             pid = state.get("Pid") or None
-            comm = _comm(pid) if running and pid else None
+            found = read_stat(pid) if running and pid else None
+            comm = found[0] if found else None
             if running:
                 health = (state.get("Health") or {}).get("Status")
                 detail = f"container {container.short_id}" + (f", docker health {health}" if health else "")
@@ -1162,15 +1156,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=1, sort_keys=True)
     os.replace(tmp, path)
-
-
-def _comm(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read().decode(errors="replace")
-    except OSError:
-        return None
-    return stat[stat.index("(") + 1 : stat.rindex(")")]
 
 
 __all__ = ["DockerRuntime", "connect"]

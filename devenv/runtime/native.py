@@ -9,14 +9,11 @@ refuse root): Debian's `postgres`, or DEVENV_NATIVE_USER.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,10 +22,23 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from devenv import pgcatalog
-from devenv.errors import DependencyError, HealthCheckError, PortInUseError, StateError
+from devenv.errors import DependencyError, HealthCheckError, StateError
 from devenv.certs import ensure_certificate
 from devenv.render import Placement, render_files, service_hashes
 from devenv.runtime.base import Progress, ServiceState, UpResult
+from devenv.runtime.discovery import Binaries, discovery_key, find_binaries
+from devenv.runtime.ports import check_ports_free
+from devenv.runtime.procs import (
+    cwd,
+    kill_and_wait,
+    kill_group,
+    process_name,
+    processes_in,
+    processes_with_arg,
+    scan_processes,
+    send_signal,
+    wait_gone,
+)
 from devenv.stack import Stack
 from devenv.state import note_password, password_noted
 
@@ -36,28 +46,9 @@ SERVICES = ("postgres", "pgbouncer", "redis")
 # The program name each server runs under, to tell our process from a reused pid.
 _COMM = {"postgres": "postgres", "pgbouncer": "pgbouncer", "redis": "redis-server"}
 _STOP_SIGNAL = {"postgres": signal.SIGINT, "pgbouncer": signal.SIGINT, "redis": signal.SIGTERM}
-# Where each binary comes from, for the error when it is missing.
-_PACKAGES = {
-    "postgres": ("postgresql (or postgresql-16)", "postgresql@16"),
-    "initdb": ("postgresql (or postgresql-16)", "postgresql@16"),
-    "pgbouncer": ("pgbouncer", "pgbouncer"),
-    "redis-server": ("redis-server", "redis"),
-}
 # Setting contexts that a reload (SIGHUP) applies without a restart.
 _RELOADABLE = {"sighup", "user", "superuser", "backend", "superuser-backend"}
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
-
-
-@dataclass(frozen=True)
-class Binaries:
-    """The server programs found on this machine."""
-
-    postgres: str
-    initdb: str
-    pg_major: int
-    pg_version: str
-    pgbouncer: str
-    redis_server: str
 
 
 @dataclass(frozen=True)
@@ -113,25 +104,10 @@ class NativeRuntime:
         """Find the servers: the image's Postgres major if installed, else the newest found."""
         if self._binaries is None:
             cached = self._read_state(self.layout(stack)).get("_meta", {}).get("binaries", {})
-            if cached.pop("key", None) == _discovery_key(self.env):
+            if cached.pop("key", None) == discovery_key(self.env):
                 self._binaries = Binaries(**cached)
                 return self._binaries
-            candidates = _postgres_candidates(self.env)
-            if not candidates:
-                raise _missing("postgres")
-            chosen = next((c for c in candidates if c[0] == stack.postgres.major), candidates[0])
-            major, version, bindir = chosen
-            initdb = bindir / "initdb"
-            if not initdb.exists():
-                raise _missing("initdb")
-            self._binaries = Binaries(
-                postgres=str(bindir / "postgres"),
-                initdb=str(initdb),
-                pg_major=major,
-                pg_version=version,
-                pgbouncer=_which("pgbouncer", self.env) or _raise(_missing("pgbouncer")),
-                redis_server=_which("redis-server", self.env) or _raise(_missing("redis-server")),
-            )
+            self._binaries = find_binaries(stack.postgres.major, self.env)
         return self._binaries
 
     def describe(self, stack: Stack) -> str:
@@ -258,9 +234,8 @@ class NativeRuntime:
             self._cleanup_postgres(layout, stack.postgres.port)
         for service in to_bind:
             if service != "postgres":
-                for orphan in _processes_with_arg(self._process_table(), _COMM[service], str(layout.conf / ("pgbouncer.ini" if service == "pgbouncer" else "redis.conf"))):
-                    _signal(orphan, signal.SIGKILL)
-                    _wait_gone(orphan, 5)
+                conf = str(layout.conf / ("pgbouncer.ini" if service == "pgbouncer" else "redis.conf"))
+                kill_and_wait(processes_with_arg(self._process_table(), _COMM[service], conf), signal.SIGKILL)
         check_ports_free(stack, to_bind)
 
         if files is not None:
@@ -283,7 +258,7 @@ class NativeRuntime:
             "pgdata": str(layout.pgdata),
             "render_key": render_key,
             "files": sorted(files) if files is not None else meta.get("files", []),
-            "binaries": {**asdict(binaries), "key": _discovery_key(self.env)},
+            "binaries": {**asdict(binaries), "key": discovery_key(self.env)},
         }
         for service, action in plan.items():
             if action == "reload":
@@ -427,9 +402,8 @@ class NativeRuntime:
     def _initdb(self, stack: Stack, layout: Layout, binaries: Binaries, user: RunUser | None) -> None:
         """initdb into a scratch directory, then rename: a killed initdb never leaves half a cluster."""
         scratch = layout.pgdata.with_name(layout.pgdata.name + ".initdb")
-        for orphan in _processes_with_arg(self._process_table(), "initdb", str(scratch)):  # from a killed `up`
-            _signal(orphan, signal.SIGKILL)
-            _wait_gone(orphan, 5)
+        orphans = processes_with_arg(self._process_table(), "initdb", str(scratch))  # of a killed `up`
+        kill_and_wait(orphans, signal.SIGKILL)
         shutil.rmtree(scratch, ignore_errors=True)
         pwfile = layout.run / "initdb.pw"
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -479,7 +453,7 @@ class NativeRuntime:
         a busy machine, and a process that appears later is one of ours, not an orphan.
         """
         if self._procs is None:
-            self._procs = _scan_processes()
+            self._procs = scan_processes()
         return self._procs
 
     def _cleanup_postgres(self, layout: Layout, port: int) -> None:
@@ -493,17 +467,15 @@ class NativeRuntime:
             pid = int(pidfile.read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             pid = 0
-        if pid and _process_name(pid) == "postgres" and _cwd(pid) == layout.pgdata.resolve():
+        if pid and process_name(pid) == "postgres" and cwd(pid) == layout.pgdata.resolve():
             # Ours but not in state.json, e.g. after a killed `up`: stop it cleanly.
-            _signal(pid, signal.SIGINT)
-            if not _wait_gone(pid, 10):
-                _signal(pid, signal.SIGKILL)
-                _wait_gone(pid, 5)
+            send_signal(pid, signal.SIGINT)
+            if not wait_gone(pid, 10):
+                send_signal(pid, signal.SIGKILL)
+                wait_gone(pid, 5)
         # A SIGKILLed postmaster's backends live on (each leads its own session), holding the
         # shared memory a new postmaster needs.
-        for orphan in _processes_in(self._process_table(), "postgres", layout.pgdata.resolve()):
-            _signal(orphan, signal.SIGKILL)
-            _wait_gone(orphan, 5)
+        kill_and_wait(processes_in(self._process_table(), "postgres", layout.pgdata.resolve()), signal.SIGKILL)
         pidfile.unlink(missing_ok=True)
         # Only Postgres's own socket: run/ also holds PgBouncer's.
         for leftover in (layout.run / f".s.PGSQL.{port}", layout.run / f".s.PGSQL.{port}.lock"):
@@ -517,7 +489,7 @@ class NativeRuntime:
         recorded = self._read_state(layout)
         stopping = [s for s in SERVICES if self._alive(recorded.get(s, {}), s)]
         for service in stopping:
-            _signal(recorded[service]["pid"], _STOP_SIGNAL[service])
+            send_signal(recorded[service]["pid"], _STOP_SIGNAL[service])
         for service in stopping:
             self._wait_stopped(service, recorded[service])
         if volumes:
@@ -544,14 +516,14 @@ class NativeRuntime:
         return stopping
 
     def _stop(self, service: str, entry: dict) -> None:
-        _signal(entry["pid"], _STOP_SIGNAL[service])
+        send_signal(entry["pid"], _STOP_SIGNAL[service])
         self._wait_stopped(service, entry)
 
     def _wait_stopped(self, service: str, entry: dict) -> None:
         pid = entry["pid"]
-        if not _wait_gone(pid, 15, self._children.get(service)):
-            _kill_group(pid, signal.SIGKILL)  # did not stop in time: no data is lost by fast stop
-            _wait_gone(pid, 5, self._children.get(service))
+        if not wait_gone(pid, 15, self._children.get(service)):
+            kill_group(pid, signal.SIGKILL)  # did not stop in time: no data is lost by fast stop
+            wait_gone(pid, 5, self._children.get(service))
 
     def states(self, stack: Stack) -> list[ServiceState]:
         """Each service: running or not, its pid and port."""
@@ -620,7 +592,7 @@ class NativeRuntime:
         child = self._children.get(service)
         if child is not None and child.pid == pid:
             return child.poll() is None
-        return _process_name(pid) == _COMM[service]
+        return process_name(pid) == _COMM[service]
 
 
 # ---- module helpers: the one place that spawns processes ------------------------------------
@@ -656,40 +628,6 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _postgres_candidates(env: Mapping[str, str]) -> list[tuple[int, str, Path]]:
-    """(major, version, bindir) of every PostgreSQL found, newest first."""
-    dirs: list[Path] = []
-    found = _which("postgres", env)
-    if found:
-        dirs.append(Path(os.path.realpath(found)).parent)
-    pg_config = _which("pg_config", env)
-    if pg_config:
-        try:
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=5).stdout.strip()
-            if out:
-                dirs.append(Path(out))
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    dirs += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-    dirs += sorted(Path("/opt/homebrew/opt").glob("postgresql@*/bin")) + sorted(Path("/usr/local/opt").glob("postgresql@*/bin"))
-    seen, out_list = set(), []
-    for bindir in dirs:
-        real = bindir.resolve()
-        if real in seen or not (real / "postgres").exists():
-            continue
-        seen.add(real)
-        version = _postgres_version(real / "postgres")
-        if version:
-            out_list.append((int(version.split(".")[0]), version, real))
-    return sorted(out_list, key=lambda c: c[0], reverse=True)
-
-
-def _discovery_key(env: Mapping[str, str]) -> list[str]:
-    """What binary discovery depends on: PATH and the installed PostgreSQL versions."""
-    installed = sorted(str(p) for p in Path("/usr/lib/postgresql").glob("*/bin/postgres"))
-    return [env.get("PATH", ""), *installed]
-
-
 def _render_key(stack: Stack, placement: Placement) -> str:
     """Everything the rendered files depend on: the model, the placement, the templates."""
     from devenv.project import template_dirs
@@ -699,59 +637,6 @@ def _render_key(stack: Stack, placement: Placement) -> str:
         for template in sorted(directory.glob("*.j2")):
             digest.update(template.name.encode() + template.read_bytes())
     return digest.hexdigest()
-
-
-def _postgres_version(binary: Path) -> str | None:
-    try:
-        text = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=5).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = re.search(r"(\d+(?:\.\d+)?)", text)
-    return match.group(1) if match else None
-
-
-def _which(program: str, env: Mapping[str, str]) -> str | None:
-    # Debian installs pgbouncer in /usr/sbin, which a non-root PATH often lacks.
-    path = os.pathsep.join([env.get("PATH", os.defpath), "/usr/sbin", "/usr/local/sbin", "/opt/homebrew/bin"])
-    return shutil.which(program, path=path)
-
-
-def _missing(program: str) -> DependencyError:
-    debian, brew = _PACKAGES[program]
-    return DependencyError(
-        f"{program} not found (looked on PATH, in `pg_config --bindir` and /usr/lib/postgresql/*/bin)"
-        if program in ("postgres", "initdb") else f"{program} not found on PATH or in /usr/sbin",
-        hint=f"install it: Debian/Ubuntu `sudo apt-get install {debian.split(' ')[0]}`"
-        f"{' (' + debian.split(' ', 1)[1].strip('()') + ')' if ' ' in debian else ''}; "
-        f"macOS `brew install {brew}`. Or use the Docker runtime: `devenv up --runtime docker`.",
-    )
-
-
-def _raise(exc: Exception) -> str:
-    raise exc
-
-
-def _process_name(pid: int) -> str | None:
-    """The program a pid runs, None if gone or a zombie (guards against pid reuse)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read().decode(errors="replace")
-    except OSError:
-        if not Path("/proc/self").exists():  # no procfs (macOS): fall back to signal 0
-            try:
-                os.kill(pid, 0)
-                return "unknown"
-            except OSError:
-                return None
-        return None
-    name, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :][:1]
-    if state == "Z":
-        try:
-            os.waitpid(pid, os.WNOHANG)  # our own child: reap it
-        except ChildProcessError:
-            pass
-        return None
-    return name
 
 
 def _password_note(layout: Layout) -> Path:
@@ -765,68 +650,6 @@ def _has_password(layout: Layout, stack: Stack) -> bool:
     the unix socket: after a restore from the cache, or on data an earlier checkout left (deleted
     and cloned again at the same path, its .devenv/ and secrets gone)."""
     return password_noted(_password_note(layout), stack.postgres.password_secret)
-
-
-def _cwd(pid: int) -> Path | None:
-    try:
-        return Path(os.readlink(f"/proc/{pid}/cwd"))
-    except OSError:
-        return None
-
-
-def _processes_in(table: Mapping[int, str], name: str, directory: Path) -> list[int]:
-    """Pids in `table` named `name` whose working directory is `directory` (Linux)."""
-    return [pid for pid, comm in table.items() if comm == name and _cwd(pid) == directory]
-
-
-def _processes_with_arg(table: Mapping[int, str], name: str, arg: str) -> list[int]:
-    """Pids in `table` named `name` with `arg` in their command line (Linux)."""
-    found = []
-    for pid in (pid for pid, comm in table.items() if comm == name):
-        try:
-            if arg.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
-def _scan_processes() -> dict[int, str]:
-    """Pid -> program name of every live process (empty without procfs)."""
-    table = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if entry.isdigit():
-            name = _process_name(int(entry))
-            if name is not None:
-                table[int(entry)] = name
-    return table
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _kill_group(pid: int, sig: int) -> None:
-    """Signal a server and every process it started (they share its session's group)."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        _signal(pid, sig)
-
-
-def _wait_gone(pid: int, timeout: float, child: subprocess.Popen[bytes] | None = None) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child is not None and child.pid == pid:
-            if child.poll() is not None:
-                return True
-        elif _process_name(pid) is None:
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def _make_dir(path: Path, user: RunUser | None) -> None:
@@ -873,54 +696,4 @@ def _tail(path: Path, lines: int) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-# ---- ports (used by both runtimes) ----------------------------------------------------------
-
-
-def check_ports_free(stack: Stack, services: list[str]) -> None:
-    """Fail before anything starts when another program holds a port the stack needs."""
-    for service in services:
-        port = getattr(stack, service).port
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-                holder = port_holder(port)
-                raise PortInUseError(
-                    f"port {port} for {service} is already in use{f' by {holder}' if holder else ''}",
-                    hint=f"stop that program, or give {service} another port: "
-                    f"DEVENV_{service.upper()}_PORT=<port> devenv up",
-                ) from exc
-
-
-def port_holder(port: int) -> str | None:
-    """'pid 123 (postgres)' for the process listening on a TCP port, when /proc can tell."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as handle:
-                next(handle)
-                for row in handle:
-                    fields = row.split()
-                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
-                        inodes.add(fields[9])
-        except (OSError, StopIteration):
-            continue
-    if not inodes:
-        return None
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            for fd in (proc / "fd").iterdir():
-                link = os.readlink(fd)
-                if link.startswith("socket:[") and link[8:-1] in inodes:
-                    return f"pid {proc.name} ({_process_name(int(proc.name)) or '?'})"
-        except OSError:
-            continue
-    return "another process"
-
-
-__all__ = ["NativeRuntime", "check_ports_free", "port_holder"]
+__all__ = ["NativeRuntime"]
