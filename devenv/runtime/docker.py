@@ -18,7 +18,6 @@ import io
 import json
 import os
 import queue
-import re
 import tarfile
 import threading
 import time
@@ -26,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from devenv import cache, pgcatalog
+from devenv import cache
 from devenv.certs import ensure_certificate
 from devenv.errors import ConfigError, DependencyError, DevenvError, HealthCheckError, StateError
 from devenv.render import COMPOSE_FILE, SERVICE_FILES, compose_placement, render_files, service_hashes, write_files
@@ -46,18 +45,26 @@ from devenv.runtime.compose import (
     load_compose,
 )
 from devenv.runtime.engine import Endpoint, engine_unreachable, find_endpoint, no_engine_error
+from devenv.runtime.plan import (
+    PROGRAMS,
+    SERVICES,
+    conf_values,
+    has_password,
+    password_note_path,
+    reload_suffices,
+    remember_password,
+    render_key,
+    save_cache,
+    save_live,
+)
 from devenv.runtime.ports import check_ports_free, port_in_use
 from devenv.runtime.procs import read_stat
 from devenv.stack import Stack
-from devenv.state import note_password, password_noted
 
 if TYPE_CHECKING:  # the SDK loads only when an engine is used
     from docker import DockerClient
     from docker.models.containers import Container
 
-SERVICES = ("postgres", "pgbouncer", "redis")
-# The program each container's main process runs (its comm in /proc), as on native.
-COMM = {"postgres": "postgres", "pgbouncer": "pgbouncer", "redis": "redis-server"}
 IMAGE_VARS = {service: f"DEVENV_{service.upper()}_IMAGE" for service in SERVICES}
 
 API_TIMEOUT = 120.0
@@ -65,7 +72,6 @@ API_TIMEOUT = 120.0
 # (initdb's first line) and when it is done (shared/image-contracts.md).
 _INIT_STARTED = "The files belonging to this database system"
 _INIT_DONE = "init process complete"
-_RELOADABLE = {"sighup", "user", "superuser", "backend", "superuser-backend"}
 CACHE_FILE = ".docker-render.json"  # in .devenv/<profile>/: the inputs the rendered files came from
 
 
@@ -267,7 +273,7 @@ class DockerRuntime:
             restoring = cache.find(key) if key else None
             if restoring is not None:
                 _write_marker(stack, "restoring")  # until the data is complete: a killed restore is wiped
-                _password_note(stack).unlink(missing_ok=True)  # another checkout's, until it is set
+                password_note_path(stack).unlink(missing_ok=True)  # another checkout's, until it is set
                 progress(f"postgres   restoring seeded data from {restoring} into volume "
                          f"{', '.join(specs['postgres'].volumes)}")
                 if plan["postgres"] == "start":  # a container of the old volume: the restore needs a new one
@@ -275,7 +281,7 @@ class DockerRuntime:
                 result.from_cache = True
             elif fresh:
                 _clear_marker(stack)
-                note_password(_password_note(stack), stack.postgres.password_secret)  # initdb's, from the env
+                remember_password(password_note_path(stack), stack)  # initdb's, from the env
                 where = f"volume {', '.join(specs['postgres'].volumes)}" if specs["postgres"].volumes else "tmpfs"
                 progress(f"postgres   initdb into a new {where} (the image's entrypoint)")
                 result.fresh_database = True
@@ -296,7 +302,7 @@ class DockerRuntime:
             if service == "postgres" and restoring is not None:
                 self._restore(stack, spec, container_id, restoring, progress)
             self._start(service, container_id, stack)
-            if service == "postgres" and not _has_password(stack):
+            if service == "postgres" and not has_password(password_note_path(stack), stack):
                 self._set_password(stack, container_id)
 
         # PgBouncer needs Postgres only to serve queries, not to start: all three at once. `up`
@@ -323,7 +329,7 @@ class DockerRuntime:
         else:
             for future in futures.values():
                 future.result()
-        if "postgres" not in starting and "postgres" in current and not _has_password(stack):
+        if "postgres" not in starting and "postgres" in current and not has_password(password_note_path(stack), stack):
             self._set_password(stack, current["postgres"].id)  # a restore whose `up` was killed, or old data
         for service in starting:
             (result.restarted if plan[service] == "recreate" else result.started).append(service)
@@ -368,12 +374,12 @@ class DockerRuntime:
         except (DockerException, OSError) as exc:
             raise StateError(f"could not restore {archive} into the postgres volume: {_api_message(exc)}",
                              hint=f"delete {archive} and run `devenv up` again (it then runs initdb and seeds).") from exc
-        _clear_marker(stack)  # the data is complete; it still has another checkout's password (_has_password)
+        _clear_marker(stack)  # the data is complete; it still has another checkout's password (has_password)
         progress(f"postgres   restored in {time.perf_counter() - start:.2f}s (no initdb, schema or seed)")
 
     def _set_password(self, stack: Stack, container_id: str, timeout: float = 60.0) -> None:
         """This checkout's password for the superuser of a restored data directory (or of one an
-        earlier checkout left; see _has_password): set over the container's unix socket (trusted
+        earlier checkout left; see plan.has_password): set over the container's unix socket (trusted
         locally), the password passed in the exec's environment, never on a command line, and kept
         out of the server log."""
         from docker.errors import DockerException
@@ -403,7 +409,7 @@ class DockerRuntime:
                 f"checkout; exit {code}): {output or 'no output'}",
                 hint="delete the cache entry (DEVENV_CACHE_DIR) and run `devenv down --volumes && devenv up`.",
                 log_tail=self._logs_of(container_id))
-        note_password(_password_note(stack), pg.password_secret)
+        remember_password(password_note_path(stack), stack)
 
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
         """Keep the freshly seeded volume in the cache. When the volume's directory is here, a base
@@ -411,33 +417,26 @@ class DockerRuntime:
         data directory through the engine's archive API into zstd, then the container starts again."""
         from docker.errors import DockerException
 
-        from devenv import pgwire
-
         container = self._container(stack, "postgres")
         if container is None:
             return
-        start = time.perf_counter()
         local = self._local_data_dir(stack, _spec_of(container))
+        if local is not None:  # no stop and start: ~1 s less than the archive API's way
+            save_cache(progress, lambda: save_live(stack, local, key), (DockerException,), _api_message)
+        else:
+            save_cache(progress, lambda: self._save_through_api(stack, container, key), (DockerException,), _api_message)
+
+    def _save_through_api(self, stack: Stack, container: "Container", key: str) -> Path:
+        """The stopped container's data directory, read through the engine's archive API into the cache."""
+        _stop(container, int(container.attrs.get("Config", {}).get("StopTimeout") or 10))  # no recovery needed later
         try:
-            if local is not None:  # no stop and start: ~1 s less than the archive API's way
-                pg = stack.postgres
-                with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, "postgres", ssl=pg.ssl,
-                                       timeout=30.0, query_timeout=300.0) as conn:
-                    path = cache.save_live(local, key, conn)
-            else:
-                _stop(container, int(container.attrs.get("Config", {}).get("StopTimeout") or 10))  # no recovery needed later
-                try:
-                    stream, _ = self.client().api.get_archive(container.id, stack.postgres.pgdata + "/.")
-                    with cache.compressed(cache.archive_path(key)) as (sink, path):
-                        for chunk in stream:
-                            sink.write(chunk)
-                finally:
-                    self._start("postgres", container.id, stack)
-        except (DockerException, OSError, pgwire.PgError) as exc:
-            progress(f"postgres   could not cache the seeded data: {_api_message(exc)}")
-            return
-        progress(f"postgres   cached the seeded data in {path} ({path.stat().st_size / 1e6:.1f} MB, "
-                 f"{time.perf_counter() - start:.2f}s)")
+            stream, _ = self.client().api.get_archive(container.id, stack.postgres.pgdata + "/.")
+            with cache.compressed(cache.archive_path(key)) as (sink, path):
+                for chunk in stream:
+                    sink.write(chunk)
+        finally:
+            self._start("postgres", container.id, stack)
+        return path
 
     def _local_data_dir(self, stack: Stack, spec: ContainerSpec) -> Path | None:
         """The data volume's directory when this process can use it directly: an engine on this
@@ -473,10 +472,8 @@ class DockerRuntime:
 
         Jinja2 costs ~0.2 s per `up`; the key covers the model, the placement and the templates.
         """
-        from devenv.runtime.native import _render_key
-
         record = _read_json(out_dir / CACHE_FILE)
-        key = _render_key(stack, compose_placement(stack))
+        key = render_key(stack, compose_placement(stack))
         if record.get("render_key") == key and record.get("files"):
             files = {}
             for name, digest in record["files"].items():
@@ -503,10 +500,8 @@ class DockerRuntime:
         return load_compose(text)
 
     def _remember_render(self, stack: Stack, out_dir: Path, files: dict[str, str], compose: dict[str, Any]) -> None:
-        from devenv.runtime.native import _render_key
-
         _write_json(out_dir / CACHE_FILE, {
-            "render_key": _render_key(stack, compose_placement(stack)),
+            "render_key": render_key(stack, compose_placement(stack)),
             "files": {name: hashlib.sha256(text.encode()).hexdigest() for name, text in files.items()},
             "compose_sha256": hashlib.sha256(files[COMPOSE_FILE].encode()).hexdigest(),
             "compose": json.dumps(compose),  # a string: the record's keys are sorted, the mappings' order counts (Env)
@@ -543,12 +538,8 @@ class DockerRuntime:
                     return {}
             except OSError:
                 return {}
-        old, new = _conf_values(seen["postgresql.conf"]), _conf_values(files["postgresql.conf"])
-        names = {n for n in set(old) | set(new) if old.get(n) != new.get(n)}
-        catalog = pgcatalog.load_catalog(stack.postgres.major).settings
-        if all(catalog.get(n, {}).get("context") in _RELOADABLE for n in names):
-            return changed
-        return {}
+        old, new = conf_values(seen["postgresql.conf"]), conf_values(files["postgresql.conf"])
+        return changed if reload_suffices(old, new, stack.postgres.major) else {}
 
     def _create(self, spec: ContainerSpec) -> str:
         from docker.errors import APIError
@@ -792,7 +783,7 @@ class DockerRuntime:
             else:
                 detail = f"exited {state.get('ExitCode')}" if state.get("Status") == "exited" else state.get("Status", "?")
             # A pid only where this machine sees the container's processes (not a VM, not remote).
-            out.append(ServiceState(service, running, port, pid if comm else None, comm or COMM[service], detail))
+            out.append(ServiceState(service, running, port, pid if comm else None, comm or PROGRAMS[service], detail))
         return out
 
     def exit_status(self, stack: Stack, service: str) -> str | None:
@@ -1031,19 +1022,6 @@ def _read_file(container: "Container", path: str) -> str | None:
         return None
 
 
-_CONF_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*(.*?)\s*$")
-
-
-def _conf_values(text: str) -> dict[str, str]:
-    """name -> raw value of every setting line of a postgresql.conf."""
-    out = {}
-    for line in text.splitlines():
-        match = _CONF_LINE.match(line)  # comment lines start with '#': no match
-        if match and match.group(2):
-            out[match.group(1).lower()] = match.group(2)
-    return out
-
-
 def _write_in_place(path: Path, content: str) -> None:
     """Rewrite a file keeping its inode, so a container's bind mount of it sees the change."""
     with open(path, "r+", encoding="utf-8") as handle:
@@ -1054,9 +1032,6 @@ def _write_in_place(path: Path, content: str) -> None:
 # The restore marker, in .devenv/<profile>/: "restoring" while a cached data directory is being
 # unpacked into the volume (a killed `up` leaves half a cluster: the next one wipes it).
 RESTORE_MARKER = "docker-restore-pending"
-# Which password the data volume's superuser has (state.note_password); until it is this
-# checkout's, every start of Postgres sets it.
-PASSWORD_NOTE = "docker-volume-password"
 
 
 def _read_marker(stack: Stack) -> str:
@@ -1076,17 +1051,6 @@ def _write_marker(stack: Stack, phase: str) -> None:
 
 def _clear_marker(stack: Stack) -> None:
     (stack.state_dir / RESTORE_MARKER).unlink(missing_ok=True)
-
-
-def _password_note(stack: Stack) -> Path:
-    return stack.state_dir / PASSWORD_NOTE
-
-
-def _has_password(stack: Stack) -> bool:
-    """Whether the data's superuser has this checkout's password: not after a restore from the
-    cache, nor on a volume an earlier checkout left (deleted and cloned again: its .devenv/ and
-    secrets gone). Then it is set over the container's unix socket."""
-    return password_noted(_password_note(stack), stack.postgres.password_secret)
 
 
 class _decompressed:

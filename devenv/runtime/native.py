@@ -27,6 +27,17 @@ from devenv.certs import ensure_certificate
 from devenv.render import Placement, render_files, service_hashes
 from devenv.runtime.base import Progress, ServiceState, UpResult
 from devenv.runtime.discovery import Binaries, discovery_key, find_binaries
+from devenv.runtime.plan import (
+    PROGRAMS,
+    SERVICES,
+    has_password,
+    password_note_path,
+    reload_suffices,
+    remember_password,
+    render_key,
+    save_cache,
+    save_live,
+)
 from devenv.runtime.ports import check_ports_free
 from devenv.runtime.procs import (
     cwd,
@@ -40,14 +51,8 @@ from devenv.runtime.procs import (
     wait_gone,
 )
 from devenv.stack import Stack
-from devenv.state import note_password, password_noted
 
-SERVICES = ("postgres", "pgbouncer", "redis")
-# The program name each server runs under, to tell our process from a reused pid.
-_COMM = {"postgres": "postgres", "pgbouncer": "pgbouncer", "redis": "redis-server"}
 _STOP_SIGNAL = {"postgres": signal.SIGINT, "pgbouncer": signal.SIGINT, "redis": signal.SIGTERM}
-# Setting contexts that a reload (SIGHUP) applies without a restart.
-_RELOADABLE = {"sighup", "user", "superuser", "backend", "superuser-backend"}
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
 
 
@@ -197,10 +202,10 @@ class NativeRuntime:
         recorded = self._read_state(layout)
         restoring = self._start_restore(stack, layout, binaries, recorded, progress)
         placement = self.placement(stack, layout)
-        render_key = _render_key(stack, placement)
+        rendered_from = render_key(stack, placement)
         meta = recorded.get("_meta", {})
         if (
-            meta.get("render_key") == render_key
+            meta.get("render_key") == rendered_from
             and all(service in recorded for service in SERVICES)  # a killed `up` may have recorded fewer
             and all((layout.conf / n).exists() for n in meta.get("files", []))
         ):
@@ -235,7 +240,7 @@ class NativeRuntime:
         for service in to_bind:
             if service != "postgres":
                 conf = str(layout.conf / ("pgbouncer.ini" if service == "pgbouncer" else "redis.conf"))
-                kill_and_wait(processes_with_arg(self._process_table(), _COMM[service], conf), signal.SIGKILL)
+                kill_and_wait(processes_with_arg(self._process_table(), PROGRAMS[service], conf), signal.SIGKILL)
         check_ports_free(stack, to_bind)
 
         if files is not None:
@@ -256,7 +261,7 @@ class NativeRuntime:
         }
         state["_meta"] = {
             "pgdata": str(layout.pgdata),
-            "render_key": render_key,
+            "render_key": rendered_from,
             "files": sorted(files) if files is not None else meta.get("files", []),
             "binaries": {**asdict(binaries), "key": discovery_key(self.env)},
         }
@@ -287,26 +292,19 @@ class NativeRuntime:
                 "port": getattr(stack, service).port,
             }
             _write_json(layout.state_file, state)
-            if service == "postgres" and not _has_password(layout, stack):
+            if service == "postgres" and not has_password(password_note_path(stack, layout.pgdata), stack):
                 self._set_password(stack, layout)
             if plan[service] == "start":
                 result.started.append(service)
-        if plan.get("postgres") not in ("start", "restart") and not _has_password(layout, stack):
+        if plan.get("postgres") not in ("start", "restart") and not has_password(password_note_path(stack, layout.pgdata), stack):
             self._set_password(stack, layout)  # running already, on another checkout's data
         return result
 
     def _change_kind(self, service: str, entry: dict, stack: Stack, major: int) -> str:
         """Reload Postgres when every changed setting allows it; restart anything else."""
-        if service != "postgres":
+        if service != "postgres" or entry.get("port") != stack.postgres.port:
             return "restart"
-        old, new = entry.get("settings", {}), stack.postgres.settings
-        if entry.get("port") != stack.postgres.port:
-            return "restart"
-        changed = {name for name in set(old) | set(new) if old.get(name) != new.get(name)}
-        catalog = pgcatalog.load_catalog(major).settings
-        if all(catalog.get(name, {}).get("context") in _RELOADABLE for name in changed):
-            return "reload"  # also covers a pg_hba.conf-only change
-        return "restart"
+        return "reload" if reload_suffices(entry.get("settings", {}), stack.postgres.settings, major) else "restart"
 
     def _start_restore(self, stack: Stack, layout: Layout, binaries: Binaries, recorded: dict,
                        progress: Progress) -> "Any":
@@ -323,7 +321,7 @@ class NativeRuntime:
         layout.pgdata.parent.mkdir(parents=True, exist_ok=True)
         # Until this checkout's password is set, every start must set it, even if this `up`
         # is killed before it gets there.
-        _password_note(layout).unlink(missing_ok=True)
+        password_note_path(stack, layout.pgdata).unlink(missing_ok=True)
         return cache.Restore(archive, layout.pgdata)
 
     def _data_key(self, stack: Stack, binaries: Binaries) -> str:
@@ -344,7 +342,7 @@ class NativeRuntime:
 
         preload_driver()  # seeding will need it; initdb takes longer than the import
         self._initdb(stack, layout, binaries, user)
-        note_password(_password_note(layout), stack.postgres.password_secret)
+        remember_password(password_note_path(stack, layout.pgdata), stack)
         result.fresh_database = True
         result.cache_key = self._data_key(stack, binaries) if self.cache_enabled else ""
 
@@ -376,24 +374,12 @@ class NativeRuntime:
             # One statement per message: SET first keeps the password out of the log.
             conn.query("SET log_statement = 'none'")
             conn.query(f"ALTER ROLE {pgwire.identifier(pg.user)} PASSWORD {pgwire.literal(pg.password_secret)}")
-        note_password(_password_note(layout), pg.password_secret)
+        remember_password(password_note_path(stack, layout.pgdata), stack)
 
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
         """Snapshot the freshly seeded data directory into the cache: a base backup of the running
         server (cache.save_live)."""
-        from devenv import cache, pgwire
-
-        pg = stack.postgres
-        start = time.perf_counter()
-        try:
-            with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, "postgres", ssl=pg.ssl,
-                                   timeout=30.0, query_timeout=300.0) as conn:
-                path = cache.save_live(self.layout(stack).pgdata, key, conn)
-        except (OSError, pgwire.PgError) as exc:  # the cache only speeds up the next cold `up`
-            progress(f"postgres   could not cache the seeded data: {exc}")
-            return
-        progress(f"postgres   cached the seeded data in {path} ({path.stat().st_size / 1e6:.1f} MB, "
-                 f"{time.perf_counter() - start:.2f}s)")
+        save_cache(progress, lambda: save_live(stack, self.layout(stack).pgdata, key))
 
     def _initdb_args(self, stack: Stack, pgdata: Path, pwfile: Path) -> list[str]:
         return ["-D", str(pgdata), "-U", stack.postgres.user, f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C",
@@ -533,7 +519,7 @@ class NativeRuntime:
             entry = recorded.get(service, {})
             alive = self._alive(entry, service)
             out.append(ServiceState(service, alive, getattr(stack, service).port, entry.get("pid") if alive else None,
-                                    _COMM[service], "" if alive else ("exited" if entry else "not started")))
+                                    PROGRAMS[service], "" if alive else ("exited" if entry else "not started")))
         return out
 
     def exit_status(self, stack: Stack, service: str) -> str | None:
@@ -592,7 +578,7 @@ class NativeRuntime:
         child = self._children.get(service)
         if child is not None and child.pid == pid:
             return child.poll() is None
-        return process_name(pid) == _COMM[service]
+        return process_name(pid) == PROGRAMS[service]
 
 
 # ---- module helpers: the one place that spawns processes ------------------------------------
@@ -626,30 +612,6 @@ def _child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.setdefault("LC_ALL", "C")
     return env
-
-
-def _render_key(stack: Stack, placement: Placement) -> str:
-    """Everything the rendered files depend on: the model, the placement, the templates."""
-    from devenv.project import template_dirs
-
-    digest = hashlib.sha256(repr((stack, placement)).encode())
-    for directory in template_dirs(stack.root):
-        for template in sorted(directory.glob("*.j2")):
-            digest.update(template.name.encode() + template.read_bytes())
-    return digest.hexdigest()
-
-
-def _password_note(layout: Layout) -> Path:
-    """Beside the data directory (which outlives the checkout: it is keyed by the project's path):
-    which password its superuser has (state.note_password)."""
-    return layout.pgdata.with_name(layout.pgdata.name + ".password-sha256")
-
-
-def _has_password(layout: Layout, stack: Stack) -> bool:
-    """Whether the data directory's superuser has this checkout's password; else it is set over
-    the unix socket: after a restore from the cache, or on data an earlier checkout left (deleted
-    and cloned again at the same path, its .devenv/ and secrets gone)."""
-    return password_noted(_password_note(layout), stack.postgres.password_secret)
 
 
 def _make_dir(path: Path, user: RunUser | None) -> None:
