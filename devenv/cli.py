@@ -18,11 +18,11 @@ import click
 
 from devenv.entry import ci_mode, reset_summary, stamped
 from devenv.errors import DevenvError
+from devenv.runtime.plan import RUNTIME_NAMES
 
 if TYPE_CHECKING:
     from devenv.stack import Stack
 
-RUNTIMES = ("auto", "native", "docker")
 ENV_FORMATS = ("dotenv", "shell", "json", "github")
 
 
@@ -130,7 +130,7 @@ def _say(line: str, kind: str = "") -> None:
 def _runtime_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--runtime", "-r", envvar="DEVENV_RUNTIME", default="auto", show_default=True,
-        type=click.Choice(["auto", "native", "docker"]),
+        type=click.Choice(RUNTIME_NAMES),
         help="Where the services run: auto picks Docker when an engine answers, else native [env: DEVENV_RUNTIME].",
     )(func)
 
@@ -176,8 +176,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
 
     stack = load_stack(str(config), profile)
     backend = get_runtime(runtime, say=_say)
-    if hasattr(backend, "describe"):
-        _say(f"{stack.name}: {backend.describe(stack)}")
+    _say(f"{stack.name}: {backend.describe(stack)}")
     # Hashed after load_stack, which creates secrets.json on first use.
     inputs = fingerprint(root, config, profile, options)
     report = lifecycle.up(stack, backend, timeout=timeout, seed=not no_seed, say=_say, fingerprint=inputs)

@@ -97,11 +97,8 @@ def format_checks(checks: Iterable[Check]) -> list[str]:
 
 def _resolved_name(stack: "Stack", runtime: "Runtime", checks: list[Check]) -> str:
     """The runtime the stack is (or would be) on: `auto` resolves like `up` does."""
-    resolve = getattr(runtime, "resolve", None)
-    if resolve is None:
-        return runtime.name
     try:
-        return str(resolve(stack).name)
+        return runtime.resolve(stack).name
     except DevenvError as exc:
         checks.append(Check("runtime", FAIL, exc.message))
         return "native"

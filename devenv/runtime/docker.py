@@ -107,8 +107,6 @@ class DockerRuntime:
     """Runs postgres, pgbouncer and redis as containers of one Compose-compatible project."""
 
     name = "docker"
-    # Set by lifecycle.up when it seeds: restore seeded data from the cache, and save to it.
-    cache_enabled = False
 
     def __init__(self, env: Mapping[str, str] | None = None, endpoint: Endpoint | None = None,
                  client: "DockerClient | None" = None) -> None:
@@ -139,6 +137,10 @@ class DockerRuntime:
     def api_version(self) -> str:
         """The API version negotiated with the engine."""
         return str(self.client().api.api_version)
+
+    def resolve(self, stack: Stack) -> DockerRuntime:
+        """This runtime: it runs any stack it is asked to."""
+        return self
 
     def describe(self, stack: Stack) -> str:
         """The engine and the images (said once per `up`)."""
@@ -189,8 +191,12 @@ class DockerRuntime:
 
     # ---- up ------------------------------------------------------------------------------------
 
-    def up(self, stack: Stack, progress: Progress) -> UpResult:
-        """Start what is not running, recreate (or reload) what changed, leave the rest alone."""
+    def up(self, stack: Stack, progress: Progress, use_cache: bool = False) -> UpResult:
+        """Start what is not running, recreate (or reload) what changed, leave the rest alone.
+
+        `use_cache`: a new data volume is filled from the seeded-data cache when it has an
+        entry, and a new cluster's result names the key to save it under (see save_cache).
+        """
         from docker.errors import NotFound
 
         client = self.client()
@@ -269,7 +275,9 @@ class DockerRuntime:
         restoring: Path | None = None  # a cached seeded data directory to put into the new volume
         if plan.get("postgres") in ("create", "recreate", "start"):
             fresh = self._ensure_volumes(stack, specs["postgres"]) or not specs["postgres"].volumes
-            key = self._data_key(stack, specs["postgres"], image_ids) if fresh and self._cacheable(specs["postgres"]) else ""
+            # Only into a named volume: a tmpfs (the ci profile's) exists only inside a running container.
+            cacheable = use_cache and bool(specs["postgres"].volumes)
+            key = self._data_key(stack, specs["postgres"], image_ids) if fresh and cacheable else ""
             restoring = cache.find(key) if key else None
             if restoring is not None:
                 _write_marker(stack, "restoring")  # until the data is complete: a killed restore is wiped
@@ -344,11 +352,6 @@ class DockerRuntime:
         return result
 
     # ---- the seeded-data cache (devenv.cache): saved from, restored into the named volume -----
-
-    def _cacheable(self, spec: ContainerSpec) -> bool:
-        """Whether this `up` may use the cache: seeding is on and the data lives in a named volume
-        (a tmpfs, the ci profile's, exists only inside a running container: nothing to restore into)."""
-        return self.cache_enabled and bool(spec.volumes)
 
     def _data_key(self, stack: Stack, spec: ContainerSpec, image_ids: Mapping[str, str]) -> str:
         """The cache key: as native's, with the image id (its exact PostgreSQL build, locales and

@@ -94,8 +94,6 @@ class NativeRuntime:
     """Runs postgres, pgbouncer and redis-server as background processes."""
 
     name = "native"
-    # Set by lifecycle.up when it seeds: restore seeded data from the cache, and save to it.
-    cache_enabled = False
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self.env = dict(os.environ if env is None else env)
@@ -114,6 +112,10 @@ class NativeRuntime:
                 return self._binaries
             self._binaries = find_binaries(stack.postgres.major, self.env)
         return self._binaries
+
+    def resolve(self, stack: Stack) -> NativeRuntime:
+        """This runtime: it runs any stack it is asked to."""
+        return self
 
     def describe(self, stack: Stack) -> str:
         """Which PostgreSQL binaries are used, and why (said once per `up`)."""
@@ -187,8 +189,12 @@ class NativeRuntime:
 
     # ---- up ----------------------------------------------------------------------------
 
-    def up(self, stack: Stack, progress: Progress) -> UpResult:
-        """Start what is not running, restart or reload what changed, leave the rest alone."""
+    def up(self, stack: Stack, progress: Progress, use_cache: bool = False) -> UpResult:
+        """Start what is not running, restart or reload what changed, leave the rest alone.
+
+        `use_cache`: a new data directory comes from the seeded-data cache when it has one, and
+        a new cluster's result names the key to save it under (see save_cache).
+        """
         binaries = self.binaries(stack)
         user = self.run_user()
         layout = self.layout(stack)
@@ -200,7 +206,7 @@ class NativeRuntime:
         for directory in (layout.base, layout.conf, layout.log, layout.run, layout.pgdata.parent, layout.redis_dir):
             _make_dir(directory, user)
         recorded = self._read_state(layout)
-        restoring = self._start_restore(stack, layout, binaries, recorded, progress)
+        restoring = self._start_restore(stack, layout, binaries, recorded, progress) if use_cache else None
         placement = self.placement(stack, layout)
         rendered_from = render_key(stack, placement)
         meta = recorded.get("_meta", {})
@@ -279,7 +285,7 @@ class NativeRuntime:
             if service == "postgres":
                 self._cleanup_postgres(layout, stack.postgres.port)
                 if not (layout.pgdata / "PG_VERSION").exists():
-                    self._create_cluster(stack, layout, binaries, user, progress, result, restoring)
+                    self._create_cluster(stack, layout, binaries, user, progress, result, restoring, use_cache)
             else:
                 # Not running (checked above), so a pid file left behind is stale.
                 (layout.run / f"{service}.pid").unlink(missing_ok=True)
@@ -309,8 +315,7 @@ class NativeRuntime:
     def _start_restore(self, stack: Stack, layout: Layout, binaries: Binaries, recorded: dict,
                        progress: Progress) -> "Any":
         """If Postgres will need a new data directory and the cache has it, start extracting now."""
-        if not self.cache_enabled or (layout.pgdata / "PG_VERSION").exists() or \
-                self._alive(recorded.get("postgres", {}), "postgres"):
+        if (layout.pgdata / "PG_VERSION").exists() or self._alive(recorded.get("postgres", {}), "postgres"):
             return None
         from devenv import cache  # tarfile and friends: only when there is something to restore
 
@@ -330,7 +335,7 @@ class NativeRuntime:
         return cache.data_key(stack, binaries.pg_version, self._initdb_args(stack, Path("PGDATA"), Path("PWFILE")))
 
     def _create_cluster(self, stack: Stack, layout: Layout, binaries: Binaries, user: RunUser | None,
-                        progress: Progress, result: UpResult, restoring: "Any") -> None:
+                        progress: Progress, result: UpResult, restoring: "Any", use_cache: bool) -> None:
         """A new data directory: from the cache when a seeded snapshot matches, else initdb."""
         if restoring is not None:
             seconds = restoring.finish((user.uid, user.gid) if user else None)
@@ -344,7 +349,7 @@ class NativeRuntime:
         self._initdb(stack, layout, binaries, user)
         remember_password(password_note_path(stack, layout.pgdata), stack)
         result.fresh_database = True
-        result.cache_key = self._data_key(stack, binaries) if self.cache_enabled else ""
+        result.cache_key = self._data_key(stack, binaries) if use_cache else ""
 
     def _set_password(self, stack: Stack, layout: Layout, timeout: float = 30.0) -> None:
         """After a restore, or on data an earlier checkout left: this checkout's password, set
