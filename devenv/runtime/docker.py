@@ -250,7 +250,7 @@ class DockerRuntime:
             elif container.labels.get(DEVENV_HASH) != spec.files_hash and not self._has_files(container, spec, files, stack):
                 if service == "postgres" and container.status == "running":
                     reload_files = self._reloadable(container, spec, files, stack)
-                plan[service] = "reload" if reload_files else "recreate"
+                plan[service] = "reload" if service == "postgres" and reload_files else "recreate"
             elif container.status != "running":
                 plan[service] = "start"
 
