@@ -157,7 +157,7 @@ def ping_engine(endpoint: "Endpoint") -> str:
         api = headers.get("api-version")
         return f"answers /_ping ({server}{f', API {api}' if api else ''})"
     # tcp:// (maybe TLS) and ssh:// need the SDK's transport; an engine is configured, so load it.
-    from devenv.runtime.docker import connect
+    from devenv.runtime.dockerapi import connect
     from devenv.runtime.engine import PING_TIMEOUT as SDK_PING_TIMEOUT
 
     try:

@@ -92,7 +92,8 @@ class AutoRuntime:
                 return engine_unreachable(endpoint, exc).message
             if status != 200 or body.strip() != b"OK":
                 return engine_unreachable(endpoint, RuntimeError(f"/_ping answered HTTP {status}")).message
-        from devenv.runtime.docker import API_TIMEOUT, DockerRuntime, connect
+        from devenv.runtime.docker import DockerRuntime
+        from devenv.runtime.dockerapi import API_TIMEOUT, connect
 
         try:
             client = connect(endpoint, timeout=PING_TIMEOUT)

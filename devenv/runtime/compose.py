@@ -16,10 +16,13 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from devenv.errors import ConfigError
 from devenv.render import COMPOSE_FILE
+
+if TYPE_CHECKING:
+    from devenv.stack import Stack
 
 # Compose's labels: with these `docker compose -p <name> ps/logs/down` treat the stack as theirs.
 COMPOSE_PROJECT = "com.docker.compose.project"
@@ -64,6 +67,11 @@ class ContainerSpec:
     volumes: dict[str, dict[str, str]] = field(default_factory=dict)  # named volumes: name -> labels
     mounts: dict[str, str] = field(default_factory=dict)  # bind source file name -> path in the container
     stop_timeout: int = 10
+
+
+def devenv_labels(stack: Stack) -> dict[str, str]:
+    """devenv's labels for what the runtime makes besides the services (networks, volumes, helpers)."""
+    return {DEVENV_PROJECT: stack.project, DEVENV_PROFILE: stack.profile}
 
 
 def load_compose(text: str) -> dict[str, Any]:

@@ -40,7 +40,6 @@ from devenv.runtime.plan import (
 )
 from devenv.runtime.ports import check_ports_free
 from devenv.runtime.procs import (
-    cwd,
     kill_and_wait,
     kill_group,
     process_name,
@@ -49,6 +48,7 @@ from devenv.runtime.procs import (
     scan_processes,
     send_signal,
     wait_gone,
+    working_dir,
 )
 from devenv.stack import Stack
 
@@ -458,7 +458,7 @@ class NativeRuntime:
             pid = int(pidfile.read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             pid = 0
-        if pid and process_name(pid) == "postgres" and cwd(pid) == layout.pgdata.resolve():
+        if pid and process_name(pid) == "postgres" and working_dir(pid) == layout.pgdata.resolve():
             # Ours but not in state.json, e.g. after a killed `up`: stop it cleanly.
             send_signal(pid, signal.SIGINT)
             if not wait_gone(pid, 10):

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from devenv.render import Placement
+    from devenv.runtime.base import Progress
     from devenv.stack import Stack
 
 SERVICES = ("postgres", "pgbouncer", "redis")
@@ -119,7 +120,7 @@ def save_live(stack: Stack, pgdata: Path, key: str) -> Path:
         return cache.save_live(pgdata, key, conn)
 
 
-def save_cache(progress: Callable[[str], None], save: Callable[[], Path],
+def save_cache(progress: Progress, save: Callable[[], Path],
                errors: tuple[type[BaseException], ...] = (), why: Callable[[BaseException], str] = str) -> None:
     """Keep a freshly seeded data directory in the cache with `save` (which returns the archive),
     and say where and how long it took. A failure (OSError, pgwire.PgError or one of `errors`,

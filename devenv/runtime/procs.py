@@ -52,7 +52,7 @@ def process_name(pid: int) -> str | None:
     return name
 
 
-def cwd(pid: int) -> Path | None:
+def working_dir(pid: int) -> Path | None:
     """A process's working directory (Linux), None when it cannot be read."""
     try:
         return Path(os.readlink(f"/proc/{pid}/cwd"))
@@ -73,7 +73,7 @@ def scan_processes() -> dict[int, str]:
 
 def processes_in(table: Mapping[int, str], name: str, directory: Path) -> list[int]:
     """Pids in `table` named `name` whose working directory is `directory` (Linux)."""
-    return [pid for pid, comm in table.items() if comm == name and cwd(pid) == directory]
+    return [pid for pid, comm in table.items() if comm == name and working_dir(pid) == directory]
 
 
 def processes_with_arg(table: Mapping[int, str], name: str, arg: str) -> list[int]:

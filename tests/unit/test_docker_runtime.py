@@ -16,8 +16,8 @@ import pytest
 
 from devenv.errors import DependencyError
 from devenv.render import compose_placement, render_files
-from devenv.runtime.compose import compose_specs, load_compose
-from devenv.runtime.docker import PullProgress, pull_error
+from devenv.runtime.compose import COMPOSE_CONFIG_HASH, DEVENV_HASH, compose_specs, load_compose
+from devenv.runtime.dockerapi import PullProgress, pull_error
 from devenv.runtime.engine import Endpoint, find_endpoint
 from devenv.settings import load_config
 from devenv.stack import build_stack
@@ -125,19 +125,111 @@ def test_pull_error_says_what_to_do_offline() -> None:
 def test_the_remembered_compose_file_gives_the_same_containers(project: Path, profile: str, tmp_path: Path) -> None:
     """`up` reads the parsed compose file back from its render record (no PyYAML): the specs,
     config hashes included (a differing one recreates the container), must be those of a parse."""
-    from devenv.runtime.docker import COMPOSE_FILE, DockerRuntime
+    from devenv.render import COMPOSE_FILE
+    from devenv.runtime.dockerfiles import parsed, remember_render
 
     stack = build_stack(load_config(project / "devenv.yaml", {}), profile)
     files = render_files(stack, compose_placement(stack))
-    parsed = load_compose(files[COMPOSE_FILE])
-    runtime = DockerRuntime(env={})
-    runtime._remember_render(stack, tmp_path, files, parsed)
-    remembered = runtime._parsed(tmp_path, files[COMPOSE_FILE])
+    loaded = load_compose(files[COMPOSE_FILE])
+    remember_render(stack, tmp_path, files, loaded)
+    remembered = parsed(tmp_path, files[COMPOSE_FILE])
     compose_file = tmp_path / COMPOSE_FILE
-    expected = compose_specs(parsed, compose_file, "1.41", env={})
+    expected = compose_specs(loaded, compose_file, "1.41", env={})
     again = compose_specs(remembered, compose_file, "1.41", env={})
     assert {s: spec.config_hash for s, spec in again.items()} == {s: spec.config_hash for s, spec in expected.items()}
     assert {s: spec.body for s, spec in again.items()} == {s: spec.body for s, spec in expected.items()}
     edited = files[COMPOSE_FILE].replace(f"image: {stack.postgres.image}", "image: postgres:99", 1)
     assert edited != files[COMPOSE_FILE]
-    assert runtime._parsed(tmp_path, edited)["services"]["postgres"]["image"] == "postgres:99", "another text is parsed anew"
+    assert parsed(tmp_path, edited)["services"]["postgres"]["image"] == "postgres:99", "another text is parsed anew"
+
+
+# ---- the plan of `up` (observed containers -> actions), without an engine -----------------------------
+
+
+class FakeContainer:
+    """What DockerRuntime._plan reads of a container: name, status, labels, port bindings, files."""
+
+    def __init__(self, spec, status: str = "running", files: dict[str, str] | None = None,  # type: ignore[no-untyped-def]
+                 labels: dict[str, str] | None = None) -> None:
+        self.name, self.status, self.id = spec.name, status, f"id-{spec.service}"
+        self.labels = {**spec.body["Labels"], **(labels or {})}
+        self.attrs = {"HostConfig": {"PortBindings": spec.body["HostConfig"].get("PortBindings")}}
+        self.files = {spec.mounts[name]: text for name, text in (files or {}).items()}
+
+    def get_archive(self, path: str):  # type: ignore[no-untyped-def]
+        import io
+        import tarfile
+
+        from docker.errors import NotFound
+
+        if path not in self.files:
+            raise NotFound(path)
+        data, buffer = self.files[path].encode(), io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(Path(path).name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        return [buffer.getvalue()], {}
+
+
+def observed(project: Path, current: dict | None = None):  # type: ignore[no-untyped-def]
+    from devenv.runtime.docker import Observed
+
+    stack = build_stack(load_config(project / "devenv.yaml", {}), "dev")
+    files = render_files(stack, compose_placement(stack))
+    out_dir = stack.state_dir.absolute()
+    specs = compose_specs(load_compose(files["docker-compose.yml"]), out_dir / "docker-compose.yml", "1.41", env={})
+    seen = Observed(out_dir, files, {}, specs, {})
+    seen.current.update({service: make(specs[service]) for service, make in (current or {}).items()})
+    return stack, seen
+
+
+def test_the_plan_creates_what_is_missing_and_leaves_what_is_current(project: Path) -> None:
+    from devenv.runtime.docker import DockerRuntime
+
+    stack, seen = observed(project)
+    plan = DockerRuntime(env={})._plan(stack, seen)
+    assert plan.actions == {"postgres": "create", "pgbouncer": "create", "redis": "create"}
+    assert plan.to_bind == ["postgres", "pgbouncer", "redis"] and plan.reload_files == {}
+
+    stack, seen = observed(project, {s: FakeContainer for s in ("postgres", "pgbouncer", "redis")})
+    plan = DockerRuntime(env={})._plan(stack, seen)
+    assert plan.actions == {} and plan.to_bind == [] and plan.starting == []
+
+
+def test_the_plan_recreates_a_changed_definition_and_starts_a_stopped_container(project: Path) -> None:
+    from devenv.runtime.docker import DockerRuntime
+
+    stack, seen = observed(project, {
+        "postgres": FakeContainer,
+        "pgbouncer": lambda spec: FakeContainer(spec, status="exited"),
+        "redis": lambda spec: FakeContainer(spec, labels={COMPOSE_CONFIG_HASH: "old"}),
+    })
+    plan = DockerRuntime(env={})._plan(stack, seen)
+    assert plan.actions == {"pgbouncer": "start", "redis": "recreate"}
+    assert plan.to_bind == ["pgbouncer"], "a running container that keeps its ports needs none freed"
+    assert plan.starting == ["pgbouncer", "redis"]
+
+
+def test_the_plan_reloads_postgres_only_when_a_sighup_applies_the_change(project: Path) -> None:
+    """A reloadable postgresql.conf change is written in place and reloaded; a changed PgBouncer
+    file beside it still recreates PgBouncer; a restart-only change recreates Postgres."""
+    from devenv.runtime.docker import DockerRuntime
+
+    stack, _ = observed(project)
+    files = render_files(stack, compose_placement(stack))
+    new_conf = files["postgresql.conf"]
+    for old_conf, action in ((new_conf.replace("work_mem = '4MB'", "work_mem = '8MB'", 1), "reload"),
+                             (new_conf.replace("shared_buffers = '128MB'", "shared_buffers = '256MB'", 1), "recreate")):
+        assert old_conf != new_conf
+        seen_files = {"postgresql.conf": old_conf, "pg_hba.conf": files["pg_hba.conf"]}
+        stack.state_dir.mkdir(parents=True, exist_ok=True)
+        (stack.state_dir / "postgresql.conf").write_text(old_conf)  # the host file the container mounts
+        stack, seen = observed(project, {
+            "postgres": lambda spec: FakeContainer(spec, files=seen_files, labels={DEVENV_HASH: "old"}),
+            "pgbouncer": lambda spec: FakeContainer(spec, labels={DEVENV_HASH: "old"}),
+            "redis": FakeContainer,
+        })
+        plan = DockerRuntime(env={})._plan(stack, seen)
+        assert plan.actions == {"postgres": action, "pgbouncer": "recreate"}, action
+        assert plan.reload_files == ({"postgresql.conf": new_conf} if action == "reload" else {})
