@@ -202,7 +202,8 @@ def bench_docker_cold_from_cache(runs: int, profile: str = "dev") -> list[float]
     """Cold `devenv up --runtime docker` restoring the seeded volume from the cache, `runs` times
     (the first `up` fills a throwaway cache; `down --volumes` between runs). A profile with a
     named data volume: the ci profile's tmpfs exists only inside a running container."""
-    from devenv.runtime.docker import connect, find_endpoint
+    from devenv.runtime.dockerapi import connect
+    from devenv.runtime.engine import find_endpoint
 
     endpoint = find_endpoint()
     if endpoint is None:
@@ -227,7 +228,8 @@ def main() -> None:
     parser.add_argument("--profile", default="dev")
     args = parser.parse_args()
 
-    from devenv.runtime.docker import connect, find_endpoint, no_engine_error
+    from devenv.runtime.dockerapi import connect
+    from devenv.runtime.engine import find_endpoint, no_engine_error
 
     endpoint = find_endpoint()
     if endpoint is None:

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, free_port, make_project, timed  # noqa: E402  (also puts the repo on sys.path)
 
 from devenv.db.seeds import split_statements  # noqa: E402
-from devenv.runtime.native import NativeRuntime, _which  # noqa: E402
+from devenv.runtime.discovery import which  # noqa: E402
+from devenv.runtime.native import NativeRuntime  # noqa: E402
 
 
 def as_user() -> dict:
@@ -91,7 +92,7 @@ def floors(bindir: Path, scratch: Path) -> dict[str, float]:
         ini.write_text(f"[databases]\nseeded = host=127.0.0.1 port={port}\n[pgbouncer]\nlisten_addr = 127.0.0.1\n"
                        f"listen_port = {bport}\nauth_type = trust\nauth_file = {users}\nadmin_users = bench\nunix_socket_dir =\n")
         t = time.perf_counter()
-        pgb = subprocess.Popen([_which("pgbouncer", os.environ), str(ini)], stdout=subprocess.DEVNULL,
+        pgb = subprocess.Popen([which("pgbouncer", os.environ), str(ini)], stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, **user)
         poll(lambda: psycopg.connect(host="127.0.0.1", port=bport, user="bench", dbname="pgbouncer").close())
         out["pgbouncer start"] = time.perf_counter() - t
@@ -100,7 +101,7 @@ def floors(bindir: Path, scratch: Path) -> dict[str, float]:
 
         rport = free_port()
         t = time.perf_counter()
-        rs = subprocess.Popen([_which("redis-server", os.environ), "--port", str(rport), "--save", "", "--bind", "127.0.0.1"],
+        rs = subprocess.Popen([which("redis-server", os.environ), "--port", str(rport), "--save", "", "--bind", "127.0.0.1"],
                               stdout=subprocess.DEVNULL, **user)
         poll(lambda: redis.Redis(port=rport).ping())
         out["redis start"] = time.perf_counter() - t

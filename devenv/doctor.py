@@ -88,11 +88,8 @@ def format_checks(checks: Iterable[Check]) -> list[str]:
 
 def _resolved_name(stack: "Stack", runtime: "Runtime", checks: list[Check]) -> str:
     """The runtime the stack is (or would be) on: `auto` resolves like `up` does."""
-    resolve = getattr(runtime, "resolve", None)
-    if resolve is None:
-        return runtime.name
     try:
-        return str(resolve(stack).name)
+        return runtime.resolve(stack).name
     except DevenvError as exc:
         checks.append(Check("runtime", FAIL, exc.message))
         return "native"
@@ -151,7 +148,7 @@ def ping_engine(endpoint: "Endpoint") -> str:
         api = headers.get("api-version")
         return f"answers /_ping ({server}{f', API {api}' if api else ''})"
     # tcp:// (maybe TLS) and ssh:// need the SDK's transport; an engine is configured, so load it.
-    from devenv.runtime.docker import connect
+    from devenv.runtime.dockerapi import connect
     from devenv.runtime.engine import PING_TIMEOUT as SDK_PING_TIMEOUT
 
     try:
@@ -175,7 +172,7 @@ def binary_checks(stack: "Stack", runtime_name: str, env: Mapping[str, str]) -> 
     openssl for profiles with ssl on. Discovery is the native runtime's, without its state
     file: doctor creates nothing.
     """
-    from devenv.runtime.native import _postgres_candidates, _which
+    from devenv.runtime.discovery import postgres_candidates as _postgres_candidates, which as _which
 
     native = runtime_name == "native"
     server_missing = FAIL if native else WARN
@@ -250,7 +247,7 @@ def _major(version: str) -> int | None:
 def port_checks(stack: "Stack", states: list["ServiceState"], runtime_name: str) -> list[Check]:
     """Each port: free, held by this stack's server, or held by another program (named)."""
     from devenv.errors import PortInUseError
-    from devenv.runtime.native import check_ports_free, port_holder
+    from devenv.runtime.ports import check_ports_free, port_holder
     from devenv.state import read_state
 
     by_service = {state.name: state for state in states}

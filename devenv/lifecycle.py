@@ -50,9 +50,7 @@ def up(
     # No driver is imported ahead: health checks and the "already seeded?" check speak pgwire,
     # so a cold `up` with data, or one from the cache, never loads psycopg (150-300 ms here).
     with locked(stack.state_dir, on_wait=say):
-        if hasattr(runtime, "cache_enabled"):
-            runtime.cache_enabled = seed and not os.environ.get("DEVENV_NO_CACHE")
-        result = runtime.up(stack, say)
+        result = runtime.up(stack, say, use_cache=seed and not os.environ.get("DEVENV_NO_CACHE"))
         for note in result.notes:
             say(note)
         if result.started or result.restarted:
@@ -134,7 +132,7 @@ def up(
             thread.join()
         if failed:
             raise failed[0]
-        if result.cache_key and hasattr(runtime, "save_cache"):
+        if result.cache_key:
             # The first seeded start of this setup: keep it for the next cold `up` anywhere.
             runtime.save_cache(stack, result.cache_key, say)
             health.wait_until_healthy(

@@ -31,9 +31,11 @@ _URL_NAMES = ("DATABASE_URL", "DIRECT_DATABASE_URL", "REDIS_URL")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from devenv.runtime.plan import RUNTIME_NAMES
+
     group = parser.getgroup("devenv", "devenv: PostgreSQL + PgBouncer + Redis for tests")
     group.addoption("--devenv-profile", default=None, help="settings profile for the test stack (default: ci)")
-    group.addoption("--devenv-runtime", default=None, choices=["auto", "native", "docker"],
+    group.addoption("--devenv-runtime", default=None, choices=list(RUNTIME_NAMES),
                     help="where the stack runs (default: auto)")
     group.addoption("--devenv-keep", action="store_true", help="leave the stack running after the session")
     group.addoption("--devenv-config", default=None, help="path to devenv.yaml (default: the nearest upwards)")

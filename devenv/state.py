@@ -19,6 +19,7 @@ from typing import Any, Iterator
 from devenv import __version__
 from devenv.errors import StateError
 from devenv.config.project import template_dirs
+from devenv.runtime.procs import read_stat
 
 STATE_FILE = "state.json"
 # Environment variables that change the stack (profile and config are part of the path).
@@ -77,12 +78,8 @@ def processes_alive(processes: dict[str, list[Any]]) -> bool:
     if not processes:
         return False
     for pid, name in processes.values():
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as handle:
-                stat = handle.read().decode(errors="replace")
-        except OSError:
-            return False
-        if stat[stat.index("(") + 1 : stat.rindex(")")] != name or stat[stat.rindex(")") + 2 :][:1] == "Z":
+        found = read_stat(pid)
+        if found is None or found[0] != name or found[1] == "Z":
             return False
     return True
 

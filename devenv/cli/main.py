@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 import click
 
 from devenv.cli.output import ci_mode, debug_mode, exit_for, fast_exit, human_size, reset_summary, say
+from devenv.runtime.plan import RUNTIME_NAMES
 
 if TYPE_CHECKING:
     from devenv.config.stack import Stack
 
-RUNTIMES = ("auto", "native", "docker")
 ENV_FORMATS = ("dotenv", "shell", "json", "github")
 
 
@@ -121,7 +121,7 @@ def format_settings_table(stacks: list["Stack"]) -> str:
 def _runtime_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--runtime", "-r", envvar="DEVENV_RUNTIME", default="auto", show_default=True,
-        type=click.Choice(["auto", "native", "docker"]),
+        type=click.Choice(RUNTIME_NAMES),
         help="Where the services run: auto picks Docker when an engine answers, else native [env: DEVENV_RUNTIME].",
     )(func)
 
@@ -167,8 +167,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
 
     stack = load_stack(str(config), profile)
     backend = get_runtime(runtime, say=say)
-    if hasattr(backend, "describe"):
-        say(f"{stack.name}: {backend.describe(stack)}")
+    say(f"{stack.name}: {backend.describe(stack)}")
     # Hashed after load_stack, which creates secrets.json on first use.
     inputs = fingerprint(root, config, profile, options)
     report = lifecycle.up(stack, backend, timeout=timeout, seed=not no_seed, say=say, fingerprint=inputs)

@@ -9,13 +9,16 @@ decides with devenv.runtime.engine alone: neither the docker SDK nor the Docker 
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping
 
 from devenv.errors import ConfigError, DependencyError
-from devenv.runtime.base import Progress, Runtime, ServiceState, UpResult
-from devenv.config.stack import Stack
+from devenv.runtime.plan import RUNTIME_NAMES
 
-RUNTIME_NAMES = ("auto", "native", "docker")
+if TYPE_CHECKING:  # devenv.state and devenv.cli import modules of this package: it must load cheaply
+    from devenv.runtime.base import Progress, Runtime, ServiceState, UpResult
+    from devenv.runtime.docker import DockerRuntime
+    from devenv.config.stack import Stack
+
 Say = Callable[[str], None]
 
 
@@ -41,7 +44,8 @@ class AutoRuntime:
         self.say = say
         self.env = dict(os.environ if env is None else env)
         self._chosen: Runtime | None = None
-        self._checked_images = False
+        # Docker chosen by a ping alone: whether its images are here (or pullable) is still open.
+        self._unchecked: DockerRuntime | None = None
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -56,13 +60,12 @@ class AutoRuntime:
 
         recorded = read_state(stack.state_dir).get("runtime")
         if recorded == "native":
-            self._chosen = get_runtime("native")
-            self._checked_images = True  # it runs there: use it as it is
+            self._chosen = get_runtime("native")  # it runs there: use it as it is
             self.say("runtime: native (the stack is running there)")
             return self._chosen
         docker = self._docker()
         if not isinstance(docker, str):
-            self._checked_images = recorded == "docker"
+            self._unchecked = None if recorded == "docker" else docker
             self.say(f"runtime: docker ({'the stack is running there' if recorded == 'docker' else 'engine'} at "
                      f"{docker.endpoint().host}, from {docker.endpoint().origin})")
             self._chosen = docker
@@ -70,7 +73,7 @@ class AutoRuntime:
         self._chosen = self._native(docker)
         return self._chosen
 
-    def _docker(self) -> "Runtime | str":
+    def _docker(self) -> DockerRuntime | str:
         """A DockerRuntime whose engine answered a ping, or why there is none."""
         from devenv.runtime.engine import PING_TIMEOUT, engine_unreachable, find_endpoint, unix_http_get
 
@@ -89,7 +92,8 @@ class AutoRuntime:
                 return engine_unreachable(endpoint, exc).message
             if status != 200 or body.strip() != b"OK":
                 return engine_unreachable(endpoint, RuntimeError(f"/_ping answered HTTP {status}")).message
-        from devenv.runtime.docker import API_TIMEOUT, DockerRuntime, connect
+        from devenv.runtime.docker import DockerRuntime
+        from devenv.runtime.dockerapi import API_TIMEOUT, connect
 
         try:
             client = connect(endpoint, timeout=PING_TIMEOUT)
@@ -107,11 +111,11 @@ class AutoRuntime:
     def _for_up(self, stack: Stack, progress: Progress) -> Runtime:
         """As `resolve`, and when Docker was picked by a ping: its images present or pullable, else native."""
         runtime = self.resolve(stack)
-        if runtime.name != "docker" or self._checked_images:
+        docker, self._unchecked = self._unchecked, None
+        if docker is None:
             return runtime
-        self._checked_images = True
         try:
-            runtime.ensure_images(stack, progress)  # type: ignore[attr-defined]
+            docker.ensure_images(stack, progress)
         except DependencyError as exc:
             from devenv.runtime.native import NativeRuntime
 
@@ -122,31 +126,22 @@ class AutoRuntime:
                 raise exc from None  # neither works: the Docker error says what to do
             self.say(f"runtime: native instead of docker: {exc.message}")
             self._chosen = native
-        return self._chosen
+            return native
+        return runtime
 
     # ---- the Runtime interface, delegated ------------------------------------------------------
 
     def describe(self, stack: Stack) -> str:
         """The chosen runtime's description (choosing it, images included, if not done yet)."""
-        runtime = self._for_up(stack, self.say)
-        describe = getattr(runtime, "describe", None)
-        return describe(stack) if describe else runtime.name
+        return self._for_up(stack, self.say).describe(stack)
 
-    # Optional hooks of lifecycle.up (a runtime has them or not): passed on to the chosen one.
-    cache_enabled = False
-
-    def up(self, stack: Stack, progress: Progress) -> UpResult:
+    def up(self, stack: Stack, progress: Progress, use_cache: bool = False) -> UpResult:
         """Start the stack on the chosen runtime."""
-        runtime = self._for_up(stack, progress)
-        if hasattr(runtime, "cache_enabled"):
-            runtime.cache_enabled = self.cache_enabled  # type: ignore[attr-defined]
-        return runtime.up(stack, progress)
+        return self._for_up(stack, progress).up(stack, progress, use_cache=use_cache)
 
-    def save_cache(self, stack: Stack, key: str, say: Say) -> None:
-        """The chosen runtime's seeded-data cache, when it has one."""
-        save = getattr(self.resolve(stack), "save_cache", None)
-        if save is not None:
-            save(stack, key, say)
+    def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
+        """The chosen runtime's seeded-data cache."""
+        self.resolve(stack).save_cache(stack, key, progress)
 
     def pg_tool(self, stack: Stack, tool: str) -> list[str]:
         """A PostgreSQL client program of the server's version, from the chosen runtime."""

@@ -41,12 +41,33 @@ class UpResult:
 
 
 class Runtime(Protocol):
-    """Runs the three services of a Stack: as local processes or as containers."""
+    """Runs the three services of a Stack: as local processes or as containers.
+
+    Every caller uses only these; a runtime for which one does not apply implements it as a
+    no-op (e.g. save_cache) rather than leaving it out.
+    """
 
     name: str
 
-    def up(self, stack: Stack, progress: Progress) -> UpResult:
-        """Start what is not running; restart or reload what changed; leave the rest alone."""
+    def resolve(self, stack: Stack) -> Runtime:
+        """The runtime that runs this stack: a concrete runtime is itself; `auto` chooses one."""
+        ...
+
+    def describe(self, stack: Stack) -> str:
+        """What runs the stack, said once per `up`: the engine and images, or the binaries."""
+        ...
+
+    def up(self, stack: Stack, progress: Progress, use_cache: bool = False) -> UpResult:
+        """Start what is not running; restart or reload what changed; leave the rest alone.
+
+        `use_cache`: a new data directory may come from the seeded-data cache, and a new
+        cluster's result names the key to save it under (`UpResult.cache_key`, see save_cache).
+        """
+        ...
+
+    def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
+        """Keep the freshly seeded data directory in the cache under `key` (after `up` gave the
+        key and seeding is done); failures are only reported through `progress`."""
         ...
 
     def down(self, stack: Stack, volumes: bool = False) -> list[str]:

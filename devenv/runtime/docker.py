@@ -1,10 +1,15 @@
 """DockerRuntime: the stack as containers, through the docker SDK, built from the compose file.
 
 `up` renders `.devenv/<profile>/` exactly as `devenv render` does, parses the rendered
-docker-compose.yml and turns each service into one `POST /containers/create` body
-(`compose_specs`): what runs is what the compose file says, and a test compares `docker
-inspect` with the file. Everything carries devenv's labels (from the compose file) and
-Compose's own (`com.docker.compose.*`), so `docker compose -p <name> ps` shows the stack.
+docker-compose.yml and sends each service's `POST /containers/create` body (devenv.runtime.compose):
+what runs is what the compose file says, and a test compares `docker inspect` with the file.
+Everything carries devenv's labels (from the compose file) and Compose's own
+(`com.docker.compose.*`), so `docker compose -p <name> ps` shows the stack.
+
+As `docker compose up` does, `up` observes (the containers the file wants, those the project
+has), plans (per service: create, start, recreate, reload or nothing) and executes the plan.
+The SDK calls shared by all of it are in devenv.runtime.dockerapi; what is done to Postgres's
+data volume (the seeded-data cache, the password, the TLS key) in devenv.runtime.dockerdata.
 
 The docker SDK is imported only when an engine is really used: `find_endpoint` decides from
 the environment and the filesystem alone whether there is an engine to ask.
@@ -12,430 +17,110 @@ the environment and the filesystem alone whether there is an engine to ask.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import json
 import os
 import queue
-import re
-import shlex
-import tarfile
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Collection, Iterator, Mapping
 
 from devenv.db import cache
-from devenv.config import pgcatalog
-from devenv.certs import ensure_certificate
-from devenv.errors import ConfigError, DependencyError, DevenvError, HealthCheckError, PortInUseError, StateError
-from devenv.render import COMPOSE_FILE, SERVICE_FILES, compose_placement, render_files, service_hashes, write_files
+from devenv.errors import ConfigError, DependencyError, HealthCheckError, StateError
+from devenv.render import COMPOSE_FILE, write_files
 from devenv.runtime.base import Progress, ServiceState, UpResult
-from devenv.runtime.engine import (  # noqa: F401  (re-exported: the engine's whereabouts live there)
-    Endpoint,
-    context_endpoint,
-    default_sockets,
-    docker_config_dir,
-    engine_unreachable,
-    find_endpoint,
-    no_engine_error,
+from devenv.runtime.compose import (
+    COMPOSE_CONFIG_HASH,
+    COMPOSE_NETWORK,
+    COMPOSE_ONEOFF,
+    COMPOSE_PROJECT,
+    COMPOSE_SERVICE,
+    COMPOSE_WORKING_DIR,
+    DEVENV_HASH,
+    ContainerSpec,
+    compose_specs,
+    devenv_labels,
 )
+from devenv.runtime.dockerapi import (
+    api_message,
+    connect,
+    ensure_images,
+    log_tail_of,
+    logs,
+    quietly,
+    remove,
+    stop,
+    stop_timeout,
+)
+from devenv.runtime.dockerdata import (
+    clear_marker,
+    data_key,
+    data_volumes,
+    prepare_tls,
+    read_marker,
+    remove_volumes,
+    restore,
+    save_through_api,
+    set_password,
+    wipe_failed_init,
+    write_marker,
+)
+from devenv.runtime.dockerfiles import has_files, parsed, reloadable, remember_render, rendered, write_in_place
+from devenv.runtime.engine import Endpoint, find_endpoint, no_engine_error
+from devenv.runtime.plan import (
+    PROGRAMS,
+    SERVICES,
+    has_password,
+    password_note_path,
+    remember_password,
+    save_cache,
+    save_live,
+)
+from devenv.runtime.ports import check_ports_free, port_in_use
+from devenv.runtime.procs import read_stat
 from devenv.config.stack import Stack
-from devenv.state import note_password, password_noted
 
 if TYPE_CHECKING:  # the SDK loads only when an engine is used
     from docker import DockerClient
     from docker.models.containers import Container
 
-SERVICES = ("postgres", "pgbouncer", "redis")
-# The program each container's main process runs (its comm in /proc), as on native.
-COMM = {"postgres": "postgres", "pgbouncer": "pgbouncer", "redis": "redis-server"}
-IMAGE_VARS = {service: f"DEVENV_{service.upper()}_IMAGE" for service in SERVICES}
-
-# Compose's labels: with these `docker compose -p <name> ps/logs/down` treat the stack as theirs.
-COMPOSE_PROJECT = "com.docker.compose.project"
-COMPOSE_SERVICE = "com.docker.compose.service"
-COMPOSE_ONEOFF = "com.docker.compose.oneoff"
-COMPOSE_NUMBER = "com.docker.compose.container-number"
-COMPOSE_CONFIG_HASH = "com.docker.compose.config-hash"
-COMPOSE_WORKING_DIR = "com.docker.compose.project.working_dir"
-COMPOSE_CONFIG_FILES = "com.docker.compose.project.config_files"
-COMPOSE_IMAGE = "com.docker.compose.image"
-COMPOSE_DEPENDS_ON = "com.docker.compose.depends_on"
-COMPOSE_NETWORK = "com.docker.compose.network"
-COMPOSE_VOLUME = "com.docker.compose.volume"
-# devenv's own labels (the compose template sets them on the services).
-DEVENV_PROJECT = "dev.devenv.project"
-DEVENV_PROFILE = "dev.devenv.profile"
-DEVENV_SERVICE = "dev.devenv.service"
-DEVENV_HASH = "dev.devenv.config-hash"
-# Labels that describe state rather than the container's definition: not part of its hash.
-_UNHASHED_LABELS = {COMPOSE_CONFIG_HASH, DEVENV_HASH}
-
-START_INTERVAL_API = "1.44"  # engines before this reject Healthcheck.StartInterval
-API_TIMEOUT = 120.0
-# What the postgres image's entrypoint prints when it initialises an empty data directory
-# (initdb's first line) and when it is done (shared/image-contracts.md).
-_INIT_STARTED = "The files belonging to this database system"
-_INIT_DONE = "init process complete"
-# Service keys of the rendered compose file that devenv translates; anything else is an error,
-# so that a template change cannot silently make devenv's containers differ from the file.
-_SERVICE_KEYS = {
-    "image", "command", "entrypoint", "environment", "ports", "volumes", "tmpfs", "healthcheck",
-    "stop_signal", "stop_grace_period", "deploy", "labels", "depends_on", "user", "working_dir", "shm_size",
-}
-_TOP_KEYS = {"name", "services", "volumes"}
-_RELOADABLE = {"sighup", "user", "superuser", "backend", "superuser-backend"}
-CACHE_FILE = ".docker-render.json"  # in .devenv/<profile>/: the inputs the rendered files came from
+STARTING = ("create", "start", "recreate")  # the actions of a plan that start a container
 
 
-# ---- connecting (where the engine is, without the SDK: devenv.runtime.engine) -------------------
+@dataclass
+class Observed:
+    """What `up` found: the containers the rendered compose file wants, and the project's."""
+
+    out_dir: Path  # .devenv/<profile>/, absolute: the compose file's directory
+    files: dict[str, str]  # the rendered files, docker-compose.yml among them
+    compose: dict[str, Any]  # docker-compose.yml, parsed
+    specs: dict[str, ContainerSpec]  # service -> the container it wants
+    image_ids: Mapping[str, str]  # image -> its id on the engine
+    current: dict[str, Container] = field(default_factory=dict)  # service -> the container it has
+    leftovers: list[Container] = field(default_factory=list)  # the project's others (an interrupted `up`'s)
 
 
-def connect(endpoint: Endpoint, timeout: float = API_TIMEOUT) -> "DockerClient":
-    """A client for the endpoint that has answered a ping; DependencyError naming the host if not."""
-    import docker
-    from docker.errors import DockerException
+@dataclass
+class UpPlan:
+    """What `up` does: per service create, start, recreate or reload (a service not named: nothing)."""
 
-    kwargs: dict[str, Any] = {"base_url": endpoint.host, "timeout": timeout}
-    if endpoint.host.startswith("ssh://"):
-        kwargs["use_ssh_client"] = True  # the system's ssh: its config and agent, no paramiko
-    if endpoint.tls_dir and (endpoint.host.startswith("tcp://") or endpoint.host.startswith("https://")):
-        tls_dir = Path(endpoint.tls_dir)
-        cert = (str(tls_dir / "cert.pem"), str(tls_dir / "key.pem")) if (tls_dir / "cert.pem").exists() else None
-        ca = str(tls_dir / "ca.pem") if (tls_dir / "ca.pem").exists() else None
-        kwargs["tls"] = docker.tls.TLSConfig(client_cert=cert, ca_cert=ca if endpoint.tls_verify else None,
-                                             verify=endpoint.tls_verify and (ca or True))
-    try:
-        client = docker.DockerClient(**kwargs)  # negotiates the API version: one request
-        client.ping()
-    except (DockerException, OSError) as exc:
-        raise engine_unreachable(endpoint, exc) from exc
-    return client
+    actions: dict[str, str] = field(default_factory=dict)
+    reload_files: dict[str, str] = field(default_factory=dict)  # Postgres files a reload rewrites in place
+    to_bind: list[str] = field(default_factory=list)  # services whose host ports must be free
 
-
-# ---- the compose file -> container create bodies (pure: no engine) --------------------------------
-
-
-@dataclass(frozen=True)
-class ContainerSpec:
-    """One service of the compose file as the engine's create request."""
-
-    service: str
-    name: str  # <project>-<service>-1, Compose's container name
-    image: str
-    body: dict[str, Any]  # POST /containers/create
-    config_hash: str  # of the body (state labels excluded): a change means recreate
-    files_hash: str  # dev.devenv.config-hash: the image and the config files it reads
-    volumes: dict[str, dict[str, str]] = field(default_factory=dict)  # named volumes: name -> labels
-    mounts: dict[str, str] = field(default_factory=dict)  # bind source file name -> path in the container
-    stop_timeout: int = 10
-
-
-def load_compose(text: str) -> dict[str, Any]:
-    """Parse the rendered compose file; ConfigError if it is not a mapping of services."""
-    import yaml
-
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10x faster, same result
-    try:
-        data = yaml.load(text, Loader=loader)  # noqa: S506 (a safe loader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"the rendered {COMPOSE_FILE} is not valid YAML: {exc}",
-                          hint="fix docker-compose.yml.j2.") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("services"), dict):
-        raise ConfigError(f"the rendered {COMPOSE_FILE} has no services", hint="fix docker-compose.yml.j2.")
-    return data
-
-
-def compose_specs(
-    compose: dict[str, Any],
-    compose_file: Path,
-    api_version: str,
-    image_ids: Mapping[str, str] | None = None,
-    env: Mapping[str, str] | None = None,
-) -> dict[str, ContainerSpec]:
-    """Translate each service of a compose file into the engine's container create body.
-
-    Handles the subset of the Compose spec the template uses (and fails on anything else):
-    image, command, entrypoint, environment, ports, volumes (named and bind), tmpfs,
-    healthcheck, stop_signal, stop_grace_period, deploy.resources.limits, labels, depends_on,
-    user, working_dir, shm_size. Relative bind sources are relative to the compose file, as
-    in Compose; `$$` is a literal `$` and `${VAR}` comes from `env`, as in Compose.
-    """
-    unknown = set(compose) - _TOP_KEYS
-    if unknown:
-        raise _unsupported(", ".join(sorted(unknown)))
-    env = os.environ if env is None else env
-    compose = _interpolate(compose, env)
-    project = compose.get("name")
-    if not project:
-        raise ConfigError(f"the rendered {COMPOSE_FILE} has no `name`", hint="fix docker-compose.yml.j2.")
-    network = f"{project}_default"
-    compose_file = compose_file.absolute()  # the engine wants absolute bind sources
-    compose_dir = compose_file.parent
-    declared_volumes = compose.get("volumes") or {}
-    specs = {}
-    for service, definition in compose["services"].items():
-        unknown = set(definition) - _SERVICE_KEYS
-        if unknown:
-            raise _unsupported(", ".join(f"services.{service}.{key}" for key in sorted(unknown)))
-        specs[service] = _service_spec(project, service, definition, network, compose_dir, compose_file,
-                                       declared_volumes, api_version, image_ids or {})
-    return specs
-
-
-def _service_spec(project: str, service: str, svc: dict[str, Any], network: str, compose_dir: Path,
-                  compose_file: Path, declared_volumes: dict[str, Any], api_version: str,
-                  image_ids: Mapping[str, str]) -> ContainerSpec:
-    image = svc["image"]
-    name = f"{project}-{service}-1"
-    where = f"services.{service}"
-    body: dict[str, Any] = {"Image": image}
-    host: dict[str, Any] = {"NetworkMode": network}
-    if "command" in svc:
-        body["Cmd"] = _words(svc["command"])
-    if "entrypoint" in svc:
-        body["Entrypoint"] = _words(svc["entrypoint"])
-    if svc.get("environment"):
-        body["Env"] = [f"{k}={'' if v is None else v}" for k, v in _mapping(svc["environment"]).items()]
-    if "user" in svc:
-        body["User"] = str(svc["user"])
-    if "working_dir" in svc:
-        body["WorkingDir"] = svc["working_dir"]
-
-    exposed, bindings = {}, {}
-    for port in svc.get("ports") or []:
-        host_ip, host_port, container_port = _port(port, f"{where}.ports")
-        exposed[container_port] = {}
-        bindings.setdefault(container_port, []).append({"HostIp": host_ip, "HostPort": host_port})
-    if exposed:
-        body["ExposedPorts"] = exposed
-        host["PortBindings"] = bindings
-
-    mounts, volumes, files = [], {}, {}
-    for entry in svc.get("volumes") or []:
-        mount = _mount(entry, f"{where}.volumes", compose_dir, project, declared_volumes)
-        mounts.append(mount)
-        if mount["Type"] == "volume":
-            key = mount.pop("_key")
-            volumes[mount["Source"]] = {COMPOSE_PROJECT: project, COMPOSE_VOLUME: key}
-        else:
-            files[Path(mount["Source"]).name] = mount["Target"]
-    if mounts:
-        host["Mounts"] = mounts
-    if svc.get("tmpfs"):
-        tmpfs = svc["tmpfs"] if isinstance(svc["tmpfs"], list) else [svc["tmpfs"]]
-        host["Tmpfs"] = {path.split(":", 1)[0]: (path.split(":", 1)[1] if ":" in path else "") for path in tmpfs}
-    if "shm_size" in svc:
-        host["ShmSize"] = _bytes(svc["shm_size"], f"{where}.shm_size")
-
-    deploy = svc.get("deploy") or {}
-    resources = deploy.get("resources") or {}
-    limits = resources.get("limits") or {}
-    extra = ([f"deploy.{k}" for k in deploy if k != "resources"] + [f"deploy.resources.{k}" for k in resources if k != "limits"]
-             + [f"deploy.resources.limits.{k}" for k in limits if k not in ("memory", "cpus")])
-    if extra:
-        raise _unsupported(", ".join(f"{where}.{key}" for key in sorted(extra)))
-    if "memory" in limits:
-        host["Memory"] = _bytes(limits["memory"], f"{where}.deploy.resources.limits.memory")
-    if "cpus" in limits:
-        host["NanoCpus"] = int(round(float(limits["cpus"]) * 1e9))
-
-    if "healthcheck" in svc:
-        body["Healthcheck"] = _healthcheck(svc["healthcheck"], f"{where}.healthcheck", api_version)
-    if "stop_signal" in svc:
-        body["StopSignal"] = svc["stop_signal"]
-    stop_timeout = 10  # Compose's default grace period
-    if "stop_grace_period" in svc:
-        stop_timeout = max(1, round(_duration_ns(svc["stop_grace_period"], f"{where}.stop_grace_period") / 1e9))
-        body["StopTimeout"] = stop_timeout
-
-    depends = svc.get("depends_on") or {}
-    if isinstance(depends, list):
-        depends = {dep: {"condition": "service_started"} for dep in depends}
-    labels = {
-        COMPOSE_PROJECT: project,
-        COMPOSE_SERVICE: service,
-        COMPOSE_ONEOFF: "False",
-        COMPOSE_NUMBER: "1",
-        COMPOSE_WORKING_DIR: str(compose_dir),
-        COMPOSE_CONFIG_FILES: str(compose_file),
-    }
-    if image in image_ids:
-        labels[COMPOSE_IMAGE] = image_ids[image]
-    if depends:
-        labels[COMPOSE_DEPENDS_ON] = ",".join(
-            f"{dep}:{(cond or {}).get('condition', 'service_started')}:false" for dep, cond in depends.items())
-    labels.update({k: str(v) for k, v in _mapping(svc.get("labels") or {}).items()})
-    body["Labels"] = labels
-    body["HostConfig"] = host
-    # Compose's aliases: other containers reach this one by its service name (PgBouncer -> "postgres").
-    body["NetworkingConfig"] = {"EndpointsConfig": {network: {"Aliases": [service, name]}}}
-
-    hashed = json.dumps({**body, "Labels": {k: v for k, v in labels.items() if k not in _UNHASHED_LABELS}},
-                        sort_keys=True)
-    config_hash = hashlib.sha256(hashed.encode()).hexdigest()
-    labels[COMPOSE_CONFIG_HASH] = config_hash
-    return ContainerSpec(service=service, name=name, image=image, body=body, config_hash=config_hash,
-                         files_hash=labels.get(DEVENV_HASH, ""), volumes=volumes, mounts=files,
-                         stop_timeout=stop_timeout)
-
-
-def _unsupported(what: str) -> ConfigError:
-    return ConfigError(
-        f"the rendered {COMPOSE_FILE} uses {what}, which devenv's Docker runtime does not translate",
-        hint="keep docker-compose.yml.j2 to the keys devenv.runtime.docker.compose_specs handles, or extend it.",
-    )
-
-
-_VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
-
-
-def _interpolate(value: Any, env: Mapping[str, str]) -> Any:
-    """Compose's variable interpolation: `$$` -> `$`, `${VAR}`, `${VAR:-default}`, `$VAR`."""
-    if isinstance(value, str):
-        def sub(match: re.Match[str]) -> str:
-            if match.group(1):
-                return "$"
-            name = match.group(2) or match.group(5)
-            op, default = match.group(3), match.group(4) or ""
-            current = env.get(name)
-            if op == ":-" and not current:
-                return default
-            if op == "-" and current is None:
-                return default
-            return current or ""
-        return _VAR.sub(sub, value)
-    if isinstance(value, dict):
-        return {k: _interpolate(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(v, env) for v in value]
-    return value
-
-
-def _words(value: Any) -> list[str]:
-    return [str(v) for v in value] if isinstance(value, list) else shlex.split(str(value))
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    """Compose's environment/labels: a mapping, or a list of KEY=VALUE."""
-    if isinstance(value, dict):
-        return dict(value)
-    out: dict[str, Any] = {}
-    for item in value:
-        key, _, val = str(item).partition("=")
-        out[key] = val
-    return out
-
-
-def _port(entry: Any, where: str) -> tuple[str, str, str]:
-    """(host ip, host port, "<port>/<proto>") from Compose's short or long port syntax."""
-    if isinstance(entry, dict):
-        proto = entry.get("protocol", "tcp")
-        return str(entry.get("host_ip", "")), str(entry.get("published", "")), f"{entry['target']}/{proto}"
-    text, _, proto = str(entry).partition("/")
-    parts = text.rsplit(":", 2)
-    if len(parts) == 3:
-        ip, published, target = parts
-    elif len(parts) == 2:
-        ip, (published, target) = "", parts
-    else:
-        raise ConfigError(f"{where}: '{entry}' publishes no host port", hint="use IP:HOST:CONTAINER.")
-    return ip.strip("[]"), published, f"{target}/{proto or 'tcp'}"
-
-
-def _mount(entry: Any, where: str, compose_dir: Path, project: str, declared: dict[str, Any]) -> dict[str, Any]:
-    """An engine Mount from Compose's short (`src:dst[:ro]`) or long volume syntax."""
-    if isinstance(entry, dict):
-        kind, source, target = entry.get("type", "volume"), str(entry.get("source", "")), entry["target"]
-        read_only = bool(entry.get("read_only", False))
-    else:
-        parts = str(entry).split(":")
-        if len(parts) < 2:
-            raise ConfigError(f"{where}: '{entry}' has no target (anonymous volumes are not supported)",
-                              hint="use SOURCE:TARGET[:ro].")
-        source, target = parts[0], parts[1]
-        read_only = len(parts) > 2 and "ro" in parts[2].split(",")
-        kind = "bind" if source.startswith((".", "/", "~")) else "volume"
-    if kind == "bind":
-        path = Path(os.path.expanduser(source))
-        return {"Type": "bind", "Source": str(path if path.is_absolute() else (compose_dir / path)).replace("/./", "/"),
-                "Target": target, "ReadOnly": read_only}
-    if kind != "volume":
-        raise _unsupported(f"a {kind} mount in {where}")
-    if source not in declared:
-        raise ConfigError(f"{where}: volume '{source}' is not declared under the top-level `volumes:`",
-                          hint="declare it in docker-compose.yml.j2.")
-    name = (declared.get(source) or {}).get("name") or f"{project}_{source}"
-    return {"Type": "volume", "Source": name, "Target": target, "ReadOnly": read_only, "_key": source}
-
-
-def _healthcheck(spec: dict[str, Any], where: str, api_version: str) -> dict[str, Any]:
-    test = spec.get("test")
-    if isinstance(test, str):
-        test = ["CMD-SHELL", test]
-    check: dict[str, Any] = {"Test": [str(t) for t in test or []]}
-    for key, api_key in (("interval", "Interval"), ("timeout", "Timeout"), ("start_period", "StartPeriod"),
-                         ("start_interval", "StartInterval")):
-        if key in spec:
-            if key == "start_interval" and _version(api_version) < _version(START_INTERVAL_API):
-                continue  # this engine rejects it; the first check then waits one `interval`
-            check[api_key] = _duration_ns(spec[key], f"{where}.{key}")
-    if "retries" in spec:
-        check["Retries"] = int(spec["retries"])
-    if spec.get("disable"):
-        check = {"Test": ["NONE"]}
-    return check
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|us|ns|m|s)")
-_DURATION_NS = {"h": 3600e9, "m": 60e9, "s": 1e9, "ms": 1e6, "us": 1e3, "ns": 1.0}
-
-
-def _duration_ns(value: Any, where: str) -> int:
-    """Compose durations ("1m30s", "100ms", or seconds as a number) in nanoseconds."""
-    if isinstance(value, (int, float)):
-        return int(value * 1e9)
-    text = str(value).strip()
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ConfigError(f"{where}: '{value}' is not a duration", hint="write it like 2s, 100ms or 1m30s.")
-    return int(sum(float(n) * _DURATION_NS[u] for n, u in parts))
-
-
-_BYTES = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.I)
-
-
-def _bytes(value: Any, where: str) -> int:
-    """Compose byte sizes ("1024M", "1g", 512) as a number of bytes (binary units, as Compose)."""
-    if isinstance(value, int):
-        return value
-    match = _BYTES.fullmatch(str(value).strip())
-    if not match:
-        raise ConfigError(f"{where}: '{value}' is not a size", hint="write it like 512M or 1g.")
-    power = " kmgt".index(match.group(2).lower() or " ")
-    return int(float(match.group(1)) * 1024**power)
-
-
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", text)[:2])
-
-
-# ---- the runtime -------------------------------------------------------------------------------------
+    @property
+    def starting(self) -> list[str]:
+        """The services whose container is started (created or recreated first, or not)."""
+        return [service for service, action in self.actions.items() if action in STARTING]
 
 
 class DockerRuntime:
     """Runs postgres, pgbouncer and redis as containers of one Compose-compatible project."""
 
     name = "docker"
-    # Set by lifecycle.up when it seeds: restore seeded data from the cache, and save to it.
-    cache_enabled = False
 
     def __init__(self, env: Mapping[str, str] | None = None, endpoint: Endpoint | None = None,
-                 client: "DockerClient | None" = None) -> None:
+                 client: DockerClient | None = None) -> None:
         self.env = dict(os.environ if env is None else env)
         self._endpoint = endpoint
         self._client = client
@@ -453,7 +138,7 @@ class DockerRuntime:
                 raise no_engine_error(self.env)
         return self._endpoint
 
-    def client(self) -> "DockerClient":
+    def client(self) -> DockerClient:
         """A connected client (pinged once per runtime object)."""
         if self._client is None:
             self._client = connect(self.endpoint())
@@ -463,6 +148,10 @@ class DockerRuntime:
     def api_version(self) -> str:
         """The API version negotiated with the engine."""
         return str(self.client().api.api_version)
+
+    def resolve(self, stack: Stack) -> DockerRuntime:
+        """This runtime: it runs any stack it is asked to."""
+        return self
 
     def describe(self, stack: Stack) -> str:
         """The engine and the images (said once per `up`)."""
@@ -474,170 +163,176 @@ class DockerRuntime:
         images = ", ".join(s.image for s in stack.services)
         return f"Docker {version} (API {self.api_version}) at {self.endpoint().host}; images {images}"
 
-    # ---- images --------------------------------------------------------------------------------
-
     def ensure_images(self, stack: Stack, progress: Progress) -> dict[str, str]:
         """Each service's image id; a missing image is pulled (progress per layer, in bytes)."""
-        from docker.errors import ImageNotFound
+        return ensure_images(self.client(), stack, progress)
 
-        client = self.client()
-        ids: dict[str, str] = {}
-        for service in stack.services:
-            if service.image in ids:
-                continue
-            try:
-                ids[service.image] = client.images.get(service.image).id
-            except ImageNotFound:
-                ids[service.image] = self._pull(service.name, service.image, progress)
-        return ids
+    # ---- up: observe, plan, execute -------------------------------------------------------------
 
-    def _pull(self, service: str, image: str, progress: Progress) -> str:
-        from docker.errors import DockerException
-        from docker.utils import parse_repository_tag
+    def up(self, stack: Stack, progress: Progress, use_cache: bool = False) -> UpResult:
+        """Start what is not running, recreate (or reload) what changed, leave the rest alone.
 
-        client = self.client()
-        repository, tag = parse_repository_tag(image)  # the tag may be a digest: the API takes both
-        progress(f"{service:<10} pulling {image} (not found locally)")
-        report = PullProgress(f"{service:<10} {image}", progress)
-        try:
-            for event in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
-                if event.get("error"):
-                    raise pull_error(service, image, str(event["error"]))
-                report.feed(event)
-            report.finish()
-            return client.images.get(image).id
-        except DevenvError:
-            raise
-        except (DockerException, OSError) as exc:
-            raise pull_error(service, image, _api_message(exc)) from exc
-
-    # ---- up ------------------------------------------------------------------------------------
-
-    def up(self, stack: Stack, progress: Progress) -> UpResult:
-        """Start what is not running, recreate (or reload) what changed, leave the rest alone."""
-        from docker.errors import NotFound
-
-        client = self.client()
+        `use_cache`: a new data volume is filled from the seeded-data cache when it has an
+        entry, and a new cluster's result names the key to save it under (see save_cache).
+        """
         result = UpResult()
         image_ids = self.ensure_images(stack, progress)
         # Making a network takes the engine ~0.2 s: meanwhile render and plan. Compose calls it
-        # <name>_default (checked against the parsed file below).
+        # <name>_default (checked against the parsed file before the starts).
         network_pool = ThreadPoolExecutor(max_workers=1)
         network_job = network_pool.submit(self._ensure_network, stack, f"{stack.name}_default")
         network_pool.shutdown(wait=False)
+        seen = self._observe(stack, image_ids)
+        self._clear_leftovers(stack, seen, result)
+        plan = self._plan(stack, seen)
+        check_ports_free(stack, plan.to_bind)
+        self._execute(stack, seen, plan, network_job, progress, result, use_cache)
+        return result
+
+    def _observe(self, stack: Stack, image_ids: Mapping[str, str]) -> Observed:
+        """The wanted containers (the compose file rendered, parsed, translated) and the project's
+        current ones; StateError when this project runs from another checkout."""
         out_dir = stack.state_dir.absolute()
-        files = self._rendered(stack, out_dir)
-        compose_file = out_dir / COMPOSE_FILE
-        compose = self._parsed(out_dir, files[COMPOSE_FILE])
-        specs = compose_specs(compose, compose_file, self.api_version, image_ids, self.env)
+        files = rendered(stack, out_dir)
+        compose = parsed(out_dir, files[COMPOSE_FILE])
+        specs = compose_specs(compose, out_dir / COMPOSE_FILE, self.api_version, image_ids, self.env)
         missing = set(SERVICES) - set(specs)
         if missing:
             raise ConfigError(f"the rendered {COMPOSE_FILE} has no service {', '.join(sorted(missing))}",
                               hint="docker-compose.yml.j2 must define postgres, pgbouncer and redis.")
-
+        seen = Observed(out_dir, files, compose, specs, image_ids)
         existing = self._project_containers(stack)
         self._refuse_foreign(stack, existing, out_dir)
         wanted = {spec.name: service for service, spec in specs.items()}
-        current: dict[str, "Container"] = {}
         for container in existing:
             labels = container.labels
             if wanted.get(container.name) == labels.get(COMPOSE_SERVICE) and labels.get(COMPOSE_ONEOFF) == "False":
-                current[labels[COMPOSE_SERVICE]] = container
-            else:  # left by an interrupted `up` (a helper, a renamed service): found by label, removed
-                _remove(container)
-                result.notes.append(f"removed leftover container {container.name}")
+                seen.current[labels[COMPOSE_SERVICE]] = container
+            else:  # left by an interrupted `up` (a helper, a renamed service): found by label
+                seen.leftovers.append(container)
+        return seen
 
-        if _read_marker(stack) == "restoring":  # an `up` killed while restoring: the volume is half full
-            self._discard_volume(stack, current.pop("postgres", None), specs["postgres"])
+    def _clear_leftovers(self, stack: Stack, seen: Observed, result: UpResult) -> None:
+        """Remove what interrupted `up`s left: stray containers, the data of a restore from the
+        cache that never finished, a data volume whose initialisation failed."""
+        for container in seen.leftovers:
+            remove(container)
+            result.notes.append(f"removed leftover container {container.name}")
+        if read_marker(stack) == "restoring":  # an `up` killed while restoring: the volume is half full
+            postgres = seen.current.pop("postgres", None)
+            if postgres is not None:
+                remove(postgres)
+            remove_volumes(self.client(), seen.specs["postgres"].volumes)
+            clear_marker(stack)
             result.notes.append("postgres: discarded the data of an interrupted restore from the cache")
-        postgres = current.get("postgres")
+        postgres = seen.current.get("postgres")
         if postgres is not None and postgres.status != "running":
             wiped = self._wipe_failed_init(postgres)  # an earlier `up` failed (or was killed) during init
             if "removed" in wiped:
-                del current["postgres"]
+                del seen.current["postgres"]
                 result.notes.append(f"postgres had exited{wiped}")
 
-        plan: dict[str, str] = {}  # service -> create | start | recreate | reload
-        reload_files: dict[str, str] = {}
+    def _plan(self, stack: Stack, seen: Observed) -> UpPlan:
+        """Per service: create (none), recreate (its definition or files changed), reload
+        (Postgres, when a SIGHUP applies the changed files), start (stopped) or nothing."""
+        plan = UpPlan()
         for service in SERVICES:
-            spec, container = specs[service], current.get(service)
+            spec, container = seen.specs[service], seen.current.get(service)
             if container is None:
-                plan[service] = "create"
+                plan.actions[service] = "create"
             elif container.labels.get(COMPOSE_CONFIG_HASH) != spec.config_hash:
-                plan[service] = "recreate"
-            elif container.labels.get(DEVENV_HASH) != spec.files_hash and not self._has_files(container, spec, files, stack):
+                plan.actions[service] = "recreate"
+            elif container.labels.get(DEVENV_HASH) != spec.files_hash and not has_files(container, spec, seen.files, stack):
                 if service == "postgres" and container.status == "running":
-                    reload_files = self._reloadable(container, spec, files, stack)
-                plan[service] = "reload" if reload_files else "recreate"
+                    plan.reload_files = reloadable(container, spec, seen.files, stack)
+                plan.actions[service] = "reload" if service == "postgres" and plan.reload_files else "recreate"
             elif container.status != "running":
-                plan[service] = "start"
+                plan.actions[service] = "start"
+        plan.to_bind = [s for s, action in plan.actions.items() if action in ("create", "start")
+                        or (action == "recreate" and not _holds_ports(seen.current[s], seen.specs[s]))]
+        return plan
 
-        to_bind = [s for s, action in plan.items()
-                   if action in ("create", "start") or (action == "recreate" and not _holds_ports(current[s], specs[s]))]
-        from devenv.runtime.native import check_ports_free
-
-        check_ports_free(stack, to_bind)
+    def _execute(self, stack: Stack, seen: Observed, plan: UpPlan, network_job: Future[None], progress: Progress,
+                 result: UpResult, use_cache: bool) -> None:
+        """Write the files, prepare what the starts need, start (in the background where it can),
+        reload; `result` says what was done."""
+        from docker.errors import NotFound
 
         # The files: a reload writes in place (a file bind mount pins its inode); the rest atomically.
-        for name, content in reload_files.items():
-            _write_in_place(out_dir / name, content)
-        write_files(files, out_dir)
-        self._remember_render(stack, out_dir, files, compose)
-        if stack.postgres.ssl and plan.get("postgres") in ("create", "recreate", "start"):
-            self._prepare_tls(stack, specs["postgres"], progress)
-
-        starting = [s for s, action in plan.items() if action in ("create", "start", "recreate")]
+        for name, content in plan.reload_files.items():
+            write_in_place(seen.out_dir / name, content)
+        write_files(seen.files, seen.out_dir)
+        remember_render(stack, seen.out_dir, seen.files, seen.compose)
+        if stack.postgres.ssl and plan.actions.get("postgres") in STARTING:
+            prepare_tls(self.client(), stack, seen.specs["postgres"].image, progress)
+        starting = plan.starting
         if starting:
             network_job.result()
-            network = specs["postgres"].body["HostConfig"]["NetworkMode"]
+            network = seen.specs["postgres"].body["HostConfig"]["NetworkMode"]
             if network != f"{stack.name}_default":
                 self._ensure_network(stack, network)
-        restoring: Path | None = None  # a cached seeded data directory to put into the new volume
-        if plan.get("postgres") in ("create", "recreate", "start"):
-            fresh = self._ensure_volumes(stack, specs["postgres"]) or not specs["postgres"].volumes
-            key = self._data_key(stack, specs["postgres"], image_ids) if fresh and self._cacheable(specs["postgres"]) else ""
-            restoring = cache.find(key) if key else None
-            if restoring is not None:
-                _write_marker(stack, "restoring")  # until the data is complete: a killed restore is wiped
-                _password_note(stack).unlink(missing_ok=True)  # another checkout's, until it is set
-                progress(f"postgres   restoring seeded data from {restoring} into volume "
-                         f"{', '.join(specs['postgres'].volumes)}")
-                if plan["postgres"] == "start":  # a container of the old volume: the restore needs a new one
-                    plan["postgres"] = "recreate"
-                result.from_cache = True
-            elif fresh:
-                _clear_marker(stack)
-                note_password(_password_note(stack), stack.postgres.password_secret)  # initdb's, from the env
-                where = f"volume {', '.join(specs['postgres'].volumes)}" if specs["postgres"].volumes else "tmpfs"
-                progress(f"postgres   initdb into a new {where} (the image's entrypoint)")
-                result.fresh_database = True
-                result.cache_key = key
+        restoring = self._prepare_data(stack, seen, plan, progress, result, use_cache)
         for service in ("pgbouncer", "redis"):
-            if plan.get(service) in ("create", "recreate"):
-                self._ensure_volumes(stack, specs[service])
+            if plan.actions.get(service) in ("create", "recreate"):
+                self._ensure_volumes(stack, seen.specs[service])
+        self._start_all(stack, seen, plan, restoring, progress, result)
+        if "postgres" not in starting and "postgres" in seen.current and not has_password(password_note_path(stack), stack):
+            set_password(self.client(), stack, seen.current["postgres"].id)  # a restore whose `up` was killed, or old data
+        for service in starting:
+            (result.restarted if plan.actions[service] == "recreate" else result.started).append(service)
+        if plan.actions.get("postgres") == "reload":
+            try:
+                seen.current["postgres"].kill(signal="SIGHUP")
+            except NotFound as exc:
+                raise StateError("the postgres container disappeared during `up`", hint="run `devenv up` again.") from exc
+            result.reloaded.append("postgres")
+
+    def _prepare_data(self, stack: Stack, seen: Observed, plan: UpPlan, progress: Progress, result: UpResult,
+                      use_cache: bool) -> Path | None:
+        """When Postgres starts on a new volume: the cached seeded data to restore into it (its
+        container is then recreated), or initdb by the image's entrypoint. Returns the archive."""
+        spec = seen.specs["postgres"]
+        if plan.actions.get("postgres") not in STARTING:
+            return None
+        fresh = self._ensure_volumes(stack, spec) or not spec.volumes
+        # Only into a named volume: a tmpfs (the ci profile's) exists only inside a running container.
+        cacheable = use_cache and bool(spec.volumes)
+        key = data_key(stack, seen.image_ids.get(spec.image) or spec.image) if fresh and cacheable else ""
+        restoring = cache.find(key) if key else None
+        if restoring is not None:
+            write_marker(stack, "restoring")  # until the data is complete: a killed restore is wiped
+            password_note_path(stack).unlink(missing_ok=True)  # another checkout's, until it is set
+            progress(f"postgres   restoring seeded data from {restoring} into volume {', '.join(spec.volumes)}")
+            if plan.actions["postgres"] == "start":  # a container of the old volume: the restore needs a new one
+                plan.actions["postgres"] = "recreate"
+            result.from_cache = True
+        elif fresh:
+            clear_marker(stack)
+            remember_password(password_note_path(stack), stack)  # initdb's, from the env
+            where = f"volume {', '.join(spec.volumes)}" if spec.volumes else "tmpfs"
+            progress(f"postgres   initdb into a new {where} (the image's entrypoint)")
+            result.fresh_database = True
+            result.cache_key = key
+        return restoring
+
+    def _start_all(self, stack: Stack, seen: Observed, plan: UpPlan, restoring: Path | None, progress: Progress,
+                   result: UpResult) -> None:
+        """Start the plan's containers; return once Postgres's start is done, the others' may go on.
+
+        PgBouncer needs Postgres only to serve queries, not to start: all three at once. `up`
+        waits for Postgres's start (its errors, a restore, the password); the others' starts go
+        on while the health checks poll: exit_status reports their failures, states() waits.
+        For a new cluster the entrypoint's initdb is the long pole, and the engine starts one
+        container in ~0.3 s but three at once in ~0.7 s: Postgres first, then the others during
+        its initdb one at a time (one worker), as the engine's work slows initdb down (on 2
+        cores its phases took 0.26 s longer beside two starts at once, 0.16 s beside one).
+        """
+        starting = plan.starting
 
         def run(service: str) -> None:
-            action, spec = plan[service], specs[service]
-            if action == "recreate":
-                _stop(current[service], spec.stop_timeout)
-                _remove(current[service])
-            if action in ("create", "recreate"):
-                container_id = self._create(spec)
-            else:
-                container_id = current[service].id
-            if service == "postgres" and restoring is not None:
-                self._restore(stack, spec, container_id, restoring, progress)
-            self._start(service, container_id, stack)
-            if service == "postgres" and not _has_password(stack):
-                self._set_password(stack, container_id)
+            self._bring_up(stack, service, plan.actions[service], seen, restoring if service == "postgres" else None,
+                           progress)
 
-        # PgBouncer needs Postgres only to serve queries, not to start: all three at once. `up`
-        # waits for Postgres's start (its errors, a restore, the password); the others' starts go
-        # on while the health checks poll: exit_status reports their failures, states() waits.
-        # For a new cluster the entrypoint's initdb is the long pole, and the engine starts one
-        # container in ~0.3 s but three at once in ~0.7 s: Postgres first, then the others during
-        # its initdb one at a time (one worker), as the engine's work slows initdb down (on 2
-        # cores its phases took 0.26 s longer beside two starts at once, 0.16 s beside one).
         initdb = result.fresh_database and "postgres" in starting
         pool = ThreadPoolExecutor(max_workers=1 if initdb else 3)
         futures = {}
@@ -655,87 +350,23 @@ class DockerRuntime:
         else:
             for future in futures.values():
                 future.result()
-        if "postgres" not in starting and "postgres" in current and not _has_password(stack):
-            self._set_password(stack, current["postgres"].id)  # a restore whose `up` was killed, or old data
-        for service in starting:
-            (result.restarted if plan[service] == "recreate" else result.started).append(service)
 
-        if plan.get("postgres") == "reload":
-            container = current["postgres"]
-            try:
-                container.kill(signal="SIGHUP")
-            except NotFound as exc:
-                raise StateError("the postgres container disappeared during `up`", hint="run `devenv up` again.") from exc
-            result.reloaded.append("postgres")
-        return result
+    def _bring_up(self, stack: Stack, service: str, action: str, seen: Observed, restoring: Path | None,
+                  progress: Progress) -> None:
+        """One service's part of the plan: replace, create or reuse its container, fill a new
+        Postgres volume from the cache, start it, give Postgres this checkout's password."""
+        spec = seen.specs[service]
+        if action == "recreate":
+            stop(seen.current[service], spec.stop_timeout)
+            remove(seen.current[service])
+        container_id = self._create(spec) if action in ("create", "recreate") else seen.current[service].id
+        if restoring is not None:
+            restore(self.client(), stack, container_id, restoring, self._local_data_dir(stack, spec.volumes), progress)
+        self._start(service, container_id, stack)
+        if service == "postgres" and not has_password(password_note_path(stack), stack):
+            set_password(self.client(), stack, container_id)
 
     # ---- the seeded-data cache (devenv.db.cache): saved from, restored into the named volume -----
-
-    def _cacheable(self, spec: ContainerSpec) -> bool:
-        """Whether this `up` may use the cache: seeding is on and the data lives in a named volume
-        (a tmpfs, the ci profile's, exists only inside a running container: nothing to restore into)."""
-        return self.cache_enabled and bool(spec.volumes)
-
-    def _data_key(self, stack: Stack, spec: ContainerSpec, image_ids: Mapping[str, str]) -> str:
-        """The cache key: as native's, with the image id (its exact PostgreSQL build, locales and
-        data path) in place of initdb's arguments; so Docker and native entries never mix."""
-        image_id = image_ids.get(spec.image) or spec.image
-        return cache.data_key(stack, str(stack.postgres.major),
-                              ["docker", image_id, f"PGDATA={stack.postgres.pgdata}", f"user={stack.postgres.user}"])
-
-    def _restore(self, stack: Stack, spec: ContainerSpec, container_id: str, archive: Path, progress: Progress) -> None:
-        """Unpack a cached data directory into the new volume of the created, not yet started,
-        container (the engine mounts its volumes for the copy); the image's entrypoint then finds
-        PG_VERSION and skips initdb, and chowns the files to its postgres user."""
-        from docker.errors import DockerException
-
-        start = time.perf_counter()
-        local = self._local_data_dir(stack, spec)
-        try:
-            if local is not None:  # the engine's volume is a directory here: unpack straight into it
-                _untar_into(archive, local)
-            else:
-                with _decompressed(archive) as chunks:
-                    self.client().api.put_archive(container_id, stack.postgres.pgdata, chunks)
-        except (DockerException, OSError) as exc:
-            raise StateError(f"could not restore {archive} into the postgres volume: {_api_message(exc)}",
-                             hint=f"delete {archive} and run `devenv up` again (it then runs initdb and seeds).") from exc
-        _clear_marker(stack)  # the data is complete; it still has another checkout's password (_has_password)
-        progress(f"postgres   restored in {time.perf_counter() - start:.2f}s (no initdb, schema or seed)")
-
-    def _set_password(self, stack: Stack, container_id: str, timeout: float = 60.0) -> None:
-        """This checkout's password for the superuser of a restored data directory (or of one an
-        earlier checkout left; see _has_password): set over the container's unix socket (trusted
-        locally), the password passed in the exec's environment, never on a command line, and kept
-        out of the server log."""
-        from docker.errors import DockerException
-
-        pg = stack.postgres
-        script = (
-            'i=0; until pg_isready -q -h /var/run/postgresql -p "$PORT"; do '
-            'i=$((i+1)); [ "$i" -gt "$TRIES" ] && exit 9; sleep 0.05; done\n'
-            'psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p "$PORT" -U "$DEVENV_USER" -d postgres '
-            '-v u="$DEVENV_USER" -v pw="$DEVENV_PASSWORD" <<\'SQL\'\n'
-            "SET log_statement = 'none';\n"
-            "ALTER ROLE :\"u\" PASSWORD :'pw';\n"
-            "SQL\n"
-        )
-        env = {"PORT": str(pg.container_port), "TRIES": str(int(timeout / 0.05)), "DEVENV_USER": pg.user,
-               "DEVENV_PASSWORD": pg.password_secret}  # the SCRAM secret PgBouncer's userlist holds
-        api = self.client().api
-        try:
-            exec_id = api.exec_create(container_id, ["sh", "-c", script], user="postgres", environment=env)["Id"]
-            output = api.exec_start(exec_id).decode(errors="replace").strip()
-            code = api.exec_inspect(exec_id).get("ExitCode")
-        except DockerException as exc:
-            output, code = _api_message(exc), None
-        if code != 0:
-            raise HealthCheckError(
-                f"postgres did not take this checkout's password (data from the cache or from an earlier "
-                f"checkout; exit {code}): {output or 'no output'}",
-                hint="delete the cache entry (DEVENV_CACHE_DIR) and run `devenv down --volumes && devenv up`.",
-                log_tail=self._logs_of(container_id))
-        note_password(_password_note(stack), pg.password_secret)
 
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
         """Keep the freshly seeded volume in the cache. When the volume's directory is here, a base
@@ -743,307 +374,41 @@ class DockerRuntime:
         data directory through the engine's archive API into zstd, then the container starts again."""
         from docker.errors import DockerException
 
-        from devenv.clients import pgwire
-
         container = self._container(stack, "postgres")
         if container is None:
             return
-        start = time.perf_counter()
-        local = self._local_data_dir(stack, _spec_of(container))
-        try:
-            if local is not None:  # no stop and start: ~1 s less than the archive API's way
-                pg = stack.postgres
-                with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, "postgres", ssl=pg.ssl,
-                                       timeout=30.0, query_timeout=300.0) as conn:
-                    path = cache.save_live(local, key, conn)
-            else:
-                _stop(container, int(container.attrs.get("Config", {}).get("StopTimeout") or 10))  # no recovery needed later
-                try:
-                    stream, _ = self.client().api.get_archive(container.id, stack.postgres.pgdata + "/.")
-                    with cache.compressed(cache.archive_path(key)) as (sink, path):
-                        for chunk in stream:
-                            sink.write(chunk)
-                finally:
-                    self._start("postgres", container.id, stack)
-        except (DockerException, OSError, pgwire.PgError) as exc:
-            progress(f"postgres   could not cache the seeded data: {_api_message(exc)}")
-            return
-        progress(f"postgres   cached the seeded data in {path} ({path.stat().st_size / 1e6:.1f} MB, "
-                 f"{time.perf_counter() - start:.2f}s)")
+        local = self._local_data_dir(stack, data_volumes(container))
 
-    def _local_data_dir(self, stack: Stack, spec: ContainerSpec) -> Path | None:
+        def save() -> Path:
+            if local is not None:  # no stop and start: ~1 s less than the archive API's way
+                return save_live(stack, local, key)
+            return save_through_api(self.client(), stack, container, key,
+                                    restart=lambda: self._start("postgres", container.id, stack))
+
+        save_cache(progress, save, (DockerException,), api_message)
+
+    def _local_data_dir(self, stack: Stack, volumes: Collection[str]) -> Path | None:
         """The data volume's directory when this process can use it directly: an engine on this
         machine (a unix socket; not Docker Desktop's or colima's VM, whose paths are not here),
         the volume holding PGDATA itself (17 and below), and root (the engine's files are root's)."""
         from docker.errors import DockerException
 
-        if not self.endpoint().host.startswith("unix://") or os.geteuid() != 0 or len(spec.volumes) != 1 \
+        if not self.endpoint().host.startswith("unix://") or os.geteuid() != 0 or len(volumes) != 1 \
                 or stack.postgres.pgdata != stack.postgres.volume_path:
             return None
         try:
-            mountpoint = self.client().volumes.get(next(iter(spec.volumes))).attrs.get("Mountpoint") or ""
+            mountpoint = self.client().volumes.get(next(iter(volumes))).attrs.get("Mountpoint") or ""
         except DockerException:
             return None
         path = Path(mountpoint)
         return path if mountpoint and path.is_dir() and os.access(path, os.W_OK) else None
 
-    def _discard_volume(self, stack: Stack, container: "Container | None", spec: ContainerSpec) -> None:
-        """Remove the postgres container and its data volume (a restore that never finished)."""
-        from docker.errors import DockerException
-
-        if container is not None:
-            _remove(container)
-        for name in spec.volumes:
-            try:
-                self.client().volumes.get(name).remove(force=True)
-            except DockerException:
-                pass
-        _clear_marker(stack)
-
-    def _rendered(self, stack: Stack, out_dir: Path) -> dict[str, str]:
-        """The compose target's files: as `devenv render` makes them, or read back when its inputs are unchanged.
-
-        Jinja2 costs ~0.2 s per `up`; the key covers the model, the placement and the templates.
-        """
-        from devenv.runtime.native import _render_key
-
-        record = _read_json(out_dir / CACHE_FILE)
-        key = _render_key(stack, compose_placement(stack))
-        if record.get("render_key") == key and record.get("files"):
-            files = {}
-            for name, digest in record["files"].items():
-                try:
-                    text = (out_dir / name).read_text(encoding="utf-8")
-                except OSError:
-                    break
-                if hashlib.sha256(text.encode()).hexdigest() != digest:
-                    break  # edited by hand or rewritten: render again
-                files[name] = text
-            else:
-                return files
-        return render_files(stack, compose_placement(stack))
-
-    def _parsed(self, out_dir: Path, text: str) -> dict[str, Any]:
-        """The rendered compose file, parsed: read back from the render record while the text
-        is the same (PyYAML's import and parse take ~15 ms of every `up` that starts a container)."""
-        record = _read_json(out_dir / CACHE_FILE)
-        if record.get("compose_sha256") == hashlib.sha256(text.encode()).hexdigest():
-            with contextlib.suppress(KeyError, TypeError, ValueError):
-                compose = json.loads(record["compose"])
-                if isinstance(compose, dict):
-                    return compose
-        return load_compose(text)
-
-    def _remember_render(self, stack: Stack, out_dir: Path, files: dict[str, str], compose: dict[str, Any]) -> None:
-        from devenv.runtime.native import _render_key
-
-        _write_json(out_dir / CACHE_FILE, {
-            "render_key": _render_key(stack, compose_placement(stack)),
-            "files": {name: hashlib.sha256(text.encode()).hexdigest() for name, text in files.items()},
-            "compose_sha256": hashlib.sha256(files[COMPOSE_FILE].encode()).hexdigest(),
-            "compose": json.dumps(compose),  # a string: the record's keys are sorted, the mappings' order counts (Env)
-        })
-
-    def _has_files(self, container: "Container", spec: ContainerSpec, files: dict[str, str], stack: Stack) -> bool:
-        """Whether the container already sees the wanted config files (e.g. after a reload)."""
-        if spec.service != "postgres":
-            return False  # only Postgres is ever changed in place; elsewhere the label is the truth
-        seen = self._container_files(container, spec)
-        if seen is None:
-            return False
-        return service_hashes({**files, **seen}, stack)[spec.service] == spec.files_hash
-
-    def _container_files(self, container: "Container", spec: ContainerSpec) -> dict[str, str] | None:
-        out = {}
-        for name in SERVICE_FILES[spec.service]:
-            target = spec.mounts.get(name)
-            text = _read_file(container, target) if target else None
-            if text is None:
-                return None
-            out[name] = text
-        return out
-
-    def _reloadable(self, container: "Container", spec: ContainerSpec, files: dict[str, str], stack: Stack) -> dict[str, str]:
-        """The changed Postgres files to write in place when a SIGHUP applies them, else {}."""
-        seen = self._container_files(container, spec)
-        if seen is None:
-            return {}
-        changed = {name: files[name] for name in seen if seen[name] != files[name]}
-        for name in changed:
-            try:  # in place reaches the container only if the host file is still the mounted one
-                if (stack.state_dir / name).read_text(encoding="utf-8") != seen[name]:
-                    return {}
-            except OSError:
-                return {}
-        old, new = _conf_values(seen["postgresql.conf"]), _conf_values(files["postgresql.conf"])
-        names = {n for n in set(old) | set(new) if old.get(n) != new.get(n)}
-        catalog = pgcatalog.load_catalog(stack.postgres.major).settings
-        if all(catalog.get(n, {}).get("context") in _RELOADABLE for n in names):
-            return changed
-        return {}
-
-    def _create(self, spec: ContainerSpec) -> str:
-        from docker.errors import APIError
-
-        client = self.client()
-        try:
-            created = client.api.create_container_from_config(spec.body, name=spec.name)
-        except APIError as exc:
-            if exc.status_code == 409:
-                raise StateError(
-                    f"a container named {spec.name} already exists and is not this stack's",
-                    hint=f"remove it (`docker rm -f {spec.name}`) or rename the project in devenv.yaml.",
-                ) from exc
-            raise DependencyError(f"Docker could not create {spec.name}: {_api_message(exc)}",
-                                  hint="see the message; `devenv up --debug` shows the request.") from exc
-        return created["Id"]
-
-    def _start(self, service: str, container_id: str, stack: Stack) -> None:
-        from docker.errors import APIError
-
-        try:
-            self.client().api.start(container_id)
-        except APIError as exc:
-            message = _api_message(exc)
-            port = getattr(stack, service).port
-            if "port is already allocated" in message or "address already in use" in message:
-                from devenv.runtime.native import port_holder
-
-                holder = port_holder(port)
-                raise PortInUseError(
-                    f"port {port} for {service} is already in use{f' by {holder}' if holder else ''} ({message})",
-                    hint=f"stop that program, or give {service} another port: DEVENV_{service.upper()}_PORT=<port> devenv up",
-                ) from exc
-            if "bind source path does not exist" in message or "not a directory" in message:
-                raise DependencyError(
-                    f"Docker could not mount {service}'s config files: {message}",
-                    hint="the engine must see this machine's files: a remote DOCKER_HOST needs the project "
-                    "directory shared at the same path (Docker Desktop, colima and lima share $HOME).",
-                ) from exc
-            raise HealthCheckError(f"{service} did not start: {message}", hint=f"see `devenv logs {service}`.",
-                                   log_tail=self._logs_of(container_id)) from exc
-
-    def _logs_of(self, container_id: str) -> str:
-        try:
-            return self.client().api.logs(container_id, tail=20).decode(errors="replace")
-        except Exception:  # the log is an extra for an error already being raised
-            return ""
-
-    def _ensure_network(self, stack: Stack, name: str) -> None:
-        """Compose's default network of the project, made if missing."""
-        from docker.errors import APIError, NotFound
-
-        client = self.client()
-        try:
-            client.networks.get(name)
-            return
-        except NotFound:
-            pass
-        labels = {COMPOSE_PROJECT: stack.name, COMPOSE_NETWORK: "default", **_devenv_labels(stack)}
-        try:
-            client.networks.create(name, driver="bridge", labels=labels, check_duplicate=True)
-        except APIError as exc:
-            if exc.status_code != 409:  # created meanwhile: fine
-                raise DependencyError(f"Docker could not create the network {name}: {_api_message(exc)}") from exc
-
-    def _ensure_volumes(self, stack: Stack, spec: ContainerSpec) -> bool:
-        """Create the spec's named volumes that are missing; True if any was created."""
-        from docker.errors import NotFound
-
-        client = self.client()
-        created = False
-        for name, labels in spec.volumes.items():
-            try:
-                client.volumes.get(name)
-            except NotFound:
-                client.volumes.create(name, labels={**labels, **_devenv_labels(stack)})
-                created = True
-        return created
-
-    def _prepare_tls(self, stack: Stack, spec: ContainerSpec, progress: Progress) -> None:
-        """The certificate the compose file mounts, its key owned by the image's postgres user.
-
-        Postgres refuses a key that is not its own with mode 0600 (or root's 0640), and a bind
-        mount keeps the host's owner: a one-off container of the same image (as root, so it
-        knows the image's uid: 999 on Debian tags, 70 on alpine) hands the key over, once.
-        """
-        ssl_dir = stack.state_dir / "ssl"
-        ensure_certificate(ssl_dir)
-        key = ssl_dir / "server.key"
-        if key.stat().st_uid != os.geteuid():
-            return  # handed over already
-        progress("postgres   giving the TLS key to the image's postgres user")
-        from docker.errors import DockerException
-
-        script = 'chown "$(id -u postgres):$(id -g postgres)" /ssl/server.key && chmod 0600 /ssl/server.key'
-        body = {
-            "Image": spec.image, "Entrypoint": ["sh", "-c", script], "Cmd": [], "User": "0:0",
-            "Labels": {COMPOSE_PROJECT: stack.name, COMPOSE_SERVICE: "postgres", COMPOSE_ONEOFF: "True",
-                       **_devenv_labels(stack)},
-            "HostConfig": {"NetworkMode": "none",
-                           "Mounts": [{"Type": "bind", "Source": str(ssl_dir), "Target": "/ssl", "ReadOnly": False}]},
-        }
-        api = self.client().api
-        container_id = None
-        try:
-            container_id = api.create_container_from_config(body, name=f"{stack.name}-postgres-tls")["Id"]
-            api.start(container_id)
-            code = api.wait(container_id, timeout=60).get("StatusCode", 1)
-            output = api.logs(container_id).decode(errors="replace").strip()
-        except DockerException as exc:
-            raise DependencyError(f"could not hand the TLS key to the postgres user: {_api_message(exc)}") from exc
-        finally:
-            if container_id:
-                try:
-                    api.remove_container(container_id, force=True, v=True)  # v: the image's VOLUME
-                except DockerException:
-                    pass
-        if code != 0:
-            raise DependencyError(
-                f"could not hand {key} to the postgres user of {spec.image} (exit {code}): {output}",
-                hint="the image needs a `postgres` user and `sh`, like the official postgres images.",
-            )
-
-    def _wipe_failed_init(self, container: "Container") -> str:
-        """After Postgres exited: if it never finished initialising its data volume, remove the
-        container and the volume (the image skips init when PG_VERSION exists); say what was done.
-
-        Its last log lines are kept for log_tail: they leave with the container. A tmpfs (ci)
-        starts empty anyway, so there the container stays, logs and all.
-        """
-        from docker.errors import DockerException
-
-        logs = _logs(container, tail=1000)  # a failed init is the end of the log; all of it can be huge
-        if not _init_failed(logs):
-            return ""
-        volumes = [m["Name"] for m in container.attrs.get("Mounts", []) if m.get("Type") == "volume"
-                   and str(m.get("Destination", "")).startswith("/var/lib/postgresql")]
-        if not volumes:
-            return " while initialising its data"
-        self._removed_tails["postgres"] = "\n".join(logs.splitlines()[-20:])
-        _remove(container)
-        removed = []
-        for name in volumes:
-            try:
-                self.client().volumes.get(name).remove(force=True)
-                removed.append(name)
-            except DockerException:
-                pass
-        if not removed:
-            return f" while initialising its data; its volume {', '.join(volumes)} could not be removed: " \
-                   "run `devenv down --volumes` before the next `up`"
-        return (f" while initialising its data; its half-initialised volume {', '.join(removed)} was removed, "
-                "so the next `up` starts afresh")
-
-    def _refuse_foreign(self, stack: Stack, containers: list["Container"], out_dir: Path) -> None:
-        for container in containers:
-            working_dir = container.labels.get(COMPOSE_WORKING_DIR)
-            if container.status == "running" and working_dir and working_dir != str(out_dir):
-                raise StateError(
-                    f"the Docker stack {stack.name} is already running from {working_dir} ({container.name})",
-                    hint=f"stop it there (`devenv down` in that project), or give this checkout another "
-                    f"`project:` name in devenv.yaml; `docker compose -p {stack.name} down` removes it.",
-                )
+    def _wipe_failed_init(self, container: Container) -> str:
+        """dockerdata.wipe_failed_init, keeping the removed container's last log lines for log_tail."""
+        done, tail = wipe_failed_init(self.client(), container)
+        if tail is not None:
+            self._removed_tails["postgres"] = tail
+        return done
 
     def pg_tool(self, stack: Stack, tool: str) -> list[str]:
         """`docker exec -i` of a PostgreSQL client program in the postgres container: the
@@ -1082,11 +447,10 @@ class DockerRuntime:
         containers = self._project_containers(stack, own=True)
         running = {c.labels.get(COMPOSE_SERVICE, c.name) for c in containers if c.status in ("running", "paused", "restarting")}
 
-        def stop_and_remove(container: "Container") -> None:
-            timeout = int(container.attrs.get("Config", {}).get("StopTimeout") or 10)
+        def stop_and_remove(container: Container) -> None:
             if container.status in ("running", "paused", "restarting"):
-                _stop(container, timeout)
-            _remove(container)
+                stop(container, stop_timeout(container))
+            remove(container)
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(stop_and_remove, containers))
@@ -1095,10 +459,10 @@ class DockerRuntime:
             # The network stays with the volumes: an empty bridge costs nothing, and making it
             # again is on the way of the next `up` (0.2-0.6 s of the engine's time here).
             for network in client.networks.list(filters={"label": label}):
-                _quietly(network.remove)
-            _clear_marker(stack)  # a restore's data went with the volume
+                quietly(network.remove)
+            clear_marker(stack)  # a restore's data went with the volume
             for volume in client.volumes.list(filters={"label": label}):
-                _quietly(lambda: volume.remove(force=True))
+                quietly(lambda: volume.remove(force=True))
         self._removed_tails.clear()
         return [s for s in SERVICES if s in running]
 
@@ -1123,14 +487,15 @@ class DockerRuntime:
             state = container.attrs.get("State", {})
             running = bool(state.get("Running")) and not state.get("Restarting")
             pid = state.get("Pid") or None
-            comm = _comm(pid) if running and pid else None
+            found = read_stat(pid) if running and pid else None
+            comm = found[0] if found else None
             if running:
                 health = (state.get("Health") or {}).get("Status")
                 detail = f"container {container.short_id}" + (f", docker health {health}" if health else "")
             else:
                 detail = f"exited {state.get('ExitCode')}" if state.get("Status") == "exited" else state.get("Status", "?")
             # A pid only where this machine sees the container's processes (not a VM, not remote).
-            out.append(ServiceState(service, running, port, pid if comm else None, comm or COMM[service], detail))
+            out.append(ServiceState(service, running, port, pid if comm else None, comm or PROGRAMS[service], detail))
         return out
 
     def exit_status(self, stack: Stack, service: str) -> str | None:
@@ -1179,7 +544,7 @@ class DockerRuntime:
         container = self._container(stack, service)
         if container is None:
             return ""
-        text = _logs(container, tail=lines).rstrip("\n")
+        text = logs(container, tail=lines).rstrip("\n")
         health = container.attrs.get("State", {}).get("Health") or {}
         results = health.get("Log") or []
         if health.get("Status") != "healthy" and results and results[-1].get("ExitCode") != 0:
@@ -1196,12 +561,12 @@ class DockerRuntime:
         prefix = (lambda name: f"{name:<9} | ") if len(services) > 1 else (lambda name: "")
         if not follow:
             for name, container in containers.items():
-                for line in _logs(container).splitlines():
+                for line in logs(container).splitlines():
                     yield prefix(name) + line
             return
         lines: "queue.Queue[str]" = queue.Queue()
 
-        def pump(name: str, container: "Container") -> None:
+        def pump(name: str, container: Container) -> None:
             pending = ""
             for chunk in container.logs(stream=True, follow=True):
                 pending += chunk.decode(errors="replace")
@@ -1214,9 +579,84 @@ class DockerRuntime:
         while True:
             yield lines.get()
 
-    # ---- helpers -------------------------------------------------------------------------------
+    # ---- containers, networks, volumes ---------------------------------------------------------
 
-    def _project_containers(self, stack: Stack, own: bool = False) -> list["Container"]:
+    def _create(self, spec: ContainerSpec) -> str:
+        from docker.errors import APIError
+
+        client = self.client()
+        try:
+            created = client.api.create_container_from_config(spec.body, name=spec.name)
+        except APIError as exc:
+            if exc.status_code == 409:
+                raise StateError(
+                    f"a container named {spec.name} already exists and is not this stack's",
+                    hint=f"remove it (`docker rm -f {spec.name}`) or rename the project in devenv.yaml.",
+                ) from exc
+            raise DependencyError(f"Docker could not create {spec.name}: {api_message(exc)}",
+                                  hint="see the message; `devenv up --debug` shows the request.") from exc
+        return created["Id"]
+
+    def _start(self, service: str, container_id: str, stack: Stack) -> None:
+        from docker.errors import APIError
+
+        try:
+            self.client().api.start(container_id)
+        except APIError as exc:
+            message = api_message(exc)
+            if "port is already allocated" in message or "address already in use" in message:
+                raise port_in_use(service, getattr(stack, service).port, message) from exc
+            if "bind source path does not exist" in message or "not a directory" in message:
+                raise DependencyError(
+                    f"Docker could not mount {service}'s config files: {message}",
+                    hint="the engine must see this machine's files: a remote DOCKER_HOST needs the project "
+                    "directory shared at the same path (Docker Desktop, colima and lima share $HOME).",
+                ) from exc
+            raise HealthCheckError(f"{service} did not start: {message}", hint=f"see `devenv logs {service}`.",
+                                   log_tail=log_tail_of(self.client(), container_id)) from exc
+
+    def _ensure_network(self, stack: Stack, name: str) -> None:
+        """Compose's default network of the project, made if missing."""
+        from docker.errors import APIError, NotFound
+
+        client = self.client()
+        try:
+            client.networks.get(name)
+            return
+        except NotFound:
+            pass
+        labels = {COMPOSE_PROJECT: stack.name, COMPOSE_NETWORK: "default", **devenv_labels(stack)}
+        try:
+            client.networks.create(name, driver="bridge", labels=labels, check_duplicate=True)
+        except APIError as exc:
+            if exc.status_code != 409:  # created meanwhile: fine
+                raise DependencyError(f"Docker could not create the network {name}: {api_message(exc)}") from exc
+
+    def _ensure_volumes(self, stack: Stack, spec: ContainerSpec) -> bool:
+        """Create the spec's named volumes that are missing; True if any was created."""
+        from docker.errors import NotFound
+
+        client = self.client()
+        created = False
+        for name, labels in spec.volumes.items():
+            try:
+                client.volumes.get(name)
+            except NotFound:
+                client.volumes.create(name, labels={**labels, **devenv_labels(stack)})
+                created = True
+        return created
+
+    def _refuse_foreign(self, stack: Stack, containers: list[Container], out_dir: Path) -> None:
+        for container in containers:
+            working_dir = container.labels.get(COMPOSE_WORKING_DIR)
+            if container.status == "running" and working_dir and working_dir != str(out_dir):
+                raise StateError(
+                    f"the Docker stack {stack.name} is already running from {working_dir} ({container.name})",
+                    hint=f"stop it there (`devenv down` in that project), or give this checkout another "
+                    f"`project:` name in devenv.yaml; `docker compose -p {stack.name} down` removes it.",
+                )
+
+    def _project_containers(self, stack: Stack, own: bool = False) -> list[Container]:
         """The containers of the stack's Compose project; `own`: only those of this checkout."""
         found = self.client().containers.list(all=True, filters={"label": f"{COMPOSE_PROJECT}={stack.name}"})
         if own:
@@ -1224,7 +664,7 @@ class DockerRuntime:
             found = [c for c in found if c.labels.get(COMPOSE_WORKING_DIR, here) == here]
         return found
 
-    def _container(self, stack: Stack, service: str) -> "Container | None":
+    def _container(self, stack: Stack, service: str) -> Container | None:
         from docker.errors import NotFound
 
         try:
@@ -1233,78 +673,7 @@ class DockerRuntime:
             return None
 
 
-class PullProgress:
-    """Turns the engine's pull events into lines: each layer when done, totals every second."""
-
-    def __init__(self, prefix: str, progress: Progress, interval: float = 1.0) -> None:
-        self.prefix = prefix
-        self.progress = progress
-        self.interval = interval
-        self.layers: dict[str, dict[str, Any]] = {}
-        self._last = time.monotonic()
-
-    def feed(self, event: dict[str, Any]) -> None:
-        """Take one decoded event of `POST /images/create`."""
-        layer, status = event.get("id"), str(event.get("status", ""))
-        if not layer or status.startswith("Pulling from") or status.startswith("Digest") or status.startswith("Status"):
-            return
-        entry = self.layers.setdefault(layer, {"status": "", "current": 0, "total": 0})
-        detail = event.get("progressDetail") or {}
-        if status == "Downloading":
-            entry["current"], entry["total"] = detail.get("current", 0), detail.get("total", entry["total"])
-        if status in ("Download complete", "Already exists", "Pull complete") and entry["status"] != status:
-            entry["current"] = entry["total"] = max(entry["total"], entry["current"])
-            if status != "Pull complete":
-                self.progress(f"{self.prefix}: layer {layer} {status.lower()}"
-                              + (f" ({_size(entry['total'])})" if entry["total"] else ""))
-        entry["status"] = status
-        if time.monotonic() - self._last >= self.interval:
-            self._last = time.monotonic()
-            self.progress(f"{self.prefix}: {self.summary()}")
-
-    def summary(self) -> str:
-        """Layers done and bytes downloaded so far."""
-        done = sum(1 for e in self.layers.values() if e["status"] in ("Download complete", "Already exists", "Pull complete",
-                                                                      "Extracting", "Verifying Checksum"))
-        current = sum(e["current"] for e in self.layers.values())
-        total = sum(e["total"] for e in self.layers.values())
-        return f"{done}/{len(self.layers)} layers, {_size(current)} of {_size(total) if total else '?'}"
-
-    def finish(self) -> None:
-        """Say the final totals."""
-        self.progress(f"{self.prefix}: pulled, {self.summary()}")
-
-
-def pull_error(service: str, image: str, reason: str) -> DependencyError:
-    """The error for an image that is neither here nor pullable: what to do offline."""
-    var = IMAGE_VARS.get(service, "DEVENV_<SERVICE>_IMAGE")
-    return DependencyError(
-        f"image {image} for {service} is not available locally and could not be pulled: {reason}",
-        hint=f"offline? Get {image} onto this engine (`docker load` an image saved elsewhere, or build one and "
-        f"`docker tag` it {image}), or set {var} to an image you have (`docker images`), or use the native "
-        "runtime: `devenv up --runtime native`.",
-    )
-
-
-def _api_message(exc: BaseException) -> str:
-    explanation = getattr(exc, "explanation", None)
-    text = explanation.decode(errors="replace") if isinstance(explanation, bytes) else (explanation or str(exc))
-    return " ".join(str(text).split())
-
-
-def _size(count: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} GB"
-
-
-def _devenv_labels(stack: Stack) -> dict[str, str]:
-    return {DEVENV_PROJECT: stack.project, DEVENV_PROFILE: stack.profile}
-
-
-def _holds_ports(container: "Container", spec: ContainerSpec) -> bool:
+def _holds_ports(container: Container, spec: ContainerSpec) -> bool:
     """Whether a running container already publishes the ports its replacement wants."""
     if container.status != "running":
         return False
@@ -1312,197 +681,4 @@ def _holds_ports(container: "Container", spec: ContainerSpec) -> bool:
     return have == spec.body.get("HostConfig", {}).get("PortBindings")
 
 
-def _logs(container: "Container", tail: int | str = "all") -> str:
-    from docker.errors import DockerException
-
-    try:
-        return container.logs(stdout=True, stderr=True, tail=tail).decode(errors="replace")
-    except DockerException:
-        return ""
-
-
-def _init_failed(logs: str) -> bool:
-    """The postgres entrypoint's last initialisation of an empty data directory never finished."""
-    started = logs.rfind(_INIT_STARTED)
-    return started >= 0 and logs.rfind(_INIT_DONE) < started
-
-
-def _stop(container: "Container", timeout: int) -> None:
-    from docker.errors import DockerException
-
-    try:
-        container.stop(timeout=timeout)  # the container's own stop signal, then SIGKILL
-    except DockerException:
-        pass
-
-
-def _remove(container: "Container") -> None:
-    from docker.errors import NotFound
-
-    try:
-        container.remove(force=True, v=True)  # v: anonymous volumes (the images' VOLUME /data)
-    except NotFound:
-        pass
-
-
-def _quietly(action: Callable[[], Any]) -> None:
-    from docker.errors import DockerException
-
-    try:
-        action()
-    except DockerException:
-        pass
-
-
-def _read_file(container: "Container", path: str) -> str | None:
-    """A file inside a container (running or not), None if it is not there."""
-    from docker.errors import DockerException
-
-    try:
-        stream, _ = container.get_archive(path)
-        data = b"".join(stream)
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            member = next((m for m in tar.getmembers() if m.isfile()), None)
-            handle = tar.extractfile(member) if member else None
-            return handle.read().decode("utf-8", errors="replace") if handle else None
-    except (DockerException, tarfile.TarError, OSError):
-        return None
-
-
-_CONF_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*(.*?)\s*$")
-
-
-def _conf_values(text: str) -> dict[str, str]:
-    """name -> raw value of every setting line of a postgresql.conf."""
-    out = {}
-    for line in text.splitlines():
-        match = _CONF_LINE.match(line)  # comment lines start with '#': no match
-        if match and match.group(2):
-            out[match.group(1).lower()] = match.group(2)
-    return out
-
-
-def _write_in_place(path: Path, content: str) -> None:
-    """Rewrite a file keeping its inode, so a container's bind mount of it sees the change."""
-    with open(path, "r+", encoding="utf-8") as handle:
-        handle.write(content)
-        handle.truncate()
-
-
-# The restore marker, in .devenv/<profile>/: "restoring" while a cached data directory is being
-# unpacked into the volume (a killed `up` leaves half a cluster: the next one wipes it).
-RESTORE_MARKER = "docker-restore-pending"
-# Which password the data volume's superuser has (state.note_password); until it is this
-# checkout's, every start of Postgres sets it.
-PASSWORD_NOTE = "docker-volume-password"
-
-
-def _read_marker(stack: Stack) -> str:
-    try:
-        return (stack.state_dir / RESTORE_MARKER).read_text(encoding="utf-8").strip()
-    except OSError:
-        return ""
-
-
-def _write_marker(stack: Stack, phase: str) -> None:
-    path = stack.state_dir / RESTORE_MARKER
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(phase + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _clear_marker(stack: Stack) -> None:
-    (stack.state_dir / RESTORE_MARKER).unlink(missing_ok=True)
-
-
-def _password_note(stack: Stack) -> Path:
-    return stack.state_dir / PASSWORD_NOTE
-
-
-def _has_password(stack: Stack) -> bool:
-    """Whether the data's superuser has this checkout's password: not after a restore from the
-    cache, nor on a volume an earlier checkout left (deleted and cloned again: its .devenv/ and
-    secrets gone). Then it is set over the container's unix socket."""
-    return password_noted(_password_note(stack), stack.postgres.password_secret)
-
-
-class _decompressed:
-    """The chunks of a cached archive's tar stream (zstd in another process, or gzip), for
-    put_archive's chunked upload; the decompressor is reaped on exit, killed on failure."""
-
-    CHUNK = 1 << 20
-
-    def __init__(self, archive: Path) -> None:
-        self.archive = archive
-        self.proc: "subprocess.Popen[bytes] | None" = None
-
-    def __enter__(self) -> Iterator[bytes]:
-        import gzip
-        import shutil
-        import subprocess
-
-        if self.archive.name.endswith(".zst"):
-            zstd = shutil.which("zstd")
-            if zstd is None:
-                raise OSError("zstd is needed to read the cached data directory")
-            self.proc = subprocess.Popen([zstd, "-d", "-q", "-c", str(self.archive)], stdout=subprocess.PIPE)
-            handle = self.proc.stdout
-        else:
-            handle = gzip.open(self.archive, "rb")
-        self.handle = handle
-        return iter(lambda: handle.read(self.CHUNK), b"")  # type: ignore[union-attr]
-
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-        self.handle.close()  # type: ignore[union-attr]
-        if self.proc is not None:
-            if kind is not None:
-                self.proc.kill()
-            if self.proc.wait() != 0 and kind is None:
-                raise OSError(f"{self.archive} is corrupt or unreadable")
-
-
-def _spec_of(container: "Container") -> ContainerSpec:
-    """Enough of a spec for _local_data_dir: the container's named volumes."""
-    volumes = {m["Name"]: {} for m in container.attrs.get("Mounts", []) if m.get("Type") == "volume"
-               and str(m.get("Destination", "")).startswith("/var/lib/postgresql")}
-    return ContainerSpec(service="postgres", name=container.name, image="", body={}, config_hash="", files_hash="",
-                         volumes=volumes)
-
-
-def _untar_into(archive: Path, directory: Path) -> None:
-    """Unpack a cached archive into a directory, numeric owners kept (the image's postgres uid)."""
-    import subprocess
-
-    if archive.name.endswith(".zst"):
-        cache.wait_unpacked(cache.start_unpacking(archive, directory, numeric_owner=True), archive)
-    else:
-        subprocess.run(["tar", "-C", str(directory), "--numeric-owner", "-xzf", str(archive)], check=True)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def _comm(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read().decode(errors="replace")
-    except OSError:
-        return None
-    return stat[stat.index("(") + 1 : stat.rindex(")")]
-
-
-__all__ = ["DockerRuntime", "Endpoint", "compose_specs", "connect", "find_endpoint", "load_compose"]
+__all__ = ["DockerRuntime"]

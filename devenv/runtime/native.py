@@ -9,14 +9,11 @@ refuse root): Debian's `postgres`, or DEVENV_NATIVE_USER.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -25,39 +22,38 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from devenv.config import pgcatalog
-from devenv.errors import DependencyError, HealthCheckError, PortInUseError, StateError
+from devenv.errors import DependencyError, HealthCheckError, StateError
 from devenv.certs import ensure_certificate
 from devenv.render import Placement, render_files, service_hashes
 from devenv.runtime.base import Progress, ServiceState, UpResult
+from devenv.runtime.discovery import Binaries, discovery_key, find_binaries
+from devenv.runtime.plan import (
+    PROGRAMS,
+    SERVICES,
+    has_password,
+    password_note_path,
+    reload_suffices,
+    remember_password,
+    render_key,
+    save_cache,
+    save_live,
+)
+from devenv.runtime.ports import check_ports_free
+from devenv.runtime.procs import (
+    kill_and_wait,
+    kill_group,
+    process_name,
+    processes_in,
+    processes_with_arg,
+    scan_processes,
+    send_signal,
+    wait_gone,
+    working_dir,
+)
 from devenv.config.stack import Stack
-from devenv.state import note_password, password_noted
 
-SERVICES = ("postgres", "pgbouncer", "redis")
-# The program name each server runs under, to tell our process from a reused pid.
-_COMM = {"postgres": "postgres", "pgbouncer": "pgbouncer", "redis": "redis-server"}
 _STOP_SIGNAL = {"postgres": signal.SIGINT, "pgbouncer": signal.SIGINT, "redis": signal.SIGTERM}
-# Where each binary comes from, for the error when it is missing.
-_PACKAGES = {
-    "postgres": ("postgresql (or postgresql-16)", "postgresql@16"),
-    "initdb": ("postgresql (or postgresql-16)", "postgresql@16"),
-    "pgbouncer": ("pgbouncer", "pgbouncer"),
-    "redis-server": ("redis-server", "redis"),
-}
-# Setting contexts that a reload (SIGHUP) applies without a restart.
-_RELOADABLE = {"sighup", "user", "superuser", "backend", "superuser-backend"}
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
-
-
-@dataclass(frozen=True)
-class Binaries:
-    """The server programs found on this machine."""
-
-    postgres: str
-    initdb: str
-    pg_major: int
-    pg_version: str
-    pgbouncer: str
-    redis_server: str
 
 
 @dataclass(frozen=True)
@@ -98,8 +94,6 @@ class NativeRuntime:
     """Runs postgres, pgbouncer and redis-server as background processes."""
 
     name = "native"
-    # Set by lifecycle.up when it seeds: restore seeded data from the cache, and save to it.
-    cache_enabled = False
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         self.env = dict(os.environ if env is None else env)
@@ -113,26 +107,15 @@ class NativeRuntime:
         """Find the servers: the image's Postgres major if installed, else the newest found."""
         if self._binaries is None:
             cached = self._read_state(self.layout(stack)).get("_meta", {}).get("binaries", {})
-            if cached.pop("key", None) == _discovery_key(self.env):
+            if cached.pop("key", None) == discovery_key(self.env):
                 self._binaries = Binaries(**cached)
                 return self._binaries
-            candidates = _postgres_candidates(self.env)
-            if not candidates:
-                raise _missing("postgres")
-            chosen = next((c for c in candidates if c[0] == stack.postgres.major), candidates[0])
-            major, version, bindir = chosen
-            initdb = bindir / "initdb"
-            if not initdb.exists():
-                raise _missing("initdb")
-            self._binaries = Binaries(
-                postgres=str(bindir / "postgres"),
-                initdb=str(initdb),
-                pg_major=major,
-                pg_version=version,
-                pgbouncer=_which("pgbouncer", self.env) or _raise(_missing("pgbouncer")),
-                redis_server=_which("redis-server", self.env) or _raise(_missing("redis-server")),
-            )
+            self._binaries = find_binaries(stack.postgres.major, self.env)
         return self._binaries
+
+    def resolve(self, stack: Stack) -> NativeRuntime:
+        """This runtime: it runs any stack it is asked to."""
+        return self
 
     def describe(self, stack: Stack) -> str:
         """Which PostgreSQL binaries are used, and why (said once per `up`)."""
@@ -206,8 +189,12 @@ class NativeRuntime:
 
     # ---- up ----------------------------------------------------------------------------
 
-    def up(self, stack: Stack, progress: Progress) -> UpResult:
-        """Start what is not running, restart or reload what changed, leave the rest alone."""
+    def up(self, stack: Stack, progress: Progress, use_cache: bool = False) -> UpResult:
+        """Start what is not running, restart or reload what changed, leave the rest alone.
+
+        `use_cache`: a new data directory comes from the seeded-data cache when it has one, and
+        a new cluster's result names the key to save it under (see save_cache).
+        """
         binaries = self.binaries(stack)
         user = self.run_user()
         layout = self.layout(stack)
@@ -219,12 +206,12 @@ class NativeRuntime:
         for directory in (layout.base, layout.conf, layout.log, layout.run, layout.pgdata.parent, layout.redis_dir):
             _make_dir(directory, user)
         recorded = self._read_state(layout)
-        restoring = self._start_restore(stack, layout, binaries, recorded, progress)
+        restoring = self._start_restore(stack, layout, binaries, recorded, progress) if use_cache else None
         placement = self.placement(stack, layout)
-        render_key = _render_key(stack, placement)
+        rendered_from = render_key(stack, placement)
         meta = recorded.get("_meta", {})
         if (
-            meta.get("render_key") == render_key
+            meta.get("render_key") == rendered_from
             and all(service in recorded for service in SERVICES)  # a killed `up` may have recorded fewer
             and all((layout.conf / n).exists() for n in meta.get("files", []))
         ):
@@ -258,9 +245,8 @@ class NativeRuntime:
             self._cleanup_postgres(layout, stack.postgres.port)
         for service in to_bind:
             if service != "postgres":
-                for orphan in _processes_with_arg(self._process_table(), _COMM[service], str(layout.conf / ("pgbouncer.ini" if service == "pgbouncer" else "redis.conf"))):
-                    _signal(orphan, signal.SIGKILL)
-                    _wait_gone(orphan, 5)
+                conf = str(layout.conf / ("pgbouncer.ini" if service == "pgbouncer" else "redis.conf"))
+                kill_and_wait(processes_with_arg(self._process_table(), PROGRAMS[service], conf), signal.SIGKILL)
         check_ports_free(stack, to_bind)
 
         if files is not None:
@@ -281,9 +267,9 @@ class NativeRuntime:
         }
         state["_meta"] = {
             "pgdata": str(layout.pgdata),
-            "render_key": render_key,
+            "render_key": rendered_from,
             "files": sorted(files) if files is not None else meta.get("files", []),
-            "binaries": {**asdict(binaries), "key": _discovery_key(self.env)},
+            "binaries": {**asdict(binaries), "key": discovery_key(self.env)},
         }
         for service, action in plan.items():
             if action == "reload":
@@ -299,7 +285,7 @@ class NativeRuntime:
             if service == "postgres":
                 self._cleanup_postgres(layout, stack.postgres.port)
                 if not (layout.pgdata / "PG_VERSION").exists():
-                    self._create_cluster(stack, layout, binaries, user, progress, result, restoring)
+                    self._create_cluster(stack, layout, binaries, user, progress, result, restoring, use_cache)
             else:
                 # Not running (checked above), so a pid file left behind is stale.
                 (layout.run / f"{service}.pid").unlink(missing_ok=True)
@@ -312,32 +298,24 @@ class NativeRuntime:
                 "port": getattr(stack, service).port,
             }
             _write_json(layout.state_file, state)
-            if service == "postgres" and not _has_password(layout, stack):
+            if service == "postgres" and not has_password(password_note_path(stack, layout.pgdata), stack):
                 self._set_password(stack, layout)
             if plan[service] == "start":
                 result.started.append(service)
-        if plan.get("postgres") not in ("start", "restart") and not _has_password(layout, stack):
+        if plan.get("postgres") not in ("start", "restart") and not has_password(password_note_path(stack, layout.pgdata), stack):
             self._set_password(stack, layout)  # running already, on another checkout's data
         return result
 
     def _change_kind(self, service: str, entry: dict, stack: Stack, major: int) -> str:
         """Reload Postgres when every changed setting allows it; restart anything else."""
-        if service != "postgres":
+        if service != "postgres" or entry.get("port") != stack.postgres.port:
             return "restart"
-        old, new = entry.get("settings", {}), stack.postgres.settings
-        if entry.get("port") != stack.postgres.port:
-            return "restart"
-        changed = {name for name in set(old) | set(new) if old.get(name) != new.get(name)}
-        catalog = pgcatalog.load_catalog(major).settings
-        if all(catalog.get(name, {}).get("context") in _RELOADABLE for name in changed):
-            return "reload"  # also covers a pg_hba.conf-only change
-        return "restart"
+        return "reload" if reload_suffices(entry.get("settings", {}), stack.postgres.settings, major) else "restart"
 
     def _start_restore(self, stack: Stack, layout: Layout, binaries: Binaries, recorded: dict,
                        progress: Progress) -> "Any":
         """If Postgres will need a new data directory and the cache has it, start extracting now."""
-        if not self.cache_enabled or (layout.pgdata / "PG_VERSION").exists() or \
-                self._alive(recorded.get("postgres", {}), "postgres"):
+        if (layout.pgdata / "PG_VERSION").exists() or self._alive(recorded.get("postgres", {}), "postgres"):
             return None
         from devenv.db import cache  # tarfile and friends: only when there is something to restore
 
@@ -348,7 +326,7 @@ class NativeRuntime:
         layout.pgdata.parent.mkdir(parents=True, exist_ok=True)
         # Until this checkout's password is set, every start must set it, even if this `up`
         # is killed before it gets there.
-        _password_note(layout).unlink(missing_ok=True)
+        password_note_path(stack, layout.pgdata).unlink(missing_ok=True)
         return cache.Restore(archive, layout.pgdata)
 
     def _data_key(self, stack: Stack, binaries: Binaries) -> str:
@@ -357,7 +335,7 @@ class NativeRuntime:
         return cache.data_key(stack, binaries.pg_version, self._initdb_args(stack, Path("PGDATA"), Path("PWFILE")))
 
     def _create_cluster(self, stack: Stack, layout: Layout, binaries: Binaries, user: RunUser | None,
-                        progress: Progress, result: UpResult, restoring: "Any") -> None:
+                        progress: Progress, result: UpResult, restoring: "Any", use_cache: bool) -> None:
         """A new data directory: from the cache when a seeded snapshot matches, else initdb."""
         if restoring is not None:
             seconds = restoring.finish((user.uid, user.gid) if user else None)
@@ -369,9 +347,9 @@ class NativeRuntime:
 
         preload_driver()  # seeding will need it; initdb takes longer than the import
         self._initdb(stack, layout, binaries, user)
-        note_password(_password_note(layout), stack.postgres.password_secret)
+        remember_password(password_note_path(stack, layout.pgdata), stack)
         result.fresh_database = True
-        result.cache_key = self._data_key(stack, binaries) if self.cache_enabled else ""
+        result.cache_key = self._data_key(stack, binaries) if use_cache else ""
 
     def _set_password(self, stack: Stack, layout: Layout, timeout: float = 30.0) -> None:
         """After a restore, or on data an earlier checkout left: this checkout's password, set
@@ -379,13 +357,13 @@ class NativeRuntime:
 
         Over pgwire, not psycopg: a start from the cache needs no database driver at all.
         """
-        from devenv.clients import pgwire
+        from devenv.clients import connect, pgwire
 
         pg = stack.postgres
         deadline = time.monotonic() + timeout
         while True:
             try:
-                conn = pgwire.Connection(str(layout.run), pg.port, pg.user, "", "postgres", timeout=2.0)
+                conn = connect.postgres(stack, "postgres", socket_dir=str(layout.run), password="", timeout=2.0)
                 break
             except (pgwire.PgError, OSError) as exc:
                 if self.exit_status(stack, "postgres") or time.monotonic() > deadline:
@@ -401,25 +379,12 @@ class NativeRuntime:
             # One statement per message: SET first keeps the password out of the log.
             conn.query("SET log_statement = 'none'")
             conn.query(f"ALTER ROLE {pgwire.identifier(pg.user)} PASSWORD {pgwire.literal(pg.password_secret)}")
-        note_password(_password_note(layout), pg.password_secret)
+        remember_password(password_note_path(stack, layout.pgdata), stack)
 
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
         """Snapshot the freshly seeded data directory into the cache: a base backup of the running
         server (cache.save_live)."""
-        from devenv.db import cache
-        from devenv.clients import pgwire
-
-        pg = stack.postgres
-        start = time.perf_counter()
-        try:
-            with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, "postgres", ssl=pg.ssl,
-                                   timeout=30.0, query_timeout=300.0) as conn:
-                path = cache.save_live(self.layout(stack).pgdata, key, conn)
-        except (OSError, pgwire.PgError) as exc:  # the cache only speeds up the next cold `up`
-            progress(f"postgres   could not cache the seeded data: {exc}")
-            return
-        progress(f"postgres   cached the seeded data in {path} ({path.stat().st_size / 1e6:.1f} MB, "
-                 f"{time.perf_counter() - start:.2f}s)")
+        save_cache(progress, lambda: save_live(stack, self.layout(stack).pgdata, key))
 
     def _initdb_args(self, stack: Stack, pgdata: Path, pwfile: Path) -> list[str]:
         return ["-D", str(pgdata), "-U", stack.postgres.user, f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C",
@@ -428,9 +393,8 @@ class NativeRuntime:
     def _initdb(self, stack: Stack, layout: Layout, binaries: Binaries, user: RunUser | None) -> None:
         """initdb into a scratch directory, then rename: a killed initdb never leaves half a cluster."""
         scratch = layout.pgdata.with_name(layout.pgdata.name + ".initdb")
-        for orphan in _processes_with_arg(self._process_table(), "initdb", str(scratch)):  # from a killed `up`
-            _signal(orphan, signal.SIGKILL)
-            _wait_gone(orphan, 5)
+        orphans = processes_with_arg(self._process_table(), "initdb", str(scratch))  # of a killed `up`
+        kill_and_wait(orphans, signal.SIGKILL)
         shutil.rmtree(scratch, ignore_errors=True)
         pwfile = layout.run / "initdb.pw"
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -480,7 +444,7 @@ class NativeRuntime:
         a busy machine, and a process that appears later is one of ours, not an orphan.
         """
         if self._procs is None:
-            self._procs = _scan_processes()
+            self._procs = scan_processes()
         return self._procs
 
     def _cleanup_postgres(self, layout: Layout, port: int) -> None:
@@ -494,17 +458,15 @@ class NativeRuntime:
             pid = int(pidfile.read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             pid = 0
-        if pid and _process_name(pid) == "postgres" and _cwd(pid) == layout.pgdata.resolve():
+        if pid and process_name(pid) == "postgres" and working_dir(pid) == layout.pgdata.resolve():
             # Ours but not in state.json, e.g. after a killed `up`: stop it cleanly.
-            _signal(pid, signal.SIGINT)
-            if not _wait_gone(pid, 10):
-                _signal(pid, signal.SIGKILL)
-                _wait_gone(pid, 5)
+            send_signal(pid, signal.SIGINT)
+            if not wait_gone(pid, 10):
+                send_signal(pid, signal.SIGKILL)
+                wait_gone(pid, 5)
         # A SIGKILLed postmaster's backends live on (each leads its own session), holding the
         # shared memory a new postmaster needs.
-        for orphan in _processes_in(self._process_table(), "postgres", layout.pgdata.resolve()):
-            _signal(orphan, signal.SIGKILL)
-            _wait_gone(orphan, 5)
+        kill_and_wait(processes_in(self._process_table(), "postgres", layout.pgdata.resolve()), signal.SIGKILL)
         pidfile.unlink(missing_ok=True)
         # Only Postgres's own socket: run/ also holds PgBouncer's.
         for leftover in (layout.run / f".s.PGSQL.{port}", layout.run / f".s.PGSQL.{port}.lock"):
@@ -518,7 +480,7 @@ class NativeRuntime:
         recorded = self._read_state(layout)
         stopping = [s for s in SERVICES if self._alive(recorded.get(s, {}), s)]
         for service in stopping:
-            _signal(recorded[service]["pid"], _STOP_SIGNAL[service])
+            send_signal(recorded[service]["pid"], _STOP_SIGNAL[service])
         for service in stopping:
             self._wait_stopped(service, recorded[service])
         if volumes:
@@ -545,14 +507,14 @@ class NativeRuntime:
         return stopping
 
     def _stop(self, service: str, entry: dict) -> None:
-        _signal(entry["pid"], _STOP_SIGNAL[service])
+        send_signal(entry["pid"], _STOP_SIGNAL[service])
         self._wait_stopped(service, entry)
 
     def _wait_stopped(self, service: str, entry: dict) -> None:
         pid = entry["pid"]
-        if not _wait_gone(pid, 15, self._children.get(service)):
-            _kill_group(pid, signal.SIGKILL)  # did not stop in time: no data is lost by fast stop
-            _wait_gone(pid, 5, self._children.get(service))
+        if not wait_gone(pid, 15, self._children.get(service)):
+            kill_group(pid, signal.SIGKILL)  # did not stop in time: no data is lost by fast stop
+            wait_gone(pid, 5, self._children.get(service))
 
     def states(self, stack: Stack) -> list[ServiceState]:
         """Each service: running or not, its pid and port."""
@@ -562,7 +524,7 @@ class NativeRuntime:
             entry = recorded.get(service, {})
             alive = self._alive(entry, service)
             out.append(ServiceState(service, alive, getattr(stack, service).port, entry.get("pid") if alive else None,
-                                    _COMM[service], "" if alive else ("exited" if entry else "not started")))
+                                    PROGRAMS[service], "" if alive else ("exited" if entry else "not started")))
         return out
 
     def exit_status(self, stack: Stack, service: str) -> str | None:
@@ -621,7 +583,7 @@ class NativeRuntime:
         child = self._children.get(service)
         if child is not None and child.pid == pid:
             return child.poll() is None
-        return _process_name(pid) == _COMM[service]
+        return process_name(pid) == PROGRAMS[service]
 
 
 # ---- module helpers: the one place that spawns processes ------------------------------------
@@ -655,179 +617,6 @@ def _child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.setdefault("LC_ALL", "C")
     return env
-
-
-def _postgres_candidates(env: Mapping[str, str]) -> list[tuple[int, str, Path]]:
-    """(major, version, bindir) of every PostgreSQL found, newest first."""
-    dirs: list[Path] = []
-    found = _which("postgres", env)
-    if found:
-        dirs.append(Path(os.path.realpath(found)).parent)
-    pg_config = _which("pg_config", env)
-    if pg_config:
-        try:
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=5).stdout.strip()
-            if out:
-                dirs.append(Path(out))
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-    dirs += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-    dirs += sorted(Path("/opt/homebrew/opt").glob("postgresql@*/bin")) + sorted(Path("/usr/local/opt").glob("postgresql@*/bin"))
-    seen, out_list = set(), []
-    for bindir in dirs:
-        real = bindir.resolve()
-        if real in seen or not (real / "postgres").exists():
-            continue
-        seen.add(real)
-        version = _postgres_version(real / "postgres")
-        if version:
-            out_list.append((int(version.split(".")[0]), version, real))
-    return sorted(out_list, key=lambda c: c[0], reverse=True)
-
-
-def _discovery_key(env: Mapping[str, str]) -> list[str]:
-    """What binary discovery depends on: PATH and the installed PostgreSQL versions."""
-    installed = sorted(str(p) for p in Path("/usr/lib/postgresql").glob("*/bin/postgres"))
-    return [env.get("PATH", ""), *installed]
-
-
-def _render_key(stack: Stack, placement: Placement) -> str:
-    """Everything the rendered files depend on: the model, the placement, the templates."""
-    from devenv.config.project import template_dirs
-
-    digest = hashlib.sha256(repr((stack, placement)).encode())
-    for directory in template_dirs(stack.root):
-        for template in sorted(directory.glob("*.j2")):
-            digest.update(template.name.encode() + template.read_bytes())
-    return digest.hexdigest()
-
-
-def _postgres_version(binary: Path) -> str | None:
-    try:
-        text = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=5).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = re.search(r"(\d+(?:\.\d+)?)", text)
-    return match.group(1) if match else None
-
-
-def _which(program: str, env: Mapping[str, str]) -> str | None:
-    # Debian installs pgbouncer in /usr/sbin, which a non-root PATH often lacks.
-    path = os.pathsep.join([env.get("PATH", os.defpath), "/usr/sbin", "/usr/local/sbin", "/opt/homebrew/bin"])
-    return shutil.which(program, path=path)
-
-
-def _missing(program: str) -> DependencyError:
-    debian, brew = _PACKAGES[program]
-    return DependencyError(
-        f"{program} not found (looked on PATH, in `pg_config --bindir` and /usr/lib/postgresql/*/bin)"
-        if program in ("postgres", "initdb") else f"{program} not found on PATH or in /usr/sbin",
-        hint=f"install it: Debian/Ubuntu `sudo apt-get install {debian.split(' ')[0]}`"
-        f"{' (' + debian.split(' ', 1)[1].strip('()') + ')' if ' ' in debian else ''}; "
-        f"macOS `brew install {brew}`. Or use the Docker runtime: `devenv up --runtime docker`.",
-    )
-
-
-def _raise(exc: Exception) -> str:
-    raise exc
-
-
-def _process_name(pid: int) -> str | None:
-    """The program a pid runs, None if gone or a zombie (guards against pid reuse)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read().decode(errors="replace")
-    except OSError:
-        if not Path("/proc/self").exists():  # no procfs (macOS): fall back to signal 0
-            try:
-                os.kill(pid, 0)
-                return "unknown"
-            except OSError:
-                return None
-        return None
-    name, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :][:1]
-    if state == "Z":
-        try:
-            os.waitpid(pid, os.WNOHANG)  # our own child: reap it
-        except ChildProcessError:
-            pass
-        return None
-    return name
-
-
-def _password_note(layout: Layout) -> Path:
-    """Beside the data directory (which outlives the checkout: it is keyed by the project's path):
-    which password its superuser has (state.note_password)."""
-    return layout.pgdata.with_name(layout.pgdata.name + ".password-sha256")
-
-
-def _has_password(layout: Layout, stack: Stack) -> bool:
-    """Whether the data directory's superuser has this checkout's password; else it is set over
-    the unix socket: after a restore from the cache, or on data an earlier checkout left (deleted
-    and cloned again at the same path, its .devenv/ and secrets gone)."""
-    return password_noted(_password_note(layout), stack.postgres.password_secret)
-
-
-def _cwd(pid: int) -> Path | None:
-    try:
-        return Path(os.readlink(f"/proc/{pid}/cwd"))
-    except OSError:
-        return None
-
-
-def _processes_in(table: Mapping[int, str], name: str, directory: Path) -> list[int]:
-    """Pids in `table` named `name` whose working directory is `directory` (Linux)."""
-    return [pid for pid, comm in table.items() if comm == name and _cwd(pid) == directory]
-
-
-def _processes_with_arg(table: Mapping[int, str], name: str, arg: str) -> list[int]:
-    """Pids in `table` named `name` with `arg` in their command line (Linux)."""
-    found = []
-    for pid in (pid for pid, comm in table.items() if comm == name):
-        try:
-            if arg.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
-def _scan_processes() -> dict[int, str]:
-    """Pid -> program name of every live process (empty without procfs)."""
-    table = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if entry.isdigit():
-            name = _process_name(int(entry))
-            if name is not None:
-                table[int(entry)] = name
-    return table
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _kill_group(pid: int, sig: int) -> None:
-    """Signal a server and every process it started (they share its session's group)."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        _signal(pid, sig)
-
-
-def _wait_gone(pid: int, timeout: float, child: subprocess.Popen[bytes] | None = None) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child is not None and child.pid == pid:
-            if child.poll() is not None:
-                return True
-        elif _process_name(pid) is None:
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def _make_dir(path: Path, user: RunUser | None) -> None:
@@ -874,54 +663,4 @@ def _tail(path: Path, lines: int) -> str:
     return "\n".join(data.splitlines()[-lines:])
 
 
-# ---- ports (used by both runtimes) ----------------------------------------------------------
-
-
-def check_ports_free(stack: Stack, services: list[str]) -> None:
-    """Fail before anything starts when another program holds a port the stack needs."""
-    for service in services:
-        port = getattr(stack, service).port
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-                holder = port_holder(port)
-                raise PortInUseError(
-                    f"port {port} for {service} is already in use{f' by {holder}' if holder else ''}",
-                    hint=f"stop that program, or give {service} another port: "
-                    f"DEVENV_{service.upper()}_PORT=<port> devenv up",
-                ) from exc
-
-
-def port_holder(port: int) -> str | None:
-    """'pid 123 (postgres)' for the process listening on a TCP port, when /proc can tell."""
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as handle:
-                next(handle)
-                for row in handle:
-                    fields = row.split()
-                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A = LISTEN
-                        inodes.add(fields[9])
-        except (OSError, StopIteration):
-            continue
-    if not inodes:
-        return None
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            for fd in (proc / "fd").iterdir():
-                link = os.readlink(fd)
-                if link.startswith("socket:[") and link[8:-1] in inodes:
-                    return f"pid {proc.name} ({_process_name(int(proc.name)) or '?'})"
-        except OSError:
-            continue
-    return "another process"
-
-
-__all__ = ["NativeRuntime", "check_ports_free", "port_holder"]
+__all__ = ["NativeRuntime"]

@@ -66,7 +66,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @functools.lru_cache(maxsize=None)
 def docker_client() -> Any:
     """A docker SDK client for the engine devenv would use (DependencyError when none answers)."""
-    from devenv.runtime.docker import connect, find_endpoint, no_engine_error
+    from devenv.runtime.dockerapi import connect
+    from devenv.runtime.engine import find_endpoint, no_engine_error
 
     endpoint = find_endpoint()
     if endpoint is None:

@@ -423,7 +423,7 @@ def test_leftovers_of_an_interrupted_up_are_found_by_label(project: Project) -> 
 
 def test_a_created_but_never_started_container_is_started(project: Project) -> None:
     """An `up` killed between creating a container and starting it: the next `up` starts that one."""
-    from devenv.runtime.docker import compose_specs, load_compose
+    from devenv.runtime.compose import compose_specs, load_compose
 
     project.devenv("up")
     client = docker_client()

@@ -1,6 +1,7 @@
-"""The Docker runtime's engine-free parts: compose file -> create bodies, engine discovery, pull progress.
+"""The Docker runtime's engine-free parts: engine discovery, pull progress, the render record.
 
-No engine is contacted here; tests/integration/test_docker.py runs the real thing.
+No engine is contacted here; tests/integration/test_docker.py runs the real thing. The
+compose file -> create bodies translation is tested in test_compose.py.
 """
 
 from __future__ import annotations
@@ -12,135 +13,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from devenv.errors import ConfigError, DependencyError
-from devenv.clients.pgwire import scram_secret
+from devenv.errors import DependencyError
 from devenv.render import compose_placement, render_files
-from devenv.runtime.docker import (
-    COMPOSE_CONFIG_HASH,
-    DEVENV_HASH,
-    Endpoint,
-    PullProgress,
-    compose_specs,
-    find_endpoint,
-    load_compose,
-    pull_error,
-)
+from devenv.runtime.compose import COMPOSE_CONFIG_HASH, DEVENV_HASH, compose_specs, load_compose
+from devenv.runtime.dockerapi import PullProgress, pull_error
+from devenv.runtime.engine import Endpoint, find_endpoint
 from devenv.config.settings import load_config
 from devenv.config.resolve import build_stack
-
-
-def rendered_compose(project: Path, profile: str) -> dict:
-    stack = build_stack(load_config(project / "devenv.yaml", {}), profile)
-    return load_compose(render_files(stack, compose_placement(stack))["docker-compose.yml"])
-
-
-def specs_for(project: Path, profile: str, api: str = "1.41", **kwargs):  # type: ignore[no-untyped-def]
-    compose_file = project / ".devenv" / profile / "docker-compose.yml"
-    return compose_specs(rendered_compose(project, profile), compose_file, api, env={}, **kwargs)
-
-
-def test_prod_postgres_body_is_the_compose_service(project: Path) -> None:
-    spec = specs_for(project, "prod", image_ids={"postgres:16": "sha256:abc"})["postgres"]
-    body, host = spec.body, spec.body["HostConfig"]
-    state = project / ".devenv" / "prod"
-    assert spec.name == "taskflow-prod-postgres-1"
-    assert body["Image"] == "postgres:16"
-    assert body["Cmd"] == ["postgres", "-c", "config_file=/etc/postgresql/postgresql.conf"]
-    # The password as its SCRAM secret, Compose's $$ escapes undone (initdb stores it as is).
-    secret = scram_secret("taskflow", "pg-test-pw")
-    assert "$" in secret
-    assert set(body["Env"]) == {"POSTGRES_USER=taskflow", f"POSTGRES_PASSWORD={secret}", "POSTGRES_DB=taskflow",
-                                "PGDATA=/var/lib/postgresql/data"}
-    assert body["ExposedPorts"] == {"5432/tcp": {}}
-    assert host["PortBindings"] == {"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": "5432"}]}
-    assert host["Mounts"] == [
-        {"Type": "volume", "Source": "taskflow-prod-pgdata", "Target": "/var/lib/postgresql/data", "ReadOnly": False},
-        {"Type": "bind", "Source": str(state / "postgresql.conf"), "Target": "/etc/postgresql/postgresql.conf", "ReadOnly": True},
-        {"Type": "bind", "Source": str(state / "pg_hba.conf"), "Target": "/etc/postgresql/pg_hba.conf", "ReadOnly": True},
-        {"Type": "bind", "Source": str(state / "ssl" / "server.crt"), "Target": "/etc/postgresql/server.crt", "ReadOnly": True},
-        {"Type": "bind", "Source": str(state / "ssl" / "server.key"), "Target": "/etc/postgresql/server.key", "ReadOnly": True},
-    ]
-    assert spec.volumes == {"taskflow-prod-pgdata": {"com.docker.compose.project": "taskflow-prod",
-                                                     "com.docker.compose.volume": "pgdata"}}
-    assert host["Memory"] == 1 << 30 and host["NanoCpus"] == 1_000_000_000
-    assert host["NetworkMode"] == "taskflow-prod_default"
-    assert body["NetworkingConfig"] == {"EndpointsConfig": {"taskflow-prod_default": {"Aliases": ["postgres", spec.name]}}}
-    assert body["StopSignal"] == "SIGINT" and body["StopTimeout"] == 30
-    assert body["Healthcheck"] == {
-        "Test": ["CMD", "pg_isready", "-h", "127.0.0.1", "-p", "5432", "-U", "taskflow", "-d", "taskflow"],
-        "Interval": 2_000_000_000, "Timeout": 3_000_000_000, "StartPeriod": 60_000_000_000, "Retries": 30,
-    }
-    labels = body["Labels"]
-    assert labels["com.docker.compose.project"] == "taskflow-prod"
-    assert labels["com.docker.compose.service"] == "postgres"
-    assert labels["com.docker.compose.oneoff"] == "False"
-    assert labels["com.docker.compose.container-number"] == "1"
-    assert labels["com.docker.compose.project.working_dir"] == str(state)
-    assert labels["com.docker.compose.project.config_files"] == str(state / "docker-compose.yml")
-    assert labels["com.docker.compose.image"] == "sha256:abc"
-    assert labels["dev.devenv.service"] == "postgres" and labels[DEVENV_HASH] == spec.files_hash
-    assert labels[COMPOSE_CONFIG_HASH] == spec.config_hash
-
-
-def test_start_interval_only_for_engines_that_take_it(project: Path) -> None:
-    old = specs_for(project, "dev", "1.41")["redis"].body["Healthcheck"]
-    new = specs_for(project, "dev", "1.44")["redis"].body["Healthcheck"]
-    assert "StartInterval" not in old
-    assert new["StartInterval"] == 100_000_000
-    assert {k: v for k, v in new.items() if k != "StartInterval"} == old
-
-
-def test_compose_escapes_are_undone_like_compose(project: Path) -> None:
-    test = specs_for(project, "dev")["redis"].body["Healthcheck"]["Test"]
-    assert test == ["CMD-SHELL", 'test "$(redis-cli -h 127.0.0.1 -p 6379 ping)" = PONG']
-
-
-def test_ci_keeps_postgres_data_on_tmpfs_and_no_volumes(project: Path) -> None:
-    specs = specs_for(project, "ci")
-    assert specs["postgres"].body["HostConfig"]["Tmpfs"] == {"/var/lib/postgresql/data": ""}
-    assert all(not spec.volumes for spec in specs.values())
-    assert specs["pgbouncer"].body["Labels"]["com.docker.compose.depends_on"] == "postgres:service_healthy:false"
-
-
-def test_config_hash_ignores_the_files_hash_but_not_the_definition(project: Path) -> None:
-    compose = rendered_compose(project, "dev")
-    compose_file = project / ".devenv" / "dev" / "docker-compose.yml"
-    base = compose_specs(compose, compose_file, "1.41", env={})["redis"]
-    compose["services"]["redis"]["labels"]["dev.devenv.config-hash"] = "0" * 16
-    files_only = compose_specs(compose, compose_file, "1.41", env={})["redis"]
-    assert files_only.config_hash == base.config_hash and files_only.files_hash != base.files_hash
-    compose["services"]["redis"]["ports"] = ["127.0.0.1:7000:6379"]
-    assert compose_specs(compose, compose_file, "1.41", env={})["redis"].config_hash != base.config_hash
-
-
-@pytest.mark.parametrize("key", ["networks", "restart", "privileged"])
-def test_a_compose_key_devenv_does_not_translate_is_an_error(project: Path, key: str) -> None:
-    compose = rendered_compose(project, "dev")
-    if key == "networks":
-        compose["networks"] = {"default": {}}
-    else:
-        compose["services"]["redis"][key] = "always" if key == "restart" else True
-    with pytest.raises(ConfigError, match=key):
-        compose_specs(compose, project / "docker-compose.yml", "1.41", env={})
-
-
-def test_durations_sizes_and_variables(project: Path) -> None:
-    compose = rendered_compose(project, "dev")
-    svc = compose["services"]["redis"]
-    svc["healthcheck"]["interval"] = "1m30s"
-    svc["stop_grace_period"] = "1500ms"
-    svc["deploy"] = {"resources": {"limits": {"memory": "512m", "cpus": "0.5"}}}
-    svc["environment"]["FROM_ENV"] = "${DEVENV_TEST_VALUE:-fallback}-$${LITERAL}"
-    body = compose_specs(compose, project / "docker-compose.yml", "1.41", env={"DEVENV_TEST_VALUE": "x"})["redis"].body
-    assert body["Healthcheck"]["Interval"] == 90_000_000_000
-    assert body["StopTimeout"] == 2
-    assert body["HostConfig"]["Memory"] == 512 << 20 and body["HostConfig"]["NanoCpus"] == 500_000_000
-    assert "FROM_ENV=x-${LITERAL}" in body["Env"]
-    svc["healthcheck"]["interval"] = "soon"
-    with pytest.raises(ConfigError, match="not a duration"):
-        compose_specs(compose, project / "docker-compose.yml", "1.41", env={})
 
 
 # ---- the engine: where it is ---------------------------------------------------------------------------
@@ -245,19 +125,111 @@ def test_pull_error_says_what_to_do_offline() -> None:
 def test_the_remembered_compose_file_gives_the_same_containers(project: Path, profile: str, tmp_path: Path) -> None:
     """`up` reads the parsed compose file back from its render record (no PyYAML): the specs,
     config hashes included (a differing one recreates the container), must be those of a parse."""
-    from devenv.runtime.docker import COMPOSE_FILE, DockerRuntime
+    from devenv.render import COMPOSE_FILE
+    from devenv.runtime.dockerfiles import parsed, remember_render
 
     stack = build_stack(load_config(project / "devenv.yaml", {}), profile)
     files = render_files(stack, compose_placement(stack))
-    parsed = load_compose(files[COMPOSE_FILE])
-    runtime = DockerRuntime(env={})
-    runtime._remember_render(stack, tmp_path, files, parsed)
-    remembered = runtime._parsed(tmp_path, files[COMPOSE_FILE])
+    loaded = load_compose(files[COMPOSE_FILE])
+    remember_render(stack, tmp_path, files, loaded)
+    remembered = parsed(tmp_path, files[COMPOSE_FILE])
     compose_file = tmp_path / COMPOSE_FILE
-    expected = compose_specs(parsed, compose_file, "1.41", env={})
+    expected = compose_specs(loaded, compose_file, "1.41", env={})
     again = compose_specs(remembered, compose_file, "1.41", env={})
     assert {s: spec.config_hash for s, spec in again.items()} == {s: spec.config_hash for s, spec in expected.items()}
     assert {s: spec.body for s, spec in again.items()} == {s: spec.body for s, spec in expected.items()}
     edited = files[COMPOSE_FILE].replace(f"image: {stack.postgres.image}", "image: postgres:99", 1)
     assert edited != files[COMPOSE_FILE]
-    assert runtime._parsed(tmp_path, edited)["services"]["postgres"]["image"] == "postgres:99", "another text is parsed anew"
+    assert parsed(tmp_path, edited)["services"]["postgres"]["image"] == "postgres:99", "another text is parsed anew"
+
+
+# ---- the plan of `up` (observed containers -> actions), without an engine -----------------------------
+
+
+class FakeContainer:
+    """What DockerRuntime._plan reads of a container: name, status, labels, port bindings, files."""
+
+    def __init__(self, spec, status: str = "running", files: dict[str, str] | None = None,  # type: ignore[no-untyped-def]
+                 labels: dict[str, str] | None = None) -> None:
+        self.name, self.status, self.id = spec.name, status, f"id-{spec.service}"
+        self.labels = {**spec.body["Labels"], **(labels or {})}
+        self.attrs = {"HostConfig": {"PortBindings": spec.body["HostConfig"].get("PortBindings")}}
+        self.files = {spec.mounts[name]: text for name, text in (files or {}).items()}
+
+    def get_archive(self, path: str):  # type: ignore[no-untyped-def]
+        import io
+        import tarfile
+
+        from docker.errors import NotFound
+
+        if path not in self.files:
+            raise NotFound(path)
+        data, buffer = self.files[path].encode(), io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(Path(path).name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        return [buffer.getvalue()], {}
+
+
+def observed(project: Path, current: dict | None = None):  # type: ignore[no-untyped-def]
+    from devenv.runtime.docker import Observed
+
+    stack = build_stack(load_config(project / "devenv.yaml", {}), "dev")
+    files = render_files(stack, compose_placement(stack))
+    out_dir = stack.state_dir.absolute()
+    specs = compose_specs(load_compose(files["docker-compose.yml"]), out_dir / "docker-compose.yml", "1.41", env={})
+    seen = Observed(out_dir, files, {}, specs, {})
+    seen.current.update({service: make(specs[service]) for service, make in (current or {}).items()})
+    return stack, seen
+
+
+def test_the_plan_creates_what_is_missing_and_leaves_what_is_current(project: Path) -> None:
+    from devenv.runtime.docker import DockerRuntime
+
+    stack, seen = observed(project)
+    plan = DockerRuntime(env={})._plan(stack, seen)
+    assert plan.actions == {"postgres": "create", "pgbouncer": "create", "redis": "create"}
+    assert plan.to_bind == ["postgres", "pgbouncer", "redis"] and plan.reload_files == {}
+
+    stack, seen = observed(project, {s: FakeContainer for s in ("postgres", "pgbouncer", "redis")})
+    plan = DockerRuntime(env={})._plan(stack, seen)
+    assert plan.actions == {} and plan.to_bind == [] and plan.starting == []
+
+
+def test_the_plan_recreates_a_changed_definition_and_starts_a_stopped_container(project: Path) -> None:
+    from devenv.runtime.docker import DockerRuntime
+
+    stack, seen = observed(project, {
+        "postgres": FakeContainer,
+        "pgbouncer": lambda spec: FakeContainer(spec, status="exited"),
+        "redis": lambda spec: FakeContainer(spec, labels={COMPOSE_CONFIG_HASH: "old"}),
+    })
+    plan = DockerRuntime(env={})._plan(stack, seen)
+    assert plan.actions == {"pgbouncer": "start", "redis": "recreate"}
+    assert plan.to_bind == ["pgbouncer"], "a running container that keeps its ports needs none freed"
+    assert plan.starting == ["pgbouncer", "redis"]
+
+
+def test_the_plan_reloads_postgres_only_when_a_sighup_applies_the_change(project: Path) -> None:
+    """A reloadable postgresql.conf change is written in place and reloaded; a changed PgBouncer
+    file beside it still recreates PgBouncer; a restart-only change recreates Postgres."""
+    from devenv.runtime.docker import DockerRuntime
+
+    stack, _ = observed(project)
+    files = render_files(stack, compose_placement(stack))
+    new_conf = files["postgresql.conf"]
+    for old_conf, action in ((new_conf.replace("work_mem = '4MB'", "work_mem = '8MB'", 1), "reload"),
+                             (new_conf.replace("shared_buffers = '128MB'", "shared_buffers = '256MB'", 1), "recreate")):
+        assert old_conf != new_conf
+        seen_files = {"postgresql.conf": old_conf, "pg_hba.conf": files["pg_hba.conf"]}
+        stack.state_dir.mkdir(parents=True, exist_ok=True)
+        (stack.state_dir / "postgresql.conf").write_text(old_conf)  # the host file the container mounts
+        stack, seen = observed(project, {
+            "postgres": lambda spec: FakeContainer(spec, files=seen_files, labels={DEVENV_HASH: "old"}),
+            "pgbouncer": lambda spec: FakeContainer(spec, labels={DEVENV_HASH: "old"}),
+            "redis": FakeContainer,
+        })
+        plan = DockerRuntime(env={})._plan(stack, seen)
+        assert plan.actions == {"postgres": action, "pgbouncer": "recreate"}, action
+        assert plan.reload_files == ({"postgresql.conf": new_conf} if action == "reload" else {})

@@ -1,0 +1,233 @@
+"""The docker SDK, always imported lazily: connecting to an engine, pulling images, and the calls
+on containers that every part of the Docker runtime makes the same way.
+
+Where the engine is (DOCKER_HOST, a context, a socket) and whether anything answers there is
+devenv.runtime.engine's business, without the SDK (~250 ms to import); this module imports it
+only inside the functions that talk to an engine.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from devenv.errors import DependencyError, DevenvError
+from devenv.runtime.base import Progress
+from devenv.runtime.engine import Endpoint, engine_unreachable
+from devenv.runtime.plan import SERVICES
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from docker.models.containers import Container
+
+    from devenv.config.stack import Stack
+
+API_TIMEOUT = 120.0
+IMAGE_VARS = {service: f"DEVENV_{service.upper()}_IMAGE" for service in SERVICES}
+
+
+# ---- connecting --------------------------------------------------------------------------------
+
+
+def connect(endpoint: Endpoint, timeout: float = API_TIMEOUT) -> DockerClient:
+    """A client for the endpoint that has answered a ping; DependencyError naming the host if not."""
+    import docker
+    from docker.errors import DockerException
+
+    kwargs: dict[str, Any] = {"base_url": endpoint.host, "timeout": timeout}
+    if endpoint.host.startswith("ssh://"):
+        kwargs["use_ssh_client"] = True  # the system's ssh: its config and agent, no paramiko
+    if endpoint.tls_dir and (endpoint.host.startswith("tcp://") or endpoint.host.startswith("https://")):
+        tls_dir = Path(endpoint.tls_dir)
+        cert = (str(tls_dir / "cert.pem"), str(tls_dir / "key.pem")) if (tls_dir / "cert.pem").exists() else None
+        ca = str(tls_dir / "ca.pem") if (tls_dir / "ca.pem").exists() else None
+        kwargs["tls"] = docker.tls.TLSConfig(client_cert=cert, ca_cert=ca if endpoint.tls_verify else None,
+                                             verify=endpoint.tls_verify and (ca or True))
+    try:
+        client = docker.DockerClient(**kwargs)  # negotiates the API version: one request
+        client.ping()
+    except (DockerException, OSError) as exc:
+        raise engine_unreachable(endpoint, exc) from exc
+    return client
+
+
+def api_message(exc: BaseException) -> str:
+    """What the engine said about a failed request (its explanation), on one line."""
+    explanation = getattr(exc, "explanation", None)
+    text = explanation.decode(errors="replace") if isinstance(explanation, bytes) else (explanation or str(exc))
+    return " ".join(str(text).split())
+
+
+# ---- images --------------------------------------------------------------------------------------
+
+
+def ensure_images(client: DockerClient, stack: Stack, progress: Progress) -> dict[str, str]:
+    """Each service's image id; a missing image is pulled (progress per layer, in bytes)."""
+    from docker.errors import ImageNotFound
+
+    ids: dict[str, str] = {}
+    for service in stack.services:
+        if service.image in ids:
+            continue
+        try:
+            ids[service.image] = client.images.get(service.image).id
+        except ImageNotFound:
+            ids[service.image] = pull(client, service.name, service.image, progress)
+    return ids
+
+
+def pull(client: DockerClient, service: str, image: str, progress: Progress) -> str:
+    """Pull an image, saying how it goes; its id, or pull_error."""
+    from docker.errors import DockerException
+    from docker.utils import parse_repository_tag
+
+    repository, tag = parse_repository_tag(image)  # the tag may be a digest: the API takes both
+    progress(f"{service:<10} pulling {image} (not found locally)")
+    report = PullProgress(f"{service:<10} {image}", progress)
+    try:
+        for event in client.api.pull(repository, tag=tag or "latest", stream=True, decode=True):
+            if event.get("error"):
+                raise pull_error(service, image, str(event["error"]))
+            report.feed(event)
+        report.finish()
+        return client.images.get(image).id
+    except DevenvError:
+        raise
+    except (DockerException, OSError) as exc:
+        raise pull_error(service, image, api_message(exc)) from exc
+
+
+class PullProgress:
+    """Turns the engine's pull events into lines: each layer when done, totals every second."""
+
+    def __init__(self, prefix: str, progress: Progress, interval: float = 1.0) -> None:
+        self.prefix = prefix
+        self.progress = progress
+        self.interval = interval
+        self.layers: dict[str, dict[str, Any]] = {}
+        self._last = time.monotonic()
+
+    def feed(self, event: dict[str, Any]) -> None:
+        """Take one decoded event of `POST /images/create`."""
+        layer, status = event.get("id"), str(event.get("status", ""))
+        if not layer or status.startswith("Pulling from") or status.startswith("Digest") or status.startswith("Status"):
+            return
+        entry = self.layers.setdefault(layer, {"status": "", "current": 0, "total": 0})
+        detail = event.get("progressDetail") or {}
+        if status == "Downloading":
+            entry["current"], entry["total"] = detail.get("current", 0), detail.get("total", entry["total"])
+        if status in ("Download complete", "Already exists", "Pull complete") and entry["status"] != status:
+            entry["current"] = entry["total"] = max(entry["total"], entry["current"])
+            if status != "Pull complete":
+                self.progress(f"{self.prefix}: layer {layer} {status.lower()}"
+                              + (f" ({_size(entry['total'])})" if entry["total"] else ""))
+        entry["status"] = status
+        if time.monotonic() - self._last >= self.interval:
+            self._last = time.monotonic()
+            self.progress(f"{self.prefix}: {self.summary()}")
+
+    def summary(self) -> str:
+        """Layers done and bytes downloaded so far."""
+        done = sum(1 for e in self.layers.values() if e["status"] in ("Download complete", "Already exists", "Pull complete",
+                                                                      "Extracting", "Verifying Checksum"))
+        current = sum(e["current"] for e in self.layers.values())
+        total = sum(e["total"] for e in self.layers.values())
+        return f"{done}/{len(self.layers)} layers, {_size(current)} of {_size(total) if total else '?'}"
+
+    def finish(self) -> None:
+        """Say the final totals."""
+        self.progress(f"{self.prefix}: pulled, {self.summary()}")
+
+
+def pull_error(service: str, image: str, reason: str) -> DependencyError:
+    """The error for an image that is neither here nor pullable: what to do offline."""
+    var = IMAGE_VARS.get(service, "DEVENV_<SERVICE>_IMAGE")
+    return DependencyError(
+        f"image {image} for {service} is not available locally and could not be pulled: {reason}",
+        hint=f"offline? Get {image} onto this engine (`docker load` an image saved elsewhere, or build one and "
+        f"`docker tag` it {image}), or set {var} to an image you have (`docker images`), or use the native "
+        "runtime: `devenv up --runtime native`.",
+    )
+
+
+def _size(count: float) -> str:
+    """Bytes as the docker CLI shows a pull's: decimal units ('30.0 MB')."""
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
+
+
+# ---- containers ----------------------------------------------------------------------------------
+
+
+def stop_timeout(container: Container) -> int:
+    """The seconds the container's stop waits before SIGKILL (its StopTimeout; Compose's 10)."""
+    return int(container.attrs.get("Config", {}).get("StopTimeout") or 10)
+
+
+def stop(container: Container, timeout: int) -> None:
+    """Stop a container (its own stop signal, then SIGKILL); one already gone is no error."""
+    from docker.errors import DockerException
+
+    try:
+        container.stop(timeout=timeout)
+    except DockerException:
+        pass
+
+
+def remove(container: Container) -> None:
+    """Remove a container, running or not, with its anonymous volumes (the images' VOLUME /data)."""
+    from docker.errors import NotFound
+
+    try:
+        container.remove(force=True, v=True)
+    except NotFound:
+        pass
+
+
+def quietly(action: Callable[[], Any]) -> None:
+    """Run an engine call whose failure changes nothing for the caller (a cleanup)."""
+    from docker.errors import DockerException
+
+    try:
+        action()
+    except DockerException:
+        pass
+
+
+def logs(container: Container, tail: int | str = "all") -> str:
+    """A container's log (stdout and stderr), "" when the engine cannot give it."""
+    from docker.errors import DockerException
+
+    try:
+        return container.logs(stdout=True, stderr=True, tail=tail).decode(errors="replace")
+    except DockerException:
+        return ""
+
+
+def log_tail_of(client: DockerClient, container_id: str) -> str:
+    """The last 20 log lines of a container by id, for an error being raised ("" if there are none)."""
+    try:
+        return client.api.logs(container_id, tail=20).decode(errors="replace")
+    except Exception:  # the log is an extra for an error already being raised
+        return ""
+
+
+def read_file(container: Container, path: str) -> str | None:
+    """A file inside a container (running or not), None if it is not there."""
+    from docker.errors import DockerException
+
+    try:
+        stream, _ = container.get_archive(path)
+        data = b"".join(stream)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            member = next((m for m in tar.getmembers() if m.isfile()), None)
+            handle = tar.extractfile(member) if member else None
+            return handle.read().decode("utf-8", errors="replace") if handle else None
+    except (DockerException, tarfile.TarError, OSError):
+        return None

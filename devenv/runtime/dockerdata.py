@@ -1,0 +1,289 @@
+"""Postgres's data in a Docker volume: filled from the seeded-data cache and saved to it, a failed
+initialisation wiped, this checkout's password set, the TLS key handed to the image's postgres user.
+
+Each function takes a connected client; the docker SDK is imported inside them. What decides
+when each is done is DockerRuntime.up's.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+
+from devenv.db import cache
+from devenv.certs import ensure_certificate
+from devenv.errors import DependencyError, HealthCheckError, StateError
+from devenv.runtime.base import Progress
+from devenv.runtime.compose import COMPOSE_ONEOFF, COMPOSE_PROJECT, COMPOSE_SERVICE, devenv_labels
+from devenv.runtime.dockerapi import api_message, log_tail_of, logs, remove, stop, stop_timeout
+from devenv.runtime.plan import password_note_path, remember_password
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from docker import DockerClient
+    from docker.models.containers import Container
+
+    from devenv.config.stack import Stack
+
+# In .devenv/<profile>/: "restoring" while a cached data directory is being unpacked into the
+# volume (a killed `up` leaves half a cluster: the next one wipes it).
+RESTORE_MARKER = "docker-restore-pending"
+# What the postgres image's entrypoint prints when it initialises an empty data directory
+# (initdb's first line) and when it is done (shared/image-contracts.md).
+_INIT_STARTED = "The files belonging to this database system"
+_INIT_DONE = "init process complete"
+
+
+# ---- the restore marker --------------------------------------------------------------------------
+
+
+def read_marker(stack: Stack) -> str:
+    """The restore marker's phase ("restoring"), "" when there is none."""
+    try:
+        return (stack.state_dir / RESTORE_MARKER).read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+def write_marker(stack: Stack, phase: str) -> None:
+    """Set the restore marker (atomically)."""
+    path = stack.state_dir / RESTORE_MARKER
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(phase + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def clear_marker(stack: Stack) -> None:
+    """Remove the restore marker: the volume's data is complete (or gone)."""
+    (stack.state_dir / RESTORE_MARKER).unlink(missing_ok=True)
+
+
+# ---- volumes -------------------------------------------------------------------------------------
+
+
+def data_volumes(container: Container) -> list[str]:
+    """The named volumes a postgres container keeps its data in (mounted under /var/lib/postgresql)."""
+    return [m["Name"] for m in container.attrs.get("Mounts", []) if m.get("Type") == "volume"
+            and str(m.get("Destination", "")).startswith("/var/lib/postgresql")]
+
+
+def remove_volumes(client: DockerClient, names: Iterable[str]) -> list[str]:
+    """Remove named volumes; the ones that were removed (one the engine refuses is left)."""
+    from docker.errors import DockerException
+
+    removed = []
+    for name in names:
+        try:
+            client.volumes.get(name).remove(force=True)
+            removed.append(name)
+        except DockerException:
+            pass
+    return removed
+
+
+def init_failed(log: str) -> bool:
+    """The postgres entrypoint's last initialisation of an empty data directory never finished."""
+    started = log.rfind(_INIT_STARTED)
+    return started >= 0 and log.rfind(_INIT_DONE) < started
+
+
+def wipe_failed_init(client: DockerClient, container: Container) -> tuple[str, str | None]:
+    """After Postgres exited: if it never finished initialising its data volume, remove the
+    container and the volume (the image skips init when PG_VERSION exists).
+
+    Returns what was done (to append to "exited ...") and the container's last log lines when
+    it was removed (they leave with it). A tmpfs (ci) starts empty anyway: that container stays.
+    """
+    log = logs(container, tail=1000)  # a failed init is the end of the log; all of it can be huge
+    if not init_failed(log):
+        return "", None
+    volumes = data_volumes(container)
+    if not volumes:
+        return " while initialising its data", None
+    tail = "\n".join(log.splitlines()[-20:])
+    remove(container)
+    removed = remove_volumes(client, volumes)
+    if not removed:
+        return (f" while initialising its data; its volume {', '.join(volumes)} could not be removed: "
+                "run `devenv down --volumes` before the next `up`"), tail
+    return (f" while initialising its data; its half-initialised volume {', '.join(removed)} was removed, "
+            "so the next `up` starts afresh"), tail
+
+
+# ---- the seeded-data cache -----------------------------------------------------------------------
+
+
+def data_key(stack: Stack, image_id: str) -> str:
+    """The cache key: as native's, with the image id (its exact PostgreSQL build, locales and
+    data path) in place of initdb's arguments; so Docker and native entries never mix."""
+    return cache.data_key(stack, str(stack.postgres.major),
+                          ["docker", image_id, f"PGDATA={stack.postgres.pgdata}", f"user={stack.postgres.user}"])
+
+
+def restore(client: DockerClient, stack: Stack, container_id: str, archive: Path, local: Path | None,
+            progress: Progress) -> None:
+    """Unpack a cached data directory into the new volume of the created, not yet started,
+    container: straight into `local`, the volume's directory, when it is here; else through the
+    engine's archive API (the engine mounts the volumes for the copy). The image's entrypoint then
+    finds PG_VERSION and skips initdb, and chowns the files to its postgres user."""
+    from docker.errors import DockerException
+
+    start = time.perf_counter()
+    try:
+        if local is not None:
+            _untar_into(archive, local)
+        else:
+            with _Decompressed(archive) as chunks:
+                client.api.put_archive(container_id, stack.postgres.pgdata, chunks)
+    except (DockerException, OSError) as exc:
+        raise StateError(f"could not restore {archive} into the postgres volume: {api_message(exc)}",
+                         hint=f"delete {archive} and run `devenv up` again (it then runs initdb and seeds).") from exc
+    clear_marker(stack)  # the data is complete; it still has another checkout's password (plan.has_password)
+    progress(f"postgres   restored in {time.perf_counter() - start:.2f}s (no initdb, schema or seed)")
+
+
+def save_through_api(client: DockerClient, stack: Stack, container: Container, key: str,
+                     restart: Callable[[], None]) -> Path:
+    """A clean stop of the postgres container (no recovery needed later), its data directory
+    through the engine's archive API into the cache, then `restart`; the archive's path."""
+    stop(container, stop_timeout(container))
+    try:
+        stream, _ = client.api.get_archive(container.id, stack.postgres.pgdata + "/.")
+        with cache.compressed(cache.archive_path(key)) as (sink, path):
+            for chunk in stream:
+                sink.write(chunk)
+    finally:
+        restart()
+    return path
+
+
+class _Decompressed:
+    """The chunks of a cached archive's tar stream (zstd in another process, or gzip), for
+    put_archive's chunked upload; the decompressor is reaped on exit, killed on failure."""
+
+    CHUNK = 1 << 20
+
+    def __init__(self, archive: Path) -> None:
+        self.archive = archive
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Iterator[bytes]:
+        import gzip
+        import shutil
+        import subprocess
+
+        if self.archive.name.endswith(".zst"):
+            zstd = shutil.which("zstd")
+            if zstd is None:
+                raise OSError("zstd is needed to read the cached data directory")
+            self.proc = subprocess.Popen([zstd, "-d", "-q", "-c", str(self.archive)], stdout=subprocess.PIPE)
+            handle = self.proc.stdout
+        else:
+            handle = gzip.open(self.archive, "rb")
+        self.handle = handle
+        return iter(lambda: handle.read(self.CHUNK), b"")  # type: ignore[union-attr]
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        self.handle.close()  # type: ignore[union-attr]
+        if self.proc is not None:
+            if kind is not None:
+                self.proc.kill()
+            if self.proc.wait() != 0 and kind is None:
+                raise OSError(f"{self.archive} is corrupt or unreadable")
+
+
+def _untar_into(archive: Path, directory: Path) -> None:
+    """Unpack a cached archive into a directory, numeric owners kept (the image's postgres uid)."""
+    import subprocess
+
+    if archive.name.endswith(".zst"):
+        cache.wait_unpacked(cache.start_unpacking(archive, directory, numeric_owner=True), archive)
+    else:
+        subprocess.run(["tar", "-C", str(directory), "--numeric-owner", "-xzf", str(archive)], check=True)
+
+
+# ---- the superuser's password, the TLS key -------------------------------------------------------
+
+
+def set_password(client: DockerClient, stack: Stack, container_id: str, timeout: float = 60.0) -> None:
+    """This checkout's password for the superuser of a restored data directory (or of one an
+    earlier checkout left; see plan.has_password): set over the container's unix socket (trusted
+    locally), the password passed in the exec's environment, never on a command line, and kept
+    out of the server log."""
+    from docker.errors import DockerException
+
+    pg = stack.postgres
+    script = (
+        'i=0; until pg_isready -q -h /var/run/postgresql -p "$PORT"; do '
+        'i=$((i+1)); [ "$i" -gt "$TRIES" ] && exit 9; sleep 0.05; done\n'
+        'psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p "$PORT" -U "$DEVENV_USER" -d postgres '
+        '-v u="$DEVENV_USER" -v pw="$DEVENV_PASSWORD" <<\'SQL\'\n'
+        "SET log_statement = 'none';\n"
+        "ALTER ROLE :\"u\" PASSWORD :'pw';\n"
+        "SQL\n"
+    )
+    env = {"PORT": str(pg.container_port), "TRIES": str(int(timeout / 0.05)), "DEVENV_USER": pg.user,
+           "DEVENV_PASSWORD": pg.password_secret}  # the SCRAM secret PgBouncer's userlist holds
+    api = client.api
+    try:
+        exec_id = api.exec_create(container_id, ["sh", "-c", script], user="postgres", environment=env)["Id"]
+        output = api.exec_start(exec_id).decode(errors="replace").strip()
+        code = api.exec_inspect(exec_id).get("ExitCode")
+    except DockerException as exc:
+        output, code = api_message(exc), None
+    if code != 0:
+        raise HealthCheckError(
+            f"postgres did not take this checkout's password (data from the cache or from an earlier "
+            f"checkout; exit {code}): {output or 'no output'}",
+            hint="delete the cache entry (DEVENV_CACHE_DIR) and run `devenv down --volumes && devenv up`.",
+            log_tail=log_tail_of(client, container_id))
+    remember_password(password_note_path(stack), stack)
+
+
+def prepare_tls(client: DockerClient, stack: Stack, image: str, progress: Progress) -> None:
+    """The certificate the compose file mounts, its key owned by the image's postgres user.
+
+    Postgres refuses a key that is not its own with mode 0600 (or root's 0640), and a bind
+    mount keeps the host's owner: a one-off container of the same image (as root, so it
+    knows the image's uid: 999 on Debian tags, 70 on alpine) hands the key over, once.
+    """
+    ssl_dir = stack.state_dir / "ssl"
+    ensure_certificate(ssl_dir)
+    key = ssl_dir / "server.key"
+    if key.stat().st_uid != os.geteuid():
+        return  # handed over already
+    progress("postgres   giving the TLS key to the image's postgres user")
+    from docker.errors import DockerException
+
+    script = 'chown "$(id -u postgres):$(id -g postgres)" /ssl/server.key && chmod 0600 /ssl/server.key'
+    body = {
+        "Image": image, "Entrypoint": ["sh", "-c", script], "Cmd": [], "User": "0:0",
+        "Labels": {COMPOSE_PROJECT: stack.name, COMPOSE_SERVICE: "postgres", COMPOSE_ONEOFF: "True",
+                   **devenv_labels(stack)},
+        "HostConfig": {"NetworkMode": "none",
+                       "Mounts": [{"Type": "bind", "Source": str(ssl_dir), "Target": "/ssl", "ReadOnly": False}]},
+    }
+    api = client.api
+    container_id = None
+    try:
+        container_id = api.create_container_from_config(body, name=f"{stack.name}-postgres-tls")["Id"]
+        api.start(container_id)
+        code = api.wait(container_id, timeout=60).get("StatusCode", 1)
+        output = api.logs(container_id).decode(errors="replace").strip()
+    except DockerException as exc:
+        raise DependencyError(f"could not hand the TLS key to the postgres user: {api_message(exc)}") from exc
+    finally:
+        if container_id:
+            try:
+                api.remove_container(container_id, force=True, v=True)  # v: the image's VOLUME
+            except DockerException:
+                pass
+    if code != 0:
+        raise DependencyError(
+            f"could not hand {key} to the postgres user of {image} (exit {code}): {output}",
+            hint="the image needs a `postgres` user and `sh`, like the official postgres images.",
+        )

@@ -1,0 +1,138 @@
+"""What both runtimes decide the same way: the services and runtime names, reload or restart after
+a change, the render key, the note of the superuser's password, and keeping seeded data in the cache.
+
+devenv.cli imports this for RUNTIME_NAMES on every command, `--help` included: at import time
+it loads nothing but typing; each function imports what it needs.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Callable, Mapping
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from devenv.render import Placement
+    from devenv.runtime.base import Progress
+    from devenv.config.stack import Stack
+
+SERVICES = ("postgres", "pgbouncer", "redis")
+RUNTIME_NAMES = ("auto", "native", "docker")
+# The program each service's main process runs (its comm in /proc), to tell it from a reused pid.
+PROGRAMS = {"postgres": "postgres", "pgbouncer": "pgbouncer", "redis": "redis-server"}
+# Setting contexts (pg_settings.context) that a reload (SIGHUP) applies without a restart.
+RELOADABLE_CONTEXTS = frozenset({"sighup", "user", "superuser", "backend", "superuser-backend"})
+# In .devenv/<profile>/: which password the Docker data volume's superuser has (see has_password).
+VOLUME_PASSWORD_NOTE = "docker-volume-password"
+
+_CONF_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*(.*?)\s*$")
+
+
+# ---- reload or restart -------------------------------------------------------------------------
+
+
+def changed_settings(old: Mapping[str, str], new: Mapping[str, str]) -> set[str]:
+    """The names of settings added, removed or given another value."""
+    return {name for name in set(old) | set(new) if old.get(name) != new.get(name)}
+
+
+def reload_suffices(old: Mapping[str, str], new: Mapping[str, str], major: int) -> bool:
+    """Whether a reload (SIGHUP) of PostgreSQL `major` applies every change from `old` to `new`
+    settings; else the server must restart. No change at all (e.g. only pg_hba.conf) reloads.
+    A name the catalogue does not know restarts: the safe side."""
+    from devenv.config import pgcatalog
+
+    catalog = pgcatalog.load_catalog(major).settings
+    return all(catalog.get(name, {}).get("context") in RELOADABLE_CONTEXTS for name in changed_settings(old, new))
+
+
+def conf_values(text: str) -> dict[str, str]:
+    """name -> raw value of every setting line of a postgresql.conf (names lower-cased)."""
+    out = {}
+    for line in text.splitlines():
+        match = _CONF_LINE.match(line)  # comment lines start with '#': no match
+        if match and match.group(2):
+            out[match.group(1).lower()] = match.group(2)
+    return out
+
+
+# ---- rendering ---------------------------------------------------------------------------------
+
+
+def render_key(stack: Stack, placement: Placement) -> str:
+    """Everything the rendered files depend on: the model, the placement, the templates.
+
+    While it is unchanged, a runtime reuses the files it rendered before (Jinja2 costs ~0.2 s).
+    """
+    import hashlib
+
+    from devenv.config.project import template_dirs
+
+    digest = hashlib.sha256(repr((stack, placement)).encode())
+    for directory in template_dirs(stack.root):
+        for template in sorted(directory.glob("*.j2")):
+            digest.update(template.name.encode() + template.read_bytes())
+    return digest.hexdigest()
+
+
+# ---- the superuser's password ------------------------------------------------------------------
+
+
+def password_note_path(stack: Stack, pgdata: Path | None = None) -> Path:
+    """Where the note of which password the data's superuser has is kept (devenv.state.note_password).
+
+    Beside a data directory on this machine (native: the directory outlives the checkout, it
+    is keyed by the project's path); for a Docker volume, in the profile's state directory.
+    """
+    if pgdata is not None:
+        return pgdata.with_name(pgdata.name + ".password-sha256")
+    return stack.state_dir / VOLUME_PASSWORD_NOTE
+
+
+def has_password(note: Path, stack: Stack) -> bool:
+    """Whether the data's superuser has this checkout's password. Not after a restore from the
+    cache, nor on data an earlier checkout left (deleted and cloned again: its .devenv/ and
+    secrets gone): then the runtime sets it over the server's unix socket."""
+    from devenv.state import password_noted
+
+    return password_noted(note, stack.postgres.password_secret)
+
+
+def remember_password(note: Path, stack: Stack) -> None:
+    """Note that the data's superuser now has this checkout's password."""
+    from devenv.state import note_password
+
+    note_password(note, stack.postgres.password_secret)
+
+
+# ---- the seeded-data cache ---------------------------------------------------------------------
+
+
+def save_live(stack: Stack, pgdata: Path, key: str) -> Path:
+    """A base backup of the running server's data directory into the cache (cache.save_live),
+    in a session of the stack's superuser."""
+    from devenv.clients import connect
+    from devenv.db import cache
+
+    with connect.postgres(stack, "postgres", query_timeout=300.0) as conn:
+        return cache.save_live(pgdata, key, conn)
+
+
+def save_cache(progress: Progress, save: Callable[[], Path],
+               errors: tuple[type[BaseException], ...] = (), why: Callable[[BaseException], str] = str) -> None:
+    """Keep a freshly seeded data directory in the cache with `save` (which returns the archive),
+    and say where and how long it took. A failure (OSError, pgwire.PgError or one of `errors`,
+    told by `why`) is only said: the cache speeds up the next cold `up`, nothing needs it."""
+    import time
+
+    from devenv.clients import pgwire
+
+    start = time.perf_counter()
+    try:
+        path = save()
+    except (OSError, pgwire.PgError, *errors) as exc:
+        progress(f"postgres   could not cache the seeded data: {why(exc)}")
+        return
+    progress(f"postgres   cached the seeded data in {path} ({path.stat().st_size / 1e6:.1f} MB, "
+             f"{time.perf_counter() - start:.2f}s)")

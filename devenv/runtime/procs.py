@@ -1,0 +1,124 @@
+"""Local processes as /proc shows them: the one parse of /proc/<pid>/stat, scans, signals, waits.
+
+devenv.state imports this on the no-op `up` path, so it imports only os, time and pathlib: no
+subprocess, no dataclasses.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    import subprocess
+
+
+def read_stat(pid: int) -> tuple[str, str] | None:
+    """(program name, state letter) of a pid from /proc/<pid>/stat; None when it cannot be read
+    (the pid is gone, or there is no procfs)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode(errors="replace")
+    except OSError:
+        return None
+    # The name is in parentheses and may hold spaces and parentheses itself: cut at the last ")".
+    return stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :][:1]
+
+
+def process_name(pid: int) -> str | None:
+    """The program a pid runs, None if gone or a zombie (guards against pid reuse).
+
+    A zombie child of this process is reaped. Without procfs (macOS) a pid that signal 0
+    reaches is "unknown".
+    """
+    found = read_stat(pid)
+    if found is None:
+        if not Path("/proc/self").exists():  # no procfs: fall back to signal 0
+            try:
+                os.kill(pid, 0)
+                return "unknown"
+            except OSError:
+                return None
+        return None
+    name, state = found
+    if state == "Z":
+        try:
+            os.waitpid(pid, os.WNOHANG)  # our own child: reap it
+        except ChildProcessError:
+            pass
+        return None
+    return name
+
+
+def working_dir(pid: int) -> Path | None:
+    """A process's working directory (Linux), None when it cannot be read."""
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd"))
+    except OSError:
+        return None
+
+
+def scan_processes() -> dict[int, str]:
+    """Pid -> program name of every live process (empty without procfs)."""
+    table = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            name = process_name(int(entry))
+            if name is not None:
+                table[int(entry)] = name
+    return table
+
+
+def processes_in(table: Mapping[int, str], name: str, directory: Path) -> list[int]:
+    """Pids in `table` named `name` whose working directory is `directory` (Linux)."""
+    return [pid for pid, comm in table.items() if comm == name and working_dir(pid) == directory]
+
+
+def processes_with_arg(table: Mapping[int, str], name: str, arg: str) -> list[int]:
+    """Pids in `table` named `name` with `arg` in their command line (Linux)."""
+    found = []
+    for pid in (pid for pid, comm in table.items() if comm == name):
+        try:
+            if arg.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def send_signal(pid: int, sig: int) -> None:
+    """Signal a pid; one that is already gone is not an error."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def kill_group(pid: int, sig: int) -> None:
+    """Signal a server and every process it started (they share its session's group)."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        send_signal(pid, sig)
+
+
+def wait_gone(pid: int, timeout: float, child: subprocess.Popen[bytes] | None = None) -> bool:
+    """Wait until the pid has exited (`child`: our own Popen of it, polled instead); False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child is not None and child.pid == pid:
+            if child.poll() is not None:
+                return True
+        elif process_name(pid) is None:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def kill_and_wait(pids: list[int], sig: int, timeout: float = 5) -> None:
+    """Signal each pid and wait (up to `timeout` each) for it to be gone."""
+    for pid in pids:
+        send_signal(pid, sig)
+        wait_gone(pid, timeout)
