@@ -32,7 +32,7 @@ FIRST_PROBE_TIMEOUT = 0.25
 
 
 @dataclass(frozen=True)
-class Check:
+class Probe:
     """One probe: `probe(timeout)` returns on success, raises with the reason on failure."""
 
     service: str
@@ -41,7 +41,7 @@ class Check:
     after: str | None = None  # a service that must be healthy before this check is tried
 
 
-def postgres_checks(stack: Stack, dbname: str = "postgres") -> list[Check]:
+def postgres_checks(stack: Stack, dbname: str = "postgres") -> list[Probe]:
     """Liveness `SELECT 1` and readiness: non-idle connections below 90% of max_connections."""
     pg = stack.postgres
 
@@ -54,10 +54,10 @@ def postgres_checks(stack: Stack, dbname: str = "postgres") -> list[Check]:
             if ready != "t":
                 raise RuntimeError(f"not ready: {pg.readiness_limit} or more active connections")
 
-    return [Check("postgres", "SELECT 1 + readiness", probe)]
+    return [Probe("postgres", "SELECT 1 + readiness", probe)]
 
 
-def pgbouncer_checks(stack: Stack) -> list[Check]:
+def pgbouncer_checks(stack: Stack) -> list[Probe]:
     """A real query through the pool as the application, and SHOW VERSION on the admin console."""
 
     def admin(timeout: float) -> None:
@@ -72,11 +72,11 @@ def pgbouncer_checks(stack: Stack) -> list[Check]:
 
     # The admin console answers without Postgres; a pooled query sent while Postgres is still
     # starting would make PgBouncer wait out its login retry.
-    return [Check("pgbouncer", "SHOW VERSION (admin console)", admin),
-            Check("pgbouncer", "SELECT 1 through the pool", pooled, after="postgres")]
+    return [Probe("pgbouncer", "SHOW VERSION (admin console)", admin),
+            Probe("pgbouncer", "SELECT 1 through the pool", pooled, after="postgres")]
 
 
-def redis_checks(stack: Stack) -> list[Check]:
+def redis_checks(stack: Stack) -> list[Probe]:
     """AUTH with the password, then PING answered exactly PONG.
 
     Spoken in RESP over a plain socket: importing redis-py costs more than a whole healthy
@@ -88,10 +88,10 @@ def redis_checks(stack: Stack) -> list[Check]:
         if reply != "PONG":
             raise RuntimeError(f"PING answered {str(reply) if isinstance(reply, Exception) else repr(reply)}, not PONG")
 
-    return [Check("redis", "AUTH + PING", probe)]
+    return [Probe("redis", "AUTH + PING", probe)]
 
 
-def stack_checks(stack: Stack) -> dict[str, list[Check]]:
+def stack_checks(stack: Stack) -> dict[str, list[Probe]]:
     """Every check of the stack, by service."""
     return {
         "postgres": postgres_checks(stack),
@@ -100,12 +100,12 @@ def stack_checks(stack: Stack) -> dict[str, list[Check]]:
     }
 
 
-def check_once(checks: list[Check], timeout: float = PROBE_TIMEOUT) -> str | None:
+def check_once(checks: list[Probe], timeout: float = PROBE_TIMEOUT) -> str | None:
     """Run checks once; None when all pass, else the first failure as text."""
-    return _probe(checks, timeout)[1]
+    return _run_probes(checks, timeout)[1]
 
 
-def _probe(checks: list[Check], timeout: float) -> tuple[list[Check], str | None, BaseException | None]:
+def _run_probes(checks: list[Probe], timeout: float) -> tuple[list[Probe], str | None, BaseException | None]:
     """Run checks in order until one fails: (those that passed, the failure as text, its exception)."""
     passed = []
     for check in checks:
@@ -133,7 +133,7 @@ def _starting(exc: BaseException | None) -> bool:
 
 
 def wait_until_healthy(
-    checks: dict[str, list[Check]],
+    checks: dict[str, list[Probe]],
     timeout: float,
     progress: Callable[[str], None],
     gone: Callable[[str], str | None] = lambda service: None,
@@ -164,10 +164,10 @@ def wait_until_healthy(
     # Plain threads, not concurrent.futures: its import (logging) costs more than a Redis start.
     # queue.Queue, not SimpleQueue: CPython 3.11's SimpleQueue.get(timeout) retries a wait that a
     # signal interrupted with the time left, and when that is negative it waits forever.
-    results: queue.Queue[tuple[str, list[Check], str | None, BaseException | None]] = queue.Queue()
+    results: queue.Queue[tuple[str, list[Probe], str | None, BaseException | None]] = queue.Queue()
 
-    def run(service: str, runnable: list[Check], seconds: float) -> None:
-        results.put((service, *_probe(runnable, seconds)))
+    def run(service: str, runnable: list[Probe], seconds: float) -> None:
+        results.put((service, *_run_probes(runnable, seconds)))
 
     while pending:
         now = time.monotonic()

@@ -59,9 +59,9 @@ from devenv.runtime.dockerdata import (
     prepare_tls,
     read_marker,
     remove_volumes,
-    restore,
     save_through_api,
     set_password,
+    unpack_cached,
     wipe_failed_init,
     write_marker,
 )
@@ -361,7 +361,7 @@ class DockerRuntime:
             remove(seen.current[service])
         container_id = self._create(spec) if action in ("create", "recreate") else seen.current[service].id
         if restoring is not None:
-            restore(self.client(), stack, container_id, restoring, self._local_data_dir(stack, spec.volumes), progress)
+            unpack_cached(self.client(), stack, container_id, restoring, self._local_data_dir(stack, spec.volumes), progress)
         self._start(service, container_id, stack)
         if service == "postgres" and not has_password(password_note_path(stack), stack):
             set_password(self.client(), stack, container_id)

@@ -124,7 +124,7 @@ def data_key(stack: Stack, image_id: str) -> str:
                           ["docker", image_id, f"PGDATA={stack.postgres.pgdata}", f"user={stack.postgres.user}"])
 
 
-def restore(client: DockerClient, stack: Stack, container_id: str, archive: Path, local: Path | None,
+def unpack_cached(client: DockerClient, stack: Stack, container_id: str, archive: Path, local: Path | None,
             progress: Progress) -> None:
     """Unpack a cached data directory into the new volume of the created, not yet started,
     container: straight into `local`, the volume's directory, when it is here; else through the

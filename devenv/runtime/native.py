@@ -206,7 +206,7 @@ class NativeRuntime:
         for directory in (layout.base, layout.conf, layout.log, layout.run, layout.pgdata.parent, layout.redis_dir):
             _make_dir(directory, user)
         recorded = self._read_state(layout)
-        restoring = self._start_restore(stack, layout, binaries, recorded, progress) if use_cache else None
+        restoring = self._start_from_cache(stack, layout, binaries, recorded, progress) if use_cache else None
         placement = self.placement(stack, layout)
         rendered_from = render_key(stack, placement)
         meta = recorded.get("_meta", {})
@@ -312,7 +312,7 @@ class NativeRuntime:
             return "restart"
         return "reload" if reload_suffices(entry.get("settings", {}), stack.postgres.settings, major) else "restart"
 
-    def _start_restore(self, stack: Stack, layout: Layout, binaries: Binaries, recorded: dict,
+    def _start_from_cache(self, stack: Stack, layout: Layout, binaries: Binaries, recorded: dict,
                        progress: Progress) -> "Any":
         """If Postgres will need a new data directory and the cache has it, start extracting now."""
         if (layout.pgdata / "PG_VERSION").exists() or self._alive(recorded.get("postgres", {}), "postgres"):

@@ -13,11 +13,11 @@ import pytest
 
 from devenv import health
 from devenv.errors import HealthCheckError
-from devenv.health import Check
+from devenv.health import Probe
 from devenv.clients.pgwire import ServerClosedError
 
 
-def wait(checks: dict[str, list[Check]], timeout: float = 5.0, **kwargs: object) -> dict[str, float]:
+def wait(checks: dict[str, list[Probe]], timeout: float = 5.0, **kwargs: object) -> dict[str, float]:
     return health.wait_until_healthy(checks, timeout=timeout, progress=lambda line: None, **kwargs)  # type: ignore[arg-type]
 
 
@@ -40,8 +40,8 @@ def test_a_hanging_service_delays_no_other() -> None:
         if service == "postgres":
             postgres_healthy.set()
 
-    wait({"redis": [Check("redis", "PING", redis)],
-          "postgres": [Check("postgres", "SELECT 1", lambda timeout: None)]}, on_healthy=on_healthy)
+    wait({"redis": [Probe("redis", "PING", redis)],
+          "postgres": [Probe("postgres", "SELECT 1", lambda timeout: None)]}, on_healthy=on_healthy)
     assert "redis gave up" not in events, events
     assert sorted(events[:2]) == ["postgres healthy", "redis hung"] and events[2:] == ["redis ok", "redis healthy"]
 
@@ -54,7 +54,7 @@ def test_a_probe_that_timed_out_is_retried_at_once_with_twice_the_time() -> None
         if len(timeouts) < 4:
             raise TimeoutError("timed out")
 
-    wait({"redis": [Check("redis", "PING", probe)]})
+    wait({"redis": [Probe("redis", "PING", probe)]})
     first = health.FIRST_PROBE_TIMEOUT
     assert timeouts == [first, 2 * first, 4 * first, min(8 * first, health.PROBE_TIMEOUT)]
 
@@ -74,9 +74,9 @@ def test_after_waits_for_the_other_service_and_then_runs_at_once() -> None:
         assert postgres_up.is_set(), "the pooled check ran before postgres was healthy"
         order.append("pooled")
 
-    healthy = wait({"pgbouncer": [Check("pgbouncer", "admin", lambda timeout: None),
-                                  Check("pgbouncer", "pooled", pooled, after="postgres")],
-                    "postgres": [Check("postgres", "SELECT 1", postgres)]})
+    healthy = wait({"pgbouncer": [Probe("pgbouncer", "admin", lambda timeout: None),
+                                  Probe("pgbouncer", "pooled", pooled, after="postgres")],
+                    "postgres": [Probe("postgres", "SELECT 1", postgres)]})
     assert order == ["postgres refused"] * 3 + ["postgres ok", "pooled"]
     assert healthy["pgbouncer"] >= healthy["postgres"]
 
@@ -100,7 +100,7 @@ def test_deadline_names_the_check_and_its_last_error() -> None:
         raise RuntimeError("not ready: 18 or more active connections")
 
     with pytest.raises(HealthCheckError) as caught:
-        wait({"postgres": [Check("postgres", "SELECT 1 + readiness", refuses)]}, timeout=0.3,
+        wait({"postgres": [Probe("postgres", "SELECT 1 + readiness", refuses)]}, timeout=0.3,
              log_tail=lambda service: "LOG:  the last line")
     assert "postgres not healthy after 0s: SELECT 1 + readiness: RuntimeError: not ready" in caught.value.message
     assert "the last line" in caught.value.log_tail
@@ -111,7 +111,7 @@ def test_a_server_that_exited_fails_at_once() -> None:
         raise ConnectionRefusedError("refused")
 
     with pytest.raises(HealthCheckError) as caught:
-        wait({"redis": [Check("redis", "PING", refuses)]}, timeout=30,
+        wait({"redis": [Probe("redis", "PING", refuses)]}, timeout=30,
              gone=lambda service: "exited with code 1")
     assert caught.value.message.startswith("redis exited with code 1 before it became healthy")
 
@@ -127,7 +127,7 @@ def test_a_passed_check_is_not_run_again() -> None:
         if runs["pooled"] < 3:
             raise ServerClosedError("the server closed the connection")
 
-    wait({"pgbouncer": [Check("pgbouncer", "admin", admin), Check("pgbouncer", "pooled", pooled)]})
+    wait({"pgbouncer": [Probe("pgbouncer", "admin", admin), Probe("pgbouncer", "pooled", pooled)]})
     assert runs == {"admin": 1, "pooled": 3}
 
 
@@ -144,15 +144,15 @@ def test_a_service_is_not_probed_before_its_start_is_done() -> None:
     def redis(timeout: float) -> None:
         events.append("redis probed" if redis_started.is_set() else "redis probed before its start was done")
 
-    wait({"redis": [Check("redis", "PING", redis)],
-          "postgres": [Check("postgres", "SELECT 1", lambda timeout: None)]},
+    wait({"redis": [Probe("redis", "PING", redis)],
+          "postgres": [Probe("postgres", "SELECT 1", lambda timeout: None)]},
          on_healthy=on_healthy, started=lambda service: service != "redis" or redis_started.is_set())
     assert events == ["postgres healthy", "redis probed", "redis healthy"]
 
 
 def test_a_service_never_started_times_out_naming_it() -> None:
     with pytest.raises(HealthCheckError, match="redis not healthy after 0s: still being started"):
-        wait({"redis": [Check("redis", "PING", lambda timeout: None)]}, timeout=0.2,
+        wait({"redis": [Probe("redis", "PING", lambda timeout: None)]}, timeout=0.2,
              started=lambda service: False)
 
 
@@ -164,7 +164,7 @@ def test_signals_during_the_wait_do_not_hang_it() -> None:
     script = textwrap.dedent("""
         import os, signal, threading, time
         from devenv import health
-        from devenv.health import Check
+        from devenv.health import Probe
 
         signal.signal(signal.SIGUSR1, lambda *args: None)
         def pester():
@@ -176,7 +176,7 @@ def test_signals_during_the_wait_do_not_hang_it() -> None:
         def probe(timeout):
             if time.monotonic() < ready_at:
                 raise ConnectionRefusedError("not yet")
-        healthy = health.wait_until_healthy({"postgres": [Check("postgres", "SELECT 1", probe)]},
+        healthy = health.wait_until_healthy({"postgres": [Probe("postgres", "SELECT 1", probe)]},
                                             timeout=10, progress=lambda line: None)
         print("healthy" if "postgres" in healthy else "not healthy")
     """)
