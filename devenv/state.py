@@ -103,7 +103,9 @@ def locked(state_dir: Path, timeout: float = 300.0, on_wait: Any = None) -> Iter
     """
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "lock"
-    with open(path, "a+") as handle:
+    # Read-write, created if missing; not "a+", whose writes go to the end: the note is written
+    # over in place, since truncating it to nothing first costs ~0.15 ms on ext4 (every reset).
+    with os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -124,8 +126,8 @@ def locked(state_dir: Path, timeout: float = 300.0, on_wait: Any = None) -> Iter
                         ) from None
                     time.sleep(0.05)
         handle.seek(0)
-        handle.truncate()
         handle.write(f"devenv pid {os.getpid()}")
+        handle.truncate()  # what a longer note left after this one
         handle.flush()
         try:
             yield
