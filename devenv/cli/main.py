@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 
-from devenv.cli.output import ci_mode, debug_mode, exit_for, fast_exit, human_size, reset_summary, say
+from devenv import humanize
+from devenv.cli.output import ci_mode, debug_mode, exit_for, fast_exit, reset_summary, say
 from devenv.runtime.plan import RUNTIME_NAMES
 
 if TYPE_CHECKING:
@@ -240,7 +241,7 @@ def snapshot_save(profile: str, config_path: str | None, name: str, force: bool)
 
     validate_name(name)  # before connecting: a bad name is an error even with the stack down
     snap, seconds = _with_snapshots(config_path, profile, lambda store: _timed(store.save, name, force=force))
-    say(f"saved snapshot {snap.name} ({human_size(snap.size)}) in {seconds * 1000:.0f} ms")
+    say(f"saved snapshot {snap.name} ({humanize.size(snap.size)}) in {seconds * 1000:.0f} ms")
 
 
 @snapshot.command("restore")
@@ -274,7 +275,7 @@ def snapshot_list(profile: str, config_path: str | None, as_json: bool) -> None:
         say(f"no snapshots of {database} (profile {profile}); `devenv snapshot save NAME` takes one")
         return
     rows = [("NAME", "SIZE", "CREATED")] + [
-        (s.name, human_size(s.size), s.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if s.created_at else "?")
+        (s.name, humanize.size(s.size), s.created_at.astimezone().strftime("%Y-%m-%d %H:%M:%S") if s.created_at else "?")
         for s in snaps]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:

@@ -57,15 +57,6 @@ def say(line: str, kind: str = "") -> None:
     echo_err(line)
 
 
-def human_size(size: float) -> str:
-    """A byte count for people: 512 B, 1.5 kB, 20.0 MB (powers of 1024)."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"
-
-
 def reset_summary(stack: Stack, result: ResetResult) -> str:
     """The line `devenv reset` ends with, on either path."""
     return f"{stack.name}: reset {result.database} ({result.strategy}) and Redis in {result.seconds * 1000:.0f} ms"

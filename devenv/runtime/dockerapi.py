@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from devenv import humanize
 from devenv.errors import DependencyError, DevenvError
 from devenv.runtime.base import Progress
 from devenv.runtime.engine import Endpoint, engine_unreachable
@@ -123,7 +124,7 @@ class PullProgress:
             entry["current"] = entry["total"] = max(entry["total"], entry["current"])
             if status != "Pull complete":
                 self.progress(f"{self.prefix}: layer {layer} {status.lower()}"
-                              + (f" ({_size(entry['total'])})" if entry["total"] else ""))
+                              + (f" ({humanize.size(entry['total'], decimal=True)})" if entry["total"] else ""))
         entry["status"] = status
         if time.monotonic() - self._last >= self.interval:
             self._last = time.monotonic()
@@ -135,7 +136,7 @@ class PullProgress:
                                                                       "Extracting", "Verifying Checksum"))
         current = sum(e["current"] for e in self.layers.values())
         total = sum(e["total"] for e in self.layers.values())
-        return f"{done}/{len(self.layers)} layers, {_size(current)} of {_size(total) if total else '?'}"
+        return f"{done}/{len(self.layers)} layers, {humanize.size(current, decimal=True)} of {humanize.size(total, decimal=True) if total else '?'}"
 
     def finish(self) -> None:
         """Say the final totals."""
@@ -151,15 +152,6 @@ def pull_error(service: str, image: str, reason: str) -> DependencyError:
         f"`docker tag` it {image}), or set {var} to an image you have (`docker images`), or use the native "
         "runtime: `devenv up --runtime native`.",
     )
-
-
-def _size(count: float) -> str:
-    """Bytes as the docker CLI shows a pull's: decimal units ('30.0 MB')."""
-    for unit in ("B", "kB", "MB", "GB"):
-        if count < 1000 or unit == "GB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1000
-    return f"{count:.1f} GB"
 
 
 # ---- containers ----------------------------------------------------------------------------------
