@@ -2,7 +2,7 @@
 a change, the render key, the note of the superuser's password, and keeping seeded data in the cache.
 
 devenv.cli imports this for RUNTIME_NAMES on every command, `--help` included: at import time
-it loads nothing but typing; each function imports what it needs.
+it loads only re and typing (both loaded already); each function imports what it needs.
 """
 
 from __future__ import annotations
