@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from devenv import humanize
+from devenv.config.stack import SERVICES
 from devenv.errors import DevenvError
 
 if TYPE_CHECKING:
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from devenv.config.stack import Stack
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
-SERVICES = ("postgres", "pgbouncer", "redis")
 LOW_DISK_BYTES = 1 << 30  # warn under 1 GiB free: a seeded data directory plus a cached snapshot
 PING_TIMEOUT = 2.0
 # Programs that hold a published port for a container, not the container's own process.

@@ -19,7 +19,6 @@ from typing import Any, Iterator
 from devenv import __version__
 from devenv.errors import StateError
 from devenv.config.project import template_dirs
-from devenv.runtime.procs import read_stat
 
 STATE_FILE = "state.json"
 # Environment variables that change the stack (profile and config are part of the path).
@@ -75,6 +74,8 @@ def clear_state(state_dir: Path) -> None:
 
 def processes_alive(processes: dict[str, list[Any]]) -> bool:
     """Whether every recorded (pid, program name) still runs; False where /proc cannot tell."""
+    from devenv.runtime.procs import read_stat  # here: `devenv reset` imports this module, never this function
+
     if not processes:
         return False
     for pid, name in processes.values():

@@ -18,6 +18,7 @@ import click
 
 from devenv import humanize
 from devenv.cli.output import ci_mode, debug_mode, exit_for, fast_exit, reset_summary, say
+from devenv.config.stack import SERVICES
 from devenv.runtime.plan import RUNTIME_NAMES
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def format_settings_table(stacks: list["Stack"]) -> str:
     """A Markdown table, one row per setting, one column per profile (like CON-003's table)."""
     header = ["Service", "Setting", *(s.profile for s in stacks)]
     rows: list[list[str]] = []
-    for service in ("postgres", "pgbouncer", "redis"):
+    for service in SERVICES:
         names: list[str] = []
         for stack in stacks:
             for name in getattr(stack, service).settings:
@@ -451,7 +452,7 @@ def env_command(profile: str, config_path: str | None, fmt: str) -> None:
 @cli.command()
 @_profile_option
 @_runtime_option
-@click.argument("service", required=False, type=click.Choice(["postgres", "pgbouncer", "redis"]))
+@click.argument("service", required=False, type=click.Choice(SERVICES))
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
 @click.option("--tail", "-n", "lines", type=int, default=None, help="Only the last N lines.")
 def logs(profile: str, config_path: str | None, runtime: str, service: str | None, follow: bool, lines: int | None) -> None:

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devenv.config.stack import Limits  # the model's type, parsed here from `limits:`
+from devenv.config.stack import SERVICES, Limits  # the model's types, parsed here
 from devenv.errors import ConfigError
 
-SERVICES = ("postgres", "pgbouncer", "redis")
 DEFAULT_COLUMN = "default"
 _PROFILE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 # Keys allowed at each level of devenv.yaml: anything else is a typo worth reporting.

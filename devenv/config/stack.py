@@ -13,6 +13,7 @@ from devenv.config.project import STATE_DIR_NAME
 from devenv.record import Factory, Record
 
 # Ports the servers listen on inside their containers; the host ports are in the model.
+SERVICES = ("postgres", "pgbouncer", "redis")  # every stack's, in start order
 CONTAINER_PORTS = {"postgres": 5432, "pgbouncer": 6432, "redis": 6379}
 
 

@@ -1,28 +1,22 @@
-"""Runtimes: one interface (base.Runtime), implemented by containers (docker) and local processes (native).
+"""Runtimes: one interface (base.Runtime), implemented by containers (docker), local processes
+(native), and `auto` (devenv.runtime.auto), which picks one of them per stack.
 
-`auto` (the default) is the runtime a stack already runs on; else Docker when an engine
-answers a ping and has the images (or can pull them); else native. Where there is no engine
-(no DOCKER_HOST, no Docker context, no socket, or a local socket nobody answers on) it
-decides with devenv.runtime.engine alone: neither the docker SDK nor the Docker runtime loads.
+devenv.cli (for RUNTIME_NAMES) and devenv.state import modules of this package: it imports
+nothing else at load time; each runtime loads when it is asked for.
 """
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Callable
 
-from devenv.errors import ConfigError, DependencyError
+from devenv.errors import ConfigError
 from devenv.runtime.plan import RUNTIME_NAMES
 
-if TYPE_CHECKING:  # devenv.state and devenv.cli import modules of this package: it must load cheaply
-    from devenv.runtime.base import Progress, Runtime, ServiceState, UpResult
-    from devenv.runtime.docker import DockerRuntime
-    from devenv.config.stack import Stack
-
-Say = Callable[[str], None]
+if TYPE_CHECKING:
+    from devenv.runtime.base import Runtime
 
 
-def get_runtime(name: str, say: Say = lambda line: None) -> Runtime:
+def get_runtime(name: str, say: Callable[[str], None] = lambda line: None) -> Runtime:
     """The runtime by name; `auto` picks one per stack and says which."""
     if name == "native":
         from devenv.runtime.native import NativeRuntime
@@ -33,155 +27,10 @@ def get_runtime(name: str, say: Say = lambda line: None) -> Runtime:
 
         return DockerRuntime()
     if name == "auto":
+        from devenv.runtime.auto import AutoRuntime
+
         return AutoRuntime(say)
     raise ConfigError(f"unknown runtime '{name}'", hint=f"choose one of: {', '.join(RUNTIME_NAMES)}.")
 
 
-class AutoRuntime:
-    """`--runtime auto`: resolves to native or docker for a stack on first use, then delegates."""
-
-    def __init__(self, say: Say = lambda line: None, env: Mapping[str, str] | None = None) -> None:
-        self.say = say
-        self.env = dict(os.environ if env is None else env)
-        self._chosen: Runtime | None = None
-        # Docker chosen by a ping alone: whether its images are here (or pullable) is still open.
-        self._unchecked: DockerRuntime | None = None
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        """The chosen runtime's name ("auto" until one is chosen)."""
-        return self._chosen.name if self._chosen is not None else "auto"
-
-    def resolve(self, stack: Stack) -> Runtime:
-        """The runtime this stack is recorded on; else Docker if an engine answers; else native."""
-        if self._chosen is not None:
-            return self._chosen
-        from devenv.state import read_state
-
-        recorded = read_state(stack.state_dir).get("runtime")
-        if recorded == "native":
-            self._chosen = get_runtime("native")  # it runs there: use it as it is
-            self.say("runtime: native (the stack is running there)")
-            return self._chosen
-        docker = self._docker()
-        if not isinstance(docker, str):
-            self._unchecked = None if recorded == "docker" else docker
-            self.say(f"runtime: docker ({'the stack is running there' if recorded == 'docker' else 'engine'} at "
-                     f"{docker.endpoint().host}, from {docker.endpoint().origin})")
-            self._chosen = docker
-            return docker
-        self._chosen = self._native(docker)
-        return self._chosen
-
-    def _docker(self) -> DockerRuntime | str:
-        """A DockerRuntime whose engine answered a ping, or why there is none."""
-        from devenv.runtime.engine import PING_TIMEOUT, engine_unreachable, find_endpoint, unix_http_get
-
-        try:
-            endpoint = find_endpoint(self.env)
-        except DependencyError as exc:
-            return exc.message
-        if endpoint is None:
-            return "no Docker engine found"
-        if endpoint.host.startswith("unix://"):
-            # A socket left by a stopped engine is the usual answer here: found without the
-            # Docker runtime or the SDK (~250 ms to import).
-            try:
-                status, _, body = unix_http_get(endpoint.host[len("unix://"):], "/_ping", timeout=PING_TIMEOUT)
-            except Exception as exc:  # refused, timed out, not HTTP
-                return engine_unreachable(endpoint, exc).message
-            if status != 200 or body.strip() != b"OK":
-                return engine_unreachable(endpoint, RuntimeError(f"/_ping answered HTTP {status}")).message
-        from devenv.runtime.docker import DockerRuntime
-        from devenv.runtime.dockerapi import API_TIMEOUT, connect
-
-        try:
-            client = connect(endpoint, timeout=PING_TIMEOUT)
-        except DependencyError as exc:
-            return exc.message
-        client.api.timeout = API_TIMEOUT  # the ping had to be quick; pulls and stops need not be
-        return DockerRuntime(env=self.env, endpoint=endpoint, client=client)
-
-    def _native(self, why: str) -> Runtime:
-        from devenv.runtime.native import NativeRuntime
-
-        self.say(f"runtime: native (local processes; {why})")
-        return NativeRuntime()
-
-    def _for_up(self, stack: Stack, progress: Progress) -> Runtime:
-        """As `resolve`, and when Docker was picked by a ping: its images present or pullable, else native."""
-        runtime = self.resolve(stack)
-        docker, self._unchecked = self._unchecked, None
-        if docker is None:
-            return runtime
-        try:
-            docker.ensure_images(stack, progress)
-        except DependencyError as exc:
-            from devenv.runtime.native import NativeRuntime
-
-            native = NativeRuntime()
-            try:
-                native.binaries(stack)
-            except DependencyError:
-                raise exc from None  # neither works: the Docker error says what to do
-            self.say(f"runtime: native instead of docker: {exc.message}")
-            self._chosen = native
-            return native
-        return runtime
-
-    # ---- the Runtime interface, delegated ------------------------------------------------------
-
-    def describe(self, stack: Stack) -> str:
-        """The chosen runtime's description (choosing it, images included, if not done yet)."""
-        return self._for_up(stack, self.say).describe(stack)
-
-    def up(self, stack: Stack, progress: Progress, use_cache: bool = False) -> UpResult:
-        """Start the stack on the chosen runtime."""
-        return self._for_up(stack, progress).up(stack, progress, use_cache=use_cache)
-
-    def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
-        """The chosen runtime's seeded-data cache."""
-        self.resolve(stack).save_cache(stack, key, progress)
-
-    def pg_tool(self, stack: Stack, tool: str) -> list[str]:
-        """A PostgreSQL client program of the server's version, from the chosen runtime."""
-        return self.resolve(stack).pg_tool(stack, tool)
-
-    def down(self, stack: Stack, volumes: bool = False) -> list[str]:
-        """Stop the stack where it runs; with nothing recorded, wherever it left something."""
-        from devenv.state import read_state
-
-        if read_state(stack.state_dir).get("runtime") in ("native", "docker"):
-            return self.resolve(stack).down(stack, volumes=volumes)
-        stopped: list[str] = []
-        if (stack.state_dir / "native").exists():  # a native tree: data of an earlier native `up`
-            from devenv.runtime.native import NativeRuntime
-
-            stopped += NativeRuntime().down(stack, volumes=volumes)
-        docker = self._docker()
-        if not isinstance(docker, str):
-            stopped += [s for s in docker.down(stack, volumes=volumes) if s not in stopped]
-        return stopped
-
-    def states(self, stack: Stack) -> list[ServiceState]:
-        """Each service's state on the chosen runtime."""
-        return self.resolve(stack).states(stack)
-
-    def exit_status(self, stack: Stack, service: str) -> str | None:
-        """Why a service is gone, on the chosen runtime."""
-        return self.resolve(stack).exit_status(stack, service)
-
-    def started(self, stack: Stack, service: str) -> bool:
-        """Whether the service's start is done, on the chosen runtime."""
-        return self.resolve(stack).started(stack, service)
-
-    def log_tail(self, stack: Stack, service: str, lines: int = 20) -> str:
-        """The last lines of a service's log, on the chosen runtime."""
-        return self.resolve(stack).log_tail(stack, service, lines)
-
-    def follow_logs(self, stack: Stack, service: str | None, follow: bool) -> Iterator[str]:
-        """Log lines on the chosen runtime."""
-        return self.resolve(stack).follow_logs(stack, service, follow)
-
-
-__all__ = ["AutoRuntime", "RUNTIME_NAMES", "get_runtime"]
+__all__ = ["RUNTIME_NAMES", "get_runtime"]

@@ -69,7 +69,6 @@ from devenv.runtime.dockerfiles import has_files, parsed, reloadable, remember_r
 from devenv.runtime.engine import Endpoint, find_endpoint, no_engine_error
 from devenv.runtime.plan import (
     PROGRAMS,
-    SERVICES,
     has_password,
     password_note_path,
     remember_password,
@@ -78,7 +77,7 @@ from devenv.runtime.plan import (
 )
 from devenv.runtime.ports import check_ports_free, port_in_use
 from devenv.runtime.procs import read_stat
-from devenv.config.stack import Stack
+from devenv.config.stack import SERVICES, Stack
 
 if TYPE_CHECKING:  # the SDK loads only when an engine is used
     from docker import DockerClient

@@ -18,7 +18,7 @@ from devenv import humanize
 from devenv.errors import DependencyError, DevenvError
 from devenv.runtime.base import Progress
 from devenv.runtime.engine import Endpoint, engine_unreachable
-from devenv.runtime.plan import SERVICES
+from devenv.config.stack import SERVICES
 
 if TYPE_CHECKING:
     from docker import DockerClient

@@ -29,7 +29,6 @@ from devenv.runtime.base import Progress, ServiceState, UpResult
 from devenv.runtime.discovery import Binaries, discovery_key, find_binaries
 from devenv.runtime.plan import (
     PROGRAMS,
-    SERVICES,
     has_password,
     password_note_path,
     reload_suffices,
@@ -50,7 +49,7 @@ from devenv.runtime.procs import (
     wait_gone,
     working_dir,
 )
-from devenv.config.stack import Stack
+from devenv.config.stack import SERVICES, Stack
 
 _STOP_SIGNAL = {"postgres": signal.SIGINT, "pgbouncer": signal.SIGINT, "redis": signal.SIGTERM}
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS

@@ -2,7 +2,7 @@
 a change, the render key, the note of the superuser's password, and keeping seeded data in the cache.
 
 devenv.cli imports this for RUNTIME_NAMES on every command, `--help` included: at import time
-it loads nothing but typing; each function imports what it needs.
+it loads only re and typing (both loaded already); each function imports what it needs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from devenv.runtime.base import Progress
     from devenv.config.stack import Stack
 
-SERVICES = ("postgres", "pgbouncer", "redis")
 RUNTIME_NAMES = ("auto", "native", "docker")
 # The program each service's main process runs (its comm in /proc), to tell it from a reused pid.
 PROGRAMS = {"postgres": "postgres", "pgbouncer": "pgbouncer", "redis": "redis-server"}
@@ -26,7 +25,8 @@ RELOADABLE_CONTEXTS = frozenset({"sighup", "user", "superuser", "backend", "supe
 # In .devenv/<profile>/: which password the Docker data volume's superuser has (see has_password).
 VOLUME_PASSWORD_NOTE = "docker-volume-password"
 
-_CONF_LINE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*(.*?)\s*$")
+# Compiled on first use (re caches it): compiling at import would cost every CLI start ~1 ms.
+_CONF_LINE = r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*(.*?)\s*$"
 
 
 # ---- reload or restart -------------------------------------------------------------------------
@@ -50,8 +50,9 @@ def reload_suffices(old: Mapping[str, str], new: Mapping[str, str], major: int) 
 def conf_values(text: str) -> dict[str, str]:
     """name -> raw value of every setting line of a postgresql.conf (names lower-cased)."""
     out = {}
+    setting = re.compile(_CONF_LINE)
     for line in text.splitlines():
-        match = _CONF_LINE.match(line)  # comment lines start with '#': no match
+        match = setting.match(line)  # comment lines start with '#': no match
         if match and match.group(2):
             out[match.group(1).lower()] = match.group(2)
     return out

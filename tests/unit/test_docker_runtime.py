@@ -72,7 +72,7 @@ def test_auto_without_any_engine_picks_native_without_importing_docker(
 import sys, json
 import devenv.runtime.engine as d
 d.default_sockets = lambda env: [d.Path({str(sock_path)!r})]
-from devenv.runtime import AutoRuntime
+from devenv.runtime.auto import AutoRuntime
 from devenv.config.settings import load_config
 from devenv.config.resolve import build_stack
 said = []
