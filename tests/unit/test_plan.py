@@ -15,7 +15,6 @@ from devenv.render import compose_placement
 from devenv.runtime.plan import (
     PROGRAMS,
     RUNTIME_NAMES,
-    SERVICES,
     changed_settings,
     conf_values,
     has_password,
@@ -24,9 +23,10 @@ from devenv.runtime.plan import (
     remember_password,
     render_key,
 )
-from devenv.config.settings import load_config
-from devenv.state import note_password
 from devenv.config.resolve import build_stack
+from devenv.config.settings import load_config
+from devenv.config.stack import SERVICES
+from devenv.state import note_password
 
 # ---- reload or restart ---------------------------------------------------------------------------
 
