@@ -28,6 +28,12 @@ class DevenvError(Exception):
         return self.message
 
 
+class UsageError(DevenvError):
+    """A command-line argument that cannot be used as given (e.g. a FILE that is a symlink)."""
+
+    exit_code = 2
+
+
 class ConfigError(DevenvError):
     """devenv.yaml, a profile, a setting or an environment override is invalid."""
 

@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Callable
 
-from devenv.errors import DependencyError, SchemaError
+from devenv.errors import DependencyError, SchemaError, UsageError
 from devenv.config.stack import Stack
 
 if TYPE_CHECKING:
@@ -89,27 +89,41 @@ def dump(stack: Stack, runtime: "Runtime", destination: Path | IO[bytes], say: S
     from devenv.clients import connect
 
     database = stack.postgres.database
+    kind = destination_kind(destination) if isinstance(destination, Path) else "stream"  # before connecting
     connect.psycopg_postgres(stack, explain=True).close()  # "is the stack up?" said plainly, before pg_dump says it its way
     argv = pg_tool(runtime, stack, "pg_dump") + ["--format=custom", "--no-password", f"--dbname={database}"]
     start = time.monotonic()
-    if isinstance(destination, Path):
+    if isinstance(destination, Path) and kind in ("new", "file"):
         say(f"dump: dumping {database} to {destination}...")
-        partial = destination.with_name(destination.name + ".partial")
-        # 0600: a dump holds the data, password hashes included. A file (not a pipe) lets
-        # pg_dump record data offsets, so pg_restore can seek.
+        # Written under a fresh name beside it (O_EXCL: never through a link someone planted),
+        # 0600 (a dump holds the data, password hashes included), then renamed over the file: it
+        # is whole or not there. A file, not a pipe, lets pg_dump record data offsets for seeks.
         try:
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd, name = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".partial")
         except OSError as exc:
-            raise SchemaError(f"cannot write {partial}: {exc.strerror}",
+            raise SchemaError(f"cannot write in {destination.parent}: {exc.strerror}",
                               hint="name a file in an existing, writable directory (or `-` for stdout).") from exc
+        partial = Path(name)
         try:
             with os.fdopen(fd, "wb") as out:
                 _run(argv, stack, stdin=subprocess.DEVNULL, stdout=out, what=f"dump {database}", hint=_DUMP_HINT)
-            os.replace(partial, destination)
+            os.replace(partial, destination)  # replaces a link itself, never what it points to
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
         size, target = destination.stat().st_size, str(destination)
+    elif isinstance(destination, Path):
+        # A FIFO or a character device (/dev/null, a tty) is written through, never replaced.
+        say(f"dump: dumping {database} into {destination} ({kind})...")
+        try:
+            fd = os.open(destination, os.O_WRONLY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise SchemaError(f"cannot write to {destination}: {exc.strerror}",
+                              hint="name a writable file, FIFO or device (or `-` for stdout).") from exc
+        with os.fdopen(fd, "wb") as out:
+            size = _run_to_stream(argv, stack, out, what=f"dump {database}",
+                                  hint=f"what went into {destination} is incomplete: discard it; check `devenv status`.")
+        target = str(destination)
     else:
         say(f"dump: dumping {database} to stdout...")
         size = _run_to_stream(argv, stack, destination, what=f"dump {database}",
@@ -118,6 +132,30 @@ def dump(stack: Stack, runtime: "Runtime", destination: Path | IO[bytes], say: S
     seconds = time.monotonic() - start
     say(f"dump: {size} bytes in {seconds:.2f}s")
     return DumpResult(database, target, size, seconds)
+
+
+def destination_kind(path: Path) -> str:
+    """What a dump may do with `path`: "new" or "file" (written whole, then renamed over it),
+    "fifo" or "character device" (written through). Anything else (a symlink, a directory, a
+    socket, a block device) is refused: replacing it could break the machine or follow a link
+    someone else planted."""
+    import stat
+
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return "new"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    what = ("a symbolic link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a block device" if stat.S_ISBLK(mode) else "not a regular file")
+    raise UsageError(f"{path} is {what}: `devenv dump` writes only a new or regular file, a FIFO or a character "
+                     "device, and never replaces anything else",
+                     hint="name a regular file (for a link, the file it points to), or `-` for stdout.")
 
 
 def restore(stack: Stack, runtime: "Runtime", janitor: "Janitor", source: Path,

@@ -285,3 +285,45 @@ def test_dump_to_stdout_is_a_valid_archive(project: Any, seeded_task_title: str,
     project.devenv("reset")
     project.devenv("restore", str(path), "--yes")
     assert _rows(project) == streamed
+
+
+def test_dump_writes_through_a_fifo_and_a_device_and_never_replaces_them(project: Any, seeded_task_title: str,
+                                                                      tmp_path: Path) -> None:
+    """A FIFO and a character device are written into and stay what they were (a dump once
+    replaced a machine's /dev/null with a regular file); a symlink is refused, its target untouched;
+    a `.partial` link planted beside FILE is never written through."""
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    project.devenv("dump", str(fifo))
+    reader.join(60)
+    assert received and received[0].startswith(b"PGDMP"), "the archive went through the FIFO"
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO is still a FIFO"
+
+    if os.geteuid() == 0:  # a null device of our own (mknod needs root), not the machine's
+        null = tmp_path / "null"
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        project.devenv("dump", str(null))
+        assert stat.S_ISCHR(os.lstat(null).st_mode), "the device is still a device"
+
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    link = tmp_path / "link.dump"
+    link.symlink_to(victim)
+    refused = project.devenv("dump", str(link), check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert "is a symbolic link" in refused.stderr and "hint: " in refused.stderr and "Traceback" not in refused.stderr
+    assert link.is_symlink() and victim.read_text() == "keep me\n"
+
+    target = tmp_path / "x.dump"
+    (tmp_path / "x.dump.partial").symlink_to(victim)  # where the old code wrote, following links
+    project.devenv("dump", str(target))
+    assert target.read_bytes().startswith(b"PGDMP") and stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert victim.read_text() == "keep me\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial") and not p.is_symlink()] == []
