@@ -11,7 +11,6 @@ import fcntl
 import hashlib
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -81,17 +80,6 @@ def processes_alive(processes: dict[str, list[Any]]) -> bool:
     for pid, name in processes.values():
         found = read_stat(pid)
         if found is None or found[0] != name or found[1] == "Z":
-            return False
-    return True
-
-
-def ports_answer(ports: list[int], timeout: float = 0.2) -> bool:
-    """Whether something accepts TCP connections on every port of 127.0.0.1."""
-    for port in ports:
-        try:
-            with socket.create_connection((b"127.0.0.1", port), timeout=timeout):  # bytes: no idna codec import
-                pass
-        except OSError:
             return False
     return True
 

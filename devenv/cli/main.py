@@ -147,7 +147,8 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     import time
 
     from devenv.config.project import find_config, state_dir as profile_dir
-    from devenv.state import fingerprint, ports_answer, processes_alive, read_state
+    from devenv.clients.connect import ports_answer
+    from devenv.state import fingerprint, processes_alive, read_state
 
     started = time.monotonic()
     config = find_config(config_path)

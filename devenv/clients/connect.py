@@ -144,6 +144,20 @@ def redis_py(stack: "Stack", db: int = 0) -> "redis_module.Redis":
                               decode_responses=True)
 
 
+def ports_answer(ports: list[int], timeout: float = 0.2) -> bool:
+    """Whether something accepts TCP connections on every one of `ports` (no session, no login):
+    the no-op `up`'s look at a recorded stack."""
+    import socket
+
+    for port in ports:
+        try:
+            with socket.create_connection((HOST.encode(), port), timeout=timeout):  # bytes: no idna codec import
+                pass
+        except OSError:
+            return False
+    return True
+
+
 def failure_reason(exc: BaseException) -> str:
     """The last line of a driver's connection error: libpq's reason comes after the address."""
     return (str(exc).strip().splitlines() or ["no answer"])[-1]

@@ -19,8 +19,7 @@ MAX_LINES = 700
 # Calls that open a session to a server, and the only modules allowed to make them.
 SESSION_CALLS = {"psycopg.connect", "pgwire.Connection", "resp.Connection", "redis_module.Redis",
                  "socket.create_connection", "Redis.from_url"}
-SESSION_MODULES = {"devenv.clients.connect", "devenv.clients.pgwire", "devenv.clients.resp",
-                   "devenv.state"}  # state: a bare TCP connect to see whether a port answers, no session
+SESSION_MODULES = {"devenv.clients.connect", "devenv.clients.pgwire", "devenv.clients.resp"}
 
 
 def _modules() -> dict[str, Path]:
