@@ -1,4 +1,9 @@
-"""A self-signed certificate for local TLS, for profiles with ssl = on."""
+"""A self-signed certificate for local TLS, for profiles with ssl = on.
+
+With ssl on, TLS is required on TCP (pg_hba's hostssl, PgBouncer's client_tls_sslmode): both
+Postgres and PgBouncer serve this certificate. Under Docker each needs the key owned by its
+own image's user, so PgBouncer gets a copy (PGBOUNCER_KEY) that devenv hands over separately.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import subprocess
 from pathlib import Path
 
 from devenv.errors import DependencyError
+
+PGBOUNCER_KEY = "pgbouncer.key"  # the key's copy the compose file mounts into PgBouncer
 
 
 def ensure_certificate(directory: Path, owner: tuple[int, int] | None = None) -> None:
@@ -36,3 +43,22 @@ def ensure_certificate(directory: Path, owner: tuple[int, int] | None = None) ->
     if owner is not None:
         for path in (key, crt):
             os.chown(path, *owner)
+
+
+def ensure_key_copy(directory: Path, name: str = PGBOUNCER_KEY) -> Path:
+    """A private copy (0600) of `directory`'s server.key under `name`, made once.
+
+    Written under a fresh name with O_EXCL (never through a planted link) and renamed in.
+    """
+    copy = directory / name
+    if copy.exists():
+        return copy
+    data = (directory / "server.key").read_bytes()
+    tmp = directory / f".{name}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, copy)
+    return copy

@@ -148,9 +148,9 @@ def render(stack: Stack, out_dir: Path | None = None) -> list[Path]:
     write_files(files, target)
     written = [target / name for name in files]
     if stack.postgres.ssl:
-        from devenv.certs import ensure_certificate
+        from devenv.certs import ensure_certificate, ensure_key_copy
 
         # The compose file mounts these; without them Docker would create empty directories.
         ensure_certificate(target / "ssl")
-        written += [target / "ssl" / "server.crt", target / "ssl" / "server.key"]
+        written += [target / "ssl" / "server.crt", target / "ssl" / "server.key", ensure_key_copy(target / "ssl")]
     return written

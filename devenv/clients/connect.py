@@ -43,7 +43,7 @@ def postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False,
     pg, pgb = stack.postgres, stack.pgbouncer
     if pooled:
         return pgwire.Connection(HOST, pgb.port, pg.user, pg.password if password is None else password,
-                                 dbname or pgb.database, timeout=timeout, query_timeout=query_timeout,
+                                 dbname or pgb.database, ssl=pg.ssl, timeout=timeout, query_timeout=query_timeout,
                                  application_name=application_name)
     return pgwire.Connection(socket_dir or HOST, pg.port, pg.user, pg.password if password is None else password,
                              dbname or pg.database, ssl=pg.ssl and socket_dir is None, timeout=timeout,
@@ -76,8 +76,9 @@ def psycopg_postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool 
     }
     if application_name:
         params["application_name"] = application_name
-    if not pooled:
-        params["sslmode"] = "require" if pg.ssl else "prefer"
+    # With ssl on, TLS is required on TCP by Postgres and PgBouncer alike (pg_hba's hostssl,
+    # client_tls_sslmode): the same sslmode both ways.
+    params["sslmode"] = "require" if pg.ssl else "prefer"
     if durable:
         params["options"] = "-c synchronous_commit=on"
     try:
@@ -104,7 +105,7 @@ def pgbouncer_admin(stack: "Stack", *, timeout: float = 30.0, query_timeout: flo
     pgb = stack.pgbouncer
     try:
         return Console(pgwire.Connection(HOST, pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer",
-                                         timeout=timeout, query_timeout=query_timeout, application_name="devenv"),
+                                         ssl=stack.postgres.ssl, timeout=timeout, query_timeout=query_timeout, application_name="devenv"),
                        stack.profile)
     except (pgwire.PgError, OSError) as exc:
         if not explain:

@@ -56,7 +56,8 @@ class Postgres(Service):
 
     @property
     def ssl(self) -> bool:
-        """Whether the profile turns TLS on (then devenv generates a local certificate)."""
+        """Whether the profile turns TLS on: then devenv generates a local certificate, and
+        Postgres and PgBouncer require TLS on TCP (as RDS's rds.force_ssl)."""
         return self.settings.get("ssl") == "on"
 
     @property
@@ -133,14 +134,15 @@ class Stack(Record):
         """Connection URLs as an application uses them (for another database/Redis index if given).
 
         DATABASE_URL goes through PgBouncer (transaction pooling); DIRECT_DATABASE_URL reaches
-        Postgres itself, for LISTEN/NOTIFY, migrations and other session features.
+        Postgres itself, for LISTEN/NOTIFY, migrations and other session features. With ssl on
+        both require TLS (the servers refuse TCP without it), so both say sslmode=require.
         """
         pg, pgb, redis = self.postgres, self.pgbouncer, self.redis
         user, password = quote(pg.user, safe=""), quote(pg.password, safe="")
         ssl = "?sslmode=require" if pg.ssl else ""
         pooled_db = database or pgb.database
         return {
-            "DATABASE_URL": f"postgresql://{user}:{password}@{host}:{pgb.port}/{pooled_db}",
+            "DATABASE_URL": f"postgresql://{user}:{password}@{host}:{pgb.port}/{pooled_db}{ssl}",
             "DIRECT_DATABASE_URL": f"postgresql://{user}:{password}@{host}:{pg.port}/{database or pg.database}{ssl}",
             "REDIS_URL": f"redis://:{quote(redis.password, safe='')}@{host}:{redis.port}/{redis_db}",
         }

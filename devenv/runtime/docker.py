@@ -262,8 +262,9 @@ class DockerRuntime:
             write_in_place(seen.out_dir / name, content)
         write_files(seen.files, seen.out_dir)
         remember_render(stack, seen.out_dir, seen.files, seen.compose)
-        if stack.postgres.ssl and plan.actions.get("postgres") in STARTING:
-            prepare_tls(self.client(), stack, seen.specs["postgres"].image, progress)
+        tls_images = {s: seen.specs[s].image for s in ("postgres", "pgbouncer") if plan.actions.get(s) in STARTING}
+        if stack.postgres.ssl and tls_images:
+            prepare_tls(self.client(), stack, tls_images, progress)
         starting = plan.starting
         if starting:
             network_job.result()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from devenv.db import cache
-from devenv.certs import ensure_certificate
+from devenv.certs import PGBOUNCER_KEY, ensure_certificate, ensure_key_copy
 from devenv.errors import DependencyError, HealthCheckError, StateError
 from devenv.runtime.base import Progress
 from devenv.runtime.compose import COMPOSE_ONEOFF, COMPOSE_PROJECT, COMPOSE_SERVICE, devenv_labels
@@ -244,38 +244,53 @@ def set_password(client: DockerClient, stack: Stack, container_id: str, timeout:
     remember_password(password_note_path(stack), stack)
 
 
-def prepare_tls(client: DockerClient, stack: Stack, image: str, progress: Progress) -> None:
-    """The certificate the compose file mounts, its key owned by the image's postgres user.
+def prepare_tls(client: DockerClient, stack: Stack, images: dict[str, str], progress: Progress) -> None:
+    """The certificate the compose file mounts, each key owned by the user of the image reading it.
 
-    Postgres refuses a key that is not its own with mode 0600 (or root's 0640), and a bind
-    mount keeps the host's owner: a one-off container of the same image (as root, so it
-    knows the image's uid: 999 on Debian tags, 70 on alpine) hands the key over, once.
+    `images`: the services starting now (postgres, pgbouncer) and their images. Postgres refuses
+    a key that is not its own with mode 0600 (or root's 0640), and a bind mount keeps the host's
+    owner: a one-off container of the same image (as root, so it knows the image's uid: 999 on
+    Debian tags, 70 on alpine) hands the key over, once. PgBouncer (TLS required on TCP both
+    ways) reads its own copy, handed to its image's configured user (edoburu: uid 70).
     """
     ssl_dir = stack.state_dir / "ssl"
     ensure_certificate(ssl_dir)
-    key = ssl_dir / "server.key"
+    ensure_key_copy(ssl_dir)
+    if "postgres" in images:
+        _hand_key_over(client, stack, "postgres", images["postgres"], ssl_dir / "server.key",
+                       '"$(id -u postgres):$(id -g postgres)"', progress)
+    if "pgbouncer" in images:
+        user = (client.api.inspect_image(images["pgbouncer"]).get("Config") or {}).get("User") or "0"
+        if user.split(":")[0] not in ("0", "root"):
+            _hand_key_over(client, stack, "pgbouncer", images["pgbouncer"], ssl_dir / PGBOUNCER_KEY,
+                           "'" + user.replace("'", "") + "'", progress)
+
+
+def _hand_key_over(client: DockerClient, stack: Stack, service: str, image: str, key: Path, owner: str,
+                   progress: Progress) -> None:
+    """chown `key` (in the ssl directory) to `owner` (a shell word) inside a one-off root container of `image`."""
     if key.stat().st_uid != os.geteuid():
         return  # handed over already
-    progress("postgres   giving the TLS key to the image's postgres user")
+    progress(f"{service:<10} giving the TLS key to the image's user")
     from docker.errors import DockerException
 
-    script = 'chown "$(id -u postgres):$(id -g postgres)" /ssl/server.key && chmod 0600 /ssl/server.key'
+    script = f"chown {owner} /ssl/{key.name} && chmod 0600 /ssl/{key.name}"
     body = {
         "Image": image, "Entrypoint": ["sh", "-c", script], "Cmd": [], "User": "0:0",
-        "Labels": {COMPOSE_PROJECT: stack.name, COMPOSE_SERVICE: "postgres", COMPOSE_ONEOFF: "True",
+        "Labels": {COMPOSE_PROJECT: stack.name, COMPOSE_SERVICE: service, COMPOSE_ONEOFF: "True",
                    **devenv_labels(stack)},
         "HostConfig": {"NetworkMode": "none",
-                       "Mounts": [{"Type": "bind", "Source": str(ssl_dir), "Target": "/ssl", "ReadOnly": False}]},
+                       "Mounts": [{"Type": "bind", "Source": str(key.parent), "Target": "/ssl", "ReadOnly": False}]},
     }
     api = client.api
     container_id = None
     try:
-        container_id = api.create_container_from_config(body, name=f"{stack.name}-postgres-tls")["Id"]
+        container_id = api.create_container_from_config(body, name=f"{stack.name}-{service}-tls")["Id"]
         api.start(container_id)
         code = api.wait(container_id, timeout=60).get("StatusCode", 1)
         output = api.logs(container_id).decode(errors="replace").strip()
     except DockerException as exc:
-        raise DependencyError(f"could not hand the TLS key to the postgres user: {api_message(exc)}") from exc
+        raise DependencyError(f"could not hand the TLS key to the {service} user: {api_message(exc)}") from exc
     finally:
         if container_id:
             try:
@@ -284,6 +299,7 @@ def prepare_tls(client: DockerClient, stack: Stack, image: str, progress: Progre
                 pass
     if code != 0:
         raise DependencyError(
-            f"could not hand {key} to the postgres user of {image} (exit {code}): {output}",
-            hint="the image needs a `postgres` user and `sh`, like the official postgres images.",
+            f"could not hand {key} to the {service} user of {image} (exit {code}): {output}",
+            hint=f"the image needs its user and `sh`, like the official {service} images.",
         )
+

@@ -177,13 +177,49 @@ def test_pgwire_speaks_to_postgres_and_pgbouncer(running, profile: str) -> None:
             conn.query("SELECT no_such_column FROM tasks")
         assert caught.value.sqlstate == "42703"
         assert conn.scalar("SELECT 2") == "2", "the session survives an error"
-    with pgwire.Connection("127.0.0.1", pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer") as conn:
+    with pgwire.Connection("127.0.0.1", pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer", ssl=pg.ssl) as conn:
         assert conn.scalar("SHOW VERSION").startswith("PgBouncer")
-    with pgwire.Connection("127.0.0.1", pgb.port, pg.user, pg.password, pgb.database) as conn:
+    with pgwire.Connection("127.0.0.1", pgb.port, pg.user, pg.password, pgb.database, ssl=pg.ssl) as conn:
         assert conn.scalar("SELECT current_user") == pg.user
     with pytest.raises(pgwire.PgError) as caught:
         pgwire.Connection("127.0.0.1", pg.port, pg.user, "wrong", pg.database, ssl=pg.ssl)
     assert caught.value.sqlstate == "28P01"
+
+
+def test_prod_requires_tls_on_tcp_to_postgres_and_pgbouncer(running) -> None:
+    """prod requires TLS on TCP as RDS's rds.force_ssl does: a plain session to Postgres or to
+    PgBouncer (admin console included) is refused with the right password; both URLs as
+    `devenv env` prints them carry sslmode=require and are encrypted end to end (PgBouncer's
+    server connections too); devenv's own sessions (health, status, reset's console) still work."""
+    import psycopg
+
+    from devenv.clients import pgwire
+
+    proj = running("prod")
+    stack = proj.stack()
+    pg, pgb = stack.postgres, stack.pgbouncer
+    printed = dict(line.split("=", 1) for line in proj.devenv("env").stdout.split())
+    for name in ("DATABASE_URL", "DIRECT_DATABASE_URL"):
+        assert printed[name].endswith("?sslmode=require"), printed[name]
+        with psycopg.connect(printed[name], autocommit=True) as conn:
+            assert conn.pgconn.ssl_in_use, f"{name}: the client's session is not encrypted"
+            # direct: this session; pooled: PgBouncer's server connection to Postgres
+            assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0] is True
+        with pytest.raises(psycopg.OperationalError, match="no encryption|SSL required"):
+            psycopg.connect(printed[name].replace("sslmode=require", "sslmode=disable")).close()
+    with pytest.raises(psycopg.OperationalError, match="SSL required"):
+        psycopg.connect(host="127.0.0.1", port=pgb.port, dbname="pgbouncer", user=pgb.admin_user,
+                        password=pgb.admin_password, sslmode="disable").close()
+    for port, user, password, dbname in ((pg.port, pg.user, pg.password, pg.database),
+                                         (pgb.port, pg.user, pg.password, pgb.database),
+                                         (pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer")):
+        with pytest.raises(pgwire.PgError):
+            pgwire.Connection("127.0.0.1", port, user, password, dbname, ssl=False).close()
+    status = proj.devenv("status")
+    assert status.stdout.count(" healthy ") == 3, status.stdout
+    proj.devenv("reset", "--strategy", "clone")  # the admin console's PAUSE/RESUME, over TLS
+    proj.devenv("reset")
+    assert "nothing to do" in proj.devenv("up").stderr
 
 
 def test_the_door_opens_every_kind_of_session(running) -> None:

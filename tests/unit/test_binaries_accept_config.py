@@ -346,6 +346,11 @@ def test_postgres_starts_on_the_rendered_files(
     with psycopg.connect(**tcp, password="pg-test-pw", sslmode=sslmode) as conn:
         encrypted = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0]
     assert encrypted is (sslmode == "require")
+    # With ssl on, TLS is required on TCP (hostssl, and hostnossl ... reject, as rds.force_ssl):
+    # the right password without TLS is refused.
+    if sslmode == "require":
+        with pytest.raises(psycopg.OperationalError, match="no encryption"):
+            psycopg.connect(**tcp, password="pg-test-pw", sslmode="disable").close()
 
 
 # --------------------------------------------------------------------------- PgBouncer
@@ -374,9 +379,11 @@ def test_pgbouncer_serves_the_rendered_ini(
     # its container; here it must take a free local port and the rendered userlist next to it.
     # The [databases] host `postgres` stays: PgBouncer resolves it only when a client connects.
     local_ini = out / "pgbouncer.local.ini"
-    local_ini.write_text(
-        redirect(ini.read_text(), {"listen_addr": "127.0.0.1", "listen_port": str(port), "auth_file": str(out / "userlist.txt")}, ini=True)
-    )
+    local = {"listen_addr": "127.0.0.1", "listen_port": str(port), "auth_file": str(out / "userlist.txt")}
+    tls = EXPECTED_POSTGRES[profile]["ssl"] == "on"
+    if tls:  # the certificate `render` wrote, with PgBouncer's copy of the key
+        local.update(client_tls_cert_file=str(out / "ssl" / "server.crt"), client_tls_key_file=str(out / "ssl" / "pgbouncer.key"))
+    local_ini.write_text(redirect(ini.read_text(), local, ini=True))
     give_to_server_user(out)
     spawn([pgbouncer, str(local_ini)], port, f"pgbouncer-{profile}")
 
@@ -397,6 +404,18 @@ def test_pgbouncer_serves_the_rendered_ini(
     assert ok.returncode == 0 and ok.stdout.startswith("PgBouncer"), ok.stderr
     # ... and a wrong password is refused.
     assert _psql_admin(psql, port, "wrong-password", "SHOW VERSION").returncode != 0
+    # With ssl on, TLS is required on TCP (client_tls_sslmode = require): a plain client is
+    # refused however right its password, an encrypted one gets in.
+    plain = subprocess.run(
+        [psql, f"host=127.0.0.1 port={port} user={ADMIN_USER} dbname=pgbouncer sslmode=disable connect_timeout=5",
+         "-X", "-tAc", "SHOW VERSION"], capture_output=True, text=True, timeout=30,
+        env={**child_env(out), "PGPASSWORD": ADMIN_PASSWORD})
+    if tls:
+        assert plain.returncode != 0 and "SSL required" in plain.stderr, plain.stdout + plain.stderr
+        assert "client_tls_sslmode" in config and config["client_tls_sslmode"] == "require"
+        assert config["server_tls_sslmode"] == "require"
+    else:
+        assert plain.returncode == 0, plain.stderr
 
 
 # --------------------------------------------------------------------------- Redis

@@ -127,3 +127,17 @@ def test_durations_sizes_and_variables(project: Path) -> None:
     svc["healthcheck"]["interval"] = "soon"
     with pytest.raises(ConfigError, match="not a duration"):
         compose_specs(compose, project / "docker-compose.yml", "1.41", env={})
+
+
+def test_prod_pgbouncer_mounts_the_certificate_and_its_own_key_copy(project: Path) -> None:
+    """TLS is required on TCP in prod, PgBouncer included: it serves Postgres's certificate with
+    a copy of the key that devenv hands to PgBouncer's image user (Postgres's is 0600, its own)."""
+    spec = specs_for(project, "prod", image_ids={"postgres:16": "sha256:abc"})["pgbouncer"]
+    state = project / ".devenv" / "prod"
+    mounts = spec.body["HostConfig"]["Mounts"]
+    assert {"Type": "bind", "Source": str(state / "ssl" / "server.crt"), "Target": "/etc/pgbouncer/server.crt",
+            "ReadOnly": True} in mounts
+    assert {"Type": "bind", "Source": str(state / "ssl" / "pgbouncer.key"), "Target": "/etc/pgbouncer/server.key",
+            "ReadOnly": True} in mounts
+    dev = specs_for(project, "dev", image_ids={"postgres:16": "sha256:abc"})["pgbouncer"]
+    assert not any("ssl" in m["Source"] for m in dev.body["HostConfig"]["Mounts"])

@@ -147,11 +147,14 @@ def test_cli_render_writes_the_golden_bytes(project: Path, profile: str, run_dev
     out = project / "out"
     result = run_devenv("render", "--profile", profile, "--out", str(out))
     assert result.returncode == 0, result.stderr
-    certificate = ["server.crt", "server.key"] if profile == "prod" else []  # ssl = on
+    certificate = ["server.crt", "server.key", "pgbouncer.key"] if profile == "prod" else []  # ssl = on
     assert sorted(Path(line).name for line in result.stdout.split()) == sorted([*RENDERED, *certificate])
     for name in RENDERED:
         assert (out / name).read_bytes() == (GOLDEN_DIR / profile / name).read_bytes(), name
     assert (out.stat().st_mode & 0o777) == 0o700, "the rendered dir holds passwords: it must be private"
+    if certificate:  # PgBouncer's copy of the key: the same key, as private
+        key, copy = out / "ssl" / "server.key", out / "ssl" / "pgbouncer.key"
+        assert copy.read_bytes() == key.read_bytes() and (copy.stat().st_mode & 0o777) == 0o600
 
 
 # --------------------------------------------------------------------------- the seeds' values
