@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 import click
 
 from devenv import humanize
-from devenv.cli.output import ci_mode, debug_mode, exit_for, fast_exit, reset_summary, say
+from devenv.cli.output import (add_masks, ci_mode, debug_mode, exit_for, fast_exit, github_actions, reset_summary, say,
+                               secrets_in)
 from devenv.config.stack import SERVICES
 from devenv.runtime.plan import RUNTIME_NAMES
 
@@ -128,6 +129,11 @@ def _runtime_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def stack_secrets(stack: Any) -> list[str]:
+    """What a CI log must mask for a stack: its URLs, their passwords and the admin console's."""
+    return secrets_in(stack.urls(), [stack.pgbouncer.admin_password])
+
+
 def _emit_urls(urls: dict[str, str]) -> None:
     for key, value in urls.items():
         click.echo(f"{key}={value}")
@@ -161,6 +167,8 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
         and processes_alive(recorded.get("processes", {}))
         and ports_answer(recorded.get("ports", []))
     ):
+        if github_actions():
+            add_masks(secrets_in(recorded["urls"]))
         say(f"{profile}: up to date on {recorded['runtime']}, nothing to do ({time.monotonic() - started:.2f}s)")
         _emit_urls(recorded["urls"])
         return
@@ -169,6 +177,8 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     from devenv.runtime import get_runtime
 
     stack = load_stack(str(config), profile)
+    if github_actions():  # before anything this `up` prints could hold them
+        add_masks(stack_secrets(stack))
     backend = get_runtime(runtime, say=say)
     say(f"{stack.name}: {backend.describe(stack)}")
     # Hashed after load_stack, which creates secrets.json on first use.
@@ -432,7 +442,8 @@ def env_command(profile: str, config_path: str | None, fmt: str) -> None:
     """Print DATABASE_URL (pooled), DIRECT_DATABASE_URL and REDIS_URL."""
     import shlex
 
-    urls = load_stack(config_path, profile).urls()
+    stack = load_stack(config_path, profile)
+    urls = stack.urls()
     if fmt == "json":
         click.echo(json.dumps(urls, indent=2))
     elif fmt == "shell":
@@ -442,6 +453,8 @@ def env_command(profile: str, config_path: str | None, fmt: str) -> None:
         target = os.environ.get("GITHUB_ENV")
         if not target:
             raise click.UsageError("--format github appends to the file named by $GITHUB_ENV, which is not set")
+        # $GITHUB_ENV's values are not masked by the runner: every later step could print them.
+        add_masks(stack_secrets(stack))
         with open(target, "a", encoding="utf-8") as handle:
             for key, value in urls.items():
                 handle.write(f"{key}={value}\n")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Iterable, Mapping, NoReturn
 
 from devenv.errors import DevenvError
 
@@ -26,6 +26,38 @@ _COLOURS = {"error": "31", "warning": "33", "ok": "32"}
 def ci_mode() -> bool:
     """CI mode: `--ci`, or the CI variable every CI system sets (not "false"/"0")."""
     return "--ci" in sys.argv[1:] or os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+def github_actions() -> bool:
+    """Under GitHub Actions (the runner sets GITHUB_ACTIONS=true): secrets are masked in its log."""
+    return os.environ.get("GITHUB_ACTIONS", "").lower() == "true"
+
+
+def secrets_in(urls: Mapping[str, str], extra: Iterable[str] = ()) -> list[str]:
+    """Every secret the URLs carry, as they may appear in a log: each password as written in
+    the URL and decoded, each whole URL holding one; then `extra` (other passwords). No duplicates."""
+    from urllib.parse import unquote, urlsplit
+
+    found: list[str] = []
+    for url in urls.values():
+        password = urlsplit(url).password
+        if password:
+            found += [password, unquote(password), url]
+    found += extra
+    out: list[str] = []
+    for value in found:
+        for line in value.splitlines():  # the runner masks a line at a time
+            if line.strip() and line not in out:
+                out.append(line)
+    return out
+
+
+def add_masks(values: Iterable[str]) -> None:
+    """`::add-mask::VALUE` on stdout for each value, flushed before anything prints them: the
+    GitHub Actions runner then shows `***` in their place, in this step's log and later ones."""
+    for value in values:
+        sys.stdout.write(f"::add-mask::{value}\n")
+    sys.stdout.flush()
 
 
 def debug_mode(args: list[str] | None = None) -> bool:

@@ -138,3 +138,45 @@ def test_the_cache_is_a_base_backup_taken_while_the_server_runs(cached_project) 
     assert "restoring seeded data" in again.stderr and "postgres   initdb" not in again.stderr
     with proj.connect() as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == tasks
+
+
+def _merged(proj, *args: str, env: dict[str, str]) -> list[str]:
+    """stdout and stderr of `devenv ARGS` as one stream, in the order written (as a CI log shows them)."""
+    import sys
+
+    argv = [sys.executable, "-m", "devenv", *args, "--profile", proj.profile]
+    proc = subprocess.run(argv, cwd=proj.root, env={**proj.env, **env}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout
+    return proc.stdout.splitlines()
+
+
+def _assert_masked_first(lines: list[str], secrets: list[str]) -> None:
+    masks = {line.removeprefix("::add-mask::"): i for i, line in enumerate(lines) if line.startswith("::add-mask::")}
+    for secret in secrets:
+        assert secret in masks, f"no ::add-mask:: for {secret!r}:\n" + "\n".join(lines)
+        shown = [i for i, line in enumerate(lines) if secret in line and not line.startswith("::add-mask::")]
+        assert all(masks[secret] < i for i in shown), f"{secret!r} printed before its mask:\n" + "\n".join(lines)
+
+
+def test_github_actions_masks_every_secret_before_printing_it(project, runtime: str, tmp_path) -> None:
+    """Under GitHub Actions `up` (a first one and a no-op one) and `env --format github` emit
+    `::add-mask::` for each password and each URL holding one, before any line shows them."""
+    if runtime != "native":
+        pytest.skip("the masks are the CLI's, the same for every runtime")
+    proj = project
+    gha = {"CI": "true", "GITHUB_ACTIONS": "true", "GITHUB_ENV": str(tmp_path / "github_env")}
+    first = _merged(proj, "up", "--runtime", runtime, env=gha)
+    stack = proj.stack()
+    urls = stack.urls()
+    passwords = [stack.postgres.password, stack.redis.password]
+    _assert_masked_first(first, [*passwords, *urls.values(), stack.pgbouncer.admin_password])
+    assert any(line.startswith("DATABASE_URL=") for line in first)
+    again = _merged(proj, "up", "--runtime", runtime, env=gha)
+    assert any("nothing to do" in line for line in again)
+    _assert_masked_first(again, [*passwords, *urls.values()])
+    env_lines = _merged(proj, "env", "--format", "github", env=gha)
+    _assert_masked_first(env_lines, [*passwords, *urls.values(), stack.pgbouncer.admin_password])
+    # Outside GitHub Actions nothing changes: the URLs alone (a dotenv `up` prints).
+    plain = proj.devenv("up").stdout
+    assert "::add-mask::" not in plain and plain.splitlines()[0].startswith("DATABASE_URL=")
