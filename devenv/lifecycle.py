@@ -12,7 +12,7 @@ from devenv import health
 from devenv.errors import HealthCheckError
 from devenv.runtime.base import Runtime, UpResult
 from devenv.config.stack import Stack
-from devenv.state import clear_state, locked, write_state
+from devenv.state import clear_state, dead_scratch_owners, forget_scratch_owners, locked, write_state
 
 if TYPE_CHECKING:
     from devenv.clients import pgwire
@@ -50,6 +50,9 @@ def up(
     # No driver is imported ahead: health checks and the "already seeded?" check speak pgwire,
     # so a cold `up` with data, or one from the cache, never loads psycopg (150-300 ms here).
     with locked(stack.state_dir, on_wait=say):
+        # Commands killed since the last `up` (their scratch databases are swept below).
+        killed = dead_scratch_owners(stack.state_dir)
+        swept: list[list[str]] = []
         result = runtime.up(stack, say, use_cache=seed and not os.environ.get("DEVENV_NO_CACHE"))
         for note in result.notes:
             say(note)
@@ -62,7 +65,7 @@ def up(
             seed_start = time.monotonic()
             janitor = Janitor(stack)
             try:
-                janitor.sweep()
+                swept.append(janitor.sweep())
                 # The template is built first (SchemaError names a failing file); on a new
                 # cluster in the image's empty POSTGRES_DB database.
                 report.database_created = janitor.create(stack.postgres.database, adopt=fresh)
@@ -132,6 +135,16 @@ def up(
             thread.join()
         if failed:
             raise failed[0]
+        if killed and not swept:  # seeding had nothing to do: sweep what the killed commands left
+            janitor = Janitor(stack)
+            try:
+                swept.append(janitor.sweep())
+            finally:
+                janitor.close()
+        litter = [name for names in swept for name in names]
+        if litter:
+            say(f"swept {len(litter)} scratch database(s) left by killed commands: {', '.join(litter)}")
+        forget_scratch_owners(stack.state_dir, killed)
         if result.cache_key:
             # The first seeded start of this setup: keep it for the next cold `up` anywhere.
             runtime.save_cache(stack, result.cache_key, say)

@@ -6,6 +6,7 @@ without parsing YAML, rendering templates or importing a database driver.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import hashlib
@@ -20,6 +21,12 @@ from devenv.errors import StateError
 from devenv.config.project import template_dirs
 
 STATE_FILE = "state.json"
+# One empty file per process (named by its pid) that may create scratch databases (a Janitor):
+# removed when it exits normally, so a file whose process is gone means one was killed and may
+# have left scratch databases behind. The no-op `up` looks here (a directory listing, no
+# session) and takes the full path, which sweeps them, when it finds one.
+SCRATCH_OWNERS = "scratch-owners"
+_owner_noted: set[tuple[int, str]] = set()
 # Environment variables that change the stack (profile and config are part of the path).
 _IGNORED_ENV = {"DEVENV_DEBUG", "DEVENV_PROFILE", "DEVENV_CONFIG", "DEVENV_CACHE_DIR"}
 
@@ -138,3 +145,50 @@ def password_noted(path: Path, secret: str) -> bool:
         return path.read_text(encoding="utf-8").strip() == hashlib.sha256(secret.encode()).hexdigest()
     except OSError:
         return False
+
+
+def note_scratch_owner(state_dir: Path) -> None:
+    """Record this process as one that may create scratch databases, until it exits normally."""
+    pid = os.getpid()
+    if (pid, str(state_dir)) in _owner_noted:
+        return
+    directory = state_dir / SCRATCH_OWNERS
+    path = directory / str(pid)
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
+    except OSError:
+        return  # a read-only checkout: the full `up` still sweeps whatever it finds
+    _owner_noted.add((pid, str(state_dir)))
+
+    def forget() -> None:
+        if os.getpid() == pid:  # not in a forked child, whose exit says nothing of this process
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    atexit.register(forget)
+
+
+def dead_scratch_owners(state_dir: Path) -> list[int]:
+    """Processes recorded by note_scratch_owner that are gone without exiting normally (killed)."""
+    try:
+        names = os.listdir(state_dir / SCRATCH_OWNERS)
+    except OSError:
+        return []
+    dead = []
+    for name in names:
+        if name.isdigit():
+            try:
+                os.kill(int(name), 0)
+            except ProcessLookupError:
+                dead.append(int(name))
+            except OSError:
+                pass  # another user's process: alive
+    return dead
+
+
+def forget_scratch_owners(state_dir: Path, pids: list[int]) -> None:
+    """Drop the records of killed processes once their scratch databases have been swept."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            (state_dir / SCRATCH_OWNERS / str(pid)).unlink()

@@ -154,7 +154,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
 
     from devenv.config.project import find_config, state_dir as profile_dir
     from devenv.clients.connect import ports_answer
-    from devenv.state import fingerprint, processes_alive, read_state
+    from devenv.state import dead_scratch_owners, fingerprint, processes_alive, read_state
 
     started = time.monotonic()
     config = find_config(config_path)
@@ -166,6 +166,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
         recorded.get("fingerprint") == fingerprint(root, config, profile, options)
         and processes_alive(recorded.get("processes", {}))
         and ports_answer(recorded.get("ports", []))
+        and not dead_scratch_owners(state_dir)  # a killed command's scratch databases: the full path sweeps them
     ):
         if github_actions():
             add_masks(secrets_in(recorded["urls"]))

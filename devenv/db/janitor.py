@@ -106,8 +106,12 @@ class Janitor:
     """
 
     def __init__(self, stack: Stack, seeds_dir: Path | None = None) -> None:
+        from devenv.state import note_scratch_owner
+
         self.stack = stack
         self.seeds_dir = seeds_dir or stack.root / "seeds"
+        # Its scratch databases carry this pid: if it is killed, the next `up` sees it and sweeps.
+        note_scratch_owner(stack.state_dir)
         self._admin: psycopg.Connection[Any] | None = None
         self._db_conns: dict[str, pgwire.Connection] = {}  # kept for the in-place restore
         self._console: Console | None = None
@@ -461,18 +465,22 @@ class Janitor:
         thread.start()
         self._drops.append(thread)
 
-    def sweep(self) -> None:
+    def sweep(self) -> list[str]:
         """Drop scratch databases (`__new_<pid>`, `__old_<pid>_<n>`, `__building_<pid>`,
         `__restore_<pid>`) whose process is gone: another process may be mid-reset on its own.
+        Returns the names dropped.
 
         Snapshots (`<db>__snap_<name>`) never match: their names cannot contain `__`.
         """
+        dropped = []
         for (name,) in self.admin.execute(
-            "SELECT datname FROM pg_database WHERE datname ~ %s", (SCRATCH_PATTERN,)
+            "SELECT datname FROM pg_database WHERE datname ~ %s ORDER BY 1", (SCRATCH_PATTERN,)
         ).fetchall():
             pid = int(re.search(SCRATCH_PATTERN, name).group(2))
             if not _pid_alive(pid):
                 self._drop(name)
+                dropped.append(name)
+        return dropped
 
     def _supports_strategy(self) -> bool:
         # CREATE DATABASE ... STRATEGY arrived in PostgreSQL 15 (WAL_LOG: no checkpoints).
