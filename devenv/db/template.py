@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 SCALE_FILE = "scale.sql"
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "devenv", "pg_toast")
-TEMPLATE_FORMAT = 3  # bump when what a template carries (snapshots, guards) changes
+TEMPLATE_FORMAT = 4  # bump when what a template carries (snapshots, guards) changes
 
 # Installed in every template: counts DDL so that `restore` knows when it is not enough.
 DDL_GUARD = """
@@ -65,6 +65,12 @@ END $$;
 -- more than max_rows seeded rows to compare) and nothing changed. sessions counts the other
 -- client sessions on the database afterwards: PgBouncer's server connections are among them,
 -- so with none there is nothing for it to reconnect.
+-- What a clone drops besides the tables goes too, so that a restore leaves exactly what a clone
+-- would: database-level settings (ALTER DATABASE / ALTER ROLE ... IN DATABASE ... SET, kept by
+-- database oid: a clone has none) are reset, and large objects the template did not have are
+-- unlinked. Where that cannot be exact (a template with large objects, whose in-place changes no
+-- trigger sees; a setting or large object this role may not remove) status says so ('settings',
+-- 'large objects') and a clone runs instead.
 CREATE FUNCTION devenv.restore(expected_template text, max_rows bigint, OUT status text, OUT sessions bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -75,6 +81,7 @@ DECLARE
     gone_rows tid[];
     wanted tid[];
     total bigint;
+    setting record;
     role text := pg_catalog.current_setting('session_replication_role');
 BEGIN
     SELECT * INTO meta FROM devenv.snapshot_meta;
@@ -100,6 +107,37 @@ BEGIN
     IF total > max_rows THEN
         status := 'too big';
         RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_db_role_setting s JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
+                WHERE d.datname = pg_catalog.current_database()) THEN
+        BEGIN
+            FOR setting IN SELECT s.setrole, r.rolname FROM pg_catalog.pg_db_role_setting s
+                             JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
+                             LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole
+                            WHERE d.datname = pg_catalog.current_database() LOOP
+                IF setting.setrole = 0 THEN
+                    EXECUTE pg_catalog.format('ALTER DATABASE %I RESET ALL', pg_catalog.current_database());
+                ELSE
+                    EXECUTE pg_catalog.format('ALTER ROLE %I IN DATABASE %I RESET ALL',
+                                              setting.rolname, pg_catalog.current_database());
+                END IF;
+            END LOOP;
+        EXCEPTION WHEN insufficient_privilege THEN
+            status := 'settings';
+            RETURN;
+        END;
+    END IF;
+    IF meta.large_objects IS NOT NULL AND meta.large_objects <> '{}' THEN
+        status := 'large objects';
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_largeobject_metadata) THEN
+        BEGIN
+            PERFORM pg_catalog.lo_unlink(oid) FROM pg_catalog.pg_largeobject_metadata;
+        EXCEPTION WHEN insufficient_privilege THEN
+            status := 'large objects';
+            RETURN;
+        END;
     END IF;
     IF rels IS NOT NULL THEN
         -- No triggers, no FK checks: the data is known good.
@@ -188,7 +226,8 @@ def make_snapshots(conn: "psycopg.Connection[Any]", template: str) -> None:
     conn.execute(
         "CREATE TABLE devenv.snapshots (schema_name text, table_name text, snapshot text, row_count bigint, rel regclass);"
         "CREATE TABLE devenv.snapshot_sequences (sequence text, last_value bigint, is_called boolean);"
-        "CREATE TABLE devenv.snapshot_meta (template text, ddl_mark_value bigint, ddl_mark_called boolean)"
+        "CREATE TABLE devenv.snapshot_meta (template text, ddl_mark_value bigint, ddl_mark_called boolean, "
+        "large_objects oid[])"
     )
     conn.execute(RESTORE_FUNCTIONS)
     tables = conn.execute(
@@ -220,4 +259,8 @@ def make_snapshots(conn: "psycopg.Connection[Any]", template: str) -> None:
         value, called = conn.execute(f"SELECT last_value, is_called FROM {qualified}").fetchone()
         conn.execute("INSERT INTO devenv.snapshot_sequences VALUES (%s, %s, %s)", (qualified, value, called))
     # The DDL count after building the snapshots: any later DDL makes it differ.
-    conn.execute("INSERT INTO devenv.snapshot_meta SELECT %s, last_value, is_called FROM devenv.ddl_changes", (template,))
+    # The large objects the seed made: a restore cannot see their changes, so their presence
+    # makes every reset a clone (none, as usual: a restore unlinks whatever a test created).
+    conn.execute("INSERT INTO devenv.snapshot_meta SELECT %s, last_value, is_called, "
+                 "(SELECT coalesce(array_agg(oid), '{}') FROM pg_largeobject_metadata) FROM devenv.ddl_changes",
+                 (template,))

@@ -56,3 +56,61 @@ def test_the_next_up_sweeps_a_killed_commands_scratch_databases_and_says_so(proj
     with proj.connect() as conn:  # the working database is whole
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
     assert "nothing to do" in proj.devenv("up").stderr, "once swept, the no-op `up` is a no-op again"
+
+
+def _extras(proj) -> dict[str, object]:
+    """What a clone drops besides the tables: large objects and database-level settings, as a
+    new session sees them."""
+    with proj.connect() as conn:
+        return {
+            "large objects": conn.execute("SELECT count(*) FROM pg_largeobject_metadata").fetchone()[0],
+            "settings": conn.execute(
+                "SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
+                "WHERE d.datname = current_database()").fetchone()[0],
+            "work_mem": conn.execute("SHOW work_mem").fetchone()[0],
+            "statement_timeout": conn.execute("SHOW statement_timeout").fetchone()[0],
+        }
+
+
+def _litter_extras(proj) -> None:
+    with proj.connect(autocommit=True) as conn:
+        conn.execute("SELECT lo_from_bytea(0, 'written by a test')")
+        conn.execute("ALTER DATABASE taskflow SET work_mem = '77MB'")
+        conn.execute("ALTER ROLE CURRENT_USER IN DATABASE taskflow SET statement_timeout = '5s'")
+        conn.execute("INSERT INTO users (email, password_hash) VALUES ('extras@x', 'x')")
+
+
+def test_a_restore_puts_back_exactly_what_a_clone_would(project) -> None:
+    """Large objects and ALTER DATABASE / ALTER ROLE ... IN DATABASE settings: a clone drops
+    them; the in-place restore (and the pooled sessions after it) must not keep them."""
+    proj = project
+    proj.devenv("up")
+    seeded = _extras(proj)
+    assert seeded == {"large objects": 0, "settings": 0, "work_mem": "4MB", "statement_timeout": "0"}
+    for strategy in ("clone", "restore", "auto"):
+        _litter_extras(proj)
+        assert _extras(proj) != seeded
+        result = proj.devenv("reset", "--strategy", strategy)
+        ran = "clone" if strategy == "clone" else "restore"
+        assert f"reset taskflow ({ran})" in result.stderr, result.stderr
+        assert _extras(proj) == seeded, f"--strategy {strategy}"
+        with proj.connect(pooled=True) as pooled:
+            assert pooled.execute("SHOW work_mem").fetchone()[0] == "4MB", f"--strategy {strategy}: pooled"
+        with proj.connect() as conn:
+            assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 8
+
+
+def test_a_template_with_large_objects_resets_by_clone_and_says_so(project) -> None:
+    """A restore cannot see changes inside the seed's own large objects: it falls back to a
+    clone, and the summary names the clone."""
+    proj = project
+    (proj.root / "seeds" / "data" / "900_large_object.sql").write_text(
+        "SELECT lo_from_bytea(424242, 'seeded');\n")
+    proj.devenv("up")
+    with proj.connect(autocommit=True) as conn:
+        conn.execute("SELECT lo_put(424242, 0, 'changed')")
+        assert conn.execute("SELECT convert_from(lo_get(424242), 'UTF8')").fetchone()[0] == "changed"
+    result = proj.devenv("reset", "--strategy", "restore")
+    assert "reset taskflow (clone)" in result.stderr, result.stderr
+    with proj.connect() as conn:
+        assert conn.execute("SELECT convert_from(lo_get(424242), 'UTF8')").fetchone()[0] == "seeded"
