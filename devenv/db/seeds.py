@@ -32,8 +32,24 @@ class SeedFile(Record):
 
     @property
     def sql(self) -> str:
-        """The file's text."""
-        return self.path.read_text(encoding="utf-8")
+        """The file's text (SchemaError naming the file when it is not UTF-8)."""
+        return read_sql(self.path)
+
+
+def read_sql(path: Path) -> str:
+    """A schema or seed file's text. Postgres takes the statements as UTF-8 (the database's
+    encoding): bytes that are not are a SchemaError naming the file and where, never a guess."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SchemaError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column})",
+            hint="save the file as UTF-8, e.g. `iconv -f LATIN1 -t UTF-8 FILE > FILE.new && mv FILE.new FILE` "
+            "if it was written as Latin-1; nothing was applied from it.",
+        ) from None
 
 
 def seed_files(seeds_dir: Path) -> list[SeedFile]:

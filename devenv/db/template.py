@@ -13,7 +13,7 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devenv.db.seeds import apply_seeds, seed_files, split_statements
+from devenv.db.seeds import apply_seeds, read_sql, seed_files, split_statements
 from devenv.errors import SchemaError
 from devenv.config.stack import Stack
 
@@ -210,7 +210,7 @@ def generate(conn: "psycopg.Connection[Any]", stack: Stack, seeds_dir: Path) -> 
     if not path.is_file():
         raise SchemaError(f"profile sets seed_scale but {path} does not exist",
                           hint="add seeds/scale.sql (a generator using :scale), or remove seed_scale.")
-    text = path.read_text(encoding="utf-8").replace(":scale", str(int(stack.seed_scale)))
+    text = read_sql(path).replace(":scale", str(int(stack.seed_scale)))
     with conn.transaction():
         for statement, line in split_statements(text):
             try:

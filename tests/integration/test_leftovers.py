@@ -114,3 +114,25 @@ def test_a_template_with_large_objects_resets_by_clone_and_says_so(project) -> N
     assert "reset taskflow (clone)" in result.stderr, result.stderr
     with proj.connect() as conn:
         assert conn.execute("SELECT convert_from(lo_get(424242), 'UTF8')").fetchone()[0] == "seeded"
+
+
+@pytest.mark.parametrize("when", ["first up", "later up"])
+def test_a_seed_file_that_is_not_utf8_is_named_with_exit_7(project, when: str) -> None:
+    """A Latin-1 seed file: `error:` naming the file and line, a `hint:`, exit 7 (SchemaError),
+    no internal error; the data that was there is kept."""
+    proj = project
+    bad = proj.root / "seeds" / "data" / "900_latin1.sql"
+    if when == "later up":
+        proj.devenv("up")
+    bad.write_bytes(b"-- Stra\xdfe\nINSERT INTO users (email, password_hash) VALUES ('m\xfcller@x', 'x');\n")
+    result = proj.devenv("up", check=False)
+    assert result.returncode == 7, result.stderr
+    assert f"error: {bad}:1: not UTF-8 text (byte 0xdf at column 8)" in result.stderr, result.stderr
+    assert "hint: save the file as UTF-8" in result.stderr and "internal error" not in result.stderr
+    if when == "later up":
+        with proj.connect() as conn:
+            assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 8
+    bad.write_bytes(bad.read_bytes().decode("latin-1").encode("utf-8"))
+    proj.devenv("up")
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM users WHERE email = 'müller@x'").fetchone()[0] == 1
