@@ -192,6 +192,15 @@ def test_prod_runs_tls_with_the_key_owned_by_the_containers_postgres(running: An
     # The host copy the compose file mounts is the same file, never readable by others.
     key = proj.root / ".devenv" / "prod" / "ssl" / "server.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    # PgBouncer requires TLS too, with its own copy of the key, owned by its image's user.
+    pgbouncer = proj.container("pgbouncer")
+    user = pgbouncer.exec_run(["id", "-u"]).output.decode().strip()
+    owner = pgbouncer.exec_run(["stat", "-c", "%u %a", "/etc/pgbouncer/server.key"]).output.decode().strip()
+    assert owner == f"{user} 600"
+    with proj.connect(pooled=True) as conn:  # DATABASE_URL carries sslmode=require too
+        assert conn.pgconn.ssl_in_use
+    copy = proj.root / ".devenv" / "prod" / "ssl" / "pgbouncer.key"
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600 and copy.read_bytes() == key.read_bytes()
 
 
 # ---- failures: engine, images, health, initialisation -----------------------------------------------
