@@ -243,7 +243,7 @@ def load_stack_cached(config: str | os.PathLike[str] | None, profile: str, need_
         recorded = json.loads(cache.read_text(encoding="utf-8"))
         if recorded.get("fingerprint") == key:
             return _stack_from_dict(recorded["stack"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # missing, unreadable or of another shape: build it
     from devenv.config.settings import load_config
     from devenv.config.resolve import build_stack

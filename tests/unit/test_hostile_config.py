@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import time
@@ -325,3 +326,55 @@ def test_the_snapshot_name_from_the_issue_is_refused() -> None:
     with pytest.raises(ConfigError, match="starting with a letter or digit"):
         validate_name("_new_999999")
     assert validate_name("before-migration_42") == "before-migration_42"
+
+
+# --------------------------------------------------------------------------- devenv's own files in .devenv/
+
+
+@pytest.mark.parametrize("content", [b"[]", b"\xff\xfe", b'"a string"', b"{\"fingerprint\": 1, \"stack\": []}"])
+def test_a_damaged_stack_cache_is_rebuilt(project: Path, content: bytes) -> None:
+    from devenv.config.resolve import STACK_CACHE, load_stack_cached
+
+    first = load_stack_cached(project / "devenv.yaml", "dev")
+    cache = project / ".devenv" / "dev" / STACK_CACHE
+    cache.write_bytes(content)
+    assert load_stack_cached(project / "devenv.yaml", "dev") == first
+
+
+@pytest.mark.parametrize("content", [b"[]", b"\xff\xfe", b"42"])
+def test_a_damaged_state_file_reads_as_none(tmp_path: Path, content: bytes) -> None:
+    from devenv.state import STATE_FILE, read_state
+
+    (tmp_path / STATE_FILE).write_bytes(content)
+    assert read_state(tmp_path) == {}
+
+
+def test_a_password_note_that_is_not_utf8_is_not_a_match(tmp_path: Path) -> None:
+    from devenv.state import password_noted
+
+    (tmp_path / "note").write_bytes(b"\xff\xfe")
+    assert password_noted(tmp_path / "note", "secret") is False
+
+
+def test_a_seed_file_name_that_is_not_utf8_is_a_schema_error_naming_it(tmp_path: Path) -> None:
+    """The name goes into the ledger and the template key; it once crashed encoding the key."""
+    from devenv.db.seeds import seed_files
+    from devenv.errors import SchemaError
+
+    schema = tmp_path / "schema"
+    schema.mkdir()
+    (schema / "001_ok.sql").write_text("SELECT 1;")
+    bad = os.fsdecode(b"002_caf\xe9.sql")
+    (schema / bad).write_text("SELECT 1;")
+    with pytest.raises(SchemaError) as caught:
+        seed_files(tmp_path)
+    assert "002_caf" in caught.value.message and "not UTF-8" in caught.value.message and caught.value.hint
+
+
+def test_up_refuses_a_managed_key_before_starting_anything(project: Path, edit_config: Any, run_devenv: Any) -> None:
+    """The issue's case: `up` exited 0 with Redis listening beyond 127.0.0.1."""
+    row = _ROW_AFTER["redis"]
+    edit_config(row, row + "    bind: {default: 0.0.0.0}\n    protected-mode: {default: \"no\"}\n")
+    result = run_devenv("up", "--runtime", "native")
+    assert_config_error(result, "redis.settings.bind", "managed by devenv")
+    assert not (project / ".devenv" / "dev" / "redis.conf").exists(), "nothing rendered, nothing started"
