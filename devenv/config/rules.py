@@ -14,7 +14,7 @@ import re
 
 _ADDRESS = "devenv binds every server to 127.0.0.1 (or its container) on the port devenv.yaml's `port:` gives"
 _SOCKET = "devenv places the unix sockets in a private directory of its own"
-_AUTH = "devenv manages authentication: passwords from .devenv/secrets.json, SCRAM only"
+_AUTH = "devenv manages authentication: its own users, with passwords from .devenv/secrets.json"
 _FILES = "devenv manages where the server keeps its files"
 _TLS = "devenv manages TLS: its own certificate, required where the profile asks for it"
 _INCLUDE = "an include would read settings from outside the tables, unchecked"
@@ -178,6 +178,8 @@ def database_problem(name: str) -> str | None:
     """Why `name` cannot be the working database, or None."""
     if name.lower() in RESERVED_DATABASES:
         return f"'{name}' is one of PostgreSQL's own databases, which devenv connects to for its work"
+    if name.lower() == "pgbouncer":
+        return "'pgbouncer' is PgBouncer's admin console: the pooled URL would reach it, not the database"
     if "__" in name:
         return "'__' separates devenv's own names (templates, scratch databases) from the database's"
     limit = max_database_bytes()

@@ -278,7 +278,7 @@ def test_the_longest_database_name_allowed_derives_names_that_fit(project: Path,
     assert stack.postgres.database == longest
 
 
-@pytest.mark.parametrize("name", ["app__new_123", "postgres", "template1", "x__tpl_abc"])
+@pytest.mark.parametrize("name", ["app__new_123", "postgres", "template1", "x__tpl_abc", "pgbouncer"])
 def test_a_database_name_that_clashes_with_devenvs_own_is_refused(project: Path, edit_config: Any, name: str) -> None:
     edit_config("  database: taskflow\n  user:", f"  database: {name}\n  user:")
     assert "postgres.database" in stack_error(project).message
@@ -378,3 +378,10 @@ def test_up_refuses_a_managed_key_before_starting_anything(project: Path, edit_c
     result = run_devenv("up", "--runtime", "native")
     assert_config_error(result, "redis.settings.bind", "managed by devenv")
     assert not (project / ".devenv" / "dev" / "redis.conf").exists(), "nothing rendered, nothing started"
+
+
+def test_the_docs_name_every_managed_key() -> None:
+    doc = (DEVENV.parent / "docs" / "settings-rules.md").read_text(encoding="utf-8")
+    missing = [f"{service}.{key}" for service, table in rules.MANAGED.items() for key in table if f"`{key}`" not in doc]
+    assert not missing, f"docs/settings-rules.md does not name: {missing}"
+    assert f"at most {rules.max_database_bytes()} bytes" in doc
