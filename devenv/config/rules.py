@@ -97,6 +97,66 @@ _REDIS_WORDS = re.compile(r"[A-Za-z0-9_.:,+%-]+( [A-Za-z0-9_.:,+%-]+)*")
 _REDIS_WORD = re.compile(r"[A-Za-z0-9_.:,+%-]+")
 
 
+# Types of the PgBouncer and Redis settings people set (neither server can describe its own):
+# a value of the wrong type is refused here, with the form it takes, instead of failing the
+# server's start. Settings not listed are checked by character only (above and below).
+_INT = ("int", re.compile(r"-?[0-9]+"), "a whole number, e.g. 20")
+_SECONDS = ("seconds", re.compile(r"[0-9]+(\.[0-9]+)?"), "a number of seconds, e.g. 30 or 0.5")
+_REDIS_BOOL = ("yes/no", re.compile(r"(?i)yes|no"), "yes or no")
+_REDIS_MEMORY = ("memory", re.compile(r"(?i)[0-9]+(b|k|kb|m|mb|g|gb)?"), "a size, e.g. 256mb or 1gb")
+
+
+def _enum(*values: str) -> tuple[str, re.Pattern[str], str]:
+    return ("enum", re.compile("(?i)" + "|".join(map(re.escape, values))), "one of " + ", ".join(values))
+
+
+TYPES: dict[str, dict[str, tuple[str, re.Pattern[str], str]]] = {
+    "pgbouncer": {
+        "pool_mode": _enum("session", "transaction", "statement"),
+        **dict.fromkeys((
+            "default_pool_size", "max_client_conn", "min_pool_size", "reserve_pool_size", "max_db_connections",
+            "max_user_connections", "max_prepared_statements", "log_connections", "log_disconnections",
+            "log_pooler_errors", "log_stats", "verbose", "stats_period", "server_round_robin",
+            "application_name_add_host", "disable_pqexec", "server_reset_query_always", "tcp_keepalive",
+            "listen_backlog", "pkt_buf", "sbuf_loopcnt", "tcp_keepcnt", "tcp_keepidle", "tcp_keepintvl",
+            "tcp_socket_buffer", "max_packet_size", "so_reuseport",
+        ), _INT),
+        **dict.fromkeys((
+            "server_lifetime", "server_idle_timeout", "server_connect_timeout", "server_login_retry",
+            "client_login_timeout", "autodb_idle_timeout", "dns_max_ttl", "dns_nxdomain_ttl",
+            "dns_zone_check_period", "query_timeout", "query_wait_timeout", "client_idle_timeout",
+            "idle_transaction_timeout", "suspend_timeout", "reserve_pool_timeout", "server_check_delay",
+        ), _SECONDS),
+    },
+    "redis": {
+        "maxmemory-policy": _enum("volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl",
+                                  "allkeys-lru", "allkeys-lfu", "allkeys-random", "noeviction"),
+        "appendfsync": _enum("always", "everysec", "no"),
+        "loglevel": _enum("debug", "verbose", "notice", "warning"),
+        "repl-diskless-load": _enum("disabled", "on-empty-db", "swapdb"),
+        **dict.fromkeys((
+            "activedefrag", "activerehashing", "appendonly", "lazyfree-lazy-eviction", "lazyfree-lazy-expire",
+            "lazyfree-lazy-server-del", "lazyfree-lazy-user-del", "lazyfree-lazy-user-flush", "rdbcompression",
+            "rdbchecksum", "stop-writes-on-bgsave-error", "io-threads-do-reads", "dynamic-hz",
+            "aof-use-rdb-preamble", "jemalloc-bg-thread", "replica-read-only", "replica-serve-stale-data",
+            "always-show-logo", "set-proc-title", "crash-log-enabled", "crash-memcheck-enabled",
+            "latency-tracking", "no-appendfsync-on-rewrite", "aof-load-truncated", "aof-timestamp-enabled",
+        ), _REDIS_BOOL),
+        **dict.fromkeys((
+            "maxclients", "timeout", "tcp-keepalive", "databases", "hz", "io-threads", "slowlog-log-slower-than",
+            "slowlog-max-len", "tcp-backlog", "maxmemory-samples", "latency-monitor-threshold", "lfu-log-factor",
+            "lfu-decay-time", "list-compress-depth", "active-expire-effort", "lua-time-limit",
+            "busy-reply-threshold", "repl-timeout", "maxmemory-eviction-tenacity", "shutdown-timeout",
+            "acllog-max-len",
+        ), _INT),
+        **dict.fromkeys((
+            "maxmemory", "repl-backlog-size", "client-query-buffer-limit", "proto-max-bulk-len",
+            "stream-node-max-bytes", "auto-aof-rewrite-min-size", "active-defrag-ignore-bytes",
+        ), _REDIS_MEMORY),
+    },
+}
+
+
 def control_character(text: str) -> str | None:
     """The first control character in `text`, spelled for a message (`\\n`, `\\x1b`), or None."""
     match = _CONTROL.search(text)
@@ -118,6 +178,9 @@ def value_problem(service: str, name: str, value: str) -> tuple[str, str] | None
     if service == "postgres" and name in _LIBRARY_SETTINGS and value.strip() and not _LIBRARY_LIST.fullmatch(value):
         return ("libraries are named, not given by path", f"write {name}: \"pg_stat_statements, auto_explain\" "
                 "(libraries installed with the server).")
+    kind = TYPES.get(service, {}).get(name.lower())
+    if kind is not None and not kind[1].fullmatch(value):
+        return (f"{name} takes {kind[2]}", f"give {name} {kind[2]} (quote it in YAML if it has a colon).")
     if service == "pgbouncer" and value != value.strip():
         return ("PgBouncer trims blanks around a value", "remove the leading or trailing blanks.")
     if service == "redis" and name.lower() in REDIS_MULTI_WORD and value and not _REDIS_WORDS.fullmatch(value):

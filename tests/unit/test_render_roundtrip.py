@@ -326,3 +326,40 @@ def test_redis_reads_back_any_value_validation_accepts(
 
 def test_the_issue_s_redis_injection_is_refused(renderer: Renderer) -> None:
     assert renderer.files("redis", "maxmemory-policy", 'allkeys-lru\nrequirepass ""') is None
+
+
+# --------------------------------------------------------------------------- the type catalogue
+
+
+def test_pgbouncer_types_accept_what_the_server_reports(pgbouncer: Any) -> None:
+    """rules.TYPES is right about the server: each typed key's own default passes its check."""
+    from devenv.config.rules import TYPES, value_problem
+
+    write, reload_and_show = pgbouncer
+    shown = reload_and_show()
+    checked = {name: shown[name] for name in TYPES["pgbouncer"] if name in shown}
+    assert len(checked) >= len(TYPES["pgbouncer"]) - 3, "most typed keys exist in this PgBouncer"
+    wrong = {name: (value, value_problem("pgbouncer", name, value)) for name, value in checked.items()
+             if value_problem("pgbouncer", name, value) is not None}
+    assert not wrong, wrong
+
+
+def test_redis_types_accept_what_the_server_reports(redis_baseline: dict[str, str]) -> None:
+    from devenv.config.rules import TYPES, value_problem
+
+    missing = [name for name in TYPES["redis"] if name not in redis_baseline]
+    assert not missing, f"not Redis 7 settings: {missing}"
+    wrong = {name: (redis_baseline[name], value_problem("redis", name, redis_baseline[name]))
+             for name in TYPES["redis"] if value_problem("redis", name, redis_baseline[name]) is not None}
+    assert not wrong, wrong
+
+
+@pytest.mark.parametrize(("service", "name", "value"), [
+    ("pgbouncer", "pool_mode", "transactions"), ("pgbouncer", "default_pool_size", "20 "),
+    ("pgbouncer", "server_lifetime", "30s"), ("pgbouncer", "query_timeout", "-1"),
+    ("redis", "maxmemory", "1 gb"), ("redis", "appendonly", "true"), ("redis", "maxclients", "many"),
+    ("redis", "maxmemory-policy", "lru"),
+])
+def test_a_value_of_the_wrong_type_is_refused_at_config_time(renderer: Renderer, service: str, name: str, value: str) -> None:
+    """Not an injection, but the server would refuse to start on it (exit 6, after Postgres)."""
+    assert renderer.files(service, name, value) is None
