@@ -48,7 +48,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-EXAMPLES = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+EXAMPLES = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None,
                     derandomize=bool(os.environ.get("CI")))
 # What breaks config lexers, weighted in; any other character too.
 _NASTY = "'\"\\#;=%$ \t\n\r\x00\x0b\x0c\x1b\x7f\x85\u2028é€{}[]*&!|-_.,:"
@@ -307,7 +307,7 @@ _VOLATILE = {"port", "dir"}  # redirected per run
 _ALIASES = {"replica-announce-ip": {"slave-announce-ip"}}  # the same setting under its old name
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None,
           derandomize=bool(os.environ.get("CI")))
 @given(name=st.sampled_from(["replica-announce-ip", "syslog-ident"]), value=VALUES)
 def test_redis_reads_back_any_value_validation_accepts(
