@@ -237,15 +237,18 @@ def max_database_bytes() -> int:
     return MAX_IDENTIFIER - longest
 
 
-def database_problem(name: str) -> str | None:
-    """Why `name` cannot be the working database, or None."""
+def database_problem(name: str, derives: bool = True) -> str | None:
+    """Why `name` cannot be the working database (`derives`: devenv derives names from it) or
+    PgBouncer's name for it, or None."""
     if name.lower() in RESERVED_DATABASES:
         return f"'{name}' is one of PostgreSQL's own databases, which devenv connects to for its work"
     if name.lower() == "pgbouncer":
         return "'pgbouncer' is PgBouncer's admin console: the pooled URL would reach it, not the database"
     if "__" in name:
         return "'__' separates devenv's own names (templates, scratch databases) from the database's"
-    limit = max_database_bytes()
+    limit = max_database_bytes() if derives else MAX_IDENTIFIER
+    if len(name.encode()) > limit and not derives:
+        return f"it is {len(name.encode())} bytes; PostgreSQL and PgBouncer cut names at {MAX_IDENTIFIER}"
     if len(name.encode()) > limit:
         return (f"it is {len(name.encode())} bytes; devenv derives names such as "
                 f"'{DERIVED_DATABASES[1].format(db=name)}' from it, and PostgreSQL cuts names at "

@@ -376,7 +376,8 @@ class _Parser:
                 if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
                     raise self.fail(f"{name}.{key}", f"{value!r} is not a valid identifier",
                                     hint="letters, digits and '_', not starting with a digit (e.g. taskflow).")
-                problem = database_problem(value) if key == "database" else role_problem(value)
+                problem = (database_problem(value, derives=name == "postgres") if key == "database"
+                           else role_problem(value))
                 if problem is not None:
                     raise self.fail(f"{name}.{key}", f"'{value}' cannot be used: {problem}",
                                     hint=f"choose another {'database' if key == 'database' else 'role'} name.")

@@ -385,3 +385,10 @@ def test_the_docs_name_every_managed_key() -> None:
     missing = [f"{service}.{key}" for service, table in rules.MANAGED.items() for key in table if f"`{key}`" not in doc]
     assert not missing, f"docs/settings-rules.md does not name: {missing}"
     assert f"at most {rules.max_database_bytes()} bytes" in doc
+
+
+def test_pgbouncer_s_name_for_the_database_needs_only_fit_63_bytes(project: Path, edit_config: Any) -> None:
+    edit_config("  port: 6432\n  database: taskflow", "  port: 6432\n  database: " + "p" * 63)
+    assert build_stack(load_config(project / "devenv.yaml", {}), "dev").pgbouncer.database == "p" * 63
+    (project / "devenv.yaml").write_text((project / "devenv.yaml").read_text().replace("p" * 63, "p" * 64))
+    assert "cut names at 63" in stack_error(project).message
