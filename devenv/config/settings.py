@@ -363,7 +363,7 @@ class _Parser:
                 )
             rows[setting] = self.mapping(row, keypath, columns)
             for column, value in rows[setting].items():
-                if isinstance(value, (dict, list)) or value is None:
+                if not isinstance(value, (str, int, float)):  # bool is an int; not None, lists, dates, bytes
                     raise self.fail(
                         f"{keypath}.{column}",
                         f"{'an empty' if value is None else 'a ' + type(value).__name__} value for profile '{column}'",
@@ -440,7 +440,7 @@ def line_of(text: str, keypath: str) -> int | None:
     if not keypath:
         return None
     try:
-        node = yaml.compose(text)
+        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError:
         return None
     line = None

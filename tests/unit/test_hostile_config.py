@@ -157,7 +157,7 @@ def test_a_setting_name_with_a_control_character_is_refused(project: Path, edit_
     assert "control character" in stack_error(project).message
 
 
-@pytest.mark.parametrize("value", ["[1, 2]", "{a: 1}", "~"])
+@pytest.mark.parametrize("value", ["[1, 2]", "{a: 1}", "~", "!!binary aGk=", "2024-01-01"])
 def test_a_cell_must_be_a_scalar(project: Path, edit_config: Any, value: str) -> None:
     edit_config("pool_mode:                  {default: transaction}", f"pool_mode:                  {{default: {value}}}")
     assert "pgbouncer.settings.pool_mode.default" in stack_error(project).message
