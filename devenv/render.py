@@ -15,6 +15,7 @@ from typing import Any
 
 from devenv.errors import ConfigError, StateError
 from devenv.config.project import template_dirs
+from devenv.config.rules import pg_literal, redis_value
 from devenv.config.stack import Stack
 
 CONFIG_FILES = ("postgresql.conf", "pg_hba.conf", "pgbouncer.ini", "userlist.txt", "redis.conf")
@@ -75,6 +76,10 @@ def render_files(stack: Stack, placement: Placement) -> dict[str, str]:
         lstrip_blocks=True,
         autoescape=False,
     )
+    # Values are quoted for each server's own config lexer (devenv.config.rules): the settings
+    # tables' cells cannot end a line or a token early.
+    env.filters["pg_literal"] = pg_literal
+    env.filters["redis_value"] = lambda value, name: redis_value(name, str(value))
     context = {"stack": stack, "pg": stack.postgres, "pgb": stack.pgbouncer, "redis": stack.redis, "place": placement}
     names = [f"{name}.j2" for name in CONFIG_FILES]
     if placement.target == "compose":

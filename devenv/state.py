@@ -58,9 +58,10 @@ def fingerprint(root: Path, config_path: Path, profile: str, options: dict[str, 
 def read_state(state_dir: Path) -> dict[str, Any]:
     """The recorded state of a profile, or {} when there is none."""
     try:
-        return json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, not UTF-8 or not JSON: as if none
         return {}
+    return data if isinstance(data, dict) else {}  # of another shape: as if none
 
 
 def write_state(state_dir: Path, data: dict[str, Any]) -> None:
@@ -143,7 +144,7 @@ def password_noted(path: Path, secret: str) -> bool:
     a restore in progress or killed) is a no: setting the same password again is harmless."""
     try:
         return path.read_text(encoding="utf-8").strip() == hashlib.sha256(secret.encode()).hexdigest()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: not UTF-8
         return False
 
 

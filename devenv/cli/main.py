@@ -39,7 +39,7 @@ def _profile_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
-def load_stack(config_path: str | None, profile: str) -> "Stack":
+def load_stack(config_path: str | None, profile: str, need_secrets: bool = True) -> "Stack":
     """devenv.yaml -> validated Stack for one profile; warnings go to stderr.
 
     Kept in .devenv/<profile>/stack.json while its inputs hash the same (resolve.load_stack_cached):
@@ -47,7 +47,7 @@ def load_stack(config_path: str | None, profile: str) -> "Stack":
     """
     from devenv.config.resolve import load_stack_cached
 
-    stack = load_stack_cached(config_path, profile)
+    stack = load_stack_cached(config_path, profile, need_secrets)
     for warning in stack.warnings:
         say(f"warning: {warning}", "warning")
     return stack
@@ -376,7 +376,7 @@ def down(profile: str, config_path: str | None, runtime: str, volumes: bool) -> 
     from devenv import lifecycle
     from devenv.runtime import get_runtime
 
-    stack = load_stack(config_path, profile)
+    stack = load_stack(config_path, profile, need_secrets=False)  # stopping needs no password
     stopped = lifecycle.down(stack, get_runtime(runtime), volumes=volumes)
     what = f"stopped {', '.join(stopped)}" if stopped else "nothing was running"
     say(f"{stack.name}: {what}{'; data deleted' if volumes else ''}")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from devenv.config.project import STATE_DIR_NAME
 from devenv.config.stack import PgBouncer, Postgres, Redis, Stack
-from devenv.errors import ConfigError
+from devenv.errors import ConfigError, StateError
 
 if TYPE_CHECKING:
     from devenv.config.settings import Config
@@ -47,19 +47,25 @@ def postgres_major(image: str, explicit: int | None = None) -> int:
     return major
 
 
-def build_stack(config: Config, profile: str) -> Stack:
-    """Resolve one profile into a Stack; every profile's settings are validated first."""
+def build_stack(config: Config, profile: str, secrets: dict[str, str] | None = None) -> Stack:
+    """Resolve one profile into a Stack; every profile's settings are validated first.
+
+    The passwords come from `.devenv/secrets.json` (made on first use) unless `secrets` gives
+    them: `down` passes empty ones when that file is unusable, since stopping needs none.
+    """
     config.profile(profile)  # unknown profile -> ConfigError naming the known ones
     pg_conf = config.services["postgres"]
     major = postgres_major(pg_conf.image, pg_conf.options.get("major"))
     # Validate every column, not just the chosen one: a typo in `prod` should not wait for prod.
+    for service in ("postgres", "pgbouncer", "redis"):
+        refuse_managed(config, service)
     columns = {name: validate_postgres(config, name, major) for name in config.profiles}
-    for name in config.profiles:
-        validate_named(config, "pgbouncer", name)
-        validate_named(config, "redis", name)
+    named = {(service, name): validate_named(config, service, name)
+             for service in ("pgbouncer", "redis") for name in config.profiles}
     from devenv.config.secrets import load_or_create_secrets
 
-    secrets = load_or_create_secrets(config.root / STATE_DIR_NAME)
+    if secrets is None:
+        secrets = load_or_create_secrets(config.root / STATE_DIR_NAME)
     limits = config.limits_for(profile)
     pgb_conf, redis_conf = config.services["pgbouncer"], config.services["redis"]
     postgres = Postgres(
@@ -77,7 +83,7 @@ def build_stack(config: Config, profile: str) -> Stack:
         name="pgbouncer",
         image=pgb_conf.image,
         port=pgb_conf.port,
-        settings={k: _plain(v) for k, v in config.column("pgbouncer", profile).items()},
+        settings=named[("pgbouncer", profile)],
         database=pgb_conf.options.get("database", postgres.database),
         admin_user=pgb_conf.options.get("admin_user", "pgbouncer_admin"),
         admin_password=secrets["pgbouncer_admin_password"],
@@ -86,7 +92,7 @@ def build_stack(config: Config, profile: str) -> Stack:
         name="redis",
         image=redis_conf.image,
         port=redis_conf.port,
-        settings={k: _plain(v, yes_no=True) for k, v in config.column("redis", profile).items()},
+        settings=named[("redis", profile)],
         password=secrets["redis_password"],
     )
     ports = {"postgres": postgres.port, "pgbouncer": pgbouncer.port, "redis": redis.port}
@@ -108,40 +114,74 @@ def build_stack(config: Config, profile: str) -> Stack:
     )
 
 
+def _where(config: Config, service: str, name: str) -> str:
+    """`devenv.yaml:LINE` of a settings row (for messages)."""
+    from devenv.config.settings import line_of
+
+    line = line_of(config.path.read_text(encoding="utf-8"), f"{service}.settings.{name}")
+    return f"{config.path}:{line}" if line else str(config.path)
+
+
+def refuse_managed(config: Config, service: str) -> None:
+    """A settings row must not override what devenv manages (addresses, auth, files, TLS...)."""
+    from devenv.config.rules import managed_reason
+
+    for name in config.services[service].rows:
+        reason = managed_reason(service, name)
+        if reason is not None:
+            raise ConfigError(
+                f"{_where(config, service, name)}: {service}.settings.{name}: '{name}' is managed by devenv: {reason}",
+                hint=f"remove the `{name}` row; devenv sets it itself (see `devenv render` for the files it writes).",
+            )
+
+
+def _check_value(config: Config, service: str, name: str, profile: str, value: str) -> str:
+    from devenv.config.rules import value_problem
+
+    problem = value_problem(service, name, value)
+    if problem is not None:
+        raise ConfigError(
+            f"{_where(config, service, name)}: {service}.settings.{name} (profile '{profile}'): "
+            f"{value!r} cannot be written: {problem[0]}",
+            hint=problem[1],
+        )
+    return value
+
+
 def validate_postgres(config: Config, profile: str, major: int) -> dict[str, str]:
     """One profile's postgres column, each value checked and normalised for postgresql.conf."""
     from devenv.config import pgcatalog
-    from devenv.config.settings import line_of
 
-    text = config.path.read_text(encoding="utf-8")
     out: dict[str, str] = {}
     for name, value in config.column("postgres", profile).items():
         where = f"{config.path}: postgres.settings.{name} (profile '{profile}')"
         try:
-            out[name] = pgcatalog.normalize(name, value, major, where)
+            out[name] = _check_value(config, "postgres", name, profile, pgcatalog.normalize(name, value, major, where))
         except ConfigError as exc:
-            line = line_of(text, f"postgres.settings.{name}")
-            if line:
-                exc.message = exc.message.replace(f"{config.path}:", f"{config.path}:{line}:", 1)
+            if exc.message.startswith(f"{config.path}: "):  # pgcatalog's: add the line
+                exc.message = exc.message.replace(f"{config.path}", _where(config, "postgres", name), 1)
                 exc.args = (exc.message,)
             raise
     return out
 
 
-def validate_named(config: Config, service: str, profile: str) -> None:
-    """PgBouncer and Redis settings: the name must be one the server knows."""
+def validate_named(config: Config, service: str, profile: str) -> dict[str, str]:
+    """PgBouncer and Redis settings: a name the server knows, a value its config lexer reads
+    back exactly; returns the column as config text."""
     from devenv.catalog import known_settings
-    from devenv.config.settings import did_you_mean, line_of
+    from devenv.config.settings import did_you_mean
 
     known = known_settings(service)
-    for name in config.column(service, profile):
+    out: dict[str, str] = {}
+    for name, value in config.column(service, profile).items():
         if name not in known:
-            line = line_of(config.path.read_text(encoding="utf-8"), f"{service}.settings.{name}")
-            where = f"{config.path}:{line}" if line else str(config.path)
             raise ConfigError(
-                f"{where}: {service}.settings.{name}: '{name}' is not a {service} setting{did_you_mean(name, known)}",
+                f"{_where(config, service, name)}: {service}.settings.{name}: "
+                f"'{name}' is not a {service} setting{did_you_mean(name, known)}",
                 hint=f"fix the spelling; the {service} documentation lists its settings.",
             )
+        out[name] = _check_value(config, service, name, profile, _plain(value, yes_no=service == "redis"))
+    return out
 
 
 def memory_warnings(postgres: Postgres) -> list[str]:
@@ -181,13 +221,15 @@ def _plain(value: object, yes_no: bool = False) -> str:
 STACK_CACHE = "stack.json"
 
 
-def load_stack_cached(config: str | os.PathLike[str] | None, profile: str) -> Stack:
+def load_stack_cached(config: str | os.PathLike[str] | None, profile: str, need_secrets: bool = True) -> Stack:
     """The Stack of a profile, as `devenv.yaml` gives it, kept in `.devenv/<profile>/stack.json`.
 
     For one-shot commands that need only the model (`devenv reset`): importing PyYAML, parsing
     and validating every profile costs more than the reset. The copy is used while the inputs
     of `up` hash the same (state.fingerprint: devenv.yaml, the secrets, templates, seed files,
     DEVENV_* variables and devenv's version); otherwise the Stack is built and the copy renewed.
+    Without `need_secrets` (`down`), an unusable secrets.json gives a Stack without passwords,
+    not kept.
     """
     import json
 
@@ -201,12 +243,19 @@ def load_stack_cached(config: str | os.PathLike[str] | None, profile: str) -> St
         recorded = json.loads(cache.read_text(encoding="utf-8"))
         if recorded.get("fingerprint") == key:
             return _stack_from_dict(recorded["stack"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # missing, unreadable or of another shape: build it
     from devenv.config.settings import load_config
     from devenv.config.resolve import build_stack
+    from devenv.config.secrets import SECRET_NAMES
 
-    stack = build_stack(load_config(path), profile)
+    loaded = load_config(path)
+    try:
+        stack = build_stack(loaded, profile)
+    except StateError:  # secrets.json is unusable (its error says how to recover)
+        if need_secrets:
+            raise
+        return build_stack(loaded, profile, secrets=dict.fromkeys(SECRET_NAMES, ""))
     key = fingerprint(path.parent, path, profile, {"stack": STACK_CACHE})  # building it may have created secrets.json
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{STACK_CACHE}.{os.getpid()}")

@@ -4,33 +4,74 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets as _random
 from pathlib import Path
+from typing import Any
 
 from devenv.errors import StateError
 
 SECRET_NAMES = ("postgres_password", "pgbouncer_admin_password", "redis_password")
+SECRETS_FILE = "secrets.json"
+# What a password may hold: it goes into connection URLs and config files unquoted, so only
+# URL-safe characters (what `token_urlsafe` makes), nothing a config lexer would split on.
+_PASSWORD = re.compile(r"[A-Za-z0-9._~-]{1,256}")
+_MAX_BYTES = 64 << 10  # a few passwords; anything larger is not devenv's file
 
 
-def load_or_create_secrets(state_root: Path) -> dict[str, str]:
+def _recovery_hint(path: Path) -> str:
+    """How to get going again from a bad secrets.json, keeping the data."""
+    return (
+        f"move it aside (`mv {path} {path}.bad`) and run `devenv up`: it makes new passwords and sets "
+        "them on the servers, keeping your data (`down` works without the file). The passwords in use "
+        f"until now are also in {path.parent}/<profile>/stack.json, if you need them back."
+    )
+
+
+def read_secrets(path: Path) -> dict[str, str]:
+    """`.devenv/secrets.json` as a flat {name: string}; StateError naming what is wrong.
+
+    Names devenv does not know are kept as they are (a newer devenv may have added them); a
+    known name holding an empty string counts as missing.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(_MAX_BYTES + 1)
+        if len(raw) > _MAX_BYTES:
+            raise ValueError(f"larger than {_MAX_BYTES >> 10} KiB")
+        stored: Any = json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise StateError(f"{path} is unreadable or not JSON: {why}", hint=_recovery_hint(path)) from exc
+    if not isinstance(stored, dict):
+        raise StateError(f"{path}: expected a JSON object of names and passwords, found a {type(stored).__name__}",
+                         hint=_recovery_hint(path))
+    for name, value in stored.items():
+        if not isinstance(value, str):
+            raise StateError(f"{path}: '{name}' is a {type(value).__name__}, not a string",
+                             hint=f"delete the '{name}' entry to generate it again, or " + _recovery_hint(path))
+        if name in SECRET_NAMES and value and not _PASSWORD.fullmatch(value):
+            raise StateError(
+                f"{path}: '{name}' holds characters a password here cannot have (only letters, digits and . _ ~ -)",
+                hint=f"delete the '{name}' entry to generate it again, or " + _recovery_hint(path),
+            )
+    return stored
+
+
+def load_or_create_secrets(state_root: Path, names: tuple[str, ...] = SECRET_NAMES) -> dict[str, str]:
     """Read `.devenv/secrets.json`, adding any missing password; the file is mode 0600.
 
-    One set for all profiles of a project, so switching profile keeps the same URLs.
+    One set for all profiles of a project, so switching profile keeps the same URLs. `names`
+    are the passwords to make when missing (other modules may add their own names).
     """
-    path = state_root / "secrets.json"
+    path = state_root / SECRETS_FILE
     stored: dict[str, str] = {}
-    if path.exists():
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise StateError(
-                f"{path} is unreadable or not JSON: {exc}",
-                hint=f"delete {path} to generate new passwords (then `devenv down --volumes`, "
-                "since existing data still expects the old ones).",
-            ) from exc
-    if path.exists() and path.stat().st_mode & 0o077:
+    existed = path.exists()
+    if existed:
+        stored = read_secrets(path)
+    if existed and path.stat().st_mode & 0o077:
         os.chmod(path, 0o600)  # copied or restored with looser permissions: tighten
-    missing = [name for name in SECRET_NAMES if not stored.get(name)]
+    missing = [name for name in names if not stored.get(name)]
     if missing:
         for name in missing:
             # URL-safe: the passwords go into connection URLs and config files unquoted.
@@ -42,13 +83,13 @@ def load_or_create_secrets(state_root: Path) -> dict[str, str]:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(stored, handle, indent=2, sort_keys=True)
-        if len(missing) < len(SECRET_NAMES):
-            os.replace(tmp, path)  # adding a name to an existing file
+        if existed:
+            os.replace(tmp, path)  # adding a name to an existing file (even `{}`)
         else:
             try:
                 os.link(tmp, path)  # a new file: the first process to link it wins...
             except FileExistsError:
                 tmp.unlink()
-                return load_or_create_secrets(state_root)  # ...and the others use its passwords
+                return load_or_create_secrets(state_root, names)  # ...and the others use its passwords
             tmp.unlink()
     return stored

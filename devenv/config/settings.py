@@ -14,10 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devenv.config.rules import control_character, database_problem, role_problem, stack_name_problem
 from devenv.config.stack import SERVICES, Limits  # the model's types, parsed here
 from devenv.errors import ConfigError
 
 DEFAULT_COLUMN = "default"
+# A Docker image reference: [registry[:port]/]path[:tag][@digest], nothing a compose file or a
+# command line could read as more than one word.
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
 _PROFILE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 # Keys allowed at each level of devenv.yaml: anything else is a typo worth reporting.
 _TOP_KEYS = {"project", "profiles", *SERVICES}
@@ -107,17 +111,17 @@ class Config:
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
-    """Parse and validate devenv.yaml; apply DEVENV_*_PORT and DEVENV_*_IMAGE overrides."""
+    """Parse and validate devenv.yaml; apply DEVENV_*_PORT and DEVENV_*_IMAGE overrides.
+
+    Bounded for any input: a size cap, UTF-8 only, aliases expanded to a bounded size (no
+    "billion laughs"), and duplicate keys refused (YAML would keep the last one silently).
+    """
     import yaml  # deferred: `devenv --help` must stay fast
 
     env = os.environ if env is None else env
+    text = read_config_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    try:
-        data = yaml.load(text, Loader=loader)
+        data = safe_load_bounded(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -129,6 +133,109 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
     return _Parser(path, text).parse(data, env)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # devenv.yaml is a few kilobytes of tables; a megabyte is a wrong file
+MAX_NODES = 20_000  # values after expanding aliases: the repo's devenv.yaml has about 300
+MAX_DEPTH = 32  # nesting: devenv.yaml's deepest value is 5 levels down
+
+
+def read_config_text(path: Path) -> str:
+    """devenv.yaml's text: at most MAX_CONFIG_BYTES, UTF-8, else a ConfigError naming the spot."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}",
+                          hint="check that the file exists and is readable (--config / DEVENV_CONFIG).") from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; devenv.yaml holds a few kilobytes of settings tables",
+            hint="check that --config / DEVENV_CONFIG names your devenv.yaml, not another file.",
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            f"{path}:{line}:{column}: not UTF-8 (byte 0x{data[exc.start]:02x})",
+            hint="save devenv.yaml as UTF-8 (your editor's encoding setting), or remove that character.",
+        ) from exc
+
+
+def safe_load_bounded(text: str, path: Path) -> Any:
+    """yaml.safe_load, refusing duplicate keys and documents that aliases blow up.
+
+    The node graph is composed first (aliases stay shared references there, so it is as small
+    as the text) and measured as it would expand; only then is it turned into Python objects.
+    """
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, path)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: Any, path: Path) -> None:
+    """Duplicate keys, nesting depth and expanded size of a composed YAML document, iteratively."""
+    import yaml
+
+    sizes: dict[int, int] = {}  # expanded size of each node already measured (aliases share nodes)
+    on_path: set[int] = set()
+    stack: list[tuple[Any, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, done = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = 1
+            continue
+        children = [part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode) else node.value
+        if done:
+            on_path.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes[id(child)] for child in children)
+            if sizes[id(node)] > MAX_NODES:
+                line = node.start_mark.line + 1
+                raise ConfigError(
+                    f"{path}:{line}: expands to more than {MAX_NODES} values (through aliases `*name`)",
+                    hint="devenv.yaml needs no more than a few hundred values: write the tables out, "
+                    "or use fewer nested aliases.",
+                )
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in on_path:
+            raise ConfigError(f"{path}:{node.start_mark.line + 1}: an alias refers to a value that contains it",
+                              hint="a recursive alias never ends: remove the `*name` inside its own `&name` value.")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{path}:{node.start_mark.line + 1}: nested more than {MAX_DEPTH} levels deep",
+                              hint="devenv.yaml's tables are a few levels deep; check the indentation.")
+        if isinstance(node, yaml.MappingNode):
+            _check_duplicate_keys(node, path)
+        on_path.add(id(node))
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in children if id(child) not in sizes)
+
+
+def _check_duplicate_keys(node: Any, path: Path) -> None:
+    import yaml
+
+    seen: dict[str, int] = {}
+    for key, _ in node.value:
+        if not isinstance(key, yaml.ScalarNode) or key.value == "<<":  # merge keys may repeat a key
+            continue
+        line = key.start_mark.line + 1
+        if key.value in seen:
+            raise ConfigError(
+                f"{path}:{line}: duplicate key '{key.value}' (first at line {seen[key.value]})",
+                hint="YAML would keep only the last one: keep one of the two lines.",
+            )
+        seen[key.value] = line
+
+
 class _Parser:
     """Turns the parsed YAML into a Config, reporting errors with key path and line."""
 
@@ -136,7 +243,8 @@ class _Parser:
         self.path = path
         self.text = text
 
-    def fail(self, keypath: str, message: str, hint: str | None = None) -> ConfigError:
+    def fail(self, keypath: str, message: str, hint: str) -> ConfigError:
+        """A ConfigError naming the file, the line of `keypath` and the key; every one has a hint."""
         line = line_of(self.text, keypath)
         where = f"{self.path}:{line}" if line else str(self.path)
         return ConfigError(f"{where}: {keypath}: {message}", hint=hint)
@@ -145,10 +253,16 @@ class _Parser:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise self.fail(keypath, f"expected a mapping, got {type(value).__name__}")
+            raise self.fail(keypath, f"expected a mapping, got {type(value).__name__}",
+                            hint="write the key, a colon, then its entries indented below it (`name: value`).")
         for key in value:
             if not isinstance(key, str):
-                raise self.fail(keypath, f"key {key!r} is not a string")
+                raise self.fail(keypath, f"key {key!r} is not a string",
+                                hint="quote the key (YAML reads yes/no/on/off and numbers as other types).")
+            bad = control_character(key)
+            if bad is not None:
+                raise self.fail(keypath, f"key {key!r} contains a control character ({bad})",
+                                hint="retype the key: names are letters, digits, '_' and '-'.")
             if allowed is not None and key not in allowed:
                 raise self.fail(
                     f"{keypath}.{key}" if keypath else key,
@@ -164,8 +278,14 @@ class _Parser:
                 raise self.fail(required, "missing", hint=f"devenv.yaml needs a `{required}:` section.")
         project = top.get("project", self.path.parent.name)
         if not isinstance(project, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", project):
-            raise self.fail("project", f"{project!r} is not a valid project name (lowercase letters, digits, - and _)")
+            raise self.fail("project", f"{project!r} is not a valid project name (lowercase letters, digits, - and _)",
+                            hint="write e.g. `project: taskflow`; it names the Docker project and containers.")
         profiles = self.parse_profiles(top["profiles"])
+        for name in profiles:
+            problem = stack_name_problem(project, name)
+            if problem is not None:
+                raise self.fail(f"profiles.{name}", f"project '{project}' with profile '{name}': {problem}",
+                                hint="shorten the project name (`project:`) or the profile's.")
         services = {name: self.parse_service(name, top[name], profiles, env) for name in SERVICES}
         limits = services["postgres"].options.get("limits") or Limits(memory_bytes=1 << 30, cpus=1.0)
         return Config(self.path, project, profiles, services, limits)
@@ -178,18 +298,25 @@ class _Parser:
         for name, body in table.items():
             keypath = f"profiles.{name}"
             if not _PROFILE_NAME.match(name) or name == DEFAULT_COLUMN:
-                raise self.fail(keypath, "a profile name is lowercase letters, digits, - and _, and not 'default'")
+                raise self.fail(keypath, "a profile name is lowercase letters, digits, - and _, and not 'default'",
+                                hint="rename the profile, e.g. `staging:`; `default` is the column every profile falls back to.")
             body = self.mapping(body, keypath, _PROFILE_KEYS)
             extends = body.get("extends")
             if extends is not None and extends not in table:
-                raise self.fail(f"{keypath}.extends", f"unknown profile '{extends}'{did_you_mean(str(extends), table)}")
+                raise self.fail(f"{keypath}.extends", f"unknown profile '{extends}'{did_you_mean(str(extends), table)}",
+                                hint=f"extend one of: {', '.join(map(str, table))}.")
             limits = self.parse_limits(body["limits"], f"{keypath}.limits") if "limits" in body else None
             scale = body.get("seed_scale", 0)
             if isinstance(scale, bool) or not isinstance(scale, int) or scale < 0:
-                raise self.fail(f"{keypath}.seed_scale", f"{scale!r} is not a number of tasks (0 or more)")
+                raise self.fail(f"{keypath}.seed_scale", f"{scale!r} is not a number of tasks (0 or more)",
+                                hint="write a whole number, e.g. `seed_scale: 10000`, or remove the line.")
+            description = body.get("description", "")
+            if not isinstance(description, (str, int, float)) or control_character(str(description)):
+                raise self.fail(f"{keypath}.description", "a description is one line of text",
+                                hint="write it on one line, without control characters (quote it if needed).")
             profiles[name] = Profile(
                 name=name,
-                description=str(body.get("description", "")),
+                description=str(description),
                 extends=extends,
                 ephemeral=self.boolean(body.get("ephemeral", False), f"{keypath}.ephemeral"),
                 limits=limits,
@@ -199,7 +326,8 @@ class _Parser:
             seen = [name]
             while (parent := profiles[seen[-1]].extends) is not None:
                 if parent in seen:
-                    raise self.fail(f"profiles.{name}.extends", f"cycle: {' -> '.join(seen + [parent])}")
+                    raise self.fail(f"profiles.{name}.extends", f"cycle: {' -> '.join(seen + [parent])}",
+                                    hint="one profile of the cycle must extend none (or another profile).")
                 seen.append(parent)
         return profiles
 
@@ -210,6 +338,10 @@ class _Parser:
         image = env.get(f"DEVENV_{name.upper()}_IMAGE") or body.get("image")
         if not isinstance(image, str) or not image.strip():
             raise self.fail(f"{name}.image", "missing image", hint=f"set {name}.image, e.g. the tag you pull.")
+        if not _IMAGE.fullmatch(image.strip()):
+            where = f"DEVENV_{name.upper()}_IMAGE" if env.get(f"DEVENV_{name.upper()}_IMAGE") else f"{name}.image"
+            raise self.fail(f"{name}.image", f"{where}: {image!r} is not an image reference",
+                            hint="write e.g. postgres:16 or registry.example.com/team/postgres:16.4@sha256:<digest>.")
         port = self.port(body.get("port", _DEFAULT_PORTS[name]), f"{name}.port")
         env_port = env.get(f"DEVENV_{name.upper()}_PORT")
         if env_port:
@@ -230,19 +362,33 @@ class _Parser:
                     hint=f"write e.g. `{setting}: {{default: {row!r}}}` (a `default` column applies to every profile).",
                 )
             rows[setting] = self.mapping(row, keypath, columns)
+            for column, value in rows[setting].items():
+                if not isinstance(value, (str, int, float)):  # bool is an int; not None, lists, dates, bytes
+                    raise self.fail(
+                        f"{keypath}.{column}",
+                        f"{'an empty' if value is None else 'a ' + type(value).__name__} value for profile '{column}'",
+                        hint="a setting's value is one string, number or boolean (quote \"\" for an empty string).",
+                    )
         options: dict[str, Any] = {}
         for key in ("database", "user", "admin_user"):
             if key in body:
                 value = body[key]
                 if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-                    raise self.fail(f"{name}.{key}", f"{value!r} is not a valid identifier")
+                    raise self.fail(f"{name}.{key}", f"{value!r} is not a valid identifier",
+                                    hint="letters, digits and '_', not starting with a digit (e.g. taskflow).")
+                problem = (database_problem(value, derives=name == "postgres") if key == "database"
+                           else role_problem(value))
+                if problem is not None:
+                    raise self.fail(f"{name}.{key}", f"'{value}' cannot be used: {problem}",
+                                    hint=f"choose another {'database' if key == 'database' else 'role'} name.")
                 options[key] = value
         if "limits" in body:
             options["limits"] = self.parse_limits(body["limits"], f"{name}.limits")
         if "major" in body:
             major = body["major"]
             if not isinstance(major, int) or isinstance(major, bool):
-                raise self.fail(f"{name}.major", f"{major!r} is not a major version number")
+                raise self.fail(f"{name}.major", f"{major!r} is not a major version number",
+                                hint="write e.g. `major: 16`.")
             options["major"] = major
         return ServiceConfig(name=name, image=image.strip(), port=port, rows=rows, options=options)
 
@@ -254,17 +400,18 @@ class _Parser:
             raise self.fail(f"{keypath}.memory", str(exc), hint="write e.g. 512m, 1g or 2GB.") from exc
         cpus = body.get("cpus", 1)
         if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or cpus <= 0:
-            raise self.fail(f"{keypath}.cpus", f"{cpus!r} is not a positive number of CPUs")
+            raise self.fail(f"{keypath}.cpus", f"{cpus!r} is not a positive number of CPUs",
+                            hint="write e.g. `cpus: 1` or `cpus: 0.5`.")
         return Limits(memory_bytes=memory, cpus=float(cpus))
 
     def port(self, value: Any, keypath: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-            raise self.fail(keypath, f"{value!r} is not a TCP port (1-65535)")
+            raise self.fail(keypath, f"{value!r} is not a TCP port (1-65535)", hint="write a number from 1 to 65535.")
         return value
 
     def boolean(self, value: Any, keypath: str) -> bool:
         if not isinstance(value, bool):
-            raise self.fail(keypath, f"{value!r} is not true or false")
+            raise self.fail(keypath, f"{value!r} is not true or false", hint="write true or false (unquoted).")
         return value
 
 
@@ -293,7 +440,7 @@ def line_of(text: str, keypath: str) -> int | None:
     if not keypath:
         return None
     try:
-        node = yaml.compose(text)
+        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError:
         return None
     line = None

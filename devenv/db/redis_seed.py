@@ -52,5 +52,6 @@ def redis_seed(seeds_dir: Path) -> dict[str, Any]:
     except ValueError as exc:
         raise SchemaError(f"{path}: not valid JSON: {exc}", hint="it maps key names to values.") from exc
     if not isinstance(keys, dict):
-        raise SchemaError(f"{path}: expected an object mapping keys to values")
+        raise SchemaError(f"{path}: expected an object mapping keys to values, found a {type(keys).__name__}",
+                          hint='write e.g. {"feature:flags": {"beta": "on"}, "queue": ["a", "b"]}.')
     return keys

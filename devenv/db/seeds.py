@@ -57,8 +57,23 @@ def seed_files(seeds_dir: Path) -> list[SeedFile]:
     files = []
     for part in SEED_PARTS:
         for path in sorted((seeds_dir / part).glob("*.sql")):
+            _check_name(path)
             files.append(SeedFile(f"{part}/{path.name}", path, hashlib.sha256(path.read_bytes()).hexdigest()))
     return files
+
+
+def _check_name(path: Path) -> None:
+    """A seed file's name goes into the ledger and the template's key: UTF-8, one line."""
+    import re
+
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SchemaError(f"{path.parent}/{path.name.encode('utf-8', 'surrogateescape')!r}: the file name is not UTF-8",
+                          hint="rename the file (its name is recorded in the database).") from None
+    if re.search(r"[\x00-\x1f\x7f-\x9f]", path.name):
+        raise SchemaError(f"{path.parent}/{path.name!r}: the file name contains a control character",
+                          hint="rename the file (its name is recorded in the database).")
 
 
 def preload_driver() -> None:

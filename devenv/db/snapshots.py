@@ -33,9 +33,10 @@ if TYPE_CHECKING:
 Say = Callable[[str], None]
 
 # `__` is devenv's separator in database names (`__tpl_`, `__new_<pid>`, `__old_<pid>_<n>`):
-# a name without it can never look like a template or a scratch database that
-# `Janitor.ensure_template` or `Janitor.sweep` would drop.
-NAME_PATTERN = re.compile(r"[a-z0-9_-]{1,40}")
+# a name without it, that does not start with `_` either (`__snap_` + `_new_1` would make one),
+# can never look like a template or a scratch database that `Janitor.ensure_template` or
+# `Janitor.sweep` would drop.
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 INFIX = "__snap_"
 _COMMENT_KIND = "devenv snapshot"
 _MAX_IDENTIFIER = 63
@@ -60,7 +61,8 @@ def validate_name(name: str) -> str:
     """The name if it may name a snapshot, else ConfigError."""
     if not NAME_PATTERN.fullmatch(name) or "__" in name:
         raise ConfigError(
-            f"invalid snapshot name {name!r}: use 1 to 40 of a-z, 0-9, '_' and '-', without '__'",
+            f"invalid snapshot name {name!r}: use 1 to 40 of a-z, 0-9, '_' and '-', starting with a letter "
+            "or digit, without '__'",
             hint="for example `devenv snapshot save before-migration-42`.",
         )
     return name

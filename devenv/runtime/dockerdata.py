@@ -44,7 +44,7 @@ def read_marker(stack: Stack) -> str:
     """The restore marker's phase ("restoring"), "" when there is none."""
     try:
         return (stack.state_dir / RESTORE_MARKER).read_text(encoding="utf-8").strip()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: not UTF-8 (then not a phase devenv wrote)
         return ""
 
 

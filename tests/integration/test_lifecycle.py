@@ -312,6 +312,34 @@ def test_a_checkout_cloned_again_at_the_same_path_puts_its_password_on_the_old_d
     assert "up to date" in last or "nothing changed" in last, last
 
 
+@pytest.mark.parametrize("content", ["{not json", '["a list"]', '{"postgres_password": 5}'], ids=["corrupt", "list", "number"])
+def test_a_bad_secrets_file_blocks_no_down_and_its_hint_keeps_the_data(proj: Any, content: str) -> None:
+    """A corrupt or wrongly shaped `.devenv/secrets.json` (issue 15, class 12): `down` still stops
+    the stack; other commands say what is wrong (exit 8, no traceback) and how to recover without
+    deleting data; following that hint, `up` sets new passwords on the same data."""
+    proj.profile = "dev"
+    proj.devenv("up")
+    insert_user(proj)
+    pids = server_pids(proj)
+    secrets = proj.root / ".devenv" / "secrets.json"
+    secrets.write_text(content)
+
+    refused = proj.devenv("up", check=False)
+    assert refused.returncode == 8 and "Traceback" not in refused.stderr, refused.stderr
+    assert "secrets.json" in refused.stderr and "hint: " in refused.stderr, refused.stderr
+    assert "--volumes" not in refused.stderr and "keeping your data" in refused.stderr, refused.stderr
+
+    down = proj.devenv("down", check=False)
+    assert down.returncode == 0, down.stderr
+    wait_for(lambda: not any(alive(p) for p in pids.values()), 10, "the servers to exit after down")
+
+    secrets.rename(secrets.with_name("secrets.json.bad"))  # what the hint says
+    proj.devenv("up")
+    assert user_exists(proj) and count(proj, "tasks") == SEEDED_TASKS
+    with proj.connect(pooled=True) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == proj.stack().postgres.user
+
+
 def test_cold_up_applies_seed_changes_made_while_down(proj: Any) -> None:
     """A cold `up` skips seeding only when nothing changed (devenv.lifecycle.seeded_and_current):
     a file added while the stack was down is applied, an applied file edited meanwhile refused."""

@@ -75,7 +75,8 @@ def test_valid_names_never_look_like_scratch_or_template_databases(name: str) ->
     assert not database.startswith("taskflow__tpl_"), "ensure_template() would drop it"
 
 
-@pytest.mark.parametrize("name", ["", "Upper", "with space", "x" * 41, "a__b", "x__new_123", "semi;colon", "é"])
+@pytest.mark.parametrize("name", ["", "Upper", "with space", "x" * 41, "a__b", "x__new_123", "semi;colon", "é",
+                                  "_new_999999", "_old_1_2", "_restore_7"])  # `__snap_` + `_new_1` = `__new_1`
 def test_invalid_names_are_config_errors(name: str) -> None:
     with pytest.raises(ConfigError):
         validate_name(name)

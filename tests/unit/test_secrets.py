@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import multiprocessing.synchronize  # noqa: F401  (the Barrier annotation)
 from pathlib import Path
+from typing import Any
 
-from devenv.config.secrets import SECRET_NAMES, load_or_create_secrets
+import pytest
+
+from devenv.config.secrets import SECRET_NAMES, load_or_create_secrets, read_secrets
+from devenv.errors import StateError
 
 
 def _create(root: str, start: "multiprocessing.synchronize.Barrier", queue: "multiprocessing.Queue[object]") -> None:
@@ -40,3 +45,59 @@ def test_a_missing_name_is_added_and_the_others_kept(tmp_path: Path) -> None:
     again = load_or_create_secrets(tmp_path)
     assert again["postgres_password"] == first["postgres_password"]
     assert set(again) == set(SECRET_NAMES) and all(again.values())
+
+
+# ---- a hand-edited or damaged secrets.json (issue 15, class 12) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        (b"{not json", "not JSON"),
+        (b"\xff\xfe{}", "not JSON"),
+        (b'["postgres_password"]', "found a list"),
+        (b"42", "found a int"),
+        (b'{"postgres_password": 5}', "'postgres_password' is a int"),
+        (b'{"redis_password": {"a": 1}}', "'redis_password' is a dict"),
+        (b'{"redis_password": null}', "'redis_password' is a NoneType"),
+        (b'{"redis_password": "pw\\nrequirepass \\"\\""}', "'redis_password' holds characters"),
+        (b'{"postgres_password": "a b"}', "'postgres_password' holds characters"),
+    ],
+)
+def test_a_bad_file_is_a_state_error_naming_what_is_wrong_with_a_data_keeping_hint(
+    tmp_path: Path, content: bytes, named: str
+) -> None:
+    (tmp_path / "secrets.json").write_bytes(content)
+    with pytest.raises(StateError) as caught:
+        load_or_create_secrets(tmp_path)
+    assert named in caught.value.message
+    hint = caught.value.hint or ""
+    assert "--volumes" not in hint and "devenv up" in hint and "keeping your data" in hint
+    assert (tmp_path / "secrets.json").read_bytes() == content, "the file is left for the user to look at"
+
+
+def test_unknown_names_are_kept_and_known_ones_added(tmp_path: Path) -> None:
+    """Another devenv version may add a name (e.g. an admin role's password): kept as it is."""
+    (tmp_path / "secrets.json").write_text('{"postgres_admin_password": "kept-as-is", "redis_password": ""}')
+    got = load_or_create_secrets(tmp_path)
+    assert got["postgres_admin_password"] == "kept-as-is"
+    assert set(SECRET_NAMES) <= set(got) and all(got[name] for name in SECRET_NAMES)
+    assert json.loads((tmp_path / "secrets.json").read_text()) == got
+
+
+def test_an_empty_object_is_filled_in(tmp_path: Path) -> None:
+    """`{}` (every name missing from an existing file) once recursed without end."""
+    (tmp_path / "secrets.json").write_text("{}")
+    got = load_or_create_secrets(tmp_path)
+    assert set(got) == set(SECRET_NAMES) and read_secrets(tmp_path / "secrets.json") == got
+
+
+def test_down_works_and_other_commands_explain_with_a_bad_file(project: Path, run_devenv: Any) -> None:
+    (project / ".devenv" / "secrets.json").write_text('{"postgres_password": 5}')
+    render = run_devenv("render")
+    assert render.returncode == 8 and "Traceback" not in render.stderr, render.stderr
+    assert render.stderr.startswith("error: ") and "'postgres_password' is a int" in render.stderr
+    assert "\nhint: " in render.stderr and "--volumes" not in render.stderr
+    down = run_devenv("down", "--runtime", "native")
+    assert down.returncode == 0, down.stderr
+    assert not (project / ".devenv" / "dev" / "stack.json").exists(), "no Stack without passwords is kept"
