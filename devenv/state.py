@@ -127,8 +127,10 @@ def locked(state_dir: Path, timeout: float = 300.0, on_wait: Any = None) -> Iter
 def note_password(path: Path, secret: str) -> None:
     """Keep a digest of the password secret a cluster's superuser was given, at `path`: data
     can outlive the checkout whose secrets made it (see password_noted)."""
+    from devenv.safefs import write_file  # beside data in /dev/shm: never through a planted link
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(hashlib.sha256(secret.encode()).hexdigest() + "\n", encoding="utf-8")
+    write_file(path, (hashlib.sha256(secret.encode()).hexdigest() + "\n").encode())
 
 
 def password_noted(path: Path, secret: str) -> bool:
