@@ -98,10 +98,19 @@ def render_files(stack: Stack, placement: Placement) -> dict[str, str]:
 
 
 def _bytecode_cache(jinja2: Any, directory: Path) -> Any:
+    """Jinja's compiled templates, kept in the cache directory: code devenv runs, so only from a
+    directory (and its parent) of this user's that nobody else can write to, made 0700."""
+    from devenv import safefs
+
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        for level in (directory.parent, directory):
+            if not level.exists():
+                level.parent.mkdir(parents=True, exist_ok=True)
+                os.mkdir(level, 0o700)
     except OSError:
         return None  # read-only home: render without the cache
+    if not (safefs.verified_dir(directory.parent) and safefs.verified_dir(directory)):
+        return None  # shared: another user could plant bytecode
     return jinja2.FileSystemBytecodeCache(str(directory))
 
 

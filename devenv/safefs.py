@@ -107,19 +107,21 @@ def write_file(path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, int
 
 @contextlib.contextmanager
 def open_append(path: Path, owner: tuple[int, int] | None = None, mode: int = 0o600) -> Iterator[IO[bytes]]:
-    """`path` opened to append (created `mode` if missing), never through a link; `owner` set
-    on the descriptor, so a link swapped in later changes nothing."""
+    """`path` opened to append (created `mode` if missing), never through a link: a link planted
+    there is removed (its target untouched) and a new file made. `owner` is set on the
+    descriptor, so a link swapped in later changes nothing."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, mode)
-    except OSError as exc:
+        fd = os.open(path, flags, mode)
+    except OSError:
         if not path.is_symlink():
             raise
-        raise StateError(f"refusing to write {path}: it is a symlink ({exc.strerror})",
-                         hint=f"someone planted it; remove {path} and run the command again.") from None
+        path.unlink()  # removing a link never touches what it points to
+        fd = os.open(path, flags | os.O_EXCL, mode)
     handle = os.fdopen(fd, "ab")
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise StateError(f"refusing to write {path}: not a regular file", hint=f"remove {path} and run again.")
+            raise StateError(f"refusing to write {path}: it is not a regular file", hint=f"remove {path} and run again.")
         if owner is not None:
             os.fchown(fd, *owner)
         yield handle

@@ -285,7 +285,7 @@ def test_second_cold_up_restores_the_cache_into_the_volume(cached_dev_project: P
     proj = cached_dev_project
     first = proj.devenv("up")
     assert "postgres   initdb" in first.stderr and "cached the seeded data" in first.stderr, first.stderr
-    archives = list((proj.root.parent / "cache").glob("pgdata-*"))
+    archives = list((proj.root.parent / "cache").glob("pgdata-*.tar.zst"))
     assert len(archives) == 1
     # A base backup of the running server (the volume's directory is here): not restarted for it.
     started = proj.container("postgres").attrs["State"]["StartedAt"][:26]  # ISO, to microseconds, UTC
@@ -352,7 +352,7 @@ def test_a_changed_seed_file_misses_the_docker_cache(cached_dev_project: Project
     tasks.write_text(tasks.read_text().replace("Fix rounding error in invoice totals", "Fix rounding in invoice totals"))
     again = proj.devenv("up")
     assert "postgres   initdb" in again.stderr and "restoring seeded data" not in again.stderr, again.stderr
-    assert len(list((proj.root.parent / "cache").glob("pgdata-*"))) == 2
+    assert len(list((proj.root.parent / "cache").glob("pgdata-*.tar.zst"))) == 2
     with proj.connect() as conn:
         assert conn.execute("SELECT count(*) FROM tasks WHERE title = 'Fix rounding in invoice totals'").fetchone()[0] == 1
 
@@ -392,7 +392,7 @@ def test_the_ci_profile_on_tmpfs_neither_saves_nor_restores(project: Project, tm
     project.env.pop("DEVENV_NO_CACHE", None)
     first = project.devenv("up")
     assert "cached the seeded data" not in first.stderr
-    assert not list((tmp_path / "cache").glob("pgdata-*"))
+    assert not list((tmp_path / "cache").glob("pgdata-*.tar.zst"))
 
 
 # ---- lifecycle details only Docker has ----------------------------------------------------------------
