@@ -58,12 +58,10 @@ def read_state(state_dir: Path) -> dict[str, Any]:
 
 def write_state(state_dir: Path, data: dict[str, Any]) -> None:
     """Record the state atomically; 0600 because it holds the connection URLs."""
+    from devenv.safefs import write_file  # a fresh name, never through a planted link
+
     state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / f".{STATE_FILE}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-    os.replace(tmp, state_dir / STATE_FILE)
+    write_file(state_dir / STATE_FILE, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def clear_state(state_dir: Path) -> None:

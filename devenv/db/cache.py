@@ -427,7 +427,6 @@ class Restore:
         self.archive, self.pgdata = archive, pgdata
         self.started = time.perf_counter()
         self.scratch = scratch_path(pgdata)
-        end_unpackers(self.scratch)  # of a killed `up`: they would write on into the new extraction
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(parents=True)
         os.chmod(self.scratch, 0o700)

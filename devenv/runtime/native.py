@@ -424,11 +424,14 @@ class NativeRuntime:
 
     def _clear_scratch(self, layout: Layout) -> None:
         """Before a new data directory: end what a killed `up` left writing into the scratch
-        directories of initdb and of a restore (with their process groups), then delete them."""
+        directories of initdb and of a restore (with their process groups), then delete them.
+        Both make their directory before they write: without one there is nothing to end (and
+        no /proc scan on the way of a cold start)."""
         for suffix in (".initdb", ".restore"):
             scratch = layout.pgdata.with_name(layout.pgdata.name + suffix)
-            end_writers(self._process_table(), scratch)
-            shutil.rmtree(scratch, ignore_errors=True)
+            if os.path.lexists(scratch):
+                end_writers(self._process_table(), scratch)
+                shutil.rmtree(scratch, ignore_errors=True)
 
     def _command(self, service: str, layout: Layout, binaries: Binaries) -> list[str]:
         if service == "postgres":
