@@ -61,13 +61,17 @@ def working_dir(pid: int) -> Path | None:
 
 
 def scan_processes() -> dict[int, str]:
-    """Pid -> program name of every live process (empty without procfs)."""
+    """Pid -> program name of every live process (empty without procfs).
+
+    Zombies are left out but not reaped: one may be a child whose exit status its Popen still
+    has to read (a restore's tar: reaped here, its failure would read as success).
+    """
     table = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if entry.isdigit():
-            name = process_name(int(entry))
-            if name is not None:
-                table[int(entry)] = name
+            found = read_stat(int(entry))
+            if found is not None and found[1] != "Z":
+                table[int(entry)] = found[0]
     return table
 
 

@@ -239,3 +239,19 @@ def test_render_out_keeps_an_existing_directorys_mode_and_writes_private_files(t
     files = [p for p in shared.iterdir() if p.is_file()]
     assert files and all(_mode(p) == 0o600 for p in files), {p.name: oct(_mode(p)) for p in files}
     assert _mode(new) == 0o700, "a new directory is private"
+
+
+def test_a_process_scan_leaves_a_failed_childs_exit_status_to_its_popen() -> None:
+    """A restore's tar that failed must read as failed: a /proc scan during the restore (an
+    `up` looks for orphans) once reaped it, and Popen.wait then said 0."""
+    import time
+
+    from devenv.runtime.procs import scan_processes
+
+    child = subprocess.Popen(["sh", "-c", "exit 3"])
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert child.pid not in scan_processes()
+    assert child.wait(5) == 3
