@@ -103,34 +103,50 @@ def render_files(stack: Stack, placement: Placement) -> dict[str, str]:
 
 
 def _bytecode_cache(jinja2: Any, directory: Path) -> Any:
+    """Jinja's compiled templates, kept in the cache directory: code devenv runs, so only from a
+    directory (and its parent) of this user's that nobody else can write to, made 0700."""
+    from devenv import safefs
+
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        for level in (directory.parent, directory):
+            if not level.exists():
+                level.parent.mkdir(parents=True, exist_ok=True)
+                os.mkdir(level, 0o700)
     except OSError:
         return None  # read-only home: render without the cache
+    if not (safefs.verified_dir(directory.parent) and safefs.verified_dir(directory)):
+        return None  # shared: another user could plant bytecode
     return jinja2.FileSystemBytecodeCache(str(directory))
 
 
-def write_files(files: dict[str, str], out_dir: Path) -> list[Path]:
-    """Write rendered files atomically; skip those whose content is unchanged. Returns changed paths.
+def write_files(files: dict[str, str], out_dir: Path, own: bool = True) -> list[Path]:
+    """Write rendered files atomically (never through a link); skip those whose content is
+    unchanged. Returns changed paths.
 
-    Files are 0644 because containers read them as their own uid (PgBouncer runs as 70); the
-    directory is 0700 so other users of the host cannot read the passwords inside.
+    `own`: out_dir is devenv's own (`.devenv/<profile>/`), made 0700 whatever it was. Else (`render
+    --out`) a new directory is made 0700 and an existing one keeps its mode (it may be shared on
+    purpose). Files are 0644 in a directory only this user can enter, because containers read them as
+    their own uid (PgBouncer runs as 70); in one others can enter they are 0600, as they hold
+    passwords.
     """
+    from devenv import safefs
+
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(out_dir, 0o700)
+        if not out_dir.is_dir():
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            os.mkdir(out_dir, 0o700)
+        if own:
+            os.chmod(out_dir, 0o700)
+        private = not os.stat(out_dir).st_mode & 0o077
     except OSError as exc:
         raise StateError(f"cannot create {out_dir}: {exc.strerror}") from exc
     changed = []
     for name, content in files.items():
         path = out_dir / name
         data = content.encode("utf-8")
-        if path.exists() and path.read_bytes() == data:
+        if not path.is_symlink() and path.exists() and path.read_bytes() == data:
             continue
-        tmp = path.with_name(f".{name}.tmp")
-        tmp.write_bytes(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        safefs.write_file(path, data, 0o644 if private else 0o600)
         changed.append(path)
     return changed
 
@@ -150,7 +166,7 @@ def render(stack: Stack, out_dir: Path | None = None) -> list[Path]:
     """`devenv render`: the compose file and config files into `.devenv/<profile>/` (or out_dir)."""
     files = render_files(stack, compose_placement(stack))
     target = out_dir or stack.state_dir
-    write_files(files, target)
+    write_files(files, target, own=out_dir is None)
     written = [target / name for name in files]
     if stack.postgres.ssl:
         from devenv.certs import ensure_certificate, ensure_key_copy

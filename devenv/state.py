@@ -66,12 +66,10 @@ def read_state(state_dir: Path) -> dict[str, Any]:
 
 def write_state(state_dir: Path, data: dict[str, Any]) -> None:
     """Record the state atomically; 0600 because it holds the connection URLs."""
+    from devenv.safefs import write_file  # a fresh name, never through a planted link
+
     state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state_dir / f".{STATE_FILE}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-    os.replace(tmp, state_dir / STATE_FILE)
+    write_file(state_dir / STATE_FILE, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def clear_state(state_dir: Path) -> None:
@@ -135,8 +133,10 @@ def locked(state_dir: Path, timeout: float = 300.0, on_wait: Any = None) -> Iter
 def note_password(path: Path, secret: str) -> None:
     """Keep a digest of the password secret a cluster's superuser was given, at `path`: data
     can outlive the checkout whose secrets made it (see password_noted)."""
+    from devenv.safefs import write_file  # beside data in /dev/shm: never through a planted link
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(hashlib.sha256(secret.encode()).hexdigest() + "\n", encoding="utf-8")
+    write_file(path, (hashlib.sha256(secret.encode()).hexdigest() + "\n").encode())
 
 
 def password_noted(path: Path, secret: str) -> bool:

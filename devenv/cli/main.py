@@ -502,7 +502,11 @@ def psql(profile: str, config_path: str | None, pooled: bool, args: tuple[str, .
         raise DependencyError("psql not found on PATH",
                               hint="install the PostgreSQL client: `apt-get install postgresql-client` or `brew install libpq`.")
     url = stack.urls()["DATABASE_URL" if pooled else "DIRECT_DATABASE_URL"]
-    os.execv(binary, [binary, url, *args])
+    # The password goes in psql's environment, not on its command line, where `ps` shows it to everyone.
+    scheme, _, rest = url.partition("://")
+    userinfo, _, where = rest.partition("@")
+    env = dict(os.environ, PGPASSWORD=stack.postgres.password)
+    os.execve(binary, [binary, f"{scheme}://{userinfo.partition(':')[0]}@{where}", *args], env)
 
 
 @cli.command("redis-cli", context_settings={"ignore_unknown_options": True})

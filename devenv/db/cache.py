@@ -7,6 +7,14 @@ A CI cache step keeps that directory between runs (see docs/ci.md).
 
 Passwords are not part of the key: every checkout generates its own, so after a restore
 the superuser's password is set again over the unix socket (trusted locally).
+
+Trust: archives are 0600 in a directory devenv makes 0700, each with a sidecar holding its
+sha256 (`<archive>.sha256`, written before the archive is renamed into place). An archive is
+used only when it, its sidecar and its directory belong to this user and nobody else can write
+to them, and its content matches the sidecar; a damaged one is moved aside (quarantined) and
+the `up` falls back to initdb. The unpacking `tar` and `zstd` run in a process group of their
+own, so that an `up` killed midway leaves nothing the next one cannot find and end (see
+`end_unpackers`).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Iterator
+from typing import IO, TYPE_CHECKING, Callable, Iterator
 
 from devenv.config.stack import Stack
 
@@ -213,16 +221,28 @@ _ZERO_BLOCK = bytes(512)
 @contextlib.contextmanager
 def compressed(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
     """A stream written compressed to `target` (zstd; without it, gzip: the path it gets),
-    renamed into place only when complete."""
+    renamed into place only when complete, 0600, after its checksum (`checksum_path`).
+
+    A new cache directory is made 0700; an existing one is used only when it is this user's
+    and nobody else can write to it (OSError otherwise: the archive would not be trusted).
+    """
     import gzip
 
-    target.parent.mkdir(parents=True, exist_ok=True)
+    from devenv import safefs
+
+    directory = target.parent
+    if not directory.exists():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
+    if not safefs.verified_dir(directory):
+        raise OSError(f"{directory} is not a directory of this user's that only this user can write to")
     zstd = shutil.which("zstd")
     if zstd is None:
         target = target.with_suffix(".gz")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
-        with open(tmp, "wb") as out:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), "wb") as out:
             if zstd:
                 proc = subprocess.Popen([zstd, "-1", "-T0", "-q", "-c"], stdin=subprocess.PIPE, stdout=out)
                 _widen_pipe(proc.stdin.fileno())  # type: ignore[union-attr]
@@ -235,29 +255,150 @@ def compressed(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
             else:
                 with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=1) as gz:
                     yield gz, target  # type: ignore[misc]
+        # The checksum first: an archive is never in place without the sidecar that vouches for it.
+        safefs.write_file(checksum_path(target), f"{_sha256(tmp)}  {target.name}\n".encode())
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 def find(key: str) -> Path | None:
-    """The cached snapshot for a key, if any."""
+    """The cached snapshot for a key, if any (trusted or not: see `untrusted`)."""
     for candidate in (archive_path(key), archive_path(key).with_suffix(".gz")):
-        if candidate.is_file():
+        if os.path.lexists(candidate):
             return candidate
     return None
 
 
+class CacheDamaged(OSError):
+    """A cached archive that does not match its checksum, or cannot be unpacked."""
+
+
+def checksum_path(archive: Path) -> Path:
+    """The sidecar holding an archive's sha256."""
+    return archive.with_name(archive.name + ".sha256")
+
+
+def untrusted(archive: Path) -> str | None:
+    """Why an archive must not be used without reading it (None: it may be, once `verify`
+    agrees): it, its checksum and its directory must be this user's, writable by nobody else."""
+    from devenv import safefs
+
+    if not safefs.verified_dir(archive.parent):
+        return f"its directory {archive.parent} is not this user's alone (another user could swap the archive)"
+    if not safefs.verified_file(archive):
+        return "it is not a regular file of this user's that only this user can write"
+    if not safefs.verified_file(checksum_path(archive)):
+        return f"it has no checksum of this user's ({checksum_path(archive).name}; made by an older devenv?)"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(archive: Path) -> None:
+    """CacheDamaged unless the archive's content matches the sha256 in its sidecar."""
+    try:
+        expected = checksum_path(archive).read_text(encoding="ascii").split()[0]
+        actual = _sha256(archive)
+    except (OSError, ValueError, IndexError) as exc:
+        raise CacheDamaged(f"its checksum cannot be read: {exc}") from exc
+    if actual != expected:
+        raise CacheDamaged(f"its content does not match its checksum (sha256 {actual[:12]}..., expected {expected[:12]}...)")
+
+
+def quarantine(archive: Path) -> Path | None:
+    """Move a damaged archive aside (`<name>.damaged-<time>`), its checksum deleted, so that
+    no later `up` tries it again; the new name (None when it could not be moved)."""
+    aside = archive.with_name(f"{archive.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+    checksum_path(archive).unlink(missing_ok=True)
+    try:
+        os.replace(archive, aside)
+    except OSError:
+        try:
+            archive.unlink()
+        except OSError:
+            return None
+        return None
+    return aside
+
+
+def usable(archive: Path, say: Callable[[str], None], check: bool = True) -> Path | None:
+    """`archive` if it may be restored: trusted (see `untrusted`) and, with `check`, matching
+    its checksum. A damaged one is quarantined. What is wrong is said through `say`."""
+    why = untrusted(archive)
+    if why:
+        say(f"postgres   not using the cached data {archive}: {why}")
+        return None
+    if check:
+        try:
+            verify(archive)
+        except CacheDamaged as exc:
+            said_quarantine(archive, exc, say)
+            return None
+    return archive
+
+
+def said_quarantine(archive: Path, exc: BaseException, say: Callable[[str], None]) -> None:
+    """Quarantine a damaged archive and say so: the `up` goes on with initdb, schema and seed."""
+    aside = quarantine(archive)
+    where = f"moved aside to {aside.name}" if aside else "deleted"
+    say(f"postgres   the cached data {archive} is damaged ({exc}); {where}, so initdb, schema and seed run instead")
+
+
 def start_unpacking(archive: Path, directory: Path, numeric_owner: bool = False) -> list[subprocess.Popen[bytes]]:
-    """`zstd -d | tar -x` of a cached archive into `directory`, started; `wait_unpacked` ends it."""
+    """`zstd -d | tar -x` of a cached archive into `directory`, started; `wait_unpacked` ends it.
+
+    Both run in a process group led by tar (whose argv names `directory`): a killed `up`
+    leaves them findable, and `end_unpackers` ends the two at once.
+    """
     zstd = shutil.which("zstd")
     if zstd is None:
         raise OSError("zstd is needed to read the cached data directory")
-    unzstd = subprocess.Popen([zstd, "-d", "-q", "-c", str(archive)], stdout=subprocess.PIPE)
-    tar = subprocess.Popen(["tar", "-C", str(directory), *(["--numeric-owner"] if numeric_owner else []), "-xf", "-"],
-                           stdin=unzstd.stdout)
-    unzstd.stdout.close()  # type: ignore[union-attr]  (tar holds the pipe now)
+    read, write = os.pipe()
+    try:
+        tar = subprocess.Popen(["tar", "-C", str(directory), *(["--numeric-owner"] if numeric_owner else []), "-xf", "-"],
+                               stdin=read, **_group(0))
+        try:
+            # tar waits on its stdin until zstd writes or closes it: its group is there to join.
+            unzstd = subprocess.Popen([zstd, "-d", "-q", "-c", str(archive)], stdout=write, **_group(tar.pid))
+        except BaseException:
+            tar.kill()
+            tar.wait()
+            raise
+    finally:
+        os.close(read)
+        os.close(write)
     return [unzstd, tar]
+
+
+def _group(leader: int) -> dict:
+    """Popen's arguments to run a child in process group `leader` (0: a new one it leads). Not a
+    new session: a process can join only a group of its own session. Not the terminal's
+    foreground group either, so Ctrl-C on devenv does not reach it."""
+    if sys.version_info >= (3, 11):
+        return {"process_group": leader}
+    return {"preexec_fn": lambda: os.setpgid(0, leader)}  # pragma: no cover (Python 3.10)
+
+
+def end_unpackers(directory: Path) -> list[int]:
+    """End what a killed `up` left unpacking into `directory` (tar, and zstd in its group);
+    the tar pids that were found."""
+    import signal
+
+    from devenv.runtime.procs import kill_group, processes_with_arg, scan_processes, wait_gone
+
+    found = processes_with_arg(scan_processes(), "tar", f"{directory}\0")
+    for pid in found:
+        kill_group(pid, signal.SIGKILL)  # tar leads the group: zstd goes with it
+    for pid in found:
+        wait_gone(pid, 5)
+    return found
 
 
 def wait_unpacked(procs: list[subprocess.Popen[bytes]], archive: Path) -> None:
@@ -268,38 +409,59 @@ def wait_unpacked(procs: list[subprocess.Popen[bytes]], archive: Path) -> None:
 
     unzstd, tar = procs
     if tar.wait() != 0 or unzstd.wait() not in (0, -signal.SIGPIPE):
-        raise OSError(f"{archive} is corrupt or unreadable")
+        raise CacheDamaged(f"{archive} is corrupt or unreadable (zstd or tar failed)")
 
 
 class Restore:
     """An extraction of a cached snapshot running in the background (tar and zstd on another core).
 
     Started as early as possible in `up`, joined just before Postgres starts: the Python work
-    in between (imports, rendering) overlaps with it.
+    in between (imports, rendering) overlaps with it, and so does the check of the archive's
+    checksum (a thread). `finish` raises CacheDamaged when either fails: nothing is moved into
+    place, the caller quarantines the archive and runs initdb.
     """
 
     def __init__(self, archive: Path, pgdata: Path) -> None:
+        import threading
+
         self.archive, self.pgdata = archive, pgdata
         self.started = time.perf_counter()
-        self.scratch = pgdata.with_name(pgdata.name + ".restore")
+        self.scratch = scratch_path(pgdata)
         shutil.rmtree(self.scratch, ignore_errors=True)
         self.scratch.mkdir(parents=True)
+        os.chmod(self.scratch, 0o700)
+        self._damage: list[BaseException] = []
+        self._check = threading.Thread(target=self._verify, daemon=True)
+        self._check.start()
         self._procs = start_unpacking(archive, self.scratch) if archive.suffix == ".zst" else []
 
+    def _verify(self) -> None:
+        try:
+            verify(self.archive)
+        except CacheDamaged as exc:
+            self._damage.append(exc)
+
     def finish(self, owner: tuple[int, int] | None) -> float:
-        """Wait for the extraction, fix owners, move it into place; returns seconds since start."""
+        """Wait for the extraction and the checksum, fix owners, move it into place; returns
+        seconds since start."""
         try:
             if self._procs:
                 wait_unpacked(self._procs, self.archive)
             else:
-                with tarfile.open(self.archive, "r:gz") as tar:
-                    tar.extractall(self.scratch, filter="tar")
+                try:
+                    with tarfile.open(self.archive, "r:gz") as tar:
+                        tar.extractall(self.scratch, filter="tar")
+                except (tarfile.TarError, EOFError, OSError) as exc:
+                    raise CacheDamaged(f"{self.archive} is corrupt or unreadable: {exc}") from exc
+            self._check.join()
+            if self._damage:
+                raise self._damage[0]
             first = next(self.scratch.iterdir(), self.scratch)
             if owner is not None and (first.stat().st_uid, first.stat().st_gid) != owner:
                 # tar as root restores owners by name; walk only when the names differ here.
                 for root, dirs, files in os.walk(self.scratch):
                     for name in [*dirs, *files]:
-                        os.chown(os.path.join(root, name), *owner)
+                        os.lchown(os.path.join(root, name), *owner)
             if owner is not None:
                 os.chown(self.scratch, *owner)
             os.chmod(self.scratch, 0o700)  # postgres refuses a data directory others can read
@@ -307,6 +469,13 @@ class Restore:
         except BaseException:
             for proc in self._procs:
                 proc.kill()
+            for proc in self._procs:
+                proc.wait()
             shutil.rmtree(self.scratch, ignore_errors=True)
             raise
         return time.perf_counter() - self.started
+
+
+def scratch_path(pgdata: Path) -> Path:
+    """Where a restore unpacks before the rename into `pgdata`."""
+    return pgdata.with_name(pgdata.name + ".restore")

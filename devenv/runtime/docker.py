@@ -218,6 +218,9 @@ class DockerRuntime:
             remove(container)
             result.notes.append(f"removed leftover container {container.name}")
         if read_marker(stack) == "restoring":  # an `up` killed while restoring: the volume is half full
+            local = self._local_data_dir(stack, seen.specs["postgres"].volumes)
+            if local is not None:
+                cache.end_unpackers(local)  # its tar and zstd would write on into the volume
             postgres = seen.current.pop("postgres", None)
             if postgres is not None:
                 remove(postgres)
@@ -298,7 +301,9 @@ class DockerRuntime:
         # Only into a named volume: a tmpfs (the ci profile's) exists only inside a running container.
         cacheable = use_cache and bool(spec.volumes)
         key = data_key(stack, seen.image_ids.get(spec.image) or spec.image) if fresh and cacheable else ""
-        restoring = cache.find(key) if key else None
+        found = cache.find(key) if key else None
+        # Checked before the restore is chosen: a damaged archive is quarantined and initdb runs.
+        restoring = cache.usable(found, progress) if found is not None else None
         if restoring is not None:
             write_marker(stack, "restoring")  # until the data is complete: a killed restore is wiped
             password_note_path(stack).unlink(missing_ok=True)  # another checkout's, until it is set

@@ -51,10 +51,10 @@ def read_marker(stack: Stack) -> str:
 def write_marker(stack: Stack, phase: str) -> None:
     """Set the restore marker (atomically)."""
     path = stack.state_dir / RESTORE_MARKER
+    from devenv.safefs import write_file
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(phase + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_file(path, (phase + "\n").encode())
 
 
 def clear_marker(stack: Stack) -> None:
@@ -139,6 +139,12 @@ def unpack_cached(client: DockerClient, stack: Stack, container_id: str, archive
         else:
             with _Decompressed(archive) as chunks:
                 client.api.put_archive(container_id, stack.postgres.pgdata, chunks)
+    except cache.CacheDamaged as exc:
+        # Its checksum matched (checked before): written broken. Never again; the marker makes the
+        # next `up` wipe the half-filled volume, and with the archive gone it runs initdb.
+        cache.said_quarantine(archive, exc, progress)
+        raise StateError(f"could not restore {archive} into the postgres volume: {exc}",
+                         hint="run `devenv up` again: the damaged archive was moved aside, so it runs initdb and seeds.") from exc
     except (DockerException, OSError) as exc:
         raise StateError(f"could not restore {archive} into the postgres volume: {api_message(exc)}",
                          hint=f"delete {archive} and run `devenv up` again (it then runs initdb and seeds).") from exc
@@ -193,7 +199,7 @@ class _Decompressed:
             if kind is not None:
                 self.proc.kill()
             if self.proc.wait() != 0 and kind is None:
-                raise OSError(f"{self.archive} is corrupt or unreadable")
+                raise cache.CacheDamaged(f"{self.archive} is corrupt or unreadable")
 
 
 def _untar_into(archive: Path, directory: Path) -> None:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from devenv import safefs
 from devenv.config import pgcatalog
 from devenv.errors import DependencyError, HealthCheckError, StateError
 from devenv.certs import ensure_certificate
@@ -39,6 +40,7 @@ from devenv.runtime.plan import (
 )
 from devenv.runtime.ports import check_ports_free
 from devenv.runtime.procs import (
+    end_writers,
     kill_and_wait,
     kill_group,
     process_name,
@@ -205,6 +207,8 @@ class NativeRuntime:
         for directory in (layout.base, layout.conf, layout.log, layout.run, layout.pgdata.parent, layout.redis_dir):
             _make_dir(directory, user)
         recorded = self._read_state(layout)
+        if not (layout.pgdata / "PG_VERSION").exists():
+            self._clear_scratch(layout)
         restoring = self._start_from_cache(stack, layout, binaries, recorded, progress) if use_cache else None
         placement = self.placement(stack, layout)
         rendered_from = render_key(stack, placement)
@@ -319,8 +323,8 @@ class NativeRuntime:
         from devenv.db import cache  # tarfile and friends: only when there is something to restore
 
         archive = cache.find(self._data_key(stack, binaries))
-        if archive is None:
-            return None
+        if archive is None or cache.usable(archive, progress, check=False) is None:
+            return None  # the checksum is checked beside the extraction (Restore)
         progress(f"postgres   restoring seeded data from {archive}")
         layout.pgdata.parent.mkdir(parents=True, exist_ok=True)
         # Until this checkout's password is set, every start must set it, even if this `up`
@@ -337,10 +341,16 @@ class NativeRuntime:
                         progress: Progress, result: UpResult, restoring: "Any", use_cache: bool) -> None:
         """A new data directory: from the cache when a seeded snapshot matches, else initdb."""
         if restoring is not None:
-            seconds = restoring.finish((user.uid, user.gid) if user else None)
-            progress(f"postgres   restored in {seconds:.2f}s (no initdb, schema or seed)")
-            result.from_cache = True
-            return
+            from devenv.db.cache import CacheDamaged, said_quarantine
+
+            try:
+                seconds = restoring.finish((user.uid, user.gid) if user else None)
+            except CacheDamaged as exc:  # a truncated or altered archive: never again, and initdb now
+                said_quarantine(restoring.archive, exc, progress)
+            else:
+                progress(f"postgres   restored in {seconds:.2f}s (no initdb, schema or seed)")
+                result.from_cache = True
+                return
         progress(f"postgres   initdb ({binaries.pg_version})")
         from devenv.db.seeds import preload_driver
 
@@ -392,14 +402,10 @@ class NativeRuntime:
     def _initdb(self, stack: Stack, layout: Layout, binaries: Binaries, user: RunUser | None) -> None:
         """initdb into a scratch directory, then rename: a killed initdb never leaves half a cluster."""
         scratch = layout.pgdata.with_name(layout.pgdata.name + ".initdb")
-        orphans = processes_with_arg(self._process_table(), "initdb", str(scratch))  # of a killed `up`
-        kill_and_wait(orphans, signal.SIGKILL)
-        shutil.rmtree(scratch, ignore_errors=True)
+        self._clear_scratch(layout)
         pwfile = layout.run / "initdb.pw"
-        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(stack.postgres.password_secret + "\n")  # stored as is: PgBouncer's userlist holds it too
-        _chown(pwfile, user)
+        # Stored as is: PgBouncer's userlist holds it too.
+        safefs.write_file(pwfile, (stack.postgres.password_secret + "\n").encode(), 0o600, _ids(user))
         argv = [binaries.initdb, *self._initdb_args(stack, scratch, pwfile)]
         if stack.ephemeral:
             argv.append("--no-sync")  # tmpfs: there is nothing to sync to
@@ -416,6 +422,17 @@ class NativeRuntime:
             )
         os.replace(scratch, layout.pgdata)
 
+    def _clear_scratch(self, layout: Layout) -> None:
+        """Before a new data directory: end what a killed `up` left writing into the scratch
+        directories of initdb and of a restore (with their process groups), then delete them.
+        Both make their directory before they write: without one there is nothing to end (and
+        no /proc scan on the way of a cold start)."""
+        for suffix in (".initdb", ".restore"):
+            scratch = layout.pgdata.with_name(layout.pgdata.name + suffix)
+            if os.path.lexists(scratch):
+                end_writers(self._process_table(), scratch)
+                shutil.rmtree(scratch, ignore_errors=True)
+
     def _command(self, service: str, layout: Layout, binaries: Binaries) -> list[str]:
         if service == "postgres":
             return [binaries.postgres, "-D", str(layout.pgdata), "-c", f"config_file={layout.conf / 'postgresql.conf'}"]
@@ -429,12 +446,7 @@ class NativeRuntime:
             data = content.encode()
             if path.exists() and path.read_bytes() == data:
                 continue
-            tmp = path.with_name(f".{name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # they hold passwords
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            _chown(tmp, user)
-            os.replace(tmp, path)
+            safefs.write_file(path, data, 0o600, _ids(user))  # they hold passwords
 
     def _process_table(self) -> dict[int, str]:
         """Pid -> program name of every process, scanned once per `up`.
@@ -590,8 +602,7 @@ class NativeRuntime:
 
 def _spawn(argv: list[str], log_path: Path, user: RunUser | None, cwd: Path) -> subprocess.Popen[bytes]:
     """Start a server in its own session (Ctrl-C on devenv must not reach it), logging to a file."""
-    with open(log_path, "ab") as log:
-        _chown(log_path, user)
+    with safefs.open_append(log_path, _ids(user)) as log:
         return subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
             start_new_session=True, env=_child_env(), **_as_user(user),
@@ -599,10 +610,10 @@ def _spawn(argv: list[str], log_path: Path, user: RunUser | None, cwd: Path) -> 
 
 
 def _run(argv: list[str], log_path: Path, user: RunUser | None) -> subprocess.CompletedProcess[bytes]:
-    with open(log_path, "ab") as log:
-        _chown(log_path, user)
+    with safefs.open_append(log_path, _ids(user)) as log:
+        # A group of its own: a killed `up` leaves initdb and its bootstrap backend to be ended together.
         return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                              env=_child_env(), cwd="/", **_as_user(user))
+                              env=_child_env(), cwd="/", start_new_session=True, **_as_user(user))
 
 
 def _as_user(user: RunUser | None) -> dict:
@@ -619,9 +630,12 @@ def _child_env() -> dict[str, str]:
 
 
 def _make_dir(path: Path, user: RunUser | None) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    _chown(path, user)
+    # Some live in /dev/shm or /tmp under predictable names: never through another user's.
+    safefs.private_dir(path, _ids(user))
+
+
+def _ids(user: RunUser | None) -> tuple[int, int] | None:
+    return (user.uid, user.gid) if user else None
 
 
 def _chown(path: Path, user: RunUser | None) -> None:
@@ -643,11 +657,7 @@ def _linked_dir(link: Path, target: Path) -> Path:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    safefs.write_file(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 def _tail(path: Path, lines: int) -> str:

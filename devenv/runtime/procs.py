@@ -61,13 +61,17 @@ def working_dir(pid: int) -> Path | None:
 
 
 def scan_processes() -> dict[int, str]:
-    """Pid -> program name of every live process (empty without procfs)."""
+    """Pid -> program name of every live process (empty without procfs).
+
+    Zombies are left out but not reaped: one may be a child whose exit status its Popen still
+    has to read (a restore's tar: reaped here, its failure would read as success).
+    """
     table = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if entry.isdigit():
-            name = process_name(int(entry))
-            if name is not None:
-                table[int(entry)] = name
+            found = read_stat(int(entry))
+            if found is not None and found[1] != "Z":
+                table[int(entry)] = found[0]
     return table
 
 
@@ -122,3 +126,28 @@ def kill_and_wait(pids: list[int], sig: int, timeout: float = 5) -> None:
     for pid in pids:
         send_signal(pid, sig)
         wait_gone(pid, timeout)
+
+
+def end_writers(table: Mapping[int, str], directory: Path) -> list[int]:
+    """End what a killed `up` left writing into a scratch `directory`: processes that name it
+    in their argv (initdb, tar) or work in it (initdb's bootstrap backend), each with its whole
+    process group (devenv starts them in one of their own: zstd goes with tar, the backend with
+    initdb). SIGKILL, then waited for; returns the pids found."""
+    import signal
+
+    arg = f"{directory}\0"  # the whole argument: not a longer name that starts the same
+    pids = [pid for name in ("initdb", "tar") for pid in processes_with_arg(table, name, arg)]
+    pids += processes_in(table, "postgres", directory)
+    own = os.getpgrp()
+    for pid in pids:
+        try:
+            group = os.getpgid(pid)
+        except ProcessLookupError:
+            continue
+        if group in (own, 0, 1):
+            send_signal(pid, signal.SIGKILL)
+        else:
+            kill_group(group, signal.SIGKILL)
+    for pid in pids:
+        wait_gone(pid, 5)
+    return pids

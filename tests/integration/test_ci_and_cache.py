@@ -21,7 +21,7 @@ def test_second_cold_up_restores_from_the_cache(cached_project, runtime: str) ->
     proj = cached_project
     first = proj.devenv("up")
     assert "cached the seeded data" in first.stderr
-    archives = list((proj.root.parent / "cache").glob("pgdata-*"))
+    archives = list((proj.root.parent / "cache").glob("pgdata-*.tar.zst"))
     assert len(archives) == 1
     with proj.connect() as conn:
         conn.execute("INSERT INTO users (email, password_hash) VALUES ('later@x', 'x')")
@@ -61,7 +61,7 @@ def test_a_changed_seed_file_misses_the_cache(cached_project, runtime: str) -> N
     tasks.write_text(tasks.read_text().replace("Fix rounding error in invoice totals", "Fix rounding in invoice totals"))
     again = proj.devenv("up")
     assert "postgres   initdb" in again.stderr and "restoring seeded data" not in again.stderr
-    assert len(list((proj.root.parent / "cache").glob("pgdata-*"))) == 2
+    assert len(list((proj.root.parent / "cache").glob("pgdata-*.tar.zst"))) == 2
     with proj.connect() as conn:
         assert conn.execute("SELECT count(*) FROM tasks WHERE title = 'Fix rounding in invoice totals'").fetchone()[0] == 1
 
@@ -118,7 +118,7 @@ def test_the_cache_is_a_base_backup_taken_while_the_server_runs(cached_project) 
     proj.edit("devenv.yaml", "\nprofiles:\n", "\nprofiles:\n  walheavy:\n    extends: ci\n    seed_scale: 20000\n")
     proj.profile = "walheavy"
     assert "cached the seeded data" in proj.devenv("up").stderr
-    [archive] = (proj.root.parent / "cache").glob("pgdata-*")
+    [archive] = (proj.root.parent / "cache").glob("pgdata-*.tar.zst")
     with proj.connect() as conn:
         started = conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
         tasks = conn.execute("SELECT count(*) FROM tasks").fetchone()[0]

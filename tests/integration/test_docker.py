@@ -40,6 +40,20 @@ def dev_project(tmp_path: Path, runtime: str) -> Iterator[Project]:
     teardown_project(proj)
 
 
+def _unpackers(cache_dir: Path, project_name: str) -> list[str]:
+    """tar or zstd processes reading an archive of `cache_dir` or writing into a volume of the project."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            comm = (entry / "comm").read_text().strip() if entry.name.isdigit() else ""
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace") if comm in ("tar", "zstd") else ""
+        except OSError:
+            continue
+        if str(cache_dir) in argv or f"/volumes/{project_name}-" in argv:
+            found.append(f"{entry.name} {argv}")
+    return found
+
+
 def _stderr_error(result: Any) -> str:
     return next((line for line in result.stderr.splitlines() if line.startswith("error:")), "")
 
@@ -294,7 +308,7 @@ def test_second_cold_up_restores_the_cache_into_the_volume(cached_dev_project: P
     proj = cached_dev_project
     first = proj.devenv("up")
     assert "postgres   initdb" in first.stderr and "cached the seeded data" in first.stderr, first.stderr
-    archives = list((proj.root.parent / "cache").glob("pgdata-*"))
+    archives = list((proj.root.parent / "cache").glob("pgdata-*.tar.zst"))
     assert len(archives) == 1
     # A base backup of the running server (the volume's directory is here): not restarted for it.
     started = proj.container("postgres").attrs["State"]["StartedAt"][:26]  # ISO, to microseconds, UTC
@@ -361,7 +375,7 @@ def test_a_changed_seed_file_misses_the_docker_cache(cached_dev_project: Project
     tasks.write_text(tasks.read_text().replace("Fix rounding error in invoice totals", "Fix rounding in invoice totals"))
     again = proj.devenv("up")
     assert "postgres   initdb" in again.stderr and "restoring seeded data" not in again.stderr, again.stderr
-    assert len(list((proj.root.parent / "cache").glob("pgdata-*"))) == 2
+    assert len(list((proj.root.parent / "cache").glob("pgdata-*.tar.zst"))) == 2
     with proj.connect() as conn:
         assert conn.execute("SELECT count(*) FROM tasks WHERE title = 'Fix rounding in invoice totals'").fetchone()[0] == 1
 
@@ -377,23 +391,69 @@ def test_an_interrupted_restore_is_redone_and_gets_this_checkouts_password(cache
     proj.devenv("down", "--volumes")
     marker = proj.root / ".devenv" / "dev" / "docker-restore-pending"
     note = proj.root / ".devenv" / "dev" / "docker-volume-password"  # which password the volume has
-    for kill_on in ("restoring seeded data", "restored in"):
+    import time
+
+    # Killed at the start of the restore, inside it (the tar and zstd unpacking into the volume
+    # outlive the kill: in a group of their own, the next `up` ends them), and after it.
+    for kill_on, delay in (("restoring seeded data", 0.0), ("restoring seeded data", 0.3),
+                           ("restoring seeded data", 0.7), ("restored in", 0.0)):
         proc = subprocess.Popen([sys.executable, "-m", "devenv", "up", "--runtime", "docker", "-p", proj.profile],
                                 cwd=proj.root, env=proj.env, stderr=subprocess.PIPE, text=True)
         for line in proc.stderr:  # type: ignore[union-attr]
             if kill_on in line:
+                time.sleep(delay)
                 proc.send_signal(signal.SIGKILL)
                 break
         proc.wait()
+        if delay:  # the restore may have ended in the meantime: either way the next `up` copes
+            proj.devenv("up")
+            with proj.connect(pooled=True) as conn:
+                assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+            assert not marker.exists() and note.exists()
+            assert not _unpackers(proj.root.parent / "cache", proj.project_name), "a killed restore's tar or zstd still runs"
+            proj.devenv("down", "--volumes")
+            continue
         # What the next `up` goes by: a half-filled volume is marked; a restored one has no note
-        # of this checkout's password yet.
+        # of this checkout's password yet. (The unpacking tar and zstd, in a group of their own,
+        # may outlive the kill: the next `up` ends them.)
         assert marker.exists() if kill_on == "restoring seeded data" else not marker.exists(), kill_on
         assert not note.exists(), kill_on
         proj.devenv("up")
         with proj.connect(pooled=True) as conn:
             assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
         assert not marker.exists() and note.exists()
+        assert not _unpackers(proj.root.parent / "cache", proj.project_name), "a killed restore's tar or zstd still runs"
         proj.devenv("down", "--volumes")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "broken with a matching checksum"])
+def test_a_damaged_cache_archive_is_quarantined_and_the_volume_initialised(cached_dev_project: Project,
+                                                                          damage: str) -> None:
+    """Issue 15, class 13: a truncated archive (its checksum says so before the restore) or one
+    written broken (the unpack fails) never fails every cold `up`: it is moved aside, initdb runs."""
+    import hashlib
+
+    proj = cached_dev_project
+    proj.devenv("up")
+    proj.devenv("down", "--volumes")
+    [archive] = (proj.root.parent / "cache").glob("pgdata-*.tar.zst")
+    data = archive.read_bytes()[: archive.stat().st_size // 2]
+    archive.write_bytes(data)
+    if damage != "truncated":
+        Path(f"{archive}.sha256").write_text(f"{hashlib.sha256(data).hexdigest()}  {archive.name}\n")
+    up = proj.devenv("up", check=False)
+    assert "is damaged" in up.stderr and "moved aside" in up.stderr, up.stderr
+    assert "Traceback" not in up.stderr
+    if damage == "truncated":
+        assert up.returncode == 0 and "initdb" in up.stderr, up.stderr
+    else:  # found only while unpacking into the volume: this `up` fails, the next one recovers
+        assert up.returncode == 8 and "run `devenv up` again" in up.stderr, up.stderr
+        up = proj.devenv("up")
+        assert "initdb" in up.stderr, up.stderr
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+    assert len(list(archive.parent.glob("pgdata-*.damaged-*"))) == 1
+    assert archive.exists(), "saved again, whole"
 
 
 def test_the_ci_profile_on_tmpfs_neither_saves_nor_restores(project: Project, tmp_path: Path) -> None:
@@ -401,7 +461,7 @@ def test_the_ci_profile_on_tmpfs_neither_saves_nor_restores(project: Project, tm
     project.env.pop("DEVENV_NO_CACHE", None)
     first = project.devenv("up")
     assert "cached the seeded data" not in first.stderr
-    assert not list((tmp_path / "cache").glob("pgdata-*"))
+    assert not list((tmp_path / "cache").glob("pgdata-*.tar.zst"))
 
 
 # ---- lifecycle details only Docker has ----------------------------------------------------------------
