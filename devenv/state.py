@@ -49,11 +49,13 @@ def fingerprint(root: Path, config_path: Path, profile: str, options: dict[str, 
 
 
 def read_state(state_dir: Path) -> dict[str, Any]:
-    """The recorded state of a profile, or {} when there is none."""
+    """The recorded state of a profile, or {} when there is none or it is damaged (the full `up`
+    then finds out what runs and records it again)."""
     try:
-        return json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
+        data = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def write_state(state_dir: Path, data: dict[str, Any]) -> None:
@@ -75,10 +77,14 @@ def processes_alive(processes: dict[str, list[Any]]) -> bool:
     """Whether every recorded (pid, program name) still runs; False where /proc cannot tell."""
     from devenv.runtime.procs import read_stat  # here: `devenv reset` imports this module, never this function
 
-    if not processes:
+    if not processes or not isinstance(processes, dict):
         return False
-    for pid, name in processes.values():
-        found = read_stat(pid)
+    for entry in processes.values():
+        try:
+            pid, name = entry
+            found = read_stat(int(pid))
+        except (TypeError, ValueError):  # a damaged state.json
+            return False
         if found is None or found[0] != name or found[1] == "Z":
             return False
     return True

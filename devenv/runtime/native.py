@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping
 from devenv.config import pgcatalog
 from devenv.errors import DependencyError, HealthCheckError, StateError
 from devenv.certs import ensure_certificate
-from devenv.render import Placement, render_files, service_hashes
+from devenv.render import SERVICE_FILES, Placement, render_files, service_hashes
 from devenv.runtime.base import Progress, ServiceState, UpResult
 from devenv.runtime.discovery import Binaries, discovery_key, find_binaries
 from devenv.runtime.plan import (
@@ -219,6 +219,22 @@ class NativeRuntime:
             files = render_files(stack, placement)
             hashes = service_hashes(files, stack)
         result = UpResult()
+        # Servers of ours that state.json does not name (it was lost or damaged, or an `up` was
+        # killed before recording them): adopted, never mistaken for another program on our port.
+        adopted = self._own_servers(layout, recorded)
+        if adopted and files is None:
+            files = render_files(stack, placement)
+            hashes = service_hashes(files, stack)
+        for service, pid in adopted.items():
+            assert files is not None
+            # Started from the files on disk: when they are what this `up` renders, it runs as asked.
+            current = all(_read_text(layout.conf / name) == files[name] for name in SERVICE_FILES[service])
+            recorded[service] = {"pid": pid, "hash": hashes[service] if current else "",
+                                 "settings": getattr(stack, service).settings if current else {},
+                                 "port": getattr(stack, service).port if current else 0}
+            result.notes.append(f"{service:<10} adopted its running server (pid {pid}), which "
+                                f"{layout.state_file.name} did not name"
+                                + ("" if current else "; its configuration changed: restarting it"))
 
         plan: dict[str, str] = {}  # service -> "start" | "restart" | "reload"
         for service in SERVICES:
@@ -244,8 +260,7 @@ class NativeRuntime:
             self._cleanup_postgres(layout, stack.postgres.port)
         for service in to_bind:
             if service != "postgres":
-                conf = str(layout.conf / ("pgbouncer.ini" if service == "pgbouncer" else "redis.conf"))
-                kill_and_wait(processes_with_arg(self._process_table(), PROGRAMS[service], conf), signal.SIGKILL)
+                kill_and_wait(self._own_processes(layout, service), signal.SIGKILL)
         check_ports_free(stack, to_bind)
 
         if files is not None:
@@ -477,6 +492,8 @@ class NativeRuntime:
         """Stop the servers (all at once); with `volumes` delete their data too."""
         layout = self.layout(stack)
         recorded = self._read_state(layout)
+        for service, pid in self._own_servers(layout, recorded).items():  # state.json lost or damaged
+            recorded[service] = {**recorded.get(service, {}), "pid": pid}
         stopping = [s for s in SERVICES if self._alive(recorded.get(s, {}), s)]
         for service in stopping:
             send_signal(recorded[service]["pid"], _STOP_SIGNAL[service])
@@ -570,10 +587,56 @@ class NativeRuntime:
     # ---- helpers -----------------------------------------------------------------------
 
     def _read_state(self, layout: Layout) -> dict:
+        """state.json, or {} when it is missing or damaged; entries of the wrong shape are dropped
+        (the servers they named are found again by _own_servers)."""
         try:
-            return json.loads(layout.state_file.read_text())
+            data = json.loads(layout.state_file.read_text())
         except (OSError, ValueError):
             return {}
+        if not isinstance(data, dict):
+            return {}
+        state = {key: value for key, value in data.items() if isinstance(value, dict)}
+        for service in SERVICES:
+            pid = state.get(service, {}).get("pid")
+            if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
+                state.pop(service)
+        return state
+
+    def _own_servers(self, layout: Layout, recorded: dict) -> dict[str, int]:
+        """service -> pid of a server of this stack that runs but `recorded` does not name alive.
+
+        Recognised by what only ours have: the postmaster named by postmaster.pid in our data
+        directory and running there; PgBouncer with our pgbouncer.ini on its command line; Redis
+        running in our Redis directory (it rewrites its command line, but stays in its `dir`).
+        """
+        found: dict[str, int] = {}
+        for service in SERVICES:
+            if self._alive(recorded.get(service, {}), service):
+                continue
+            pids = self._own_processes(layout, service)
+            if pids:
+                found[service] = pids[0]
+        return found
+
+    def _own_processes(self, layout: Layout, service: str) -> list[int]:
+        """Live server processes of `service` that are this stack's (see _own_servers); pid file first."""
+        if service == "postgres":
+            try:
+                pid = int((layout.pgdata / "postmaster.pid").read_text().splitlines()[0])
+            except (OSError, ValueError, IndexError):
+                return []
+            ours = process_name(pid) == "postgres" and working_dir(pid) == layout.pgdata.resolve()
+            return [pid] if ours else []
+        table = self._process_table()
+        if service == "pgbouncer":
+            pids = processes_with_arg(table, "pgbouncer", str(layout.conf / "pgbouncer.ini"))
+        else:
+            pids = processes_in(table, "redis-server", layout.redis_dir.resolve())
+        try:
+            noted = int((layout.run / f"{service}.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            noted = 0
+        return sorted(pids, key=lambda pid: pid != noted)
 
     def _alive(self, entry: dict, service: str) -> bool:
         pid = entry.get("pid")
@@ -640,6 +703,13 @@ def _linked_dir(link: Path, target: Path) -> Path:
     link.unlink(missing_ok=True)
     link.symlink_to(target)
     return target
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, ValueError):
+        return None
 
 
 def _write_json(path: Path, data: dict) -> None:
