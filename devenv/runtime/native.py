@@ -40,6 +40,7 @@ from devenv.runtime.plan import (
 from devenv.runtime.ports import check_ports_free
 from devenv.runtime.procs import (
     kill_and_wait,
+    own_processes,
     kill_group,
     process_name,
     processes_in,
@@ -228,7 +229,8 @@ class NativeRuntime:
         for service, pid in adopted.items():
             assert files is not None
             # Started from the files on disk: when they are what this `up` renders, it runs as asked.
-            current = all(_read_text(layout.conf / name) == files[name] for name in SERVICE_FILES[service])
+            current = all((layout.conf / n).is_file() and (layout.conf / n).read_text() == files[n]
+                          for n in SERVICE_FILES[service])
             recorded[service] = {"pid": pid, "hash": hashes[service] if current else "",
                                  "settings": getattr(stack, service).settings if current else {},
                                  "port": getattr(stack, service).port if current else 0}
@@ -587,56 +589,23 @@ class NativeRuntime:
     # ---- helpers -----------------------------------------------------------------------
 
     def _read_state(self, layout: Layout) -> dict:
-        """state.json, or {} when it is missing or damaged; entries of the wrong shape are dropped
-        (the servers they named are found again by _own_servers)."""
+        """state.json; {} when missing or damaged, entries of the wrong shape dropped (_own_servers)."""
         try:
             data = json.loads(layout.state_file.read_text())
         except (OSError, ValueError):
             return {}
-        if not isinstance(data, dict):
-            return {}
-        state = {key: value for key, value in data.items() if isinstance(value, dict)}
-        for service in SERVICES:
-            pid = state.get(service, {}).get("pid")
-            if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0):
-                state.pop(service)
-        return state
+        state = {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+        return {k: v for k, v in state.items() if type(v.get("pid", 1)) is int and v.get("pid", 1) > 0}
 
     def _own_servers(self, layout: Layout, recorded: dict) -> dict[str, int]:
-        """service -> pid of a server of this stack that runs but `recorded` does not name alive.
-
-        Recognised by what only ours have: the postmaster named by postmaster.pid in our data
-        directory and running there; PgBouncer with our pgbouncer.ini on its command line; Redis
-        running in our Redis directory (it rewrites its command line, but stays in its `dir`).
-        """
-        found: dict[str, int] = {}
-        for service in SERVICES:
-            if self._alive(recorded.get(service, {}), service):
-                continue
-            pids = self._own_processes(layout, service)
-            if pids:
-                found[service] = pids[0]
-        return found
+        """service -> pid of a running server of this stack that `recorded` does not name alive."""
+        found = {s: self._own_processes(layout, s) for s in SERVICES if not self._alive(recorded.get(s, {}), s)}
+        return {service: pids[0] for service, pids in found.items() if pids}
 
     def _own_processes(self, layout: Layout, service: str) -> list[int]:
-        """Live server processes of `service` that are this stack's (see _own_servers); pid file first."""
-        if service == "postgres":
-            try:
-                pid = int((layout.pgdata / "postmaster.pid").read_text().splitlines()[0])
-            except (OSError, ValueError, IndexError):
-                return []
-            ours = process_name(pid) == "postgres" and working_dir(pid) == layout.pgdata.resolve()
-            return [pid] if ours else []
-        table = self._process_table()
-        if service == "pgbouncer":
-            pids = processes_with_arg(table, "pgbouncer", str(layout.conf / "pgbouncer.ini"))
-        else:
-            pids = processes_in(table, "redis-server", layout.redis_dir.resolve())
-        try:
-            noted = int((layout.run / f"{service}.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            noted = 0
-        return sorted(pids, key=lambda pid: pid != noted)
+        """Live server processes of `service` that are this stack's (see _own_servers)."""
+        return own_processes(service, self._process_table(), pgdata=layout.pgdata,
+                             pgbouncer_ini=layout.conf / "pgbouncer.ini", redis_dir=layout.redis_dir, run=layout.run)
 
     def _alive(self, entry: dict, service: str) -> bool:
         pid = entry.get("pid")
@@ -703,13 +672,6 @@ def _linked_dir(link: Path, target: Path) -> Path:
     link.unlink(missing_ok=True)
     link.symlink_to(target)
     return target
-
-
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except (OSError, ValueError):
-        return None
 
 
 def _write_json(path: Path, data: dict) -> None:
