@@ -24,11 +24,12 @@ from typing import Any, Iterator, Mapping
 from devenv.config import pgcatalog
 from devenv.errors import DependencyError, HealthCheckError, StateError
 from devenv.certs import ensure_certificate
-from devenv.render import SERVICE_FILES, Placement, render_files, service_hashes
+from devenv.render import Placement, render_files, service_hashes
 from devenv.runtime.base import Progress, ServiceState, UpResult
 from devenv.runtime.discovery import Binaries, discovery_key, find_binaries
 from devenv.runtime.plan import (
     PROGRAMS,
+    adopted_entry,
     has_password,
     password_note_path,
     reload_suffices,
@@ -100,6 +101,7 @@ class NativeRuntime:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._binaries: Binaries | None = None
         self._procs: dict[int, str] | None = None  # one /proc scan per `up` (see _process_table)
+        self._started: set[str] = set()  # what `up` started (not restarted): stopped if it fails
 
     # ---- discovery ---------------------------------------------------------------------
 
@@ -198,7 +200,7 @@ class NativeRuntime:
         binaries = self.binaries(stack)
         user = self.run_user()
         layout = self.layout(stack)
-        self._procs = None
+        self._procs, self._started = None, set()
         if binaries.pg_major != stack.postgres.major:
             # Settings were validated for the image's major; check them for the one that runs.
             for name, value in stack.postgres.settings.items():
@@ -227,16 +229,7 @@ class NativeRuntime:
             files = render_files(stack, placement)
             hashes = service_hashes(files, stack)
         for service, pid in adopted.items():
-            assert files is not None
-            # Started from the files on disk: when they are what this `up` renders, it runs as asked.
-            current = all((layout.conf / n).is_file() and (layout.conf / n).read_text() == files[n]
-                          for n in SERVICE_FILES[service])
-            recorded[service] = {"pid": pid, "hash": hashes[service] if current else "",
-                                 "settings": getattr(stack, service).settings if current else {},
-                                 "port": getattr(stack, service).port if current else 0}
-            result.notes.append(f"{service:<10} adopted its running server (pid {pid}), which "
-                                f"{layout.state_file.name} did not name"
-                                + ("" if current else "; its configuration changed: restarting it"))
+            recorded[service] = adopted_entry(stack, service, pid, layout.conf, files or {}, hashes[service], result.notes)
 
         plan: dict[str, str] = {}  # service -> "start" | "restart" | "reload"
         for service in SERVICES:
@@ -262,8 +255,9 @@ class NativeRuntime:
             self._cleanup_postgres(layout, stack.postgres.port)
         for service in to_bind:
             if service != "postgres":
-                kill_and_wait(self._own_processes(layout, service), signal.SIGKILL)
-        check_ports_free(stack, to_bind)
+                kill_and_wait(own_processes(service, self._process_table(), layout), signal.SIGKILL)
+        moving = [s for s, a in plan.items() if a == "restart" and recorded[s].get("port", 0) not in (0, getattr(stack, s).port)]
+        check_ports_free(stack, to_bind + moving, user.name if user else None)
 
         if files is not None:
             self._write_conf(layout, files, user)
@@ -318,6 +312,7 @@ class NativeRuntime:
                 self._set_password(stack, layout)
             if plan[service] == "start":
                 result.started.append(service)
+                self._started.add(service)
         if plan.get("postgres") not in ("start", "restart") and not has_password(password_note_path(stack, layout.pgdata), stack):
             self._set_password(stack, layout)  # running already, on another checkout's data
         return result
@@ -524,6 +519,17 @@ class NativeRuntime:
                 link.unlink()
         return stopping
 
+    def stop_started(self, stack: Stack) -> list[str]:
+        """After a failed `up`: stop the servers it started (its own children), data kept."""
+        layout = self.layout(stack)
+        state = self._read_state(layout)
+        stopped = [s for s, child in self._children.items() if s in self._started and child.poll() is None]
+        for service in stopped:
+            self._stop(service, {"pid": self._children[service].pid})
+            state[service] = {"hash": state.get(service, {}).get("hash")}  # the files stay; no pid
+        _write_json(layout.state_file, state)
+        return stopped
+
     def _stop(self, service: str, entry: dict) -> None:
         send_signal(entry["pid"], _STOP_SIGNAL[service])
         self._wait_stopped(service, entry)
@@ -599,13 +605,9 @@ class NativeRuntime:
 
     def _own_servers(self, layout: Layout, recorded: dict) -> dict[str, int]:
         """service -> pid of a running server of this stack that `recorded` does not name alive."""
-        found = {s: self._own_processes(layout, s) for s in SERVICES if not self._alive(recorded.get(s, {}), s)}
+        table = self._process_table()
+        found = {s: own_processes(s, table, layout) for s in SERVICES if not self._alive(recorded.get(s, {}), s)}
         return {service: pids[0] for service, pids in found.items() if pids}
-
-    def _own_processes(self, layout: Layout, service: str) -> list[int]:
-        """Live server processes of `service` that are this stack's (see _own_servers)."""
-        return own_processes(service, self._process_table(), pgdata=layout.pgdata,
-                             pgbouncer_ini=layout.conf / "pgbouncer.ini", redis_dir=layout.redis_dir, run=layout.run)
 
     def _alive(self, entry: dict, service: str) -> bool:
         pid = entry.get("pid")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
     import subprocess
@@ -124,24 +124,24 @@ def kill_and_wait(pids: list[int], sig: int, timeout: float = 5) -> None:
         wait_gone(pid, timeout)
 
 
-def own_processes(service: str, table: Mapping[int, str], *, pgdata: Path, pgbouncer_ini: Path,
-                  redis_dir: Path, run: Path) -> list[int]:
-    """Live processes of a stack's `service` (a native server), found without its state file: the
-    postmaster named by postmaster.pid in `pgdata` and running there; PgBouncer with `pgbouncer_ini`
-    on its command line; Redis running in `redis_dir` (it rewrites its command line, but stays in
-    its `dir`). The one its pid file in `run` names comes first."""
+def own_processes(service: str, table: Mapping[int, str], layout: Any) -> list[int]:
+    """Live processes of a native stack's `service`, found without its state file (`layout`: the
+    native runtime's Layout): the postmaster named by postmaster.pid in its data directory and
+    running there; PgBouncer with its pgbouncer.ini on the command line; Redis running in its
+    Redis directory (it rewrites its command line, but stays in its `dir`). The one its pid file
+    names comes first."""
     if service == "postgres":
         try:
-            pid = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+            pid = int((layout.pgdata / "postmaster.pid").read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             return []
-        return [pid] if process_name(pid) == "postgres" and working_dir(pid) == pgdata.resolve() else []
+        return [pid] if process_name(pid) == "postgres" and working_dir(pid) == layout.pgdata.resolve() else []
     if service == "pgbouncer":
-        pids = processes_with_arg(table, "pgbouncer", str(pgbouncer_ini))
+        pids = processes_with_arg(table, "pgbouncer", str(layout.conf / "pgbouncer.ini"))
     else:
-        pids = processes_in(table, "redis-server", redis_dir.resolve())
+        pids = processes_in(table, "redis-server", layout.redis_dir.resolve())
     try:
-        noted = int((run / f"{service}.pid").read_text().split()[0])
+        noted = int((layout.run / f"{service}.pid").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         noted = 0
     return sorted(pids, key=lambda pid: pid != noted)

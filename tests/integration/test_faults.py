@@ -81,3 +81,70 @@ def test_a_lost_or_damaged_state_file_while_up_adopts_the_running_servers(proj: 
     proj.devenv("up")
     assert user_exists(proj), "the data was not kept"
     assert count(proj, "tasks") == SEEDED_TASKS
+
+
+# ---- class 17: a port the servers cannot bind; a failed `up` stops what it started -------------
+
+BROKEN_SEED = "SELECT no_such_function();\n"
+
+
+def _privileged_free_port() -> int:
+    """A port below 1024 that nothing listens on (root may bind it; the servers' user may not)."""
+    for port in range(1023, 900, -1):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    pytest.skip("no free port below 1024")
+
+
+@pytest.mark.native_only(reason="Docker publishes ports as root: any port binds")
+@pytest.mark.parametrize("service", ["postgres", "redis"])
+def test_a_port_the_servers_user_cannot_bind_fails_before_anything_starts(proj: Any, service: str) -> None:
+    """Before: the check bound the port as root and passed; Postgres failed after initdb (exit 6),
+    leaving PgBouncer and Redis running."""
+    port = _privileged_free_port()
+    if int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()) <= port:
+        pytest.skip("this machine lets every user bind low ports")
+    proj.env[f"DEVENV_{service.upper()}_PORT"] = str(port)
+    result = proj.devenv("up", check=False)
+    assert result.returncode == 3, result.stderr
+    assert f"port {port} for {service}" in result.stderr and "hint:" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert project_processes(proj) == [], "a server was started despite the port"
+    assert "initdb" not in result.stderr, "the check must come before anything is done"
+
+
+def test_a_failed_cold_up_stops_every_server_it_started(proj: Any) -> None:
+    """Before: a cold `up` whose seed file failed left all three servers running."""
+    (proj.root / "seeds" / "data" / "009_broken.sql").write_text(BROKEN_SEED)
+    result = proj.devenv("up", check=False)
+    assert result.returncode == 7, result.stderr
+    assert "which this `up` had started" in result.stderr, result.stderr
+    for service in SERVICES:
+        assert refuses(proj.stack().__getattribute__(service).port), f"{service} still runs after the failed up"
+
+    (proj.root / "seeds" / "data" / "009_broken.sql").unlink()
+    proj.devenv("up")
+    assert_healthy(proj)
+
+
+def test_a_failed_up_leaves_what_ran_before_it(proj: Any) -> None:
+    """Postgres stopped by hand, a broken seed file: `up` starts Postgres, the seed fails, Postgres
+    is stopped again; PgBouncer and Redis, which ran before that `up`, run on untouched."""
+    proj.devenv("up")
+    pids = server_pids(proj)
+    os.kill(pids["postgres"], signal.SIGINT)
+    wait_for(lambda: not alive(pids["postgres"]), 20, "postgres to stop")
+    (proj.root / "seeds" / "data" / "009_broken.sql").write_text(BROKEN_SEED)
+    result = proj.devenv("up", check=False)
+    assert result.returncode == 7, result.stderr
+    assert "stopped postgres, which this `up` had started" in result.stderr, result.stderr
+    assert refuses(proj.stack().postgres.port)
+    assert alive(pids["pgbouncer"]) and alive(pids["redis"]), "a server that ran before the failed up was stopped"
+
+    (proj.root / "seeds" / "data" / "009_broken.sql").unlink()
+    proj.devenv("up")
+    assert_healthy(proj)
