@@ -66,9 +66,12 @@ def up(
 def _up_locked(stack: Stack, runtime: Runtime, *, timeout: float, seed: bool, say: Say,
                fingerprint: str | None, start: float) -> UpReport:
     """`up` under the profile's lock (see up)."""
+    from devenv.db.pauses import resume_orphaned
     from devenv.db.seeds import apply_seeds, ensure_database
     from devenv.db.janitor import Janitor
 
+    for line in resume_orphaned(stack):  # pooled clients a killed devenv left paused
+        say(line)
     result = runtime.up(stack, say, use_cache=seed and not os.environ.get("DEVENV_NO_CACHE"))
     for note in result.notes:
         say(note)

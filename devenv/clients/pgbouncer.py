@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from devenv.errors import HealthCheckError
@@ -24,9 +25,10 @@ _POLL = 0.02  # an idle pool answers PAUSE in a few ms
 class Console:
     """One session on the admin console. Use as a context manager (closed on exit)."""
 
-    def __init__(self, conn: "pgwire.Connection", profile: str = "dev") -> None:
+    def __init__(self, conn: "pgwire.Connection", profile: str = "dev", state_dir: Path | None = None) -> None:
         self._conn = conn
         self._profile = profile
+        self._state_dir = state_dir  # where each PAUSE's owner is noted (devenv.state.note_pause)
 
     def __enter__(self) -> "Console":
         return self
@@ -42,9 +44,14 @@ class Console:
         """`SHOW <what>` (POOLS, CONFIG, VERSION ...): rows as dicts by column name."""
         return self._conn.query_named(f"SHOW {what}")
 
+    def paused_databases(self) -> list[str]:
+        """The databases PgBouncer holds paused now (`SHOW DATABASES`, its `paused` column)."""
+        return [row["name"] or "" for row in self.show("DATABASES") if row.get("paused") not in (None, "0")]
+
     def command(self, command: str) -> bool:
-        """Run RECONNECT/RESUME/...: True when it took effect, False when PgBouncer does not pool
-        that database yet (nothing to do); any other refusal raises HealthCheckError."""
+        """Run RECONNECT/RESUME/...: True when it took effect, False when there was nothing to do
+        (PgBouncer does not pool that database yet; RESUME of one not paused); any other refusal
+        raises HealthCheckError."""
         from devenv.clients import pgwire
 
         try:
@@ -65,7 +72,11 @@ class Console:
         goes with this session, and RESUME is sent on a new one (`reopen()`).
         """
         from devenv.clients import pgwire
+        from devenv.state import clear_pause, note_pause
 
+        # Noted before PAUSE, removed after RESUME: should this process die in between, the next
+        # command sees the pause has no owner any more and RESUMEs it (resume_orphaned).
+        note = note_pause(self._state_dir, dbname) if self._state_dir is not None else None
         self._conn.send_query(f"PAUSE {dbname}")
         deadline = time.monotonic() + timeout
         while not self._conn.answered(_POLL):
@@ -74,6 +85,8 @@ class Console:
                 self.close()
                 with reopen() as fresh:
                     fresh.command(f"RESUME {dbname}")
+                if note is not None:
+                    clear_pause(note)
                 raise HealthCheckError(
                     f"PgBouncer did not PAUSE {dbname} within {timeout:.0f}s: its server "
                     f"connections to the database stayed busy",
@@ -88,9 +101,12 @@ class Console:
         finally:
             if paused:
                 self.command(f"RESUME {dbname}")
+            if note is not None:  # kept when RESUME failed: the next command resumes it
+                clear_pause(note)
 
     def _judge(self, command: str, exc: Exception) -> bool:
-        if "no such database" in str(exc):
+        if "no such database" in str(exc) or "is not paused" in str(exc):
             return False
         raise HealthCheckError(f"PgBouncer refused `{command}`: {exc}",
                                hint=f"check `devenv status -p {self._profile}`.") from exc
+

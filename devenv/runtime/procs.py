@@ -27,6 +27,17 @@ def read_stat(pid: int) -> tuple[str, str] | None:
     return stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :][:1]
 
 
+def start_time(pid: int) -> int | None:
+    """When a pid started (clock ticks since boot, /proc/<pid>/stat field 22): with the pid it
+    names one process, never a later one given the same pid. None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode(errors="replace")
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def process_name(pid: int) -> str | None:
     """The program a pid runs, None if gone or a zombie (guards against pid reuse).
 

@@ -148,3 +148,79 @@ def test_a_failed_up_leaves_what_ran_before_it(proj: Any) -> None:
     (proj.root / "seeds" / "data" / "009_broken.sql").unlink()
     proj.devenv("up")
     assert_healthy(proj)
+
+
+# ---- class 15: a devenv killed inside its PgBouncer PAUSE ----------------------------------------
+
+
+def _paused(proj: Any) -> list[str]:
+    from devenv.clients import connect
+
+    with connect.pgbouncer_admin(proj.stack(), timeout=5, query_timeout=5) as console:
+        return _paused_on(console)
+
+
+def _paused_on(console: Any) -> list[str]:
+    return [row["name"] for row in console.show("DATABASES") if row.get("paused") not in (None, "0")]
+
+
+def _pooled_answers(proj: Any, within: float) -> bool:
+    """Whether a pooled query answers within `within` seconds (a paused database holds it)."""
+    from devenv.clients import connect
+
+    try:
+        with connect.postgres(proj.stack(), pooled=True, timeout=within, query_timeout=within) as conn:
+            return conn.scalar("SELECT count(*) FROM tasks") is not None
+    except OSError:  # timed out
+        return False
+
+
+def _kill_inside_pause(proj: Any, args: list[str], point: str, attempts: int = 40) -> None:
+    """Run `devenv ARGS`, freeze it at `point` ("noted": its pause note written, PAUSE not yet
+    answered; "paused": PgBouncer holds the database), then SIGKILL it there."""
+    notes = proj.root / ".devenv" / proj.profile / "paused"
+    argv = [sys.executable, "-m", "devenv", *args, "--profile", proj.profile]
+    from devenv.clients import connect
+
+    for _ in range(attempts):
+        child = subprocess.Popen(argv, cwd=proj.root, env=proj.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        caught = False
+        with connect.pgbouncer_admin(proj.stack(), timeout=5, query_timeout=5) as console:
+            while child.poll() is None:
+                if (notes.is_dir() and any(notes.iterdir())) if point == "noted" else _paused_on(console):
+                    child.send_signal(signal.SIGSTOP)
+                    caught = True
+                    break
+        if caught:
+            child.kill()
+            child.wait(timeout=10)
+            return
+        child.wait(timeout=60)
+        assert child.returncode == 0, child.stderr.read().decode() if child.stderr else ""
+    pytest.fail(f"never caught `devenv {' '.join(args)}` at {point!r} in {attempts} tries")
+
+
+@pytest.mark.parametrize("command", [["snapshot", "save", "--force", "s1"], ["snapshot", "restore", "s0"],
+                                     ["reset", "--strategy", "clone"]], ids=["save", "restore", "reset-clone"])
+def test_a_devenv_killed_inside_its_pause_is_resumed_by_the_next_command(proj: Any, command: list[str]) -> None:
+    """Before: SIGKILL inside the PAUSE left every pooled query hanging, and `up` said "nothing
+    to do". Each kill point, then the next command (the no-op `up`, `reset`, `snapshot`)."""
+    proj.devenv("up")
+    proj.devenv("snapshot", "save", "s0")
+    rounds = [("paused", ["up"]), ("noted", ["reset"]), ("paused", ["snapshot", "save", "--force", "s2"])]
+    for point, next_command in rounds:
+        _kill_inside_pause(proj, command, point)
+        if point == "paused":
+            assert _paused(proj) == ["taskflow"], "the case under test: PgBouncer holds the database"
+            assert not _pooled_answers(proj, 1.0), "a pooled query should wait while paused"
+            status = proj.devenv("status", "--json", check=False)
+            assert "taskflow is paused by devenv pid" in status.stdout and "was killed" in status.stdout, status.stdout
+            doctor = proj.devenv("doctor", check=False)
+            assert "taskflow is paused by devenv pid" in doctor.stdout, doctor.stdout
+        result = proj.devenv(*next_command)
+        if point == "paused":
+            assert "resumed pooled clients of taskflow" in result.stderr, result.stderr
+        assert _paused(proj) == []
+        assert _pooled_answers(proj, 5.0), f"pooled queries still wait after `devenv {' '.join(next_command)}`"
+        assert not any((proj.root / ".devenv" / proj.profile / "paused").glob("*")), "a pause note was left"
+    assert_healthy(proj)
