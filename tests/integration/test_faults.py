@@ -224,3 +224,59 @@ def test_a_devenv_killed_inside_its_pause_is_resumed_by_the_next_command(proj: A
         assert _pooled_answers(proj, 5.0), f"pooled queries still wait after `devenv {' '.join(next_command)}`"
         assert not any((proj.root / ".devenv" / proj.profile / "paused").glob("*")), "a pause note was left"
     assert_healthy(proj)
+
+
+# ---- class 19: pooled clients beside concurrent resets of every strategy ------------------------
+
+
+def test_pooled_clients_see_no_error_beside_concurrent_resets_of_every_strategy(proj: Any) -> None:
+    """Five `devenv reset`s at a time (auto, clone, copy, restore) beside three loops of pooled
+    queries (two on kept connections, one connecting for each query), for some seconds: every
+    query answers. Before: "server login has been failing, try again later (server_login_retry)"
+    (PAUSE or RECONNECT closed a server login in progress, which PgBouncer counts as a failed
+    login) and "terminating connection due to administrator command" (a running pooled statement
+    ended by the reset)."""
+    import psycopg
+
+    proj.devenv("up")
+    url = proj.stack().urls()["DATABASE_URL"]
+    seconds = float(os.environ.get("DEVENV_TEST_RESET_LOAD_SECONDS", "12"))
+    stop = time.monotonic() + seconds
+    errors: list[str] = []
+    queries = [0]
+    resets: list[str] = []
+    failed_resets: list[str] = []
+
+    def pooled(fresh: bool) -> None:
+        conn = None
+        while time.monotonic() < stop:
+            try:
+                if conn is None or fresh:
+                    if conn is not None:
+                        conn.close()
+                    conn = psycopg.connect(url, autocommit=True, prepare_threshold=None, connect_timeout=30)
+                assert conn.execute("SELECT count(*), pg_sleep(0.002) FROM tasks").fetchone()[0] > 0
+                queries[0] += 1
+            except Exception as exc:  # the finding
+                errors.append(f"{type(exc).__name__}: {exc}".strip())
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def resetting(strategy: str) -> None:
+        while time.monotonic() < stop:
+            result = proj.devenv("reset", *(["--strategy", strategy] if strategy != "auto" else []), check=False)
+            resets.append(strategy)
+            if result.returncode != 0:
+                failed_resets.append(result.stderr)
+
+    threads = [threading.Thread(target=pooled, args=(fresh,)) for fresh in (False, False, True)]
+    threads += [threading.Thread(target=resetting, args=(s,)) for s in ("auto", "clone", "copy", "restore", "auto")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failed_resets, failed_resets[:3]
+    assert {"clone", "copy", "restore", "auto"} <= set(resets)
+    assert queries[0] > 100
+    assert not errors, f"{len(errors)} pooled queries of {queries[0] + len(errors)} failed: {sorted(set(errors))[:5]}"
