@@ -189,12 +189,15 @@ def _kill_inside_pause(proj: Any, args: list[str], point: str, attempts: int = 4
             while child.poll() is None:
                 if (notes.is_dir() and any(notes.iterdir())) if point == "noted" else _paused_on(console):
                     child.send_signal(signal.SIGSTOP)
-                    caught = True
+                    # Stopped just after its RESUME: another kill point, not this one (its note stays).
+                    caught = point == "noted" or bool(_paused_on(console))
                     break
-        if caught:
+        if child.poll() is None:
             child.kill()
             child.wait(timeout=10)
-            return
+            if caught:
+                return
+            continue
         child.wait(timeout=60)
         assert child.returncode == 0, child.stderr.read().decode() if child.stderr else ""
     pytest.fail(f"never caught `devenv {' '.join(args)}` at {point!r} in {attempts} tries")
