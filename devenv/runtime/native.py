@@ -222,9 +222,7 @@ class NativeRuntime:
             files = render_files(stack, placement)
             hashes = service_hashes(files, stack)
         result = UpResult()
-        # Servers of ours that state.json does not name (it was lost or damaged, or an `up` was
-        # killed before recording them): adopted, never mistaken for another program on our port.
-        adopted = self._own_servers(layout, recorded)
+        adopted = self._own_servers(layout, recorded)  # state.json lost or damaged, or a killed `up`
         if adopted and files is None:
             files = render_files(stack, placement)
             hashes = service_hashes(files, stack)
@@ -521,13 +519,13 @@ class NativeRuntime:
 
     def stop_started(self, stack: Stack) -> list[str]:
         """After a failed `up`: stop the servers it started (its own children), data kept."""
-        layout = self.layout(stack)
+        layout, stopped = self.layout(stack), [s for s, c in self._children.items() if s in self._started and c.poll() is None]
         state = self._read_state(layout)
-        stopped = [s for s, child in self._children.items() if s in self._started and child.poll() is None]
         for service in stopped:
             self._stop(service, {"pid": self._children[service].pid})
             state[service] = {"hash": state.get(service, {}).get("hash")}  # the files stay; no pid
-        _write_json(layout.state_file, state)
+        if stopped:
+            _write_json(layout.state_file, state)
         return stopped
 
     def _stop(self, service: str, entry: dict) -> None:
