@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from devenv import health
 from devenv.errors import HealthCheckError
@@ -43,137 +44,135 @@ def up(
     fingerprint: str | None = None,
 ) -> UpReport:
     """Bring the stack up and seeded; idempotent. Records the state for the fast no-op path."""
-    start = time.monotonic()
-    # No driver is imported ahead: health checks and the "already seeded?" check speak pgwire,
-    # so a cold `up` with data, or one from the cache, never loads psycopg (150-300 ms here).
-    with locked(stack.state_dir, on_wait=say):
-        try:
-            return _up_locked(stack, runtime, timeout=timeout, seed=seed, say=say, fingerprint=fingerprint,
-                              start=start)
-        except BaseException:
-            # What this `up` started goes again (what ran before it stays): a failed `up` leaves
-            # no half-started stack behind, e.g. PgBouncer and Redis beside a Postgres that failed.
-            try:
-                stopped = runtime.stop_started(stack)
-            except Exception as exc:  # noqa: BLE001  (the first error is the one to report)
-                say(f"could not stop what this `up` started: {exc}")
-            else:
-                if stopped:
-                    say(f"stopped {', '.join(stopped)}, which this `up` had started")
-            raise
-
-
-def _up_locked(stack: Stack, runtime: Runtime, *, timeout: float, seed: bool, say: Say,
-               fingerprint: str | None, start: float) -> UpReport:
-    """`up` under the profile's lock (see up)."""
     from devenv.db.pauses import resume_orphaned
     from devenv.db.seeds import apply_seeds, ensure_database
     from devenv.db.janitor import Janitor
 
-    for line in resume_orphaned(stack):  # pooled clients a killed devenv left paused
-        say(line)
-    result = runtime.up(stack, say, use_cache=seed and not os.environ.get("DEVENV_NO_CACHE"))
-    for note in result.notes:
-        say(note)
-    if result.started or result.restarted:
-        verb = ", ".join(result.started + result.restarted)
-        say(f"starting {verb}; waiting until healthy (timeout {timeout:.0f}s)")
-    report = UpReport(runtime=runtime.name, result=result)
+    start = time.monotonic()
+    # No driver is imported ahead: health checks and the "already seeded?" check speak pgwire,
+    # so a cold `up` with data, or one from the cache, never loads psycopg (150-300 ms here).
+    with locked(stack.state_dir, on_wait=say), _stop_started_on_failure(stack, runtime, say):
+        for line in resume_orphaned(stack):  # pooled clients a killed devenv left paused
+            say(line)
+        result = runtime.up(stack, say, use_cache=seed and not os.environ.get("DEVENV_NO_CACHE"))
+        for note in result.notes:
+            say(note)
+        if result.started or result.restarted:
+            verb = ", ".join(result.started + result.restarted)
+            say(f"starting {verb}; waiting until healthy (timeout {timeout:.0f}s)")
+        report = UpReport(runtime=runtime.name, result=result)
 
-    def seed_database(fresh: bool = False) -> None:
-        seed_start = time.monotonic()
-        janitor = Janitor(stack)
-        try:
-            janitor.sweep()
-            # The template is built first (SchemaError names a failing file); on a new
-            # cluster in the image's empty POSTGRES_DB database.
-            report.database_created = janitor.create(stack.postgres.database, adopt=fresh)
-            report.template = janitor.ensure_template()
-            if not report.database_created:
-                # An existing database gets the files it lacks, each in its own transaction.
-                report.applied = apply_seeds(stack, stack.root / "seeds")
-        finally:
-            janitor.close()
-        if report.database_created or report.applied:
-            what = f"created {stack.postgres.database} from {report.template}" if report.database_created else (
-                f"applied {', '.join(report.applied)}")
-            say(f"schema+seed: {what} ({time.monotonic() - seed_start:.2f}s)")
+        def seed_database(fresh: bool = False) -> None:
+            seed_start = time.monotonic()
+            janitor = Janitor(stack)
+            try:
+                janitor.sweep()
+                # The template is built first (SchemaError names a failing file); on a new
+                # cluster in the image's empty POSTGRES_DB database.
+                report.database_created = janitor.create(stack.postgres.database, adopt=fresh)
+                report.template = janitor.ensure_template()
+                if not report.database_created:
+                    # An existing database gets the files it lacks, each in its own transaction.
+                    report.applied = apply_seeds(stack, stack.root / "seeds")
+            finally:
+                janitor.close()
+            if report.database_created or report.applied:
+                what = f"created {stack.postgres.database} from {report.template}" if report.database_created else (
+                    f"applied {', '.join(report.applied)}")
+                say(f"schema+seed: {what} ({time.monotonic() - seed_start:.2f}s)")
 
-    background: list[threading.Thread] = []
-    failed: list[BaseException] = []
+        background: list[threading.Thread] = []
+        failed: list[BaseException] = []
 
-    def check_then_seed() -> None:
-        try:
-            if not seeded_and_current(stack):
+        def check_then_seed() -> None:
+            try:
+                if not seeded_and_current(stack):
+                    sync_password(stack)
+                    seed_database()
+            except BaseException as exc:  # re-raised in the main thread below
+                failed.append(exc)
+
+        def on_healthy(service: str) -> None:
+            if service != "postgres":
+                return
+            if not seed:
                 sync_password(stack)
-                seed_database()
-        except BaseException as exc:  # re-raised in the main thread below
-            failed.append(exc)
+                report.database_created = ensure_database(stack)
+                return
+            if result.from_cache:
+                return  # the cached data directory holds this very template and database
+            if result.fresh_database:
+                sync_password(stack)  # the image's entrypoint stored POSTGRES_PASSWORD its own way
+                seed_database(fresh=True)  # before PgBouncer's pooled check, which needs the database
+                return
+            # An existing cluster is almost always seeded and current: find that out beside
+            # PgBouncer's checks rather than before them (and seed there if it is not).
+            thread = threading.Thread(target=check_then_seed, name="seed check", daemon=True)
+            thread.start()
+            background.append(thread)
 
-    def on_healthy(service: str) -> None:
-        if service != "postgres":
-            return
-        if not seed:
-            sync_password(stack)
-            report.database_created = ensure_database(stack)
-            return
-        if result.from_cache:
-            return  # the cached data directory holds this very template and database
-        if result.fresh_database:
-            sync_password(stack)  # the image's entrypoint stored POSTGRES_PASSWORD its own way
-            seed_database(fresh=True)  # before PgBouncer's pooled check, which needs the database
-            return
-        # An existing cluster is almost always seeded and current: find that out beside
-        # PgBouncer's checks rather than before them (and seed there if it is not).
-        thread = threading.Thread(target=check_then_seed, name="seed check", daemon=True)
-        thread.start()
-        background.append(thread)
+        def gone(service: str) -> str | None:
+            if failed:
+                return "was not waited for: seeding failed"  # the seeding error is raised instead
+            return runtime.exit_status(stack, service)
 
-    def gone(service: str) -> str | None:
-        if failed:
-            return "was not waited for: seeding failed"  # the seeding error is raised instead
-        return runtime.exit_status(stack, service)
-
-    try:
-        report.healthy_after = health.wait_until_healthy(
-            health.stack_checks(stack),
-            timeout=timeout,
-            progress=say if result.changed else (lambda line: None),
-            gone=gone,
-            log_tail=lambda service: runtime.log_tail(stack, service),
-            on_healthy=on_healthy,
-            started=lambda service: runtime.started(stack, service),
-        )
-    except HealthCheckError:
+        try:
+            report.healthy_after = health.wait_until_healthy(
+                health.stack_checks(stack),
+                timeout=timeout,
+                progress=say if result.changed else (lambda line: None),
+                gone=gone,
+                log_tail=lambda service: runtime.log_tail(stack, service),
+                on_healthy=on_healthy,
+                started=lambda service: runtime.started(stack, service),
+            )
+        except HealthCheckError:
+            for thread in background:
+                thread.join()
+            if failed:
+                raise failed[0] from None  # e.g. SchemaError naming the file, not "not healthy"
+            raise
         for thread in background:
             thread.join()
         if failed:
-            raise failed[0] from None  # e.g. SchemaError naming the file, not "not healthy"
-        raise
-    for thread in background:
-        thread.join()
-    if failed:
-        raise failed[0]
-    if result.cache_key:
-        # The first seeded start of this setup: keep it for the next cold `up` anywhere.
-        runtime.save_cache(stack, result.cache_key, say)
-        health.wait_until_healthy(
-            {"postgres": health.postgres_checks(stack)}, timeout=timeout, progress=lambda line: None,
-            gone=lambda service: runtime.exit_status(stack, service),
-            log_tail=lambda service: runtime.log_tail(stack, service),
-        )
-    report.seconds = time.monotonic() - start
-    if fingerprint:
-        write_state(stack.state_dir, {
-            "fingerprint": fingerprint,
-            "runtime": runtime.name,
-            "ports": [s.port for s in stack.services],
-            "urls": stack.urls(),
-            # For the fast no-op path: checked against /proc without loading the runtime.
-            "processes": {s.name: [s.pid, s.process_name] for s in runtime.states(stack) if s.pid},
-            "seeded": seed,
-        })
+            raise failed[0]
+        if result.cache_key:
+            # The first seeded start of this setup: keep it for the next cold `up` anywhere.
+            runtime.save_cache(stack, result.cache_key, say)
+            health.wait_until_healthy(
+                {"postgres": health.postgres_checks(stack)}, timeout=timeout, progress=lambda line: None,
+                gone=lambda service: runtime.exit_status(stack, service),
+                log_tail=lambda service: runtime.log_tail(stack, service),
+            )
+        report.seconds = time.monotonic() - start
+        if fingerprint:
+            write_state(stack.state_dir, {
+                "fingerprint": fingerprint,
+                "runtime": runtime.name,
+                "ports": [s.port for s in stack.services],
+                "urls": stack.urls(),
+                # For the fast no-op path: checked against /proc without loading the runtime.
+                "processes": {s.name: [s.pid, s.process_name] for s in runtime.states(stack) if s.pid},
+                "seeded": seed,
+            })
     return report
+
+
+@contextlib.contextmanager
+def _stop_started_on_failure(stack: Stack, runtime: Runtime, say: Say) -> Iterator[None]:
+    """On any failure of `up`, what it started goes again (what ran before it stays): no
+    half-started stack is left behind, e.g. PgBouncer and Redis beside a Postgres that failed."""
+    try:
+        yield
+    except BaseException:
+        try:
+            stopped = runtime.stop_started(stack)
+        except Exception as exc:  # noqa: BLE001  (the first error is the one to report)
+            say(f"could not stop what this `up` started: {exc}")
+        else:
+            if stopped:
+                say(f"stopped {', '.join(stopped)}, which this `up` had started")
+        raise
 
 
 def sync_password(stack: Stack) -> None:
