@@ -374,6 +374,7 @@ def _existing(path: Path) -> Path:
 def health_and_drift_checks(stack: "Stack", states: list["ServiceState"]) -> list[Check]:
     """Each service's health (when the stack is up), then its settings compared with the profile."""
     from devenv import health
+    from devenv.db.pauses import paused_problem
 
     running = {state.name for state in states if state.running}
     if not running:
@@ -386,7 +387,8 @@ def health_and_drift_checks(stack: "Stack", states: list["ServiceState"]) -> lis
             checks.append(Check(f"health {state.name}", FAIL, f"{state.detail or 'not running'} while the rest of "
                                 "the stack runs: `devenv up` starts it"))
             continue
-        problem = health.check_once(all_checks[state.name])
+        paused = paused_problem(stack, PING_TIMEOUT) if state.name == "pgbouncer" else None
+        problem = paused or health.check_once(all_checks[state.name])
         if problem is None:
             healthy.add(state.name)
             checks.append(Check(f"health {state.name}", OK, "healthy"))

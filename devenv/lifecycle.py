@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from devenv import health
 from devenv.errors import HealthCheckError
@@ -43,13 +44,16 @@ def up(
     fingerprint: str | None = None,
 ) -> UpReport:
     """Bring the stack up and seeded; idempotent. Records the state for the fast no-op path."""
+    from devenv.db.pauses import resume_orphaned
     from devenv.db.seeds import apply_seeds, ensure_database
     from devenv.db.janitor import Janitor
 
     start = time.monotonic()
     # No driver is imported ahead: health checks and the "already seeded?" check speak pgwire,
     # so a cold `up` with data, or one from the cache, never loads psycopg (150-300 ms here).
-    with locked(stack.state_dir, on_wait=say):
+    with locked(stack.state_dir, on_wait=say), _stop_started_on_failure(stack, runtime, say):
+        for line in resume_orphaned(stack):  # pooled clients a killed devenv left paused
+            say(line)
         # Commands killed since the last `up` (their scratch databases are swept below).
         killed = dead_scratch_owners(stack.state_dir)
         swept: list[list[str]] = []
@@ -165,6 +169,23 @@ def up(
                 "seeded": seed,
             })
     return report
+
+
+@contextlib.contextmanager
+def _stop_started_on_failure(stack: Stack, runtime: Runtime, say: Say) -> Iterator[None]:
+    """On any failure of `up`, what it started goes again (what ran before it stays): no
+    half-started stack is left behind, e.g. PgBouncer and Redis beside a Postgres that failed."""
+    try:
+        yield
+    except BaseException:
+        try:
+            stopped = runtime.stop_started(stack)
+        except Exception as exc:  # noqa: BLE001  (the first error is the one to report)
+            say(f"could not stop what this `up` started: {exc}")
+        else:
+            if stopped:
+                say(f"stopped {', '.join(stopped)}, which this `up` had started")
+        raise
 
 
 def sync_password(stack: Stack) -> None:

@@ -27,6 +27,8 @@ STATE_FILE = "state.json"
 # session) and takes the full path, which sweeps them, when it finds one.
 SCRATCH_OWNERS = "scratch-owners"
 _owner_noted: set[tuple[int, str]] = set()
+# One note per PgBouncer PAUSE in progress (devenv.clients.pgbouncer.Console.paused): its owner.
+PAUSES_DIR = "paused"
 # Environment variables that change the stack (profile and config are part of the path).
 _IGNORED_ENV = {"DEVENV_DEBUG", "DEVENV_PROFILE", "DEVENV_CONFIG", "DEVENV_CACHE_DIR"}
 
@@ -56,7 +58,8 @@ def fingerprint(root: Path, config_path: Path, profile: str, options: dict[str, 
 
 
 def read_state(state_dir: Path) -> dict[str, Any]:
-    """The recorded state of a profile, or {} when there is none."""
+    """The recorded state of a profile, or {} when there is none or it is damaged (the full `up`
+    then finds out what runs and records it again)."""
     try:
         data = json.loads((state_dir / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):  # missing, not UTF-8 or not JSON: as if none
@@ -81,10 +84,14 @@ def processes_alive(processes: dict[str, list[Any]]) -> bool:
     """Whether every recorded (pid, program name) still runs; False where /proc cannot tell."""
     from devenv.runtime.procs import read_stat  # here: `devenv reset` imports this module, never this function
 
-    if not processes:
+    if not processes or not isinstance(processes, dict):
         return False
-    for pid, name in processes.values():
-        found = read_stat(pid)
+    for entry in processes.values():
+        try:
+            pid, name = entry
+            found = read_stat(int(pid))
+        except (TypeError, ValueError):  # a damaged state.json
+            return False
         if found is None or found[0] != name or found[1] == "Z":
             return False
     return True
@@ -193,3 +200,61 @@ def forget_scratch_owners(state_dir: Path, pids: list[int]) -> None:
     for pid in pids:
         with contextlib.suppress(OSError):
             (state_dir / SCRATCH_OWNERS / str(pid)).unlink()
+def note_pause(state_dir: Path, database: str) -> Path:
+    """Record, before a PgBouncer PAUSE of `database`, that this process (pid and start time)
+    owns it: if the process dies inside the pause, the next command finds the note (pause_notes)
+    and RESUMEs the database. Removed after RESUME (clear_pause)."""
+    from devenv.runtime.procs import start_time
+
+    directory = state_dir / PAUSES_DIR
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    note = {"database": database, "pid": os.getpid(), "start": start_time(os.getpid())}
+    for attempt in range(1000):
+        path = directory / f"{os.getpid()}-{attempt}.json"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(note, handle)
+        return path
+    raise StateError(f"too many pause notes in {directory}", hint=f"remove {directory} and run again.")
+
+
+def clear_pause(path: Path) -> None:
+    """The pause a note recorded is over (RESUMEd, or PgBouncer is gone with it)."""
+    path.unlink(missing_ok=True)
+
+
+def pause_notes(state_dir: Path) -> list[tuple[Path, str, int, bool]]:
+    """(note, database, owner pid, whether the owner still runs) of each PAUSE noted in a profile.
+
+    Costs one listdir when there is none: the no-op `up` and every reset look."""
+    directory = state_dir / PAUSES_DIR
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    from devenv.runtime.procs import start_time
+
+    found = []
+    for name in sorted(names):
+        path = directory / name
+        try:
+            note = json.loads(path.read_text(encoding="utf-8"))
+            database, pid, start = str(note["database"]), int(note["pid"]), note.get("start")
+        except (OSError, ValueError, TypeError, KeyError):
+            path.unlink(missing_ok=True)  # half written by a killed process: it paused nothing yet
+            continue
+        now = start_time(pid)
+        alive = now is not None and (start is None or now == start)
+        if now is None and not Path("/proc/self").exists():  # no procfs: signal 0 tells
+            try:
+                os.kill(pid, 0)
+                alive = True
+            except PermissionError:
+                alive = True
+            except OSError:
+                alive = False
+        found.append((path, database, pid, alive))
+    return found

@@ -35,11 +35,15 @@ def report(stack: "Stack", runtime: "Runtime", *, monitor: bool = True) -> dict[
     stopped stack stays as fast as before.
     """
     from devenv import health
+    from devenv.db.pauses import paused_problem
 
     checks = health.stack_checks(stack)
     rows = []
     for state in runtime.states(stack):
-        problem = health.check_once(checks[state.name]) if state.running else None
+        problem = None
+        if state.running:
+            paused = paused_problem(stack, PROBE_TIMEOUT) if state.name == "pgbouncer" else None
+            problem = paused or health.check_once(checks[state.name])
         rows.append({
             "service": state.name,
             "state": "running" if state.running else (state.detail or "stopped"),

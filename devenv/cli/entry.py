@@ -67,7 +67,7 @@ def _reset_in_place(profile: str, config: str | None) -> bool:
     stack = load_stack_cached(config, profile)
     if stack.warnings:  # printed by devenv.cli.main
         return False
-    result = reset(stack, in_place_only=True)
+    result = reset(stack, in_place_only=True, say=say)
     if result is None:  # a clone: devenv.cli.main's reset, with psycopg
         return False
     say(reset_summary(stack, result))

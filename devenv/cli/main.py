@@ -154,7 +154,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
 
     from devenv.config.project import find_config, state_dir as profile_dir
     from devenv.clients.connect import ports_answer
-    from devenv.state import dead_scratch_owners, fingerprint, processes_alive, read_state
+    from devenv.state import dead_scratch_owners, fingerprint, pause_notes, processes_alive, read_state
 
     started = time.monotonic()
     config = find_config(config_path)
@@ -165,12 +165,15 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     if (
         recorded.get("fingerprint") == fingerprint(root, config, profile, options)
         and processes_alive(recorded.get("processes", {}))
-        and ports_answer(recorded.get("ports", []))
+        and _recorded_ports_answer(recorded.get("ports"), ports_answer)
         and not dead_scratch_owners(state_dir)  # a killed command's scratch databases: the full path sweeps them
+        # A PAUSE whose devenv was killed: the full path RESUMEs it (one listdir when there is none).
+        and all(alive for *_, alive in pause_notes(state_dir))
+        and isinstance(recorded.get("urls"), dict)
     ):
         if github_actions():
             add_masks(secrets_in(recorded["urls"]))
-        say(f"{profile}: up to date on {recorded['runtime']}, nothing to do ({time.monotonic() - started:.2f}s)")
+        say(f"{profile}: up to date on {recorded.get('runtime')}, nothing to do ({time.monotonic() - started:.2f}s)")
         _emit_urls(recorded["urls"])
         return
 
@@ -190,6 +193,11 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     _emit_urls(stack.urls())
 
 
+def _recorded_ports_answer(ports: Any, answer: Callable[[list[int]], bool]) -> bool:
+    """The no-op `up`'s look at the recorded ports; False for a damaged record."""
+    return isinstance(ports, list) and all(type(p) is int and 0 < p < 65536 for p in ports) and answer(ports)
+
+
 @cli.command()
 @_profile_option
 @click.option("--hard", is_flag=True, help="Rebuild the template from the schema and seed files first.")
@@ -200,7 +208,7 @@ def reset(profile: str, config_path: str | None, hard: bool, strategy: str) -> N
     from devenv.db.reset import reset as reset_stack
 
     stack = load_stack(config_path, profile)
-    result = reset_stack(stack, hard=hard, strategy=strategy)
+    result = reset_stack(stack, hard=hard, strategy=strategy, say=say)
     assert result is not None  # only in_place_only or redis_only leave the database
     say(reset_summary(stack, result))
 
@@ -212,6 +220,7 @@ def _with_snapshots(config_path: str | None, profile: str, action: Callable[[Any
     """Run `action(Snapshots)` for a profile, under its lock unless `lock` is False (reads)."""
     import contextlib
 
+    from devenv.db.pauses import resume_orphaned
     from devenv.db.janitor import Janitor
     from devenv.db.snapshots import Snapshots
     from devenv.state import locked
@@ -222,6 +231,9 @@ def _with_snapshots(config_path: str | None, profile: str, action: Callable[[Any
 
     try:
         with locked(stack.state_dir, on_wait=say) if lock else contextlib.nullcontext():
+            if lock:
+                for line in resume_orphaned(stack):  # pooled clients a killed devenv left paused
+                    say(line)
             return action(Snapshots(janitor, say=say))
     finally:
         janitor.close()
@@ -344,6 +356,7 @@ def restore(profile: str, config_path: str | None, runtime: str, file: str, yes:
     The dump is restored into a scratch database and swapped in only once complete: a
     failed restore leaves the data as it was. Asks first unless --yes.
     """
+    from devenv.db.pauses import resume_orphaned
     from devenv.db import dumps
     from devenv.db.janitor import Janitor
     from devenv.runtime import get_runtime
@@ -362,6 +375,8 @@ def restore(profile: str, config_path: str | None, runtime: str, file: str, yes:
     janitor = Janitor(stack)
     try:
         with locked(stack.state_dir, on_wait=say):
+            for line in resume_orphaned(stack):  # pooled clients a killed devenv left paused
+                say(line)
             dumps.restore(stack, get_runtime(runtime), janitor, Path(file), say=say)
     finally:
         janitor.close()

@@ -106,7 +106,7 @@ def pgbouncer_admin(stack: "Stack", *, timeout: float = 30.0, query_timeout: flo
     try:
         return Console(pgwire.Connection(HOST, pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer",
                                          ssl=stack.postgres.ssl, timeout=timeout, query_timeout=query_timeout, application_name="devenv"),
-                       stack.profile)
+                       stack.profile, stack.state_dir)
     except (pgwire.PgError, OSError) as exc:
         if not explain:
             raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
 
 from devenv.errors import HealthCheckError
@@ -19,14 +20,23 @@ if TYPE_CHECKING:
 # are being terminated meanwhile (it takes under 5 ms when idle).
 PAUSE_TIMEOUT = 30.0
 _POLL = 0.02  # an idle pool answers PAUSE in a few ms
+# How long PAUSE lets a pooled transaction in progress finish by itself before `terminate` may end
+# every session of the database (until then it ends only those idle in a transaction, which would
+# hold PAUSE forever): a test's statements take milliseconds, and ending one is an error to its client.
+PAUSE_GRACE = 2.0
+# How long PAUSE waits for PgBouncer's logins to the database in progress to finish: PAUSE closes a
+# login in progress, and PgBouncer then fails every client of the pool until a login succeeds
+# ("server login has been failing, try again later (server_login_retry)").
+LOGIN_WAIT = 1.0
 
 
 class Console:
     """One session on the admin console. Use as a context manager (closed on exit)."""
 
-    def __init__(self, conn: "pgwire.Connection", profile: str = "dev") -> None:
+    def __init__(self, conn: "pgwire.Connection", profile: str = "dev", state_dir: Path | None = None) -> None:
         self._conn = conn
         self._profile = profile
+        self._state_dir = state_dir  # where each PAUSE's owner is noted (devenv.state.note_pause)
 
     def __enter__(self) -> "Console":
         return self
@@ -42,11 +52,19 @@ class Console:
         """`SHOW <what>` (POOLS, CONFIG, VERSION ...): rows as dicts by column name."""
         return self._conn.query_named(f"SHOW {what}")
 
+    def paused_databases(self) -> list[str]:
+        """The databases PgBouncer holds paused now (`SHOW DATABASES`, its `paused` column)."""
+        return [row["name"] or "" for row in self.show("DATABASES") if row.get("paused") not in (None, "0")]
+
     def command(self, command: str) -> bool:
-        """Run RECONNECT/RESUME/...: True when it took effect, False when PgBouncer does not pool
-        that database yet (nothing to do); any other refusal raises HealthCheckError."""
+        """Run RECONNECT/RESUME/...: True when it took effect, False when there was nothing to do
+        (PgBouncer does not pool that database yet; RESUME of one not paused); any other refusal
+        raises HealthCheckError."""
         from devenv.clients import pgwire
 
+        verb, _, database = command.partition(" ")
+        if verb.upper() == "RECONNECT" and database:
+            self._logins_done(database)  # RECONNECT closes a login in progress, as PAUSE does
         try:
             self._conn.query(command)
         except pgwire.PgError as exc:
@@ -54,26 +72,34 @@ class Console:
         return True
 
     @contextlib.contextmanager
-    def paused(self, dbname: str, terminate: Callable[[], None],
+    def paused(self, dbname: str, terminate: Callable[[bool], None],
                reopen: Callable[[], "Console"], timeout: float = PAUSE_TIMEOUT) -> Iterator[None]:
         """PAUSE `dbname` for the block, then RESUME it.
 
         Pooled clients keep their connections; their next transaction waits until RESUME and
-        then runs on a fresh server connection. PAUSE waits for transactions in progress, so
-        `terminate()` ends the database's sessions while it waits (a reset ends them anyway),
-        or an idle-in-transaction client would hold it forever. Past `timeout` the pending PAUSE
-        goes with this session, and RESUME is sent on a new one (`reopen()`).
+        then runs on a fresh server connection. PAUSE waits for transactions in progress:
+        while it does, `terminate(False)` ends the sessions idle in a transaction (they would
+        hold it forever), and past PAUSE_GRACE `terminate(True)` ends them all. Past `timeout`
+        the pending PAUSE goes with this session, and RESUME is sent on a new one (`reopen()`).
         """
         from devenv.clients import pgwire
+        from devenv.state import clear_pause, note_pause
 
+        self._logins_done(dbname)
+        # Noted before PAUSE, removed after RESUME: should this process die in between, the next
+        # command sees the pause has no owner any more and RESUMEs it (devenv.db.pauses).
+        note = note_pause(self._state_dir, dbname) if self._state_dir is not None else None
         self._conn.send_query(f"PAUSE {dbname}")
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = start + timeout
         while not self._conn.answered(_POLL):
-            terminate()
+            terminate(time.monotonic() - start > PAUSE_GRACE)
             if time.monotonic() > deadline:
                 self.close()
                 with reopen() as fresh:
                     fresh.command(f"RESUME {dbname}")
+                if note is not None:
+                    clear_pause(note)
                 raise HealthCheckError(
                     f"PgBouncer did not PAUSE {dbname} within {timeout:.0f}s: its server "
                     f"connections to the database stayed busy",
@@ -88,9 +114,24 @@ class Console:
         finally:
             if paused:
                 self.command(f"RESUME {dbname}")
+            if note is not None:  # kept when RESUME failed: the next command resumes it
+                clear_pause(note)
+
+    def _logins_done(self, dbname: str, timeout: float = LOGIN_WAIT) -> None:
+        """Wait (up to `timeout`) until PgBouncer has no login to `dbname` in progress (SHOW
+        SERVERS, state `new`): PAUSE and RECONNECT close one, and PgBouncer counts a closed login
+        as a failed one: it then fails every new client of the pool at once ("server login has
+        been failing, try again later (server_login_retry)") until a login succeeds, which it
+        tries again only server_login_retry later."""
+        deadline = time.monotonic() + timeout
+        while any(row.get("database") == dbname and row.get("state") == "new" for row in self.show("SERVERS")):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.002)
 
     def _judge(self, command: str, exc: Exception) -> bool:
-        if "no such database" in str(exc):
+        if "no such database" in str(exc) or "is not paused" in str(exc):
             return False
         raise HealthCheckError(f"PgBouncer refused `{command}`: {exc}",
                                hint=f"check `devenv status -p {self._profile}`.") from exc
+

@@ -169,7 +169,8 @@ class Janitor:
     def _pooled_clients_held(self, dbname: str) -> Iterator[None]:
         """PAUSE `dbname` on PgBouncer for the block (terminating its sessions meanwhile), then RESUME."""
         console = self._console or self._open_console()
-        with console.paused(dbname, terminate=lambda: self._terminate(dbname), reopen=self._open_console):
+        with console.paused(dbname, terminate=lambda everyone: self._terminate(dbname, everyone),
+                            reopen=self._open_console):
             yield
 
     def close(self) -> None:
@@ -434,9 +435,14 @@ class Janitor:
             sql.Identifier(name), sql.Identifier(template),
             sql.SQL(f" STRATEGY {method}") if self._supports_strategy() else sql.SQL("")))
 
-    def _terminate(self, dbname: str) -> None:
+    def _terminate(self, dbname: str, everyone: bool = True) -> None:
+        """End the database's other sessions; not `everyone`: only those idle in a transaction for
+        over 100 ms (left open: they would keep PgBouncer's PAUSE waiting forever), so that a
+        pooled transaction going on finishes instead of failing."""
         self.admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+            + ("" if everyone else " AND state LIKE 'idle in transaction%%'"
+               " AND state_change < clock_timestamp() - interval '100 milliseconds'"),
             (dbname,),
         )
 

@@ -19,7 +19,8 @@ only once a Janitor is needed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
     from devenv.db.janitor import Janitor, ResetResult
@@ -47,15 +48,17 @@ def plan(strategy: str = "auto", hard: bool = False, *, janitor_open: bool = Fal
 
 def reset(stack: Stack, database: str | None = None, *, hard: bool = False, strategy: str = "auto",
           redis_db: int | None = 0, janitor: Janitor | None = None, in_place_only: bool = False,
-          redis_only: bool = False) -> ResetResult | None:
+          redis_only: bool = False, say: Callable[[str], None] | None = None) -> ResetResult | None:
     """Reset `database` (default: the working one) and then Redis index `redis_db` (None: leave
     Redis), holding the profile's lock so that no `up`/`down` runs meanwhile.
 
     `janitor`: a long-lived Janitor to use (left open); without one, a temporary one if needed.
     `in_place_only`: None, having changed nothing, when the database needs more than a restore
     in place (the caller then hands over to one that may import psycopg). `redis_only`: leave
-    the database, reset only the Redis index (None).
+    the database, reset only the Redis index (None). `say`: where a PgBouncer pause that a killed
+    devenv left is reported as resumed (default stderr).
     """
+    from devenv.db.pauses import resume_orphaned
     from devenv.db.janitor import Janitor, restore_quick
     from devenv.db.redis_seed import reset_redis
     from devenv.state import locked
@@ -64,6 +67,8 @@ def reset(stack: Stack, database: str | None = None, *, hard: bool = False, stra
     temporary: Janitor | None = None
     try:
         with locked(stack.state_dir):
+            for line in resume_orphaned(stack):  # pooled clients a killed devenv left paused
+                (say or _stderr)(line)
             result = None
             for step in steps:
                 if step == "in place":
@@ -83,3 +88,7 @@ def reset(stack: Stack, database: str | None = None, *, hard: bool = False, stra
     finally:
         if temporary is not None:
             temporary.close()
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)

@@ -89,10 +89,13 @@ BEGIN
         status := 'stale';
         RETURN;
     END IF;
-    -- Sessions inside a transaction hold locks the reload would wait on, and may be about to
-    -- write: end them and wait for them to be gone. Idle ones are harmless; they are counted.
+    -- Sessions idle inside a transaction hold locks the reload would wait on for as long as
+    -- they like, and may be about to write: end them and wait for them to be gone. A statement
+    -- running ends by itself (the reload waits for a lock it holds): ending it would fail a
+    -- pooled client in the middle of its query. Idle ones are harmless; they are counted.
     SELECT count(*) FILTER (WHERE NOT ended) INTO sessions FROM (
-        SELECT CASE WHEN state <> 'idle' THEN pg_catalog.pg_terminate_backend(pid, 5000) ELSE false END AS ended
+        SELECT CASE WHEN state LIKE 'idle in transaction%' THEN pg_catalog.pg_terminate_backend(pid, 5000)
+                    ELSE false END AS ended
           FROM pg_catalog.pg_stat_activity
          WHERE datname = pg_catalog.current_database() AND pid <> pg_catalog.pg_backend_pid()
            AND backend_type = 'client backend') other;

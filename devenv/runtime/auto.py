@@ -149,6 +149,10 @@ class AutoRuntime:
             stopped += [s for s in docker.down(stack, volumes=volumes) if s not in stopped]
         return stopped
 
+    def stop_started(self, stack: Stack) -> list[str]:
+        """After a failed `up`: what the chosen runtime started, stopped."""
+        return self._chosen.stop_started(stack) if self._chosen is not None else []
+
     def states(self, stack: Stack) -> list[ServiceState]:
         """Each service's state on the chosen runtime."""
         return self.resolve(stack).states(stack)

@@ -74,6 +74,11 @@ class Runtime(Protocol):
         """Stop every service (data kept unless `volumes`); return what was stopped."""
         ...
 
+    def stop_started(self, stack: Stack) -> list[str]:
+        """After a failed `up`: stop the servers that this object's `up` started (not those it
+        found running, nor those it restarted), data kept; return what was stopped."""
+        ...
+
     def states(self, stack: Stack) -> list[ServiceState]:
         """Each service's process/container state."""
         ...

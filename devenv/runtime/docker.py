@@ -126,6 +126,7 @@ class DockerRuntime:
         # Log tails of containers removed after a failed initialisation (their logs go with them).
         self._removed_tails: dict[str, str] = {}
         self._pending: dict[str, Future[None]] = {}  # containers still being started by `up`
+        self._started: dict[str, str] = {}  # service -> container id `up` started (not recreated)
 
     # ---- engine --------------------------------------------------------------------------------
 
@@ -367,6 +368,8 @@ class DockerRuntime:
         container_id = self._create(spec) if action in ("create", "recreate") else seen.current[service].id
         if restoring is not None:
             unpack_cached(self.client(), stack, container_id, restoring, self._local_data_dir(stack, spec.volumes), progress)
+        if action in ("create", "start"):
+            self._started[service] = container_id  # before the start: a failed one is stopped too
         self._start(service, container_id, stack)
         if service == "postgres" and not has_password(password_note_path(stack), stack):
             set_password(self.client(), stack, container_id)
@@ -470,6 +473,17 @@ class DockerRuntime:
                 quietly(lambda: volume.remove(force=True))
         self._removed_tails.clear()
         return [s for s in SERVICES if s in running]
+
+    def stop_started(self, stack: Stack) -> list[str]:
+        """After a failed `up`: stop the containers it started (not those it recreated), data kept."""
+        for future in self._pending.values():
+            future.exception()  # wait: a start still in flight would bring a container back
+        started, self._pending, self._started = self._started, {}, {}
+        running = [c for c in self._project_containers(stack, own=True)
+                   if c.id in started.values() and c.status in ("running", "restarting")]
+        for container in running:
+            stop(container, stop_timeout(container))
+        return [service for service, cid in started.items() if cid in {c.id for c in running}]
 
     def _settle(self) -> None:
         """Wait for the starts `up` left running; raise the first failure."""

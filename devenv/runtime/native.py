@@ -30,6 +30,7 @@ from devenv.runtime.base import Progress, ServiceState, UpResult
 from devenv.runtime.discovery import Binaries, discovery_key, find_binaries
 from devenv.runtime.plan import (
     PROGRAMS,
+    adopted_entry,
     has_password,
     password_note_path,
     reload_suffices,
@@ -42,6 +43,7 @@ from devenv.runtime.ports import check_ports_free
 from devenv.runtime.procs import (
     end_writers,
     kill_and_wait,
+    own_processes,
     kill_group,
     process_name,
     processes_in,
@@ -101,6 +103,7 @@ class NativeRuntime:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._binaries: Binaries | None = None
         self._procs: dict[int, str] | None = None  # one /proc scan per `up` (see _process_table)
+        self._started: set[str] = set()  # what `up` started (not restarted): stopped if it fails
 
     # ---- discovery ---------------------------------------------------------------------
 
@@ -199,7 +202,7 @@ class NativeRuntime:
         binaries = self.binaries(stack)
         user = self.run_user()
         layout = self.layout(stack)
-        self._procs = None
+        self._procs, self._started = None, set()
         if binaries.pg_major != stack.postgres.major:
             # Settings were validated for the image's major; check them for the one that runs.
             for name, value in stack.postgres.settings.items():
@@ -223,6 +226,12 @@ class NativeRuntime:
             files = render_files(stack, placement)
             hashes = service_hashes(files, stack)
         result = UpResult()
+        adopted = self._own_servers(layout, recorded)  # state.json lost or damaged, or a killed `up`
+        if adopted and files is None:
+            files = render_files(stack, placement)
+            hashes = service_hashes(files, stack)
+        for service, pid in adopted.items():
+            recorded[service] = adopted_entry(stack, service, pid, layout.conf, files or {}, hashes[service], result.notes)
 
         plan: dict[str, str] = {}  # service -> "start" | "restart" | "reload"
         for service in SERVICES:
@@ -248,9 +257,9 @@ class NativeRuntime:
             self._cleanup_postgres(layout, stack.postgres.port)
         for service in to_bind:
             if service != "postgres":
-                conf = str(layout.conf / ("pgbouncer.ini" if service == "pgbouncer" else "redis.conf"))
-                kill_and_wait(processes_with_arg(self._process_table(), PROGRAMS[service], conf), signal.SIGKILL)
-        check_ports_free(stack, to_bind)
+                kill_and_wait(own_processes(service, self._process_table(), layout), signal.SIGKILL)
+        moving = [s for s, a in plan.items() if a == "restart" and recorded[s].get("port", 0) not in (0, getattr(stack, s).port)]
+        check_ports_free(stack, to_bind + moving, user.name if user else None)
 
         if files is not None:
             self._write_conf(layout, files, user)
@@ -305,6 +314,7 @@ class NativeRuntime:
                 self._set_password(stack, layout)
             if plan[service] == "start":
                 result.started.append(service)
+                self._started.add(service)
         if plan.get("postgres") not in ("start", "restart") and not has_password(password_note_path(stack, layout.pgdata), stack):
             self._set_password(stack, layout)  # running already, on another checkout's data
         return result
@@ -489,6 +499,8 @@ class NativeRuntime:
         """Stop the servers (all at once); with `volumes` delete their data too."""
         layout = self.layout(stack)
         recorded = self._read_state(layout)
+        for service, pid in self._own_servers(layout, recorded).items():  # state.json lost or damaged
+            recorded[service] = {**recorded.get(service, {}), "pid": pid}
         stopping = [s for s in SERVICES if self._alive(recorded.get(s, {}), s)]
         for service in stopping:
             send_signal(recorded[service]["pid"], _STOP_SIGNAL[service])
@@ -516,6 +528,17 @@ class NativeRuntime:
             if link.is_symlink():
                 link.unlink()
         return stopping
+
+    def stop_started(self, stack: Stack) -> list[str]:
+        """After a failed `up`: stop the servers it started (its own children), data kept."""
+        layout, stopped = self.layout(stack), [s for s, c in self._children.items() if s in self._started and c.poll() is None]
+        state = self._read_state(layout)
+        for service in stopped:
+            self._stop(service, {"pid": self._children[service].pid})
+            state[service] = {"hash": state.get(service, {}).get("hash")}  # the files stay; no pid
+        if stopped:
+            _write_json(layout.state_file, state)
+        return stopped
 
     def _stop(self, service: str, entry: dict) -> None:
         send_signal(entry["pid"], _STOP_SIGNAL[service])
@@ -582,10 +605,19 @@ class NativeRuntime:
     # ---- helpers -----------------------------------------------------------------------
 
     def _read_state(self, layout: Layout) -> dict:
+        """state.json; {} when missing or damaged, entries of the wrong shape dropped (_own_servers)."""
         try:
-            return json.loads(layout.state_file.read_text())
+            data = json.loads(layout.state_file.read_text())
         except (OSError, ValueError):
             return {}
+        state = {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+        return {k: v for k, v in state.items() if type(v.get("pid", 1)) is int and v.get("pid", 1) > 0}
+
+    def _own_servers(self, layout: Layout, recorded: dict) -> dict[str, int]:
+        """service -> pid of a running server of this stack that `recorded` does not name alive."""
+        table = self._process_table()
+        found = {s: own_processes(s, table, layout) for s in SERVICES if not self._alive(recorded.get(s, {}), s)}
+        return {service: pids[0] for service, pids in found.items() if pids}
 
     def _alive(self, entry: dict, service: str) -> bool:
         pid = entry.get("pid")

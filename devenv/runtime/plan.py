@@ -8,7 +8,7 @@ it loads only re and typing (both loaded already); each function imports what it
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -137,3 +137,19 @@ def save_cache(progress: Progress, save: Callable[[], Path],
         return
     progress(f"postgres   cached the seeded data in {path} ({path.stat().st_size / 1e6:.1f} MB, "
              f"{time.perf_counter() - start:.2f}s)")
+
+
+def adopted_entry(stack: Stack, service: str, pid: int, conf: Path, files: Mapping[str, str], new_hash: str,
+                  notes: list[str]) -> dict[str, Any]:
+    """The native state entry for a running server of the stack that its state file did not name.
+
+    It was started from the files in `conf`: when they are what this `up` rendered (`files`), it
+    runs as asked and is recorded as current; else with no hash, so that it is restarted.
+    """
+    from devenv.render import SERVICE_FILES
+
+    current = all((conf / n).is_file() and (conf / n).read_text() == files.get(n) for n in SERVICE_FILES[service])
+    notes.append(f"{service:<10} adopted its running server (pid {pid}), which state.json did not name"
+                 + ("" if current else "; its configuration changed: restarting it"))
+    return {"pid": pid, "hash": new_hash if current else "", "port": getattr(stack, service).port if current else 0,
+            "settings": getattr(stack, service).settings if current else {}}

@@ -8,25 +8,50 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from devenv.errors import PortInUseError
+from devenv.errors import ConfigError, PortInUseError
 from devenv.runtime.procs import process_name
 
 if TYPE_CHECKING:
     from devenv.config.stack import Stack
 
 
-def check_ports_free(stack: Stack, services: list[str]) -> None:
-    """Fail before anything starts when another program holds a port the stack needs."""
+def check_ports_free(stack: Stack, services: list[str], run_user: str | None = None) -> None:
+    """Fail before anything starts when a port the stack needs is held by another program
+    (PortInUseError), or is one its servers may not bind (ConfigError): below
+    net.ipv4.ip_unprivileged_port_start when they run as the unprivileged `run_user` (devenv as
+    root), or refused to this process itself."""
+    lowest = unprivileged_port_start() if run_user else 0
     for service in services:
         port = getattr(stack, service).port
+        if port < lowest:
+            raise privileged_port(service, port, f"the servers run as the unprivileged user '{run_user}', "
+                                  f"who may bind only ports from {lowest} up")
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EPERM):
+                    raise privileged_port(service, port, f"binding it is not permitted ({exc.strerror})") from exc
                 if exc.errno != errno.EADDRINUSE:
                     raise
                 raise port_in_use(service, port) from exc
+
+
+def unprivileged_port_start() -> int:
+    """The lowest port an unprivileged process may bind (Linux's sysctl; 1024 elsewhere)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return 1024
+
+
+def privileged_port(service: str, port: int, why: str) -> ConfigError:
+    """The error for a port the stack's server could not bind, and what to do instead."""
+    return ConfigError(f"port {port} for {service} cannot be used: {why}",
+                       hint=f"give {service} a port from 1024 up: DEVENV_{service.upper()}_PORT=<port> devenv up "
+                       f"(or the ports of devenv.yaml)")
 
 
 def port_in_use(service: str, port: int, detail: str = "") -> PortInUseError:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 if TYPE_CHECKING:
     import subprocess
@@ -25,6 +25,17 @@ def read_stat(pid: int) -> tuple[str, str] | None:
         return None
     # The name is in parentheses and may hold spaces and parentheses itself: cut at the last ")".
     return stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :][:1]
+
+
+def start_time(pid: int) -> int | None:
+    """When a pid started (clock ticks since boot, /proc/<pid>/stat field 22): with the pid it
+    names one process, never a later one given the same pid. None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode(errors="replace")
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def process_name(pid: int) -> str | None:
@@ -151,3 +162,24 @@ def end_writers(table: Mapping[int, str], directory: Path) -> list[int]:
     for pid in pids:
         wait_gone(pid, 5)
     return pids
+def own_processes(service: str, table: Mapping[int, str], layout: Any) -> list[int]:
+    """Live processes of a native stack's `service`, found without its state file (`layout`: the
+    native runtime's Layout): the postmaster named by postmaster.pid in its data directory and
+    running there; PgBouncer with its pgbouncer.ini on the command line; Redis running in its
+    Redis directory (it rewrites its command line, but stays in its `dir`). The one its pid file
+    names comes first."""
+    if service == "postgres":
+        try:
+            pid = int((layout.pgdata / "postmaster.pid").read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        return [pid] if process_name(pid) == "postgres" and working_dir(pid) == layout.pgdata.resolve() else []
+    if service == "pgbouncer":
+        pids = processes_with_arg(table, "pgbouncer", str(layout.conf / "pgbouncer.ini"))
+    else:
+        pids = processes_in(table, "redis-server", layout.redis_dir.resolve())
+    try:
+        noted = int((layout.run / f"{service}.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        noted = 0
+    return sorted(pids, key=lambda pid: pid != noted)

@@ -1,0 +1,79 @@
+"""PgBouncer pauses whose devenv died inside them: found by their notes, resumed, reported.
+
+Every PAUSE devenv sends (devenv.clients.pgbouncer.Console.paused) is noted first with its
+owner, the process's pid and start time (devenv.state.note_pause), and the note is removed
+after RESUME. A process killed in between (SIGKILL, OOM, a CI job cancelled) leaves the note;
+PgBouncer keeps the database paused and every pooled query waits. The next command that takes
+the profile's lock sees the owner gone and RESUMEs it; `status` and `doctor` name a database
+that is paused and whether its owner lives.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from devenv.clients.pgbouncer import Console
+    from devenv.config.stack import Stack
+
+
+def resume_orphaned(stack: "Stack") -> list[str]:
+    """RESUME every database that a devenv process PAUSEd and died inside (its note names an
+    owner that is gone), so that pooled clients do not hang; what was done, one line each.
+
+    One listdir when there is nothing to do: `up` (whose no-op path only looks), `reset`,
+    `snapshot` and `restore` call it under the profile's lock, before they do anything else.
+    """
+    from devenv.state import clear_pause, pause_notes
+
+    orphans = [(path, database, pid) for path, database, pid, alive in pause_notes(stack.state_dir) if not alive]
+    if not orphans:
+        return []
+    from devenv.clients import connect, pgwire
+
+    try:
+        console = connect.pgbouncer_admin(stack, timeout=5.0, query_timeout=10.0)
+    except (ConnectionRefusedError, FileNotFoundError):  # PgBouncer is not running: no pause outlived it
+        for path, _, _ in orphans:
+            clear_pause(path)
+        return []
+    except (pgwire.PgError, OSError) as exc:
+        return [f"warning: could not reach PgBouncer to resume what a killed devenv paused: {exc}"]
+    said = []
+    with console:
+        for path, database, pid in orphans:
+            if console.command(f"RESUME {database}"):
+                said.append(f"resumed pooled clients of {database}: devenv pid {pid} paused them and was killed")
+            clear_pause(path)
+    return said
+
+
+def describe_paused(stack: "Stack", console: "Console") -> list[str]:
+    """One line per database PgBouncer holds paused now: who paused it, and whether it still runs."""
+    from devenv.state import pause_notes
+
+    owners = {database: (pid, alive) for _, database, pid, alive in pause_notes(stack.state_dir)}
+    lines = []
+    for database in console.paused_databases():
+        pid, alive = owners.get(database, (None, False))
+        if pid is None:
+            lines.append(f"database {database} is paused (not by devenv: `RESUME {database}` on the admin console)")
+        elif alive:
+            lines.append(f"database {database} is paused by devenv pid {pid}, which is running (a reset or snapshot)")
+        else:
+            lines.append(f"database {database} is paused by devenv pid {pid}, which was killed: pooled queries "
+                         f"wait; `devenv up -p {stack.profile}` resumes it")
+    return lines
+
+
+def paused_problem(stack: "Stack", timeout: float = 2.0) -> str | None:
+    """What `status` and `doctor` say of PgBouncer when it holds a database paused (else None,
+    also when its console does not answer: the health check says why). Asked before the pooled
+    health check, which would wait out its timeout on a paused database."""
+    from devenv.clients import connect, pgwire
+
+    try:
+        with connect.pgbouncer_admin(stack, timeout=timeout, query_timeout=timeout) as console:
+            return "; ".join(describe_paused(stack, console)) or None
+    except (pgwire.PgError, OSError):
+        return None
