@@ -38,6 +38,7 @@ from devenv.runtime.plan import (
     save_live,
 )
 from devenv.runtime.ports import check_ports_free
+from devenv.runtime.serverenv import home_of, server_env
 from devenv.runtime.procs import (
     kill_and_wait,
     kill_group,
@@ -594,7 +595,7 @@ def _spawn(argv: list[str], log_path: Path, user: RunUser | None, cwd: Path) -> 
         _chown(log_path, user)
         return subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
-            start_new_session=True, env=_child_env(), **_as_user(user),
+            start_new_session=True, env=_child_env(user), **_as_user(user),
         )
 
 
@@ -602,7 +603,7 @@ def _run(argv: list[str], log_path: Path, user: RunUser | None) -> subprocess.Co
     with open(log_path, "ab") as log:
         _chown(log_path, user)
         return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                              env=_child_env(), cwd="/", **_as_user(user))
+                              env=_child_env(user), cwd="/", **_as_user(user))
 
 
 def _as_user(user: RunUser | None) -> dict:
@@ -611,11 +612,9 @@ def _as_user(user: RunUser | None) -> dict:
     return {"user": user.uid, "group": user.gid, "extra_groups": []}
 
 
-def _child_env() -> dict[str, str]:
-    # PG* variables (PGDATA, PGPORT...) from the caller's shell must not steer the servers.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.setdefault("LC_ALL", "C")
-    return env
+def _child_env(user: RunUser | None) -> dict[str, str]:
+    # Not the caller's environment (CI tokens, cloud credentials): see devenv.runtime.serverenv.
+    return server_env(home_of(user.uid if user is not None else os.geteuid()))
 
 
 def _make_dir(path: Path, user: RunUser | None) -> None:
