@@ -47,7 +47,7 @@ class Connection:
 
     def __init__(self, host: str, port: int, user: str, password: str, dbname: str, *,
                  ssl: bool = False, timeout: float = 2.0, query_timeout: float | None = None,
-                 application_name: str = "devenv") -> None:
+                 application_name: str = "devenv", options: str = "") -> None:
         self.parameters: dict[str, str] = {}
         self.columns: list[str] = []  # the column names of the last result set
         self._buffer = b""
@@ -66,6 +66,8 @@ class Connection:
             if ssl:
                 self._start_tls()
             params = {"user": user, "database": dbname, "application_name": application_name}
+            if options:  # command-line options for the backend, e.g. "-c search_path=..."
+                params["options"] = options
             body = struct.pack("!i", _PROTOCOL_3) + b"".join(
                 k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
             self._sock.sendall(struct.pack("!i", len(body) + 4) + body)

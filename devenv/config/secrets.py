@@ -9,7 +9,8 @@ from pathlib import Path
 
 from devenv.errors import StateError
 
-SECRET_NAMES = ("postgres_password", "pgbouncer_admin_password", "redis_password")
+# postgres_admin_password: devenv's own superuser (stack.postgres.admin_user); postgres_password the application's.
+SECRET_NAMES = ("postgres_password", "postgres_admin_password", "pgbouncer_admin_password", "redis_password")
 
 
 def load_or_create_secrets(state_root: Path) -> dict[str, str]:

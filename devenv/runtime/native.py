@@ -133,7 +133,7 @@ class NativeRuntime:
                 hint="install the PostgreSQL client programs of the same major version: Debian/Ubuntu "
                 f"`sudo apt-get install postgresql-client-{self.binaries(stack).pg_major}`.",
             )
-        # TCP on 127.0.0.1 as the stack's superuser, like every other client of the stack.
+        # TCP on 127.0.0.1 as the application role, which owns the database and all in it.
         return [str(binary), "--host=127.0.0.1", f"--port={stack.postgres.port}", f"--username={stack.postgres.user}"]
 
     def run_user(self) -> RunUser | None:
@@ -299,11 +299,11 @@ class NativeRuntime:
             }
             _write_json(layout.state_file, state)
             if service == "postgres" and not has_password(password_note_path(stack, layout.pgdata), stack):
-                self._set_password(stack, layout)
+                self._set_password(stack, layout, result)
             if plan[service] == "start":
                 result.started.append(service)
         if plan.get("postgres") not in ("start", "restart") and not has_password(password_note_path(stack, layout.pgdata), stack):
-            self._set_password(stack, layout)  # running already, on another checkout's data
+            self._set_password(stack, layout, result)  # running already, on another checkout's data
         return result
 
     def _change_kind(self, service: str, entry: dict, stack: Stack, major: int) -> str:
@@ -349,23 +349,37 @@ class NativeRuntime:
         self._initdb(stack, layout, binaries, user)
         remember_password(password_note_path(stack, layout.pgdata), stack)
         result.fresh_database = True
+        result.roles_pending = True
         result.cache_key = self._data_key(stack, binaries) if use_cache else ""
 
-    def _set_password(self, stack: Stack, layout: Layout, timeout: float = 30.0) -> None:
-        """After a restore, or on data an earlier checkout left: this checkout's password, set
-        over the (trusted) unix socket.
+    def _set_password(self, stack: Stack, layout: Layout, result: UpResult, timeout: float = 30.0) -> None:
+        """After a restore, or on data an earlier checkout left: this checkout's passwords, set
+        over the (trusted) unix socket. On an older devenv's cluster (no admin role: the
+        application role is the bootstrap superuser) that role is renamed to the admin role's
+        name first (devenv.db.roles); `up` then makes the application role afresh and hands it
+        its databases (roles.ensure_roles).
 
         Over pgwire, not psycopg: a start from the cache needs no database driver at all.
         """
         from devenv.clients import connect, pgwire
+        from devenv.db import roles
 
         pg = stack.postgres
+        socket_dir = str(layout.run)
+
+        def open_as(user: str) -> "pgwire.Connection":
+            return connect.postgres(stack, "postgres", socket_dir=socket_dir, password="", user=user, timeout=5.0)
+
         deadline = time.monotonic() + timeout
         while True:
             try:
-                conn = connect.postgres(stack, "postgres", socket_dir=str(layout.run), password="", timeout=2.0)
+                conn = connect.postgres(stack, "postgres", admin=True, socket_dir=socket_dir, password="", timeout=2.0)
                 break
             except (pgwire.PgError, OSError) as exc:
+                if isinstance(exc, pgwire.PgError) and exc.sqlstate == "28000" and "does not exist" in str(exc):
+                    roles.rename_bootstrap(open_as, stack)  # an older devenv's cluster
+                    result.notes.append(roles.MIGRATED_NOTE.format(app=pg.user, admin=pg.admin_user))
+                    continue
                 if self.exit_status(stack, "postgres") or time.monotonic() > deadline:
                     raise HealthCheckError(
                         f"postgres did not answer on its unix socket to take this checkout's password "
@@ -376,9 +390,8 @@ class NativeRuntime:
                     ) from exc
                 time.sleep(0.01)
         with conn:
-            # One statement per message: SET first keeps the password out of the log.
-            conn.query("SET log_statement = 'none'")
-            conn.query(f"ALTER ROLE {pgwire.identifier(pg.user)} PASSWORD {pgwire.literal(pg.password_secret)}")
+            roles.set_passwords(conn, stack)
+        result.roles_pending = True
         remember_password(password_note_path(stack, layout.pgdata), stack)
 
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
@@ -387,7 +400,8 @@ class NativeRuntime:
         save_cache(progress, lambda: save_live(stack, self.layout(stack).pgdata, key))
 
     def _initdb_args(self, stack: Stack, pgdata: Path, pwfile: Path) -> list[str]:
-        return ["-D", str(pgdata), "-U", stack.postgres.user, f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C",
+        # The bootstrap superuser is devenv's admin role; `up` then makes the application's (roles.ensure_roles).
+        return ["-D", str(pgdata), "-U", stack.postgres.admin_user, f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C",
                 "--auth-local=trust", "--auth-host=scram-sha-256"]
 
     def _initdb(self, stack: Stack, layout: Layout, binaries: Binaries, user: RunUser | None) -> None:
@@ -399,7 +413,7 @@ class NativeRuntime:
         pwfile = layout.run / "initdb.pw"
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(stack.postgres.password_secret + "\n")  # stored as is: PgBouncer's userlist holds it too
+            handle.write(stack.postgres.admin_password_secret + "\n")  # devenv's superuser; stored as is
         _chown(pwfile, user)
         argv = [binaries.initdb, *self._initdb_args(stack, scratch, pwfile)]
         if stack.ephemeral:

@@ -35,3 +35,91 @@ def test_servers_start_with_a_minimal_environment(project: Project) -> None:
                             "PGSYSCONFDIR"} | {k for k in env if k.startswith("LC_")}, (service, sorted(env))
         if service != "redis":  # redis-server writes its process title over its environment block
             assert env.get("HOME"), service
+
+
+# ---- class 1: the application role ---------------------------------------------------------------
+
+OS_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files", "pg_signal_backend",
+            "pg_read_all_data", "pg_write_all_data", "pg_monitor")
+
+
+def test_the_application_role_is_no_superuser_and_owns_its_database(project: Project) -> None:
+    import psycopg
+
+    project.devenv("up")
+    stack = project.stack()
+    with project.connect(autocommit=True) as conn:
+        user, is_super = conn.execute("SELECT current_user, current_setting('is_superuser')").fetchone()
+        assert (user, is_super) == ("taskflow", "off")
+        attrs = conn.execute("SELECT rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls "
+                             "FROM pg_roles WHERE rolname = current_user").fetchone()
+        assert attrs == (False, True, False, False, False)
+        assert conn.execute("SELECT count(*) FROM pg_auth_members WHERE member = current_user::regrole").fetchone()[0] == 0
+        for role in OS_ROLES:
+            assert not conn.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", (role,)).fetchone()[0], role
+        # It owns its database and every object the schema and the seed made.
+        assert conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+                            ).fetchone()[0] == "taskflow"
+        foreign = conn.execute(
+            "SELECT c.oid::regclass::text, pg_get_userbyid(c.relowner) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') "
+            "AND n.nspname NOT LIKE 'pg_toast%' AND c.relowner <> current_user::regrole").fetchall()
+        assert foreign == []
+        # No way to the OS: COPY TO PROGRAM, server files, superuser-only settings.
+        for statement in ("COPY (SELECT 1) TO PROGRAM 'id'", "COPY (SELECT 1) TO '/tmp/devenv-owned'",
+                          "SELECT pg_read_file('/etc/passwd')", "ALTER SYSTEM SET work_mem = '1MB'",
+                          "CREATE ROLE intruder SUPERUSER", "SELECT lo_import('/etc/passwd')"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    # Through PgBouncer too: the pooled URL is the same role.
+    with project.connect(pooled=True, autocommit=True) as conn:
+        assert conn.execute("SELECT current_user, current_setting('is_superuser')").fetchone() == ("taskflow", "off")
+    # devenv's own superuser exists, with the password of .devenv/secrets.json, and is the bootstrap role.
+    with psycopg.connect(host="127.0.0.1", port=stack.postgres.port, user=stack.postgres.admin_user,
+                         password=stack.postgres.admin_password, dbname="postgres", autocommit=True) as conn:
+        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE oid = 10 AND rolname = current_user").fetchone() == (True,)
+
+
+def test_everything_the_suite_does_works_as_the_application_role(project: Project, tmp_path: Path) -> None:
+    """Resets (every strategy), snapshots, dump and restore, per-worker databases: devenv's
+    cluster-level work as its admin role, the data as the application's; users see only the latter."""
+    project.devenv("up")
+    with project.connect(autocommit=True) as conn:
+
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()]
+        assert tables
+        first = tables[0]
+        seeded = conn.execute(f'SELECT count(*) FROM "{first}"').fetchone()[0]
+        conn.execute(f'DELETE FROM "{first}"')
+    for strategy in ("restore", "clone", "copy", "auto"):
+        project.devenv("reset", "--strategy", strategy)
+        with project.connect(autocommit=True) as conn:
+            assert conn.execute(f'SELECT count(*) FROM "{first}"').fetchone()[0] == seeded, strategy
+            conn.execute(f'DELETE FROM "{first}"')
+    project.devenv("snapshot", "save", "empty")
+    project.devenv("reset")
+    project.devenv("snapshot", "restore", "empty")
+    with project.connect(autocommit=True) as conn:
+        assert conn.execute(f'SELECT count(*) FROM "{first}"').fetchone()[0] == 0
+        assert conn.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()"
+                            ).fetchone()[0] == "taskflow"
+    dump = tmp_path / "empty.dump"
+    project.devenv("dump", str(dump))
+    project.devenv("reset", "--hard")
+    project.devenv("restore", "--yes", str(dump))
+    with project.connect(autocommit=True) as conn:
+        assert conn.execute(f'SELECT count(*) FROM "{first}"').fetchone()[0] == 0
+        owners = {r[0] for r in conn.execute(
+            "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname IN ('public', 'devenv')").fetchall()}
+        assert owners == {"taskflow"}
+        # The restored database still has devenv's DDL guard (event triggers are the admin's).
+        assert {r[0] for r in conn.execute("SELECT evtname FROM pg_event_trigger").fetchall()} == {
+            "devenv_ddl_end", "devenv_ddl_drop"}
+    project.devenv("reset")
+    with project.connect(autocommit=True) as conn:
+        assert conn.execute(f'SELECT count(*) FROM "{first}"').fetchone()[0] == seeded
+        conn.execute("CREATE TABLE scratch_after_restore (id int)")  # DDL as the application role
+    project.devenv("reset")
+    with project.connect(autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('scratch_after_restore')").fetchone()[0] is None
