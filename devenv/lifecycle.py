@@ -181,6 +181,10 @@ def seeded_and_current(stack: Stack) -> bool:
         # pg_database is shared by every database: one session in the application database
         # answers both questions (and fails at once, 3D000, when it does not exist yet).
         with connect.postgres(stack, timeout=10.0, query_timeout=10.0) as conn:
+            # The role stores the very secret PgBouncer's userlist holds (the application may
+            # have set another password since): else roles.ensure_roles sets it again.
+            if conn.scram_salt != pgwire.scram_salt_of(pg.password_secret):
+                return False
             names = {row[0] for row in conn.query(
                 f"SELECT datname FROM pg_database WHERE datname = {pgwire.literal(pg.database)} "
                 f"OR starts_with(datname, {pgwire.literal(template_prefix(stack))}) "

@@ -51,6 +51,41 @@ def set_passwords(conn: "pgwire.Connection", stack: "Stack") -> None:
     conn.query(f"DROP ROLE IF EXISTS {pgwire.identifier(MIGRATING_ROLE)}")
 
 
+def set_passwords_over_socket(stack: "Stack", socket_dir: str,
+                              give_up: Callable[[BaseException], "Exception | None"]) -> bool:
+    """The native runtime's way: set_passwords in an admin session over the server's unix socket
+    (trusted), retried while the server starts until `give_up(error)` returns the error to
+    raise. An older devenv's cluster is first migrated (rename_bootstrap): True then.
+
+    Over pgwire, not psycopg: a start from the cache needs no database driver at all.
+    """
+    import time
+
+    from devenv.clients import connect, pgwire
+
+    def open_as(user: str) -> "pgwire.Connection":
+        return connect.postgres(stack, "postgres", socket_dir=socket_dir, password="", user=user, timeout=5.0)
+
+    migrated = False
+    while True:
+        try:
+            conn = connect.postgres(stack, "postgres", admin=True, socket_dir=socket_dir, password="", timeout=2.0)
+            break
+        except (pgwire.PgError, OSError) as exc:
+            if isinstance(exc, pgwire.PgError) and exc.sqlstate == "28000" and "does not exist" in str(exc) \
+                    and not migrated:
+                rename_bootstrap(open_as, stack)  # an older devenv's cluster: no admin role yet
+                migrated = True
+                continue
+            error = give_up(exc)
+            if error is not None:
+                raise error from exc
+            time.sleep(0.01)
+    with conn:
+        set_passwords(conn, stack)
+    return migrated
+
+
 def rename_bootstrap(open_as: Callable[[str], "pgwire.Connection"], stack: "Stack") -> None:
     """An older devenv's cluster (the application role is the bootstrap superuser): rename that
     role to the admin role's name, through a superuser of the moment. `open_as(user)` opens a

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Iterator, Mapping
 
 from devenv.db import cache
+from devenv.db.roles import MIGRATED_NOTE
 from devenv.errors import ConfigError, DependencyError, HealthCheckError, StateError
 from devenv.render import COMPOSE_FILE, write_files
 from devenv.runtime.base import Progress, ServiceState, UpResult
@@ -126,6 +127,7 @@ class DockerRuntime:
         # Log tails of containers removed after a failed initialisation (their logs go with them).
         self._removed_tails: dict[str, str] = {}
         self._pending: dict[str, Future[None]] = {}  # containers still being started by `up`
+        self._password_step: bool | None = None  # set_password's answer in this `up` (True: migrated)
 
     # ---- engine --------------------------------------------------------------------------------
 
@@ -274,9 +276,15 @@ class DockerRuntime:
         for service in ("pgbouncer", "redis"):
             if plan.actions.get(service) in ("create", "recreate"):
                 self._ensure_volumes(stack, seen.specs[service])
+        self._password_step = None
         self._start_all(stack, seen, plan, restoring, progress, result)
         if "postgres" not in starting and "postgres" in seen.current and not has_password(password_note_path(stack), stack):
-            set_password(self.client(), stack, seen.current["postgres"].id)  # a restore whose `up` was killed, or old data
+            # a restore whose `up` was killed, or old data
+            self._password_step = set_password(self.client(), stack, seen.current["postgres"].id)
+        if self._password_step is not None:
+            result.roles_pending = True  # `up` then makes sure of the application role (roles.ensure_roles)
+            if self._password_step:
+                result.notes.append(MIGRATED_NOTE.format(app=stack.postgres.user, admin=stack.postgres.admin_user))
         for service in starting:
             (result.restarted if plan.actions[service] == "recreate" else result.started).append(service)
         if plan.actions.get("postgres") == "reload":
@@ -363,7 +371,7 @@ class DockerRuntime:
             unpack_cached(self.client(), stack, container_id, restoring, self._local_data_dir(stack, spec.volumes), progress)
         self._start(service, container_id, stack)
         if service == "postgres" and not has_password(password_note_path(stack), stack):
-            set_password(self.client(), stack, container_id)
+            self._password_step = set_password(self.client(), stack, container_id)
 
     # ---- the seeded-data cache (devenv.db.cache): saved from, restored into the named volume -----
 

@@ -361,36 +361,22 @@ class NativeRuntime:
 
         Over pgwire, not psycopg: a start from the cache needs no database driver at all.
         """
-        from devenv.clients import connect, pgwire
         from devenv.db import roles
 
-        pg = stack.postgres
-        socket_dir = str(layout.run)
-
-        def open_as(user: str) -> "pgwire.Connection":
-            return connect.postgres(stack, "postgres", socket_dir=socket_dir, password="", user=user, timeout=5.0)
+        def give_up(exc: BaseException) -> Exception | None:
+            if not self.exit_status(stack, "postgres") and time.monotonic() <= deadline:
+                return None
+            return HealthCheckError(
+                f"postgres did not answer on its unix socket to take this checkout's password "
+                f"(data from the cache or from an earlier checkout): {exc}",
+                hint="see `devenv logs postgres`; data from the cache: delete the cache entry "
+                "(DEVENV_CACHE_DIR) and run `devenv up` again; else `devenv down --volumes` starts afresh.",
+                log_tail=_tail(layout.log_file("postgres"), 20),
+            )
 
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                conn = connect.postgres(stack, "postgres", admin=True, socket_dir=socket_dir, password="", timeout=2.0)
-                break
-            except (pgwire.PgError, OSError) as exc:
-                if isinstance(exc, pgwire.PgError) and exc.sqlstate == "28000" and "does not exist" in str(exc):
-                    roles.rename_bootstrap(open_as, stack)  # an older devenv's cluster
-                    result.notes.append(roles.MIGRATED_NOTE.format(app=pg.user, admin=pg.admin_user))
-                    continue
-                if self.exit_status(stack, "postgres") or time.monotonic() > deadline:
-                    raise HealthCheckError(
-                        f"postgres did not answer on its unix socket to take this checkout's password "
-                        f"(data from the cache or from an earlier checkout): {exc}",
-                        hint="see `devenv logs postgres`; data from the cache: delete the cache entry "
-                        "(DEVENV_CACHE_DIR) and run `devenv up` again; else `devenv down --volumes` starts afresh.",
-                        log_tail=_tail(layout.log_file("postgres"), 20),
-                    ) from exc
-                time.sleep(0.01)
-        with conn:
-            roles.set_passwords(conn, stack)
+        if roles.set_passwords_over_socket(stack, str(layout.run), give_up):
+            result.notes.append(roles.MIGRATED_NOTE.format(app=stack.postgres.user, admin=stack.postgres.admin_user))
         result.roles_pending = True
         remember_password(password_note_path(stack, layout.pgdata), stack)
 

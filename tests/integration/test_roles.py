@@ -123,3 +123,114 @@ def test_everything_the_suite_does_works_as_the_application_role(project: Projec
     project.devenv("reset")
     with project.connect(autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('scratch_after_restore')").fetchone()[0] is None
+
+
+# ---- class 1: an older devenv's cluster is migrated in place -------------------------------------
+
+
+def _make_old_layout(project: Project) -> None:
+    """Turn a running stack's cluster into what an older devenv made: the application role is
+    the bootstrap superuser (renamed from devenv_admin), owning every database and object, with
+    the application's password; secrets.json without the admin password; the old note."""
+    import hashlib
+    import json
+
+    import psycopg
+
+    stack = project.stack()
+    pg = stack.postgres
+    admin = dict(host="127.0.0.1", port=pg.port, dbname="postgres", autocommit=True)
+    with psycopg.connect(user=pg.admin_user, password=pg.admin_password, **admin) as conn:
+        conn.execute("CREATE ROLE old_layout_helper SUPERUSER LOGIN PASSWORD 'helper-pw'")
+    with psycopg.connect(user="old_layout_helper", password="helper-pw", **admin) as conn:
+        databases = [r[0] for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname NOT IN ('template0', 'template1', 'postgres')").fetchall()]
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (pg.user,))
+        for name in databases:
+            conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+            with psycopg.connect(user="old_layout_helper", password="helper-pw",
+                                 **{**admin, "dbname": name}) as inside:
+                inside.execute(f'REASSIGN OWNED BY "{pg.user}" TO "{pg.admin_user}"')
+                inside.execute(f'DROP OWNED BY "{pg.user}"')
+            conn.execute(f'ALTER DATABASE "{name}" OWNER TO "{pg.admin_user}"')
+            if "__tpl_" in name or "__snap_" in name:
+                conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        conn.execute(f'REVOKE SET ON PARAMETER session_replication_role FROM "{pg.user}"')
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (pg.user,))
+        conn.execute(f'DROP ROLE "{pg.user}"')
+        conn.execute(f'ALTER ROLE "{pg.admin_user}" RENAME TO "{pg.user}"')
+        conn.execute(f"ALTER ROLE \"{pg.user}\" PASSWORD '{pg.password_secret}'")
+    with psycopg.connect(user=pg.user, password=pg.password, **admin) as conn:
+        conn.execute("DROP ROLE old_layout_helper")
+        assert conn.execute("SELECT rolsuper FROM pg_roles WHERE oid = 10 AND rolname = current_user").fetchone() == (True,)
+    secrets_path = project.root / ".devenv" / "secrets.json"
+    secrets = json.loads(secrets_path.read_text())
+    del secrets["postgres_admin_password"]
+    secrets_path.write_text(json.dumps(secrets))
+    if project.runtime == "native":
+        pgdata = Path(project.native_state()["_meta"]["pgdata"])
+        pgdata.with_name(pgdata.name + ".password-sha256").write_text(
+            hashlib.sha256(pg.password_secret.encode()).hexdigest() + "\n")
+    else:
+        (project.root / ".devenv" / project.profile / "docker-volume-password").write_text(
+            hashlib.sha256(pg.password_secret.encode()).hexdigest() + "\n")
+
+
+def test_an_older_devenvs_cluster_is_migrated_by_up_with_its_data_kept(project: Project) -> None:
+    import psycopg
+
+    project.profile = "dev"  # durable data, as a developer's
+    project.devenv("up")
+    with project.connect(autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (id serial PRIMARY KEY, note text)")
+        conn.execute("INSERT INTO kept (note) SELECT 'row ' || g FROM generate_series(1, 5) g")
+        conn.execute("CREATE VIEW kept_view AS SELECT * FROM kept")
+        conn.execute("CREATE FUNCTION kept_fn() RETURNS int LANGUAGE sql AS 'SELECT 42'")
+        conn.execute("CREATE TYPE kept_mood AS ENUM ('ok', 'meh')")
+        conn.execute("CREATE SCHEMA kept_schema")
+        conn.execute("SELECT lo_from_bytea(0, 'large')")
+    project.devenv("snapshot", "save", "before-upgrade")
+    _make_old_layout(project)
+
+    first = project.devenv("up")
+    assert first.stderr.count("migrated this cluster from an older devenv") == 1, first.stderr
+    second = project.devenv("up")
+    assert "migrated" not in second.stderr
+
+    stack = project.stack()
+    with project.connect(autocommit=True) as conn:
+        assert conn.execute("SELECT current_setting('is_superuser')").fetchone() == ("off",)
+        assert conn.execute("SELECT count(*) FROM kept").fetchone() == (5,)
+        assert conn.execute("SELECT count(*) FROM kept_view").fetchone() == (5,)
+        assert conn.execute("SELECT kept_fn()").fetchone() == (42,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("COPY (SELECT 1) TO PROGRAM 'id'")
+    with project.connect(autocommit=True) as conn:
+        not_ours = conn.execute(
+            "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%' "
+            "AND c.relowner <> current_user::regrole").fetchall()
+        assert not_ours == []
+        assert conn.execute("SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = 'kept_schema'"
+                            ).fetchone() == ("taskflow",)
+        assert conn.execute("SELECT pg_get_userbyid(typowner) FROM pg_type WHERE typname = 'kept_mood'"
+                            ).fetchone() == ("taskflow",)
+        assert conn.execute("SELECT count(*) FROM pg_largeobject_metadata WHERE lomowner <> current_user::regrole"
+                            ).fetchone() == (0,)
+        owners = dict(conn.execute("SELECT datname, pg_get_userbyid(datdba) FROM pg_database").fetchall())
+        assert {name: owner for name, owner in owners.items() if name not in ("postgres", "template0", "template1")} \
+            == {name: "taskflow" for name in owners if name not in ("postgres", "template0", "template1")}
+        conn.execute("ALTER TABLE kept ADD COLUMN extra int")  # it owns it: DDL works
+    with psycopg.connect(host="127.0.0.1", port=stack.postgres.port, user=stack.postgres.admin_user,
+                         password=stack.postgres.admin_password, dbname="postgres", autocommit=True) as conn:
+        assert conn.execute("SELECT rolname FROM pg_roles WHERE oid = 10").fetchone() == (stack.postgres.admin_user,)
+        assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'devenv_migrating'").fetchone() == (0,)
+    # The pool logs in as the new role; the snapshot is kept and restores; resets work.
+    with project.connect(pooled=True, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM kept").fetchone() == (5,)
+    project.devenv("snapshot", "restore", "before-upgrade")
+    with project.connect(autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM kept").fetchone() == (5,)
+    project.devenv("reset")
+    with project.connect(autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('kept')").fetchone() == (None,)
