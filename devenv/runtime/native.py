@@ -39,6 +39,7 @@ from devenv.runtime.plan import (
 )
 from devenv.runtime.ports import check_ports_free
 from devenv.runtime.serverenv import home_of, server_env
+from devenv.runtime import trust
 from devenv.runtime.procs import (
     kill_and_wait,
     kill_group,
@@ -108,8 +109,15 @@ class NativeRuntime:
         if self._binaries is None:
             cached = self._read_state(self.layout(stack)).get("_meta", {}).get("binaries", {})
             if cached.pop("key", None) == discovery_key(self.env):
-                self._binaries = Binaries(**cached)
-                return self._binaries
+                try:
+                    found = Binaries(**cached)
+                except TypeError:
+                    found = None
+                # As root, only programs no other user could have put there (trust.trusted_program).
+                if found is not None and all(trust.trusted_program(p) for p in
+                                             (found.postgres, found.initdb, found.pgbouncer, found.redis_server)):
+                    self._binaries = found
+                    return found
             self._binaries = find_binaries(stack.postgres.major, self.env)
         return self._binaries
 
@@ -127,6 +135,10 @@ class NativeRuntime:
     def pg_tool(self, stack: Stack, tool: str) -> list[str]:
         """`pg_dump`/`pg_restore` from the bindir of the server this runtime starts (same major)."""
         binary = Path(self.binaries(stack).postgres).parent / tool
+        if binary.is_file() and not trust.trusted_program(str(binary)):
+            raise DependencyError(
+                f"{binary} (or its directory) is not root's or is writable by others: devenv, as root, will not run it",
+                hint="install the PostgreSQL client programs from packages (root-owned), or fix the ownership.")
         if not binary.is_file():
             raise DependencyError(
                 f"{tool} not found in {binary.parent} (next to the postgres server devenv runs)",
@@ -203,8 +215,14 @@ class NativeRuntime:
             # Settings were validated for the image's major; check them for the one that runs.
             for name, value in stack.postgres.settings.items():
                 pgcatalog.normalize(name, value, binaries.pg_major, f"devenv.yaml: postgres.settings.{name}")
-        for directory in (layout.base, layout.conf, layout.log, layout.run, layout.pgdata.parent, layout.redis_dir):
-            _make_dir(directory, user)
+        # As root: the stack's directory, conf/, log/ and data/ are root's (the server user may pass
+        # through, not write: nothing root reads later is the server user's to plant); run/ and
+        # the data directories are the server user's.
+        owner = (user.uid, user.gid) if user else None
+        for directory in (layout.base, layout.conf, layout.log, layout.pgdata.parent):
+            trust.make_dir(directory, None)
+        for directory in (layout.run, layout.redis_dir):
+            trust.make_dir(directory, owner)
         recorded = self._read_state(layout)
         restoring = self._start_from_cache(stack, layout, binaries, recorded, progress) if use_cache else None
         placement = self.placement(stack, layout)
@@ -230,7 +248,7 @@ class NativeRuntime:
             elif entry.get("hash") != hashes[service]:
                 plan[service] = self._change_kind(service, entry, stack, binaries.pg_major)
         if layout.pgdata.exists() and (layout.pgdata / "PG_VERSION").exists():
-            data_major = int((layout.pgdata / "PG_VERSION").read_text().strip().split(".")[0])
+            data_major = int(trust.read_small(layout.pgdata / "PG_VERSION").strip().split(".")[0])
             if data_major != binaries.pg_major:
                 raise StateError(
                     f"the data directory {layout.pgdata} was created by PostgreSQL {data_major}, "
@@ -396,8 +414,12 @@ class NativeRuntime:
         orphans = processes_with_arg(self._process_table(), "initdb", str(scratch))  # of a killed `up`
         kill_and_wait(orphans, signal.SIGKILL)
         shutil.rmtree(scratch, ignore_errors=True)
-        pwfile = layout.run / "initdb.pw"
-        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # initdb fills a directory made for it: the data/ it lives in is root's.
+        scratch.mkdir(mode=0o700)
+        _chown(scratch, user)
+        pwfile = layout.conf / "initdb.pw"  # root's directory: no link planted in its place
+        pwfile.unlink(missing_ok=True)
+        fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(stack.postgres.admin_password_secret + "\n")  # devenv's superuser; stored as is
         _chown(pwfile, user)
@@ -455,7 +477,7 @@ class NativeRuntime:
         """
         pidfile = layout.pgdata / "postmaster.pid"
         try:
-            pid = int(pidfile.read_text().splitlines()[0])
+            pid = int(trust.read_small(pidfile).splitlines()[0])
         except (OSError, ValueError, IndexError):
             pid = 0
         if pid and process_name(pid) == "postgres" and working_dir(pid) == layout.pgdata.resolve():
@@ -493,15 +515,17 @@ class NativeRuntime:
                 for key, value in recorded.items() if isinstance(value, dict)
             })
         if volumes:
-            pgdata = Path(recorded.get("_meta", {}).get("pgdata", layout.pgdata))
-            for path in (pgdata, layout.pgdata):
-                if path.parent.name.startswith("devenv-"):
-                    path = path.parent  # the per-stack tmpfs directory
-                shutil.rmtree(path, ignore_errors=True)
+            # Only inside devenv's own directories of this stack (links resolved, never followed):
+            # a recorded path elsewhere is not deleted, whoever wrote it.
+            roots = [layout.base, layout.run]
+            if layout.pgdata.parent.name.startswith("devenv-"):
+                roots.append(layout.pgdata.parent)  # the per-stack tmpfs directory
+            pgdata = Path(str(recorded.get("_meta", {}).get("pgdata", layout.pgdata)))
+            for path in (pgdata, layout.pgdata, *roots[1:], layout.base):
+                if path.parent.name.startswith("devenv-") and path.parent in roots:
+                    path = path.parent
+                trust.remove_within(path, roots)
             link = stack.state_dir / "native"
-            if layout.run != layout.base / "run":
-                shutil.rmtree(layout.run, ignore_errors=True)
-            shutil.rmtree(layout.base, ignore_errors=True)
             if link.is_symlink():
                 link.unlink()
         return stopping
@@ -571,10 +595,8 @@ class NativeRuntime:
     # ---- helpers -----------------------------------------------------------------------
 
     def _read_state(self, layout: Layout) -> dict:
-        try:
-            return json.loads(layout.state_file.read_text())
-        except (OSError, ValueError):
-            return {}
+        # Only root's own file (as root): one the server user planted is ignored, never acted on.
+        return trust.read_json(layout.state_file)
 
     def _alive(self, entry: dict, service: str) -> bool:
         pid = entry.get("pid")
@@ -591,8 +613,7 @@ class NativeRuntime:
 
 def _spawn(argv: list[str], log_path: Path, user: RunUser | None, cwd: Path) -> subprocess.Popen[bytes]:
     """Start a server in its own session (Ctrl-C on devenv must not reach it), logging to a file."""
-    with open(log_path, "ab") as log:
-        _chown(log_path, user)
+    with _open_log(log_path) as log:
         return subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
             start_new_session=True, env=_child_env(user), **_as_user(user),
@@ -600,10 +621,15 @@ def _spawn(argv: list[str], log_path: Path, user: RunUser | None, cwd: Path) -> 
 
 
 def _run(argv: list[str], log_path: Path, user: RunUser | None) -> subprocess.CompletedProcess[bytes]:
-    with open(log_path, "ab") as log:
-        _chown(log_path, user)
+    with _open_log(log_path) as log:
         return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                               env=_child_env(user), cwd="/", **_as_user(user))
+
+
+def _open_log(path: Path) -> Any:
+    """A log file opened for appending by devenv (the server writes to the inherited handle):
+    in root's log/ as root, never through a link."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600), "ab")
 
 
 def _as_user(user: RunUser | None) -> dict:
@@ -615,12 +641,6 @@ def _as_user(user: RunUser | None) -> dict:
 def _child_env(user: RunUser | None) -> dict[str, str]:
     # Not the caller's environment (CI tokens, cloud credentials): see devenv.runtime.serverenv.
     return server_env(home_of(user.uid if user is not None else os.geteuid()))
-
-
-def _make_dir(path: Path, user: RunUser | None) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    _chown(path, user)
 
 
 def _chown(path: Path, user: RunUser | None) -> None:
@@ -643,7 +663,8 @@ def _linked_dir(link: Path, target: Path) -> Path:
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)  # never through a planted link
     with os.fdopen(fd, "w") as handle:
         json.dump(data, handle, indent=1, sort_keys=True)
     os.replace(tmp, path)

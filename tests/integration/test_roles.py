@@ -234,3 +234,77 @@ def test_an_older_devenvs_cluster_is_migrated_by_up_with_its_data_kept(project: 
     project.devenv("reset")
     with project.connect(autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('kept')").fetchone() == (None,)
+
+
+# ---- class 1: what root trusts (natively, as root, the servers run as `postgres`) ----------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="root's trust in files the server user can write")
+
+
+def _as_postgres(script: str) -> "subprocess.CompletedProcess[str]":
+    import subprocess
+
+    return subprocess.run(["runuser", "-u", "postgres", "--", "sh", "-c", script], capture_output=True, text=True)
+
+
+@needs_root
+@pytest.mark.native_only(reason="the native runtime's files")
+def test_root_never_acts_on_files_the_server_user_can_write(project: Project, tmp_path: Path) -> None:
+    import json
+    import shutil
+    import stat
+
+    project.devenv("up")
+    base = (project.root / ".devenv" / project.profile / "native").resolve()
+    state_file = base / "state.json"
+    real_state = json.loads(state_file.read_text())
+
+    # The server user can write none of the stack's directory, conf/, log/ or data/.
+    for where in (base, base / "conf", base / "log", base / "data", Path(real_state["_meta"]["pgdata"]).parent):
+        _as_postgres(f"touch '{where}/planted'")
+        assert not (where / "planted").exists(), f"the server user can create files in {where}"
+        assert stat.S_IMODE(os.stat(where).st_mode) & 0o022 == 0 and os.stat(where).st_uid == 0, where
+    assert _as_postgres(f"echo '{{}}' > '{state_file}'").returncode != 0
+
+    # What a server user could plant where an older devenv let it write: a state.json naming its own
+    # pg_dump and a pgdata outside devenv's directory.
+    marker = tmp_path / "planted-program-ran"
+    planted = Path("/tmp") / f"devenv-planted-{os.getpid()}"
+    shutil.rmtree(planted, ignore_errors=True)
+    assert _as_postgres(f"mkdir -p '{planted}'").returncode == 0
+    for program in ("postgres", "initdb", "pg_dump", "pgbouncer", "redis-server"):
+        (planted / program).write_text(f"#!/bin/sh\ntouch '{marker}'\n")
+        os.chmod(planted / program, 0o755)
+    shutil.chown(planted / "pg_dump", "postgres")
+    victim = tmp_path / "victim" / "devenv-x" / "postgres"
+    victim.mkdir(parents=True)
+    (victim / "precious").write_text("keep me")
+    evil = {**real_state, "_meta": {**real_state["_meta"], "pgdata": str(victim), "binaries": {
+        **real_state["_meta"]["binaries"], "postgres": str(planted / "postgres"), "initdb": str(planted / "initdb"),
+        "pgbouncer": str(planted / "pgbouncer"), "redis_server": str(planted / "redis-server")}}}
+    try:
+        # 1. Planted by the server user (its file): ignored.
+        os.chown(base, _uid("postgres"), -1)  # as an older devenv left it
+        assert _as_postgres(f"rm -f '{state_file}' && cat > '{state_file}' <<'EOF'\n{json.dumps(evil)}\nEOF").returncode == 0
+        os.chown(base, 0, 0)
+        project.devenv("dump", str(tmp_path / "one.dump"))
+        assert not marker.exists(), "root ran a program named by a state.json the server user wrote"
+        # 2. Root's own file naming programs another user could have put there: not run either.
+        state_file.unlink()
+        state_file.write_text(json.dumps(evil))
+        os.chmod(state_file, 0o600)
+        project.devenv("dump", str(tmp_path / "two.dump"))
+        assert not marker.exists(), "root ran a program from a directory the server user owns"
+        # 3. `down --volumes` deletes only inside devenv's own directories.
+        state_file.write_text(json.dumps({**real_state, "_meta": {**real_state["_meta"], "pgdata": str(victim)}}))
+        project.devenv("down", "--volumes")
+        assert (victim / "precious").read_text() == "keep me"
+        assert not base.exists()
+    finally:
+        shutil.rmtree(planted, ignore_errors=True)
+
+
+def _uid(name: str) -> int:
+    import pwd
+
+    return pwd.getpwnam(name).pw_uid
