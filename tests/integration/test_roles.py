@@ -20,10 +20,19 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
-@pytest.mark.native_only(reason="reads /proc/<pid>/environ of the native servers")
 def test_servers_start_with_a_minimal_environment(project: Project) -> None:
     project.env.update(SECRET_VARS, PATH="/tmp/devenv-not-a-system-dir:" + os.environ["PATH"], PGHOST="elsewhere")
     project.devenv("up")
+    if project.runtime == "docker":
+        # Containers get their image's variables and what the compose file names, nothing of the caller's.
+        allowed = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "PGDATA", "PGPASSWORD", "REDISCLI_AUTH"}
+        for service in ("postgres", "pgbouncer", "redis"):
+            container = project.container(service)
+            image_env = {item.split("=", 1)[0] for item in container.image.attrs["Config"].get("Env") or []}
+            names = {item.split("=", 1)[0] for item in container.attrs["Config"]["Env"] or []}
+            assert names <= image_env | allowed, (service, sorted(names - image_env))
+            assert not names & set(SECRET_VARS), service
+        return
     for service, pid in project.server_pids().items():
         env = _environ(pid)
         for name in SECRET_VARS:
