@@ -51,3 +51,23 @@ def test_scram_salt_of_a_secret_is_what_the_server_sends() -> None:
     iterations, salt = scram_salt_of(secret).split(":")
     assert iterations == "4096" and salt == secret.split("$")[1].split(":")[1]
     assert scram_salt_of("md5abc") == ""
+
+
+def test_the_role_layout_is_part_of_the_cache_key_and_the_app_role_is_not_the_admin(project: Path) -> None:
+    """An older devenv's archive (its application role the superuser) is never restored into
+    this layout: the key names the roles; and devenv.yaml cannot name the admin role as the application's."""
+    import pytest
+
+    from devenv.config.resolve import build_stack
+    from devenv.config.settings import load_config
+    from devenv.db import cache
+    from devenv.errors import ConfigError
+
+    stack = build_stack(load_config(project / "devenv.yaml", {}), "dev")
+    key = cache.data_key(stack, "15.8", ["-U", "devenv_admin"])
+    other = stack.replace(postgres=stack.postgres.replace(admin_user="someone_else"))
+    assert cache.data_key(other, "15.8", ["-U", "devenv_admin"]) != key
+    config = project / "devenv.yaml"
+    config.write_text(config.read_text().replace("  user: taskflow", "  user: devenv_admin", 1))
+    with pytest.raises(ConfigError, match="keeps for itself"):
+        build_stack(load_config(config, {}), "dev")
