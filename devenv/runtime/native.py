@@ -613,7 +613,7 @@ class NativeRuntime:
 
 def _spawn(argv: list[str], log_path: Path, user: RunUser | None, cwd: Path) -> subprocess.Popen[bytes]:
     """Start a server in its own session (Ctrl-C on devenv must not reach it), logging to a file."""
-    with _open_log(log_path) as log:
+    with trust.open_log(log_path) as log:
         return subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
             start_new_session=True, env=_child_env(user), **_as_user(user),
@@ -621,15 +621,9 @@ def _spawn(argv: list[str], log_path: Path, user: RunUser | None, cwd: Path) -> 
 
 
 def _run(argv: list[str], log_path: Path, user: RunUser | None) -> subprocess.CompletedProcess[bytes]:
-    with _open_log(log_path) as log:
+    with trust.open_log(log_path) as log:
         return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                               env=_child_env(user), cwd="/", **_as_user(user))
-
-
-def _open_log(path: Path) -> Any:
-    """A log file opened for appending by devenv (the server writes to the inherited handle):
-    in root's log/ as root, never through a link."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600), "ab")
 
 
 def _as_user(user: RunUser | None) -> dict:

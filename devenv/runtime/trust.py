@@ -66,6 +66,12 @@ def read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def open_log(path: Path) -> Any:
+    """A log file opened for appending by devenv (the server writes to the inherited handle):
+    in root's log/ as root, never through a link."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600), "ab")
+
+
 def read_small(path: Path, limit: int = 4096) -> str:
     """The start of a regular file, never through a link or from a FIFO (which would hang)."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
