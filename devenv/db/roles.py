@@ -144,17 +144,19 @@ def ensure_roles(stack: "Stack") -> list[str]:
         conn.query(f"GRANT SET ON PARAMETER session_replication_role TO {app}")
         conn.query(f"DROP ROLE IF EXISTS {pgwire.identifier(MIGRATING_ROLE)}")
         handed = conn.query(
-            "SELECT datname, datallowconn FROM pg_catalog.pg_database "
+            # devenv's templates and snapshots (IS_TEMPLATE) take no connections: for a moment they
+            # do, then never again (also after a handover killed half-way).
+            "SELECT datname, datistemplate OR NOT datallowconn FROM pg_catalog.pg_database "
             f"WHERE datdba = {BOOTSTRAP_OID} AND datname NOT IN ('postgres', 'template0', 'template1') ORDER BY 1")
-        for datname, allowed in handed:
+        for datname, closed in handed:
             database = pgwire.identifier(datname)
-            if allowed != "t":  # a template or snapshot nobody connects to: for a moment
+            if closed == "t":
                 conn.query(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS true")
             try:
                 with connect.postgres(stack, datname, admin=True, query_timeout=300.0) as inside:
                     moved = inside.query(HAND_OVER.replace("@APP@", lit(pg.user)))
             finally:
-                if allowed != "t":
+                if closed == "t":
                     conn.query(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS false")
             conn.query(f"ALTER DATABASE {database} OWNER TO {app}")  # last: the mark that it is done
             if moved and moved[0][0] not in (None, "0"):
