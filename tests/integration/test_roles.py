@@ -317,3 +317,33 @@ def _uid(name: str) -> int:
     import pwd
 
     return pwd.getpwnam(name).pw_uid
+
+
+def test_a_migration_killed_after_the_rename_is_finished_by_the_next_up(project: Project) -> None:
+    """The kill point that leaves the most undone: the bootstrap role renamed to devenv_admin (with
+    the application's old password), the superuser of the moment still there, no application role,
+    every database still the bootstrap's. The next `up` finishes the migration with the data kept."""
+    import psycopg
+
+    project.profile = "dev"
+    project.devenv("up")
+    with project.connect(autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (id int)")
+        conn.execute("INSERT INTO kept SELECT generate_series(1, 3)")
+    _make_old_layout(project)
+    pg = project.stack().postgres
+    admin = dict(host="127.0.0.1", port=pg.port, dbname="postgres", autocommit=True)
+    with psycopg.connect(user=pg.user, password=pg.password, **admin) as conn:  # as rename_bootstrap does
+        conn.execute("CREATE ROLE devenv_migrating SUPERUSER LOGIN PASSWORD 'm'")
+    with psycopg.connect(user="devenv_migrating", password="m", **admin) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (pg.user,))
+        conn.execute(f'ALTER ROLE "{pg.user}" RENAME TO "{pg.admin_user}"')
+    # ...and here that `up` was killed.
+    project.devenv("up")
+    with project.connect(autocommit=True) as conn:
+        assert conn.execute("SELECT current_setting('is_superuser'), (SELECT count(*) FROM kept)").fetchone() == ("off", 3)
+        assert conn.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'kept'").fetchone() == ("taskflow",)
+    with project.admin_connect(autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'devenv_migrating'").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pg_database WHERE datdba = 10 AND datname NOT IN "
+                            "('postgres', 'template0', 'template1')").fetchone() == (0,)
