@@ -79,11 +79,13 @@ def per_test_overhead(project: Path, env: dict[str, str], profile: str, tests: i
     handle = Devenv.load(config=project / "devenv.yaml", profile=profile, env=env)
     pg = handle.stack.postgres
     seeds = [str(p) for part in ("schema", "data") for p in sorted((project / "seeds" / part).glob("*.sql"))]
+    # pytest-postgresql as it is used: with a superuser (devenv's admin role; the application's
+    # is none), which its janitor needs to end autovacuum workers on its template.
     ppg_conftest = textwrap.dedent(f"""
         from pathlib import Path
         from pytest_postgresql import factories
         postgresql_noproc = factories.postgresql_noproc(
-            host="127.0.0.1", port={pg.port}, user="{pg.user}", password="{pg.password}",
+            host="127.0.0.1", port={pg.port}, user="{pg.admin_user}", password="{pg.admin_password}",
             dbname="ppg_bench", load=[Path(p) for p in {seeds!r}])
         postgresql = factories.postgresql("postgresql_noproc")
     """)

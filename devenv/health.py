@@ -42,11 +42,14 @@ class Probe:
 
 
 def postgres_checks(stack: Stack, dbname: str = "postgres") -> list[Probe]:
-    """Liveness `SELECT 1` and readiness: non-idle connections below 90% of max_connections."""
+    """Liveness `SELECT 1` and readiness: non-idle connections below 90% of max_connections.
+
+    As devenv's admin role: on a new cluster the application role does not exist yet.
+    """
     pg = stack.postgres
 
     def probe(timeout: float) -> None:
-        with connect.postgres(stack, dbname, timeout=timeout, query_timeout=timeout,
+        with connect.postgres(stack, dbname, admin=True, timeout=timeout, query_timeout=timeout,
                               application_name="devenv-health") as conn:
             conn.query("SELECT 1")
             ready = conn.scalar(

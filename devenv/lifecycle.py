@@ -7,16 +7,13 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 from devenv import health
 from devenv.errors import HealthCheckError
 from devenv.runtime.base import Runtime, UpResult
 from devenv.config.stack import Stack
 from devenv.state import clear_state, dead_scratch_owners, forget_scratch_owners, locked, write_state
-
-if TYPE_CHECKING:
-    from devenv.clients import pgwire
 
 Say = Callable[[str], None]
 
@@ -47,6 +44,7 @@ def up(
     from devenv.db.pauses import resume_orphaned
     from devenv.db.seeds import apply_seeds, ensure_database
     from devenv.db.janitor import Janitor
+    from devenv.db.roles import ensure_roles
 
     start = time.monotonic()
     # No driver is imported ahead: health checks and the "already seeded?" check speak pgwire,
@@ -87,10 +85,17 @@ def up(
         background: list[threading.Thread] = []
         failed: list[BaseException] = []
 
+        def roles() -> None:
+            handed = ensure_roles(stack)
+            if handed:
+                say(f"postgres: handed {', '.join(handed)} and everything in them to {stack.postgres.user}")
+
         def check_then_seed() -> None:
             try:
+                if result.roles_pending:
+                    roles()
                 if not seeded_and_current(stack):
-                    sync_password(stack)
+                    roles()
                     seed_database()
             except BaseException as exc:  # re-raised in the main thread below
                 failed.append(exc)
@@ -99,13 +104,13 @@ def up(
             if service != "postgres":
                 return
             if not seed:
-                sync_password(stack)
+                roles()
                 report.database_created = ensure_database(stack)
                 return
             if result.from_cache:
-                return  # the cached data directory holds this very template and database
+                return  # the cached data directory holds this very template, database and roles
             if result.fresh_database:
-                sync_password(stack)  # the image's entrypoint stored POSTGRES_PASSWORD its own way
+                roles()  # initdb (or the image) made only devenv's admin role
                 seed_database(fresh=True)  # before PgBouncer's pooled check, which needs the database
                 return
             # An existing cluster is almost always seeded and current: find that out beside
@@ -188,32 +193,6 @@ def _stop_started_on_failure(stack: Stack, runtime: Runtime, say: Say) -> Iterat
         raise
 
 
-def sync_password(stack: Stack) -> None:
-    """Store the role's password as the SCRAM secret PgBouncer's userlist holds (see
-    pgwire.scram_secret), in a session of its own."""
-    from devenv.clients import connect
-
-    with connect.postgres(stack, "postgres", query_timeout=30.0) as conn:
-        _sync_password(conn, stack)
-
-
-def _sync_password(conn: "pgwire.Connection", stack: Stack) -> None:
-    """A cluster made by the image's entrypoint (POSTGRES_PASSWORD) or by an older devenv
-    stores the password with a random salt: PgBouncer then cannot log in for its clients."""
-    from devenv.clients import pgwire
-
-    pg = stack.postgres
-    secret = pg.password_secret
-    try:
-        conn.query("SET log_statement = 'none'")  # one statement per message: the SET comes first
-        if conn.scalar(f"SELECT rolpassword = {pgwire.literal(secret)} FROM pg_authid WHERE rolname = current_user") != "t":
-            conn.query(f"ALTER ROLE {pgwire.identifier(pg.user)} PASSWORD {pgwire.literal(secret)}")
-        conn.query("RESET log_statement")
-    except pgwire.PgError as exc:
-        if exc.sqlstate != "42501":  # not a superuser: the role is not devenv's to change
-            raise
-
-
 def seeded_and_current(stack: Stack) -> bool:
     """Whether seeding would change nothing: the current template and the application database
     exist, no stale template or scratch database is left to sweep, and the ledger holds every
@@ -236,7 +215,10 @@ def seeded_and_current(stack: Stack) -> bool:
         # pg_database is shared by every database: one session in the application database
         # answers both questions (and fails at once, 3D000, when it does not exist yet).
         with connect.postgres(stack, timeout=10.0, query_timeout=10.0) as conn:
-            _sync_password(conn, stack)
+            # The role stores the very secret PgBouncer's userlist holds (the application may
+            # have set another password since): else roles.ensure_roles sets it again.
+            if conn.scram_salt != pgwire.scram_salt_of(pg.password_secret):
+                return False
             names = {row[0] for row in conn.query(
                 f"SELECT datname FROM pg_database WHERE datname = {pgwire.literal(pg.database)} "
                 f"OR starts_with(datname, {pgwire.literal(template_prefix(stack))}) "

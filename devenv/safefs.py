@@ -29,8 +29,8 @@ def _owner_name(uid: int) -> str:
         return f"uid {uid}"
 
 
-def private_dir(path: Path, owner: tuple[int, int] | None = None, trusted: tuple[int, ...] = ()) -> None:
-    """Make `path` a directory of ours with mode 0700, owned by `owner` (uid, gid) if given.
+def private_dir(path: Path, owner: tuple[int, int] | None = None, trusted: tuple[int, ...] = (), mode: int = 0o700) -> None:
+    """Make `path` a directory of ours with `mode` (0700: private), owned by `owner` (uid, gid) if given.
 
     A new directory is made by mkdir. An existing one must be a real directory (not a link)
     owned by this process's user, `owner`'s or one in `trusted`: anything else is refused with
@@ -60,8 +60,8 @@ def private_dir(path: Path, owner: tuple[int, int] | None = None, trusted: tuple
                 hint=f"another user made it first (the name is predictable); remove {path} and run the command again.")
         if owner is not None and (info.st_uid, info.st_gid) != owner:
             os.fchown(fd, *owner)
-        if stat.S_IMODE(info.st_mode) != 0o700:
-            os.fchmod(fd, 0o700)
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.fchmod(fd, mode)
     finally:
         os.close(fd)
 

@@ -172,7 +172,8 @@ def postgres_connections(stack: "Stack") -> dict[str, Any]:
     from devenv.clients import connect
 
     pg = stack.postgres
-    with connect.postgres(stack, "postgres", timeout=PROBE_TIMEOUT, query_timeout=PROBE_TIMEOUT,
+    # As devenv's admin role: the application role would not see other roles' sessions' state.
+    with connect.postgres(stack, "postgres", admin=True, timeout=PROBE_TIMEOUT, query_timeout=PROBE_TIMEOUT,
                           application_name="devenv-status") as conn:
         [row] = conn.query(
             "SELECT count(*) FILTER (WHERE backend_type = 'client backend'),"

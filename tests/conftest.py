@@ -17,6 +17,7 @@ import devenv
 REPO_ROOT = Path(devenv.__file__).resolve().parents[1]
 FIXED_SECRETS = {
     "postgres_password": "pg-test-pw",
+    "postgres_admin_password": "pg-admin-test-pw",
     "pgbouncer_admin_password": "pgb-test-pw",
     "redis_password": "redis-test-pw",
 }

@@ -25,35 +25,56 @@ if TYPE_CHECKING:
     from devenv.config.stack import Stack
 
 HOST = "127.0.0.1"  # every port a stack publishes is bound here
+# devenv's superuser sessions resolve names in the system catalogue only: a database the
+# application role owns may hold its functions and operators in public (or set search_path on
+# the database), which a superuser's query must never run.
+ADMIN_OPTIONS = "-c search_path=pg_catalog,pg_temp"
 
 
-def postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False,
-             socket_dir: str | None = None, password: str | None = None,
+def _role(stack: "Stack", admin: bool, pooled: bool) -> tuple[str, str]:
+    """(user, password) of the application role, or with `admin` of devenv's own superuser."""
+    pg = stack.postgres
+    if not admin:
+        return pg.user, pg.password
+    if pooled:
+        raise ValueError("the admin role never goes through PgBouncer: only the application role is pooled")
+    return pg.admin_user, pg.admin_password
+
+
+def postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False, admin: bool = False,
+             socket_dir: str | None = None, password: str | None = None, user: str | None = None,
              timeout: float = 30.0, query_timeout: float | None = None,
              application_name: str = "devenv") -> "pgwire.Connection":
-    """A pgwire session as the stack's Postgres role: direct, or through PgBouncer (`pooled`).
+    """A pgwire session as the application role: direct, or through PgBouncer (`pooled`); with
+    `admin`, as devenv's own superuser (direct only; search_path pinned to the catalogue).
 
     `dbname` defaults to the application database. `socket_dir` connects over the server's
     unix socket (the native runtime's trust login before a password is set, with `password`
-    ""). Connection failures are raised as the driver's (pgwire.PgError, OSError): callers
-    probing a server that may not be up decide what a failure means.
+    "", as `user` when given: an older devenv's cluster has no admin role yet). Connection
+    failures are raised as the driver's (pgwire.PgError, OSError): callers probing a server
+    that may not be up decide what a failure means.
     """
     from devenv.clients import pgwire
 
     pg, pgb = stack.postgres, stack.pgbouncer
+    role, secret = _role(stack, admin, pooled)
+    if user is not None and socket_dir is None:
+        raise ValueError("another user only over the trusted unix socket")
+    role, secret = user or role, secret if password is None else password
+    options = ADMIN_OPTIONS if admin or user is not None else ""
     if pooled:
-        return pgwire.Connection(HOST, pgb.port, pg.user, pg.password if password is None else password,
-                                 dbname or pgb.database, ssl=pg.ssl, timeout=timeout, query_timeout=query_timeout,
-                                 application_name=application_name)
-    return pgwire.Connection(socket_dir or HOST, pg.port, pg.user, pg.password if password is None else password,
-                             dbname or pg.database, ssl=pg.ssl and socket_dir is None, timeout=timeout,
-                             query_timeout=query_timeout, application_name=application_name)
+        return pgwire.Connection(HOST, pgb.port, role, secret, dbname or pgb.database, ssl=pg.ssl,
+                                 timeout=timeout, query_timeout=query_timeout, application_name=application_name)
+    return pgwire.Connection(socket_dir or HOST, pg.port, role, secret, dbname or pg.database,
+                             ssl=pg.ssl and socket_dir is None, timeout=timeout, query_timeout=query_timeout,
+                             application_name=application_name, options=options)
 
 
-def psycopg_postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False,
+def psycopg_postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False, admin: bool = False,
                      durable: bool = False, explain: bool = False, application_name: str | None = "devenv",
                      **kwargs: Any) -> "psycopg.Connection[Any]":
-    """A psycopg connection as the stack's Postgres role: direct, or through PgBouncer (`pooled`).
+    """A psycopg connection as the application role: direct, or through PgBouncer (`pooled`);
+    with `admin`, as devenv's own superuser (direct only; search_path pinned to the catalogue).
 
     `durable`: devenv's own commits (template, database renames, the seed ledger) must outlive
     a killed server even where the profile turns synchronous_commit off (ci): an async commit
@@ -67,9 +88,10 @@ def psycopg_postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool 
     import psycopg
 
     pg, pgb = stack.postgres, stack.pgbouncer
+    role, secret = _role(stack, admin, pooled)
     port, database = (pgb.port, dbname or pgb.database) if pooled else (pg.port, dbname or pg.database)
     params: dict[str, Any] = {
-        "host": HOST, "port": port, "dbname": database, "user": pg.user, "password": pg.password,
+        "host": HOST, "port": port, "dbname": database, "user": role, "password": secret,
         # A server that is not there refuses at once; the timeout only bounds a live one that is
         # slow to answer, and a loaded CI machine took over 5 s (Docker's port proxy).
         "connect_timeout": 30,
@@ -79,8 +101,11 @@ def psycopg_postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool 
     # With ssl on, TLS is required on TCP by Postgres and PgBouncer alike (pg_hba's hostssl,
     # client_tls_sslmode): the same sslmode both ways.
     params["sslmode"] = "require" if pg.ssl else "prefer"
+    options = [ADMIN_OPTIONS] if admin else []
     if durable:
-        params["options"] = "-c synchronous_commit=on"
+        options.append("-c synchronous_commit=on")
+    if options:
+        params["options"] = " ".join(options)
     try:
         return psycopg.connect(**{**params, **kwargs})
     except psycopg.OperationalError as exc:

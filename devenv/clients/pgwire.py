@@ -47,8 +47,9 @@ class Connection:
 
     def __init__(self, host: str, port: int, user: str, password: str, dbname: str, *,
                  ssl: bool = False, timeout: float = 2.0, query_timeout: float | None = None,
-                 application_name: str = "devenv") -> None:
+                 application_name: str = "devenv", options: str = "") -> None:
         self.parameters: dict[str, str] = {}
+        self.scram_salt = ""  # "<iterations>:<salt>" the server's SCRAM exchange used (see scram_salt_of)
         self.columns: list[str] = []  # the column names of the last result set
         self._buffer = b""
         if host.startswith("/"):  # a socket directory, as libpq reads it
@@ -66,6 +67,8 @@ class Connection:
             if ssl:
                 self._start_tls()
             params = {"user": user, "database": dbname, "application_name": application_name}
+            if options:  # command-line options for the backend, e.g. "-c search_path=..."
+                params["options"] = options
             body = struct.pack("!i", _PROTOCOL_3) + b"".join(
                 k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items()) + b"\0"
             self._sock.sendall(struct.pack("!i", len(body) + 4) + body)
@@ -188,6 +191,7 @@ class Connection:
         self._send(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first)
         self._send(b"p", scram.client_final(self._sasl_data(11)).encode())
         scram.verify_server_final(self._sasl_data(12))
+        self.scram_salt = scram.server_salt
 
     def _sasl_data(self, expected: int) -> str:
         kind, data = self._receive()
@@ -246,6 +250,7 @@ class Scram:
         self.nonce = nonce or base64.b64encode(os.urandom(18)).decode()
         self.first_bare = f"n={user},r={self.nonce}"  # Postgres takes the user from the startup packet
         self._server_signature = b""
+        self.server_salt = ""
 
     def client_first(self) -> str:
         """The client-first message: no channel binding, our nonce."""
@@ -257,6 +262,7 @@ class Scram:
         if not fields["r"].startswith(self.nonce):
             raise PgError("SCRAM: the server's nonce does not extend ours")
         salted = _salted_password(self.password, fields["s"], int(fields["i"]))
+        self.server_salt = f"{fields['i']}:{fields['s']}"
         client_key = hmac.digest(salted, b"Client Key", "sha256")
         without_proof = f"c=biws,r={fields['r']}"
         auth_message = f"{self.first_bare},{server_first},{without_proof}".encode()
@@ -291,6 +297,12 @@ def scram_secret(user: str, password: str, iterations: int = 4096) -> str:
 
 
 @functools.lru_cache(maxsize=8)
+def scram_salt_of(secret: str) -> str:
+    """"<iterations>:<salt>" of a SCRAM secret. A login that succeeded with a salt the server
+    sent equal to this proves the server stores that very secret (its keys verified both ways)."""
+    return secret.split("$")[1] if secret.count("$") == 2 else ""
+
+
 def _salted_password(password: str, salt: str, iterations: int) -> bytes:
     """PBKDF2 of the password (4096 rounds, ~3 ms): the same for every session of one role."""
     return hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), iterations)

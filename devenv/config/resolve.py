@@ -77,8 +77,14 @@ def build_stack(config: Config, profile: str, secrets: dict[str, str] | None = N
         database=pg_conf.options.get("database", "taskflow"),
         user=pg_conf.options.get("user", "taskflow"),
         password=secrets["postgres_password"],
+        admin_password=secrets["postgres_admin_password"],
         limits=limits,
     )
+    if postgres.user in (postgres.admin_user, pgb_conf.options.get("admin_user", "pgbouncer_admin")):
+        raise ConfigError(
+            f"postgres.user '{postgres.user}' is a role devenv keeps for itself",
+            hint=f"name the application's role otherwise ('{postgres.admin_user}' is devenv's superuser).",
+        )
     pgbouncer = PgBouncer(
         name="pgbouncer",
         image=pgb_conf.image,

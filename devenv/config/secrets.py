@@ -11,7 +11,8 @@ from typing import Any
 
 from devenv.errors import StateError
 
-SECRET_NAMES = ("postgres_password", "pgbouncer_admin_password", "redis_password")
+# postgres_admin_password: devenv's own superuser (stack.postgres.admin_user); postgres_password the application's.
+SECRET_NAMES = ("postgres_password", "postgres_admin_password", "pgbouncer_admin_password", "redis_password")
 SECRETS_FILE = "secrets.json"
 # What a password may hold: it goes into connection URLs and config files unquoted, so only
 # URL-safe characters (what `token_urlsafe` makes), nothing a config lexer would split on.

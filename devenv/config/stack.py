@@ -39,12 +39,19 @@ class Service(Record):
 
 
 class Postgres(Service):
-    """PostgreSQL: the settings are validated against the major version's catalogue."""
+    """PostgreSQL: the settings are validated against the major version's catalogue.
+
+    Two roles: `user`, the application's (what URLs, tests and users get: no superuser, owns
+    its databases), and `admin_user`, devenv's own superuser (the cluster's bootstrap role),
+    which only devenv's cluster-level work uses (devenv.clients.connect's `admin=True`).
+    """
 
     major: int = 16
     database: str = "taskflow"
     user: str = "taskflow"
     password: str = ""
+    admin_user: str = "devenv_admin"
+    admin_password: str = ""
     limits: Limits = Factory(lambda: Limits(1 << 30, 1.0))
 
     @property
@@ -53,6 +60,19 @@ class Postgres(Service):
         from devenv.clients.pgwire import scram_secret
 
         return scram_secret(self.user, self.password)
+
+    @property
+    def admin_password_secret(self) -> str:
+        """The admin role's password as a SCRAM secret (how initdb and the image store it)."""
+        from devenv.clients.pgwire import scram_secret
+
+        return scram_secret(self.admin_user, self.admin_password)
+
+    @property
+    def roles_secret(self) -> str:
+        """What the password note of a cluster records: both roles' secrets and the role layout
+        (an older devenv's note, of the application role alone, never matches)."""
+        return f"roles-v2\0{self.admin_user}\0{self.admin_password_secret}\0{self.user}\0{self.password_secret}"
 
     @property
     def ssl(self) -> bool:

@@ -177,17 +177,24 @@ def restore(stack: Stack, runtime: "Runtime", janitor: "Janitor", source: Path,
     try:
         janitor.drop(scratch)
         # template0: nothing but what the archive holds (template1 may carry local additions).
-        janitor.admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(scratch)))
+        janitor.admin.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE template0").format(
+            sql.Identifier(scratch), sql.Identifier(stack.postgres.user)))
     except psycopg.Error as exc:
         raise SchemaError(f"could not create the scratch database {scratch}: {_reason(exc)}",
                           hint="the working database is unchanged; check the postgres log (`devenv logs postgres`).") from exc
     try:
+        # As the application role (pg_tool's user), which owns the scratch database: the archive's
+        # functions, checks and index expressions never run as a superuser. It cannot create
+        # event triggers (devenv's DDL guard): those refusals alone are let pass (not
+        # --exit-on-error, which stops at the first), and the admin role installs the guard.
         with open(source, "rb") as archive:
-            _run(argv + ["--exit-on-error", "--no-owner", "--no-password", f"--dbname={scratch}"], stack,
+            _run(argv + ["--no-owner", "--no-password", f"--dbname={scratch}"], stack,
                  stdin=archive, stdout=subprocess.DEVNULL, what=f"restore {source}",
                  hint=f"nothing was changed: {database} is as it was. Is {source} a complete archive made by "
                  "`devenv dump` (pg_dump --format=custom of this major version or older)? "
-                 f"`pg_restore --list {source}` checks it.")
+                 f"`pg_restore --list {source}` checks it.", tolerate=only_event_triggers_refused)
+        if _has_guard(janitor, scratch):
+            janitor.install_guard(scratch)
         say(f"restore: complete in {time.monotonic() - start:.2f}s; swapping it in as {database}")
         janitor.swap_in(database, scratch)
     except psycopg.Error as exc:
@@ -221,9 +228,29 @@ def _check_archive(source: Path) -> int:
     return size
 
 
+def only_event_triggers_refused(stderr: str) -> bool:
+    """Whether every error pg_restore reported is a refused event trigger statement (the
+    application role may not create them; devenv installs its own afterwards)."""
+    errors = [line for line in stderr.splitlines() if ": error: " in line or line.startswith("ERROR:")]
+    commands = [line.split("Command was:", 1)[1].strip() for line in stderr.splitlines() if "Command was:" in line]
+    queries = [line for line in errors if "could not execute query" in line]
+    return bool(queries) and len(queries) == len(errors) == len(commands) and all(
+        command.upper().startswith(("CREATE EVENT TRIGGER", "ALTER EVENT TRIGGER", "COMMENT ON EVENT TRIGGER"))
+        for command in commands)
+
+
+def _has_guard(janitor: "Janitor", dbname: str) -> bool:
+    """Whether a restored database carries devenv's DDL counter (a database made from a template)."""
+    from devenv.clients import connect
+
+    with connect.psycopg_postgres(janitor.stack, dbname, explain=True, autocommit=True) as conn:
+        return conn.execute("SELECT to_regclass('devenv.ddl_changes') IS NOT NULL").fetchone()[0]
+
+
 def _run(argv: list[str], stack: Stack, *, stdin: int | IO[bytes], stdout: int | IO[bytes], what: str,
-         hint: str | None = None) -> None:
-    """Run a PostgreSQL tool to completion; its stderr becomes the error when it fails."""
+         hint: str | None = None, tolerate: Callable[[str], bool] | None = None) -> None:
+    """Run a PostgreSQL tool to completion; its stderr becomes the error when it fails (unless
+    `tolerate` accepts that stderr)."""
     with tempfile.TemporaryFile() as errors:
         try:
             code = subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=errors, env=tool_env(stack)).returncode
@@ -231,7 +258,10 @@ def _run(argv: list[str], stack: Stack, *, stdin: int | IO[bytes], stdout: int |
             raise _spawn_error(argv, exc) from exc
         if code != 0:
             errors.seek(0)
-            raise _tool_error(argv, code, errors.read().decode(errors="replace"), what, hint)
+            text = errors.read().decode(errors="replace")
+            if code > 0 and tolerate is not None and tolerate(text):
+                return
+            raise _tool_error(argv, code, text, what, hint)
 
 
 def _run_to_stream(argv: list[str], stack: Stack, out: IO[bytes], what: str, hint: str | None = None) -> int:

@@ -124,14 +124,22 @@ class Janitor:
 
     @property
     def admin(self) -> "psycopg.Connection[Any]":
-        """A connection to the maintenance database, for CREATE/DROP/ALTER DATABASE."""
+        """The admin role's connection to the maintenance database, for CREATE/DROP/ALTER DATABASE."""
         if self._admin is None or self._admin.closed:
-            self._admin = self._session("postgres")
+            self._admin = self._session("postgres", admin=True)
         return self._admin
 
-    def _session(self, dbname: str) -> "psycopg.Connection[Any]":
-        """A new psycopg session of devenv's own (durable commits), autocommit, on `dbname`."""
-        return connect.psycopg_postgres(self.stack, dbname, durable=True, explain=True, autocommit=True)
+    def _session(self, dbname: str, admin: bool = False) -> "psycopg.Connection[Any]":
+        """A new psycopg session of devenv's own (durable commits), autocommit, on `dbname`: as
+        the application role (work inside its databases), or with `admin` as devenv's superuser."""
+        return connect.psycopg_postgres(self.stack, dbname, admin=admin, durable=True, explain=True, autocommit=True)
+
+    def install_guard(self, dbname: str) -> None:
+        """The DDL guard's event triggers (superuser-only) in `dbname`, in an admin session."""
+        from devenv.db.template import GUARD_TRIGGERS
+
+        with self._session(dbname, admin=True) as conn:
+            conn.execute(GUARD_TRIGGERS)
 
     def _db(self, name: str) -> "pgwire.Connection":
         conn = self._db_conns.get(name)
@@ -232,10 +240,11 @@ class Janitor:
         building = f"{name}__building_{os.getpid()}"
         self._drop(building)
         if adopt is None or not self._renamed(adopt, building):
-            self.admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(building)))
+            self.admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(building), sql.Identifier(self.stack.postgres.user)))
         try:
             with self._session(building) as conn:
-                populate(conn, self.stack, self.seeds_dir, name)
+                populate(conn, self.stack, self.seeds_dir, name, lambda: self.install_guard(building))
         except BaseException:
             self._drop(building)  # a failed file leaves no half-built template behind
             raise
@@ -431,8 +440,9 @@ class Janitor:
         from psycopg import sql
 
         # WAL_LOG (15+) copies through the WAL: no checkpoints, the fastest for small databases.
-        self.admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(
-            sql.Identifier(name), sql.Identifier(template),
+        # OWNER: the copy is the application's, as everything in it is.
+        self.admin.execute(sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE {}{}").format(
+            sql.Identifier(name), sql.Identifier(self.stack.postgres.user), sql.Identifier(template),
             sql.SQL(f" STRATEGY {method}") if self._supports_strategy() else sql.SQL("")))
 
     def _terminate(self, dbname: str, everyone: bool = True) -> None:
@@ -459,7 +469,7 @@ class Janitor:
         """Drop in a background thread: DROP DATABASE waits for a checkpoint."""
         def drop() -> None:
             try:
-                with self._session("postgres") as conn:
+                with self._session("postgres", admin=True) as conn:
                     from psycopg import sql
 
                     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))

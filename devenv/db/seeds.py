@@ -94,11 +94,12 @@ def ensure_database(stack: Stack) -> bool:
 
     from devenv.clients import connect
 
-    with connect.psycopg_postgres(stack, "postgres", durable=True, explain=True, autocommit=True) as conn:
+    with connect.psycopg_postgres(stack, "postgres", admin=True, durable=True, explain=True, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (stack.postgres.database,)).fetchone()
         if exists:
             return False
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(stack.postgres.database)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(stack.postgres.database),
+                                                                     sql.Identifier(stack.postgres.user)))
         return True
 
 

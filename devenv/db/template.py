@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from devenv.db.seeds import apply_seeds, read_sql, seed_files, split_statements
 from devenv.errors import SchemaError
@@ -23,13 +23,19 @@ if TYPE_CHECKING:
 SCALE_FILE = "scale.sql"
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "devenv", "pg_toast")
-TEMPLATE_FORMAT = 4  # bump when what a template carries (snapshots, guards) changes
+TEMPLATE_FORMAT = 4  # bump when what a template carries (snapshots, guards, owners) changes
 
-# Installed in every template: counts DDL so that `restore` knows when it is not enough.
+# Installed in every template: counts DDL so that `restore` knows when it is not enough. The
+# counter is the application role's (its DDL advances it); the event triggers, which only a
+# superuser may create, and their function are the admin role's (GUARD_TRIGGERS, installed by
+# install_guard), the function's names pinned to the catalogue: it also runs in admin sessions.
 DDL_GUARD = """
 CREATE SEQUENCE IF NOT EXISTS devenv.ddl_changes;
-CREATE OR REPLACE FUNCTION devenv.count_ddl() RETURNS event_trigger LANGUAGE plpgsql AS
-$$ BEGIN PERFORM nextval('devenv.ddl_changes'); END $$;
+"""
+GUARD_TRIGGERS = """
+DROP FUNCTION IF EXISTS devenv.count_ddl() CASCADE;
+CREATE FUNCTION devenv.count_ddl() RETURNS event_trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS
+$$ BEGIN PERFORM pg_catalog.nextval('devenv.ddl_changes'::pg_catalog.regclass); END $$;
 CREATE EVENT TRIGGER devenv_ddl_end ON ddl_command_end EXECUTE FUNCTION devenv.count_ddl();
 CREATE EVENT TRIGGER devenv_ddl_drop ON sql_drop EXECUTE FUNCTION devenv.count_ddl();
 """
@@ -175,7 +181,7 @@ END $$;
 def template_key(seeds_dir: Path, major: int, scale: int = 0) -> str:
     """Content hash of the schema and seed files, the server's major version and the scale."""
     digest = hashlib.sha256(f"format{TEMPLATE_FORMAT}\0pg{major}\0{scale}\0".encode())
-    digest.update((DDL_GUARD + RESTORE_FUNCTIONS).encode())  # what every template carries besides the data
+    digest.update((DDL_GUARD + GUARD_TRIGGERS + RESTORE_FUNCTIONS).encode())  # what every template carries besides the data
     for seed in seed_files(seeds_dir):
         digest.update(f"{seed.key}\0{seed.checksum}\0".encode())
     if scale:
@@ -194,9 +200,12 @@ def template_name(stack: Stack, major: int, seeds_dir: Path | None = None) -> st
     return template_prefix(stack) + template_key(seeds_dir or stack.root / "seeds", major, stack.seed_scale)
 
 
-def populate(conn: "psycopg.Connection[Any]", stack: Stack, seeds_dir: Path, name: str) -> None:
-    """Fill the database `conn` is on as template `name`: the seed files, the generated rows of
-    a seed_scale profile, the DDL guard, the snapshots and the restore function."""
+def populate(conn: "psycopg.Connection[Any]", stack: Stack, seeds_dir: Path, name: str,
+             install_guard: Callable[[], None]) -> None:
+    """Fill the database `conn` is on (a session of the application role, which owns it) as
+    template `name`: the seed files, the generated rows of a seed_scale profile, the DDL guard
+    (its event triggers by `install_guard`, in an admin session), the snapshots and the
+    restore function."""
     # Its commits need not wait for the disk: the template is used only once renamed, and the
     # rename's commit flushes the WAL up to it, theirs included.
     conn.execute("SET synchronous_commit = off")
@@ -204,6 +213,7 @@ def populate(conn: "psycopg.Connection[Any]", stack: Stack, seeds_dir: Path, nam
     if stack.seed_scale:
         generate(conn, stack, seeds_dir)
     conn.execute(DDL_GUARD)
+    install_guard()
     make_snapshots(conn, name)
 
 

@@ -32,6 +32,7 @@ class UpResult:
     fresh_database: bool = False  # the data directory/volume was just initialised
     from_cache: bool = False  # ... from a cached seeded snapshot instead of initdb
     cache_key: str = ""  # the key a fresh seeded data directory would be cached under
+    roles_pending: bool = False  # a new cluster, new passwords or a migration: `up` runs roles.ensure_roles
     notes: list[str] = field(default_factory=list)
 
     @property

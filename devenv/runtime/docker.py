@@ -18,14 +18,13 @@ the environment and the filesystem alone whether there is an engine to ask.
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Iterator, Mapping
 
 from devenv.db import cache
+from devenv.db.roles import MIGRATED_NOTE
 from devenv.errors import ConfigError, DependencyError, HealthCheckError, StateError
 from devenv.render import COMPOSE_FILE, write_files
 from devenv.runtime.base import Progress, ServiceState, UpResult
@@ -46,6 +45,7 @@ from devenv.runtime.dockerapi import (
     connect,
     ensure_images,
     log_tail_of,
+    follow_container_logs,
     logs,
     quietly,
     remove,
@@ -127,6 +127,7 @@ class DockerRuntime:
         self._removed_tails: dict[str, str] = {}
         self._pending: dict[str, Future[None]] = {}  # containers still being started by `up`
         self._started: dict[str, str] = {}  # service -> container id `up` started (not recreated)
+        self._password_step: bool | None = None  # set_password's answer in this `up` (True: migrated)
 
     # ---- engine --------------------------------------------------------------------------------
 
@@ -279,9 +280,15 @@ class DockerRuntime:
         for service in ("pgbouncer", "redis"):
             if plan.actions.get(service) in ("create", "recreate"):
                 self._ensure_volumes(stack, seen.specs[service])
+        self._password_step = None
         self._start_all(stack, seen, plan, restoring, progress, result)
         if "postgres" not in starting and "postgres" in seen.current and not has_password(password_note_path(stack), stack):
-            set_password(self.client(), stack, seen.current["postgres"].id)  # a restore whose `up` was killed, or old data
+            # a restore whose `up` was killed, or old data
+            self._password_step = set_password(self.client(), stack, seen.current["postgres"].id)
+        if self._password_step is not None:
+            result.roles_pending = True  # `up` then makes sure of the application role (roles.ensure_roles)
+            if self._password_step:
+                result.notes.append(MIGRATED_NOTE.format(app=stack.postgres.user, admin=stack.postgres.admin_user))
         for service in starting:
             (result.restarted if plan.actions[service] == "recreate" else result.started).append(service)
         if plan.actions.get("postgres") == "reload":
@@ -372,7 +379,7 @@ class DockerRuntime:
             self._started[service] = container_id  # before the start: a failed one is stopped too
         self._start(service, container_id, stack)
         if service == "postgres" and not has_password(password_note_path(stack), stack):
-            set_password(self.client(), stack, container_id)
+            self._password_step = set_password(self.client(), stack, container_id)
 
     # ---- the seeded-data cache (devenv.db.cache): saved from, restored into the named volume -----
 
@@ -583,20 +590,7 @@ class DockerRuntime:
                 for line in logs(container).splitlines():
                     yield prefix(name) + line
             return
-        lines: "queue.Queue[str]" = queue.Queue()
-
-        def pump(name: str, container: Container) -> None:
-            pending = ""
-            for chunk in container.logs(stream=True, follow=True):
-                pending += chunk.decode(errors="replace")
-                *complete, pending = pending.split("\n")
-                for line in complete:
-                    lines.put(prefix(name) + line)
-
-        for name, container in containers.items():
-            threading.Thread(target=pump, args=(name, container), daemon=True).start()
-        while True:
-            yield lines.get()
+        yield from follow_container_logs(containers, prefix)
 
     # ---- containers, networks, volumes ---------------------------------------------------------
 

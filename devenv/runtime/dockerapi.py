@@ -12,7 +12,7 @@ import io
 import tarfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from devenv import humanize
 from devenv.errors import DependencyError, DevenvError
@@ -200,6 +200,27 @@ def logs(container: Container, tail: int | str = "all") -> str:
         return container.logs(stdout=True, stderr=True, tail=tail).decode(errors="replace")
     except DockerException:
         return ""
+
+
+def follow_container_logs(containers: "Mapping[str, Container]", prefix: Callable[[str], str]) -> "Iterator[str]":
+    """New lines of the containers' logs as they come, interleaved, each after `prefix(name)`."""
+    import queue
+    import threading
+
+    lines: "queue.Queue[str]" = queue.Queue()
+
+    def pump(name: str, container: Container) -> None:
+        pending = ""
+        for chunk in container.logs(stream=True, follow=True):
+            pending += chunk.decode(errors="replace")
+            *complete, pending = pending.split("\n")
+            for line in complete:
+                lines.put(prefix(name) + line)
+
+    for name, container in containers.items():
+        threading.Thread(target=pump, args=(name, container), daemon=True).start()
+    while True:
+        yield lines.get()
 
 
 def log_tail_of(client: DockerClient, container_id: str) -> str:

@@ -121,7 +121,8 @@ def data_key(stack: Stack, image_id: str) -> str:
     """The cache key: as native's, with the image id (its exact PostgreSQL build, locales and
     data path) in place of initdb's arguments; so Docker and native entries never mix."""
     return cache.data_key(stack, str(stack.postgres.major),
-                          ["docker", image_id, f"PGDATA={stack.postgres.pgdata}", f"user={stack.postgres.user}"])
+                          ["docker", image_id, f"PGDATA={stack.postgres.pgdata}", f"user={stack.postgres.user}",
+                           f"admin={stack.postgres.admin_user}"])
 
 
 def unpack_cached(client: DockerClient, stack: Stack, container_id: str, archive: Path, local: Path | None,
@@ -215,28 +216,55 @@ def _untar_into(archive: Path, directory: Path) -> None:
 # ---- the superuser's password, the TLS key -------------------------------------------------------
 
 
-def set_password(client: DockerClient, stack: Stack, container_id: str, timeout: float = 60.0) -> None:
-    """This checkout's password for the superuser of a restored data directory (or of one an
-    earlier checkout left; see plan.has_password): set over the container's unix socket (trusted
-    locally), the password passed in the exec's environment, never on a command line, and kept
-    out of the server log."""
+# Run in the postgres container as its postgres user, over the unix socket (trusted locally):
+# both roles get this checkout's passwords. On an older devenv's volume (no admin role: the
+# application role is the bootstrap superuser) that role is first renamed to the admin's name
+# through a superuser of the moment (as devenv.db.roles.rename_bootstrap does natively), and
+# MIGRATED is printed; `up` then makes the application role afresh (roles.ensure_roles).
+_PASSWORD_SCRIPT = """\
+i=0; until pg_isready -q -h /var/run/postgresql -p "$PORT"; do i=$((i+1)); [ "$i" -gt "$TRIES" ] && exit 9; sleep 0.05; done
+q() { psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p "$PORT" -d postgres -v admin="$DEVENV_ADMIN" \
+      -v app="$DEVENV_USER" -v apw="$DEVENV_ADMIN_PASSWORD" -v pw="$DEVENV_PASSWORD" -v m="$DEVENV_MIGRATING" "$@"; }
+if ! q -U "$DEVENV_ADMIN" -Atc 'SELECT 1' >/dev/null 2>&1; then
+  q -U "$DEVENV_USER" <<'SQL' || exit 3
+SET log_statement = 'none';
+DROP ROLE IF EXISTS :"m";
+CREATE ROLE :"m" SUPERUSER LOGIN;
+SQL
+  q -U "$DEVENV_MIGRATING" <<'SQL' || exit 4
+SET log_statement = 'none';
+SELECT pg_catalog.pg_terminate_backend(pid, 2000) FROM pg_catalog.pg_stat_activity WHERE usename = :'app';
+ALTER ROLE :"app" RENAME TO :"admin";
+SQL
+  echo MIGRATED
+fi
+q -U "$DEVENV_ADMIN" <<'SQL'
+SET log_statement = 'none';
+ALTER ROLE :"admin" PASSWORD :'apw';
+SELECT pg_catalog.format('ALTER ROLE %I PASSWORD %L', :'app', :'pw') FROM pg_catalog.pg_roles WHERE rolname = :'app' \\gexec
+DROP ROLE IF EXISTS :"m";
+SQL
+"""
+
+
+def set_password(client: DockerClient, stack: Stack, container_id: str, timeout: float = 60.0) -> bool:
+    """This checkout's passwords for both roles of a restored data directory (or of one an
+    earlier checkout or an older devenv left; see plan.has_password): set over the container's
+    unix socket, the passwords passed in the exec's environment, never on a command line, and
+    kept out of the server log. True when an older devenv's cluster was migrated (its
+    bootstrap role renamed to the admin role's name)."""
     from docker.errors import DockerException
 
+    from devenv.db.roles import MIGRATING_ROLE
+
     pg = stack.postgres
-    script = (
-        'i=0; until pg_isready -q -h /var/run/postgresql -p "$PORT"; do '
-        'i=$((i+1)); [ "$i" -gt "$TRIES" ] && exit 9; sleep 0.05; done\n'
-        'psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p "$PORT" -U "$DEVENV_USER" -d postgres '
-        '-v u="$DEVENV_USER" -v pw="$DEVENV_PASSWORD" <<\'SQL\'\n'
-        "SET log_statement = 'none';\n"
-        "ALTER ROLE :\"u\" PASSWORD :'pw';\n"
-        "SQL\n"
-    )
     env = {"PORT": str(pg.container_port), "TRIES": str(int(timeout / 0.05)), "DEVENV_USER": pg.user,
-           "DEVENV_PASSWORD": pg.password_secret}  # the SCRAM secret PgBouncer's userlist holds
+           "DEVENV_PASSWORD": pg.password_secret,  # the SCRAM secret PgBouncer's userlist holds
+           "DEVENV_ADMIN": pg.admin_user, "DEVENV_ADMIN_PASSWORD": pg.admin_password_secret,
+           "DEVENV_MIGRATING": MIGRATING_ROLE}
     api = client.api
     try:
-        exec_id = api.exec_create(container_id, ["sh", "-c", script], user="postgres", environment=env)["Id"]
+        exec_id = api.exec_create(container_id, ["sh", "-c", _PASSWORD_SCRIPT], user="postgres", environment=env)["Id"]
         output = api.exec_start(exec_id).decode(errors="replace").strip()
         code = api.exec_inspect(exec_id).get("ExitCode")
     except DockerException as exc:
@@ -248,6 +276,7 @@ def set_password(client: DockerClient, stack: Stack, container_id: str, timeout:
             hint="delete the cache entry (DEVENV_CACHE_DIR) and run `devenv down --volumes && devenv up`.",
             log_tail=log_tail_of(client, container_id))
     remember_password(password_note_path(stack), stack)
+    return "MIGRATED" in output.split()
 
 
 def prepare_tls(client: DockerClient, stack: Stack, images: dict[str, str], progress: Progress) -> None:

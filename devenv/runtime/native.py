@@ -40,6 +40,9 @@ from devenv.runtime.plan import (
     save_live,
 )
 from devenv.runtime.ports import check_ports_free
+from devenv.runtime import serverenv
+from devenv.runtime.serverenv import RunUser
+from devenv.runtime import trust
 from devenv.runtime.procs import (
     end_writers,
     kill_and_wait,
@@ -47,7 +50,6 @@ from devenv.runtime.procs import (
     kill_group,
     process_name,
     processes_in,
-    processes_with_arg,
     scan_processes,
     send_signal,
     wait_gone,
@@ -57,15 +59,6 @@ from devenv.config.stack import SERVICES, Stack
 
 _STOP_SIGNAL = {"postgres": signal.SIGINT, "pgbouncer": signal.SIGINT, "redis": signal.SIGTERM}
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
-
-
-@dataclass(frozen=True)
-class RunUser:
-    """The unprivileged account the servers run as when devenv runs as root."""
-
-    name: str
-    uid: int
-    gid: int
 
 
 @dataclass(frozen=True)
@@ -112,8 +105,15 @@ class NativeRuntime:
         if self._binaries is None:
             cached = self._read_state(self.layout(stack)).get("_meta", {}).get("binaries", {})
             if cached.pop("key", None) == discovery_key(self.env):
-                self._binaries = Binaries(**cached)
-                return self._binaries
+                try:
+                    found = Binaries(**cached)
+                except TypeError:
+                    found = None
+                # As root, only programs no other user could have put there (trust.trusted_program).
+                if found is not None and all(trust.trusted_program(p) for p in
+                                             (found.postgres, found.initdb, found.pgbouncer, found.redis_server)):
+                    self._binaries = found
+                    return found
             self._binaries = find_binaries(stack.postgres.major, self.env)
         return self._binaries
 
@@ -131,13 +131,17 @@ class NativeRuntime:
     def pg_tool(self, stack: Stack, tool: str) -> list[str]:
         """`pg_dump`/`pg_restore` from the bindir of the server this runtime starts (same major)."""
         binary = Path(self.binaries(stack).postgres).parent / tool
+        if binary.is_file() and not trust.trusted_program(str(binary)):
+            raise DependencyError(
+                f"{binary} (or its directory) is not root's or is writable by others: devenv, as root, will not run it",
+                hint="install the PostgreSQL client programs from packages (root-owned), or fix the ownership.")
         if not binary.is_file():
             raise DependencyError(
                 f"{tool} not found in {binary.parent} (next to the postgres server devenv runs)",
                 hint="install the PostgreSQL client programs of the same major version: Debian/Ubuntu "
                 f"`sudo apt-get install postgresql-client-{self.binaries(stack).pg_major}`.",
             )
-        # TCP on 127.0.0.1 as the stack's superuser, like every other client of the stack.
+        # TCP on 127.0.0.1 as the application role, which owns the database and all in it.
         return [str(binary), "--host=127.0.0.1", f"--port={stack.postgres.port}", f"--username={stack.postgres.user}"]
 
     def run_user(self) -> RunUser | None:
@@ -207,8 +211,14 @@ class NativeRuntime:
             # Settings were validated for the image's major; check them for the one that runs.
             for name, value in stack.postgres.settings.items():
                 pgcatalog.normalize(name, value, binaries.pg_major, f"devenv.yaml: postgres.settings.{name}")
-        for directory in (layout.base, layout.conf, layout.log, layout.run, layout.pgdata.parent, layout.redis_dir):
-            _make_dir(directory, user)
+        # As root: the stack's directory, conf/, log/ and data/ are root's (the server user may pass
+        # through, not write: nothing root reads later is the server user's to plant); run/ and
+        # the data directories are the server user's.
+        owner = (user.uid, user.gid) if user else None
+        for directory in (layout.base, layout.conf, layout.log, layout.pgdata.parent):
+            trust.make_dir(directory, None, trusted=(user.uid,) if user else ())  # an older devenv's were the user's
+        for directory in (layout.run, layout.redis_dir):
+            trust.make_dir(directory, owner)
         recorded = self._read_state(layout)
         if not (layout.pgdata / "PG_VERSION").exists():
             self._clear_scratch(layout)
@@ -242,7 +252,7 @@ class NativeRuntime:
             elif entry.get("hash") != hashes[service]:
                 plan[service] = self._change_kind(service, entry, stack, binaries.pg_major)
         if layout.pgdata.exists() and (layout.pgdata / "PG_VERSION").exists():
-            data_major = int((layout.pgdata / "PG_VERSION").read_text().strip().split(".")[0])
+            data_major = int(trust.read_small(layout.pgdata / "PG_VERSION").strip().split(".")[0])
             if data_major != binaries.pg_major:
                 raise StateError(
                     f"the data directory {layout.pgdata} was created by PostgreSQL {data_major}, "
@@ -302,7 +312,7 @@ class NativeRuntime:
                 # Not running (checked above), so a pid file left behind is stale.
                 (layout.run / f"{service}.pid").unlink(missing_ok=True)
             argv = self._command(service, layout, binaries)
-            self._children[service] = _spawn(argv, layout.log_file(service), user, cwd=layout.base)
+            self._children[service] = serverenv.spawn(argv, layout.log_file(service), user, cwd=layout.base)
             state[service] = {
                 "pid": self._children[service].pid,
                 "hash": hashes[service],
@@ -311,12 +321,12 @@ class NativeRuntime:
             }
             _write_json(layout.state_file, state)
             if service == "postgres" and not has_password(password_note_path(stack, layout.pgdata), stack):
-                self._set_password(stack, layout)
+                self._set_password(stack, layout, result)
             if plan[service] == "start":
                 result.started.append(service)
                 self._started.add(service)
         if plan.get("postgres") not in ("start", "restart") and not has_password(password_note_path(stack, layout.pgdata), stack):
-            self._set_password(stack, layout)  # running already, on another checkout's data
+            self._set_password(stack, layout, result)  # running already, on another checkout's data
         return result
 
     def _change_kind(self, service: str, entry: dict, stack: Stack, major: int) -> str:
@@ -368,36 +378,35 @@ class NativeRuntime:
         self._initdb(stack, layout, binaries, user)
         remember_password(password_note_path(stack, layout.pgdata), stack)
         result.fresh_database = True
+        result.roles_pending = True
         result.cache_key = self._data_key(stack, binaries) if use_cache else ""
 
-    def _set_password(self, stack: Stack, layout: Layout, timeout: float = 30.0) -> None:
-        """After a restore, or on data an earlier checkout left: this checkout's password, set
-        over the (trusted) unix socket.
+    def _set_password(self, stack: Stack, layout: Layout, result: UpResult, timeout: float = 30.0) -> None:
+        """After a restore, or on data an earlier checkout left: this checkout's passwords, set
+        over the (trusted) unix socket. On an older devenv's cluster (no admin role: the
+        application role is the bootstrap superuser) that role is renamed to the admin role's
+        name first (devenv.db.roles); `up` then makes the application role afresh and hands it
+        its databases (roles.ensure_roles).
 
         Over pgwire, not psycopg: a start from the cache needs no database driver at all.
         """
-        from devenv.clients import connect, pgwire
+        from devenv.db import roles
 
-        pg = stack.postgres
+        def give_up(exc: BaseException) -> Exception | None:
+            if not self.exit_status(stack, "postgres") and time.monotonic() <= deadline:
+                return None
+            return HealthCheckError(
+                f"postgres did not answer on its unix socket to take this checkout's password "
+                f"(data from the cache or from an earlier checkout): {exc}",
+                hint="see `devenv logs postgres`; data from the cache: delete the cache entry "
+                "(DEVENV_CACHE_DIR) and run `devenv up` again; else `devenv down --volumes` starts afresh.",
+                log_tail=_tail(layout.log_file("postgres"), 20),
+            )
+
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                conn = connect.postgres(stack, "postgres", socket_dir=str(layout.run), password="", timeout=2.0)
-                break
-            except (pgwire.PgError, OSError) as exc:
-                if self.exit_status(stack, "postgres") or time.monotonic() > deadline:
-                    raise HealthCheckError(
-                        f"postgres did not answer on its unix socket to take this checkout's password "
-                        f"(data from the cache or from an earlier checkout): {exc}",
-                        hint="see `devenv logs postgres`; data from the cache: delete the cache entry "
-                        "(DEVENV_CACHE_DIR) and run `devenv up` again; else `devenv down --volumes` starts afresh.",
-                        log_tail=_tail(layout.log_file("postgres"), 20),
-                    ) from exc
-                time.sleep(0.01)
-        with conn:
-            # One statement per message: SET first keeps the password out of the log.
-            conn.query("SET log_statement = 'none'")
-            conn.query(f"ALTER ROLE {pgwire.identifier(pg.user)} PASSWORD {pgwire.literal(pg.password_secret)}")
+        if roles.set_passwords_over_socket(stack, str(layout.run), give_up):
+            result.notes.append(roles.MIGRATED_NOTE.format(app=stack.postgres.user, admin=stack.postgres.admin_user))
+        result.roles_pending = True
         remember_password(password_note_path(stack, layout.pgdata), stack)
 
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
@@ -406,21 +415,25 @@ class NativeRuntime:
         save_cache(progress, lambda: save_live(stack, self.layout(stack).pgdata, key))
 
     def _initdb_args(self, stack: Stack, pgdata: Path, pwfile: Path) -> list[str]:
-        return ["-D", str(pgdata), "-U", stack.postgres.user, f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C",
+        # The bootstrap superuser is devenv's admin role; `up` then makes the application's (roles.ensure_roles).
+        return ["-D", str(pgdata), "-U", stack.postgres.admin_user, f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C",
                 "--auth-local=trust", "--auth-host=scram-sha-256"]
 
     def _initdb(self, stack: Stack, layout: Layout, binaries: Binaries, user: RunUser | None) -> None:
         """initdb into a scratch directory, then rename: a killed initdb never leaves half a cluster."""
         scratch = layout.pgdata.with_name(layout.pgdata.name + ".initdb")
         self._clear_scratch(layout)
-        pwfile = layout.run / "initdb.pw"
-        # Stored as is: PgBouncer's userlist holds it too.
-        safefs.write_file(pwfile, (stack.postgres.password_secret + "\n").encode(), 0o600, _ids(user))
+        # initdb fills a directory made for it: the data/ it lives in is root's.
+        scratch.mkdir(mode=0o700)
+        _chown(scratch, user)
+        # devenv's superuser's, stored as is; in root's conf/ (no link planted in its place).
+        pwfile = layout.conf / "initdb.pw"
+        safefs.write_file(pwfile, (stack.postgres.admin_password_secret + "\n").encode(), 0o600, _ids(user))
         argv = [binaries.initdb, *self._initdb_args(stack, scratch, pwfile)]
         if stack.ephemeral:
             argv.append("--no-sync")  # tmpfs: there is nothing to sync to
         try:
-            proc = _run(argv, layout.log_file("postgres"), user)
+            proc = serverenv.run(argv, layout.log_file("postgres"), user)
         finally:
             pwfile.unlink(missing_ok=True)
         if proc.returncode != 0:
@@ -476,7 +489,7 @@ class NativeRuntime:
         """
         pidfile = layout.pgdata / "postmaster.pid"
         try:
-            pid = int(pidfile.read_text().splitlines()[0])
+            pid = int(trust.read_small(pidfile).splitlines()[0])
         except (OSError, ValueError, IndexError):
             pid = 0
         if pid and process_name(pid) == "postgres" and working_dir(pid) == layout.pgdata.resolve():
@@ -516,15 +529,17 @@ class NativeRuntime:
                 for key, value in recorded.items() if isinstance(value, dict)
             })
         if volumes:
-            pgdata = Path(recorded.get("_meta", {}).get("pgdata", layout.pgdata))
-            for path in (pgdata, layout.pgdata):
-                if path.parent.name.startswith("devenv-"):
-                    path = path.parent  # the per-stack tmpfs directory
-                shutil.rmtree(path, ignore_errors=True)
+            # Only inside devenv's own directories of this stack (links resolved, never followed):
+            # a recorded path elsewhere is not deleted, whoever wrote it.
+            roots = [layout.base, layout.run]
+            if layout.pgdata.parent.name.startswith("devenv-"):
+                roots.append(layout.pgdata.parent)  # the per-stack tmpfs directory
+            pgdata = Path(str(recorded.get("_meta", {}).get("pgdata", layout.pgdata)))
+            for path in (pgdata, layout.pgdata, *roots[1:], layout.base):
+                if path.parent.name.startswith("devenv-") and path.parent in roots:
+                    path = path.parent
+                trust.remove_within(path, roots)
             link = stack.state_dir / "native"
-            if layout.run != layout.base / "run":
-                shutil.rmtree(layout.run, ignore_errors=True)
-            shutil.rmtree(layout.base, ignore_errors=True)
             if link.is_symlink():
                 link.unlink()
         return stopping
@@ -605,12 +620,10 @@ class NativeRuntime:
     # ---- helpers -----------------------------------------------------------------------
 
     def _read_state(self, layout: Layout) -> dict:
-        """state.json; {} when missing or damaged, entries of the wrong shape dropped (_own_servers)."""
-        try:
-            data = json.loads(layout.state_file.read_text())
-        except (OSError, ValueError):
-            return {}
-        state = {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+        """state.json; {} when missing, damaged or not root's own (as root: one the server user
+        planted is ignored, never acted on); entries of the wrong shape dropped (_own_servers)."""
+        data = trust.read_json(layout.state_file)
+        state = {k: v for k, v in data.items() if isinstance(v, dict)}
         return {k: v for k, v in state.items() if type(v.get("pid", 1)) is int and v.get("pid", 1) > 0}
 
     def _own_servers(self, layout: Layout, recorded: dict) -> dict[str, int]:
@@ -629,41 +642,7 @@ class NativeRuntime:
         return process_name(pid) == PROGRAMS[service]
 
 
-# ---- module helpers: the one place that spawns processes ------------------------------------
-
-
-def _spawn(argv: list[str], log_path: Path, user: RunUser | None, cwd: Path) -> subprocess.Popen[bytes]:
-    """Start a server in its own session (Ctrl-C on devenv must not reach it), logging to a file."""
-    with safefs.open_append(log_path, _ids(user)) as log:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
-            start_new_session=True, env=_child_env(), **_as_user(user),
-        )
-
-
-def _run(argv: list[str], log_path: Path, user: RunUser | None) -> subprocess.CompletedProcess[bytes]:
-    with safefs.open_append(log_path, _ids(user)) as log:
-        # A group of its own: a killed `up` leaves initdb and its bootstrap backend to be ended together.
-        return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                              env=_child_env(), cwd="/", start_new_session=True, **_as_user(user))
-
-
-def _as_user(user: RunUser | None) -> dict:
-    if user is None:
-        return {}
-    return {"user": user.uid, "group": user.gid, "extra_groups": []}
-
-
-def _child_env() -> dict[str, str]:
-    # PG* variables (PGDATA, PGPORT...) from the caller's shell must not steer the servers.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    env.setdefault("LC_ALL", "C")
-    return env
-
-
-def _make_dir(path: Path, user: RunUser | None) -> None:
-    # Some live in /dev/shm or /tmp under predictable names: never through another user's.
-    safefs.private_dir(path, _ids(user))
+# ---- module helpers (spawning servers: devenv.runtime.serverenv) -----------------------------
 
 
 def _ids(user: RunUser | None) -> tuple[int, int] | None:

@@ -92,19 +92,20 @@ def password_note_path(stack: Stack, pgdata: Path | None = None) -> Path:
 
 
 def has_password(note: Path, stack: Stack) -> bool:
-    """Whether the data's superuser has this checkout's password. Not after a restore from the
-    cache, nor on data an earlier checkout left (deleted and cloned again: its .devenv/ and
-    secrets gone): then the runtime sets it over the server's unix socket."""
+    """Whether the data's roles have this checkout's passwords (and devenv's role layout). Not
+    after a restore from the cache, nor on data an earlier checkout left (deleted and cloned
+    again: its .devenv/ and secrets gone), nor on an older devenv's cluster: then the runtime
+    sets them (and migrates an older cluster) over the server's unix socket."""
     from devenv.state import password_noted
 
-    return password_noted(note, stack.postgres.password_secret)
+    return password_noted(note, stack.postgres.roles_secret)
 
 
 def remember_password(note: Path, stack: Stack) -> None:
     """Note that the data's superuser now has this checkout's password."""
     from devenv.state import note_password
 
-    note_password(note, stack.postgres.password_secret)
+    note_password(note, stack.postgres.roles_secret)
 
 
 # ---- the seeded-data cache ---------------------------------------------------------------------
@@ -112,11 +113,11 @@ def remember_password(note: Path, stack: Stack) -> None:
 
 def save_live(stack: Stack, pgdata: Path, key: str) -> Path:
     """A base backup of the running server's data directory into the cache (cache.save_live),
-    in a session of the stack's superuser."""
+    in a session of devenv's admin role (a base backup is a superuser's work)."""
     from devenv.clients import connect
     from devenv.db import cache
 
-    with connect.postgres(stack, "postgres", query_timeout=300.0) as conn:
+    with connect.postgres(stack, "postgres", admin=True, query_timeout=300.0) as conn:
         return cache.save_live(pgdata, key, conn)
 
 

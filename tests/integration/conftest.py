@@ -179,6 +179,14 @@ class Project:
         urls = self.stack().urls()
         return psycopg.connect(urls["DATABASE_URL" if pooled else "DIRECT_DATABASE_URL"], **kwargs)
 
+    def admin_connect(self, dbname: str = "postgres", **kwargs: Any):  # type: ignore[no-untyped-def]
+        """A psycopg connection as devenv's own superuser (the application role is none)."""
+        import psycopg
+
+        pg = self.stack().postgres
+        return psycopg.connect(host="127.0.0.1", port=pg.port, user=pg.admin_user, password=pg.admin_password,
+                               dbname=dbname, **kwargs)
+
     def redis(self):  # type: ignore[no-untyped-def]
         """A redis-py client with the stack's password."""
         import redis

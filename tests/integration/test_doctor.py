@@ -54,7 +54,7 @@ def test_doctor_passes_on_a_healthy_stack(running: Any) -> None:
 def test_doctor_finds_settings_changed_on_the_running_servers(project: Any) -> None:
     project.devenv("up")
     assert doctor(project)[0] == 0
-    with project.connect(autocommit=True) as conn:
+    with project.admin_connect(autocommit=True) as conn:  # ALTER SYSTEM is a superuser's
         conn.execute("ALTER SYSTEM SET work_mem = '8MB'")
         conn.execute("SELECT pg_reload_conf()")
     code, report, text = doctor(project)
@@ -74,7 +74,7 @@ def test_doctor_finds_settings_changed_on_the_running_servers(project: Any) -> N
     assert "actual noeviction" in failed["setting redis.maxmemory-policy"], text
 
     # Undone by hand, doctor is content again.
-    with project.connect(autocommit=True) as conn:
+    with project.admin_connect(autocommit=True) as conn:
         conn.execute("ALTER SYSTEM RESET work_mem")
         conn.execute("SELECT pg_reload_conf()")
     with admin_console(project) as conn:

@@ -377,8 +377,9 @@ def test_up_stores_the_userlist_secret_on_a_cluster_that_stores_the_password_oth
     assert f'"{stack.postgres.user}" "{secret}"' in userlist.splitlines() and stack.postgres.password not in userlist
 
     def stored() -> str:
-        with proj.connect() as conn:
-            return conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = current_user").fetchone()[0]
+        with proj.admin_connect() as conn:  # pg_authid is a superuser's to read
+            return conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
+                                (stack.postgres.user,)).fetchone()[0]
 
     assert stored() == secret
     with proj.connect(autocommit=True) as conn:  # what initdb does with a plain password: a random salt

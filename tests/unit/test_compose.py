@@ -35,9 +35,10 @@ def test_prod_postgres_body_is_the_compose_service(project: Path) -> None:
     assert body["Image"] == "postgres:16"
     assert body["Cmd"] == ["postgres", "-c", "config_file=/etc/postgresql/postgresql.conf"]
     # The password as its SCRAM secret, Compose's $$ escapes undone (initdb stores it as is).
-    secret = scram_secret("taskflow", "pg-test-pw")
+    # The bootstrap superuser is devenv's admin role, not the application's.
+    secret = scram_secret("devenv_admin", "pg-admin-test-pw")
     assert "$" in secret
-    assert set(body["Env"]) == {"POSTGRES_USER=taskflow", f"POSTGRES_PASSWORD={secret}", "POSTGRES_DB=taskflow",
+    assert set(body["Env"]) == {"POSTGRES_USER=devenv_admin", f"POSTGRES_PASSWORD={secret}", "POSTGRES_DB=taskflow",
                                 "PGDATA=/var/lib/postgresql/data"}
     assert body["ExposedPorts"] == {"5432/tcp": {}}
     assert host["PortBindings"] == {"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": "5432"}]}
@@ -55,7 +56,7 @@ def test_prod_postgres_body_is_the_compose_service(project: Path) -> None:
     assert body["NetworkingConfig"] == {"EndpointsConfig": {"taskflow-prod_default": {"Aliases": ["postgres", spec.name]}}}
     assert body["StopSignal"] == "SIGINT" and body["StopTimeout"] == 30
     assert body["Healthcheck"] == {
-        "Test": ["CMD", "pg_isready", "-h", "127.0.0.1", "-p", "5432", "-U", "taskflow", "-d", "taskflow"],
+        "Test": ["CMD", "pg_isready", "-h", "127.0.0.1", "-p", "5432", "-U", "devenv_admin", "-d", "taskflow"],
         "Interval": 2_000_000_000, "Timeout": 3_000_000_000, "StartPeriod": 60_000_000_000, "Retries": 30,
     }
     labels = body["Labels"]

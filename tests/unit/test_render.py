@@ -377,7 +377,7 @@ def test_healthchecks(project: Path) -> None:
     pg = services["postgres"]["healthcheck"]["test"]
     assert pg[:2] == ["CMD", "pg_isready"]
     assert pg[pg.index("-h") + 1] == "127.0.0.1", "over TCP: the socket answers during the image's init"
-    assert pg[pg.index("-U") + 1] == "taskflow" and pg[pg.index("-d") + 1] == "taskflow"
+    assert pg[pg.index("-U") + 1] == "devenv_admin" and pg[pg.index("-d") + 1] == "taskflow"
 
     redis = services["redis"]["healthcheck"]["test"]
     assert redis[0] == "CMD-SHELL"
@@ -478,7 +478,8 @@ def test_every_password_in_the_rendered_files_comes_from_secrets_json(
     dropped, the files are equal."""
     from devenv.clients.pgwire import scram_secret
 
-    users = {"postgres_password": "taskflow", "pgbouncer_admin_password": "pgbouncer_admin"}
+    users = {"postgres_password": "taskflow", "pgbouncer_admin_password": "pgbouncer_admin",
+             "postgres_admin_password": "devenv_admin"}
 
     def masked(secrets: dict[str, str]) -> dict[str, str]:
         (project / ".devenv" / "secrets.json").write_text(json.dumps(secrets), encoding="utf-8")

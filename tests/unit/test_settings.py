@@ -136,9 +136,10 @@ def test_secrets_are_generated_once_private_and_stable(project: Path) -> None:
     first = make_stack(project)
     assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
     stored = json.loads(secrets_file.read_text())
-    assert sorted(stored) == ["pgbouncer_admin_password", "postgres_password", "redis_password"]
-    assert len(set(stored.values())) == 3
+    assert sorted(stored) == ["pgbouncer_admin_password", "postgres_admin_password", "postgres_password", "redis_password"]
+    assert len(set(stored.values())) == 4
     assert all(len(value) >= 24 for value in stored.values())
+    assert first.postgres.admin_password == stored["postgres_admin_password"]
     assert (first.postgres.password, first.pgbouncer.admin_password, first.redis.password) == (
         stored["postgres_password"],
         stored["pgbouncer_admin_password"],
