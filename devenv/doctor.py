@@ -424,12 +424,22 @@ def postgres_drift(stack: "Stack") -> list[Check]:
                                 application_name="devenv-doctor")
     with conn:
         major = conn.server_major
-        rows = {name: (setting, shown, source, sourcefile, pending == "t") for name, setting, shown, source, sourcefile, pending
-                in conn.query("SELECT name, setting, current_setting(name), source, sourcefile, pending_restart "
+        rows = {name: [setting, shown, source, None, pending == "t"] for name, setting, shown, source, pending
+                in conn.query("SELECT name, setting, current_setting(name), source, pending_restart "
                               f"FROM pg_settings WHERE name IN ({names})")}
+    # Which file a value comes from (ALTER SYSTEM's postgresql.auto.conf?) only a superuser may
+    # see: asked as devenv's admin role; without it the finding just names no file.
+    try:
+        with connect.postgres(stack, "postgres", admin=True, timeout=PING_TIMEOUT, query_timeout=PING_TIMEOUT,
+                              application_name="devenv-doctor") as admin:
+            for name, sourcefile in admin.query(f"SELECT name, sourcefile FROM pg_settings WHERE name IN ({names})"):
+                if name in rows:
+                    rows[name][3] = sourcefile
+    except (pgwire.PgError, OSError):
+        pass
     if major not in pgcatalog.SUPPORTED_MAJORS:
         major = pg.major
-    return compare_postgres_settings(stack.profile, pg.settings, rows, major)
+    return compare_postgres_settings(stack.profile, pg.settings, {k: tuple(v) for k, v in rows.items()}, major)
 
 
 def compare_postgres_settings(profile: str, wanted: Mapping[str, str], rows: Mapping[str, tuple[Any, ...]],
