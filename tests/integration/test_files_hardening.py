@@ -128,6 +128,28 @@ def test_devenv_psql_connects_with_the_password_in_its_environment(running: Any)
         out = proj.devenv("psql", *extra, "-X", "-tAc", "SELECT count(*) FROM tasks")
         assert out.stdout.strip() == "40", out
 
+    # While a real psql runs, no process on the machine shows the password in its argv (what
+    # `ps` shows every user).
+    password = proj.stack().postgres.password.encode()
+    argv = [sys.executable, "-m", "devenv", "psql", "--profile", proj.profile, "-X", "-tAc", "SELECT pg_sleep(2)"]
+    with subprocess.Popen(argv, cwd=proj.root, env=proj.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+        seen_psql, shown = False, []
+        deadline = time.monotonic() + 10
+        while child.poll() is None and time.monotonic() < deadline:
+            for entry in Path("/proc").iterdir():
+                try:
+                    cmdline = (entry / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                seen_psql = seen_psql or (b"psql\0" in cmdline and b"pg_sleep" in cmdline)
+                if password in cmdline:
+                    shown.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+            time.sleep(0.1)
+        child.communicate(timeout=10)
+    assert child.returncode == 0
+    assert seen_psql, "psql was never seen running: the check above proved nothing"
+    assert not shown, shown
+
 
 # ---- classes 5 and 13: the cache trusted only when private and intact, else initdb ------------------
 
