@@ -347,3 +347,38 @@ def test_a_migration_killed_after_the_rename_is_finished_by_the_next_up(project:
         assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'devenv_migrating'").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datdba = 10 AND datname NOT IN "
                             "('postgres', 'template0', 'template1')").fetchone() == (0,)
+
+
+@pytest.mark.native_only(reason="one runtime is enough to walk the kill points of the one migration both use")
+def test_an_up_killed_anywhere_in_a_migration_leaves_one_the_next_up_finishes(project: Project) -> None:
+    """SIGKILL of the migrating `up` at several points (before, inside and after the rename and
+    the hand-over): the next `up` always ends with the application role no superuser, owning
+    its data, the superuser of the moment gone, and nothing lost."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    project.profile = "dev"
+    project.devenv("up")
+    with project.connect(autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (id int)")
+        conn.execute("INSERT INTO kept SELECT generate_series(1, 3)")
+    argv = [sys.executable, "-m", "devenv", "up", "--runtime", project.runtime, "--profile", project.profile]
+    _make_old_layout(project)
+    start = time.monotonic()
+    project.devenv("up")  # a whole migrating `up`: the kill points below fall inside its span
+    span = time.monotonic() - start
+    for delay in (span * f for f in (0.1, 0.3, 0.5, 0.65, 0.8, 0.95)):
+        _make_old_layout(project)
+        with subprocess.Popen(argv, cwd=project.root, env=project.env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) as child:
+            time.sleep(delay)
+            child.send_signal(signal.SIGKILL)
+        project.devenv("up")
+        with project.connect(autocommit=True) as conn:
+            assert conn.execute("SELECT current_setting('is_superuser'), (SELECT count(*) FROM kept)").fetchone() == ("off", 3), delay
+            assert conn.execute("SELECT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'kept'").fetchone() == ("taskflow",), delay
+        with project.admin_connect(autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'devenv_migrating'").fetchone() == (0,), delay
+            assert conn.execute("SELECT rolname FROM pg_roles WHERE oid = 10").fetchone() == ("devenv_admin",), delay
