@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,13 +44,18 @@ def input_files(root: Path, config_path: Path) -> list[Path]:
     return files
 
 
+def _nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
 def fingerprint(root: Path, config_path: Path, profile: str, options: dict[str, Any]) -> str:
     """Hash of the inputs of `up`: files, DEVENV_* variables, options and devenv's version."""
     digest = hashlib.sha256(f"{__version__}\0{profile}\0".encode())
     for path in input_files(root, config_path):
-        digest.update(str(path).encode() + b"\0")
+        digest.update(os.fsencode(path) + b"\0")  # a name that is not UTF-8 is seed_files' to name
         try:
-            digest.update(path.read_bytes())
+            with open(path, "rb", opener=_nonblocking) as handle:  # a FIFO must not block the no-op `up`
+                digest.update(handle.read() if stat.S_ISREG(os.fstat(handle.fileno()).st_mode) else b"<not a file>")
         except OSError:
             digest.update(b"<missing>")
     env = {k: v for k, v in os.environ.items() if k.startswith("DEVENV_") and k not in _IGNORED_ENV}

@@ -32,6 +32,7 @@ MANAGED: dict[str, dict[str, str]] = {
         # pg_hba.conf says scram-sha-256: a password stored as md5 could never log in again.
         "password_encryption": _AUTH,
         "data_directory": _FILES, "config_file": _FILES, "external_pid_file": _FILES, "log_directory": _FILES,
+        "log_filename": _FILES,
         "ssl_cert_file": _TLS, "ssl_key_file": _TLS, "ssl_ca_file": _TLS, "ssl_crl_file": _TLS,
         "ssl_crl_dir": _TLS, "ssl_dh_params_file": _TLS,
         "ssl_passphrase_command": _COMMAND, "ssl_passphrase_command_supports_reload": _COMMAND,
@@ -229,6 +230,8 @@ _TEST_DATABASE = "{db}_test_gw99"  # pytest-xdist workers: at most gw13 (Redis h
 # Database names must not contain devenv's separator `__`: `x__new_123` would be taken for a
 # dead process's scratch database and dropped.
 RESERVED_DATABASES = frozenset({"postgres", "template0", "template1"})
+# Role names PostgreSQL refuses to create (`role name "public" is reserved`) or reads as keywords.
+RESERVED_ROLES = frozenset({"public", "none", "current_user", "current_role", "session_user"})
 
 
 def max_database_bytes() -> int:
@@ -262,6 +265,8 @@ def role_problem(name: str) -> str | None:
         return f"it is {len(name.encode())} bytes; PostgreSQL cuts names at {MAX_IDENTIFIER}"
     if name.lower() == "postgres" or name.lower().startswith("pg_"):
         return "'postgres' and names starting with 'pg_' are PostgreSQL's own roles"
+    if name.lower() in RESERVED_ROLES:
+        return f"'{name}' is a name PostgreSQL reserves (it means something else in GRANT and ALTER ROLE)"
     return None
 
 

@@ -41,7 +41,7 @@ def read_sql(path: Path) -> str:
     encoding): bytes that are not are a SchemaError naming the file and where, never a guess."""
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
@@ -50,6 +50,11 @@ def read_sql(path: Path) -> str:
             hint="save the file as UTF-8, e.g. `iconv -f LATIN1 -t UTF-8 FILE > FILE.new && mv FILE.new FILE` "
             "if it was written as Latin-1; nothing was applied from it.",
         ) from None
+    if "\0" in text:  # the server would take the statements only up to it, silently
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise SchemaError(f"{path}:{line}: a NUL byte; PostgreSQL would ignore everything after it",
+                          hint="remove it (a binary file saved as .sql?); nothing was applied from it.")
+    return text.removeprefix("\ufeff")  # a byte-order mark some editors write: not SQL
 
 
 def seed_files(seeds_dir: Path) -> list[SeedFile]:
@@ -65,6 +70,7 @@ def seed_files(seeds_dir: Path) -> list[SeedFile]:
 def _check_name(path: Path) -> None:
     """A seed file's name goes into the ledger and the template's key: UTF-8, one line."""
     import re
+    import stat
 
     try:
         path.name.encode("utf-8")
@@ -74,6 +80,12 @@ def _check_name(path: Path) -> None:
     if re.search(r"[\x00-\x1f\x7f-\x9f]", path.name):
         raise SchemaError(f"{path.parent}/{path.name!r}: the file name contains a control character",
                           hint="rename the file (its name is recorded in the database).")
+    try:
+        regular = stat.S_ISREG(path.stat().st_mode)
+    except OSError as exc:
+        raise SchemaError(f"{path}: cannot read it ({exc.strerror})", hint="fix or remove the file.") from None
+    if not regular:  # a FIFO would block `up` for ever
+        raise SchemaError(f"{path}: not a regular file", hint="schema and seed files are plain .sql files; remove it.")
 
 
 def preload_driver() -> None:

@@ -23,12 +23,14 @@ if TYPE_CHECKING:
 SCALE_FILE = "scale.sql"
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "devenv", "pg_toast")
-TEMPLATE_FORMAT = 4  # bump when what a template carries (snapshots, guards, owners) changes
+TEMPLATE_FORMAT = 5  # bump when what a template carries (snapshots, guards, owners) changes
 
 # Installed in every template: counts DDL so that `restore` knows when it is not enough. The
 # counter is the application role's (its DDL advances it); the event triggers, which only a
 # superuser may create, and their function are the admin role's (GUARD_TRIGGERS, installed by
 # install_guard), the function's names pinned to the catalogue: it also runs in admin sessions.
+# ENABLE ALWAYS: they count DDL under session_replication_role = replica too, which the
+# application role may set (the restore needs it), as the devenv_dirty triggers do.
 DDL_GUARD = """
 CREATE SEQUENCE IF NOT EXISTS devenv.ddl_changes;
 """
@@ -38,6 +40,8 @@ CREATE FUNCTION devenv.count_ddl() RETURNS event_trigger LANGUAGE plpgsql SET se
 $$ BEGIN PERFORM pg_catalog.nextval('devenv.ddl_changes'::pg_catalog.regclass); END $$;
 CREATE EVENT TRIGGER devenv_ddl_end ON ddl_command_end EXECUTE FUNCTION devenv.count_ddl();
 CREATE EVENT TRIGGER devenv_ddl_drop ON sql_drop EXECUTE FUNCTION devenv.count_ddl();
+ALTER EVENT TRIGGER devenv_ddl_end ENABLE ALWAYS;
+ALTER EVENT TRIGGER devenv_ddl_drop ENABLE ALWAYS;
 """
 
 # Installed in every template, after the snapshots. `devenv.dirty` holds the tables written

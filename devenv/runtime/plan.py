@@ -7,6 +7,7 @@ it loads only re and typing (both loaded already); each function imports what it
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -73,7 +74,7 @@ def render_key(stack: Stack, placement: Placement) -> str:
     digest = hashlib.sha256(repr((stack, placement)).encode())
     for directory in template_dirs(stack.root):
         for template in sorted(directory.glob("*.j2")):
-            digest.update(template.name.encode() + template.read_bytes())
+            digest.update(os.fsencode(template.name) + template.read_bytes())
     return digest.hexdigest()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +137,46 @@ def test_a_seed_file_that_is_not_utf8_is_named_with_exit_7(project, when: str) -
     proj.devenv("up")
     with proj.connect() as conn:
         assert conn.execute("SELECT count(*) FROM users WHERE email = 'müller@x'").fetchone()[0] == 1
+
+
+@pytest.mark.native_only(reason="what is checked is the seed files on the host, before either runtime uses them")
+@pytest.mark.parametrize("case", ["name not UTF-8", "NUL byte", "FIFO"])
+def test_a_seed_file_devenv_cannot_apply_exactly_is_named_with_exit_7(project, case: str) -> None:
+    """A file name that is not UTF-8 (an internal error in the no-op check before), a NUL byte
+    (the server would silently ignore what follows it), a FIFO (it blocked `up` for ever): each
+    is exit 7 naming the file, with a hint, fast, and the data that was there is kept."""
+    import os
+
+    proj = project
+    proj.devenv("up")
+    data = proj.root / "seeds" / "data"
+    if case == "name not UTF-8":
+        bad = Path(os.fsdecode(bytes(data) + b"/900_\xff.sql"))
+        bad.write_bytes(b"SELECT 1;\n")
+        expected = "the file name is not UTF-8"
+    elif case == "NUL byte":
+        bad = data / "900_nul.sql"
+        bad.write_bytes(b"SELECT 1;\0SELECT no_such_function();\n")
+        expected = f"{bad}:1: a NUL byte"
+    else:
+        bad = data / "900_fifo.sql"
+        os.mkfifo(bad)
+        expected = f"{bad}: not a regular file"
+    result = proj.devenv("up", check=False, timeout=60)
+    assert result.returncode == 7, result.stderr
+    assert expected in result.stderr and "hint:" in result.stderr, result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr, result.stderr
+    bad.unlink()
+    proj.devenv("up")
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 8
+
+
+def test_a_seed_file_with_a_byte_order_mark_applies(project) -> None:
+    """Editors on Windows write a UTF-8 byte-order mark; it is not SQL, and the file applies."""
+    proj = project
+    (proj.root / "seeds" / "data" / "900_bom.sql").write_bytes(
+        "\ufeffINSERT INTO users (email, password_hash) VALUES ('bom@x', 'x');\n".encode())
+    proj.devenv("up")
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM users WHERE email = 'bom@x'").fetchone()[0] == 1

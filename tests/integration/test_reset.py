@@ -343,3 +343,25 @@ def test_restore_counts_identical_rows_of_a_table_without_a_key(project) -> None
                 assert [r[0] for r in conn.execute("SELECT kind FROM events ORDER BY 1")] == ["a", "a", "b"], write
     finally:
         handle.close()
+
+
+def test_ddl_and_disabled_triggers_under_replica_mode_are_seen_by_the_next_reset(project) -> None:
+    """The application role may set session_replication_role (the restore needs it), under which
+    ordinary triggers and event triggers do not fire: devenv's fire always, so DDL there (a new
+    table, a dropped or disabled devenv_dirty trigger) still makes the next reset a clone."""
+    proj = project
+    proj.devenv("up")
+    with proj.connect(autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("CREATE TABLE extra (x int)")
+    result = proj.devenv("reset")
+    assert "(restore)" not in result.stderr, result.stderr  # a clone or a copy: the schema changed
+    with proj.connect(autocommit=True) as conn:
+        assert conn.execute("SELECT to_regclass('extra')").fetchone() == (None,)
+        conn.execute("SET session_replication_role = replica")
+        conn.execute("ALTER TABLE tasks DISABLE TRIGGER USER")
+        conn.execute("RESET session_replication_role")
+        conn.execute("DELETE FROM tasks WHERE id IN (SELECT id FROM tasks LIMIT 10)")
+    proj.devenv("reset")
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (40,)
