@@ -1,7 +1,7 @@
 """`devenv doctor` and `devenv status`'s monitoring view against real servers, once per runtime.
 
 Doctor passes on a healthy stack, catches settings changed by hand on the running servers
-(Postgres ALTER SYSTEM, PgBouncer SET, Redis CONFIG SET) and names a program holding one of
+(Postgres ALTER SYSTEM, PgBouncer SET; Redis refuses CONFIG SET to REDIS_URL's user) and names a program holding one of
 the stack's ports; status --json reports connections, pools, Redis memory and slow queries.
 """
 
@@ -13,6 +13,7 @@ import socket
 from typing import Any
 
 import psycopg
+import pytest
 
 
 def doctor(proj: Any, *args: str) -> tuple[int, dict[str, Any], str]:
@@ -68,12 +69,22 @@ def test_doctor_finds_settings_changed_on_the_running_servers(project: Any) -> N
     # PgBouncer and Redis changed at runtime are caught the same way.
     with admin_console(project) as conn:
         assert conn.pgconn.exec_(b"SET default_pool_size = 10").status == 1  # PGRES_COMMAND_OK
-    project.redis().config_set("maxmemory-policy", "noeviction")
+    # Redis: REDIS_URL's user may not CONFIG SET (as on ElastiCache), so what drifts there is
+    # devenv.yaml changed since `up`: caught by the same check.
+    import redis
+
+    with pytest.raises(redis.exceptions.ResponseError, match="no permissions"):
+        project.redis().config_set("maxmemory-policy", "noeviction")
+    config = project.root / "devenv.yaml"
+    original = config.read_text()
+    config.write_text(original.replace("maxmemory-policy:           {default: allkeys-lru}",
+                                       "maxmemory-policy:           {default: noeviction}"))
     code, report, text = doctor(project)
     failed = {c["name"]: c["detail"] for c in by_status(report, "FAIL")}
     assert "expected 20" in failed["setting pgbouncer.default_pool_size"] and "actual 10" in failed[
         "setting pgbouncer.default_pool_size"], text
-    assert "actual noeviction" in failed["setting redis.maxmemory-policy"], text
+    assert "expected noeviction" in failed["setting redis.maxmemory-policy"], text
+    assert "actual allkeys-lru" in failed["setting redis.maxmemory-policy"], text
 
     # Undone by hand, doctor is content again.
     with project.admin_connect(autocommit=True) as conn:
@@ -81,7 +92,7 @@ def test_doctor_finds_settings_changed_on_the_running_servers(project: Any) -> N
         conn.execute("SELECT pg_reload_conf()")
     with admin_console(project) as conn:
         conn.pgconn.exec_(b"SET default_pool_size = 20")
-    project.redis().config_set("maxmemory-policy", "allkeys-lru")
+    config.write_text(original)
     code, report, text = doctor(project)
     assert code == 0, text
 

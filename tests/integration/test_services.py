@@ -263,3 +263,27 @@ def test_the_door_opens_every_kind_of_session(running) -> None:
         assert conn.call(["GET", "door"]) == [None], "index 0 is not index 3"
     with connect.redis(stack, 3) as conn:
         conn.call(["DEL", "door"])
+
+
+def test_redis_url_cannot_reconfigure_or_open_redis(running) -> None:
+    """Whoever holds REDIS_URL (the application, its tests) uses every data command but cannot
+    reconfigure Redis or its users: binding it beyond 127.0.0.1, turning protected mode off,
+    clearing the password or adding a user are refused (as on ElastiCache), and Redis stays as
+    devenv configured it."""
+    import redis
+
+    proj = running("dev")
+    client = proj.redis()
+    client.set("devenv-test-key", "1")
+    assert client.get("devenv-test-key") in ("1", b"1")
+    client.delete("devenv-test-key")
+    for command in (("CONFIG", "SET", "bind", "0.0.0.0"), ("CONFIG", "SET", "protected-mode", "no"),
+                    ("CONFIG", "SET", "requirepass", ""), ("ACL", "SETUSER", "intruder", "on", "nopass", "+@all"),
+                    ("CONFIG", "REWRITE"), ("MODULE", "LOAD", "/tmp/x.so"), ("REPLICAOF", "127.0.0.1", "1")):
+        with pytest.raises(redis.exceptions.ResponseError, match="no permissions|not allowed"):
+            client.execute_command(*command)
+    assert client.config_get("bind")["bind"] in ("127.0.0.1", "* -::*", "0.0.0.0")
+    assert client.config_get("protected-mode")["protected-mode"] == "yes"
+    assert client.acl_users() == ["default"]
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(host="127.0.0.1", port=proj.stack().redis.port).ping()

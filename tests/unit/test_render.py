@@ -257,7 +257,11 @@ def test_redis_conf_has_the_seed_values(project: Path, profile: str, fixed_secre
     assert conf["port"] == "6379"
     assert conf["bind"] == "0.0.0.0"
     assert conf["protected-mode"] == "yes"
-    assert conf["requirepass"] == fixed_secrets["redis_password"]
+    # The one user's password, and no right to reconfigure the server or its users.
+    rules = conf["user"].split()
+    assert rules[:2] == ["default", "on"] and f">{fixed_secrets['redis_password']}" in rules
+    assert {"-config|set", "-config|rewrite", "-acl|setuser", "-module"} <= set(rules)
+    assert "requirepass" not in conf
     if profile == "ci":
         assert conf["save"] == '""' and conf["appendonly"] == "no"
     else:
