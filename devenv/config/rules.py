@@ -102,6 +102,7 @@ _REDIS_WORD = re.compile(r"[A-Za-z0-9_.:,+%-]+")
 # a value of the wrong type is refused here, with the form it takes, instead of failing the
 # server's start. Settings not listed are checked by character only (above and below).
 _INT = ("int", re.compile(r"-?[0-9]+"), "a whole number, e.g. 20")
+_COUNT = ("count", re.compile(r"[0-9]+"), "a whole number, 0 or more, e.g. 20")  # PgBouncer's counts and sizes
 _SECONDS = ("seconds", re.compile(r"[0-9]+(\.[0-9]+)?"), "a number of seconds, e.g. 30 or 0.5")
 _REDIS_BOOL = ("yes/no", re.compile(r"(?i)yes|no"), "yes or no")
 _REDIS_MEMORY = ("memory", re.compile(r"(?i)[0-9]+(b|k|kb|m|mb|g|gb)?"), "a size, e.g. 256mb or 1gb")
@@ -121,7 +122,7 @@ TYPES: dict[str, dict[str, tuple[str, re.Pattern[str], str]]] = {
             "application_name_add_host", "disable_pqexec", "server_reset_query_always", "tcp_keepalive",
             "listen_backlog", "pkt_buf", "sbuf_loopcnt", "tcp_keepcnt", "tcp_keepidle", "tcp_keepintvl",
             "tcp_socket_buffer", "max_packet_size", "so_reuseport",
-        ), _INT),
+        ), _COUNT),
         **dict.fromkeys((
             "server_lifetime", "server_idle_timeout", "server_connect_timeout", "server_login_retry",
             "client_login_timeout", "autodb_idle_timeout", "dns_max_ttl", "dns_nxdomain_ttl",

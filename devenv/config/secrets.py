@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import re
 import secrets as _random
 from pathlib import Path
@@ -36,7 +37,9 @@ def read_secrets(path: Path) -> dict[str, str]:
     known name holding an empty string counts as missing.
     """
     try:
-        with open(path, "rb") as handle:
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | os.O_NONBLOCK)) as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # a FIFO would block every command
+                raise ValueError("not a regular file")
             raw = handle.read(_MAX_BYTES + 1)
         if len(raw) > _MAX_BYTES:
             raise ValueError(f"larger than {_MAX_BYTES >> 10} KiB")

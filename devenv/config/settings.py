@@ -345,7 +345,7 @@ class _Parser:
         port = self.port(body.get("port", _DEFAULT_PORTS[name]), f"{name}.port")
         env_port = env.get(f"DEVENV_{name.upper()}_PORT")
         if env_port:
-            if not env_port.isdigit() or not 1 <= int(env_port) <= 65535:
+            if not (env_port.isascii() and env_port.isdigit()) or not 1 <= int(env_port) <= 65535:
                 raise ConfigError(
                     f"DEVENV_{name.upper()}_PORT={env_port!r} is not a TCP port",
                     hint="set it to a number between 1 and 65535, or unset it.",

@@ -395,3 +395,16 @@ def test_pgbouncer_s_name_for_the_database_needs_only_fit_63_bytes(project: Path
     assert build_stack(load_config(project / "devenv.yaml", {}), "dev").pgbouncer.database == "p" * 63
     (project / "devenv.yaml").write_text((project / "devenv.yaml").read_text().replace("p" * 63, "p" * 64))
     assert "cut names at 63" in stack_error(project).message
+
+
+def test_pgbouncer_counts_cannot_be_negative(project: Path, edit_config: Any) -> None:
+    """`max_client_conn: -1` passed, and `up` then waited out its health timeout (exit 6)."""
+    edit_config("max_client_conn:            {default: 100}", "max_client_conn:            {default: 100, dev: -1}")
+    assert "0 or more" in stack_error(project).message
+
+
+def test_a_port_override_takes_ascii_digits_only(project: Path) -> None:
+    """Python's int() reads Arabic-Indic digits; a port written so is refused as `+27432` is."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(project / "devenv.yaml", {"DEVENV_POSTGRES_PORT": "\u0662\u0667\u0664\u0663\u0662"})
+    assert "is not a TCP port" in caught.value.message

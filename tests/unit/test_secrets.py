@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import multiprocessing.synchronize  # noqa: F401  (the Barrier annotation)
+import os
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +102,11 @@ def test_down_works_and_other_commands_explain_with_a_bad_file(project: Path, ru
     down = run_devenv("down", "--runtime", "native")
     assert down.returncode == 0, down.stderr
     assert not (project / ".devenv" / "dev" / "stack.json").exists(), "no Stack without passwords is kept"
+
+
+def test_a_fifo_in_place_of_the_file_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    """A FIFO blocked every command (`down` too) until someone wrote to it."""
+    os.mkfifo(tmp_path / "secrets.json")
+    with pytest.raises(StateError) as caught:
+        load_or_create_secrets(tmp_path)
+    assert "not a regular file" in caught.value.message and "devenv up" in (caught.value.hint or "")
