@@ -17,10 +17,41 @@ from typing import NoReturn
 from devenv.cli.output import exit_for, fast_exit, reset_summary, say
 
 RESET_OPTIONS = {"-p": "profile", "--profile": "profile", "--config": "config"}
+# Options of the commands that users type before the command, as `docker compose -f F -p P up`
+# users do; and the group's own flags, which stay where they are.
+GLOBAL_OPTIONS = frozenset({"-p", "--profile", "--config", "-r", "--runtime"})
+GROUP_FLAGS = frozenset({"--debug", "--ci"})
+GROUPS = frozenset({"snapshot"})  # commands whose options belong to their subcommand
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """`devenv -p prod settings` as `devenv settings -p prod`: the profile, config and runtime
+    options given before the command moved after it (after `snapshot save` for a group), where
+    click reads them. Anything else is left as it is, for click's own messages."""
+    moved: list[str] = []
+    flags: list[str] = []
+    rest = list(args)
+    while rest:
+        arg = rest[0]
+        if arg in GROUP_FLAGS:
+            flags.append(rest.pop(0))
+        elif arg.partition("=")[0] in GLOBAL_OPTIONS and not (arg.startswith("-p=") or arg.startswith("-r=")):
+            moved.append(rest.pop(0))
+            if "=" not in arg:
+                if not rest:
+                    return args
+                moved.append(rest.pop(0))
+        else:
+            break
+    if not moved or not rest or rest[0].startswith("-"):
+        return args
+    command = 2 if rest[0] in GROUPS and len(rest) > 1 and not rest[1].startswith("-") else 1
+    return [*flags, *rest[:command], *moved, *rest[command:]]
 
 
 def run() -> NoReturn:
     """The `devenv` command (console script, `python -m devenv`)."""
+    sys.argv[1:] = hoist_global_options(sys.argv[1:])
     options = plain_reset_options(sys.argv[1:])
     if options is not None:
         try:

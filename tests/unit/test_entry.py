@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from devenv.cli.entry import plain_reset_options
+from devenv.cli.entry import hoist_global_options, plain_reset_options
 
 
 @pytest.mark.parametrize(
@@ -37,3 +37,31 @@ def test_plain_forms_are_read_as_click_would(monkeypatch: pytest.MonkeyPatch, ar
 )
 def test_every_other_form_is_left_to_click(args: list[str]) -> None:
     assert plain_reset_options(args) is None
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["-p", "prod", "settings"], ["settings", "-p", "prod"]),
+    (["--config", "F", "render"], ["render", "--config", "F"]),
+    (["--profile=ci", "--runtime", "native", "up"], ["up", "--profile=ci", "--runtime", "native"]),
+    (["--debug", "-p", "ci", "reset", "--hard"], ["--debug", "reset", "-p", "ci", "--hard"]),
+    (["-p", "ci", "snapshot", "save", "x"], ["snapshot", "save", "-p", "ci", "x"]),
+    (["-p", "ci", "snapshot", "--help"], ["snapshot", "-p", "ci", "--help"]),
+    # Left for click to explain: nothing before the command, a missing value or command.
+    (["settings", "-p", "prod"], ["settings", "-p", "prod"]),
+    (["-p"], ["-p"]),
+    (["-p", "ci"], ["-p", "ci"]),
+    (["-p", "ci", "--bogus", "up"], ["-p", "ci", "--bogus", "up"]),
+])
+def test_options_typed_before_the_command_move_after_it(args: list[str], expected: list[str]) -> None:
+    assert hoist_global_options(args) == expected
+
+
+def test_global_options_before_the_command_work_as_the_readme_says(project, run_devenv) -> None:  # type: ignore[no-untyped-def]
+    """`devenv -p prod settings` and `devenv --config F render` were "No such option" before."""
+    shown = run_devenv("-p", "prod", "settings")
+    assert shown.returncode == 0, shown.stderr
+    assert "| prod" in shown.stdout and "| dev " not in shown.stdout
+    out = project / "rendered"
+    rendered = run_devenv("--config", str(project / "devenv.yaml"), "--profile", "ci", "render", "--out", str(out))
+    assert rendered.returncode == 0, rendered.stderr
+    assert "save \"\"" in (out / "redis.conf").read_text()  # the ci profile's, not dev's
