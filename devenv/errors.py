@@ -72,3 +72,8 @@ class StateError(DevenvError):
     """The stack's recorded state conflicts with what was asked (lock held, changed file)."""
 
     exit_code = 8
+
+
+def byte_position(data: bytes, offset: int) -> tuple[int, int]:
+    """(line, column), both from 1, of byte `offset` in `data`: where an error names a bad byte."""
+    return data.count(b"\n", 0, offset) + 1, offset - (data.rfind(b"\n", 0, offset) + 1) + 1

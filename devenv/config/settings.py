@@ -16,7 +16,7 @@ from typing import Any
 
 from devenv.config.rules import control_character, database_problem, role_problem, stack_name_problem
 from devenv.config.stack import SERVICES, Limits  # the model's types, parsed here
-from devenv.errors import ConfigError
+from devenv.errors import ConfigError, byte_position
 
 DEFAULT_COLUMN = "default"
 # A Docker image reference: [registry[:port]/]path[:tag][@digest], nothing a compose file or a
@@ -154,8 +154,7 @@ def read_config_text(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        line, column = byte_position(data, exc.start)
         raise ConfigError(
             f"{path}:{line}:{column}: not UTF-8 (byte 0x{data[exc.start]:02x})",
             hint="save devenv.yaml as UTF-8 (your editor's encoding setting), or remove that character.",

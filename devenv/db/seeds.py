@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devenv.errors import SchemaError, StateError
+from devenv.errors import SchemaError, StateError, byte_position
 from devenv.record import Record
 from devenv.config.stack import Stack
 
@@ -43,8 +43,7 @@ def read_sql(path: Path) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        line, column = byte_position(data, exc.start)
         raise SchemaError(
             f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column})",
             hint="save the file as UTF-8, e.g. `iconv -f LATIN1 -t UTF-8 FILE > FILE.new && mv FILE.new FILE` "

@@ -40,6 +40,17 @@ def dev_project(tmp_path: Path, runtime: str) -> Iterator[Project]:
     teardown_project(proj)
 
 
+def _next_up_recovers(proj: Any, marker: Path, note: Path) -> None:
+    """After a killed restore: the next `up` serves the seeded data, clears the marker, notes the
+    password and leaves no tar or zstd running; then the stack goes for the next kill point."""
+    proj.devenv("up")
+    with proj.connect(pooled=True) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+    assert not marker.exists() and note.exists()
+    assert not _unpackers(proj.root.parent / "cache", proj.project_name), "a killed restore's tar or zstd still runs"
+    proj.devenv("down", "--volumes")
+
+
 def _unpackers(cache_dir: Path, project_name: str) -> list[str]:
     """tar or zstd processes reading an archive of `cache_dir` or writing into a volume of the project."""
     found = []
@@ -406,24 +417,14 @@ def test_an_interrupted_restore_is_redone_and_gets_this_checkouts_password(cache
                 break
         proc.wait()
         if delay:  # the restore may have ended in the meantime: either way the next `up` copes
-            proj.devenv("up")
-            with proj.connect(pooled=True) as conn:
-                assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
-            assert not marker.exists() and note.exists()
-            assert not _unpackers(proj.root.parent / "cache", proj.project_name), "a killed restore's tar or zstd still runs"
-            proj.devenv("down", "--volumes")
+            _next_up_recovers(proj, marker, note)
             continue
         # What the next `up` goes by: a half-filled volume is marked; a restored one has no note
         # of this checkout's password yet. (The unpacking tar and zstd, in a group of their own,
         # may outlive the kill: the next `up` ends them.)
         assert marker.exists() if kill_on == "restoring seeded data" else not marker.exists(), kill_on
         assert not note.exists(), kill_on
-        proj.devenv("up")
-        with proj.connect(pooled=True) as conn:
-            assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
-        assert not marker.exists() and note.exists()
-        assert not _unpackers(proj.root.parent / "cache", proj.project_name), "a killed restore's tar or zstd still runs"
-        proj.devenv("down", "--volumes")
+        _next_up_recovers(proj, marker, note)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "broken with a matching checksum"])
