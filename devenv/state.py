@@ -31,7 +31,7 @@ _owner_noted: set[tuple[int, str]] = set()
 # One note per PgBouncer PAUSE in progress (devenv.clients.pgbouncer.Console.paused): its owner.
 PAUSES_DIR = "paused"
 # Environment variables that change the stack (profile and config are part of the path).
-_IGNORED_ENV = {"DEVENV_DEBUG", "DEVENV_PROFILE", "DEVENV_CONFIG", "DEVENV_CACHE_DIR"}
+_IGNORED_ENV = {"DEVENV_DEBUG", "DEVENV_PROFILE", "DEVENV_CONFIG", "DEVENV_CACHE_DIR", "DEVENV_REGISTRY_DIR"}
 
 
 def input_files(root: Path, config_path: Path) -> list[Path]:

@@ -21,6 +21,20 @@ FIXED_SECRETS = {
     "pgbouncer_admin_password": "pgb-test-pw",
     "redis_password": "redis-test-pw",
 }
+# Kept when a test clears DEVENV_*: the machine's registry of stacks (devenv.registry), one per
+# test session, so that tests never see (or prune) a developer's stacks, nor leave theirs there.
+KEPT_ENV = ("DEVENV_REGISTRY_DIR",)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the session its own registry of stacks (a fresh directory, removed at exit)."""
+    import atexit
+    import tempfile
+
+    if "DEVENV_REGISTRY_DIR" not in os.environ:
+        directory = tempfile.mkdtemp(prefix="devenv-registry-")
+        os.environ["DEVENV_REGISTRY_DIR"] = os.path.join(directory, "stacks")
+        atexit.register(shutil.rmtree, directory, True)
 
 
 @pytest.fixture
@@ -37,7 +51,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     developer's environment cannot change what is rendered or validated.
     """
     for name in list(os.environ):
-        if name.startswith("DEVENV_"):
+        if name.startswith("DEVENV_") and name not in KEPT_ENV:
             monkeypatch.delenv(name)
     shutil.copyfile(REPO_ROOT / "devenv.yaml", tmp_path / "devenv.yaml")
     state = tmp_path / ".devenv"

@@ -33,6 +33,7 @@ import pytest
 from devenv.config.settings import load_config
 from devenv.config.stack import Stack
 from devenv.config.resolve import build_stack
+from tests.conftest import KEPT_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIMES = ["native", "docker"]
@@ -405,7 +406,7 @@ def make_project(base: Path, runtime: str, profile: str = "dev") -> Project:
     shutil.copytree(REPO / "seeds", base / "seeds")
     # The CLI runs as on a developer's machine: no DEVENV_* from outside, and no CI mode (its
     # timestamps would prefix every line); test_ci_and_cache.py turns CI mode on itself.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVENV_") and k != "CI"}
+    env = {k: v for k, v in os.environ.items() if (not k.startswith("DEVENV_") or k in KEPT_ENV) and k != "CI"}
     ports = free_ports(3)
     env.update({
         # The seeded-data cache is shared by every project on the machine: tests opt in to it
