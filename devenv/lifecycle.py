@@ -162,6 +162,7 @@ def up(
                 gone=lambda service: runtime.exit_status(stack, service),
                 log_tail=lambda service: runtime.log_tail(stack, service),
             )
+        _register(stack, runtime)
         report.seconds = time.monotonic() - start
         if fingerprint:
             write_state(stack.state_dir, {
@@ -237,3 +238,16 @@ def down(stack: Stack, runtime: Runtime, *, volumes: bool = False) -> list[str]:
         stopped = runtime.down(stack, volumes=volumes)
         clear_state(stack.state_dir)
     return stopped
+
+
+def _register(stack: Stack, runtime: Runtime) -> None:
+    """Record the stack in the machine's registry (`devenv ls`): its checkout, ports and data."""
+    from devenv import registry
+    from devenv.config.project import CONFIG_NAME
+
+    config = str(stack.root.resolve() / CONFIG_NAME)
+    places = runtime.footprint(stack)
+    registry.record(registry.Entry(
+        checkout=str(stack.root.resolve()), config=config, project=stack.project, profile=stack.profile,
+        runtime=runtime.name, name=stack.name, ports={s.name: s.port for s in stack.services},
+        data=places if runtime.name == "native" else [], volumes=places if runtime.name == "docker" else []))

@@ -50,7 +50,7 @@ class Entry:
     """One stack of one checkout, as its last `up` recorded it."""
 
     checkout: str  # the checkout's resolved path (the directory of its devenv.yaml)
-    config: str  # the devenv.yaml it was brought up from
+    config: str  # its devenv.yaml
     project: str
     profile: str
     runtime: str  # "native" or "docker"
@@ -67,8 +67,8 @@ class Entry:
 
     @property
     def orphaned(self) -> bool:
-        """Its checkout (or the checkout's devenv.yaml) no longer exists."""
-        return not Path(self.config).is_file()
+        """Its checkout no longer exists."""
+        return not Path(self.checkout).is_dir()
 
 
 def _private_dir(path: Path) -> None:

@@ -157,6 +157,10 @@ class AutoRuntime:
         """Each service's state on the chosen runtime."""
         return self.resolve(stack).states(stack)
 
+    def footprint(self, stack: Stack) -> list[str]:
+        """Where the chosen runtime keeps the stack's data."""
+        return self.resolve(stack).footprint(stack)
+
     def exit_status(self, stack: Stack, service: str) -> str | None:
         """Why a service is gone, on the chosen runtime."""
         return self.resolve(stack).exit_status(stack, service)

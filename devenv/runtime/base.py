@@ -84,6 +84,11 @@ class Runtime(Protocol):
         """Each service's process/container state."""
         ...
 
+    def footprint(self, stack: Stack) -> list[str]:
+        """Where the stack's data lives besides its checkout, for the machine's registry
+        (devenv.registry): native, the directories devenv made for it; Docker, its volumes."""
+        ...
+
     def exit_status(self, stack: Stack, service: str) -> str | None:
         """Why a service is gone ("exited 1") if it stopped after `up`, else None."""
         ...

@@ -156,9 +156,8 @@ class DockerRuntime:
 
     def describe(self, stack: Stack) -> str:
         """The engine and the images (said once per `up`)."""
-        client = self.client()
         try:
-            version = client.api.version().get("Version", "?")
+            version = self.client().api.version().get("Version", "?")
         except Exception:  # only a description: never fail `up` over it
             version = "?"
         images = ", ".join(s.image for s in stack.services)
@@ -497,6 +496,10 @@ class DockerRuntime:
         pending, self._pending = self._pending, {}
         for future in pending.values():
             future.result()
+
+    def footprint(self, stack: Stack) -> list[str]:
+        """The stack's named volumes (by their Compose project label)."""
+        return sorted(v.name for v in self.client().volumes.list(filters={"label": f"{COMPOSE_PROJECT}={stack.name}"}))
 
     def states(self, stack: Stack) -> list[ServiceState]:
         """Each service's container: running or not, its main process's host pid and port."""

@@ -565,6 +565,17 @@ class NativeRuntime:
             kill_group(pid, signal.SIGKILL)  # did not stop in time: no data is lost by fast stop
             wait_gone(pid, 5, self._children.get(service))
 
+    def footprint(self, stack: Stack) -> list[str]:
+        """The stack's own directories: its base (in the checkout, or /var/lib/devenv as root),
+        and its tmpfs and socket directories when they are elsewhere."""
+        layout = self.layout(stack)
+        places = [layout.base]
+        if layout.pgdata.parent.name.startswith("devenv-"):
+            places.append(layout.pgdata.parent)  # the per-stack tmpfs directory
+        if not layout.run.is_relative_to(layout.base):
+            places.append(layout.run)
+        return [str(p) for p in places]
+
     def states(self, stack: Stack) -> list[ServiceState]:
         """Each service: running or not, its pid and port."""
         recorded = self._read_state(self.layout(stack))

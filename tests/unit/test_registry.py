@@ -55,7 +55,9 @@ def test_a_stack_whose_checkout_is_gone_is_orphaned(reg: Path, tmp_path: Path) -
     gone = entry(tmp_path / "gone")
     registry.record(gone)
     assert not registry.entries()[0].orphaned
-    (tmp_path / "gone" / "devenv.yaml").unlink()
+    import shutil
+
+    shutil.rmtree(tmp_path / "gone")
     assert registry.entries()[0].orphaned
     registry.forget(gone)
     assert registry.entries() == []
