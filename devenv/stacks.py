@@ -245,11 +245,24 @@ def _quote(text: str) -> str:
 
 
 def _unix_get(path: str, url: str) -> Any:
-    from devenv.runtime.engine import unix_http_get
+    """GET `url` from the engine's unix socket as HTTP/1.0 (no chunks; the engine closes when
+    done) and parse the JSON body: a few lines of socket code instead of http.client's import."""
+    import socket
 
-    status, _, body = unix_http_get(path, url, timeout=ENGINE_TIMEOUT)
-    if status != 200:
-        raise ValueError(f"{url.split('?')[0]} answered {status}")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(ENGINE_TIMEOUT)
+        sock.connect(path)
+        sock.sendall(f"GET {url} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+        chunks = []
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split()
+    if len(status) < 2 or status[1] != b"200":
+        raise ValueError(f"{url.split('?')[0]} answered {b' '.join(status[1:]).decode(errors='replace') or 'nothing'}")
     return json.loads(body)
 
 
@@ -316,7 +329,23 @@ def _add_ports(entry: Entry, service: str | None, ports: list[dict[str, Any]]) -
         entry.ports[service] = int(published[0])
 
 
-# ---- the table --------------------------------------------------------------------------------
+# ---- the output ---------------------------------------------------------------------------------
+
+
+def show(as_json: bool, out: Callable[[str], None], say: Callable[[str], None]) -> None:
+    """`devenv ls [--json]`: the table (or the JSON array) to `out`, notes to `say`. Shared by
+    the click command and devenv.cli.entry's click-free fast path."""
+    from devenv.humanize import size
+
+    found, _ = gather(warn=say)
+    if as_json:
+        out(json.dumps([stack.as_json() for stack in found], indent=2))
+    elif not found:
+        say("no devenv stacks on this machine (`devenv up` makes one)")
+    else:
+        for line in table(found, size):
+            out(line)
+
 
 
 def table(stacks: list[Stack], size: Callable[[float], str]) -> list[str]:
@@ -337,4 +366,4 @@ def table(stacks: list[Stack], size: Callable[[float], str]) -> list[str]:
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
-__all__ = ["JSON_KEYS", "Stack", "attach_docker", "checkout_gone", "docker_listing", "gather", "table", "tree_size"]
+__all__ = ["JSON_KEYS", "Stack", "attach_docker", "checkout_gone", "docker_listing", "gather", "show", "table", "tree_size"]

@@ -458,14 +458,7 @@ def ls_command(as_json: bool) -> None:
     and the size of its data."""
     from devenv import stacks
 
-    found, _ = stacks.gather(warn=say)
-    if as_json:
-        click.echo(json.dumps([stack.as_json() for stack in found], indent=2))
-    elif not found:
-        say("no devenv stacks on this machine (`devenv up` makes one)")
-    else:
-        for line in stacks.table(found, humanize.size):
-            click.echo(line)
+    stacks.show(as_json, click.echo, say)
 
 
 @cli.command()
