@@ -207,10 +207,15 @@ def execute(removal: Removal, say: Callable[[str], None]) -> bool:
 
 def stop_servers(processes: dict[int, str]) -> None:
     """Stop each server as `devenv down` does (its stop signal, then SIGKILL to its group)."""
+    from devenv.errors import StateError
     from devenv.runtime.procs import kill_group, send_signal, wait_gone
 
     for pid, service in processes.items():
-        send_signal(pid, STOP_SIGNALS[service])
+        try:
+            send_signal(pid, STOP_SIGNALS[service])
+        except PermissionError:
+            raise StateError(f"{service} (pid {pid}) of a pruned stack is another user's: not stopped",
+                             hint="stop it as that user (or root), then run `devenv prune` again.") from None
     for pid in processes:
         if not wait_gone(pid, STOP_WAIT):
             kill_group(pid, signal.SIGKILL)
