@@ -247,3 +247,30 @@ def test_ls_takes_the_click_free_path(reg: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0 and json.loads(proc.stdout) == []
     imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert not imported & {"click", "docker", "http.client", "psycopg", "yaml"}, imported & {"click", "docker"}
+
+
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_prune_asks_on_a_terminal(tmp_path: Path, reg: Path, answer: str) -> None:
+    import pty
+
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no.sock"}
+    env.pop("CI", None)
+    data = Path(tempfile.gettempdir()) / f"devenv-{secrets.token_hex(5)}"
+    data.mkdir()
+    try:
+        registry.record(entry(tmp_path / "gone", data=[str(data)]))
+        leader, follower = pty.openpty()
+        os.write(leader, f"{answer}\n".encode())
+        proc = subprocess.run([sys.executable, "-m", "devenv", "prune"], env=env, stdin=follower,
+                              capture_output=True, text=True, timeout=60)
+        os.close(follower)
+        os.close(leader)
+        assert "Remove them?" in proc.stderr
+        if answer == "n":
+            assert proc.returncode == 1 and "nothing removed" in proc.stderr
+            assert data.exists() and registry.entries()
+        else:
+            assert proc.returncode == 0, proc.stderr
+            assert not data.exists() and registry.entries() == []
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
