@@ -450,6 +450,54 @@ def doctor(profile: str, config_path: str | None, runtime: str, as_json: bool) -
         sys.exit(1)
 
 
+@cli.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per stack (keys in the README).")
+def ls_command(as_json: bool) -> None:
+    """Every devenv stack on this machine, across checkouts, profiles and runtimes: its checkout,
+    profile, runtime, ports, state (running, partial, stopped, orphaned: its checkout is gone)
+    and the size of its data."""
+    from devenv import stacks
+
+    stacks.show(as_json, click.echo, say)
+
+
+@cli.command()
+@click.argument("checkouts", nargs=-1, type=click.Path(file_okay=False))
+@click.option("--yes", "-y", is_flag=True, help="Remove without asking (required when stdin is not a terminal).")
+@click.option("--dry-run", "-n", is_flag=True, help="Only say what would be removed.")
+def prune(checkouts: tuple[str, ...], yes: bool, dry_run: bool) -> None:
+    """Remove the stacks whose checkout no longer exists (of CHECKOUTS only, when given):
+    containers, network and volumes, native servers and data, and their records. Asks first."""
+    from devenv import prune as pruning
+    from devenv import stacks
+    from devenv.errors import UsageError
+
+    found, engine = stacks.gather(warn=say)
+    removals = pruning.plan(found, engine, list(checkouts) or None)
+    if not removals:
+        say("nothing to prune: no stack's checkout is gone" + (" (of those named)" if checkouts else ""))
+        return
+    click.echo(f"{'would remove' if dry_run else 'to remove'} {len(removals)} stack(s) whose checkout is gone:")
+    for removal in removals:
+        for line in removal.lines(humanize.size):
+            click.echo(line)
+    if dry_run:
+        return
+    if not yes:
+        if not sys.stdin.isatty() or ci_mode():  # CI mode never prompts
+            reason = "CI mode does not ask" if ci_mode() else "stdin is not a terminal"
+            raise UsageError(f"prune removes the stacks above and {reason} to confirm it",
+                             hint="pass --yes to remove them, or --dry-run to only list them.")
+        if not click.confirm("Remove them?", default=False, err=True):
+            say("prune cancelled: nothing removed")
+            sys.exit(1)
+    done = [removal for removal in removals if pruning.execute(removal, say)]
+    for removal in done:
+        say(f"removed {removal.stack.entry.checkout} ({removal.stack.entry.profile}, {removal.stack.entry.runtime})")
+    if len(done) < len(removals):
+        say(f"{len(removals) - len(done)} stack(s) kept (see above); `devenv ls` shows them")
+
+
 @cli.command("env")
 @_profile_option
 @click.option("--format", "fmt", type=click.Choice(ENV_FORMATS), default="dotenv", show_default=True,
