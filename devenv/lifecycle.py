@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 from devenv import health
@@ -29,6 +30,7 @@ class UpReport:
     database_created: bool = False
     template: str = ""
     seconds: float = 0.0
+    env_file: str = ""  # the env_file kept up to date (devenv.yaml's `env_file:`), if any
 
 
 def up(
@@ -173,8 +175,22 @@ def up(
                 # For the fast no-op path: checked against /proc without loading the runtime.
                 "processes": {s.name: [s.pid, s.process_name] for s in runtime.states(stack) if s.pid},
                 "seeded": seed,
+                **({"env_file": env_file_record(stack)} if stack.env_file else {}),
             })
+    if stack.env_file:  # after the lock: a bad env file is an error to fix, not a reason to stop the servers
+        from devenv import envfile
+
+        record = env_file_record(stack)
+        envfile.sync(Path(record["path"]), record["block"], say)
+        report.env_file = record["path"]
     return report
+
+
+def env_file_record(stack: Stack) -> dict[str, str]:
+    """Where the stack's env_file is and the block it holds (state.json keeps it for the no-op `up`)."""
+    from devenv import envfile
+
+    return {"path": str(stack.root / stack.env_file), "block": envfile.block(stack.profile, stack.env())}
 
 
 @contextlib.contextmanager
