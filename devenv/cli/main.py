@@ -186,6 +186,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
         # A PAUSE whose devenv was killed: the full path RESUMEs it (one listdir when there is none).
         and all(alive for *_, alive in pause_notes(state_dir))
         and isinstance(recorded.get("urls"), dict)
+        and _recorded_env_file_ok(recorded.get("env_file"))
     ):
         if github_actions():
             add_masks(secrets_in(recorded["urls"]), masks)
@@ -238,6 +239,12 @@ _NOTHING_DONE: dict[str, Any] = {"started": [], "restarted": [], "reloaded": [],
 
 def _emit_json(data: dict[str, Any]) -> None:
     click.echo(json.dumps(data, indent=2))
+
+
+def _recorded_env_file_ok(env_file: Any) -> bool:
+    """Whether state.json's env_file record is absent or of the shape `up` writes (else the full path)."""
+    return env_file is None or (isinstance(env_file, dict) and isinstance(env_file.get("path"), str)
+                                and isinstance(env_file.get("block"), str))
 
 
 def _recorded_ports_answer(ports: Any, answer: Callable[[list[int]], bool]) -> bool:

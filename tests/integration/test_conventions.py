@@ -4,6 +4,7 @@ evaluated by a real shell and a dotenv parser, and `up --json` on the full and n
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -140,8 +141,11 @@ def test_up_json_is_one_object_on_the_full_and_no_op_paths(proj: Any) -> None:
     assert report["seconds"] > 0 and report["env_file"] is None
     assert "starting" in full.stderr, "progress stays on stderr"
 
-    noop = proj.devenv("up", "--json")
+    # Under GitHub Actions the masks go to stderr (the runner reads commands there too): stdout stays JSON.
+    gha = dataclasses.replace(proj, env={**proj.env, "GITHUB_ACTIONS": "true"})
+    noop = gha.devenv("up", "--json")
     again = json.loads(noop.stdout)
+    assert f"::add-mask::{stack.postgres.password}" in noop.stderr.splitlines()
     assert again["up_to_date"] is True and again["started"] == [] and again["seeded"] is False
     assert again["urls"] == stack.urls() and again["ports"] == report["ports"]
     assert again["runtime"] == proj.runtime

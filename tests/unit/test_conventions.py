@@ -277,3 +277,11 @@ def test_completion_scripts_are_generated(shell: str) -> None:
     if shell == "bash" and shutil.which("bash"):  # the script is valid bash
         check = subprocess.run(["bash", "-n"], input=result.stdout, capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize(("record", "ok"), [(None, True), ({"path": "/p/.env", "block": "# >>> devenv"}, True),
+                                            ({"path": 3, "block": ""}, False), ("x", False), ({"path": "/p"}, False)])
+def test_a_damaged_env_file_record_sends_up_the_full_way(record: Any, ok: bool) -> None:
+    from devenv.cli.main import _recorded_env_file_ok
+
+    assert _recorded_env_file_ok(record) is ok
