@@ -137,11 +137,17 @@ def sync(path: Path, text: str, say: Callable[[str], None] = lambda line: None) 
     mode = stat.S_IMODE(info.st_mode) if info is not None else None
     if new == data and mode == 0o600:
         return False
-    owner = None
-    if os.geteuid() == 0:  # root in someone's checkout: the file stays theirs
-        source = info if info is not None else os.stat(path.parent)
-        owner = (source.st_uid, source.st_gid)
-    write_file(path, new, 0o600, owner)
+    try:
+        if info is None:
+            path.parent.mkdir(parents=True, exist_ok=True)  # `env_file: config/.env` in a fresh checkout
+        owner = None
+        if os.geteuid() == 0:  # root in someone's checkout: the file stays theirs
+            source = info if info is not None else os.stat(path.parent)
+            owner = (source.st_uid, source.st_gid)
+        write_file(path, new, 0o600, owner)
+    except OSError as exc:
+        raise StateError(f"cannot write env_file {path}: {exc.strerror or exc}",
+                         hint="check that its directory is writable, or point `env_file:` in devenv.yaml elsewhere.") from None
     if mode is not None and mode != 0o600:
         say(f"{path}: mode {mode:04o} -> 0600, as it now holds PGPASSWORD")
     if new != data:

@@ -285,3 +285,12 @@ def test_a_damaged_env_file_record_sends_up_the_full_way(record: Any, ok: bool) 
     from devenv.cli.main import _recorded_env_file_ok
 
     assert _recorded_env_file_ok(record) is ok
+
+
+def test_sync_makes_a_missing_directory_and_names_one_it_cannot_make(tmp_path: Path) -> None:
+    assert envfile.sync(tmp_path / "config" / ".env", BLOCK) is True
+    assert (tmp_path / "config" / ".env").read_text() == BLOCK + "\n"
+    (tmp_path / "file").write_text("not a directory\n")
+    with pytest.raises(StateError, match="cannot (read|write) env_file"):
+        envfile.sync(tmp_path / "file" / ".env", BLOCK)
+    assert (tmp_path / "file").read_text() == "not a directory\n"
