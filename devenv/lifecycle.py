@@ -41,8 +41,14 @@ def up(
     seed: bool = True,
     say: Say = lambda line: None,
     fingerprint: str | None = None,
+    env_file: bool = False,
 ) -> UpReport:
-    """Bring the stack up and seeded; idempotent. Records the state for the fast no-op path."""
+    """Bring the stack up and seeded; idempotent. Records the state for the fast no-op path.
+
+    `env_file` (the CLI's `up`): keep devenv.yaml's `env_file:` block current. The Python API
+    and the pytest plugin leave it alone: a test run's `ci` stack must not take over the .env
+    a developer's application reads.
+    """
     from devenv.db.pauses import resume_orphaned
     from devenv.db.seeds import apply_seeds, ensure_database
     from devenv.db.janitor import Janitor
@@ -175,9 +181,9 @@ def up(
                 # For the fast no-op path: checked against /proc without loading the runtime.
                 "processes": {s.name: [s.pid, s.process_name] for s in runtime.states(stack) if s.pid},
                 "seeded": seed,
-                **({"env_file": env_file_record(stack)} if stack.env_file else {}),
+                **({"env_file": env_file_record(stack)} if env_file and stack.env_file else {}),
             })
-    if stack.env_file:  # after the lock: a bad env file is an error to fix, not a reason to stop the servers
+    if env_file and stack.env_file:  # after the lock: a bad env file is an error to fix, not a reason to stop the servers
         from devenv import envfile
 
         record = env_file_record(stack)

@@ -216,7 +216,8 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     say(f"{stack.name}: {backend.describe(stack)}")
     # Hashed after load_stack, which creates secrets.json on first use.
     inputs = fingerprint(root, config, profile, options)
-    report = lifecycle.up(stack, backend, timeout=timeout, seed=not no_seed, say=say, fingerprint=inputs)
+    report = lifecycle.up(stack, backend, timeout=timeout, seed=not no_seed, say=say, fingerprint=inputs,
+                           env_file=True)
     summary = "nothing changed" if not (report.result.changed or report.applied or report.database_created) else "ready"
     say(f"{stack.name}: {summary} on {report.runtime} in {report.seconds:.2f}s")
     if as_json:

@@ -61,6 +61,13 @@ def test_env_file_round_trip(proj: Any) -> None:
     env_file.chmod(0o644)
     proj.edit("devenv.yaml", "\nprofiles:\n", "\nenv_file: .env\nprofiles:\n")
 
+    # The Python API's (the pytest plugin's) `up` leaves it alone: tests get their URLs otherwise.
+    code = f"import devenv; devenv.Devenv.load(profile={proj.profile!r}, runtime={proj.runtime!r}).up()"
+    api = subprocess.run([sys.executable, "-c", code], cwd=proj.root, env=proj.env, capture_output=True, text=True,
+                         timeout=120)
+    assert api.returncode == 0, api.stderr
+    assert env_file.read_bytes() == OTHER_LINES and stat.S_IMODE(env_file.stat().st_mode) == 0o644
+
     first = proj.devenv("up")
     data = env_file.read_bytes()
     assert data.startswith(OTHER_LINES + b"\r\n"), "every other line stays, byte for byte"
