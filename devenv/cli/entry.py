@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
+from typing import MutableMapping, NoReturn
 
 from devenv.cli.output import exit_for, fast_exit, reset_summary, say
 
@@ -49,7 +49,7 @@ def hoist_global_options(args: list[str]) -> list[str]:
     return [*flags, *rest[:command], *moved, *rest[command:]]
 
 
-def hoist_completion_words(environ: dict[str, str] | os._Environ[str]) -> None:
+def hoist_completion_words(environ: MutableMapping[str, str]) -> None:
     """Shell completion (click's `_DEVENV_COMPLETE=<shell>_complete`, the words so far in
     COMP_WORDS): those words hoisted as `run` hoists argv, so that `devenv -p prod settings --<TAB>`
     offers settings' options. The word being completed stays last, at the same index."""
