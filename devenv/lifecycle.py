@@ -187,16 +187,17 @@ def up(
         from devenv import envfile
 
         record = env_file_record(stack)
-        envfile.sync(Path(record["path"]), record["block"], say)
-        report.env_file = record["path"]
+        envfile.sync(stack.root, record["path"], record["block"], say)
+        report.env_file = str(stack.root / stack.env_file)
     return report
 
 
 def env_file_record(stack: Stack) -> dict[str, str]:
-    """Where the stack's env_file is and the block it holds (state.json keeps it for the no-op `up`)."""
+    """Where the stack's env_file is, relative to the project root (the no-op `up` rebuilds it
+    from there: an absolute path in state.json is never trusted), and the block it holds."""
     from devenv import envfile
 
-    return {"path": str(stack.root / stack.env_file), "block": envfile.block(stack.profile, stack.env())}
+    return {"path": stack.env_file, "block": envfile.block(stack.profile, stack.env())}
 
 
 @contextlib.contextmanager

@@ -194,14 +194,14 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
         if isinstance(env_file, dict):  # missing or stale (another profile's, edited): written again
             from devenv import envfile
 
-            envfile.sync(Path(env_file["path"]), env_file["block"], say)
+            envfile.sync(root, env_file["path"], env_file["block"], say)  # checked again, from the root
         seconds = time.monotonic() - started
         say(f"{profile}: up to date on {recorded.get('runtime')}, nothing to do ({seconds:.2f}s)")
         if as_json:
             _emit_json({"profile": profile, "runtime": recorded.get("runtime"), "up_to_date": True,
                         **_NOTHING_DONE, "seconds": round(seconds, 3), "urls": recorded["urls"],
                         "ports": dict(zip(SERVICES, recorded["ports"])),
-                        "env_file": env_file["path"] if isinstance(env_file, dict) else None})
+                        "env_file": str(root / env_file["path"]) if isinstance(env_file, dict) else None})
         else:
             _emit_urls(recorded["urls"])
         return
@@ -243,9 +243,14 @@ def _emit_json(data: dict[str, Any]) -> None:
 
 
 def _recorded_env_file_ok(env_file: Any) -> bool:
-    """Whether state.json's env_file record is absent or of the shape `up` writes (else the full path)."""
-    return env_file is None or (isinstance(env_file, dict) and isinstance(env_file.get("path"), str)
-                                and isinstance(env_file.get("block"), str))
+    """Whether state.json's env_file record is absent or of the shape `up` writes: a path inside
+    the project, relative to it, and a block (else the full path, which writes it anew)."""
+    if env_file is None:
+        return True
+    from devenv.envfile import relative_parts
+
+    return (isinstance(env_file, dict) and isinstance(env_file.get("path"), str)
+            and relative_parts(env_file["path"]) is not None and isinstance(env_file.get("block"), str))
 
 
 def _recorded_ports_answer(ports: Any, answer: Callable[[list[int]], bool]) -> bool:

@@ -75,13 +75,23 @@ def test_the_block_names_its_profile_and_who_writes_it() -> None:
 
 
 @pytest.mark.parametrize("value", ["plain", "postgresql://u:p%2F@127.0.0.1:5432/db?sslmode=require",
-                                   "two words", "has$dollar", "it's", "a\"b'c$d\\e", "#hash"])
+                                   "two words", "has$dollar", "it's", "#hash", "a\"b"])
 def test_dotenv_values_read_back_as_written(value: str) -> None:
     dotenv = pytest.importorskip("dotenv")
     import io
 
     line = envfile.dotenv_lines({"V": value})[0]
     assert dotenv.dotenv_values(stream=io.StringIO(line + "\n")) == {"V": value}, line
+
+
+def test_quoting_means_the_same_to_every_loader() -> None:
+    # python-dotenv decodes \\ in single quotes (so 'a\\b' came back as a\b); docker compose
+    # expands $ in double quotes. Each quoted form avoids what some loader reads differently.
+    assert envfile.dotenv_value("has$dollar") == "'has$dollar'"
+    assert envfile.dotenv_value("it's") == '"it\'s"'
+    for value in ["back\\slash", "a\\\\b", "it's $HOME", "both'\"", "two\nlines", "cr\r"]:
+        with pytest.raises(StateError, match="cannot write .* in a dotenv file"):
+            envfile.dotenv_value(value)
 
 
 def test_lines_outside_the_block_that_set_its_variables_are_found() -> None:
@@ -97,11 +107,11 @@ def test_sync_writes_0600_only_when_the_block_differs(tmp_path: Path) -> None:
     path.write_bytes(b"A=1\r\n")
     path.chmod(0o644)
     said: list[str] = []
-    assert envfile.sync(path, BLOCK, said.append) is True
+    assert envfile.sync(tmp_path, ".env", BLOCK, said.append) is True
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert any("0644 -> 0600" in line for line in said), said
     os.utime(path, (1, 1))
-    assert envfile.sync(path, BLOCK, said.append) is False
+    assert envfile.sync(tmp_path, ".env", BLOCK, said.append) is False
     assert path.stat().st_mtime == 1, "an unchanged block is not written again"
 
 
@@ -110,14 +120,76 @@ def test_sync_refuses_a_link_and_leaves_its_target_alone(tmp_path: Path) -> None
     target.write_text("SECRET=1\n")
     (tmp_path / ".env").symlink_to(target)
     with pytest.raises(StateError, match="symbolic link"):
-        envfile.sync(tmp_path / ".env", BLOCK)
+        envfile.sync(tmp_path, ".env", BLOCK)
     assert target.read_text() == "SECRET=1\n"
 
 
 def test_sync_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
     os.mkfifo(tmp_path / ".env")
     with pytest.raises(StateError, match="not a regular file"):
-        envfile.sync(tmp_path / ".env", BLOCK)
+        envfile.sync(tmp_path, ".env", BLOCK)
+
+
+def test_markers_match_exactly_so_lookalike_lines_stay() -> None:
+    mine = b"# >>> devenvironment notes: see wiki\nA=1\n# <<< devenv-tools end\n"
+    once = envfile.splice(mine, BLOCK, Path(".env"))
+    assert once == mine + BLOCK.encode() + b"\n", "the user's lines are kept, the block appended"
+    assert envfile.splice(once, BLOCK, Path(".env")) == once
+    # Trailing whitespace and CR on devenv's own markers are tolerated.
+    loose = b"A=1\n# >>> devenv  \nOLD=1\n# <<< devenv \t\r\nB=2\n"
+    assert envfile.splice(loose, BLOCK, Path(".env")) == b"A=1\n" + BLOCK.encode() + b"\r\nB=2\n"
+    assert envfile.shadowed(once, ["A"]) == [(2, "A")], "A=1 is outside the block"
+
+
+def test_two_blocks_are_an_error_naming_both_lines() -> None:
+    stale = envfile.block("dev", {"PGPORT": "1"}).encode()
+    data = b"A=1\n" + BLOCK.encode() + b"\nB=2\n" + stale + b"\n"
+    with pytest.raises(StateError) as info:
+        envfile.splice(data, BLOCK, Path(".env"))
+    assert "lines 2, 7" in info.value.message and info.value.exit_code == 8 and "delete" in (info.value.hint or "")
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory outside the project (as /etc is) holding a file that must stay as it is."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root:x:0:0\n")
+    (tmp_path / "etc" / "passwd").chmod(0o644)
+    (tmp_path / "proj").mkdir()
+    return tmp_path / "etc"
+
+
+@pytest.mark.parametrize(("links", "rel", "named"), [
+    ({"cfg2": "../etc"}, "cfg2/devenv-test-file", "cfg2"),
+    ({"cfg2": "../etc"}, "cfg2/passwd", "cfg2"),
+    ({"a/b": "../../etc"}, "a/b/c/passwd", "a/b"),
+    ({"a": "../etc"}, "a/b/.env", "a"),  # nothing made beyond the link either
+])
+def test_sync_never_follows_a_linked_directory(outside: Path, links: dict[str, str], rel: str, named: str) -> None:
+    root = outside.parent / "proj"
+    for link, target in links.items():
+        (root / link).parent.mkdir(parents=True, exist_ok=True)
+        (root / link).symlink_to(target)
+    with pytest.raises(StateError) as info:
+        envfile.sync(root, rel, BLOCK)
+    assert f"{root / named} is a symbolic link" in info.value.message and info.value.exit_code == 8
+    assert info.value.hint
+    assert sorted(p.name for p in outside.iterdir()) == ["passwd"]
+    assert (outside / "passwd").read_text() == "root:x:0:0\n" and stat.S_IMODE((outside / "passwd").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("rel", ["/etc/passwd", "../etc/passwd", "a/../../etc/passwd", "", "dir/"])
+def test_sync_refuses_a_path_outside_the_project(outside: Path, rel: str) -> None:
+    with pytest.raises(StateError, match="not a path inside the project"):
+        envfile.sync(outside.parent / "proj", rel, BLOCK)
+    assert (outside / "passwd").read_text() == "root:x:0:0\n"
+
+
+def test_sync_names_a_directory_as_one(tmp_path: Path) -> None:
+    (tmp_path / ".env").mkdir()
+    with pytest.raises(StateError, match=r"\.env: it is a directory") as info:
+        envfile.sync(tmp_path, ".env", BLOCK)
+    assert info.value.exit_code == 8
 
 
 # ---- devenv.yaml: env_file ----------------------------------------------------------------------
@@ -279,8 +351,13 @@ def test_completion_scripts_are_generated(shell: str) -> None:
         assert check.returncode == 0, check.stderr
 
 
-@pytest.mark.parametrize(("record", "ok"), [(None, True), ({"path": "/p/.env", "block": "# >>> devenv"}, True),
-                                            ({"path": 3, "block": ""}, False), ("x", False), ({"path": "/p"}, False)])
+@pytest.mark.parametrize(("record", "ok"), [(None, True), ({"path": "config/.env", "block": "# >>> devenv"}, True),
+                                            ({"path": 3, "block": ""}, False), ("x", False), ({"path": ".env"}, False),
+                                            # Never trusted: a path outside the project (an older state.json's
+                                            # absolute one too) sends `up` the full way, which writes devenv.yaml's.
+                                            ({"path": "/etc/passwd", "block": ""}, False),
+                                            ({"path": "../x.env", "block": ""}, False),
+                                            ({"path": "a/../../x.env", "block": ""}, False)])
 def test_a_damaged_env_file_record_sends_up_the_full_way(record: Any, ok: bool) -> None:
     from devenv.cli.main import _recorded_env_file_ok
 
@@ -288,9 +365,9 @@ def test_a_damaged_env_file_record_sends_up_the_full_way(record: Any, ok: bool) 
 
 
 def test_sync_makes_a_missing_directory_and_names_one_it_cannot_make(tmp_path: Path) -> None:
-    assert envfile.sync(tmp_path / "config" / ".env", BLOCK) is True
+    assert envfile.sync(tmp_path, "config/.env", BLOCK) is True
     assert (tmp_path / "config" / ".env").read_text() == BLOCK + "\n"
     (tmp_path / "file").write_text("not a directory\n")
     with pytest.raises(StateError, match="cannot (read|write) env_file"):
-        envfile.sync(tmp_path / "file" / ".env", BLOCK)
+        envfile.sync(tmp_path, "file/.env", BLOCK)
     assert (tmp_path / "file").read_text() == "not a directory\n"
