@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 import click
 
 from devenv import humanize
-from devenv.cli.output import (add_masks, ci_mode, debug_mode, exit_for, fast_exit, github_actions, reset_summary, say,
-                               secrets_in)
+from devenv.cli.output import (add_masks, ci_mode, debug_mode, exit_for, fast_exit, github_actions, print_json_error,
+                               reset_summary, say, secrets_in)
 from devenv.config.stack import SERVICES
 from devenv.runtime.plan import RUNTIME_NAMES
 
@@ -239,7 +239,14 @@ _NOTHING_DONE: dict[str, Any] = {"started": [], "restarted": [], "reloaded": [],
 
 
 def _emit_json(data: dict[str, Any]) -> None:
-    click.echo(json.dumps(data, indent=2))
+    click.echo(json.dumps({"ok": True, **data}, indent=2))
+
+
+def _json_errors(args: list[str]) -> bool:
+    """Whether the command line is `up --json` (group flags first, as `main` puts them): its
+    errors are a JSON object on stdout too (output.error_object)."""
+    words = [arg for arg in args if arg not in ("--debug", "--ci")]
+    return words[:1] == ["up"] and "--json" in words
 
 
 def _recorded_env_file_ok(env_file: Any) -> bool:
@@ -671,8 +678,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         args = ["--debug", *(a for a in args if a != "--debug")]
     try:
         code = cli.main(args=args, prog_name="devenv", standalone_mode=False)
-    except Exception as exc:
-        exit_for(exc, debug)
-    except KeyboardInterrupt as exc:
+    except (Exception, KeyboardInterrupt) as exc:
+        if _json_errors(args):  # `up --json`: stdout holds one JSON object, an error's too
+            print_json_error(exc)
         exit_for(exc, debug)
     sys.exit(code if isinstance(code, int) else 0)

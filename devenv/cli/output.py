@@ -120,6 +120,32 @@ def print_error(exc: DevenvError) -> None:
         say(f"hint: {exc.hint}")
 
 
+def error_object(exc: BaseException) -> dict[str, object]:
+    """What `up --json` prints on stdout for an error: {"ok": false, "error", "hint", "exit_code"},
+    the same message, hint and code as `exit_for` gives on stderr and as the exit status."""
+    click = sys.modules.get("click")
+    if isinstance(exc, KeyboardInterrupt) or (click is not None and isinstance(exc, click.Abort)):
+        error, hint, code = "interrupted", None, 130
+    elif click is not None and isinstance(exc, click.ClickException):
+        error, hint, code = exc.format_message(), None, exc.exit_code
+    elif isinstance(exc, DevenvError):
+        error, hint, code = exc.message, exc.hint, exc.exit_code
+    else:
+        error, hint, code = f"internal error: {type(exc).__name__}: {exc}", "rerun with --debug for the traceback, and report it.", 1
+    return {"ok": False, "error": error, "hint": hint, "exit_code": code}
+
+
+def print_json_error(exc: BaseException) -> None:
+    """`error_object(exc)` as one JSON object on stdout (the error itself still goes to stderr)."""
+    import json
+
+    try:
+        sys.stdout.write(json.dumps(error_object(exc), indent=2) + "\n")
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError):  # the reader left, or stdout is closed: stderr still says it
+        pass
+
+
 def exit_for(exc: BaseException, debug: bool | None = None) -> NoReturn:
     """Print an error the one way and exit with its code; with --debug, raise it (the traceback).
 

@@ -120,6 +120,60 @@ def test_a_planted_link_is_refused_and_its_target_untouched(proj: Any, tmp_path:
     assert "Traceback" not in result.stderr
 
 
+def test_env_file_never_leaves_the_project(proj: Any, tmp_path: Path) -> None:
+    """A committed link to a directory (`cfg2 -> /etc`) or a path edited into state.json never
+    makes `up` (root in CI) write outside the checkout; each is exit 8 naming what is wrong."""
+    outside = tmp_path / "etc"
+    outside.mkdir()
+    passwd = outside / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    passwd.chmod(0o644)
+
+    def untouched() -> None:
+        assert sorted(p.name for p in outside.iterdir()) == ["passwd"]
+        assert passwd.read_text() == "root:x:0:0:root:/root:/bin/bash\n"
+        assert stat.S_IMODE(passwd.stat().st_mode) == 0o644
+
+    (proj.root / "cfg2").symlink_to(outside)
+    proj.edit("devenv.yaml", "\nprofiles:\n", "\nenv_file: cfg2/passwd\nprofiles:\n")
+    linked = proj.devenv("up", "--json", check=False)
+    assert linked.returncode == 8, linked.stderr
+    assert f"error: refusing to write env_file: {proj.root / 'cfg2'} is a symbolic link" in linked.stderr
+    assert "hint:" in linked.stderr and "Traceback" not in linked.stderr
+    report = json.loads(linked.stdout)  # `up --json`: the error as one object on stdout
+    assert report["ok"] is False and report["exit_code"] == 8 and "symbolic link" in report["error"]
+    untouched()
+
+    # A directory where the file should be: exit 8 saying so (it was an internal error).
+    (proj.root / "envdir").mkdir()
+    proj.edit("devenv.yaml", "env_file: cfg2/passwd", "env_file: envdir")
+    directory = proj.devenv("up", check=False)
+    assert directory.returncode == 8 and "envdir: it is a directory" in directory.stderr, directory.stderr
+
+    proj.edit("devenv.yaml", "env_file: envdir", "env_file: .env")
+    proj.devenv("up")
+    env_file = proj.root / ".env"
+    data = env_file.read_bytes()
+
+    # state.json's record edited to point outside: never trusted. An absolute path sends `up`
+    # the full way (which writes devenv.yaml's file); a relative one through the link is refused.
+    state = proj.root / ".devenv" / proj.profile / "state.json"
+    record = json.loads(state.read_text())
+    assert record["env_file"]["path"] == ".env", "kept relative to the project root"
+    env_file.unlink()
+    record["env_file"]["path"] = str(passwd)
+    state.write_text(json.dumps(record))
+    full = proj.devenv("up")
+    assert "nothing to do" not in full.stderr and env_file.read_bytes() == data, full.stderr
+    untouched()
+    record = json.loads(state.read_text())
+    record["env_file"]["path"] = "cfg2/passwd"
+    state.write_text(json.dumps(record))
+    refused = proj.devenv("up", check=False)
+    assert refused.returncode == 8 and "cfg2 is a symbolic link" in refused.stderr, refused.stderr
+    untouched()
+
+
 def test_env_shell_and_dotenv_give_libpq_variables(running: Any) -> None:
     from dotenv import dotenv_values
 
@@ -140,7 +194,7 @@ def test_up_json_is_one_object_on_the_full_and_no_op_paths(proj: Any) -> None:
     full = proj.devenv("up", "--json")
     report = json.loads(full.stdout)  # the whole of stdout: one JSON object
     stack = proj.stack()
-    assert report["runtime"] == proj.runtime and report["up_to_date"] is False
+    assert report["ok"] is True and report["runtime"] == proj.runtime and report["up_to_date"] is False
     assert set(report["started"]) == {"postgres", "pgbouncer", "redis"}
     assert report["database_created"] is True and report["seeded"] is True
     assert report["urls"] == stack.urls()
@@ -153,6 +207,6 @@ def test_up_json_is_one_object_on_the_full_and_no_op_paths(proj: Any) -> None:
     noop = gha.devenv("up", "--json")
     again = json.loads(noop.stdout)
     assert f"::add-mask::{stack.postgres.password}" in noop.stderr.splitlines()
-    assert again["up_to_date"] is True and again["started"] == [] and again["seeded"] is False
+    assert again["ok"] is True and again["up_to_date"] is True and again["started"] == [] and again["seeded"] is False
     assert again["urls"] == stack.urls() and again["ports"] == report["ports"]
     assert again["runtime"] == proj.runtime

@@ -222,6 +222,35 @@ def test_env_and_block_carry_libpq_variables(project: Path) -> None:
     assert "PGSSLMODE" not in env and prod.env()["PGSSLMODE"] == "require"
 
 
+# ---- `up --json`: one JSON object on stdout, an error's too --------------------------------------
+
+
+@pytest.mark.parametrize(("args", "code", "says"), [
+    (["up", "--json", "-p", "nosuch"], 3, "unknown profile"),
+    (["--ci", "-p", "nosuch", "up", "--json"], 3, "unknown profile"),  # hoisted, after a group flag
+    (["up", "--json", "--timeout", "x"], 2, "--timeout"),
+])
+def test_up_json_errors_are_one_json_object(run_devenv: Callable[..., Any], args: list[str], code: int,
+                                             says: str) -> None:
+    import json
+
+    result = run_devenv(*args)
+    assert result.returncode == code
+    report = json.loads(result.stdout)  # the whole of stdout
+    assert report["ok"] is False and report["exit_code"] == code and says in report["error"], report
+    assert set(report) == {"ok", "error", "hint", "exit_code"}
+    assert says in result.stderr, "the error still goes to stderr as well"
+
+
+def test_an_error_object_for_each_kind_of_error() -> None:
+    from devenv.cli.output import error_object
+
+    assert error_object(StateError("m", hint="h")) == {"ok": False, "error": "m", "hint": "h", "exit_code": 8}
+    assert error_object(KeyboardInterrupt())["exit_code"] == 130
+    bug = error_object(IsADirectoryError(21, "Is a directory"))
+    assert bug["exit_code"] == 1 and bug["error"].startswith("internal error: IsADirectoryError")
+
+
 # ---- devenv.sh's devenv.yaml --------------------------------------------------------------------
 
 CACHIX = "inputs:\n  nixpkgs:\n    url: github:cachix/devenv-nixpkgs/rolling\n"
