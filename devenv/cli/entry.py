@@ -74,8 +74,28 @@ def hoist_completion_words(environ: MutableMapping[str, str]) -> None:
             return
         typed, tail = cwords[1:cword], cwords[cword:]
     hoisted = hoist_global_options(typed)
+    if hoisted == typed and _value_of_a_global_option(typed):
+        # `devenv -p <TAB>`: no command yet, and the group has no -p, so click would offer the
+        # command names. `up` has every global option: it completes the value as `up -p <TAB>` does.
+        hoisted = ["up", *typed]
+        if mode != "fish_complete":  # the index of the word being completed moves with it
+            environ["COMP_CWORD"] = str(len(hoisted) + 1)
     if hoisted != typed and cwords:
         environ["COMP_WORDS"] = shlex.join([cwords[0], *hoisted, *tail])
+
+
+def _value_of_a_global_option(typed: list[str]) -> bool:
+    """Whether the word after `typed` is the value of a global option given before any command:
+    `typed` is group flags and global options with their values, ending in such an option."""
+    rest = [arg for arg in typed if arg not in GROUP_FLAGS]
+    while rest:
+        arg = rest.pop(0)
+        if arg not in GLOBAL_OPTIONS:
+            return False
+        if not rest:
+            return True
+        rest.pop(0)
+    return False
 
 
 def run() -> NoReturn:

@@ -25,8 +25,10 @@ _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
 _PROFILE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 # Keys allowed at each level of devenv.yaml: anything else is a typo worth reporting.
 _TOP_KEYS = {"project", "profiles", "env_file", *SERVICES}
-# devenv.sh (cachix/devenv) has a `devenv` command and a devenv.yaml too: theirs has these keys.
-_CACHIX_KEYS = {"inputs", "imports"}
+# devenv.sh (cachix/devenv) has a `devenv` command and a devenv.yaml too: the top-level keys of
+# theirs (devenv.sh/reference/yaml-options), none of them ours.
+_CACHIX_KEYS = {"inputs", "imports", "allowUnfree", "allowBroken", "permittedInsecurePackages",
+                "permittedUnfreePackages", "nixpkgs", "impure", "clean", "backend", "secretspec"}
 _PROFILE_KEYS = {"description", "extends", "ephemeral", "limits", "seed_scale"}
 _LIMIT_KEYS = {"memory", "cpus"}
 _SERVICE_KEYS = {
@@ -280,7 +282,14 @@ class _Parser:
                 hint="this `devenv` is the PostgreSQL + PgBouncer + Redis stack; point it at its own "
                 "devenv.yaml with `--config PATH` or `DEVENV_CONFIG=PATH` (or run it where that file is "
                 "the nearest devenv.yaml upwards).")
-        top = self.mapping(data, "", _TOP_KEYS)
+        try:
+            top = self.mapping(data, "", _TOP_KEYS)
+        except ConfigError as exc:  # ours with one of theirs in it: say whose that key is
+            stray = next((key for key in data if key in _CACHIX_KEYS), None) if isinstance(data, dict) else None
+            if stray is not None and f": {stray}: unknown key" in exc.message:
+                exc.hint = (f"`{stray}:` is a key of devenv.sh's devenv.yaml (cachix/devenv), another tool also "
+                            "called `devenv`: keep its keys in its own devenv.yaml, elsewhere. " + (exc.hint or ""))
+            raise
         for required in ("profiles", *SERVICES):
             if required not in top:
                 raise self.fail(required, "missing", hint=f"devenv.yaml needs a `{required}:` section.")

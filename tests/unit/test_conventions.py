@@ -256,7 +256,10 @@ def test_an_error_object_for_each_kind_of_error() -> None:
 CACHIX = "inputs:\n  nixpkgs:\n    url: github:cachix/devenv-nixpkgs/rolling\n"
 
 
-@pytest.mark.parametrize("text", [CACHIX, "imports:\n  - ./frontend\n", CACHIX + "allowUnfree: true\nimports: []\n"])
+@pytest.mark.parametrize("text", [CACHIX, "imports:\n  - ./frontend\n", CACHIX + "allowUnfree: true\nimports: []\n",
+                                  # Only their other keys (devenv.sh/reference/yaml-options), none of ours:
+                                  "allowUnfree: true\n", "permittedInsecurePackages:\n  - openssl-1.1.1w\n",
+                                  "nixpkgs:\n  allow_unfree: true\nimpure: true\n", "clean:\n  enabled: true\n"])
 def test_devenv_sh_yaml_is_named_with_a_way_out(tmp_path: Path, text: str) -> None:
     (tmp_path / "devenv.yaml").write_text(text)
     env = {k: v for k, v in os.environ.items() if k not in ("DEVENV_CONFIG", "CI")}
@@ -268,12 +271,26 @@ def test_devenv_sh_yaml_is_named_with_a_way_out(tmp_path: Path, text: str) -> No
     assert "Traceback" not in result.stderr
 
 
-def test_ours_with_an_inputs_key_is_ours(project: Path) -> None:
+@pytest.mark.parametrize(("extra", "key"), [("inputs: {}\n", "inputs"), ("inputs: []\n", "inputs"),
+                                            ("allowUnfree: true\n", "allowUnfree")])
+def test_ours_with_one_of_theirs_is_ours_and_the_hint_says_whose_key(project: Path, extra: str, key: str) -> None:
     path = project / "devenv.yaml"
-    path.write_text("inputs: {}\n" + path.read_text())
+    path.write_text(extra + path.read_text())
     with pytest.raises(ConfigError) as info:
         load_config(path, {})
-    assert "unknown key" in info.value.message and "cachix" not in info.value.message
+    assert f"{path}:1: {key}: unknown key" in info.value.message and "cachix" not in info.value.message
+    assert f"`{key}:` is a key of devenv.sh's devenv.yaml (cachix/devenv)" in (info.value.hint or "")
+    assert "allowed here:" in (info.value.hint or "")
+
+
+def test_a_typo_of_ours_is_not_called_theirs(project: Path) -> None:
+    path = project / "devenv.yaml"
+    path.write_text(path.read_text().replace("\nprofiles:\n", "\nprofiels:\n", 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {})
+    assert "profiels: unknown key" in info.value.message and "devenv.sh" not in (info.value.hint or "")
+    # The repository's own devenv.yaml is ours, of course.
+    assert load_config(Path(__file__).parents[2] / "devenv.yaml", {}).project
 
 
 def test_the_plain_reset_fast_path_says_so_too(tmp_path: Path) -> None:
@@ -361,12 +378,20 @@ def test_bash_completion_of_commands_options_and_values(project: Path) -> None:
     # Options typed before the command (issue 16, item 5) do not derail it.
     assert complete("devenv -p prod settings --d", 4) == ["--diff"]
     assert complete("devenv --config x.yaml -p ci up --no", 6) == ["--no-seed"]
+    # A global option's value before any command: profiles, runtimes (not the command names).
+    assert complete("devenv -p ", 2, cwd=project) == complete("devenv up -p ", 3, cwd=project)
+    assert "ci" in complete("devenv -p ", 2, cwd=project) and "status" not in complete("devenv -p ", 2, cwd=project)
+    assert complete("devenv --ci --profile c", 3, cwd=project) == ["ci"]
+    assert complete("devenv --config devenv.yaml -r ", 4, cwd=project) == ["auto", "native", "docker"]
+    assert complete("devenv -p ci st", 3) == ["status"], "after a value: the commands again"
 
 
 def test_fish_and_zsh_completion(project: Path) -> None:
     # Both print type, value and help, a line each.
     assert complete("devenv st", 1, "zsh")[1::3] == ["status"]
     assert complete("devenv -p prod settings --d", "--d", "fish")[1::3] == ["--diff"]
+    assert "ci" in complete("devenv -p c", "c", "fish", cwd=project)[1::3]
+    assert "ci" in complete("devenv -p ", 2, "zsh", cwd=project)[1::3]
 
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
