@@ -159,19 +159,27 @@ def _open_parent(root: Path, parts: list[str]) -> int:
     try:
         for depth, part in enumerate(parts):
             shown = str(root.joinpath(*parts[:depth + 1]))
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
             try:
-                os.mkdir(part, 0o755, dir_fd=fd)
-                if os.geteuid() == 0:  # root in someone's checkout: the directory stays theirs
-                    parent = os.fstat(fd)
-                    os.chown(part, parent.st_uid, parent.st_gid, dir_fd=fd, follow_symlinks=False)
-            except FileExistsError:
-                pass
-            try:
-                child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                try:
+                    child = os.open(part, flags, dir_fd=fd)
+                except FileNotFoundError:  # `env_file: config/.env` in a fresh checkout
+                    try:
+                        os.mkdir(part, 0o755, dir_fd=fd)  # never follows a link planted meanwhile
+                    except FileExistsError:
+                        pass
+                    child = os.open(part, flags, dir_fd=fd)
+                    if os.geteuid() == 0:  # root in someone's checkout: the directory stays theirs
+                        parent = os.fstat(fd)
+                        try:
+                            os.fchown(child, parent.st_uid, parent.st_gid)
+                        except OSError:
+                            os.close(child)
+                            raise
             except OSError as exc:
                 if _is_link(part, fd):
                     raise _link_error(shown) from None
-                raise StateError(f"cannot write env_file {root.joinpath(*parts)}: {shown}: {exc.strerror}",
+                raise StateError(f"cannot write env_file: {shown}: {exc.strerror}",
                                  hint="make it a directory, or point `env_file:` in devenv.yaml elsewhere.") from None
             os.close(fd)
             fd = child
