@@ -53,6 +53,7 @@ class Removal:
     places: list[str] = field(default_factory=list)  # native: the directories proven its own
     directories: dict[str, int] = field(default_factory=dict)  # those that exist -> bytes on disk
     kept: list[str] = field(default_factory=list)  # what stays, and why
+    blind: bool = False  # Docker: no engine answered, what it has is unknown (nothing done, the record stays)
 
     def lines(self, size: Callable[[float], str]) -> list[str]:
         """What goes, for people: a heading line (whose stack, its data's size), then one
@@ -117,6 +118,7 @@ def plan(stacks: list[Stack], engine_listed: bool, only: list[str] | None = None
 def _plan_docker(removal: Removal, stacks: list[Stack], chosen: list[Stack], engine_listed: bool) -> None:
     stack = removal.stack
     if not engine_listed:
+        removal.blind = True
         removal.kept.append("its containers and volumes, if any: no Docker engine answered (the record stays)")
         return
     for container in stack.containers:
@@ -244,7 +246,7 @@ def execute(removal: Removal, say: Callable[[str], None]) -> bool:
             say(f"{printable(entry.checkout)} exists again: its stack is kept")
             return False
         if entry.runtime == "docker":
-            if not removal.containers and not removal.volumes and not removal.network and removal.kept:
+            if removal.blind:
                 return False  # no engine: nothing known, the record stays for a later prune
             _remove_docker(removal)
         else:
