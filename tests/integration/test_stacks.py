@@ -238,3 +238,24 @@ def test_a_docker_stack_without_a_record_is_pruned_only_with_unrecorded(tmp_path
                 thing.remove(force=True)
             except Exception:  # noqa: BLE001  (already removed by the prune)
                 pass
+
+
+def test_a_checkout_path_with_a_newline_and_bytes_not_utf8_comes_up_and_lists_on_one_line(tmp_path: Path,
+                                                                                          runtime: str) -> None:
+    if runtime != "native":
+        pytest.skip("the native runtime's directories are named from the checkout's path")
+    root = tmp_path / os.fsdecode(b"odd\xff\nFAKE  dev  native")
+    proj = make_project(root, runtime)
+    try:
+        proj.devenv("up")
+        table = subprocess.run([sys.executable, "-m", "devenv", "ls"], cwd=os.fsencode(root), env=proj.env,
+                               capture_output=True, timeout=60)
+        assert table.returncode == 0, table.stderr
+        rows = [line for line in table.stdout.decode().splitlines() if line.startswith(str(tmp_path))]
+        assert len(rows) == 1 and "odd\\xff\\nFAKE" in rows[0] and "running" in rows[0], table.stdout
+        assert str(root) in listing(proj)
+    finally:
+        proc = subprocess.run([sys.executable, "-m", "devenv", "down", "--volumes"], cwd=os.fsencode(root), env=proj.env,
+                              capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert str(root) not in listing(proj)

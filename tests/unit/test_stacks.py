@@ -425,3 +425,17 @@ def test_prune_asks_on_a_terminal(tmp_path: Path, reg: Path, answer: str) -> Non
             assert not data.exists() and registry.entries() == []
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_ls_and_prune_skip_an_invalid_record_with_one_note(tmp_path: Path, reg: Path) -> None:
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no.sock"}
+    env.pop("CI", None)
+    (tmp_path / "a").mkdir()
+    registry.record(entry(tmp_path / "a"))
+    (reg / "bad.json").write_text(json.dumps({**registry.entries()[0].as_record(), "data": "/usr", "checkout": 123}))
+    (reg / "deep.json").write_text("[" * 400_000)
+    for args in (("ls",), ("ls", "--json"), ("prune", "--dry-run")):
+        proc = run(*args, env=env)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert "note: 2 record(s)" in proc.stderr and "bad.json" in proc.stderr, proc.stderr
+    assert [item["checkout"] for item in json.loads(run("ls", "--json", env=env).stdout)] == [str(tmp_path / "a")]
