@@ -138,7 +138,11 @@ def _plan_native(removal: Removal, stacks: list[Stack]) -> None:
     from devenv.stacks import tree_size
 
     entry = removal.stack.entry
-    living = {os.path.realpath(p) for s in stacks if not s.orphaned and s.entry.runtime == "native" for p in s.entry.data}
+    # What a living checkout uses: its record's directories, and where its `.devenv/<profile>/native` links
+    # (a copy of the gone checkout, not up since, still links to the gone one's).
+    alive = [s.entry for s in stacks if not s.orphaned and s.entry.runtime == "native"]
+    living = {os.path.realpath(p) for e in alive for p in e.data}
+    living |= {os.path.realpath(Path(e.checkout) / ".devenv" / e.profile / "native") for e in alive}
     for path in entry.data:
         if not belongs(path, entry):
             if os.path.lexists(path):

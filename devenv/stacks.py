@@ -120,7 +120,7 @@ def gather(warn: Callable[[str], None] = lambda line: None, sizes: bool = True) 
         stack.local = local and stack.entry.runtime == "docker"
         if stack.entry.runtime == "native":
             stack.services = native_services(stack.entry)
-            stack.data_bytes = tree_size(stack.entry.data) if sizes else None
+            stack.data_bytes = tree_size(own_places(stack.entry)) if sizes else None
         elif engine is not None:
             stack.services = docker_services(stack.containers)
             stack.data_bytes = volumes_size(stack.volume_info, local) if sizes else None
@@ -134,11 +134,27 @@ def native_services(entry: Entry) -> dict[str, bool]:
     from devenv.runtime.procs import process_name
     from devenv.runtime.trust import read_json
 
-    for place in entry.data:
+    for place in own_places(entry):
         state = read_json(Path(place) / "state.json")
         if state:
             return {service: _alive(state.get(service), service, process_name) for service in SERVICES}
     return {service: False for service in SERVICES}
+
+
+def own_places(entry: Entry) -> list[str]:
+    """Of the directories a native record lists, those named as devenv's native runtime names its
+    checkout and profile's: `<checkout>/.devenv/<profile>/native`, or a name carrying the key
+    derived from it (devenv.registry.native_key). A record naming another stack's directory, or
+    /usr, shows neither that stack's state nor its size (devenv.prune checks more to delete)."""
+    link = Path(entry.checkout) / STATE_DIR_NAME / entry.profile / "native"
+    key = registry.native_key(link)
+    out = []
+    for path in entry.data:
+        name = os.path.basename(path)
+        if path == str(link) or name == f"devenv-{key}" or (
+                name.startswith(f"{entry.project}-{entry.profile}-") and name.endswith(f"-{key}")):
+            out.append(path)
+    return out
 
 
 def _alive(record: Any, service: str, process_name: Callable[[int], str | None]) -> bool:
@@ -429,5 +445,5 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
-__all__ = ["JSON_KEYS", "Stack", "attach_docker", "checkout_gone", "docker_listing", "gather", "printable", "show",
+__all__ = ["JSON_KEYS", "Stack", "attach_docker", "checkout_gone", "docker_listing", "gather", "own_places", "printable", "show",
            "table", "tree_size"]

@@ -439,3 +439,16 @@ def test_ls_and_prune_skip_an_invalid_record_with_one_note(tmp_path: Path, reg: 
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
         assert "note: 2 record(s)" in proc.stderr and "bad.json" in proc.stderr, proc.stderr
     assert [item["checkout"] for item in json.loads(run("ls", "--json", env=env).stdout)] == [str(tmp_path / "a")]
+
+
+def test_ls_sizes_and_reads_state_only_from_directories_named_for_the_records_checkout(tmp_path: Path, reg: Path) -> None:
+    (tmp_path / "a").mkdir()
+    mine = tmp_path / "a" / ".devenv" / "dev" / "native"
+    mine.mkdir(parents=True)
+    (mine / "f").write_bytes(b"x" * 50_000)
+    registry.record(entry(tmp_path / "a", data=[str(mine), "/usr", str(tmp_path)]))
+    start = time.monotonic()
+    found, _ = stacks.gather()
+    assert time.monotonic() - start < 2  # /usr is not walked
+    assert stacks.own_places(found[0].entry) == [str(mine)]
+    assert 50_000 <= found[0].data_bytes < 200_000
