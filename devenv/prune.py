@@ -123,7 +123,10 @@ def _plan_docker(removal: Removal, stacks: list[Stack], chosen: list[Stack], eng
         return
     for container in stack.containers:
         name = (container.get("Names") or ["/" + str(container.get("Id", ""))[:12]])[0].lstrip("/")
-        removal.containers[str(container["Id"])] = name
+        if _made_for(container.get("Labels") or {}, stack.entry.checkout):
+            removal.containers[str(container["Id"])] = name
+        else:  # devenv labels every container with its checkout: one without it is not provably this stack's
+            removal.kept.append(f"container {name}: its labels do not name {stack.entry.checkout}")
     # Another stack of that name that stays (living, or not pruned now) keeps the project's volumes.
     sharing = [s for s in stacks if s is not stack and s.entry.name == stack.entry.name and s not in chosen]
     if sharing:
@@ -286,6 +289,12 @@ def _remove_directories(directories: list[str]) -> None:
             remove_within(Path(path), [Path(path).parent.resolve() / Path(path).name])
 
 
+def _made_for(labels: dict[str, str], checkout: str) -> bool:
+    """Whether a container's Compose working directory is `<checkout>/.devenv/<profile>`."""
+    found = working_checkout(labels)
+    return found is not None and os.path.normpath(found) == os.path.normpath(checkout)
+
+
 def _remove_docker(removal: Removal) -> None:
     from devenv.runtime.dockerapi import connect, quietly, remove, stop, stop_timeout
     from devenv.runtime.engine import find_endpoint, no_engine_error
@@ -298,8 +307,7 @@ def _remove_docker(removal: Removal) -> None:
     label = {"label": f"{COMPOSE_PROJECT}={name}"}
     checkout = removal.stack.entry.checkout
     for container in client.containers.list(all=True, filters=label):
-        found = working_checkout(container.labels)
-        if container.id in removal.containers and (found is None or os.path.normpath(found) == os.path.normpath(checkout)):
+        if container.id in removal.containers and _made_for(container.labels, checkout):  # checked again
             if container.status in ("running", "paused", "restarting"):
                 stop(container, stop_timeout(container))
             remove(container)

@@ -452,3 +452,12 @@ def test_ls_sizes_and_reads_state_only_from_directories_named_for_the_records_ch
     assert time.monotonic() - start < 2  # /usr is not walked
     assert stacks.own_places(found[0].entry) == [str(mine)]
     assert 50_000 <= found[0].data_bytes < 200_000
+
+
+def test_prune_takes_only_containers_whose_labels_name_the_records_checkout(tmp_path: Path, reg: Path) -> None:
+    orphan = stacks.Stack(entry(tmp_path / "gone", runtime="docker", name="own-dev"))
+    orphan.containers = [container("own-dev", "postgres", working_dir=f"{tmp_path}/gone/.devenv/dev"),
+                         container("own-dev", "redis")]  # no working directory label: whose, nobody says
+    removal, = prune.plan([orphan], engine_listed=True)
+    assert list(removal.containers.values()) == ["own-dev-postgres-1"]
+    assert "own-dev-redis-1" in removal.kept[0]
