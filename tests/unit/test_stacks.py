@@ -461,3 +461,28 @@ def test_prune_takes_only_containers_whose_labels_name_the_records_checkout(tmp_
     removal, = prune.plan([orphan], engine_listed=True)
     assert list(removal.containers.values()) == ["own-dev-postgres-1"]
     assert "own-dev-redis-1" in removal.kept[0]
+
+
+def test_a_tcp_engine_that_drips_its_answer_is_cut_off_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=_drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{server.getsockname()[1]}")
+    notes: list[str] = []
+    start = time.monotonic()
+    try:
+        assert stacks.docker_listing(notes.append) is None
+    finally:
+        server.close()
+    assert time.monotonic() - start < stacks.ENGINE_TIMEOUT + 1.5
+    assert len(notes) == 1 and "within" in notes[0], notes
