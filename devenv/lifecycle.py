@@ -255,10 +255,16 @@ def seeded_and_current(stack: Stack) -> bool:
 
 
 def down(stack: Stack, runtime: Runtime, *, volumes: bool = False) -> list[str]:
-    """Stop the stack (data kept unless `volumes`)."""
+    """Stop the stack (data kept unless `volumes`; then its record in the registry goes too:
+    nothing of it is left for `devenv ls` to show)."""
     with locked(stack.state_dir):
         stopped = runtime.down(stack, volumes=volumes)
         clear_state(stack.state_dir)
+        if volumes:
+            from devenv import registry
+
+            with registry.locked():
+                registry.forget_checkout(stack.root.resolve(), stack.profile)
     return stopped
 
 

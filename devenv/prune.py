@@ -1,14 +1,20 @@
 """`devenv prune`: remove the stacks whose checkout no longer exists, and nothing else.
 
-What goes, per orphaned stack (devenv.stacks finds them):
+A record is not proof (a copied or corrupt one may name another stack's things), so what goes is
+what provably belongs to the record's checkout and profile:
 - Docker: its containers (of its Compose project and its checkout), and the project's network
-  and volumes by the Compose project label, unless a stack whose checkout exists has the same
+  and volumes by the Compose project label, unless another stack that is not pruned has the same
   name (two checkouts under a legacy `{project}-{profile}` name): then only its containers.
-- Native: its servers that still run (the pids in its state.json, or processes whose working
-  directory or command line lies in its directories), then its directories, but only those
-  devenv itself makes outside a checkout (/var/lib/devenv/<stack>, /dev/shm/devenv-<key>,
-  <tmp>/devenv-<key>), deleted without following links (devenv.runtime.trust.remove_within).
-- Then its record in the registry.
+  A stack without a record (Docker's labels only) goes only with `--unrecorded`, and only on a
+  local engine: on a shared or remote one its working directory is another machine's path.
+- Native: of the directories its record lists, only those devenv's native runtime derives for its
+  checkout and profile outside the checkout: /var/lib/devenv/<project>-<profile>-...-<key>,
+  /dev/shm/devenv-<key>, <tmp>/devenv-<key>, where <key> is the hash of
+  `<checkout>/.devenv/<profile>/native` (devenv.registry.native_key), and that no record of a
+  living checkout lists; its servers that still run under those (the pids in their state.json,
+  or processes whose working directory or command line lies in one), stopped; then those
+  directories, deleted without following links (devenv.runtime.trust.remove_within).
+- Then its record in the registry: the file it was read from.
 
 `plan` decides and says what would go (`--dry-run` stops there); `execute` removes it, under
 the registry's lock and after checking again that the checkout is still gone.
@@ -25,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from devenv import registry
-from devenv.stacks import COMPOSE_PROJECT, PROGRAMS, Stack, checkout_gone, working_checkout
+from devenv.stacks import COMPOSE_PROJECT, PROGRAMS, Stack, checkout_gone, printable, working_checkout
 
 # Where devenv makes a native stack's directories outside its checkout (devenv.runtime.native's
 # layout): (parent, the names it gives them there; the key is 10 hex digits of a hash).
@@ -44,15 +50,23 @@ class Removal:
     volumes: list[str] = field(default_factory=list)
     network: bool = False  # the Compose project's network(s), by label
     processes: dict[int, str] = field(default_factory=dict)  # pid -> service
-    directories: list[str] = field(default_factory=list)
+    places: list[str] = field(default_factory=list)  # native: the directories proven its own
+    directories: dict[str, int] = field(default_factory=dict)  # those that exist -> bytes on disk
     kept: list[str] = field(default_factory=list)  # what stays, and why
+    blind: bool = False  # Docker: no engine answered, what it has is unknown (nothing done, the record stays)
 
     def lines(self, size: Callable[[float], str]) -> list[str]:
-        """What goes, for people: a heading line, then one indented line per kind."""
+        """What goes, for people: a heading line (whose stack, its data's size), then one
+        indented line per kind."""
         e = self.stack.entry
-        what = f"{e.checkout} ({e.profile}, {e.runtime}, {e.name})"
-        if self.stack.data_bytes:
+        what = (f"{printable(e.checkout)} is gone (moved or deleted): the stack it left, project {printable(e.project)},"
+                f" profile {printable(e.profile)} ({e.runtime}, {printable(e.name)})")
+        if self.directories:
+            what += f": {size(sum(self.directories.values()))} of data"
+        elif e.runtime == "docker" and self.volumes and self.stack.data_bytes:
             what += f": {size(self.stack.data_bytes)} of data"
+        if not self.stack.recorded:
+            what += " [unrecorded: found by Docker's labels only]"
         out = [what]
         if self.containers:
             out.append(f"  containers: {', '.join(sorted(self.containers.values()))}")
@@ -63,40 +77,58 @@ class Removal:
         if self.processes:
             out.append("  servers still running: " + ", ".join(f"{s} (pid {p})" for p, s in sorted(self.processes.items())))
         if self.directories:
-            out.append(f"  directories: {', '.join(self.directories)}")
-        out += [f"  kept: {reason}" for reason in self.kept]
-        out.append("  its record in the registry")
+            out.append("  directories: " + ", ".join(f"{printable(p)} ({size(n)})" for p, n in self.directories.items()))
+        out += [f"  kept: {printable(reason)}" for reason in self.kept]
+        if self.stack.recorded:
+            out.append("  its record in the registry")
         return out
 
 
-def plan(stacks: list[Stack], engine_listed: bool, only: list[str] | None = None) -> list[Removal]:
+def plan(stacks: list[Stack], engine_listed: bool, only: list[str] | None = None, unrecorded: bool = False,
+         notes: list[str] | None = None) -> list[Removal]:
     """A Removal for each orphaned stack (of the checkouts in `only`, when given); `engine_listed`:
-    whether the Docker engine answered `gather` (else a Docker stack's containers are unknown)."""
+    whether the Docker engine answered `gather` (else a Docker stack's containers are unknown).
+    Stacks without a record only with `unrecorded`, and only on a local engine; a line per one
+    left out goes to `notes`."""
     wanted = [os.path.normpath(os.path.abspath(p)) for p in only] if only else None
-    out = []
+    chosen = []
     for stack in stacks:
         if not stack.orphaned:
             continue
         if wanted is not None and os.path.normpath(stack.entry.checkout) not in wanted:
             continue
+        if not stack.recorded and not (unrecorded and stack.local):
+            if notes is not None:
+                why = "the engine is not this machine's" if unrecorded else "pass --unrecorded to remove it"
+                notes.append(f"note: {printable(stack.entry.name)} of {printable(stack.entry.checkout)} (no record, Docker's"
+                             f" labels only) is not pruned: {why}")
+            continue
+        chosen.append(stack)
+    out = []
+    for stack in chosen:
         removal = Removal(stack)
         if stack.entry.runtime == "docker":
-            _plan_docker(removal, stacks, engine_listed)
+            _plan_docker(removal, stacks, chosen, engine_listed)
         else:
-            _plan_native(removal)
+            _plan_native(removal, stacks)
         out.append(removal)
     return out
 
 
-def _plan_docker(removal: Removal, stacks: list[Stack], engine_listed: bool) -> None:
+def _plan_docker(removal: Removal, stacks: list[Stack], chosen: list[Stack], engine_listed: bool) -> None:
     stack = removal.stack
     if not engine_listed:
+        removal.blind = True
         removal.kept.append("its containers and volumes, if any: no Docker engine answered (the record stays)")
         return
     for container in stack.containers:
         name = (container.get("Names") or ["/" + str(container.get("Id", ""))[:12]])[0].lstrip("/")
-        removal.containers[str(container["Id"])] = name
-    sharing = [s for s in stacks if s is not stack and s.entry.name == stack.entry.name and not s.orphaned]
+        if _made_for(container.get("Labels") or {}, stack.entry.checkout):
+            removal.containers[str(container["Id"])] = name
+        else:  # devenv labels every container with its checkout: one without it is not provably this stack's
+            removal.kept.append(f"container {name}: its labels do not name {stack.entry.checkout}")
+    # Another stack of that name that stays (living, or not pruned now) keeps the project's volumes.
+    sharing = [s for s in stacks if s is not stack and s.entry.name == stack.entry.name and s not in chosen]
     if sharing:
         removal.kept.append(f"the volumes and network of {stack.entry.name}: {sharing[0].entry.checkout or 'another stack'}"
                             " uses that name too")
@@ -105,19 +137,46 @@ def _plan_docker(removal: Removal, stacks: list[Stack], engine_listed: bool) -> 
     removal.network = True
 
 
-def _plan_native(removal: Removal) -> None:
-    places = [p for p in removal.stack.entry.data if own_directory(p)]
-    removal.directories = [p for p in places if os.path.lexists(p)]
-    removal.processes = native_servers(removal.stack.entry.data)
-    elsewhere = [p for p in removal.stack.entry.data if p not in places and os.path.lexists(p)]
-    if elsewhere:
-        removal.kept.append(f"{', '.join(elsewhere)}: not a directory devenv makes outside a checkout")
+def _plan_native(removal: Removal, stacks: list[Stack]) -> None:
+    from devenv.stacks import tree_size
+
+    entry = removal.stack.entry
+    # What a living checkout uses: its record's directories, and where its `.devenv/<profile>/native` links
+    # (a copy of the gone checkout, not up since, still links to the gone one's).
+    alive = [s.entry for s in stacks if not s.orphaned and s.entry.runtime == "native"]
+    living = {os.path.realpath(p) for e in alive for p in e.data}
+    living |= {os.path.realpath(Path(e.checkout) / ".devenv" / e.profile / "native") for e in alive}
+    for path in entry.data:
+        if not belongs(path, entry):
+            if os.path.lexists(path):
+                removal.kept.append(f"{path}: not a directory devenv makes outside a checkout for this checkout and profile")
+        elif os.path.realpath(path) in living:
+            removal.kept.append(f"{path}: the record of a checkout that exists lists it too")
+        else:
+            removal.places.append(path)
+    removal.directories = {p: tree_size([p]) for p in removal.places if os.path.lexists(p)}
+    removal.processes = native_servers(removal.places)
+
+
+def belongs(path: str, entry: registry.Entry) -> bool:
+    """Whether `path` is one of the directories devenv's native runtime makes outside the checkout
+    for the record's checkout and profile: its name carries the key derived from them (and, in
+    /var/lib/devenv, its project and profile), and it is such a directory (own_directory)."""
+    key = registry.native_key(Path(entry.checkout) / ".devenv" / entry.profile / "native")
+    name = os.path.basename(path)
+    if not own_directory(path):
+        return False
+    if Path(path).parent.resolve() == OWN_PLACES[0][0].resolve():  # /var/lib/devenv/<stack name>-<key>
+        return name.startswith(f"{entry.project}-{entry.profile}-") and name.endswith(f"-{key}")
+    return name == f"devenv-{key}"
 
 
 def own_directory(path: str) -> bool:
     """Whether `path` is a directory devenv makes for a native stack outside any checkout:
     /var/lib/devenv/<stack>-<key>, /dev/shm/devenv-<key> or <tmp>/devenv-<key> (not the
-    registry); its parent's links resolved, itself not a link."""
+    registry), spelled plainly (absolute, no `..`); its parent's links resolved, itself not a link."""
+    if not os.path.isabs(path) or os.path.normpath(path) != path:
+        return False
     candidate = Path(path)
     try:
         parent = candidate.parent.resolve(strict=True)
@@ -191,15 +250,15 @@ def execute(removal: Removal, say: Callable[[str], None]) -> bool:
     entry = removal.stack.entry
     with registry.locked():
         if not checkout_gone(entry.checkout):
-            say(f"{entry.checkout} exists again: its stack is kept")
+            say(f"{printable(entry.checkout)} exists again: its stack is kept")
             return False
         if entry.runtime == "docker":
-            if not removal.containers and not removal.volumes and not removal.network and removal.kept:
+            if removal.blind:
                 return False  # no engine: nothing known, the record stays for a later prune
             _remove_docker(removal)
         else:
-            stop_servers(removal.processes)
-            _remove_directories(removal.directories)
+            stop_servers(native_servers(removal.places))  # found again: what runs under its own directories now
+            _remove_directories(list(removal.directories))
         if removal.stack.recorded:
             registry.forget(entry)
     return True
@@ -230,6 +289,12 @@ def _remove_directories(directories: list[str]) -> None:
             remove_within(Path(path), [Path(path).parent.resolve() / Path(path).name])
 
 
+def _made_for(labels: dict[str, str], checkout: str) -> bool:
+    """Whether a container's Compose working directory is `<checkout>/.devenv/<profile>`."""
+    found = working_checkout(labels)
+    return found is not None and os.path.normpath(found) == os.path.normpath(checkout)
+
+
 def _remove_docker(removal: Removal) -> None:
     from devenv.runtime.dockerapi import connect, quietly, remove, stop, stop_timeout
     from devenv.runtime.engine import find_endpoint, no_engine_error
@@ -242,8 +307,7 @@ def _remove_docker(removal: Removal) -> None:
     label = {"label": f"{COMPOSE_PROJECT}={name}"}
     checkout = removal.stack.entry.checkout
     for container in client.containers.list(all=True, filters=label):
-        found = working_checkout(container.labels)
-        if container.id in removal.containers and (found is None or os.path.normpath(found) == os.path.normpath(checkout)):
+        if container.id in removal.containers and _made_for(container.labels, checkout):  # checked again
             if container.status in ("running", "paused", "restarting"):
                 stop(container, stop_timeout(container))
             remove(container)
@@ -255,4 +319,4 @@ def _remove_docker(removal: Removal) -> None:
             quietly(lambda: volume.remove(force=True))
 
 
-__all__ = ["Removal", "execute", "native_servers", "own_directory", "plan", "stop_servers"]
+__all__ = ["Removal", "belongs", "execute", "native_servers", "own_directory", "plan", "stop_servers"]

@@ -7,7 +7,9 @@ see each other's reservation), and to name the checkout whose stack holds a port
 
 The records live where only this user writes: /var/lib/devenv/stacks as root, else
 $XDG_STATE_HOME/devenv/stacks (~/.local/state/devenv/stacks); DEVENV_REGISTRY_DIR overrides
-both (tests). A record that is not this user's own regular file is ignored, never acted on.
+both (tests). A record that is not this user's own regular file, or whose fields are not of
+their types (`_read`), is skipped, never acted on; keys it has beyond Entry's (a newer devenv's)
+are ignored. A record is removed by the file it was read from (`Entry.source`).
 
 Imports only the standard library's small modules: the `up` path loads it.
 """
@@ -20,7 +22,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -45,6 +47,13 @@ def checkout_id(root: Path) -> str:
     return hashlib.sha256(os.fsencode(Path(root).resolve())).hexdigest()[:6]
 
 
+def native_key(link: Path) -> str:
+    """The key of a native stack's directories outside its checkout (/var/lib/devenv/<name>-<key>,
+    /dev/shm/devenv-<key>, <tmp>/devenv-<key>): 10 hex digits of a hash of the bytes of its
+    `<checkout>/.devenv/<profile>/native` path (devenv.runtime.native's layout; a path need not be UTF-8)."""
+    return hashlib.sha256(os.fsencode(link)).hexdigest()[:10]
+
+
 @dataclass
 class Entry:
     """One stack of one checkout, as its last `up` recorded it."""
@@ -59,6 +68,7 @@ class Entry:
     data: list[str] = field(default_factory=list)  # native: directories holding its data and state
     volumes: list[str] = field(default_factory=list)  # docker: its named volumes
     updated: float = 0.0
+    source: Path | None = field(default=None, compare=False, repr=False)  # the file it was read from
 
     @property
     def key(self) -> str:
@@ -67,8 +77,28 @@ class Entry:
 
     @property
     def orphaned(self) -> bool:
-        """Its checkout no longer exists."""
-        return not Path(self.checkout).is_dir()
+        """Its checkout no longer exists (an invalid, non-absolute checkout is never orphaned)."""
+        return os.path.isabs(self.checkout) and not Path(self.checkout).is_dir()
+
+    def as_record(self) -> dict[str, Any]:
+        """The fields its file holds (RECORD_FIELDS)."""
+        return {name: getattr(self, name) for name in RECORD_FIELDS}
+
+
+# What a record file holds, and the type of each: (required, check).
+_STR = (True, lambda v: isinstance(v, str))
+_STRS = (False, lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v))
+_FIELD_TYPES: dict[str, tuple[bool, Any]] = {
+    "checkout": (True, lambda v: isinstance(v, str) and os.path.isabs(v) and os.path.normpath(v) == v and "\0" not in v),
+    "config": _STR, "project": _STR,
+    "profile": (True, lambda v: isinstance(v, str) and v not in ("", ".", "..") and "/" not in v and "\0" not in v),
+    "runtime": (True, lambda v: v in ("native", "docker")), "name": _STR,
+    "ports": (False, lambda v: isinstance(v, dict) and all(
+        isinstance(k, str) and type(p) is int and 0 < p < 65536 for k, p in v.items())),
+    "data": _STRS, "volumes": _STRS,
+    "updated": (False, lambda v: type(v) in (int, float) and v == v),
+}
+RECORD_FIELDS = tuple(_FIELD_TYPES)
 
 
 def _private_dir(path: Path) -> None:
@@ -84,36 +114,63 @@ def record(entry: Entry) -> None:
     directory = registry_dir()
     _private_dir(directory)
     entry.updated = time.time()
-    write_file(directory / f"{entry.key}.json", json.dumps(asdict(entry), indent=1, sort_keys=True).encode())
+    path = directory / f"{entry.key}.json"
+    write_file(path, json.dumps(entry.as_record(), indent=1, sort_keys=True).encode())
+    entry.source = path
 
 
 def forget(entry: Entry) -> None:
-    """Remove the entry's record (after its stack was removed)."""
+    """Remove the entry's record (after its stack was removed): the file it was read from (its
+    name need not match its contents), else the one its checkout and profile name."""
+    directory = registry_dir()
+    path = entry.source if entry.source is not None and entry.source.parent == directory else directory / f"{entry.key}.json"
     with contextlib.suppress(FileNotFoundError):
-        (registry_dir() / f"{entry.key}.json").unlink()
+        path.unlink()
+
+
+def forget_checkout(root: Path, profile: str) -> None:
+    """Remove a checkout's record of a profile, if any (`down --volumes`: nothing of it is left)."""
+    with contextlib.suppress(FileNotFoundError):
+        (registry_dir() / f"{checkout_id(root)}-{profile}.json").unlink()
 
 
 def _read(path: Path) -> Entry | None:
+    """The record in `path`, or None: not this user's own regular file, not JSON, or a field
+    missing or of the wrong type (each checked: one bad record must not break `ls` for all)."""
     from devenv.runtime.trust import read_json
 
     data: dict[str, Any] = read_json(path)
-    try:
-        entry = Entry(**data)
-    except TypeError:  # of another shape (another devenv version's): skipped
-        return None
-    if not (isinstance(entry.ports, dict) and all(isinstance(p, int) for p in entry.ports.values())):
-        return None
+    fields = {}
+    for name, (required, check) in _FIELD_TYPES.items():
+        if name not in data:
+            if required:
+                return None
+            continue
+        if not check(data[name]):
+            return None
+        fields[name] = data[name]
+    entry = Entry(**fields)  # keys beyond these (a newer devenv's) are ignored
+    entry.updated = float(entry.updated)
+    entry.source = path
     return entry
 
 
-def entries() -> list[Entry]:
-    """Every readable record, sorted by checkout and profile."""
+def entries(skipped: list[str] | None = None) -> list[Entry]:
+    """Every valid record, sorted by checkout and profile; the names of the files skipped (not
+    ours alone, or invalid) are appended to `skipped` when given."""
     try:
         names = sorted(os.listdir(registry_dir()))
     except OSError:
         return []
-    found = [_read(registry_dir() / name) for name in names if name.endswith(".json") and not name.startswith(".")]
-    return sorted((e for e in found if e is not None), key=lambda e: (e.checkout, e.profile))
+    found = []
+    for name in names:
+        if name.endswith(".json") and not name.startswith("."):
+            entry = _read(registry_dir() / name)
+            if entry is not None:
+                found.append(entry)
+            elif skipped is not None:
+                skipped.append(name)
+    return sorted(found, key=lambda e: (e.checkout, e.profile))
 
 
 def find(root: Path, profile: str) -> Entry | None:
@@ -146,4 +203,5 @@ def locked(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-__all__ = ["Entry", "checkout_id", "entries", "find", "forget", "locked", "record", "registry_dir"]
+__all__ = ["Entry", "RECORD_FIELDS", "checkout_id", "entries", "find", "forget", "forget_checkout", "locked", "native_key", "record",
+           "registry_dir"]

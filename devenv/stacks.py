@@ -4,10 +4,11 @@ Two sources: the machine's registry (devenv.registry, one record per checkout an
 written by every `up`), and the Docker engine, for stacks that have no record (made before the
 registry existed, or by another user of the engine), found by devenv's labels. The engine is
 asked only when one is configured and answers at once, in two list calls (containers, volumes)
-spoken over its unix socket with http.client: the docker SDK's import costs more than the
-whole listing. Without an engine `ls` says nothing of Docker.
+spoken over its unix socket by a few lines of socket code, each within ENGINE_TIMEOUT overall
+and MAX_ANSWER bytes: the docker SDK's import costs more than the whole listing. Without an
+engine `ls` says nothing of Docker. An invalid record is skipped, with one note on stderr.
 
-State: native, the pids in the stack's state.json (or, without one, its ports answering);
+State: native, the pids in the stack's state.json (none: stopped, whatever holds its ports);
 Docker, its containers' states. Data size: native, its directories walked without following
 links; Docker, its volumes' directories when this process can read them (root, local engine),
 else unknown. Nothing here writes or removes (devenv.prune does).
@@ -26,7 +27,8 @@ from devenv.registry import Entry
 
 SERVICES = ("postgres", "pgbouncer", "redis")  # devenv.config.stack.SERVICES, without its import
 PROGRAMS = {"postgres": "postgres", "pgbouncer": "pgbouncer", "redis": "redis-server"}
-ENGINE_TIMEOUT = 2.0  # seconds: `ls` must not hang on an engine that does not answer
+ENGINE_TIMEOUT = 2.0  # seconds for each request, all of it: `ls` must not hang on an engine that does not answer
+MAX_ANSWER = 64 << 20  # bytes of an engine's answer: more is not an engine's list of devenv's things
 # The labels devenv's containers and volumes carry (devenv.runtime.compose).
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
@@ -51,11 +53,13 @@ class Stack:
         self.data_bytes: int | None = None
         self.containers: list[dict[str, Any]] = []  # Docker: the engine's list entries
         self.volume_info: list[dict[str, Any]] = []  # Docker: the engine's volume entries
+        self.local = False  # Docker: listed by an engine on this machine's unix socket
 
     @property
     def orphaned(self) -> bool:
-        """Its checkout is known and no longer exists (a Docker stack's: on this machine's disk)."""
-        return self.checkout_known and checkout_gone(self.entry.checkout)
+        """Its checkout is known (an absolute path) and no longer exists (a Docker stack's: on this
+        machine's disk, which says nothing of another machine's path on a shared engine)."""
+        return self.checkout_known and os.path.isabs(self.entry.checkout) and checkout_gone(self.entry.checkout)
 
     @property
     def state(self) -> str:
@@ -101,7 +105,11 @@ def gather(warn: Callable[[str], None] = lambda line: None, sizes: bool = True) 
     """Every stack on this machine: the registry's, then Docker's unrecorded ones; with states and
     (unless `sizes` is False) data sizes; and whether a Docker engine answered. `warn` gets one
     line when an engine is expected (a Docker record, DOCKER_HOST, a context) and fails."""
-    stacks = [Stack(entry) for entry in registry.entries()]
+    skipped: list[str] = []
+    stacks = [Stack(entry) for entry in registry.entries(skipped)]
+    if skipped:
+        warn(f"note: {len(skipped)} record(s) in {printable(str(registry.registry_dir()))} skipped (invalid, or not"
+             f" this user's own file): {printable(', '.join(skipped[:3]))}{' ...' if len(skipped) > 3 else ''}")
     engine = docker_listing(warn, needed=any(s.entry.runtime == "docker" for s in stacks))
     if engine is not None:
         containers, volumes, local = engine
@@ -109,9 +117,10 @@ def gather(warn: Callable[[str], None] = lambda line: None, sizes: bool = True) 
     else:
         local = False
     for stack in stacks:
+        stack.local = local and stack.entry.runtime == "docker"
         if stack.entry.runtime == "native":
             stack.services = native_services(stack.entry)
-            stack.data_bytes = tree_size(stack.entry.data) if sizes else None
+            stack.data_bytes = tree_size(own_places(stack.entry)) if sizes else None
         elif engine is not None:
             stack.services = docker_services(stack.containers)
             stack.data_bytes = volumes_size(stack.volume_info, local) if sizes else None
@@ -120,17 +129,32 @@ def gather(warn: Callable[[str], None] = lambda line: None, sizes: bool = True) 
 
 def native_services(entry: Entry) -> dict[str, bool]:
     """service -> running, from the pids in the stack's state.json (each checked to run the
-    service's program, not a reused pid); without a state file, from its ports answering."""
+    service's program, not a reused pid); without a state file (`down --volumes`, never up)
+    nothing of it runs: whatever answers on its ports is not its servers."""
     from devenv.runtime.procs import process_name
     from devenv.runtime.trust import read_json
 
-    for place in entry.data:
+    for place in own_places(entry):
         state = read_json(Path(place) / "state.json")
         if state:
             return {service: _alive(state.get(service), service, process_name) for service in SERVICES}
-    from devenv.clients.connect import ports_answer
+    return {service: False for service in SERVICES}
 
-    return {service: ports_answer([port]) for service, port in entry.ports.items() if service in SERVICES}
+
+def own_places(entry: Entry) -> list[str]:
+    """Of the directories a native record lists, those named as devenv's native runtime names its
+    checkout and profile's: `<checkout>/.devenv/<profile>/native`, or a name carrying the key
+    derived from it (devenv.registry.native_key). A record naming another stack's directory, or
+    /usr, shows neither that stack's state nor its size (devenv.prune checks more to delete)."""
+    link = Path(entry.checkout) / STATE_DIR_NAME / entry.profile / "native"
+    key = registry.native_key(link)
+    out = []
+    for path in entry.data:
+        name = os.path.basename(path)
+        if path == str(link) or name == f"devenv-{key}" or (
+                name.startswith(f"{entry.project}-{entry.profile}-") and name.endswith(f"-{key}")):
+            out.append(path)
+    return out
 
 
 def _alive(record: Any, service: str, process_name: Callable[[int], str | None]) -> bool:
@@ -222,12 +246,8 @@ def docker_listing(warn: Callable[[str], None], needed: bool = False
             containers = _unix_get(endpoint.host[len("unix://"):], f"/containers/json?all=1&filters={_quote(filters)}")
             volumes = _unix_get(endpoint.host[len("unix://"):], f"/volumes?filters={_quote(filters)}")
             return list(containers or []), list((volumes or {}).get("Volumes") or []), True
-        from devenv.runtime.dockerapi import connect
-
-        client = connect(endpoint, timeout=ENGINE_TIMEOUT)
-        containers = client.api.containers(all=True, filters={"label": DEVENV_PROJECT})
-        volumes = client.api.volumes(filters={"label": DEVENV_PROJECT}).get("Volumes") or []
-        return list(containers), list(volumes), False
+        containers, volumes = _within(ENGINE_TIMEOUT, lambda: _sdk_listing(endpoint))
+        return containers, volumes, False
     except (OSError, ValueError, DevenvError) as exc:
         if needed or endpoint.origin != "the default socket":
             reason = exc.message if isinstance(exc, DevenvError) else (str(exc) or type(exc).__name__)
@@ -238,6 +258,38 @@ def docker_listing(warn: Callable[[str], None], needed: bool = False
         return None
 
 
+def _sdk_listing(endpoint: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from devenv.runtime.dockerapi import connect
+
+    client = connect(endpoint, timeout=ENGINE_TIMEOUT)
+    containers = client.api.containers(all=True, filters={"label": DEVENV_PROJECT})
+    volumes = client.api.volumes(filters={"label": DEVENV_PROJECT}).get("Volumes") or []
+    return list(containers), list(volumes)
+
+
+def _within(seconds: float, work: Callable[[], Any]) -> Any:
+    """`work()`'s result if it ends within `seconds` overall (the SDK's timeout is per read: an
+    engine dripping its answer would hold it for ever), else TimeoutError; left to a daemon thread."""
+    import threading
+
+    done: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            done["value"] = work()
+        except BaseException as exc:  # noqa: BLE001  (raised again in the caller's thread)
+            done["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no whole answer within {seconds:.0f}s")
+    if "error" in done:
+        raise done["error"]
+    return done["value"]
+
+
 def _quote(text: str) -> str:
     from urllib.parse import quote
 
@@ -246,18 +298,29 @@ def _quote(text: str) -> str:
 
 def _unix_get(path: str, url: str) -> Any:
     """GET `url` from the engine's unix socket as HTTP/1.0 (no chunks; the engine closes when
-    done) and parse the JSON body: a few lines of socket code instead of http.client's import."""
+    done) and parse the JSON body: a few lines of socket code instead of http.client's import.
+    The whole answer within ENGINE_TIMEOUT (not each read: a dripping answer would never end)
+    and MAX_ANSWER bytes, else TimeoutError or ValueError."""
     import socket
+    import time
 
+    deadline = time.monotonic() + ENGINE_TIMEOUT
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(ENGINE_TIMEOUT)
         sock.connect(path)
         sock.sendall(f"GET {url} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
-        chunks = []
+        chunks, received = [], 0
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no whole answer within {ENGINE_TIMEOUT:.0f}s")
+            sock.settimeout(left)
             chunk = sock.recv(1 << 16)
             if not chunk:
                 break
+            received += len(chunk)
+            if received > MAX_ANSWER:
+                raise ValueError(f"an answer over {MAX_ANSWER >> 20} MB")
             chunks.append(chunk)
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
     status = head.split(b"\r\n", 1)[0].split()
@@ -350,7 +413,7 @@ def show(as_json: bool, out: Callable[[str], None], say: Callable[[str], None]) 
 
 def table(stacks: list[Stack], size: Callable[[float], str]) -> list[str]:
     """`devenv ls`'s lines: a header, then one line per stack."""
-    rows = [("CHECKOUT", "PROFILE", "RUNTIME", "PORTS (PG,BOUNCER,REDIS)", "STATE", "DATA")]
+    rows: list[tuple[str, ...]] = [("CHECKOUT", "PROFILE", "RUNTIME", "PORTS (PG,BOUNCER,REDIS)", "STATE", "DATA")]
     for stack in stacks:
         e = stack.entry
         ports = ",".join(str(e.ports.get(s, "-")) for s in SERVICES)
@@ -360,10 +423,27 @@ def table(stacks: list[Stack], size: Callable[[float], str]) -> list[str]:
         checkout = e.checkout if stack.checkout_known else f"? ({e.name}, no container left)"
         if not stack.recorded and stack.checkout_known:
             checkout += " (unrecorded)"
-        rows.append((checkout, e.profile, e.runtime, ports, state,
-                     "?" if stack.data_bytes is None else size(stack.data_bytes)))
+        rows.append(tuple(map(printable, (checkout, e.profile, e.runtime, ports, state,
+                                          "?" if stack.data_bytes is None else size(stack.data_bytes)))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
 
-__all__ = ["JSON_KEYS", "Stack", "attach_docker", "checkout_gone", "docker_listing", "gather", "show", "table", "tree_size"]
+def printable(text: str) -> str:
+    """`text` on one line for a terminal: control characters escaped (a newline in a path must not
+    fake a row), and bytes that are not UTF-8 (a path's, kept as surrogates) as \\xNN."""
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if char.isprintable():
+            out.append(char)
+        elif "\udc80" <= char <= "\udcff":
+            out.append(f"\\x{ord(char) - 0xdc00:02x}")
+        else:
+            out.append(char.encode("unicode_escape", errors="backslashreplace").decode("ascii"))
+    return "".join(out)
+
+
+__all__ = ["JSON_KEYS", "Stack", "attach_docker", "checkout_gone", "docker_listing", "gather", "own_places", "printable", "show",
+           "table", "tree_size"]

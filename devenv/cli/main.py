@@ -532,7 +532,10 @@ def ls_command(as_json: bool) -> None:
 @click.argument("checkouts", nargs=-1, type=click.Path(file_okay=False))
 @click.option("--yes", "-y", is_flag=True, help="Remove without asking (required when stdin is not a terminal).")
 @click.option("--dry-run", "-n", is_flag=True, help="Only say what would be removed.")
-def prune(checkouts: tuple[str, ...], yes: bool, dry_run: bool) -> None:
+@click.option("--unrecorded", is_flag=True,
+              help="Also Docker stacks that have no record (found by labels), on a local engine only. "
+              "Careful on an engine others share: their checkouts are not on this disk.")
+def prune(checkouts: tuple[str, ...], yes: bool, dry_run: bool, unrecorded: bool) -> None:
     """Remove the stacks whose checkout no longer exists (of CHECKOUTS only, when given):
     containers, network and volumes, native servers and data, and their records. Asks first."""
     from devenv import prune as pruning
@@ -540,7 +543,10 @@ def prune(checkouts: tuple[str, ...], yes: bool, dry_run: bool) -> None:
     from devenv.errors import UsageError
 
     found, engine = stacks.gather(warn=say)
-    removals = pruning.plan(found, engine, list(checkouts) or None)
+    notes: list[str] = []
+    removals = pruning.plan(found, engine, list(checkouts) or None, unrecorded=unrecorded, notes=notes)
+    for note in notes:
+        say(note)
     if not removals:
         say("nothing to prune: no stack's checkout is gone" + (" (of those named)" if checkouts else ""))
         return
@@ -560,7 +566,8 @@ def prune(checkouts: tuple[str, ...], yes: bool, dry_run: bool) -> None:
             sys.exit(1)
     done = [removal for removal in removals if pruning.execute(removal, say)]
     for removal in done:
-        say(f"removed {removal.stack.entry.checkout} ({removal.stack.entry.profile}, {removal.stack.entry.runtime})")
+        entry = removal.stack.entry
+        say(f"removed {stacks.printable(entry.checkout)} ({stacks.printable(entry.profile)}, {entry.runtime})")
     if len(done) < len(removals):
         say(f"{len(removals) - len(done)} stack(s) kept (see above); `devenv ls` shows them")
 

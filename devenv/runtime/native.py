@@ -9,7 +9,6 @@ refuse root): Debian's `postgres`, or DEVENV_NATIVE_USER.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from devenv import safefs
 from devenv.config import pgcatalog
 from devenv.errors import DependencyError, HealthCheckError, StateError
 from devenv.certs import ensure_certificate
+from devenv.registry import native_key
 from devenv.render import Placement, render_files, service_hashes
 from devenv.runtime.base import Progress, ServiceState, UpResult
 from devenv.runtime.discovery import Binaries, discovery_key, find_binaries
@@ -170,7 +170,7 @@ class NativeRuntime:
         files live in /var/lib/devenv/ and `.devenv/<profile>/native` links there.
         """
         link = stack.state_dir / "native"
-        key = hashlib.sha256(str(link).encode()).hexdigest()[:10]
+        key = native_key(link)  # devenv.prune checks a directory's key against its record
         base = _linked_dir(link, Path("/var/lib/devenv") / f"{stack.name}-{key}") if os.geteuid() == 0 else link
         run = base / "run"
         if len(str(run / ".s.PGSQL.65535")) > _SOCKET_PATH_MAX:

@@ -56,7 +56,7 @@ def read_json(path: Path) -> dict[str, Any]:
             return {}
         try:
             data = json.loads(handle.read(16 << 20))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested thousands deep
             return {}
     return data if isinstance(data, dict) else {}
 

@@ -21,7 +21,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from tests.integration.conftest import Project, docker_client, docker_teardown, make_project, teardown_project
+from tests.integration.conftest import (Project, docker_client, docker_images, docker_teardown, make_project,
+                                       teardown_project)
 
 SERVICES = ("postgres", "pgbouncer", "redis")
 
@@ -102,6 +103,21 @@ def test_ls_lists_both_worktrees_with_their_ports_and_state(worktrees: tuple[Pro
     assert found[str(b.root)]["state"] == "stopped"
     assert found[str(b.root)]["services"] == {s: False for s in SERVICES}
     assert found[str(a.root)]["state"] == "running"
+    # `down --volumes` leaves nothing of the stack: its record goes too (not "stopped, 0 B" for ever).
+    b.devenv("down", "--volumes")
+    assert str(b.root) not in listing(a) and str(a.root) in listing(a)
+
+
+def _forge(proj: Project, checkout: Path) -> Path:
+    """A copy of the project's record whose checkout is `checkout` (a path that does not exist):
+    what a copied or corrupt record looks like. Returns its file."""
+    registry = Path(os.environ["DEVENV_REGISTRY_DIR"])
+    original = next(json.loads(f.read_text()) for f in registry.glob("*.json")
+                    if json.loads(f.read_text())["checkout"] == str(proj.root))
+    forged = registry / f"forged{uuid.uuid4().hex[:6]}-dev.json"
+    forged.write_text(json.dumps(dict(original, checkout=str(checkout), config=str(checkout / "devenv.yaml"))))
+    forged.chmod(0o600)
+    return forged
 
 
 def test_a_deleted_worktree_is_orphaned_and_prune_removes_only_its_stack(worktrees: tuple[Project, Project],
@@ -137,6 +153,8 @@ def test_a_deleted_worktree_is_orphaned_and_prune_removes_only_its_stack(worktre
     assert str(b.root) in refused.stdout
     dry = cli(a, "prune", "--dry-run")
     assert str(b.root) in dry.stdout and str(a.root) not in dry.stdout
+    heading = next(line for line in dry.stdout.splitlines() if line.startswith(str(b.root)))
+    assert "is gone (moved or deleted)" in heading and "of data" in heading, heading  # its size, never blind
     assert listing(a)[str(b.root)]["services"] == {s: True for s in SERVICES}
 
     pruned = cli(a, "prune", "--yes", str(b.root))
@@ -155,6 +173,17 @@ def test_a_deleted_worktree_is_orphaned_and_prune_removes_only_its_stack(worktre
         assert not any(_alive(pid) for pid in b_pids.values()), b_pids
         assert not any(os.path.lexists(path) for path in b_item["data"]), b_item["data"]
 
+    # A copy of a's record naming a gone checkout removes nothing of a's: not its servers, its data,
+    # its containers or volumes; only the copy's own record goes.
+    copied = b.root.parent / "copied-record"
+    forged = _forge(a, copied)
+    a_pids = a.server_pids()
+    pruned = cli(a, "prune", "--yes", str(copied))
+    assert f"removed {copied}" in pruned.stderr and not forged.exists(), pruned.stderr
+    assert a.server_pids() == a_pids and all(_alive(pid) for pid in a_pids.values())
+    if runtime == "docker":
+        assert all(c.status == "running" for c in a.containers())
+
     # The living checkout's stack is untouched: healthy, its data there.
     assert listing(a)[str(a.root)]["state"] == "running"
     a.devenv("status")
@@ -169,3 +198,64 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return raw[raw.rindex(")") + 2] != "Z"
+
+
+def test_a_docker_stack_without_a_record_is_pruned_only_with_unrecorded(tmp_path: Path, runtime: str) -> None:
+    """Labels only (another user's stack on a shared engine, or one made before the registry):
+    its working directory missing from this disk says nothing of whether it is orphaned."""
+    if runtime != "docker":
+        pytest.skip("Docker's labels only")
+    proj = make_project(tmp_path / "p", runtime)
+    client = docker_client()
+    name = f"unrec{uuid.uuid4().hex[:8]}-dev"
+    checkout = f"/builds/otheruser-{uuid.uuid4().hex[:6]}/proj"
+    labels = {"com.docker.compose.project": name, "dev.devenv.project": name[:-4], "dev.devenv.profile": "dev"}
+    volume = client.volumes.create(f"{name}_pgdata", labels=labels)
+    image = dict(docker_images()).get("DEVENV_REDIS_IMAGE", "redis:7")
+    box = client.containers.run(image, ["sleep", "300"], detach=True, name=f"{name}-redis-1", labels={
+        **labels, "com.docker.compose.service": "redis", "com.docker.compose.oneoff": "False",
+        "com.docker.compose.project.working_dir": f"{checkout}/.devenv/dev"})
+    try:
+        dry = cli(proj, "prune", "--dry-run")
+        assert checkout not in dry.stdout and f"{name} of {checkout}" in dry.stderr and "--unrecorded" in dry.stderr
+        assert "nothing to prune" in cli(proj, "prune", "--yes", checkout).stderr
+        box.reload()
+        assert box.status == "running"
+        local = (proj.env.get("DOCKER_HOST") or "unix://").startswith("unix://")
+        listed = cli(proj, "prune", "--unrecorded", "--dry-run", checkout)
+        if not local:
+            assert "not this machine's" in listed.stderr
+            return
+        assert checkout in listed.stdout and "unrecorded" in listed.stdout and "record in the registry" not in listed.stdout
+        assert f"{name}_pgdata" in listed.stdout
+        done = cli(proj, "prune", "--unrecorded", "--yes", checkout)
+        assert f"removed {checkout}" in done.stderr
+        label = {"label": f"com.docker.compose.project={name}"}
+        assert client.containers.list(all=True, filters=label) == [] and client.volumes.list(filters=label) == []
+    finally:
+        for thing in (box, volume):
+            try:
+                thing.remove(force=True)
+            except Exception:  # noqa: BLE001  (already removed by the prune)
+                pass
+
+
+def test_a_checkout_path_with_a_newline_and_bytes_not_utf8_comes_up_and_lists_on_one_line(tmp_path: Path,
+                                                                                          runtime: str) -> None:
+    if runtime != "native":
+        pytest.skip("the native runtime's directories are named from the checkout's path")
+    root = tmp_path / os.fsdecode(b"odd\xff\nFAKE  dev  native")
+    proj = make_project(root, runtime)
+    try:
+        proj.devenv("up")
+        table = subprocess.run([sys.executable, "-m", "devenv", "ls"], cwd=os.fsencode(root), env=proj.env,
+                               capture_output=True, timeout=60)
+        assert table.returncode == 0, table.stderr
+        rows = [line for line in table.stdout.decode().splitlines() if line.startswith(str(tmp_path))]
+        assert len(rows) == 1 and "odd\\xff\\nFAKE" in rows[0] and "running" in rows[0], table.stdout
+        assert str(root) in listing(proj)
+    finally:
+        proc = subprocess.run([sys.executable, "-m", "devenv", "down", "--volumes"], cwd=os.fsencode(root), env=proj.env,
+                              capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert str(root) not in listing(proj)

@@ -112,3 +112,57 @@ def test_the_lock_gives_up_with_an_error_naming_it(reg: Path) -> None:
         t.start()
         t.join()
     assert done and ".lock" in str(done[0])
+
+
+def _good(checkout: Path) -> dict:
+    return {"checkout": str(checkout), "config": f"{checkout}/devenv.yaml", "project": "taskflow", "profile": "dev",
+            "runtime": "native", "name": "taskflow-dev", "ports": {"postgres": 5432}, "data": [], "volumes": [],
+            "updated": 1.5}
+
+
+@pytest.mark.parametrize("change", [
+    {"checkout": 123}, {"checkout": None}, {"checkout": ""}, {"checkout": "relative/path"}, {"checkout": "/a/../b"},
+    {"profile": 5}, {"profile": "../x"}, {"runtime": "podman"}, {"data": [1, None]}, {"data": None}, {"data": "/usr"},
+    {"volumes": {"a": 1}}, {"ports": {"postgres": True}}, {"ports": {"postgres": 70000}}, {"ports": []},
+    {"updated": "yesterday"}, {"name": ["x"]}, {"config": None},
+])
+def test_a_record_with_a_field_of_the_wrong_type_is_skipped_and_the_rest_listed(reg: Path, tmp_path: Path,
+                                                                               change: dict) -> None:
+    registry.record(entry(tmp_path / "a"))
+    (reg / "bad.json").write_text(json.dumps({**_good(tmp_path / "b"), **change}))
+    skipped: list[str] = []
+    assert [Path(e.checkout).name for e in registry.entries(skipped)] == ["a"]
+    assert skipped == ["bad.json"]
+
+
+def test_a_record_with_more_keys_is_kept_and_one_nested_deep_is_skipped(reg: Path, tmp_path: Path) -> None:
+    (reg).mkdir()
+    (reg / "newer.json").write_text(json.dumps({**_good(tmp_path / "b"), "surprise": {"from": "a newer devenv"}}))
+    (reg / "deep.json").write_text("[" * 500_000 + "]" * 500_000)
+    (reg / "deep2.json").write_text('{"a":' * 200_000 + "1" + "}" * 200_000)
+    skipped: list[str] = []
+    found = registry.entries(skipped)
+    assert [(Path(e.checkout).name, e.ports) for e in found] == [("b", {"postgres": 5432})]
+    assert sorted(skipped) == ["deep.json", "deep2.json"]
+
+
+def test_forget_removes_the_file_a_record_was_read_from_whatever_it_says(reg: Path, tmp_path: Path) -> None:
+    reg.mkdir()
+    (reg / "000000-dev.json").write_text(json.dumps(_good(tmp_path / "gone")))  # not its key's name
+    found, = registry.entries()
+    assert found.source == reg / "000000-dev.json"
+    registry.forget(found)
+    assert registry.entries() == [] and not (reg / "000000-dev.json").exists()
+
+
+def test_forget_checkout_removes_a_checkouts_record_of_one_profile(reg: Path, tmp_path: Path) -> None:
+    registry.record(entry(tmp_path / "a"))
+    registry.record(entry(tmp_path / "a", profile="ci"))
+    registry.forget_checkout(tmp_path / "a", "dev")
+    assert [e.profile for e in registry.entries()] == ["ci"]
+    registry.forget_checkout(tmp_path / "a", "dev")  # none: nothing to do
+
+
+def test_an_empty_or_relative_checkout_is_never_orphaned() -> None:
+    for checkout in ("", "relative"):
+        assert not registry.Entry(checkout, "", "p", "dev", "native", "p-dev").orphaned

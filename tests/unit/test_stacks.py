@@ -4,16 +4,19 @@ servers (a real process), and the CLI's refusals. Real servers: tests/integratio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -31,6 +34,11 @@ def reg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def entry(checkout: Path | str, runtime: str = "native", name: str = "taskflow-dev", **kw: Any) -> Entry:
     return Entry(checkout=str(checkout), config=f"{checkout}/devenv.yaml", project="taskflow", profile="dev",
                  runtime=runtime, name=name, **kw)
+
+
+def own_dir(checkout: Path, profile: str = "dev") -> Path:
+    """The <tmp>/devenv-<key> directory devenv's native runtime derives for a checkout and profile."""
+    return Path(tempfile.gettempdir()) / f"devenv-{registry.native_key(checkout / '.devenv' / profile / 'native')}"
 
 
 def container(project: str, service: str, state: str = "running", working_dir: str | None = None,
@@ -168,7 +176,7 @@ def fake_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]
     program = tmp_path / "bin" / "redis-server"
     program.parent.mkdir()
     shutil.copy(shutil.which("sleep") or "/bin/sleep", program)
-    data = Path(tempfile.gettempdir()) / f"devenv-{secrets.token_hex(5)}"
+    data = own_dir(tmp_path / "gone")
     (data / "data" / "redis").mkdir(parents=True)
     child = subprocess.Popen([str(program), "300"], cwd=data / "data" / "redis", start_new_session=True)
     deadline = time.monotonic() + 5
@@ -186,12 +194,15 @@ def test_prune_stops_an_orphans_server_found_by_its_directory_and_removes_it(
     gone = entry(tmp_path / "gone", data=[str(data)])
     registry.record(gone)
     (tmp_path / "alive").mkdir()
-    registry.record(entry(tmp_path / "alive", data=[str(data)]))  # the same directory: never touched via it
+    registry.record(entry(tmp_path / "alive", data=[str(own_dir(tmp_path / "alive"))]))
     assert prune.native_servers([str(data)]) == {child.pid: "redis"}
     found, _ = stacks.gather(sizes=False)
     removals = prune.plan(found, engine_listed=False)
     assert [r.stack.entry.checkout for r in removals] == [str(tmp_path / "gone")]
-    assert removals[0].processes == {child.pid: "redis"} and removals[0].directories == [str(data)]
+    assert removals[0].processes == {child.pid: "redis"} and list(removals[0].directories) == [str(data)]
+    lines = removals[0].lines(lambda n: f"{n:.0f}B")
+    assert "is gone (moved or deleted)" in lines[0] and "project taskflow, profile dev" in lines[0]
+    assert f"{data} (" in next(line for line in lines if "directories:" in line)  # each with its size
     assert prune.execute(removals[0], print)
     assert child.wait(timeout=10) is not None  # SIGTERM, Redis's stop signal
     assert not data.exists()
@@ -203,6 +214,144 @@ def test_a_deleted_working_directory_still_names_the_stack(fake_server: tuple[su
     shutil.rmtree(data)  # cwd reads "<dir> (deleted)" now
     assert prune.native_servers([str(data)]) == {child.pid: "redis"}
     assert prune.native_servers([str(data) + "x"]) == {}
+
+
+def test_prune_acts_only_on_directories_its_records_checkout_and_profile_derive(
+        fake_server: tuple[subprocess.Popen[bytes], Path], tmp_path: Path, reg: Path) -> None:
+    """A record copied from another stack's (F1): its `data` names the victim's directory, a `..`
+    spelling of it, and a parent; none is vetted, so no server is stopped and nothing deleted."""
+    child, victim = fake_server  # the directory of tmp_path/gone's stack, its server running
+    (tmp_path / "gone").mkdir()  # the victim's checkout exists
+    registry.record(entry(tmp_path / "gone", data=[str(victim)]))
+    forged = [str(victim), f"{victim.parent}/../{victim.parent.name}/{victim.name}", str(victim.parent),
+              str(victim / "data")]
+    registry.record(entry(tmp_path / "copied", data=forged))
+    found, _ = stacks.gather(sizes=False)
+    removals = prune.plan(found, engine_listed=False)
+    assert [r.stack.entry.checkout for r in removals] == [str(tmp_path / "copied")]
+    assert (removals[0].places, removals[0].processes, removals[0].directories) == ([], {}, {})
+    assert len(removals[0].kept) == 4
+    assert prune.execute(removals[0], print)
+    assert child.poll() is None and victim.is_dir()
+    assert [e.checkout for e in registry.entries()] == [str(tmp_path / "gone")]
+    # Its own key, but a living record lists it: kept too.
+    shutil.rmtree(tmp_path / "gone")
+    (tmp_path / "other").mkdir()
+    registry.record(entry(tmp_path / "other", data=[str(victim)]))
+    found, _ = stacks.gather(sizes=False)
+    mine = next(r for r in prune.plan(found, engine_listed=False) if r.stack.entry.checkout == str(tmp_path / "gone"))
+    assert (mine.places, mine.processes) == ([], {}) and "exists lists it too" in mine.kept[0]
+
+
+def test_a_directory_belongs_to_a_record_by_its_derived_key_project_and_profile(tmp_path: Path, reg: Path) -> None:
+    record = entry(tmp_path / "gone")
+    key = registry.native_key(tmp_path / "gone" / ".devenv" / "dev" / "native")
+    assert prune.belongs(f"{tempfile.gettempdir()}/devenv-{key}", record)
+    assert not prune.belongs(f"{tempfile.gettempdir()}/devenv-{secrets.token_hex(5)}", record)
+    assert not prune.belongs(str(own_dir(tmp_path / "gone", "ci")), record)  # another profile's
+    assert not prune.belongs(f"{tempfile.gettempdir()}/x/../devenv-{key}", record)
+    if Path("/var/lib/devenv").is_dir():
+        assert prune.belongs(f"/var/lib/devenv/taskflow-dev-{key}", record)
+        assert prune.belongs(f"/var/lib/devenv/taskflow-dev-abc123-{key}", record)  # a per-checkout stack name
+        assert not prune.belongs(f"/var/lib/devenv/other-dev-{key}", record)
+        assert not prune.belongs(f"/var/lib/devenv/../devenv/taskflow-dev-{key}", record)
+        assert not prune.belongs("/var/lib/devenv", record)
+
+
+def test_unrecorded_docker_stacks_are_pruned_only_when_asked_and_on_a_local_engine(tmp_path: Path, reg: Path) -> None:
+    found = stacks.attach_docker([], [container("other-dev", "postgres", working_dir="/builds/otheruser/proj/.devenv/dev")],
+                                 [volume("other-dev", "other-dev_pgdata")])
+    assert len(found) == 1 and found[0].orphaned and not found[0].recorded
+    notes: list[str] = []
+    assert prune.plan(found, engine_listed=True, notes=notes) == []
+    assert "--unrecorded" in notes[0]
+    notes.clear()
+    assert prune.plan(found, engine_listed=True, unrecorded=True, notes=notes) == []  # not a local engine
+    assert "not this machine's" in notes[0]
+    found[0].local = True
+    removal, = prune.plan(found, engine_listed=True, unrecorded=True)
+    assert removal.volumes == ["other-dev_pgdata"]
+    lines = removal.lines(str)
+    assert "unrecorded" in lines[0] and not any("record in the registry" in line for line in lines)
+
+
+def test_a_listener_on_its_ports_does_not_make_a_stack_without_state_running(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        stack = entry(tmp_path, data=[str(tmp_path / "no-such-dir")], ports={"postgres": port})
+        assert stacks.native_services(stack) == {s: False for s in stacks.SERVICES}
+
+
+def test_the_table_escapes_control_characters_and_bytes_that_are_not_utf8(tmp_path: Path) -> None:
+    tricky = f"{tmp_path}/x\nFAKE  dev  native  1,2,3  running  1 GB\x1b[2J" + os.fsdecode(b"\xff")
+    stack = stacks.Stack(entry(tricky))
+    stack.services = {s: False for s in stacks.SERVICES}
+    lines = stacks.table([stack], str)
+    assert len(lines) == 2 and "\\n" in lines[1] and "\\x1b" in lines[1] and "\\xff" in lines[1]
+    lines[1].encode("utf-8")  # printable anywhere
+    assert json.loads(json.dumps(stack.as_json()))["checkout"] == tricky  # JSON keeps it exact
+
+
+def test_native_key_takes_paths_that_are_not_utf8_and_matches_the_old_hash(tmp_path: Path) -> None:
+    import hashlib
+
+    plain = tmp_path / ".devenv" / "dev" / "native"
+    assert registry.native_key(plain) == hashlib.sha256(str(plain).encode()).hexdigest()[:10]
+    odd = Path(os.fsdecode(b"/tmp/\xff/.devenv/dev/native"))
+    assert len(registry.native_key(odd)) == 10
+
+
+def _engine(tmp_path: Path, answer: Callable[[socket.socket], None]) -> str:
+    """A unix socket that answers each connection with `answer` (in a thread): a fake engine."""
+    path = str(tmp_path / "engine.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"unix://{path}"
+
+
+def _drip(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError), conn:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n[")
+        for _ in range(60):
+            time.sleep(0.2)
+            conn.sendall(b" ")
+
+
+def _flood(conn: socket.socket) -> None:
+    with contextlib.suppress(OSError), conn:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n[")
+        for _ in range(64):
+            conn.sendall(b" " * (1 << 20))
+
+
+@pytest.mark.parametrize("answer", [_drip, _flood])
+def test_an_engine_that_drips_or_floods_its_answer_is_cut_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                              answer: Callable[[socket.socket], None]) -> None:
+    monkeypatch.setenv("DOCKER_HOST", _engine(tmp_path, answer))
+    monkeypatch.setattr(stacks, "MAX_ANSWER", 4 << 20)
+    notes: list[str] = []
+    start = time.monotonic()
+    assert stacks.docker_listing(notes.append) is None
+    assert time.monotonic() - start < stacks.ENGINE_TIMEOUT + 1.5
+    said = ("timed out", "within") if answer is _drip else ("over 4 MB",)
+    assert len(notes) == 1 and any(word in notes[0] for word in said), notes
 
 
 # ---- the CLI -------------------------------------------------------------------------------------
@@ -219,7 +368,7 @@ def test_cli_ls_prune_refusal_and_yes(tmp_path: Path, reg: Path, monkeypatch: py
     empty = run("ls", env=env)
     assert empty.returncode == 0 and "no devenv stacks" in empty.stderr and "Traceback" not in empty.stderr
     assert json.loads(run("ls", "--json", env=env).stdout) == []
-    data = Path(tempfile.gettempdir()) / f"devenv-{secrets.token_hex(5)}"
+    data = own_dir(tmp_path / "gone")
     (data / "data").mkdir(parents=True)
     (data / "data" / "f").write_bytes(b"x" * 10000)
     try:
@@ -228,6 +377,8 @@ def test_cli_ls_prune_refusal_and_yes(tmp_path: Path, reg: Path, monkeypatch: py
         item = json.loads(listed.stdout)[0]
         assert (item["state"], item["orphaned"], item["checkout"]) == ("orphaned", True, str(tmp_path / "gone"))
         assert item["data_bytes"] >= 10000
+        dry = run("prune", "--dry-run", env=env)
+        assert "is gone (moved or deleted)" in dry.stdout and "KiB of data" in dry.stdout, dry.stdout
         refused = run("prune", env=env)
         assert refused.returncode == 2 and "error: prune removes" in refused.stderr and "hint: pass --yes" in refused.stderr
         assert data.exists() and registry.entries()
@@ -255,7 +406,7 @@ def test_prune_asks_on_a_terminal(tmp_path: Path, reg: Path, answer: str) -> Non
 
     env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no.sock"}
     env.pop("CI", None)
-    data = Path(tempfile.gettempdir()) / f"devenv-{secrets.token_hex(5)}"
+    data = own_dir(tmp_path / "gone")
     data.mkdir()
     try:
         registry.record(entry(tmp_path / "gone", data=[str(data)]))
@@ -274,3 +425,64 @@ def test_prune_asks_on_a_terminal(tmp_path: Path, reg: Path, answer: str) -> Non
             assert not data.exists() and registry.entries() == []
     finally:
         shutil.rmtree(data, ignore_errors=True)
+
+
+def test_ls_and_prune_skip_an_invalid_record_with_one_note(tmp_path: Path, reg: Path) -> None:
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no.sock"}
+    env.pop("CI", None)
+    (tmp_path / "a").mkdir()
+    registry.record(entry(tmp_path / "a"))
+    (reg / "bad.json").write_text(json.dumps({**registry.entries()[0].as_record(), "data": "/usr", "checkout": 123}))
+    (reg / "deep.json").write_text("[" * 400_000)
+    for args in (("ls",), ("ls", "--json"), ("prune", "--dry-run")):
+        proc = run(*args, env=env)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        assert "note: 2 record(s)" in proc.stderr and "bad.json" in proc.stderr, proc.stderr
+    assert [item["checkout"] for item in json.loads(run("ls", "--json", env=env).stdout)] == [str(tmp_path / "a")]
+
+
+def test_ls_sizes_and_reads_state_only_from_directories_named_for_the_records_checkout(tmp_path: Path, reg: Path) -> None:
+    (tmp_path / "a").mkdir()
+    mine = tmp_path / "a" / ".devenv" / "dev" / "native"
+    mine.mkdir(parents=True)
+    (mine / "f").write_bytes(b"x" * 50_000)
+    registry.record(entry(tmp_path / "a", data=[str(mine), "/usr", str(tmp_path)]))
+    start = time.monotonic()
+    found, _ = stacks.gather()
+    assert time.monotonic() - start < 2  # /usr is not walked
+    assert stacks.own_places(found[0].entry) == [str(mine)]
+    assert 50_000 <= found[0].data_bytes < 200_000
+
+
+def test_prune_takes_only_containers_whose_labels_name_the_records_checkout(tmp_path: Path, reg: Path) -> None:
+    orphan = stacks.Stack(entry(tmp_path / "gone", runtime="docker", name="own-dev"))
+    orphan.containers = [container("own-dev", "postgres", working_dir=f"{tmp_path}/gone/.devenv/dev"),
+                         container("own-dev", "redis")]  # no working directory label: whose, nobody says
+    removal, = prune.plan([orphan], engine_listed=True)
+    assert list(removal.containers.values()) == ["own-dev-postgres-1"]
+    assert "own-dev-redis-1" in removal.kept[0]
+
+
+def test_a_tcp_engine_that_drips_its_answer_is_cut_off_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=_drip, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{server.getsockname()[1]}")
+    notes: list[str] = []
+    start = time.monotonic()
+    try:
+        assert stacks.docker_listing(notes.append) is None
+    finally:
+        server.close()
+    assert time.monotonic() - start < stacks.ENGINE_TIMEOUT + 1.5
+    assert len(notes) == 1 and "within" in notes[0], notes
