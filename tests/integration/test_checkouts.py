@@ -19,6 +19,7 @@ from typing import Iterator
 
 import pytest
 
+from devenv import registry
 from devenv.config.identity import IDENTITY_FILE, record_name
 from tests.integration.conftest import SERVICES, Project, docker_teardown, free_ports, make_project, teardown_project
 
@@ -145,6 +146,12 @@ def test_a_port_another_program_holds_moves_unless_pinned(worktrees: tuple[Proje
     remembered = json.loads((a.root / ".devenv" / "dev" / "ports.json").read_text())
     assert remembered == {"redis": {"port": ports["redis"], "configured": configured["redis"]}}
     assert (a.root / ".devenv" / "dev" / "ports.json").stat().st_mode & 0o777 == 0o600
+    # `down` keeps the reservation; `down --volumes` drops it, and keeps the remembered ports.
+    a.devenv("down")
+    assert registry.find(a.root, "dev").ports == ports
+    a.devenv("down", "--volumes")
+    assert registry.find(a.root, "dev") is None
+    assert json.loads((a.root / ".devenv" / "dev" / "ports.json").read_text()) == remembered
 
 
 PLUGIN_TEST = '''
