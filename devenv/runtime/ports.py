@@ -1,4 +1,6 @@
-"""The stack's host ports: free or not before a start, and which program holds one (both runtimes, doctor)."""
+"""The stack's host ports: free or not before a start, and which program holds one (both runtimes, doctor);
+which ports `up` takes when another checkout's stack or another program holds the configured
+ones (reserve_ports, under the machine's registry lock), and which checkout's stack holds a port."""
 
 from __future__ import annotations
 
@@ -137,6 +139,7 @@ def reserve_ports(stack: Stack, runtime: str, running: Mapping[str, int], say: C
     """
     from devenv import registry
     from devenv.config.identity import remember_ports, remembered_ports
+    from devenv.config.project import CONFIG_NAME
 
     with registry.locked():
         own_key = f"{registry.checkout_id(stack.root)}-{stack.profile}"
@@ -147,10 +150,7 @@ def reserve_ports(stack: Stack, runtime: str, running: Mapping[str, int], say: C
         def unavailable(port: int) -> str | None:
             if port in reserved:
                 return f"held by {describe_entry(reserved[port])}"
-            if not bindable(port):
-                holder = port_holder(port)
-                return f"in use by {holder}" if holder else "in use"
-            return None
+            return None if bindable(port) else "in use"  # who holds it: only said of the wanted port
 
         chosen: dict[str, int] = {}
         for service in stack.services:
@@ -169,7 +169,9 @@ def reserve_ports(stack: Stack, runtime: str, running: Mapping[str, int], say: C
             avoid = {*chosen.values(), *(s.port for s in stack.services if s.name not in chosen and s.name != name)}
             chosen[name], why = choose_port(wanted, service.configured_port, unavailable, avoid)
             if why is not None:
-                say(f"{name}: port {wanted} is {why}; using {chosen[name]}, kept for this checkout")
+                holder = port_holder(wanted) if why == "in use" else None
+                say(f"{name}: port {wanted} is {why}{f' by {holder}' if holder else ''}; "
+                    f"using {chosen[name]}, kept for this checkout")
             if chosen[name] == service.configured_port:
                 remembered.pop(name, None)
             else:
@@ -177,7 +179,7 @@ def reserve_ports(stack: Stack, runtime: str, running: Mapping[str, int], say: C
         remember_ports(stack.state_dir, remembered)
         previous = registry.find(stack.root, stack.profile)
         registry.record(registry.Entry(
-            checkout=str(stack.root.resolve()), config=str(stack.root.resolve() / "devenv.yaml"),
+            checkout=str(stack.root.resolve()), config=str(stack.root.resolve() / CONFIG_NAME),
             project=stack.project, profile=stack.profile, runtime=runtime,
             name=stack.name, ports=chosen, data=previous.data if previous else [],
             volumes=previous.volumes if previous else []))
