@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 from devenv import health
@@ -30,6 +31,7 @@ class UpReport:
     database_created: bool = False
     template: str = ""
     seconds: float = 0.0
+    env_file: str = ""  # the env_file kept up to date (devenv.yaml's `env_file:`), if any
     stack: Stack | None = None  # the stack as it came up: its name and ports as this `up` settled them
 
 
@@ -41,13 +43,19 @@ def up(
     seed: bool = True,
     say: Say = lambda line: None,
     fingerprint: str | Callable[[], str] | None = None,
+    env_file: bool = False,
 ) -> UpReport:
     """Bring the stack up and seeded; idempotent. Records the state for the fast no-op path
     (`fingerprint`, or a function computing it once this `up` has written what it remembers).
 
     First the stack gets its name on the runtime (Runtime.identify) and its host ports
     (devenv.runtime.ports.reserve_ports: a port another checkout or program holds moves, and
-    stays moved for this checkout); `UpReport.stack` is the stack with both."""
+    stays moved for this checkout); `UpReport.stack` is the stack with both.
+
+    `env_file` (the CLI's `up`): keep devenv.yaml's `env_file:` block current. The Python API
+    and the pytest plugin leave it alone: a test run's `ci` stack must not take over the .env
+    a developer's application reads.
+    """
     from devenv.db.pauses import resume_orphaned
     from devenv.db.seeds import apply_seeds, ensure_database
     from devenv.db.janitor import Janitor
@@ -185,8 +193,22 @@ def up(
                 # For the fast no-op path: checked against /proc without loading the runtime.
                 "processes": {s.name: [s.pid, s.process_name] for s in runtime.states(stack) if s.pid},
                 "seeded": seed,
+                **({"env_file": env_file_record(stack)} if env_file and stack.env_file else {}),
             })
+    if env_file and stack.env_file:  # after the lock: a bad env file is an error to fix, not a reason to stop the servers
+        from devenv import envfile
+
+        record = env_file_record(stack)
+        envfile.sync(Path(record["path"]), record["block"], say)
+        report.env_file = record["path"]
     return report
+
+
+def env_file_record(stack: Stack) -> dict[str, str]:
+    """Where the stack's env_file is and the block it holds (state.json keeps it for the no-op `up`)."""
+    from devenv import envfile
+
+    return {"path": str(stack.root / stack.env_file), "block": envfile.block(stack.profile, stack.env())}
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""The `devenv` console script: `devenv reset` in its plain form straight away, all else by click.
+"""The `devenv` console script: `devenv reset` in its plain form and `devenv ls [--json]` straight
+away, all else by click.
 
 `devenv reset` runs between tests, so its start-up is paid once per test, and importing click
 (~35 ms here) costs more than the reset it parses the arguments of (~10 ms). The plain form,
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
+from typing import MutableMapping, NoReturn
 
 from devenv.cli.output import exit_for, fast_exit, reset_summary, say
 
@@ -49,9 +50,47 @@ def hoist_global_options(args: list[str]) -> list[str]:
     return [*flags, *rest[:command], *moved, *rest[command:]]
 
 
+def hoist_completion_words(environ: MutableMapping[str, str]) -> None:
+    """Shell completion (click's `_DEVENV_COMPLETE=<shell>_complete`, the words so far in
+    COMP_WORDS): those words hoisted as `run` hoists argv, so that `devenv -p prod settings --<TAB>`
+    offers settings' options. The word being completed stays last, at the same index."""
+    mode = environ.get("_DEVENV_COMPLETE", "")
+    words = environ.get("COMP_WORDS")
+    if not mode.endswith("_complete") or not words:
+        return
+    import shlex
+
+    from click.shell_completion import split_arg_string
+
+    cwords = split_arg_string(words)
+    if mode == "fish_complete":  # COMP_WORDS: the line up to the cursor; COMP_CWORD: the word there
+        typed, tail = cwords[1:], []
+        if environ.get("COMP_CWORD") and typed and typed[-1] == environ["COMP_CWORD"]:
+            tail = [typed.pop()]
+    else:  # bash, zsh: the whole line and the index of the word being completed
+        try:
+            cword = int(environ.get("COMP_CWORD", ""))
+        except ValueError:
+            return
+        typed, tail = cwords[1:cword], cwords[cword:]
+    hoisted = hoist_global_options(typed)
+    if hoisted != typed and cwords:
+        environ["COMP_WORDS"] = shlex.join([cwords[0], *hoisted, *tail])
+
+
 def run() -> NoReturn:
     """The `devenv` command (console script, `python -m devenv`)."""
+    if "_DEVENV_COMPLETE" in os.environ:  # shell completion: click's, through devenv.cli.main
+        hoist_completion_words(os.environ)
     sys.argv[1:] = hoist_global_options(sys.argv[1:])
+    if sys.argv[1:] in (["ls"], ["ls", "--json"]):  # click's import would be a third of its time
+        try:
+            from devenv.stacks import show
+
+            show(sys.argv[2:] == ["--json"], print, say)
+        except BaseException as exc:  # noqa: BLE001  (every error gets its message and code)
+            exit_for(exc)
+        fast_exit(0)
     options = plain_reset_options(sys.argv[1:])
     if options is not None:
         try:

@@ -28,13 +28,26 @@ if TYPE_CHECKING:
 ENV_FORMATS = ("dotenv", "shell", "json", "github")
 
 
+def _complete_profiles(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of --profile: the profiles of the devenv.yaml in use (none if it is unusable)."""
+    from devenv.config.project import find_config
+    from devenv.config.settings import load_config
+    from devenv.errors import DevenvError
+
+    try:
+        config = load_config(find_config(ctx.params.get("config_path") or os.environ.get("DEVENV_CONFIG")))
+    except DevenvError:
+        return []
+    return [name for name in config.profiles if name.startswith(incomplete)]
+
+
 def _profile_option(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option(
         "--config", "config_path", envvar="DEVENV_CONFIG", type=click.Path(dir_okay=False),
         help="Path to devenv.yaml (default: the nearest one upwards) [env: DEVENV_CONFIG].",
     )(func)
     return click.option(
-        "--profile", "-p", envvar="DEVENV_PROFILE", default="dev", show_default=True,
+        "--profile", "-p", envvar="DEVENV_PROFILE", default="dev", show_default=True, shell_complete=_complete_profiles,
         help="Settings profile: a column of the settings tables [env: DEVENV_PROFILE].",
     )(func)
 
@@ -144,7 +157,9 @@ def _emit_urls(urls: dict[str, str]) -> None:
 @_runtime_option
 @click.option("--timeout", default=60.0, show_default=True, type=click.FloatRange(min=1), help="Seconds to wait for health.")
 @click.option("--no-seed", is_flag=True, help="Start the services but apply no schema or seed files.")
-def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_seed: bool) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print what it did and the URLs as one JSON object (progress stays on stderr).")
+def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_seed: bool, as_json: bool) -> None:
     """Start the stack, wait until healthy, apply schema and seed; print the URLs.
 
     Idempotent: with nothing changed it starts nothing, applies nothing and returns at once;
@@ -162,6 +177,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     state_dir = profile_dir(root, profile)
     options = {"runtime": runtime, "seed": not no_seed}
     recorded = read_state(state_dir)
+    masks = sys.stderr if as_json else None  # stdout holds nothing but the JSON object
     if (
         recorded.get("fingerprint") == fingerprint(root, config, profile, options)
         and processes_alive(recorded.get("processes", {}))
@@ -170,11 +186,24 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
         # A PAUSE whose devenv was killed: the full path RESUMEs it (one listdir when there is none).
         and all(alive for *_, alive in pause_notes(state_dir))
         and isinstance(recorded.get("urls"), dict)
+        and _recorded_env_file_ok(recorded.get("env_file"))
     ):
         if github_actions():
-            add_masks(secrets_in(recorded["urls"]))
-        say(f"{profile}: up to date on {recorded.get('runtime')}, nothing to do ({time.monotonic() - started:.2f}s)")
-        _emit_urls(recorded["urls"])
+            add_masks(secrets_in(recorded["urls"]), masks)
+        env_file = recorded.get("env_file")
+        if isinstance(env_file, dict):  # missing or stale (another profile's, edited): written again
+            from devenv import envfile
+
+            envfile.sync(Path(env_file["path"]), env_file["block"], say)
+        seconds = time.monotonic() - started
+        say(f"{profile}: up to date on {recorded.get('runtime')}, nothing to do ({seconds:.2f}s)")
+        if as_json:
+            _emit_json({"profile": profile, "runtime": recorded.get("runtime"), "up_to_date": True,
+                        **_NOTHING_DONE, "seconds": round(seconds, 3), "urls": recorded["urls"],
+                        "ports": dict(zip(SERVICES, recorded["ports"])),
+                        "env_file": env_file["path"] if isinstance(env_file, dict) else None})
+        else:
+            _emit_urls(recorded["urls"])
         return
 
     from devenv import lifecycle
@@ -182,17 +211,42 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
 
     stack = load_stack(str(config), profile)
     if github_actions():  # before anything this `up` prints could hold them
-        add_masks(stack_secrets(stack))
+        add_masks(stack_secrets(stack), masks)
     backend = get_runtime(runtime, say=say)
     say(f"{stack.name}: {backend.describe(stack)}")
     # Hashed once `up` has written what it remembers (secrets.json on first use, the stack's
     # name and ports: devenv.config.identity).
     report = lifecycle.up(stack, backend, timeout=timeout, seed=not no_seed, say=say,
-                          fingerprint=lambda: fingerprint(root, config, profile, options))
+                          fingerprint=lambda: fingerprint(root, config, profile, options), env_file=True)
     stack = report.stack or stack  # its name and ports as `up` settled them
     summary = "nothing changed" if not (report.result.changed or report.applied or report.database_created) else "ready"
     say(f"{stack.name}: {summary} on {report.runtime} in {report.seconds:.2f}s")
-    _emit_urls(stack.urls())
+    if as_json:
+        result = report.result
+        _emit_json({"profile": profile, "runtime": report.runtime, "up_to_date": False,
+                    "started": result.started, "restarted": result.restarted, "reloaded": result.reloaded,
+                    "database_created": report.database_created, "applied": report.applied,
+                    "seeded": report.database_created or bool(report.applied), "from_cache": result.from_cache,
+                    "seconds": round(report.seconds, 3), "urls": stack.urls(),
+                    "ports": {service.name: service.port for service in stack.services},
+                    "env_file": report.env_file or None})
+    else:
+        _emit_urls(stack.urls())
+
+
+# `up --json`'s fields for what a no-op `up` did: nothing.
+_NOTHING_DONE: dict[str, Any] = {"started": [], "restarted": [], "reloaded": [], "database_created": False,
+                                 "applied": [], "seeded": False, "from_cache": False}
+
+
+def _emit_json(data: dict[str, Any]) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _recorded_env_file_ok(env_file: Any) -> bool:
+    """Whether state.json's env_file record is absent or of the shape `up` writes (else the full path)."""
+    return env_file is None or (isinstance(env_file, dict) and isinstance(env_file.get("path"), str)
+                                and isinstance(env_file.get("block"), str))
 
 
 def _recorded_ports_answer(ports: Any, answer: Callable[[list[int]], bool]) -> bool:
@@ -452,20 +506,71 @@ def doctor(profile: str, config_path: str | None, runtime: str, as_json: bool) -
         sys.exit(1)
 
 
+@cli.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array, one object per stack (keys in the README).")
+def ls_command(as_json: bool) -> None:
+    """Every devenv stack on this machine, across checkouts, profiles and runtimes: its checkout,
+    profile, runtime, ports, state (running, partial, stopped, orphaned: its checkout is gone)
+    and the size of its data."""
+    from devenv import stacks
+
+    stacks.show(as_json, click.echo, say)
+
+
+@cli.command()
+@click.argument("checkouts", nargs=-1, type=click.Path(file_okay=False))
+@click.option("--yes", "-y", is_flag=True, help="Remove without asking (required when stdin is not a terminal).")
+@click.option("--dry-run", "-n", is_flag=True, help="Only say what would be removed.")
+def prune(checkouts: tuple[str, ...], yes: bool, dry_run: bool) -> None:
+    """Remove the stacks whose checkout no longer exists (of CHECKOUTS only, when given):
+    containers, network and volumes, native servers and data, and their records. Asks first."""
+    from devenv import prune as pruning
+    from devenv import stacks
+    from devenv.errors import UsageError
+
+    found, engine = stacks.gather(warn=say)
+    removals = pruning.plan(found, engine, list(checkouts) or None)
+    if not removals:
+        say("nothing to prune: no stack's checkout is gone" + (" (of those named)" if checkouts else ""))
+        return
+    click.echo(f"{'would remove' if dry_run else 'to remove'} {len(removals)} stack(s) whose checkout is gone:")
+    for removal in removals:
+        for line in removal.lines(humanize.size):
+            click.echo(line)
+    if dry_run:
+        return
+    if not yes:
+        if not sys.stdin.isatty() or ci_mode():  # CI mode never prompts
+            reason = "CI mode does not ask" if ci_mode() else "stdin is not a terminal"
+            raise UsageError(f"prune removes the stacks above and {reason} to confirm it",
+                             hint="pass --yes to remove them, or --dry-run to only list them.")
+        if not click.confirm("Remove them?", default=False, err=True):
+            say("prune cancelled: nothing removed")
+            sys.exit(1)
+    done = [removal for removal in removals if pruning.execute(removal, say)]
+    for removal in done:
+        say(f"removed {removal.stack.entry.checkout} ({removal.stack.entry.profile}, {removal.stack.entry.runtime})")
+    if len(done) < len(removals):
+        say(f"{len(removals) - len(done)} stack(s) kept (see above); `devenv ls` shows them")
+
+
 @cli.command("env")
 @_profile_option
 @click.option("--format", "fmt", type=click.Choice(ENV_FORMATS), default="dotenv", show_default=True,
-              help="dotenv lines, shell `export` lines (for eval), JSON, or appended to $GITHUB_ENV.")
+              help="dotenv lines, shell `export` lines (for eval), JSON (the URLs), or the URLs appended to $GITHUB_ENV.")
 def env_command(profile: str, config_path: str | None, fmt: str) -> None:
-    """Print DATABASE_URL (pooled), DIRECT_DATABASE_URL and REDIS_URL."""
+    """Print DATABASE_URL (pooled), DIRECT_DATABASE_URL and REDIS_URL; dotenv and shell also
+    libpq's PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD (and PGSSLMODE with ssl on)."""
     import shlex
+
+    from devenv.envfile import dotenv_lines
 
     stack = load_stack(config_path, profile)
     urls = stack.urls()
     if fmt == "json":
         click.echo(json.dumps(urls, indent=2))
     elif fmt == "shell":
-        for key, value in urls.items():
+        for key, value in stack.env().items():
             click.echo(f"export {key}={shlex.quote(value)}")
     elif fmt == "github":
         target = os.environ.get("GITHUB_ENV")
@@ -478,7 +583,8 @@ def env_command(profile: str, config_path: str | None, fmt: str) -> None:
                 handle.write(f"{key}={value}\n")
         say(f"wrote {', '.join(urls)} to {target}")
     else:
-        _emit_urls(urls)
+        for line in dotenv_lines(stack.env()):
+            click.echo(line)
 
 
 @cli.command()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-from typing import TYPE_CHECKING, Iterable, Mapping, NoReturn
+from typing import IO, TYPE_CHECKING, Iterable, Mapping, NoReturn
 
 from devenv.errors import DevenvError
 
@@ -52,12 +52,14 @@ def secrets_in(urls: Mapping[str, str], extra: Iterable[str] = ()) -> list[str]:
     return out
 
 
-def add_masks(values: Iterable[str]) -> None:
-    """`::add-mask::VALUE` on stdout for each value, flushed before anything prints them: the
-    GitHub Actions runner then shows `***` in their place, in this step's log and later ones."""
+def add_masks(values: Iterable[str], stream: IO[str] | None = None) -> None:
+    """`::add-mask::VALUE` on stdout (or `stream`: stderr when stdout is JSON) for each value,
+    flushed before anything prints them: the GitHub Actions runner, which reads workflow
+    commands on both, then shows `***` in their place, in this step's log and later ones."""
+    stream = sys.stdout if stream is None else stream
     for value in values:
-        sys.stdout.write(f"::add-mask::{value}\n")
-    sys.stdout.flush()
+        stream.write(f"::add-mask::{value}\n")
+    stream.flush()
 
 
 def debug_mode(args: list[str] | None = None) -> bool:
@@ -79,12 +81,26 @@ def echo_err(line: str) -> None:
     sys.stderr.flush()
 
 
+def colour(stream: IO[str] | None = None) -> bool:
+    """Whether to colour what goes to `stream` (stderr): the conventions people set once for
+    every tool. NO_COLOR (any non-empty value, no-color.org) turns colour off everywhere;
+    FORCE_COLOR (non-empty, not 0/false) turns it on even without a terminal or in CI mode;
+    otherwise colour on a terminal, outside CI mode, unless TERM=dumb."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    force = os.environ.get("FORCE_COLOR", "")
+    if force and force.lower() not in ("0", "false", "no"):
+        return True
+    stream = sys.stderr if stream is None else stream
+    return not ci_mode() and os.environ.get("TERM") != "dumb" and stream.isatty()
+
+
 def say(line: str, kind: str = "") -> None:
-    """One progress or status line on stderr: timestamped in CI mode, coloured on a terminal
-    (`kind`: "error", "warning" or "ok")."""
+    """One progress or status line on stderr: timestamped in CI mode, coloured where `colour`
+    says so (`kind`: "error", "warning" or "ok")."""
     if ci_mode():
         line = stamped(line)
-    elif kind and sys.stderr.isatty():
+    if kind and colour():
         line = f"\x1b[{_COLOURS[kind]}m{line}\x1b[0m"
     echo_err(line)
 

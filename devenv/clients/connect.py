@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from devenv.errors import HealthCheckError
 
+# How long heal_pool waits for PgBouncer's next login to a database to succeed.
+HEAL_TIMEOUT = 5.0
+
 if TYPE_CHECKING:
     import psycopg
     import redis as redis_module
@@ -131,7 +134,7 @@ def pgbouncer_admin(stack: "Stack", *, timeout: float = 30.0, query_timeout: flo
     try:
         return Console(pgwire.Connection(HOST, pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer",
                                          ssl=stack.postgres.ssl, timeout=timeout, query_timeout=query_timeout, application_name="devenv"),
-                       stack.profile, stack.state_dir)
+                       stack.profile, stack.state_dir, heal=lambda dbname: heal_pool(stack, dbname))
     except (pgwire.PgError, OSError) as exc:
         if not explain:
             raise
@@ -140,6 +143,38 @@ def pgbouncer_admin(stack: "Stack", *, timeout: float = 30.0, query_timeout: flo
             hint=f"check `devenv status -p {stack.profile}` and `devenv logs pgbouncer -p {stack.profile}`; "
                  f"`devenv up -p {stack.profile}` restarts what is down.",
         ) from exc
+
+
+def heal_pool(stack: "Stack", dbname: str, timeout: float = HEAL_TIMEOUT) -> bool:
+    """Return once a new pooled session to `dbname` works again, after a PAUSE or RECONNECT of
+    devenv's closed a server login of PgBouncer's in progress (True; False past `timeout`).
+
+    PgBouncer counts the closed login as a failed one and then refuses every new client of the
+    pool while it has no server ("server login has been failing, try again later
+    (server_login_retry)"), until a login succeeds; each refused client makes it try again once
+    server_login_retry (0.1 s in devenv's pgbouncer.ini) has passed. Here devenv is that client,
+    so that the test or command after a reset never is. Any other answer ends the wait: not
+    this pool's closed login, and not for this function to judge.
+    """
+    import time
+
+    from devenv.clients import pgwire
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with postgres(stack, dbname, pooled=True, timeout=timeout) as conn:
+                conn.query("SELECT 1")
+            return True
+        except pgwire.PgError as exc:
+            # PgBouncer refuses with that message, or closes before the client has read it.
+            if "server_login_retry" not in str(exc) and not isinstance(exc, pgwire.ServerClosedError):
+                return True
+        except OSError:
+            return False
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
 
 
 def redis(stack: "Stack", db: int = 0, *, timeout: float = 2.0) -> "resp.Connection":

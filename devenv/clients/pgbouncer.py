@@ -33,10 +33,14 @@ LOGIN_WAIT = 1.0
 class Console:
     """One session on the admin console. Use as a context manager (closed on exit)."""
 
-    def __init__(self, conn: "pgwire.Connection", profile: str = "dev", state_dir: Path | None = None) -> None:
+    def __init__(self, conn: "pgwire.Connection", profile: str = "dev", state_dir: Path | None = None,
+                 heal: Callable[[str], None] | None = None) -> None:
         self._conn = conn
         self._profile = profile
         self._state_dir = state_dir  # where each PAUSE's owner is noted (devenv.state.note_pause)
+        # Called with a database whose server login in progress a PAUSE or RECONNECT closed:
+        # returns once a pooled login to it succeeds again (connect.pgbouncer_admin's heal_pool).
+        self._heal = heal
 
     def __enter__(self) -> "Console":
         return self
@@ -63,12 +67,17 @@ class Console:
         from devenv.clients import pgwire
 
         verb, _, database = command.partition(" ")
-        if verb.upper() == "RECONNECT" and database:
-            self._logins_done(database)  # RECONNECT closes a login in progress, as PAUSE does
+        closed = False
         try:
-            self._conn.query(command)
+            if verb.upper() == "RECONNECT" and database:  # it closes a login in progress, as PAUSE does
+                closed = self._send_when_no_login(database, command)
+                self._conn.result()
+            else:
+                self._conn.query(command)
         except pgwire.PgError as exc:
             return self._judge(command, exc)
+        if closed and self._heal is not None:
+            self._heal(database)
         return True
 
     @contextlib.contextmanager
@@ -85,11 +94,10 @@ class Console:
         from devenv.clients import pgwire
         from devenv.state import clear_pause, note_pause
 
-        self._logins_done(dbname)
         # Noted before PAUSE, removed after RESUME: should this process die in between, the next
         # command sees the pause has no owner any more and RESUMEs it (devenv.db.pauses).
         note = note_pause(self._state_dir, dbname) if self._state_dir is not None else None
-        self._conn.send_query(f"PAUSE {dbname}")
+        closed = self._send_when_no_login(dbname, f"PAUSE {dbname}")
         start = time.monotonic()
         deadline = start + timeout
         while not self._conn.answered(_POLL):
@@ -116,6 +124,19 @@ class Console:
                 self.command(f"RESUME {dbname}")
             if note is not None:  # kept when RESUME failed: the next command resumes it
                 clear_pause(note)
+        if closed and self._heal is not None:
+            self._heal(dbname)
+
+    def _send_when_no_login(self, dbname: str, command: str) -> bool:
+        """Send `command` (PAUSE or RECONNECT of `dbname`) once PgBouncer has no server login to
+        the database in progress (_logins_done), in one write with a SHOW SERVERS before it:
+        the console runs the two back to back, so the SHOW tells exactly whether the command
+        found (and will close) a login that began in between. The command's answer is left to
+        read; True when it closes a login (the pool then needs healing)."""
+        self._logins_done(dbname)
+        self._conn.send_query("SHOW SERVERS", command)
+        rows = [dict(zip(self._conn.columns, row)) for row in self._conn.result()]
+        return _login_in_progress(rows, dbname)
 
     def _logins_done(self, dbname: str, timeout: float = LOGIN_WAIT) -> None:
         """Wait (up to `timeout`) until PgBouncer has no login to `dbname` in progress (SHOW
@@ -124,7 +145,7 @@ class Console:
         been failing, try again later (server_login_retry)") until a login succeeds, which it
         tries again only server_login_retry later."""
         deadline = time.monotonic() + timeout
-        while any(row.get("database") == dbname and row.get("state") == "new" for row in self.show("SERVERS")):
+        while _login_in_progress(self.show("SERVERS"), dbname):
             if time.monotonic() > deadline:
                 return
             time.sleep(0.002)
@@ -135,3 +156,7 @@ class Console:
         raise HealthCheckError(f"PgBouncer refused `{command}`: {exc}",
                                hint=f"check `devenv status -p {self._profile}`.") from exc
 
+
+def _login_in_progress(servers: list[dict[str, Optional[str]]], dbname: str) -> bool:
+    """Whether SHOW SERVERS lists a login to `dbname` in progress (state `new`)."""
+    return any(row.get("database") == dbname and row.get("state") == "new" for row in servers)

@@ -105,9 +105,12 @@ class Connection:
         rows = self.query(sql)
         return [dict(zip(self.columns, row)) for row in rows]
 
-    def send_query(self, sql: str) -> None:
-        """Send statements without waiting for the answer (see `answered`, then `result`)."""
-        self._send(b"Q", sql.encode() + b"\0")
+    def send_query(self, sql: str, *more: str) -> None:
+        """Send statements without waiting for the answer (see `answered`, then `result` once
+        per query). Several queries go in one write, so that PgBouncer's console runs them
+        back to back, with nothing else happening in between."""
+        self._sock.sendall(b"".join(b"Q" + struct.pack("!i", len(q.encode()) + 5) + q.encode() + b"\0"
+                                    for q in (sql, *more)))
 
     def answered(self, timeout: float) -> bool:
         """Whether the server has begun to answer, waiting up to `timeout` seconds."""

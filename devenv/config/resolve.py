@@ -124,6 +124,7 @@ def build_stack(config: Config, profile: str, secrets: dict[str, str] | None = N
         redis=redis,
         warnings=tuple(memory_warnings(postgres)),
         seed_scale=next((config.profiles[p].seed_scale for p in config.lineage(profile) if config.profiles[p].seed_scale), 0),
+        env_file=config.env_file or "",
         identity=stack_name(state_dir(config.root, profile), config.root, config.project, profile),
     )
 

@@ -24,7 +24,9 @@ DEFAULT_COLUMN = "default"
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
 _PROFILE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 # Keys allowed at each level of devenv.yaml: anything else is a typo worth reporting.
-_TOP_KEYS = {"project", "profiles", *SERVICES}
+_TOP_KEYS = {"project", "profiles", "env_file", *SERVICES}
+# devenv.sh (cachix/devenv) has a `devenv` command and a devenv.yaml too: theirs has these keys.
+_CACHIX_KEYS = {"inputs", "imports"}
 _PROFILE_KEYS = {"description", "extends", "ephemeral", "limits", "seed_scale"}
 _LIMIT_KEYS = {"memory", "cpus"}
 _SERVICE_KEYS = {
@@ -69,6 +71,7 @@ class Config:
     profiles: Mapping[str, Profile]
     services: Mapping[str, ServiceConfig]
     limits: Limits
+    env_file: str | None = None  # `env_file:`, relative to the project root; None: off
 
     @property
     def root(self) -> Path:
@@ -273,6 +276,12 @@ class _Parser:
         return value
 
     def parse(self, data: Any, env: Mapping[str, str]) -> Config:
+        if isinstance(data, dict) and _CACHIX_KEYS & set(data) and not _TOP_KEYS & set(data):
+            raise ConfigError(
+                f"{self.path} is devenv.sh's devenv.yaml (cachix/devenv), not this devenv's",
+                hint="this `devenv` is the PostgreSQL + PgBouncer + Redis stack; point it at its own "
+                "devenv.yaml with `--config PATH` or `DEVENV_CONFIG=PATH` (or run it where that file is "
+                "the nearest devenv.yaml upwards).")
         top = self.mapping(data, "", _TOP_KEYS)
         for required in ("profiles", *SERVICES):
             if required not in top:
@@ -289,7 +298,23 @@ class _Parser:
                                 hint="shorten the project name (`project:`) or the profile's.")
         services = {name: self.parse_service(name, top[name], profiles, env) for name in SERVICES}
         limits = services["postgres"].options.get("limits") or Limits(memory_bytes=1 << 30, cpus=1.0)
-        return Config(self.path, project, profiles, services, limits)
+        env_file = self.parse_env_file(top["env_file"]) if top.get("env_file") is not None else None
+        return Config(self.path, project, profiles, services, limits, env_file)
+
+    def parse_env_file(self, value: Any) -> str:
+        """`env_file:`: a relative path inside the project, not one of devenv's own files."""
+        hint = "write a path relative to the project directory, e.g. `env_file: .env`, or remove the line."
+        if not isinstance(value, str) or not value.strip() or control_character(value) is not None:
+            raise self.fail("env_file", f"{value!r} is not a file name", hint=hint)
+        path = Path(value)
+        if path.is_absolute() or ".." in path.parts:
+            raise self.fail("env_file", f"{value!r} is outside the project directory", hint=hint)
+        if value.endswith("/") or path.name in ("", "."):
+            raise self.fail("env_file", f"{value!r} names a directory, not a file", hint=hint)
+        first = path.parts[0]
+        if first in (".devenv", "seeds") or path.suffix in (".yaml", ".yml", ".j2", ".sql") or path.name == "secrets.json":
+            raise self.fail("env_file", f"{value!r} is one of devenv's own files (or where they live)", hint=hint)
+        return path.as_posix()
 
     def parse_profiles(self, raw: Any) -> dict[str, Profile]:
         table = self.mapping(raw, "profiles", None)

@@ -136,6 +136,7 @@ class Stack(Record):
     redis: Redis
     warnings: tuple[str, ...] = ()
     seed_scale: int = 0  # generated tasks on top of the seed files (profile option)
+    env_file: str = ""  # devenv.yaml's `env_file:`, relative to root ("" when off)
     # The stack's name on this machine (devenv.config.identity): `{project}-{profile}-{checkout id}`,
     # or `{project}-{profile}` for a checkout whose Docker stack predates the id. "" = the latter.
     identity: str = ""
@@ -178,3 +179,18 @@ class Stack(Record):
             "DIRECT_DATABASE_URL": f"postgresql://{user}:{password}@{host}:{pg.port}/{database or pg.database}{ssl}",
             "REDIS_URL": f"redis://:{quote(redis.password, safe='')}@{host}:{redis.port}/{redis_db}",
         }
+
+    def libpq_env(self) -> dict[str, str]:
+        """libpq's variables for a direct session to Postgres (`psql` with no arguments, any
+        libpq or psycopg client): PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD, and
+        PGSSLMODE=require when the profile has ssl on."""
+        pg = self.postgres
+        env = {"PGHOST": "127.0.0.1", "PGPORT": str(pg.port), "PGUSER": pg.user, "PGDATABASE": pg.database,
+               "PGPASSWORD": pg.password}
+        if pg.ssl:
+            env["PGSSLMODE"] = "require"
+        return env
+
+    def env(self) -> dict[str, str]:
+        """What `devenv env` (dotenv, shell) and the env_file block give: the URLs, then libpq's."""
+        return {**self.urls(), **self.libpq_env()}

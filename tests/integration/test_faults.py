@@ -283,3 +283,49 @@ def test_pooled_clients_see_no_error_beside_concurrent_resets_of_every_strategy(
     assert {"clone", "copy", "restore", "auto"} <= set(resets)
     assert queries[0] > 100
     assert not errors, f"{len(errors)} pooled queries of {queries[0] + len(errors)} failed: {sorted(set(errors))[:5]}"
+
+
+def test_a_pause_that_closes_a_login_in_progress_leaves_the_pool_serving_new_clients(proj: Any) -> None:
+    """PAUSE closes a server login in progress, which PgBouncer counts as a failed login: it then
+    refuses every new client of the empty pool ("server login has been failing, try again later
+    (server_login_retry)") until a login succeeds. Made certain here: an uncommitted ALTER
+    DATABASE holds the lock every new backend of the database waits for, so PgBouncer's login
+    for a pooled client hangs in progress when the PAUSE comes. The console sees it (its SHOW
+    SERVERS runs back to back with the PAUSE) and, after RESUME, returns only once a pooled
+    login succeeds again: a new client right after the block is served. Before, the block
+    returned at once and the client was refused."""
+    import psycopg
+
+    from devenv.clients import connect
+
+    proj.devenv("up")
+    stack = proj.stack()
+    db = stack.postgres.database
+    url = stack.urls()["DATABASE_URL"]
+    with connect.psycopg_postgres(stack, "postgres", admin=True, autocommit=True) as admin:
+        with connect.pgbouncer_admin(stack) as console:  # PgBouncer holds no server of the database now
+            console.command(f"PAUSE {db}")
+            console.command(f"RESUME {db}")
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (db,))
+        locker = connect.psycopg_postgres(stack, "postgres", admin=True)
+        locker.execute(f'ALTER DATABASE "{db}" RENAME TO "{db}_locked"')  # uncommitted: the lock is held
+        locker.execute(f'ALTER DATABASE "{db}_locked" RENAME TO "{db}"')
+        waiting: list[Any] = []
+        client = threading.Thread(target=lambda: waiting.append(
+            psycopg.connect(url, autocommit=True, prepare_threshold=None, connect_timeout=30).execute("SELECT 1").fetchone()))
+        client.start()
+        with connect.pgbouncer_admin(stack) as console:
+            deadline = time.monotonic() + 10
+            while not any(r["database"] == db and r["state"] == "new" for r in console.show("SERVERS")):
+                assert time.monotonic() < deadline, "PgBouncer's login never started"
+                time.sleep(0.01)
+            with console.paused(db, terminate=lambda everyone: None, reopen=lambda: connect.pgbouncer_admin(stack)):
+                # The login was closed by the PAUSE. The lock goes only 0.5 s after RESUME, so
+                # every login until then hangs and every new client is refused meanwhile.
+                release = threading.Timer(0.5, lambda: (locker.rollback(), locker.close()))
+                release.start()
+            assert not release.is_alive()  # the block waited for a login to succeed
+            with psycopg.connect(url, autocommit=True, prepare_threshold=None, connect_timeout=10) as fresh:
+                assert fresh.execute("SELECT count(*) FROM tasks").fetchone()[0] == SEEDED_TASKS
+        client.join(30)
+        assert waiting == [(1,)]  # the client whose login was closed was served after RESUME

@@ -798,7 +798,8 @@ def test_env_formats_agree_and_connect(running: Any, tmp_path: Path) -> None:
     expected = proj.stack().urls()
     assert set(expected) == {"DATABASE_URL", "DIRECT_DATABASE_URL", "REDIS_URL"}
 
-    seen = {"dotenv": _parse_lines(proj.devenv("env").stdout)}
+    # dotenv (the default) also gives libpq's PG* variables (issue 16): test_conventions.py checks them.
+    seen = {"dotenv": {k: v for k, v in _parse_lines(proj.devenv("env").stdout).items() if not k.startswith("PG")}}
     seen["json"] = json.loads(proj.devenv("env", "--format", "json").stdout)
     github_env = tmp_path / "github_env"
     github_env.write_text("EXISTING=1\n")

@@ -1,0 +1,258 @@
+"""`devenv prune`: remove the stacks whose checkout no longer exists, and nothing else.
+
+What goes, per orphaned stack (devenv.stacks finds them):
+- Docker: its containers (of its Compose project and its checkout), and the project's network
+  and volumes by the Compose project label, unless a stack whose checkout exists has the same
+  name (two checkouts under a legacy `{project}-{profile}` name): then only its containers.
+- Native: its servers that still run (the pids in its state.json, or processes whose working
+  directory or command line lies in its directories), then its directories, but only those
+  devenv itself makes outside a checkout (/var/lib/devenv/<stack>, /dev/shm/devenv-<key>,
+  <tmp>/devenv-<key>), deleted without following links (devenv.runtime.trust.remove_within).
+- Then its record in the registry.
+
+`plan` decides and says what would go (`--dry-run` stops there); `execute` removes it, under
+the registry's lock and after checking again that the checkout is still gone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from devenv import registry
+from devenv.stacks import COMPOSE_PROJECT, PROGRAMS, Stack, checkout_gone, working_checkout
+
+# Where devenv makes a native stack's directories outside its checkout (devenv.runtime.native's
+# layout): (parent, the names it gives them there; the key is 10 hex digits of a hash).
+OWN_PLACES = ((Path("/var/lib/devenv"), r".+-[0-9a-f]{10}"), (Path("/dev/shm"), r"devenv-[0-9a-f]{10}"),
+              (Path(tempfile.gettempdir()), r"devenv-[0-9a-f]{10}"))
+STOP_SIGNALS = {"postgres": signal.SIGINT, "pgbouncer": signal.SIGINT, "redis": signal.SIGTERM}
+STOP_WAIT = 15.0  # seconds for a server to stop before SIGKILL (as `devenv down`)
+
+
+@dataclass
+class Removal:
+    """What pruning one orphaned stack removes."""
+
+    stack: Stack
+    containers: dict[str, str] = field(default_factory=dict)  # id -> name
+    volumes: list[str] = field(default_factory=list)
+    network: bool = False  # the Compose project's network(s), by label
+    processes: dict[int, str] = field(default_factory=dict)  # pid -> service
+    directories: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # what stays, and why
+
+    def lines(self, size: Callable[[float], str]) -> list[str]:
+        """What goes, for people: a heading line, then one indented line per kind."""
+        e = self.stack.entry
+        what = f"{e.checkout} ({e.profile}, {e.runtime}, {e.name})"
+        if self.stack.data_bytes:
+            what += f": {size(self.stack.data_bytes)} of data"
+        out = [what]
+        if self.containers:
+            out.append(f"  containers: {', '.join(sorted(self.containers.values()))}")
+        if self.network:
+            out.append(f"  network of Compose project {e.name}")
+        if self.volumes:
+            out.append(f"  volumes: {', '.join(self.volumes)}")
+        if self.processes:
+            out.append("  servers still running: " + ", ".join(f"{s} (pid {p})" for p, s in sorted(self.processes.items())))
+        if self.directories:
+            out.append(f"  directories: {', '.join(self.directories)}")
+        out += [f"  kept: {reason}" for reason in self.kept]
+        out.append("  its record in the registry")
+        return out
+
+
+def plan(stacks: list[Stack], engine_listed: bool, only: list[str] | None = None) -> list[Removal]:
+    """A Removal for each orphaned stack (of the checkouts in `only`, when given); `engine_listed`:
+    whether the Docker engine answered `gather` (else a Docker stack's containers are unknown)."""
+    wanted = [os.path.normpath(os.path.abspath(p)) for p in only] if only else None
+    out = []
+    for stack in stacks:
+        if not stack.orphaned:
+            continue
+        if wanted is not None and os.path.normpath(stack.entry.checkout) not in wanted:
+            continue
+        removal = Removal(stack)
+        if stack.entry.runtime == "docker":
+            _plan_docker(removal, stacks, engine_listed)
+        else:
+            _plan_native(removal)
+        out.append(removal)
+    return out
+
+
+def _plan_docker(removal: Removal, stacks: list[Stack], engine_listed: bool) -> None:
+    stack = removal.stack
+    if not engine_listed:
+        removal.kept.append("its containers and volumes, if any: no Docker engine answered (the record stays)")
+        return
+    for container in stack.containers:
+        name = (container.get("Names") or ["/" + str(container.get("Id", ""))[:12]])[0].lstrip("/")
+        removal.containers[str(container["Id"])] = name
+    sharing = [s for s in stacks if s is not stack and s.entry.name == stack.entry.name and not s.orphaned]
+    if sharing:
+        removal.kept.append(f"the volumes and network of {stack.entry.name}: {sharing[0].entry.checkout or 'another stack'}"
+                            " uses that name too")
+        return
+    removal.volumes = sorted(str(v["Name"]) for v in stack.volume_info if v.get("Name"))
+    removal.network = True
+
+
+def _plan_native(removal: Removal) -> None:
+    places = [p for p in removal.stack.entry.data if own_directory(p)]
+    removal.directories = [p for p in places if os.path.lexists(p)]
+    removal.processes = native_servers(removal.stack.entry.data)
+    elsewhere = [p for p in removal.stack.entry.data if p not in places and os.path.lexists(p)]
+    if elsewhere:
+        removal.kept.append(f"{', '.join(elsewhere)}: not a directory devenv makes outside a checkout")
+
+
+def own_directory(path: str) -> bool:
+    """Whether `path` is a directory devenv makes for a native stack outside any checkout:
+    /var/lib/devenv/<stack>-<key>, /dev/shm/devenv-<key> or <tmp>/devenv-<key> (not the
+    registry); its parent's links resolved, itself not a link."""
+    candidate = Path(path)
+    try:
+        parent = candidate.parent.resolve(strict=True)
+    except OSError:
+        return False
+    if os.path.islink(path) or candidate.name in ("", ".", "..") or parent / candidate.name == registry.registry_dir().resolve():
+        return False
+    return any(parent == root.resolve() and re.fullmatch(pattern, candidate.name) for root, pattern in OWN_PLACES)
+
+
+def native_servers(places: list[str]) -> dict[int, str]:
+    """pid -> service of the live servers of a native stack whose directories are `places`: the
+    pids its state.json names, and processes whose working directory or an argument lies in one
+    of them (a deleted directory too). For Postgres only the postmaster: its backends follow it."""
+    from devenv.runtime.procs import scan_processes
+    from devenv.runtime.trust import read_json
+
+    roots = [os.path.normpath(p) for p in places]
+    table = scan_processes()
+    by_program = {program: service for service, program in PROGRAMS.items()}
+    found: dict[int, str] = {}
+    for place in places:
+        for service, record in read_json(Path(place) / "state.json").items():
+            pid = record.get("pid") if isinstance(record, dict) else None
+            if type(pid) is int and table.get(pid) == PROGRAMS.get(service) and _lies_in(pid, roots):
+                found[pid] = service
+    for pid, comm in table.items():
+        if comm in by_program and pid not in found and _lies_in(pid, roots):
+            found[pid] = by_program[comm]
+    postgres = {pid for pid, service in found.items() if service == "postgres"}
+    for pid in postgres:
+        parent = _parent(pid)
+        if parent in postgres:
+            del found[pid]  # a backend: it ends with its postmaster
+    return found
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            text = handle.read().decode(errors="replace")
+        return int(text[text.rindex(")") + 2:].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _lies_in(pid: int, roots: list[str]) -> bool:
+    """Whether a process works in, or names in its argv, a path inside one of `roots`."""
+    paths = []
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+        paths.append(cwd[: -len(" (deleted)")] if cwd.endswith(" (deleted)") else cwd)
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            args = handle.read().decode(errors="replace").split("\0")
+    except OSError:
+        args = []
+    for arg in args:
+        paths.append(arg.partition("=")[2] if arg.startswith("config_file=") else arg)
+    return any(path and (path == root or path.startswith(root + os.sep)) for path in paths for root in roots)
+
+
+# ---- removing -----------------------------------------------------------------------------------
+
+
+def execute(removal: Removal, say: Callable[[str], None]) -> bool:
+    """Remove what `removal` lists, then the stack's record; False (nothing done) when its
+    checkout has come back meanwhile. Under the registry's lock, so no `up` records it meanwhile."""
+    entry = removal.stack.entry
+    with registry.locked():
+        if not checkout_gone(entry.checkout):
+            say(f"{entry.checkout} exists again: its stack is kept")
+            return False
+        if entry.runtime == "docker":
+            if not removal.containers and not removal.volumes and not removal.network and removal.kept:
+                return False  # no engine: nothing known, the record stays for a later prune
+            _remove_docker(removal)
+        else:
+            stop_servers(removal.processes)
+            _remove_directories(removal.directories)
+        if removal.stack.recorded:
+            registry.forget(entry)
+    return True
+
+
+def stop_servers(processes: dict[int, str]) -> None:
+    """Stop each server as `devenv down` does (its stop signal, then SIGKILL to its group)."""
+    from devenv.errors import StateError
+    from devenv.runtime.procs import kill_group, send_signal, wait_gone
+
+    for pid, service in processes.items():
+        try:
+            send_signal(pid, STOP_SIGNALS[service])
+        except PermissionError:
+            raise StateError(f"{service} (pid {pid}) of a pruned stack is another user's: not stopped",
+                             hint="stop it as that user (or root), then run `devenv prune` again.") from None
+    for pid in processes:
+        if not wait_gone(pid, STOP_WAIT):
+            kill_group(pid, signal.SIGKILL)
+            wait_gone(pid, 5)
+
+
+def _remove_directories(directories: list[str]) -> None:
+    from devenv.runtime.trust import remove_within
+
+    for path in directories:
+        if own_directory(path):  # checked again: nothing was swapped in meanwhile
+            remove_within(Path(path), [Path(path).parent.resolve() / Path(path).name])
+
+
+def _remove_docker(removal: Removal) -> None:
+    from devenv.runtime.dockerapi import connect, quietly, remove, stop, stop_timeout
+    from devenv.runtime.engine import find_endpoint, no_engine_error
+
+    endpoint = find_endpoint()
+    if endpoint is None:
+        raise no_engine_error(os.environ)
+    client = connect(endpoint)
+    name = removal.stack.entry.name
+    label = {"label": f"{COMPOSE_PROJECT}={name}"}
+    checkout = removal.stack.entry.checkout
+    for container in client.containers.list(all=True, filters=label):
+        found = working_checkout(container.labels)
+        if container.id in removal.containers and (found is None or os.path.normpath(found) == os.path.normpath(checkout)):
+            if container.status in ("running", "paused", "restarting"):
+                stop(container, stop_timeout(container))
+            remove(container)
+    if removal.network:
+        for network in client.networks.list(filters=label):
+            quietly(network.remove)
+    for volume in client.volumes.list(filters=label):
+        if volume.name in removal.volumes:
+            quietly(lambda: volume.remove(force=True))
+
+
+__all__ = ["Removal", "execute", "native_servers", "own_directory", "plan", "stop_servers"]

@@ -1,0 +1,276 @@
+"""`devenv ls` and `devenv prune` logic (devenv.stacks, devenv.prune): Docker's labels matched to
+records, states, sizes, which directories prune may delete, finding and stopping a stack's
+servers (a real process), and the CLI's refusals. Real servers: tests/integration/test_stacks.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from devenv import prune, registry, stacks
+from devenv.registry import Entry
+
+
+@pytest.fixture
+def reg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    directory = tmp_path / "registry"
+    monkeypatch.setenv("DEVENV_REGISTRY_DIR", str(directory))
+    return directory
+
+
+def entry(checkout: Path | str, runtime: str = "native", name: str = "taskflow-dev", **kw: Any) -> Entry:
+    return Entry(checkout=str(checkout), config=f"{checkout}/devenv.yaml", project="taskflow", profile="dev",
+                 runtime=runtime, name=name, **kw)
+
+
+def container(project: str, service: str, state: str = "running", working_dir: str | None = None,
+              port: int | None = None) -> dict[str, Any]:
+    labels = {"com.docker.compose.project": project, "com.docker.compose.service": service,
+              "com.docker.compose.oneoff": "False", "dev.devenv.project": "taskflow", "dev.devenv.profile": "dev"}
+    if working_dir:
+        labels["com.docker.compose.project.working_dir"] = working_dir
+    return {"Id": f"{project}-{service}-id", "Names": [f"/{project}-{service}-1"], "Labels": labels, "State": state,
+            "Ports": [{"IP": "127.0.0.1", "PrivatePort": 5432, "PublicPort": port, "Type": "tcp"}] if port else []}
+
+
+def volume(project: str, name: str) -> dict[str, Any]:
+    return {"Name": name, "Labels": {"com.docker.compose.project": project, "dev.devenv.project": "taskflow"},
+            "Mountpoint": f"/nonexistent/{name}"}
+
+
+# ---- Docker's labels -> stacks ----------------------------------------------------------------------
+
+
+def test_docker_containers_go_to_their_record_and_the_rest_become_unrecorded_stacks(tmp_path: Path) -> None:
+    mine = stacks.Stack(entry(tmp_path / "a", runtime="docker", name="taskflow-dev-aaaaaa"))
+    native = stacks.Stack(entry(tmp_path / "n"))
+    found = [
+        *(container("taskflow-dev-aaaaaa", s, working_dir=f"{tmp_path}/a/.devenv/dev") for s in stacks.SERVICES),
+        container("legacy-dev", "postgres", working_dir=f"{tmp_path}/old/.devenv/dev", port=15432),
+        container("legacy-dev", "redis", state="exited", working_dir=f"{tmp_path}/old/.devenv/dev"),
+    ]
+    volumes = [volume("taskflow-dev-aaaaaa", "taskflow-dev-aaaaaa_pgdata"), volume("legacy-dev", "legacy-dev_pgdata"),
+               volume("gone-dev", "gone-dev_pgdata")]
+    extra = stacks.attach_docker([mine, native], found, volumes)
+    assert len(mine.containers) == 3 and [v["Name"] for v in mine.volume_info] == ["taskflow-dev-aaaaaa_pgdata"]
+    assert stacks.docker_services(mine.containers) == {s: True for s in stacks.SERVICES}
+    assert not native.containers
+    by_name = {s.entry.name: s for s in extra}
+    legacy, gone = by_name["legacy-dev"], by_name["gone-dev"]
+    assert (legacy.recorded, legacy.entry.checkout, legacy.entry.ports) == (False, f"{tmp_path}/old", {"postgres": 15432})
+    assert legacy.entry.volumes == ["legacy-dev_pgdata"]
+    assert stacks.docker_services(legacy.containers) == {"postgres": True, "pgbouncer": False, "redis": False}
+    assert legacy.orphaned  # tmp_path/old does not exist
+    legacy.services = stacks.docker_services(legacy.containers)
+    assert legacy.as_json()["state"] == "orphaned" and legacy.as_json()["recorded"] is False
+    # Volumes alone: their checkout is unknown, so never orphaned (and never pruned).
+    assert (gone.checkout_known, gone.orphaned, gone.as_json()["checkout"]) == (False, False, None)
+
+
+def test_states_partial_stopped_unknown_and_the_json_keys(tmp_path: Path) -> None:
+    assert stacks.running_state({"postgres": True, "pgbouncer": True, "redis": True}) == "running"
+    assert stacks.running_state({"postgres": True, "pgbouncer": False, "redis": False}) == "partial"
+    assert stacks.running_state({"postgres": False, "pgbouncer": False, "redis": False}) == "stopped"
+    assert stacks.running_state({}) == "unknown"
+    assert stacks.docker_services([]) == {s: False for s in stacks.SERVICES}  # engine asked: none left
+    (tmp_path / "a").mkdir()
+    stack = stacks.Stack(entry(tmp_path / "a", ports={"postgres": 1, "pgbouncer": 2, "redis": 3}))
+    stack.services, stack.data_bytes = {"postgres": True, "pgbouncer": False, "redis": True}, 2048
+    out = stack.as_json()
+    assert tuple(out) == stacks.JSON_KEYS and out["state"] == "partial" and out["data_bytes"] == 2048
+    lines = stacks.table([stack], lambda n: f"{n:.0f}B")
+    assert lines[1].split() == [str(tmp_path / "a"), "dev", "native", "1,2,3", "partial", "2048B"]
+
+
+def test_tree_size_follows_no_links_and_counts_a_hard_link_once(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "sub" / "file").write_bytes(os.urandom(64 * 1024))
+    os.link(data / "sub" / "file", data / "hard")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "big").write_bytes(os.urandom(1024 * 1024))
+    (data / "link").symlink_to(outside)
+    size = stacks.tree_size([str(data)])
+    assert 64 * 1024 <= size < 1024 * 1024
+    assert stacks.tree_size([str(tmp_path / "missing")]) == 0
+
+
+def test_a_checkout_that_is_a_file_or_missing_is_gone(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    assert stacks.checkout_gone(str(tmp_path / "missing")) and stacks.checkout_gone(str(tmp_path / "file"))
+    assert not stacks.checkout_gone(str(tmp_path))
+
+
+def test_an_engine_that_does_not_answer_is_one_note_and_no_docker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no.sock")
+    notes: list[str] = []
+    assert stacks.docker_listing(notes.append) is None
+    assert len(notes) == 1 and "Docker stacks not listed" in notes[0] and "no.sock" in notes[0]
+
+
+# ---- prune: what it may touch ---------------------------------------------------------------------
+
+
+def test_prune_deletes_only_directories_devenv_makes_outside_a_checkout(tmp_path: Path, reg: Path) -> None:
+    key = secrets.token_hex(5)
+    assert prune.own_directory(f"/var/lib/devenv/taskflow-dev-{key}")
+    assert prune.own_directory(f"/dev/shm/devenv-{key}")
+    assert prune.own_directory(f"{tempfile.gettempdir()}/devenv-{key}")
+    for refused in ("/var/lib/devenv/stacks", "/var/lib/devenv", "/etc", f"/dev/shm/other-{key}",
+                    f"{tempfile.gettempdir()}/devenv-registry-{key}", f"/var/lib/devenv/x/../../../etc/devenv-{key}",
+                    str(tmp_path / ".devenv" / "dev" / "native"), f"/home/devenv-{key}"):
+        assert not prune.own_directory(refused), refused
+    link = Path(tempfile.gettempdir()) / f"devenv-{secrets.token_hex(5)}"
+    link.symlink_to(tmp_path)
+    try:
+        assert not prune.own_directory(str(link))  # a link itself: never followed into its target
+    finally:
+        link.unlink()
+
+
+def test_plan_takes_orphans_only_and_keeps_volumes_a_living_checkout_shares(tmp_path: Path, reg: Path) -> None:
+    (tmp_path / "alive").mkdir()
+    alive = stacks.Stack(entry(tmp_path / "alive", runtime="docker", name="legacy-dev"))
+    orphan = stacks.Stack(entry(tmp_path / "gone", runtime="docker", name="legacy-dev"))
+    other = stacks.Stack(entry(tmp_path / "gone2", runtime="docker", name="own-dev"))
+    orphan.containers = [container("legacy-dev", "postgres", working_dir=f"{tmp_path}/gone/.devenv/dev")]
+    orphan.volume_info = alive.volume_info = [volume("legacy-dev", "legacy-dev_pgdata")]
+    other.volume_info = [volume("own-dev", "own-dev_pgdata")]
+    plans = {r.stack.entry.checkout: r for r in prune.plan([alive, orphan, other], engine_listed=True)}
+    assert set(plans) == {str(tmp_path / "gone"), str(tmp_path / "gone2")}
+    shared = plans[str(tmp_path / "gone")]
+    assert list(shared.containers.values()) == ["legacy-dev-postgres-1"]
+    assert (shared.volumes, shared.network) == ([], False) and "uses that name too" in shared.kept[0]
+    assert (plans[str(tmp_path / "gone2")].volumes, plans[str(tmp_path / "gone2")].network) == (["own-dev_pgdata"], True)
+    only = prune.plan([alive, orphan, other], engine_listed=True, only=[str(tmp_path / "gone2")])
+    assert [r.stack.entry.name for r in only] == ["own-dev"]
+    assert prune.plan([alive], engine_listed=True, only=[str(tmp_path / "alive")]) == []
+    # No engine: a Docker orphan's record stays, nothing is claimed removed.
+    blind = prune.plan([other], engine_listed=False)[0]
+    assert not blind.volumes and not blind.containers and "no Docker engine" in blind.kept[0]
+    assert prune.execute(blind, lambda line: None) is False
+
+
+@pytest.fixture
+def fake_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A process named redis-server (a copy of sleep) working in a stack's data directory."""
+    program = tmp_path / "bin" / "redis-server"
+    program.parent.mkdir()
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", program)
+    data = Path(tempfile.gettempdir()) / f"devenv-{secrets.token_hex(5)}"
+    (data / "data" / "redis").mkdir(parents=True)
+    child = subprocess.Popen([str(program), "300"], cwd=data / "data" / "redis", start_new_session=True)
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child.pid}/comm").read_text().strip() != "redis-server" and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the exec
+    yield child, data
+    child.kill()
+    child.wait()
+    shutil.rmtree(data, ignore_errors=True)
+
+
+def test_prune_stops_an_orphans_server_found_by_its_directory_and_removes_it(
+        fake_server: tuple[subprocess.Popen[bytes], Path], tmp_path: Path, reg: Path) -> None:
+    child, data = fake_server
+    gone = entry(tmp_path / "gone", data=[str(data)])
+    registry.record(gone)
+    (tmp_path / "alive").mkdir()
+    registry.record(entry(tmp_path / "alive", data=[str(data)]))  # the same directory: never touched via it
+    assert prune.native_servers([str(data)]) == {child.pid: "redis"}
+    found, _ = stacks.gather(sizes=False)
+    removals = prune.plan(found, engine_listed=False)
+    assert [r.stack.entry.checkout for r in removals] == [str(tmp_path / "gone")]
+    assert removals[0].processes == {child.pid: "redis"} and removals[0].directories == [str(data)]
+    assert prune.execute(removals[0], print)
+    assert child.wait(timeout=10) is not None  # SIGTERM, Redis's stop signal
+    assert not data.exists()
+    assert [e.checkout for e in registry.entries()] == [str(tmp_path / "alive")]
+
+
+def test_a_deleted_working_directory_still_names_the_stack(fake_server: tuple[subprocess.Popen[bytes], Path]) -> None:
+    child, data = fake_server
+    shutil.rmtree(data)  # cwd reads "<dir> (deleted)" now
+    assert prune.native_servers([str(data)]) == {child.pid: "redis"}
+    assert prune.native_servers([str(data) + "x"]) == {}
+
+
+# ---- the CLI -------------------------------------------------------------------------------------
+
+
+def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "devenv", *args], env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=60)
+
+
+def test_cli_ls_prune_refusal_and_yes(tmp_path: Path, reg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no.sock"}  # no engine: a note, no Docker
+    env.pop("CI", None)
+    empty = run("ls", env=env)
+    assert empty.returncode == 0 and "no devenv stacks" in empty.stderr and "Traceback" not in empty.stderr
+    assert json.loads(run("ls", "--json", env=env).stdout) == []
+    data = Path(tempfile.gettempdir()) / f"devenv-{secrets.token_hex(5)}"
+    (data / "data").mkdir(parents=True)
+    (data / "data" / "f").write_bytes(b"x" * 10000)
+    try:
+        registry.record(entry(tmp_path / "gone", data=[str(data)], ports={"postgres": 1, "pgbouncer": 2, "redis": 3}))
+        listed = run("ls", "--json", env=env)
+        item = json.loads(listed.stdout)[0]
+        assert (item["state"], item["orphaned"], item["checkout"]) == ("orphaned", True, str(tmp_path / "gone"))
+        assert item["data_bytes"] >= 10000
+        refused = run("prune", env=env)
+        assert refused.returncode == 2 and "error: prune removes" in refused.stderr and "hint: pass --yes" in refused.stderr
+        assert data.exists() and registry.entries()
+        assert run("prune", "--dry-run", env=env).returncode == 0 and data.exists()
+        done = run("prune", "--yes", env=env)
+        assert done.returncode == 0, done.stderr
+        assert not data.exists() and registry.entries() == []
+        assert "nothing to prune" in run("prune", env=env).stderr
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_ls_takes_the_click_free_path(reg: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no.sock"}
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "devenv", "ls", "--json"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and json.loads(proc.stdout) == []
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & {"click", "docker", "http.client", "psycopg", "yaml"}, imported & {"click", "docker"}
+
+
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_prune_asks_on_a_terminal(tmp_path: Path, reg: Path, answer: str) -> None:
+    import pty
+
+    env = {**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no.sock"}
+    env.pop("CI", None)
+    data = Path(tempfile.gettempdir()) / f"devenv-{secrets.token_hex(5)}"
+    data.mkdir()
+    try:
+        registry.record(entry(tmp_path / "gone", data=[str(data)]))
+        leader, follower = pty.openpty()
+        os.write(leader, f"{answer}\n".encode())
+        proc = subprocess.run([sys.executable, "-m", "devenv", "prune"], env=env, stdin=follower,
+                              capture_output=True, text=True, timeout=60)
+        os.close(follower)
+        os.close(leader)
+        assert "Remove them?" in proc.stderr
+        if answer == "n":
+            assert proc.returncode == 1 and "nothing removed" in proc.stderr
+            assert data.exists() and registry.entries()
+        else:
+            assert proc.returncode == 0, proc.stderr
+            assert not data.exists() and registry.entries() == []
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
