@@ -95,6 +95,13 @@ def test_two_worktrees_up_at_once_each_get_their_own_stack_and_ports(worktrees: 
         assert (f"{service}: port {configured[service]} is held by the devenv stack of {stayed.root} (profile dev, "
                 f"{moved.runtime}); using {ports[moved.root][service]}, kept for this checkout") in said, said
     assert a.stack().name != b.stack().name and a.stack().name.startswith(f"{a.project_name}-dev-")
+    # `devenv ls` lists both, each with its own name and ports (from their registry records).
+    listed = subprocess.run([sys.executable, "-m", "devenv", "ls", "--json"], cwd=a.root, env=a.env,
+                            capture_output=True, text=True, timeout=120, check=True).stdout
+    by_checkout = {item["checkout"]: item for item in json.loads(listed)}
+    for proj in (a, b):
+        assert by_checkout[str(proj.root)]["ports"] == ports[proj.root], by_checkout
+        assert by_checkout[str(proj.root)]["name"] == proj.stack().name
 
     # Each its own data: a table made in one is absent from the other.
     with a.connect(autocommit=True) as conn:
