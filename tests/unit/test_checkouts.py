@@ -257,3 +257,18 @@ def test_docker_adopts_the_old_name_only_for_this_checkouts_stack(project: Path,
     other = _other(tmp_path)
     registry.record(registry.Entry(**{**other.__dict__, "name": "taskflow-dev"}))  # another checkout took it
     assert decide_name(_Engine([], volume), stack) == own
+
+
+def test_a_real_name_clash_names_the_other_checkout(project: Path) -> None:
+    from devenv.errors import StateError
+    from devenv.runtime.dockername import refuse_foreign
+
+    stack = _stack(project)
+    other = "/src/other/.devenv/dev"
+    running = _Labelled(f"{stack.name}-postgres-1", {"com.docker.compose.project.working_dir": other})
+    running.status = "running"  # type: ignore[attr-defined]
+    refuse_foreign(stack, [running], Path(other))  # its own checkout's: fine
+    with pytest.raises(StateError) as caught:
+        refuse_foreign(stack, [running], stack.state_dir.absolute())
+    assert f"already running from the checkout /src/other ({stack.name}-postgres-1)" in caught.value.message
+    assert "`devenv down` in /src/other" in caught.value.hint and IDENTITY_FILE in caught.value.hint
