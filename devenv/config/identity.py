@@ -54,11 +54,13 @@ def own_name(project: str, profile: str, root: Path) -> str:
 def recorded_name(state_dir: Path, root: Path, project: str) -> str | None:
     """The name this checkout's identity record gives, if the record is this checkout's (its
     path, its project), else None."""
+    import re
+
     record = _read(state_dir / IDENTITY_FILE)
     name = record.get("name")
     if (record.get("checkout") == str(Path(root).resolve()) and record.get("project") == project
-            and isinstance(name, str) and name):
-        return name
+            and isinstance(name, str) and re.fullmatch(rf"{re.escape(project)}-[a-z0-9_-]{{1,40}}", name)):
+        return name  # a name Docker and the compose file take as one word (never a damaged record's)
     return None
 
 

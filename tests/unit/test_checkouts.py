@@ -272,3 +272,14 @@ def test_a_real_name_clash_names_the_other_checkout(project: Path) -> None:
         refuse_foreign(stack, [running], stack.state_dir.absolute())
     assert f"already running from the checkout /src/other ({stack.name}-postgres-1)" in caught.value.message
     assert "`devenv down` in /src/other" in caught.value.hint and IDENTITY_FILE in caught.value.hint
+
+
+def test_a_damaged_identity_record_is_not_used(tmp_path: Path) -> None:
+    state = tmp_path / ".devenv" / "dev"
+    own = f"taskflow-dev-{registry.checkout_id(tmp_path)}"
+    for name in ("taskflow-dev\nservices: {}", "other-dev", "", 7):
+        state.mkdir(parents=True, exist_ok=True)
+        (state / IDENTITY_FILE).write_text(json.dumps({"checkout": str(tmp_path), "project": "taskflow", "name": name}))
+        assert stack_name(state, tmp_path, "taskflow", "dev") == own, name
+    (state / IDENTITY_FILE).write_text("{not json")
+    assert stack_name(state, tmp_path, "taskflow", "dev") == own
