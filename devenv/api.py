@@ -68,7 +68,11 @@ class Devenv:
         from devenv.runtime import get_runtime
 
         say = say or (lambda line: None)
-        return lifecycle.up(self.stack, get_runtime(self.runtime_name, say=say), timeout=timeout, seed=seed, say=say)
+        report = lifecycle.up(self.stack, get_runtime(self.runtime_name, say=say), timeout=timeout, seed=seed, say=say)
+        if report.stack is not None and report.stack != self.stack:  # `up` moved a port (or named the stack)
+            self.close()  # connections kept on the old ports
+            self.stack = report.stack
+        return report
 
     def down(self, volumes: bool = False) -> list[str]:
         """Stop the stack (data kept unless `volumes`)."""

@@ -247,7 +247,7 @@ def _major(version: str) -> int | None:
 def port_checks(stack: "Stack", states: list["ServiceState"], runtime_name: str) -> list[Check]:
     """Each port: free, held by this stack's server, or held by another program (named)."""
     from devenv.errors import PortInUseError
-    from devenv.runtime.ports import check_ports_free, port_holder
+    from devenv.runtime.ports import check_ports_free, describe_entry, port_holder, stack_holding
     from devenv.state import read_state
 
     by_service = {state.name: state for state in states}
@@ -257,12 +257,14 @@ def port_checks(stack: "Stack", states: list["ServiceState"], runtime_name: str)
         try:
             check_ports_free(stack, [service])
             free, holder = True, None
-        except PortInUseError:
-            free, holder = False, port_holder(port)
+        except PortInUseError:  # another checkout's stack (the registry), else the program /proc names
+            other = stack_holding(port, stack)
+            free, holder = False, describe_entry(other) if other is not None else port_holder(port)
         except OSError as exc:  # not "in use": e.g. a privileged port for a non-root user
             checks.append(Check(f"port {port}", FAIL, f"{service} cannot bind 127.0.0.1:{port}: {exc.strerror or exc}"))
             continue
-        checks.append(classify_port(service, port, free, holder, by_service.get(service), runtime_name))
+        checks.append(classify_port(service, port, free, holder, by_service.get(service), runtime_name,
+                                    pinned=bool(getattr(stack, service).pinned_by)))
     recorded = read_state(stack.state_dir).get("ports")
     wanted = [s.port for s in stack.services]
     if recorded and recorded != wanted:
@@ -272,8 +274,9 @@ def port_checks(stack: "Stack", states: list["ServiceState"], runtime_name: str)
 
 
 def classify_port(service: str, port: int, free: bool, holder: str | None,
-                  state: "ServiceState | None", runtime_name: str) -> Check:
-    """The verdict on one port from what was seen: bind test, /proc's holder, the runtime's state."""
+                  state: "ServiceState | None", runtime_name: str, pinned: bool = True) -> Check:
+    """The verdict on one port from what was seen: bind test, /proc's holder (or the checkout whose
+    stack holds it), the runtime's state; a port that is not `pinned` moves at `up` instead."""
     name = f"port {port}"
     running = state is not None and state.running
     if free:
@@ -293,6 +296,9 @@ def classify_port(service: str, port: int, free: bool, holder: str | None,
             return Check(name, OK, f"in use, by this stack's {own} as far as can be seen")
         return Check(name, FAIL, f"held by {holder}, not by this stack's {own}")
     who = holder or "another program"
+    if not pinned:
+        return Check(name, WARN, f"held by {who}, not by this stack: `devenv up` takes the next free port for "
+                     f"{service} and keeps it for this checkout")
     return Check(name, FAIL, f"held by {who}, not by this stack: `devenv up` would fail; stop it, or give "
                  f"{service} another port (DEVENV_{service.upper()}_PORT)")
 

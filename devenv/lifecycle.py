@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 from devenv import health
 from devenv.errors import HealthCheckError
 from devenv.runtime.base import Runtime, UpResult
+from devenv.runtime.ports import reserve_ports
 from devenv.config.stack import Stack
 from devenv.state import clear_state, dead_scratch_owners, forget_scratch_owners, locked, write_state
 
@@ -30,6 +31,7 @@ class UpReport:
     template: str = ""
     seconds: float = 0.0
     env_file: str = ""  # the env_file kept up to date (devenv.yaml's `env_file:`), if any
+    stack: Stack | None = None  # the stack as it came up: its name and ports as this `up` settled them
 
 
 def up(
@@ -39,10 +41,15 @@ def up(
     timeout: float = 60.0,
     seed: bool = True,
     say: Say = lambda line: None,
-    fingerprint: str | None = None,
+    fingerprint: str | Callable[[], str] | None = None,
     env_file: bool = False,
 ) -> UpReport:
-    """Bring the stack up and seeded; idempotent. Records the state for the fast no-op path.
+    """Bring the stack up and seeded; idempotent. Records the state for the fast no-op path
+    (`fingerprint`, or a function computing it once this `up` has written what it remembers).
+
+    First the stack gets its name on the runtime (Runtime.identify) and its host ports
+    (devenv.runtime.ports.reserve_ports: a port another checkout or program holds moves, and
+    stays moved for this checkout); `UpReport.stack` is the stack with both.
 
     `env_file` (the CLI's `up`): keep devenv.yaml's `env_file:` block current. The Python API
     and the pytest plugin leave it alone: a test run's `ci` stack must not take over the .env
@@ -56,7 +63,12 @@ def up(
     start = time.monotonic()
     # No driver is imported ahead: health checks and the "already seeded?" check speak pgwire,
     # so a cold `up` with data, or one from the cache, never loads psycopg (150-300 ms here).
-    with locked(stack.state_dir, on_wait=say), _stop_started_on_failure(stack, runtime, say):
+    with contextlib.ExitStack() as scope:
+        scope.enter_context(locked(stack.state_dir, on_wait=say))
+        stack = runtime.identify(stack)
+        running = {state.name: state.port for state in runtime.states(stack) if state.running}
+        stack = reserve_ports(stack, runtime.name, running, say)
+        scope.enter_context(_stop_started_on_failure(stack, runtime, say))
         for line in resume_orphaned(stack):  # pooled clients a killed devenv left paused
             say(line)
         # Commands killed since the last `up` (their scratch databases are swept below).
@@ -68,7 +80,7 @@ def up(
         if result.started or result.restarted:
             verb = ", ".join(result.started + result.restarted)
             say(f"starting {verb}; waiting until healthy (timeout {timeout:.0f}s)")
-        report = UpReport(runtime=runtime.name, result=result)
+        report = UpReport(runtime=runtime.name, result=result, stack=stack)
 
         def seed_database(fresh: bool = False) -> None:
             seed_start = time.monotonic()
@@ -173,7 +185,7 @@ def up(
         report.seconds = time.monotonic() - start
         if fingerprint:
             write_state(stack.state_dir, {
-                "fingerprint": fingerprint,
+                "fingerprint": fingerprint() if callable(fingerprint) else fingerprint,
                 "runtime": runtime.name,
                 "ports": [s.port for s in stack.services],
                 "urls": stack.urls(),
@@ -260,7 +272,7 @@ def down(stack: Stack, runtime: Runtime, *, volumes: bool = False) -> list[str]:
     with locked(stack.state_dir):
         stopped = runtime.down(stack, volumes=volumes)
         clear_state(stack.state_dir)
-        if volumes:
+        if volumes:  # its data gone, the stack holds nothing more: its ports are free for others
             from devenv import registry
 
             with registry.locked():

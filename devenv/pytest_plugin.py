@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import pytest
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import psycopg
 
     from devenv.api import Devenv
@@ -52,13 +54,13 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """The controller stops the stack if this run started it (workers never do)."""
     from devenv.errors import ConfigError
-    from devenv.config.project import find_config, state_dir
+    from devenv.config.project import state_dir
 
     config = session.config
     if hasattr(config, "workerinput"):
         return
     try:  # only paths: a run that never used devenv must not load or create anything
-        root = find_config(config.getoption("--devenv-config"), cwd=config.rootpath).parent
+        root = _config_path(config).parent
     except ConfigError:
         return
     owner = state_dir(root, _profile(config)) / _OWNER_FILE
@@ -78,15 +80,33 @@ def _profile(config: pytest.Config) -> str:
     return config.getoption("--devenv-profile") or os.environ.get("DEVENV_PROFILE") or "ci"
 
 
+def _config_path(config: pytest.Config) -> "Path":
+    """This checkout's devenv.yaml: --devenv-config, else the nearest one upwards from the
+    rootdir; DEVENV_CONFIG only where there is none. A DEVENV_CONFIG exported in a shell of
+    another checkout (a worktree beside this one) must not point these tests at its database."""
+    from devenv.config.project import find_config
+    from devenv.errors import ConfigError
+
+    explicit = config.getoption("--devenv-config")
+    if explicit:
+        return find_config(explicit)
+    try:
+        return find_config(None, cwd=config.rootpath)
+    except ConfigError:
+        if os.environ.get("DEVENV_CONFIG"):
+            return find_config(os.environ["DEVENV_CONFIG"])
+        raise
+
+
 def _load(config: pytest.Config, required: bool = True) -> "Devenv | None":
+    """The stack of this checkout's devenv.yaml (_config_path), with the ports it remembers."""
     from devenv.api import Devenv
     from devenv.errors import ConfigError
 
     profile = _profile(config)
     runtime = config.getoption("--devenv-runtime") or os.environ.get("DEVENV_RUNTIME") or "auto"
     try:
-        return Devenv.load(config=config.getoption("--devenv-config"), profile=profile, runtime=runtime,
-                           cwd=config.rootpath)
+        return Devenv.load(config=_config_path(config), profile=profile, runtime=runtime)
     except ConfigError:
         if required:
             raise

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from devenv import __version__
 from devenv.errors import StateError
+from devenv.config.identity import IDENTITY_FILE, PORTS_FILE
 from devenv.config.project import template_dirs
 
 STATE_FILE = "state.json"
@@ -34,9 +35,12 @@ PAUSES_DIR = "paused"
 _IGNORED_ENV = {"DEVENV_DEBUG", "DEVENV_PROFILE", "DEVENV_CONFIG", "DEVENV_CACHE_DIR", "DEVENV_REGISTRY_DIR"}
 
 
-def input_files(root: Path, config_path: Path) -> list[Path]:
-    """Every file whose content shapes the running stack."""
+def input_files(root: Path, config_path: Path, profile: str | None = None) -> list[Path]:
+    """Every file whose content shapes the running stack (of `profile`: also the name and the
+    ports this checkout remembers, devenv.config.identity)."""
     files = [config_path, root / ".devenv" / "secrets.json"]
+    if profile is not None:
+        files += [root / ".devenv" / profile / IDENTITY_FILE, root / ".devenv" / profile / PORTS_FILE]
     for directory in template_dirs(root):
         files += sorted(directory.glob("*.j2"))
     for part in ("schema", "data"):
@@ -51,7 +55,7 @@ def _nonblocking(path: str, flags: int) -> int:
 def fingerprint(root: Path, config_path: Path, profile: str, options: dict[str, Any]) -> str:
     """Hash of the inputs of `up`: files, DEVENV_* variables, options and devenv's version."""
     digest = hashlib.sha256(f"{__version__}\0{profile}\0".encode())
-    for path in input_files(root, config_path):
+    for path in input_files(root, config_path, profile):
         digest.update(os.fsencode(path) + b"\0")  # a name that is not UTF-8 is seed_files' to name
         try:
             with open(path, "rb", opener=_nonblocking) as handle:  # a FIFO must not block the no-op `up`

@@ -214,10 +214,11 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
         add_masks(stack_secrets(stack), masks)
     backend = get_runtime(runtime, say=say)
     say(f"{stack.name}: {backend.describe(stack)}")
-    # Hashed after load_stack, which creates secrets.json on first use.
-    inputs = fingerprint(root, config, profile, options)
-    report = lifecycle.up(stack, backend, timeout=timeout, seed=not no_seed, say=say, fingerprint=inputs,
-                           env_file=True)
+    # Hashed once `up` has written what it remembers (secrets.json on first use, the stack's
+    # name and ports: devenv.config.identity).
+    report = lifecycle.up(stack, backend, timeout=timeout, seed=not no_seed, say=say,
+                          fingerprint=lambda: fingerprint(root, config, profile, options), env_file=True)
+    stack = report.stack or stack  # its name and ports as `up` settled them
     summary = "nothing changed" if not (report.result.changed or report.applied or report.database_created) else "ready"
     say(f"{stack.name}: {summary} on {report.runtime} in {report.seconds:.2f}s")
     if as_json:

@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devenv.config.project import STATE_DIR_NAME
+from devenv.config.identity import remembered_ports, stack_name
+from devenv.config.project import STATE_DIR_NAME, state_dir
 from devenv.config.stack import PgBouncer, Postgres, Redis, Stack
 from devenv.errors import ConfigError, StateError
 
@@ -68,10 +69,13 @@ def build_stack(config: Config, profile: str, secrets: dict[str, str] | None = N
         secrets = load_or_create_secrets(config.root / STATE_DIR_NAME)
     limits = config.limits_for(profile)
     pgb_conf, redis_conf = config.services["pgbouncer"], config.services["redis"]
+    ports = bound_ports(config, profile)
     postgres = Postgres(
         name="postgres",
         image=pg_conf.image,
-        port=pg_conf.port,
+        port=ports["postgres"],
+        configured_port=pg_conf.configured_port,
+        pinned_by=pg_conf.pinned_by,
         settings=columns[profile],
         major=major,
         database=pg_conf.options.get("database", "taskflow"),
@@ -88,7 +92,9 @@ def build_stack(config: Config, profile: str, secrets: dict[str, str] | None = N
     pgbouncer = PgBouncer(
         name="pgbouncer",
         image=pgb_conf.image,
-        port=pgb_conf.port,
+        port=ports["pgbouncer"],
+        configured_port=pgb_conf.configured_port,
+        pinned_by=pgb_conf.pinned_by,
         settings=named[("pgbouncer", profile)],
         database=pgb_conf.options.get("database", postgres.database),
         admin_user=pgb_conf.options.get("admin_user", "pgbouncer_admin"),
@@ -97,11 +103,12 @@ def build_stack(config: Config, profile: str, secrets: dict[str, str] | None = N
     redis = Redis(
         name="redis",
         image=redis_conf.image,
-        port=redis_conf.port,
+        port=ports["redis"],
+        configured_port=redis_conf.configured_port,
+        pinned_by=redis_conf.pinned_by,
         settings=named[("redis", profile)],
         password=secrets["redis_password"],
     )
-    ports = {"postgres": postgres.port, "pgbouncer": pgbouncer.port, "redis": redis.port}
     if len(set(ports.values())) != 3:
         raise ConfigError(
             f"two services share a port: {ports}",
@@ -118,7 +125,23 @@ def build_stack(config: Config, profile: str, secrets: dict[str, str] | None = N
         warnings=tuple(memory_warnings(postgres)),
         seed_scale=next((config.profiles[p].seed_scale for p in config.lineage(profile) if config.profiles[p].seed_scale), 0),
         env_file=config.env_file or "",
+        identity=stack_name(state_dir(config.root, profile), config.root, config.project, profile),
     )
+
+
+def bound_ports(config: Config, profile: str) -> dict[str, int]:
+    """Each service's host port: DEVENV_<S>_PORT, else the one `up` chose for this checkout when
+    devenv.yaml's was taken (`.devenv/<profile>/ports.json`, while devenv.yaml's port for the
+    service is unchanged and it is not pinned), else devenv.yaml's."""
+    remembered = remembered_ports(state_dir(config.root, profile))
+    ports = {}
+    for name, service in config.services.items():
+        port, configured = remembered.get(name, (0, 0))
+        usable = not service.pinned_by and configured == service.configured_port and port
+        ports[name] = port if usable else service.port
+    if len(set(ports.values())) != len(ports):  # devenv.yaml moved onto a remembered port: its ports
+        return {name: service.port for name, service in config.services.items()}
+    return ports
 
 
 def _where(config: Config, service: str, name: str) -> str:

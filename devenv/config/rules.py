@@ -271,13 +271,13 @@ def role_problem(name: str) -> str | None:
     return None
 
 
-# Docker: a container `<project>-<profile>-<service>-1` is also its DNS name on the compose
-# network, a label of at most 63 bytes.
-_LONGEST_CONTAINER = "-{profile}-pgbouncer-1"
+# Docker: a container `<project>-<profile>-<checkout id>-<service>-1` is also its DNS name on
+# the compose network, a label of at most 63 bytes (the id: devenv.config.identity, 6 hex digits).
+_LONGEST_CONTAINER = "-{profile}-123456-pgbouncer-1"
 
 
 def stack_name_problem(project: str, profile: str) -> str | None:
-    """Why `<project>-<profile>` makes a container name too long, or None."""
+    """Why `<project>-<profile>-<checkout id>` makes a container name too long, or None."""
     name = project + _LONGEST_CONTAINER.format(profile=profile)
     if len(name.encode()) > MAX_IDENTIFIER:
         return (f"the container name '{name}' would be {len(name.encode())} bytes; Docker's DNS names "

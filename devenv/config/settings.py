@@ -32,9 +32,9 @@ _CACHIX_KEYS = {"inputs", "imports", "allowUnfree", "allowBroken", "permittedIns
 _PROFILE_KEYS = {"description", "extends", "ephemeral", "limits", "seed_scale"}
 _LIMIT_KEYS = {"memory", "cpus"}
 _SERVICE_KEYS = {
-    "postgres": {"image", "major", "port", "database", "user", "limits", "settings"},
-    "pgbouncer": {"image", "port", "database", "admin_user", "settings"},
-    "redis": {"image", "port", "settings"},
+    "postgres": {"image", "major", "port", "pin_port", "database", "user", "limits", "settings"},
+    "pgbouncer": {"image", "port", "pin_port", "database", "admin_user", "settings"},
+    "redis": {"image", "port", "pin_port", "settings"},
 }
 _DEFAULT_PORTS = {"postgres": 5432, "pgbouncer": 6432, "redis": 6379}
 
@@ -60,6 +60,8 @@ class ServiceConfig:
     port: int
     rows: Mapping[str, Mapping[str, Any]]
     options: Mapping[str, Any] = field(default_factory=dict)
+    configured_port: int = 0  # devenv.yaml's (or the default), before DEVENV_<S>_PORT
+    pinned_by: str = ""  # "DEVENV_<S>_PORT" or "pin_port" when the port must not move
 
 
 @dataclass(frozen=True)
@@ -375,9 +377,11 @@ class _Parser:
             where = f"DEVENV_{name.upper()}_IMAGE" if env.get(f"DEVENV_{name.upper()}_IMAGE") else f"{name}.image"
             raise self.fail(f"{name}.image", f"{where}: {image!r} is not an image reference",
                             hint="write e.g. postgres:16 or registry.example.com/team/postgres:16.4@sha256:<digest>.")
-        port = self.port(body.get("port", _DEFAULT_PORTS[name]), f"{name}.port")
+        port = configured = self.port(body.get("port", _DEFAULT_PORTS[name]), f"{name}.port")
+        pinned_by = "pin_port" if self.boolean(body.get("pin_port", False), f"{name}.pin_port") else ""
         env_port = env.get(f"DEVENV_{name.upper()}_PORT")
         if env_port:
+            pinned_by = f"DEVENV_{name.upper()}_PORT"
             if not (env_port.isascii() and env_port.isdigit()) or not 1 <= int(env_port) <= 65535:
                 raise ConfigError(
                     f"DEVENV_{name.upper()}_PORT={env_port!r} is not a TCP port",
@@ -423,7 +427,8 @@ class _Parser:
                 raise self.fail(f"{name}.major", f"{major!r} is not a major version number",
                                 hint="write e.g. `major: 16`.")
             options["major"] = major
-        return ServiceConfig(name=name, image=image.strip(), port=port, rows=rows, options=options)
+        return ServiceConfig(name=name, image=image.strip(), port=port, rows=rows, options=options,
+                             configured_port=configured, pinned_by=pinned_by)
 
     def parse_limits(self, raw: Any, keypath: str) -> Limits:
         body = self.mapping(raw, keypath, _LIMIT_KEYS)

@@ -31,6 +31,8 @@ class Service(Record):
     image: str
     port: int
     settings: dict[str, str]
+    configured_port: int = 0  # devenv.yaml's port (or the default); `port` may be a remembered one
+    pinned_by: str = ""  # why the port must not move: "DEVENV_<S>_PORT" or "pin_port"; "" = it may
 
     @property
     def container_port(self) -> int:
@@ -135,6 +137,9 @@ class Stack(Record):
     warnings: tuple[str, ...] = ()
     seed_scale: int = 0  # generated tasks on top of the seed files (profile option)
     env_file: str = ""  # devenv.yaml's `env_file:`, relative to root ("" when off)
+    # The stack's name on this machine (devenv.config.identity): `{project}-{profile}-{checkout id}`,
+    # or `{project}-{profile}` for a checkout whose Docker stack predates the id. "" = the latter.
+    identity: str = ""
 
     @property
     def services(self) -> tuple[Service, ...]:
@@ -148,7 +153,14 @@ class Stack(Record):
 
     @property
     def name(self) -> str:
-        """Compose project name / Docker label: one per project and profile."""
+        """The stack's name: the Compose project, and so every container, network and volume
+        name on Docker; one per checkout and profile (see `identity`)."""
+        return self.identity or self.base_name
+
+    @property
+    def base_name(self) -> str:
+        """`{project}-{profile}`: what names were before they carried the checkout (native
+        keeps it in its directories' names)."""
         return f"{self.project}-{self.profile}"
 
     def urls(self, database: str | None = None, redis_db: int = 0, host: str = "127.0.0.1") -> dict[str, str]:

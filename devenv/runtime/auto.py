@@ -117,6 +117,10 @@ class AutoRuntime:
 
     # ---- the Runtime interface, delegated ------------------------------------------------------
 
+    def identify(self, stack: Stack) -> Stack:
+        """The stack's name on the chosen runtime (choosing it, images included, if not done yet)."""
+        return self._for_up(stack, self.say).identify(stack)
+
     def describe(self, stack: Stack) -> str:
         """The chosen runtime's description (choosing it, images included, if not done yet)."""
         return self._for_up(stack, self.say).describe(stack)

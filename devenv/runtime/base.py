@@ -16,7 +16,7 @@ class ServiceState:
 
     name: str
     running: bool
-    port: int
+    port: int  # the host port it listens on when running (as it was started), else the stack's
     pid: int | None = None  # the server's host pid, when the runtime knows it
     process_name: str = ""  # the program that pid runs (to tell it from a reused pid)
     detail: str = ""  # e.g. "exited 1", a container id
@@ -52,6 +52,13 @@ class Runtime(Protocol):
 
     def resolve(self, stack: Stack) -> Runtime:
         """The runtime that runs this stack: a concrete runtime is itself; `auto` chooses one."""
+        ...
+
+    def identify(self, stack: Stack) -> Stack:
+        """The stack under the name it has on this runtime (`up` asks first). Native: as it is.
+        Docker: the name this checkout's record gives; without one, decided once (the name of
+        a stack this checkout made before names carried the checkout id, else its own) and
+        recorded in `.devenv/<profile>/identity.json` (devenv.config.identity)."""
         ...
 
     def describe(self, stack: Stack) -> str:

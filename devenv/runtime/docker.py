@@ -77,7 +77,9 @@ from devenv.runtime.plan import (
 )
 from devenv.runtime.ports import check_ports_free, port_in_use
 from devenv.runtime.procs import read_stat
-from devenv.config.stack import SERVICES, Stack
+from devenv.config.identity import record_name, recorded_name
+from devenv.config.stack import CONTAINER_PORTS, SERVICES, Stack
+from devenv.runtime.dockername import decide_name, published_port, refuse_foreign
 
 if TYPE_CHECKING:  # the SDK loads only when an engine is used
     from docker import DockerClient
@@ -154,6 +156,13 @@ class DockerRuntime:
         """This runtime: it runs any stack it is asked to."""
         return self
 
+    def identify(self, stack: Stack) -> Stack:
+        """The stack under this checkout's recorded name; without a record, decided once and kept."""
+        if recorded_name(stack.state_dir, stack.root, stack.project) is None:
+            stack = stack.replace(identity=decide_name(self.client(), stack))
+            record_name(stack.state_dir, stack.root, stack.project, stack.name)
+        return stack
+
     def describe(self, stack: Stack) -> str:
         """The engine and the images (said once per `up`)."""
         try:
@@ -202,7 +211,7 @@ class DockerRuntime:
                               hint="docker-compose.yml.j2 must define postgres, pgbouncer and redis.")
         seen = Observed(out_dir, files, compose, specs, image_ids)
         existing = self._project_containers(stack)
-        self._refuse_foreign(stack, existing, out_dir)
+        refuse_foreign(stack, existing, out_dir)
         wanted = {spec.name: service for service, spec in specs.items()}
         for container in existing:
             labels = container.labels
@@ -508,13 +517,13 @@ class DockerRuntime:
                       if c.labels.get(COMPOSE_ONEOFF) == "False"}
         out = []
         for service in SERVICES:
-            container = by_service.get(service)
-            port = getattr(stack, service).port
+            container, port = by_service.get(service), getattr(stack, service).port
             if container is None:
                 out.append(ServiceState(service, False, port, detail="not started"))
                 continue
             state = container.attrs.get("State", {})
             running = bool(state.get("Running")) and not state.get("Restarting")
+            port = (published_port(container, CONTAINER_PORTS[service]) or port) if running else port
             pid = state.get("Pid") or None
             found = read_stat(pid) if running and pid else None
             comm = found[0] if found else None
@@ -621,7 +630,7 @@ class DockerRuntime:
         except APIError as exc:
             message = api_message(exc)
             if "port is already allocated" in message or "address already in use" in message:
-                raise port_in_use(service, getattr(stack, service).port, message) from exc
+                raise port_in_use(service, getattr(stack, service).port, message, stack=stack) from exc
             if "bind source path does not exist" in message or "not a directory" in message:
                 raise DependencyError(
                     f"Docker could not mount {service}'s config files: {message}",
@@ -661,16 +670,6 @@ class DockerRuntime:
                 client.volumes.create(name, labels={**labels, **devenv_labels(stack)})
                 created = True
         return created
-
-    def _refuse_foreign(self, stack: Stack, containers: list[Container], out_dir: Path) -> None:
-        for container in containers:
-            working_dir = container.labels.get(COMPOSE_WORKING_DIR)
-            if container.status == "running" and working_dir and working_dir != str(out_dir):
-                raise StateError(
-                    f"the Docker stack {stack.name} is already running from {working_dir} ({container.name})",
-                    hint=f"stop it there (`devenv down` in that project), or give this checkout another "
-                    f"`project:` name in devenv.yaml; `docker compose -p {stack.name} down` removes it.",
-                )
 
     def _project_containers(self, stack: Stack, own: bool = False) -> list[Container]:
         """The containers of the stack's Compose project; `own`: only those of this checkout."""

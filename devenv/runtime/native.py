@@ -121,6 +121,10 @@ class NativeRuntime:
         """This runtime: it runs any stack it is asked to."""
         return self
 
+    def identify(self, stack: Stack) -> Stack:
+        """The stack as it is: its directories are named by the checkout's path already."""
+        return stack
+
     def describe(self, stack: Stack) -> str:
         """Which PostgreSQL binaries are used, and why (said once per `up`)."""
         b = self.binaries(stack)
@@ -171,7 +175,7 @@ class NativeRuntime:
         """
         link = stack.state_dir / "native"
         key = native_key(link)  # devenv.prune checks a directory's key against its record
-        base = _linked_dir(link, Path("/var/lib/devenv") / f"{stack.name}-{key}") if os.geteuid() == 0 else link
+        base = _linked_dir(link, Path("/var/lib/devenv") / f"{stack.base_name}-{key}") if os.geteuid() == 0 else link
         run = base / "run"
         if len(str(run / ".s.PGSQL.65535")) > _SOCKET_PATH_MAX:
             run = Path(tempfile.gettempdir()) / f"devenv-{key}"
@@ -583,13 +587,13 @@ class NativeRuntime:
         for service in SERVICES:
             entry = recorded.get(service, {})
             alive = self._alive(entry, service)
-            out.append(ServiceState(service, alive, getattr(stack, service).port, entry.get("pid") if alive else None,
+            port = entry.get("port") if alive and type(entry.get("port")) is int else getattr(stack, service).port
+            out.append(ServiceState(service, alive, port, entry.get("pid") if alive else None,
                                     PROGRAMS[service], "" if alive else ("exited" if entry else "not started")))
         return out
 
     def exit_status(self, stack: Stack, service: str) -> str | None:
-        """"exited N" when a server started by this process has died; "exited" when one left
-        running by an earlier `up` is gone (or a zombie), so nobody waits out the deadline on it."""
+        """"exited N" when a server this process started died; "exited" when an earlier `up`'s is gone (or a zombie)."""
         child = self._children.get(service)
         if child is not None:
             return f"exited with code {child.returncode}" if child.poll() is not None else None
@@ -631,8 +635,7 @@ class NativeRuntime:
     # ---- helpers -----------------------------------------------------------------------
 
     def _read_state(self, layout: Layout) -> dict:
-        """state.json; {} when missing, damaged or not root's own (as root: one the server user
-        planted is ignored, never acted on); entries of the wrong shape dropped (_own_servers)."""
+        """state.json; {} when missing, damaged or not root's own (as root: one the server user planted is ignored)."""
         data = trust.read_json(layout.state_file)
         state = {k: v for k, v in data.items() if isinstance(v, dict)}
         return {k: v for k, v in state.items() if type(v.get("pid", 1)) is int and v.get("pid", 1) > 0}

@@ -23,8 +23,6 @@ RUNTIME_NAMES = ("auto", "native", "docker")
 PROGRAMS = {"postgres": "postgres", "pgbouncer": "pgbouncer", "redis": "redis-server"}
 # Setting contexts (pg_settings.context) that a reload (SIGHUP) applies without a restart.
 RELOADABLE_CONTEXTS = frozenset({"sighup", "user", "superuser", "backend", "superuser-backend"})
-# In .devenv/<profile>/: which password the Docker data volume's superuser has (see has_password).
-VOLUME_PASSWORD_NOTE = "docker-volume-password"
 
 # Compiled on first use (re caches it): compiling at import would cost every CLI start ~1 ms.
 _CONF_LINE = r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=?\s*(.*?)\s*$"
@@ -89,6 +87,8 @@ def password_note_path(stack: Stack, pgdata: Path | None = None) -> Path:
     """
     if pgdata is not None:
         return pgdata.with_name(pgdata.name + ".password-sha256")
+    from devenv.config.identity import VOLUME_PASSWORD_NOTE  # the note also marks a pre-id Docker stack
+
     return stack.state_dir / VOLUME_PASSWORD_NOTE
 
 

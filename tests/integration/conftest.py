@@ -210,14 +210,19 @@ class Project:
         assert match, "devenv.yaml names no project"
         return match.group(1)
 
+    @property
+    def stack_name(self) -> str:
+        """The stack's name, as this checkout resolves it (`{project}-{profile}-{checkout id}`):
+        the Compose project on Docker, and so its containers', network's and volumes' names."""
+        return self.stack().name
+
     def native_state(self) -> dict[str, Any]:
         """The native runtime's record: {service: {"pid": ...}, "_meta": {"pgdata": ...}}."""
         return json.loads((self.root / ".devenv" / self.profile / "native" / "state.json").read_text())
 
     def containers(self, running_only: bool = False) -> list[Any]:
         """This project's containers for its profile (docker runtime), found by Compose's labels."""
-        stack_name = f"{self.project_name}-{self.profile}"
-        filters = {"label": f"com.docker.compose.project={stack_name}"}
+        filters = {"label": f"com.docker.compose.project={self.stack_name}"}
         return docker_client().containers.list(all=not running_only, filters=filters)
 
     def container(self, service: str) -> Any:
@@ -298,7 +303,7 @@ class Project:
         for container in docker_client().containers.list(filters={"status": "running"}):
             mounts = container.attrs["Mounts"]
             same_volume = location.startswith("volume:") and any(m.get("Name") == location[7:] for m in mounts)
-            same_stack = container.labels.get("com.docker.compose.project") == f"{self.project_name}-{self.profile}" \
+            same_stack = container.labels.get("com.docker.compose.project") == self.stack_name \
                 and container.labels.get("com.docker.compose.service") == "postgres"
             if same_volume or same_stack:
                 out.append(container.attrs["State"]["Pid"])

@@ -181,7 +181,7 @@ def test_compose_labels_make_it_a_compose_project(running: Any) -> None:
     """What `docker compose -p <name> ps` filters on and shows: project, service, oneoff, number, files."""
     proj = running("dev")
     client = docker_client()
-    name = f"{proj.project_name}-dev"
+    name = proj.stack_name
     listed = client.containers.list(filters={"label": [f"com.docker.compose.project={name}",
                                                        "com.docker.compose.oneoff=False"]})
     assert sorted(c.labels["com.docker.compose.service"] for c in listed) == sorted(SERVICES)
@@ -286,7 +286,7 @@ def test_health_check_that_never_passes_times_out_with_logs_and_health_output(pr
 
 def test_failed_first_start_removes_the_half_initialised_volume(dev_project: Project) -> None:
     proj = dev_project
-    volume = f"{proj.project_name}-dev-pgdata"
+    volume = f"{proj.stack_name}-pgdata"
     line = next(l for l in (proj.root / "devenv.yaml").read_text().splitlines() if l.strip().startswith("full_page_writes:"))
     proj.edit("devenv.yaml", line + "\n", line + "\n    shared_preload_libraries:   {default: no_such_library}\n")
     result = proj.devenv("up", "--timeout", "30", check=False)
@@ -337,7 +337,7 @@ def test_second_cold_up_restores_the_cache_into_the_volume(cached_dev_project: P
     assert "postgres   initdb" not in second.stderr and "schema+seed" not in second.stderr, second.stderr
     assert "restoring seeded data" not in proj.devenv("logs", "postgres").stdout
     assert "Skipping initialization" in proj.devenv("logs", "postgres").stdout, "the entrypoint found the data"
-    assert proj.pgdata() == f"volume:{proj.project_name}-dev-pgdata"
+    assert proj.pgdata() == f"volume:{proj.stack_name}-pgdata"
     with proj.connect() as conn:  # the seeded state, with this checkout's password
         assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 8
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
@@ -471,7 +471,7 @@ def test_the_ci_profile_on_tmpfs_neither_saves_nor_restores(project: Project, tm
 def test_leftovers_of_an_interrupted_up_are_found_by_label(project: Project) -> None:
     project.devenv("up")
     client = docker_client()
-    name = f"{project.project_name}-{project.profile}"
+    name = project.stack_name
     redis = project.container("redis")
     redis.remove(force=True, v=True)  # as if `up` died between removing and creating it
     image = project.container("postgres").attrs["Config"]["Image"]

@@ -28,6 +28,9 @@ def specs_for(project: Path, profile: str, api: str = "1.41", **kwargs):  # type
 
 
 def test_prod_postgres_body_is_the_compose_service(project: Path) -> None:
+    from devenv.config.identity import record_name
+
+    record_name(project / ".devenv" / "prod", project, "taskflow", "taskflow-prod")  # as a pre-id checkout's
     spec = specs_for(project, "prod", image_ids={"postgres:16": "sha256:abc"})["postgres"]
     body, host = spec.body, spec.body["HostConfig"]
     state = project / ".devenv" / "prod"

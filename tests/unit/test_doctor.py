@@ -140,6 +140,12 @@ def test_port_held_by_another_program_names_port_and_holder() -> None:
     assert "pid 4242 (nc)" in check.detail and "DEVENV_REDIS_PORT" in check.detail
 
 
+def test_a_port_that_may_move_is_a_warning_naming_the_other_checkouts_stack() -> None:
+    held = "the devenv stack of /src/review (profile dev, docker)"
+    check = doctor.classify_port("redis", 6379, False, held, _state("redis", False), "native", pinned=False)
+    assert check.status == WARN and held in check.detail and "takes the next free port" in check.detail
+
+
 def test_port_held_by_this_stack() -> None:
     own = doctor.classify_port("redis", 6379, False, "pid 77 (redis-server)", _state("redis", True, 77), "native")
     assert own.status == OK and "this stack's redis (pid 77)" in own.detail
