@@ -207,6 +207,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
         return
 
     from devenv import lifecycle
+    from devenv.config.resolve import load_stack_cached
     from devenv.runtime import get_runtime
 
     stack = load_stack(str(config), profile)
@@ -218,7 +219,10 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     # name and ports: devenv.config.identity).
     report = lifecycle.up(stack, backend, timeout=timeout, seed=not no_seed, say=say,
                           fingerprint=lambda: fingerprint(root, config, profile, options), env_file=True)
-    stack = report.stack or stack  # its name and ports as `up` settled them
+    # Its name and ports as `up` settled them; what `up` remembered of them (identity.json,
+    # ports.json) is an input of stack.json, renewed now rather than by the next `reset`.
+    stack = report.stack or stack
+    load_stack_cached(str(config), profile)  # (its warnings were said above)
     summary = "nothing changed" if not (report.result.changed or report.applied or report.database_created) else "ready"
     say(f"{stack.name}: {summary} on {report.runtime} in {report.seconds:.2f}s")
     if as_json:

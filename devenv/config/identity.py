@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,12 @@ def checkout_id(root: Path) -> str:
 def _read(path: Path) -> dict[str, Any]:
     """A small JSON object, or {} when missing, unreadable or of another shape."""
     try:
-        with open(path, "rb") as handle:
+        # Never through a link, and a FIFO planted there must not hang every command.
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return {}
             data = json.loads(handle.read(1 << 16))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import socket
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -283,3 +284,14 @@ def test_a_damaged_identity_record_is_not_used(tmp_path: Path) -> None:
         assert stack_name(state, tmp_path, "taskflow", "dev") == own, name
     (state / IDENTITY_FILE).write_text("{not json")
     assert stack_name(state, tmp_path, "taskflow", "dev") == own
+
+
+def test_a_fifo_or_link_planted_as_a_checkouts_records_is_ignored_not_waited_on(tmp_path: Path) -> None:
+    """identity.json and ports.json are read on every command: a FIFO there must not hang it,
+    and a link must not be followed."""
+    from devenv.config import identity
+
+    os.mkfifo(tmp_path / identity.PORTS_FILE)
+    (tmp_path / identity.IDENTITY_FILE).symlink_to("/etc/hostname")
+    assert identity.remembered_ports(tmp_path) == {}
+    assert identity.recorded_name(tmp_path, tmp_path, "taskflow") is None
