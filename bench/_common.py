@@ -33,6 +33,9 @@ def make_project(prefix: str, profile_extra: str = "") -> tuple[Path, dict[str, 
     shutil.copytree(REPO / "seeds", project / "seeds")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVENV_")}
     env.update({f"DEVENV_{s}_PORT": str(free_port()) for s in ("POSTGRES", "PGBOUNCER", "REDIS")})
+    # The benchmark's stacks are recorded in a registry of its own, inside the project it
+    # removes afterwards, never in the machine's (`devenv ls` would list them as orphans).
+    env["DEVENV_REGISTRY_DIR"] = str(project / ".bench-registry")
     return project, env
 
 
