@@ -17,7 +17,6 @@ Imports only the standard library's small modules: the `up` path loads it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -183,21 +182,15 @@ def find(root: Path, profile: str) -> Entry | None:
 def locked(timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
     """Hold the machine-wide registry lock for the block: one `up` at a time chooses ports."""
     from devenv.errors import StateError
+    from devenv.safefs import flock_within
 
     directory = registry_dir()
     _private_dir(directory)
     fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StateError(f"another devenv held {directory / LOCK_NAME} for {timeout:.0f}s",
-                                     hint="wait for the other `devenv up` to finish, then run the command again.") from None
-                time.sleep(0.01)
+        if not flock_within(fd, timeout, poll=0.01):
+            raise StateError(f"another devenv held {directory / LOCK_NAME} for {timeout:.0f}s",
+                             hint="wait for the other `devenv up` to finish, then run the command again.")
         yield
     finally:
         os.close(fd)  # releases the lock

@@ -129,8 +129,25 @@ def open_append(path: Path, owner: tuple[int, int] | None = None, mode: int = 0o
         handle.close()
 
 
+def flock_within(fd: int | IO[str], timeout: float, poll: float) -> bool:
+    """Take an exclusive flock on `fd`, trying every `poll` seconds for up to `timeout`; False if
+    another holder kept it that long. The kernel drops a flock when its holder dies."""
+    import fcntl
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(poll)
+
+
 def _fresh(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
 
 
-__all__ = ["open_append", "private_dir", "verified_dir", "verified_file", "write_file"]
+__all__ = ["flock_within", "open_append", "private_dir", "verified_dir", "verified_file", "write_file"]

@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import stat
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -125,18 +124,11 @@ def locked(state_dir: Path, timeout: float = 300.0, on_wait: Any = None) -> Iter
             holder = handle.read().strip() or "another devenv"
             if on_wait:
                 on_wait(f"waiting for {holder} to finish (lock {path})")
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise StateError(
-                            f"{holder} still holds {path} after {timeout:.0f}s",
-                            hint="wait for it to finish; if it hangs, stop that process.",
-                        ) from None
-                    time.sleep(0.05)
+            from devenv.safefs import flock_within
+
+            if not flock_within(handle, timeout, poll=0.05):
+                raise StateError(f"{holder} still holds {path} after {timeout:.0f}s",
+                                 hint="wait for it to finish; if it hangs, stop that process.")
         handle.seek(0)
         handle.write(f"devenv pid {os.getpid()}")
         handle.truncate()  # what a longer note left after this one
