@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from devenv import registry
+from devenv.runtime.procs import parent_pid
 from devenv.stacks import COMPOSE_PROJECT, PROGRAMS, Stack, checkout_gone, printable, working_checkout
 
 # Where devenv makes a native stack's directories outside its checkout (devenv.runtime.native's
@@ -208,19 +209,10 @@ def native_servers(places: list[str]) -> dict[int, str]:
             found[pid] = by_program[comm]
     postgres = {pid for pid, service in found.items() if service == "postgres"}
     for pid in postgres:
-        parent = _parent(pid)
+        parent = parent_pid(pid)
         if parent in postgres:
             del found[pid]  # a backend: it ends with its postmaster
     return found
-
-
-def _parent(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            text = handle.read().decode(errors="replace")
-        return int(text[text.rindex(")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _lies_in(pid: int, roots: list[str]) -> bool:

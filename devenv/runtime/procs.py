@@ -27,15 +27,26 @@ def read_stat(pid: int) -> tuple[str, str] | None:
     return stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :][:1]
 
 
-def start_time(pid: int) -> int | None:
-    """When a pid started (clock ticks since boot, /proc/<pid>/stat field 22): with the pid it
-    names one process, never a later one given the same pid. None when it cannot be read."""
+def _stat_number(pid: int, index: int) -> int | None:
+    """A numeric field of /proc/<pid>/stat, counted from the state field (0) after the name,
+    which may hold spaces and parentheses itself; None when it cannot be read."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read().decode(errors="replace")
-        return int(stat[stat.rindex(")") + 2:].split()[19])
+        return int(stat[stat.rindex(")") + 2:].split()[index])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def start_time(pid: int) -> int | None:
+    """When a pid started (clock ticks since boot, /proc/<pid>/stat field 22): with the pid it
+    names one process, never a later one given the same pid. None when it cannot be read."""
+    return _stat_number(pid, 19)
+
+
+def parent_pid(pid: int) -> int | None:
+    """A pid's parent (/proc/<pid>/stat field 4); None when it cannot be read."""
+    return _stat_number(pid, 1)
 
 
 def process_name(pid: int) -> str | None:

@@ -305,11 +305,11 @@ def test_native_key_takes_paths_that_are_not_utf8_and_matches_the_old_hash(tmp_p
     assert len(registry.native_key(odd)) == 10
 
 
-def _engine(tmp_path: Path, answer: Callable[[socket.socket], None]) -> str:
-    """A unix socket that answers each connection with `answer` (in a thread): a fake engine."""
-    path = str(tmp_path / "engine.sock")
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
+def _engine(tmp_path: Path | None, answer: Callable[[socket.socket], None]) -> str:
+    """A unix socket in `tmp_path` (without one: TCP on 127.0.0.1) that answers each connection
+    with `answer` (in a thread): a fake engine; its DOCKER_HOST."""
+    server = socket.socket(socket.AF_UNIX if tmp_path else socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "engine.sock") if tmp_path else ("127.0.0.1", 0))
     server.listen()
 
     def serve() -> None:
@@ -321,7 +321,7 @@ def _engine(tmp_path: Path, answer: Callable[[socket.socket], None]) -> str:
             threading.Thread(target=answer, args=(conn,), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
-    return f"unix://{path}"
+    return f"unix://{tmp_path / 'engine.sock'}" if tmp_path else f"tcp://127.0.0.1:{server.getsockname()[1]}"
 
 
 def _drip(conn: socket.socket) -> None:
@@ -464,25 +464,9 @@ def test_prune_takes_only_containers_whose_labels_name_the_records_checkout(tmp_
 
 
 def test_a_tcp_engine_that_drips_its_answer_is_cut_off_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=_drip, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setenv("DOCKER_HOST", _engine(None, _drip))
     notes: list[str] = []
     start = time.monotonic()
-    try:
-        assert stacks.docker_listing(notes.append) is None
-    finally:
-        server.close()
+    assert stacks.docker_listing(notes.append) is None
     assert time.monotonic() - start < stacks.ENGINE_TIMEOUT + 1.5
     assert len(notes) == 1 and "within" in notes[0], notes
