@@ -56,7 +56,7 @@ def up(
     a developer's application reads.
     """
     from devenv.db.pauses import resume_orphaned
-    from devenv.db.seeds import apply_seeds, ensure_database
+    from devenv.db.seeds import ensure_database
     from devenv.db.janitor import Janitor
     from devenv.db.roles import ensure_roles
 
@@ -82,24 +82,38 @@ def up(
             say(f"starting {verb}; waiting until healthy (timeout {timeout:.0f}s)")
         report = UpReport(runtime=runtime.name, result=result, stack=stack)
 
+        forward: list[bool] = []  # an existing database to bring forward once every service is healthy
+
         def seed_database(fresh: bool = False) -> None:
             seed_start = time.monotonic()
-            janitor = Janitor(stack)
+            janitor = Janitor(stack, say=say)
             try:
                 swept.append(janitor.sweep())
-                # The template is built first (SchemaError names a failing file); on a new
-                # cluster in the image's empty POSTGRES_DB database.
+                # The template is built first (SchemaError names a failing file or step; nothing
+                # else is touched then); on a new cluster in the image's empty POSTGRES_DB database.
                 report.database_created = janitor.create(stack.postgres.database, adopt=fresh)
                 report.template = janitor.ensure_template()
-                if not report.database_created:
-                    # An existing database gets the files it lacks, each in its own transaction.
-                    report.applied = apply_seeds(stack, stack.root / "seeds")
             finally:
                 janitor.close()
-            if report.database_created or report.applied:
-                what = f"created {stack.postgres.database} from {report.template}" if report.database_created else (
-                    f"applied {', '.join(report.applied)}")
-                say(f"schema+seed: {what} ({time.monotonic() - seed_start:.2f}s)")
+            if report.database_created:
+                say(f"schema+seed: created {stack.postgres.database} from {report.template} "
+                    f"({time.monotonic() - seed_start:.2f}s)")
+            else:
+                forward.append(True)
+
+        def bring_forward() -> None:
+            from devenv.db.steps import bring_forward as forward_steps
+
+            # An existing database gets what it lacks: the SQL files, each in its own transaction,
+            # and (in a copy swapped in: PgBouncer holds its clients meanwhile) the schema's run steps.
+            seed_start = time.monotonic()
+            janitor = Janitor(stack, say=say)
+            try:
+                report.applied = forward_steps(janitor, stack, say)
+            finally:
+                janitor.close()
+            if report.applied:
+                say(f"schema+seed: applied {', '.join(report.applied)} ({time.monotonic() - seed_start:.2f}s)")
 
         background: list[threading.Thread] = []
         failed: list[BaseException] = []
@@ -163,6 +177,8 @@ def up(
             thread.join()
         if failed:
             raise failed[0]
+        if forward:
+            bring_forward()
         if killed and not swept:  # seeding had nothing to do: sweep what the killed commands left
             janitor = Janitor(stack)
             try:
@@ -184,6 +200,10 @@ def up(
         _register(stack, runtime)
         report.seconds = time.monotonic() - start
         if fingerprint:
+            from devenv.db.stepkeys import recorded_inputs
+            from devenv.state import note_inputs
+
+            note_inputs(stack.state_dir, recorded_inputs(stack))  # before the fingerprint, which reads it
             write_state(stack.state_dir, {
                 "fingerprint": fingerprint() if callable(fingerprint) else fingerprint,
                 "runtime": runtime.name,
@@ -231,20 +251,23 @@ def _stop_started_on_failure(stack: Stack, runtime: Runtime, say: Say) -> Iterat
 def seeded_and_current(stack: Stack) -> bool:
     """Whether seeding would change nothing: the current template and the application database
     exist, no stale template or scratch database is left to sweep, and the ledger holds every
-    seed file with its checksum. Any doubt answers False and the full path (Janitor) decides.
+    SQL file of the steps with its checksum and every schema `run:` step with its key. Any
+    doubt answers False and the full path (Janitor) decides.
 
     Two one-line queries in one devenv.clients.pgwire session: on a cold `up` with existing data this spares
     the psycopg import, which costs more than starting the three servers.
     """
     from devenv.clients import connect, pgwire
-    from devenv.db.seeds import LEDGER_TABLE, seed_files
+    from devenv.db.seeds import LEDGER_TABLE, step_files
     from devenv.db.janitor import SCRATCH_PATTERN
+    from devenv.db.stepkeys import ledger_name, run_key, run_steps
     from devenv.db.template import template_name, template_prefix
 
     pg = stack.postgres
-    seeds_dir = stack.root / "seeds"
-    files = seed_files(seeds_dir)
-    if not files:
+    wanted = {seed.key: seed.checksum for seed in step_files(stack)}
+    # Seed run steps are not run again on existing data: their row may rightly be old.
+    wanted.update({ledger_name(step): run_key(stack.root, step) for step in run_steps(stack, "schema")})
+    if not wanted:
         return False
     try:
         # pg_database is shared by every database: one session in the application database
@@ -258,12 +281,12 @@ def seeded_and_current(stack: Stack) -> bool:
                 f"SELECT datname FROM pg_database WHERE datname = {pgwire.literal(pg.database)} "
                 f"OR starts_with(datname, {pgwire.literal(template_prefix(stack))}) "
                 f"OR datname ~ {pgwire.literal(SCRATCH_PATTERN)}")}
-            if names != {pg.database, template_name(stack, conn.server_major, seeds_dir)}:
+            if names != {pg.database, template_name(stack, conn.server_major)}:
                 return False
             applied = dict(conn.query(f"SELECT file, checksum FROM {LEDGER_TABLE}"))
     except (pgwire.PgError, OSError, ValueError):
         return False
-    return all(applied.get(seed.key) == seed.checksum for seed in files)
+    return all(applied.get(key) == checksum for key, checksum in wanted.items())
 
 
 def down(stack: Stack, runtime: Runtime, *, volumes: bool = False) -> list[str]:

@@ -93,4 +93,13 @@ class Record:
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict, nested records as dicts too (dataclasses.asdict)."""
-        return {k: v.as_dict() if isinstance(v, Record) else v for k, v in self.__dict__.items()}
+        return {k: _as_plain(v) for k, v in self.__dict__.items()}
+
+
+def _as_plain(value: Any) -> Any:
+    """A field's value with records (also inside a tuple, e.g. the Stack's steps) as dicts."""
+    if isinstance(value, Record):
+        return value.as_dict()
+    if isinstance(value, tuple) and any(isinstance(item, Record) for item in value):
+        return tuple(_as_plain(item) for item in value)
+    return value

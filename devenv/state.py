@@ -22,6 +22,7 @@ from devenv.config.identity import IDENTITY_FILE, PORTS_FILE
 from devenv.config.project import template_dirs
 
 STATE_FILE = "state.json"
+INPUTS_FILE = "inputs.json"  # the steps' inputs the no-op `up` hashes (note_inputs)
 # One empty file per process (named by its pid) that may create scratch databases (a Janitor):
 # removed when it exits normally, so a file whose process is gone means one was killed and may
 # have left scratch databases behind. The no-op `up` looks here (a directory listing, no
@@ -44,7 +45,41 @@ def input_files(root: Path, config_path: Path, profile: str | None = None) -> li
         files += sorted(directory.glob("*.j2"))
     for part in ("schema", "data"):
         files += sorted((root / "seeds" / part).glob("*.sql"))
+    if profile is not None:
+        files += _step_inputs(root, root / ".devenv" / profile / INPUTS_FILE)
     return files
+
+
+def _step_inputs(root: Path, record: Path) -> list[Path]:
+    """The files of devenv.yaml's other `sql:` folders and `run:` inputs, as the last stack built
+    listed them (note_inputs): devenv.yaml itself is hashed too, so a changed list is seen."""
+    try:
+        recorded = json.loads(record.read_text(encoding="utf-8"))
+        folders, inputs = list(recorded["sql"]), list(recorded["inputs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return [record]  # hashed as missing or as it is
+    from devenv.db.stepkeys import input_files as walk
+
+    files = [record]
+    for folder in folders:
+        files += sorted((root / str(folder)).glob("*.sql"))
+    return files + [path for _, path in walk(root, [str(given) for given in inputs])]
+
+
+def note_inputs(state_dir: Path, inputs: dict[str, Any]) -> None:
+    """Record what the no-op `up` must hash besides the defaults (devenv.db.stepkeys.recorded_inputs);
+    written only when it changed."""
+    from devenv.safefs import write_file
+
+    data = json.dumps(inputs, sort_keys=True).encode("utf-8")
+    path = state_dir / INPUTS_FILE
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_file(path, data)
 
 
 def _nonblocking(path: str, flags: int) -> int:

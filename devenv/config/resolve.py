@@ -126,6 +126,7 @@ def build_stack(config: Config, profile: str, secrets: dict[str, str] | None = N
         seed_scale=next((config.profiles[p].seed_scale for p in config.lineage(profile) if config.profiles[p].seed_scale), 0),
         env_file=config.env_file or "",
         identity=stack_name(state_dir(config.root, profile), config.root, config.project, profile),
+        steps=config.steps,
     )
 
 
@@ -286,6 +287,10 @@ def load_stack_cached(config: str | os.PathLike[str] | None, profile: str, need_
         if need_secrets:
             raise
         return build_stack(loaded, profile, secrets=dict.fromkeys(SECRET_NAMES, ""))
+    from devenv.db.stepkeys import recorded_inputs
+    from devenv.state import note_inputs
+
+    note_inputs(state_dir(path.parent, profile), recorded_inputs(stack))  # the steps' inputs: hashed below
     key = fingerprint(path.parent, path, profile, {"stack": STACK_CACHE})  # building it may have created secrets.json
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{STACK_CACHE}.{os.getpid()}")
@@ -297,8 +302,10 @@ def load_stack_cached(config: str | os.PathLike[str] | None, profile: str, need_
 
 
 def _stack_from_dict(data: dict[str, Any]) -> Stack:
-    from devenv.config.stack import Limits, PgBouncer, Postgres, Redis, Stack
+    from devenv.config.stack import DEFAULT_STEPS, Limits, PgBouncer, Postgres, Redis, Stack, Step
 
     postgres = dict(data["postgres"], limits=Limits(**data["postgres"]["limits"]))
+    steps = tuple(Step(**dict(step, argv=tuple(step["argv"]), inputs=tuple(step["inputs"])))
+                  for step in data["steps"]) if "steps" in data else DEFAULT_STEPS
     return Stack(**dict(data, root=Path(data["root"]), warnings=tuple(data["warnings"]), postgres=Postgres(**postgres),
-                        pgbouncer=PgBouncer(**data["pgbouncer"]), redis=Redis(**data["redis"])))
+                        pgbouncer=PgBouncer(**data["pgbouncer"]), redis=Redis(**data["redis"]), steps=steps))

@@ -224,6 +224,7 @@ DERIVED_DATABASES = (
     "{w}__new_" + _PID,
     "{w}__old_" + _PID + "_" + _COUNTER,
     "{w}__restore_" + _PID,
+    "{db}__migrate_" + _PID,  # the working database brought forward (devenv.db.steps)
     "{db}__snapshot__building_" + _PID,
     "{db}__snap_x",  # a snapshot's own name is checked (to fit) when it is taken
 )

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from devenv.config.rules import control_character, database_problem, role_problem, stack_name_problem
-from devenv.config.stack import SERVICES, Limits  # the model's types, parsed here
+from devenv.config.stack import DEFAULT_STEPS, SERVICES, Limits, Step  # the model's types, parsed here
 from devenv.errors import ConfigError, byte_position
 
 DEFAULT_COLUMN = "default"
@@ -24,7 +24,7 @@ DEFAULT_COLUMN = "default"
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
 _PROFILE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 # Keys allowed at each level of devenv.yaml: anything else is a typo worth reporting.
-_TOP_KEYS = {"project", "profiles", "env_file", *SERVICES}
+_TOP_KEYS = {"project", "profiles", "env_file", "schema", "seed", *SERVICES}
 # devenv.sh (cachix/devenv) has a `devenv` command and a devenv.yaml too: the top-level keys of
 # theirs (devenv.sh/reference/yaml-options), none of them ours.
 _CACHIX_KEYS = {"inputs", "imports", "allowUnfree", "allowBroken", "permittedInsecurePackages",
@@ -74,6 +74,7 @@ class Config:
     services: Mapping[str, ServiceConfig]
     limits: Limits
     env_file: str | None = None  # `env_file:`, relative to the project root; None: off
+    steps: tuple[Step, ...] = DEFAULT_STEPS  # `schema:` then `seed:` (devenv.config.steps)
 
     @property
     def root(self) -> Path:
@@ -308,7 +309,9 @@ class _Parser:
         services = {name: self.parse_service(name, top[name], profiles, env) for name in SERVICES}
         limits = services["postgres"].options.get("limits") or Limits(memory_bytes=1 << 30, cpus=1.0)
         env_file = self.parse_env_file(top["env_file"]) if top.get("env_file") is not None else None
-        return Config(self.path, project, profiles, services, limits, env_file)
+        from devenv.config.steps import parse_steps
+
+        return Config(self.path, project, profiles, services, limits, env_file, parse_steps(self, top))
 
     def parse_env_file(self, value: Any) -> str:
         """`env_file:`: a relative path inside the project, not one of devenv's own files."""
@@ -483,6 +486,12 @@ def line_of(text: str, keypath: str) -> int | None:
         return None
     line = None
     for part in keypath.split("."):
+        if isinstance(node, yaml.SequenceNode) and part.isdigit():  # `schema.0.run`: a list's item
+            if int(part) >= len(node.value):
+                break
+            node = node.value[int(part)]
+            line = node.start_mark.line + 1
+            continue
         if not isinstance(node, yaml.MappingNode):
             break
         for key_node, value_node in node.value:

@@ -124,6 +124,40 @@ class Redis(Service):
     password: str = ""
 
 
+class Step(Record):
+    """One step of devenv.yaml's `schema:` or `seed:` list, in the order they run.
+
+    `sql`: apply the folder's `*.sql` files (`path`, relative to the project root) with the
+    ledger; `run`: run `argv` (no shell) from the project root against the database being
+    built, keyed by the content of `inputs` (files or folders, relative to the project root).
+    `index` is the step's 1-based place in its part, as messages name it ("schema step 1").
+    """
+
+    part: str  # "schema" or "seed"
+    kind: str  # "sql" or "run"
+    index: int = 1
+    path: str = ""  # sql: the folder
+    argv: tuple[str, ...] = ()  # run: the command
+    inputs: tuple[str, ...] = ()  # run: what keys it
+
+    @property
+    def command(self) -> str:
+        """The command as one shell-quoted line (for messages and the ledger)."""
+        import shlex
+
+        return shlex.join(self.argv)
+
+    @property
+    def label(self) -> str:
+        """How messages name it: `schema step 1 (alembic upgrade head)`, `seed step 1 (sql seeds/data)`."""
+        what = self.command if self.kind == "run" else f"sql {self.path}"
+        return f"{self.part} step {self.index} ({what})"
+
+
+# devenv.yaml without `schema:` / `seed:`: the SQL files of seeds/schema, then seeds/data.
+DEFAULT_STEPS = (Step("schema", "sql", 1, "seeds/schema"), Step("seed", "sql", 1, "seeds/data"))
+
+
 class Stack(Record):
     """The whole stack for one project and profile."""
 
@@ -140,6 +174,7 @@ class Stack(Record):
     # The stack's name on this machine (devenv.config.identity): `{project}-{profile}-{checkout id}`,
     # or `{project}-{profile}` for a checkout whose Docker stack predates the id. "" = the latter.
     identity: str = ""
+    steps: tuple[Step, ...] = DEFAULT_STEPS  # devenv.yaml's `schema:` then `seed:` steps
 
     @property
     def services(self) -> tuple[Service, ...]:

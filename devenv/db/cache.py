@@ -65,7 +65,7 @@ def data_key(stack: Stack, pg_version: str, initdb_args: list[str]) -> str:
         # The role layout: an older devenv's archive (the application role its superuser) must
         # never come back into this one's (devenv.db.roles).
         "roles": ["admin-bootstrap-v2", stack.postgres.admin_user, stack.postgres.user],
-        "template": template_key(stack.root / "seeds", major, stack.seed_scale),
+        "template": template_key(stack, major),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

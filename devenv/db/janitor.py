@@ -28,7 +28,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from devenv.clients import connect
 from devenv.record import Record
@@ -50,7 +50,7 @@ RESTORE_MAX_ROWS = 1_000
 WAL_LOG_MAX_BYTES = 64 << 20
 _drop_counter = itertools.count()
 # Scratch databases of one process (group 2: its pid), which `sweep` drops once it is gone.
-SCRATCH_PATTERN = r"__(new|old|building|restore)_([0-9]+)(_[0-9]+)?$"
+SCRATCH_PATTERN = r"__(new|old|building|restore|migrate)_([0-9]+)(_[0-9]+)?$"
 
 
 class ResetResult(Record):
@@ -105,11 +105,12 @@ class Janitor:
     One per process; the pytest plugin and `devenv.connect` share it. Not thread-safe.
     """
 
-    def __init__(self, stack: Stack, seeds_dir: Path | None = None) -> None:
+    def __init__(self, stack: Stack, seeds_dir: Path | None = None, say: Callable[[str], None] | None = None) -> None:
         from devenv.state import note_scratch_owner
 
         self.stack = stack
         self.seeds_dir = seeds_dir or stack.root / "seeds"
+        self.say = say  # where a `run:` step's output goes while a template is built (None: kept for its error only)
         # Its scratch databases carry this pid: if it is killed, the next `up` sees it and sweeps.
         note_scratch_owner(stack.state_dir)
         self._admin: psycopg.Connection[Any] | None = None
@@ -117,7 +118,7 @@ class Janitor:
         self._console: Console | None = None
         self._drops: list[threading.Thread] = []
         self._template: str | None = None
-        self._keys: dict[tuple[Any, ...], str] = {}  # seed files' (name, mtime, size) + major -> template
+        self._keys: dict[tuple[Any, ...], str] = {}  # the steps' files' (name, mtime, size) + major -> template
         self._sizes: dict[str, int] = {}
 
     # ---- connections (all through devenv.clients.connect) --------------------------------
@@ -196,9 +197,11 @@ class Janitor:
     # ---- the template --------------------------------------------------------------------
 
     def template_name(self, major: int) -> str:
-        """The name the current seed files give the template (hashed again only when one changed)."""
-        seeds = self.seeds_dir
-        paths = [*sorted(seeds.glob("schema/*.sql")), *sorted(seeds.glob("data/*.sql")), seeds / SCALE_FILE]
+        """The name the current steps give the template (hashed again only when one of the files
+        it reads changed: every sql step's file, every run step's input, listed afresh)."""
+        from devenv.db.stepkeys import watched_paths
+
+        paths = [*watched_paths(self.stack), self.stack.root / "seeds" / SCALE_FILE]
         signature: tuple[Any, ...] = (major,)
         for path in paths:
             try:
@@ -207,7 +210,7 @@ class Janitor:
             except OSError:
                 signature += ((str(path),),)
         if signature not in self._keys:
-            self._keys = {signature: template_name(self.stack, major, seeds)}
+            self._keys = {signature: template_name(self.stack, major)}
         return self._keys[signature]
 
     def ensure_template(self, rebuild: bool = False, adopt: str | None = None) -> str:
@@ -244,7 +247,7 @@ class Janitor:
                 sql.Identifier(building), sql.Identifier(self.stack.postgres.user)))
         try:
             with self._session(building) as conn:
-                populate(conn, self.stack, self.seeds_dir, name, lambda: self.install_guard(building))
+                populate(conn, self.stack, self.seeds_dir, name, lambda: self.install_guard(building), say=self.say)
         except BaseException:
             self._drop(building)  # a failed file leaves no half-built template behind
             raise
@@ -483,7 +486,7 @@ class Janitor:
 
     def sweep(self) -> list[str]:
         """Drop scratch databases (`__new_<pid>`, `__old_<pid>_<n>`, `__building_<pid>`,
-        `__restore_<pid>`) whose process is gone: another process may be mid-reset on its own.
+        `__restore_<pid>`, `__migrate_<pid>`) whose process is gone: another process may be mid-reset on its own.
         Returns the names dropped.
 
         Snapshots (`<db>__snap_<name>`) never match: their names cannot contain `__`.

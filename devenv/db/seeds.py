@@ -57,12 +57,35 @@ def read_sql(path: Path) -> str:
 
 
 def seed_files(seeds_dir: Path) -> list[SeedFile]:
-    """The project's SQL files in the order they apply."""
+    """The SQL files of `seeds_dir`/schema then /data, in the order they apply."""
     files = []
     for part in SEED_PARTS:
-        for path in sorted((seeds_dir / part).glob("*.sql")):
-            _check_name(path)
-            files.append(SeedFile(f"{part}/{path.name}", path, hashlib.sha256(path.read_bytes()).hexdigest()))
+        files += folder_files(seeds_dir / part, seeds_dir)
+    return files
+
+
+def folder_files(folder: Path, base: Path) -> list[SeedFile]:
+    """The `*.sql` files of one folder in name order, keyed by their path relative to `base`."""
+    files = []
+    for path in sorted(folder.glob("*.sql")):
+        _check_name(path)
+        key = path.relative_to(base).as_posix()
+        files.append(SeedFile(key, path, hashlib.sha256(path.read_bytes()).hexdigest()))
+    return files
+
+
+def step_files(stack: Stack, part: str | None = None) -> list[SeedFile]:
+    """The SQL files of the stack's `sql:` steps (of one part if given), in the order they apply.
+
+    Ledger keys are relative to `seeds/` for a folder under it (`schema/001_users.sql`, as
+    always), else to the project root (`db/sql/001_x.sql`)."""
+    seeds = stack.root / "seeds"
+    files = []
+    for step in stack.steps:
+        if step.kind == "sql" and part in (None, step.part):
+            folder = stack.root / step.path
+            under_seeds = folder == seeds or seeds in folder.parents
+            files += folder_files(folder, seeds if under_seeds else stack.root)
     return files
 
 
@@ -114,9 +137,23 @@ def ensure_database(stack: Stack) -> bool:
         return True
 
 
-def apply_seeds(stack: Stack, seeds_dir: Path, conn: "psycopg.Connection[Any] | None" = None) -> list[str]:
-    """Apply the files not yet in the ledger; return the keys applied (empty when up to date)."""
-    files = seed_files(seeds_dir)
+def ensure_ledger(conn: "psycopg.Connection[Any]") -> None:
+    """The ledger table (`devenv.applied_files`), created if missing."""
+    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA}")
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} ("
+        " file text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+
+
+def apply_seeds(stack: Stack, seeds_dir: Path | None = None, conn: "psycopg.Connection[Any] | None" = None,
+                files: list[SeedFile] | None = None) -> list[str]:
+    """Apply the files not yet in the ledger; return the keys applied (empty when up to date).
+
+    `files`: those to apply (e.g. one `sql:` step's); else `seeds_dir`'s schema and data files
+    when given, else every `sql:` step's of the stack."""
+    if files is None:
+        files = seed_files(seeds_dir) if seeds_dir is not None else step_files(stack)
     if not files:
         return []
     own = conn is None
@@ -125,11 +162,7 @@ def apply_seeds(stack: Stack, seeds_dir: Path, conn: "psycopg.Connection[Any] | 
 
         conn = connect.psycopg_postgres(stack, durable=True, explain=True, autocommit=True)
     try:
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA}")
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} ("
-            " file text PRIMARY KEY, checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
+        ensure_ledger(conn)
         applied = dict(conn.execute(f"SELECT file, checksum FROM {LEDGER_TABLE}").fetchall())
         done = []
         for seed in files:

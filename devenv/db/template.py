@@ -13,7 +13,7 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from devenv.db.seeds import apply_seeds, read_sql, seed_files, split_statements
+from devenv.db.seeds import read_sql, split_statements, step_files
 from devenv.errors import SchemaError
 from devenv.config.stack import Stack
 
@@ -182,16 +182,26 @@ END $$;
 """
 
 
-def template_key(seeds_dir: Path, major: int, scale: int = 0) -> str:
-    """Content hash of the schema and seed files, the server's major version and the scale."""
+def template_key(stack: Stack, major: int) -> str:
+    """Content hash of the stack's steps (each `sql:` folder's files and checksums, each `run:`
+    step's command and inputs: devenv.db.stepkeys), the server's major version and the scale.
+
+    The default steps (seeds/schema then seeds/data) hash exactly as before steps existed, so
+    the templates and caches of such stacks keep their keys."""
+    from devenv.db.stepkeys import run_key
+
+    scale = stack.seed_scale
     digest = hashlib.sha256(f"format{TEMPLATE_FORMAT}\0pg{major}\0{scale}\0".encode())
     digest.update((DDL_GUARD + GUARD_TRIGGERS + RESTORE_FUNCTIONS).encode())  # what every template carries besides the data
-    for seed in seed_files(seeds_dir):
-        digest.update(f"{seed.key}\0{seed.checksum}\0".encode())
+    for step in stack.steps:
+        if step.kind == "sql":
+            for seed in step_files(stack.replace(steps=(step,))):
+                digest.update(f"{seed.key}\0{seed.checksum}\0".encode())
+        else:
+            digest.update(f"run\0{step.part}\0{step.index}\0{run_key(stack.root, step)}\0".encode())
     if scale:
-        digest.update((seeds_dir / SCALE_FILE).read_bytes())
+        digest.update((stack.root / "seeds" / SCALE_FILE).read_bytes())
     return digest.hexdigest()[:12]
-
 
 
 def template_prefix(stack: Stack) -> str:
@@ -199,21 +209,24 @@ def template_prefix(stack: Stack) -> str:
     return f"{stack.postgres.database}__tpl_"
 
 
-def template_name(stack: Stack, major: int, seeds_dir: Path | None = None) -> str:
-    """The template the current seed files make for this server major: `<db>__tpl_<key>`."""
-    return template_prefix(stack) + template_key(seeds_dir or stack.root / "seeds", major, stack.seed_scale)
+def template_name(stack: Stack, major: int) -> str:
+    """The template the current steps make for this server major: `<db>__tpl_<key>`."""
+    return template_prefix(stack) + template_key(stack, major)
 
 
 def populate(conn: "psycopg.Connection[Any]", stack: Stack, seeds_dir: Path, name: str,
-             install_guard: Callable[[], None]) -> None:
+             install_guard: Callable[[], None], say: Callable[[str], None] | None = None) -> None:
     """Fill the database `conn` is on (a session of the application role, which owns it) as
-    template `name`: the seed files, the generated rows of a seed_scale profile, the DDL guard
+    template `name`: the steps in order (`sql:` folders, `run:` commands, whose output goes to
+    `say`: devenv.db.steps), the generated rows of a seed_scale profile, the DDL guard
     (its event triggers by `install_guard`, in an admin session), the snapshots and the
     restore function."""
     # Its commits need not wait for the disk: the template is used only once renamed, and the
     # rename's commit flushes the WAL up to it, theirs included.
     conn.execute("SET synchronous_commit = off")
-    apply_seeds(stack, seeds_dir, conn)
+    from devenv.db.steps import run_in_template
+
+    run_in_template(conn, stack, say)
     if stack.seed_scale:
         generate(conn, stack, seeds_dir)
     conn.execute(DDL_GUARD)

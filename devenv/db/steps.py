@@ -1,0 +1,164 @@
+"""Running devenv.yaml's `run:` steps, and bringing an existing working database forward.
+
+A `run:` step (e.g. `alembic upgrade head`) runs from the project root with the database to
+build in its environment: `DATABASE_URL` (direct, not pooled: migration tools use session
+features), libpq's `PG*` variables, as the application role; no shell, stdin from /dev/null,
+its output shown line by line and its last lines kept for the error. Its run is recorded in the
+ledger (`run:<part>:<n>:<command>`, the step's key as checksum: devenv.db.stepkeys).
+
+An existing working database is brought forward inside a copy that is swapped in: the schema's
+`run:` steps run again on the copy (migration tools are idempotent: `upgrade head` applies what
+is new) and the SQL files it lacks are applied; if anything fails the copy goes and the working
+database is exactly as it was.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+from typing import TYPE_CHECKING, Any, Callable
+
+from devenv.config.stack import Stack, Step
+from devenv.db.seeds import LEDGER_TABLE, apply_seeds, ensure_ledger, step_files
+from devenv.db.stepkeys import ledger_name, run_key, run_steps
+from devenv.errors import SchemaError
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from devenv.db.janitor import Janitor
+
+Say = Callable[[str], None]
+TAIL_LINES = 20
+
+
+def step_env(stack: Stack, dbname: str) -> dict[str, str]:
+    """The caller's environment plus the application role's connection to `dbname`, direct."""
+    env = dict(os.environ)
+    for name in ("PGSSLMODE", "PGSERVICE", "PGHOSTADDR", "PGPASSFILE", "PGOPTIONS"):  # the caller's must not redirect it
+        env.pop(name, None)
+    env.update(stack.libpq_env())
+    env["PGDATABASE"] = dbname
+    env["DATABASE_URL"] = stack.urls(database=dbname)["DIRECT_DATABASE_URL"]
+    env["PYTHONUNBUFFERED"] = "1"  # a Python tool's lines come as they are written
+    return env
+
+
+def run_step(stack: Stack, step: Step, dbname: str, say: Say | None = None) -> None:
+    """Run one `run:` step against `dbname`; SchemaError (exit 7) naming the step, its exit
+    status and its last lines when it fails. Ctrl-C or an error here kills its process group."""
+    show = say or (lambda line: None)
+    show(f"{step.label}: running on {dbname}")
+    try:
+        proc = subprocess.Popen(step.argv, cwd=stack.root, env=step_env(stack, dbname), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    except FileNotFoundError:
+        raise SchemaError(f"{step.label}: {step.argv[0]}: command not found",
+                          hint=f"install it (or activate the environment that has it: `{step.argv[0]}` must be "
+                          "on PATH), or fix `run:` in devenv.yaml; nothing was changed.") from None
+    except OSError as exc:  # not executable, a directory...
+        raise SchemaError(f"{step.label}: cannot run {step.argv[0]}: {exc.strerror}",
+                          hint="fix `run:` in devenv.yaml (or the program's permissions); nothing was changed.") from None
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    prefix = f"  {step.part} {step.index} | "
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n").rsplit("\r", 1)[-1]
+            tail.append(line)
+            show(prefix + line)
+        status = proc.wait()
+    except BaseException:
+        _kill_group(proc)
+        raise
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
+    if status != 0:
+        how = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        last = "\n".join(f"  | {line}" for line in tail) or "  (no output)"
+        raise SchemaError(f"{step.label} {how}; its last lines:\n{last}",
+                          hint="fix the step (run it yourself with the stack's DIRECT_DATABASE_URL from `devenv env`), "
+                          "then `devenv up` again; the template being built was discarded and the working database "
+                          "is as it was.")
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """End the step and whatever it started (its own session: start_new_session)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def record_run(conn: "psycopg.Connection[Any]", stack: Stack, step: Step) -> None:
+    """Note in the ledger that `step` ran here, with its current key."""
+    ensure_ledger(conn)
+    conn.execute(f"INSERT INTO {LEDGER_TABLE} (file, checksum) VALUES (%s, %s) "
+                 "ON CONFLICT (file) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now()",
+                 (ledger_name(step), run_key(stack.root, step)))
+
+
+def run_in_template(conn: "psycopg.Connection[Any]", stack: Stack, say: Say | None = None) -> None:
+    """Every step in order into the template being built (the database `conn` is on)."""
+    for step in stack.steps:
+        if step.kind == "sql":
+            apply_seeds(stack, conn=conn, files=step_files(stack.replace(steps=(step,))))
+        else:
+            run_step(stack, step, conn.info.dbname, say)
+            record_run(conn, stack, step)
+
+
+def ledger(stack: Stack, conn: "psycopg.Connection[Any]") -> dict[str, str]:
+    """The ledger's rows (file -> checksum) of the database `conn` is on; {} without a ledger."""
+    if conn.execute("SELECT to_regclass(%s)", (LEDGER_TABLE,)).fetchone()[0] is None:
+        return {}
+    return dict(conn.execute(f"SELECT file, checksum FROM {LEDGER_TABLE}").fetchall())
+
+
+def stale_runs(stack: Stack, applied: dict[str, str], part: str) -> list[Step]:
+    """The `run:` steps of `part` whose current key the ledger does not hold."""
+    return [step for step in run_steps(stack, part) if applied.get(ledger_name(step)) != run_key(stack.root, step)]
+
+
+def bring_forward(janitor: "Janitor", stack: Stack, say: Say) -> list[str]:
+    """Bring the existing working database to the current steps; what was done, for the report.
+
+    Without a stale schema `run:` step, the SQL files it lacks are applied in place (each in
+    its own transaction, as always). Otherwise in a copy swapped in: the schema steps in order
+    (`run:` ones again, `sql:` ones' missing files), then the seed's missing SQL files. Seed
+    `run:` steps never run again on existing data (seed scripts are not idempotent)."""
+    from devenv.clients import connect
+
+    dbname = stack.postgres.database
+    with connect.psycopg_postgres(stack, dbname, durable=True, explain=True, autocommit=True) as conn:
+        applied = ledger(stack, conn)
+    for step in stale_runs(stack, applied, "seed"):
+        say(f"{step.label} changed since {dbname} was seeded: seed steps do not run again on existing data; "
+            f"`devenv reset` serves the new seed")
+    if not stale_runs(stack, applied, "schema"):
+        return apply_seeds(stack)
+    scratch = f"{dbname}__migrate_{os.getpid()}"
+    janitor.drop(scratch)
+    janitor.copy_live(dbname, scratch)
+    done: list[str] = []
+    try:
+        with connect.psycopg_postgres(stack, scratch, durable=True, explain=True, autocommit=True) as conn:
+            for step in stack.steps:
+                if step.kind == "sql":
+                    done += apply_seeds(stack, conn=conn, files=step_files(stack.replace(steps=(step,))))
+                elif step.part == "schema":
+                    run_step(stack, step, scratch, say)
+                    record_run(conn, stack, step)
+                    done.append(step.label)
+        janitor.swap_in(dbname, scratch)
+    except BaseException:
+        janitor.drop(scratch)  # the working database was never touched
+        raise
+    return done

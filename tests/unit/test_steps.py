@@ -1,0 +1,247 @@
+"""devenv.yaml's `schema:`/`seed:` steps: parsing, validation (exit 3 with the line), the keys
+they give the template, the no-op `up`'s inputs, and the recipes of docs/migrations.md."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devenv.config.resolve import _stack_from_dict, build_stack
+from devenv.config.settings import load_config
+from devenv.config.stack import DEFAULT_STEPS, Stack, Step
+from devenv.db import stepkeys
+from devenv.db.seeds import seed_files, step_files
+from devenv.db.template import DDL_GUARD, GUARD_TRIGGERS, RESTORE_FUNCTIONS, SCALE_FILE, TEMPLATE_FORMAT, template_key
+from devenv.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+SECRETS = dict.fromkeys(("postgres_password", "postgres_admin_password", "pgbouncer_admin_password", "redis_password"), "x")
+
+
+def stack_of(project: Path, extra: str = "") -> Stack:
+    """The dev Stack of the project's devenv.yaml with `extra` appended."""
+    config = project / "devenv.yaml"
+    if extra:
+        config.write_text(config.read_text() + "\n" + extra)
+    return build_stack(load_config(config, {}), "dev", secrets=SECRETS)
+
+
+def fail_of(project: Path, extra: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        stack_of(project, extra)
+    return info.value
+
+
+def line_of(project: Path, needle: str) -> int:
+    lines = (project / "devenv.yaml").read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if needle in line)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def test_without_steps_the_defaults_are_today_s_two_sql_folders(project: Path) -> None:
+    stack = stack_of(project)
+    assert stack.steps == DEFAULT_STEPS
+    assert [(s.part, s.kind, s.path) for s in stack.steps] == [("schema", "sql", "seeds/schema"), ("seed", "sql", "seeds/data")]
+
+
+def test_the_issue_s_form_parses_into_steps(project: Path) -> None:
+    (project / "migrations").mkdir()
+    (project / "alembic.ini").write_text("")
+    (project / "seeds" / "data").mkdir(parents=True)
+    (project / "app").mkdir()
+    (project / "app" / "seed.py").write_text("")
+    stack = stack_of(project, """
+schema:                         # default when absent: [{sql: seeds/schema}]
+  - run: alembic upgrade head   # a command, run in the project root
+    inputs: [alembic.ini, migrations]
+seed:
+  - sql: seeds/data
+  - run: python -m app.seed
+    inputs: [app/seed.py]
+  - run: [python, "-c", "print('a b')"]
+""")
+    assert stack.steps == (
+        Step("schema", "run", 1, argv=("alembic", "upgrade", "head"), inputs=("alembic.ini", "migrations")),
+        Step("seed", "sql", 1, path="seeds/data"),
+        Step("seed", "run", 2, argv=("python", "-m", "app.seed"), inputs=("app/seed.py",)),
+        Step("seed", "run", 3, argv=("python", "-c", "print('a b')")),
+    )
+    assert stack.steps[0].label == "schema step 1 (alembic upgrade head)"
+    # Only one part given: the other keeps its default; an empty list means no steps.
+    (project / "devenv.yaml").write_text((REPO / "devenv.yaml").read_text() + "\nseed: []\n")
+    assert stack_of(project).steps == (DEFAULT_STEPS[0],)
+
+
+def test_steps_round_trip_through_the_stack_cache(project: Path) -> None:
+    (project / "migrations").mkdir()
+    stack = stack_of(project, "schema:\n  - run: alembic upgrade head\n    inputs: [migrations]\n")
+    assert _stack_from_dict(json.loads(json.dumps(stack.as_dict(), default=str))) == stack
+    default = build_stack(load_config(REPO / "devenv.yaml", {}), "dev", secrets=SECRETS)
+    assert _stack_from_dict(json.loads(json.dumps(default.as_dict(), default=str))) == default
+
+
+@pytest.mark.parametrize(("extra", "needle", "message"), [
+    ("schema:\n  - rnu: alembic upgrade head\n", "rnu:", "unknown key; did you mean 'run'?"),
+    ("schema:\n  - run: ''\n", "run: ''", "an empty command"),
+    ("schema:\n  - run: []\n", "run: []", "an empty command"),
+    ("schema:\n  - run: [alembic, 3]\n", "run: [alembic, 3]", "must be a string"),
+    ("schema:\n  - run: 'alembic \"upgrade'\n", "run: 'alembic", "cannot split"),
+    ("schema:\n  - run: \"alembic\\x1bupgrade\"\n", "run: \"alembic", "control character"),
+    ("schema:\n  - run: alembic upgrade head\n    inputs: [nowhere.ini]\n", "inputs: [nowhere.ini]", "input 'nowhere.ini' is missing"),
+    ("schema:\n  - run: alembic upgrade head\n    inputs: alembic.ini\n", "inputs: alembic.ini", "expected a list of paths"),
+    ("schema:\n  - run: alembic upgrade head\n    inputs: [../outside]\n", "inputs: [../outside]", "outside the project"),
+    ("schema:\n  - sql: db/missing\n", "sql: db/missing", "'db/missing' is missing"),
+    ("schema:\n  - sql: seeds/schema\n    run: alembic upgrade head\n", "sql: seeds/schema", "both `sql:` and `run:`"),
+    ("schema:\n  - inputs: [x]\n", "inputs: [x]", "neither `sql:` nor `run:`"),
+    ("schema:\n  - alembic upgrade head\n", "- alembic upgrade head", "expected `sql:` or `run:`"),
+    ("schema: alembic upgrade head\n", "schema: alembic", "expected a list of steps"),
+    ("seed:\n  - sql: seeds/schema\n    inputs: [x]\n", "inputs: [x]", "belongs to a `run:` step"),
+])
+def test_a_bad_step_is_a_config_error_naming_the_line_and_key(project: Path, extra: str, needle: str, message: str) -> None:
+    (project / "seeds" / "schema").mkdir(parents=True)
+    error = fail_of(project, extra)
+    assert error.exit_code == 3
+    assert message in error.message, error.message
+    where = f"{project / 'devenv.yaml'}:{line_of(project, needle)}: "
+    assert error.message.startswith(where), error.message
+    assert re.search(r": (schema|seed)(\.\d+(\.\w+)?)?: ", error.message), error.message
+    assert error.hint
+
+
+def test_the_cli_exits_3_with_the_line_for_an_empty_run(project: Path) -> None:
+    with (project / "devenv.yaml").open("a") as handle:
+        handle.write("\nschema:\n  - run: ''\n")
+    line = line_of(project, "run: ''")
+    proc = subprocess.run([sys.executable, "-m", "devenv", "render", "--profile", "dev", "--out", str(project / "out")], cwd=project,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert f"devenv.yaml:{line}: schema.0.run: schema step 1: an empty command" in proc.stderr
+    assert "hint:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def _old_template_key(seeds_dir: Path, major: int, scale: int = 0) -> str:
+    """template.template_key as it was before steps (commit b26eb3a), verbatim."""
+    digest = hashlib.sha256(f"format{TEMPLATE_FORMAT}\0pg{major}\0{scale}\0".encode())
+    digest.update((DDL_GUARD + GUARD_TRIGGERS + RESTORE_FUNCTIONS).encode())
+    for seed in seed_files(seeds_dir):
+        digest.update(f"{seed.key}\0{seed.checksum}\0".encode())
+    if scale:
+        digest.update((seeds_dir / SCALE_FILE).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def test_the_default_steps_keep_today_s_template_key(project: Path) -> None:
+    import shutil
+
+    shutil.copytree(REPO / "seeds", project / "seeds")
+    stack = stack_of(project)
+    for major in (15, 16, 17):
+        assert template_key(stack, major) == _old_template_key(project / "seeds", major)
+    assert template_key(stack.replace(seed_scale=100), 16) == _old_template_key(project / "seeds", 16, 100)
+    # Written out explicitly, the defaults are the defaults.
+    explicit = stack_of(project, "schema:\n  - sql: seeds/schema\nseed:\n  - sql: seeds/data/\n")
+    assert template_key(explicit, 16) == template_key(stack, 16)
+    assert [f.key for f in step_files(explicit)] == [f.key for f in seed_files(project / "seeds")]
+
+
+def alembic_project(project: Path) -> Stack:
+    (project / "alembic.ini").write_text("[alembic]\n")
+    versions = project / "migrations" / "versions"
+    versions.mkdir(parents=True)
+    (versions / "001_users.py").write_text("revision = '001'\n")
+    return stack_of(project, "schema:\n  - run: alembic upgrade head\n    inputs: [alembic.ini, migrations]\n")
+
+
+def test_a_run_step_s_key_follows_its_command_and_its_inputs_content_only(project: Path) -> None:
+    stack = alembic_project(project)
+    key = template_key(stack, 16)
+    versions = project / "migrations" / "versions"
+    # What running the tool leaves beside the sources does not count.
+    (versions / "__pycache__").mkdir()
+    (versions / "__pycache__" / "001_users.cpython-311.pyc").write_bytes(b"\0compiled")
+    (versions / "001_users.pyc").write_bytes(b"x")
+    (versions / ".001_users.py.swp").write_bytes(b"x")
+    assert template_key(stack, 16) == key
+    # A new migration, an edit, another command: each a new key.
+    (versions / "002_more.py").write_text("revision = '002'\n")
+    with_two = template_key(stack, 16)
+    assert with_two != key
+    (versions / "002_more.py").write_text("revision = '002'  # edited\n")
+    assert template_key(stack, 16) not in (key, with_two)
+    other = stack.replace(steps=(stack.steps[0].replace(argv=("alembic", "upgrade", "heads")), *stack.steps[1:]))
+    assert template_key(other, 16) != template_key(stack, 16)
+    # A sql folder outside seeds/ is keyed relative to the project root in the ledger.
+    (project / "db").mkdir()
+    (project / "db" / "001_x.sql").write_text("SELECT 1;")
+    sql = stack.replace(steps=(Step("schema", "sql", 1, path="db"),))
+    assert [f.key for f in step_files(sql)] == ["db/001_x.sql"]
+
+
+def test_the_janitor_s_cached_name_sees_a_new_migration_file(project: Path) -> None:
+    from devenv.db.janitor import Janitor
+
+    stack = alembic_project(project)
+    janitor = Janitor.__new__(Janitor)  # only its key cache: no server needed
+    janitor.stack, janitor.seeds_dir, janitor._keys = stack, project / "seeds", {}
+    first = janitor.template_name(16)
+    assert janitor.template_name(16) == first
+    (project / "migrations" / "versions" / "002_more.py").write_text("revision = '002'\n")
+    assert janitor.template_name(16) != first
+
+
+def test_the_no_op_up_hashes_the_run_steps_inputs(project: Path) -> None:
+    from devenv.state import fingerprint, note_inputs
+
+    stack = alembic_project(project)
+    config = project / "devenv.yaml"
+    note_inputs(stack.state_dir, stepkeys.recorded_inputs(stack))
+    before = fingerprint(project, config, "dev", {})
+    (project / "migrations" / "versions" / "__pycache__").mkdir()
+    (project / "migrations" / "versions" / "__pycache__" / "x.pyc").write_bytes(b"x")
+    assert fingerprint(project, config, "dev", {}) == before
+    (project / "migrations" / "versions" / "002_more.py").write_text("revision = '002'\n")
+    assert fingerprint(project, config, "dev", {}) != before
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+RECIPES = {  # docs/migrations.md: the tool's heading word -> the command's shape
+    "Alembic": ("alembic", "upgrade", "head"),
+    "Django": ("python", "manage.py", "migrate"),
+    "Prisma": ("npx", "prisma", "migrate", "deploy"),
+    "Flyway": ("sh", "-c"),
+    "dbmate": ("dbmate",),
+    "sqitch": ("sh", "-c"),
+}
+
+
+def test_each_recipe_parses_into_the_steps_it_shows(project: Path) -> None:
+    text = (REPO / "docs" / "migrations.md").read_text()
+    recipes = text[text.index("## Recipes"):]
+    blocks = re.findall(r"^(\w+)[^\n]*\n(?:[^\n]*\n)*?```yaml\n(.*?)```", recipes, re.M | re.S)
+    assert [name for name, _ in blocks] == list(RECIPES)
+    base = (project / "devenv.yaml").read_text()
+    for name, block in blocks:
+        shape = RECIPES[name]
+        for given in re.search(r"inputs: \[(.*)\]", block).group(1).split(", "):
+            (project / given).parent.mkdir(parents=True, exist_ok=True)
+            (project / given).mkdir(exist_ok=True) if "." not in Path(given).name else (project / given).touch()
+        (project / "devenv.yaml").write_text(base + "\n" + block)
+        [step, *rest] = stack_of(project).steps
+        assert step.part == "schema" and step.kind == "run" and step.argv[:len(shape)] == shape, (name, step)
+        if name in ("Flyway", "sqitch"):
+            assert "migrate" in step.argv[2] or "deploy" in step.argv[2]
+            assert "PGPASSWORD" not in step.argv[2] or "FLYWAY_PASSWORD=\"$PGPASSWORD\"" in step.argv[2]
+        assert rest == [DEFAULT_STEPS[1]]
