@@ -73,6 +73,22 @@ def run_checks(stack: "Stack", runtime: "Runtime", requested: str = "auto",
     checks += port_checks(stack, states, runtime_name)
     checks += disk_checks(stack, runtime_name, env)
     checks += health_and_drift_checks(stack, states)
+    checks += step_checks(stack, states)
+    return checks
+
+
+def step_checks(stack: "Stack", states: list["ServiceState"]) -> list[Check]:
+    """The schema and seed steps, and whether the working database is at the template's key
+    (warn when not: `up` brings it forward), with a migration tool's head (devenv.db.stepstatus)."""
+    from devenv.db import stepstatus
+
+    steps = "; ".join(f"{s['part']} {s['index']}: {s['kind']} {s['what']}" for s in stepstatus.describe(stack))
+    checks = [Check("steps", OK, steps)]
+    if not any(state.running and state.name == "postgres" for state in states):
+        return checks
+    view = stepstatus.report(stack, timeout=PING_TIMEOUT)
+    ok = view["at_template_key"] is True
+    checks.append(Check("working database", OK if ok else WARN, stepstatus.summary(view)))
     return checks
 
 

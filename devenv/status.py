@@ -54,7 +54,21 @@ def report(stack: "Stack", runtime: "Runtime", *, monitor: bool = True) -> dict[
         })
     healthy = {row["service"] for row in rows if row["health"] == "healthy"}
     view = monitoring(stack, runtime, healthy) if monitor and healthy else None
-    return {"services": rows, "monitoring": view}
+    from devenv.db import stepstatus
+
+    # The steps, and (Postgres up) whether the working database is at the template's key.
+    steps = stepstatus.report(stack, PROBE_TIMEOUT) if "postgres" in healthy else {
+        "steps": stepstatus.describe(stack), "template": None, "at_template_key": None, "behind": [], "versions": {},
+        "error": "postgres is not running"}
+    return {"services": rows, "monitoring": view, "steps": steps}
+
+
+def format_report(view: Mapping[str, Any]) -> list[str]:
+    """What `devenv status` prints after the services: the monitoring view, then the steps."""
+    from devenv.db import stepstatus
+
+    lines = format_monitoring(view["monitoring"]) if view["monitoring"] else []
+    return lines + stepstatus.format_report(dict(view["steps"]))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,289 @@
+"""`schema:`/`seed:` steps for real: an Alembic project and a Django project build the template,
+bring an existing working database forward in a copy, and fail without touching anything."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import Project, make_project, teardown_project, use_runtime
+
+STEP = "schema step 1 (alembic upgrade head)"
+
+ALEMBIC_INI = """\
+[alembic]
+script_location = migrations
+
+[loggers]
+keys = root,alembic
+[handlers]
+keys = console
+[formatters]
+keys = generic
+[logger_root]
+level = WARN
+handlers = console
+[logger_alembic]
+level = INFO
+handlers =
+qualname = alembic
+[handler_console]
+class = StreamHandler
+args = (sys.stderr,)
+formatter = generic
+[formatter_generic]
+format = %(levelname)-5.5s [%(name)s] %(message)s
+"""
+
+ENV_PY = """\
+import os
+from logging.config import fileConfig
+
+from alembic import context
+from sqlalchemy import create_engine
+
+fileConfig(context.config.config_file_name)
+# Proof of each run: the database it ran on, one line per run.
+with open(os.path.join(os.path.dirname(__file__), "..", "ran.log"), "a") as marker:
+    marker.write(os.environ["PGDATABASE"] + "\\n")
+url = os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1)
+with create_engine(url).connect() as connection:
+    context.configure(connection=connection, transaction_per_migration=True)
+    with context.begin_transaction():
+        context.run_migrations()
+"""
+
+SEED_PY = """\
+import os
+import psycopg
+
+with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+    conn.execute("INSERT INTO users (name, email) VALUES ('ada', 'ada@example.com')")
+print("seeded ada")
+"""
+
+
+def migration(number: int, body: str) -> str:
+    previous = repr(f"{number - 1:03d}") if number > 1 else "None"
+    return (f"from alembic import op\nimport sqlalchemy as sa\n\nrevision = '{number:03d}'\n"
+            f"down_revision = {previous}\n\n\ndef upgrade():\n" + textwrap.indent(body, "    ") + "\n")
+
+
+def add_migration(proj: Project, number: int, body: str) -> Path:
+    path = proj.root / "migrations" / "versions" / f"{number:03d}_step.py"
+    path.write_text(migration(number, body))
+    return path
+
+
+def alembic_project(base: Path, runtime: str) -> Project:
+    """The test project's stack with its schema from Alembic (two migrations, the second adding
+    a column) and its seed from a Python script."""
+    proj = make_project(base, runtime, profile="ci")
+    (proj.root / "alembic.ini").write_text(ALEMBIC_INI)
+    (proj.root / "migrations" / "versions").mkdir(parents=True)
+    (proj.root / "migrations" / "env.py").write_text(ENV_PY)
+    add_migration(proj, 1, 'op.create_table("users", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.Text))')
+    add_migration(proj, 2, 'op.add_column("users", sa.Column("email", sa.Text))')
+    (proj.root / "seed.py").write_text(SEED_PY)
+    with (proj.root / "devenv.yaml").open("a") as config:
+        config.write("\nschema:\n  - run: alembic upgrade head\n    inputs: [alembic.ini, migrations]\n"
+                     "seed:\n  - run: python seed.py\n    inputs: [seed.py]\n")
+    return proj
+
+
+def runs(proj: Project) -> list[str]:
+    path = proj.root / "ran.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def columns(proj: Project) -> list[str]:
+    with proj.connect() as conn:
+        return [row[0] for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'users' ORDER BY ordinal_position")]
+
+
+def version(proj: Project) -> str:
+    with proj.connect() as conn:
+        return conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+
+
+def names(proj: Project) -> list[str | None]:
+    with proj.connect() as conn:
+        return [row[0] for row in conn.execute("SELECT name FROM users ORDER BY id")]
+
+
+def databases(proj: Project) -> list[str]:
+    with proj.admin_connect() as conn:
+        return [row[0] for row in conn.execute("SELECT datname FROM pg_database ORDER BY 1")]
+
+
+def status(proj: Project) -> dict:
+    return json.loads(proj.devenv("status", "--json").stdout)
+
+
+@pytest.fixture
+def alembic_native(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    proj = alembic_project(tmp_path / "proj", use_runtime("native", monkeypatch))
+    yield proj
+    teardown_project(proj)
+
+
+def test_alembic_builds_the_template_and_migrates_the_working_database_in_a_copy(alembic_native: Project) -> None:
+    from devenv.db.cache import data_key
+
+    proj = alembic_native
+    up = proj.devenv("up")
+    assert columns(proj) == ["id", "name", "email"] and version(proj) == "002"
+    assert names(proj) == ["ada"]  # the seed step's row, cloned from the template
+    assert f"{STEP}: running on " in up.stderr
+    assert "  schema 1 | INFO  [alembic.runtime.migration] Running upgrade 001 -> 002" in up.stderr
+    assert "  seed 1 | seeded ada" in up.stderr
+    assert len(runs(proj)) == 1 and "__building_" in runs(proj)[0]  # into the template only
+    # Nothing changed: the migration tool does not run again.
+    again = proj.devenv("up")
+    assert "nothing to do" in again.stderr and len(runs(proj)) == 1
+    # The working database's data is the developer's: a new migration keeps it.
+    with proj.connect() as conn:
+        conn.execute("INSERT INTO users (name, email) VALUES ('bob', 'bob@example.com')")
+    stack = proj.stack()
+    key = data_key(stack, "16.4", ["--encoding=UTF8"])
+    add_migration(proj, 3, 'op.add_column("users", sa.Column("age", sa.Integer))')
+    assert data_key(stack, "16.4", ["--encoding=UTF8"]) != key  # the seeded-data cache's key follows too
+    up = proj.devenv("up")
+    assert columns(proj) == ["id", "name", "email", "age"] and version(proj) == "003"
+    assert names(proj) == ["ada", "bob"]
+    assert len(runs(proj)) == 3 and "__migrate_" in runs(proj)[2]  # the template, then a copy of the working database
+    assert f"applied {STEP}" in up.stderr
+    assert not [name for name in databases(proj) if "__migrate_" in name or "__building_" in name]
+    report = status(proj)
+    assert report["steps"]["at_template_key"] is True
+    assert report["steps"]["versions"] == {"alembic": "003"}
+    # `reset` serves the new template: the seed, the new column.
+    proj.devenv("reset")
+    assert names(proj) == ["ada"] and columns(proj) == ["id", "name", "email", "age"]
+
+    # A failing migration fails the template build: exit 7 with its last lines, nothing touched.
+    with proj.connect() as conn:
+        conn.execute("INSERT INTO users (name) VALUES ('carol')")
+    bad = add_migration(proj, 4, 'op.execute("SELECT * FROM no_such_table")')
+    failed = proj.devenv("up", check=False)
+    assert failed.returncode == 7, failed.stderr
+    assert f"error: {STEP} exited with status 1; its last lines:" in failed.stderr
+    assert 'relation "no_such_table" does not exist' in failed.stderr and "hint:" in failed.stderr
+    assert version(proj) == "003" and names(proj) == ["ada", "carol"]
+    assert not [name for name in databases(proj) if "__building_" in name]
+    bad.unlink()
+
+    # One that passes on the template but fails on the working database's data: the copy goes,
+    # the working database and its alembic_version are exactly as they were.
+    with proj.connect() as conn:
+        conn.execute("INSERT INTO users (name) VALUES (NULL)")
+    add_migration(proj, 4, 'op.add_column("users", sa.Column("nick", sa.Text))')
+    add_migration(proj, 5, 'op.alter_column("users", "name", nullable=False)')
+    before = len(runs(proj))
+    failed = proj.devenv("up", check=False)
+    assert failed.returncode == 7, failed.stderr
+    assert f"error: {STEP} exited with status 1" in failed.stderr and "NotNullViolation" in failed.stderr
+    assert len(runs(proj)) == before + 2  # the template built, then the copy failed
+    assert version(proj) == "003" and columns(proj) == ["id", "name", "email", "age"]
+    assert names(proj) == ["ada", "carol", None]
+    assert not [name for name in databases(proj) if "__migrate_" in name]
+    report = status(proj)
+    assert report["steps"]["at_template_key"] is False and report["steps"]["versions"] == {"alembic": "003"}
+    doctor = proj.devenv("doctor", check=False)
+    assert STEP in doctor.stdout + doctor.stderr
+
+
+def test_a_run_step_that_is_no_program_is_exit_7_naming_it(alembic_native: Project) -> None:
+    proj = alembic_native
+    proj.edit("devenv.yaml", "run: alembic upgrade head", "run: alembicc upgrade head")
+    failed = proj.devenv("up", check=False)
+    assert failed.returncode == 7, failed.stderr
+    assert "error: schema step 1 (alembicc upgrade head): alembicc: command not found" in failed.stderr
+    assert "hint:" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_alembic_on_docker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    proj = alembic_project(tmp_path / "proj", use_runtime("docker", monkeypatch))
+    try:
+        proj.devenv("up", timeout=300)
+        assert columns(proj) == ["id", "name", "email"] and version(proj) == "002" and names(proj) == ["ada"]
+        with proj.connect() as conn:
+            conn.execute("INSERT INTO users (name) VALUES ('bob')")
+        add_migration(proj, 3, 'op.add_column("users", sa.Column("age", sa.Integer))')
+        proj.devenv("up", timeout=300)
+        assert version(proj) == "003" and names(proj) == ["ada", "bob"] and "age" in columns(proj)
+        proj.devenv("reset")
+        assert names(proj) == ["ada"]
+    finally:
+        teardown_project(proj)
+
+
+DJANGO_SETTINGS = """\
+import os
+from urllib.parse import urlsplit
+
+url = urlsplit(os.environ["DATABASE_URL"])
+SECRET_KEY = "test"
+INSTALLED_APPS = ["shop"]
+USE_TZ = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+DATABASES = {"default": {
+    "ENGINE": "django.db.backends.postgresql", "NAME": url.path.lstrip("/"), "USER": url.username,
+    "PASSWORD": os.environ["PGPASSWORD"], "HOST": url.hostname, "PORT": url.port,
+}}
+"""
+
+DJANGO_MODELS = """\
+from django.db import models
+
+
+class Product(models.Model):
+    name = models.TextField()
+    price = models.IntegerField(default=0)
+"""
+
+MANAGE_PY = """\
+import os
+import sys
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "settings")
+from django.core.management import execute_from_command_line
+
+execute_from_command_line(sys.argv)
+"""
+
+
+def test_django_migrate_is_the_schema_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    proj = make_project(tmp_path / "proj", use_runtime("native", monkeypatch), profile="ci")
+    root = proj.root
+    (root / "settings.py").write_text(DJANGO_SETTINGS)
+    (root / "manage.py").write_text(MANAGE_PY)
+    (root / "shop").mkdir()
+    (root / "shop" / "__init__.py").write_text("")
+    (root / "shop" / "models.py").write_text(DJANGO_MODELS)
+    # The app's migration, as `makemigrations` writes it (no database needed for that).
+    subprocess.run([sys.executable, "manage.py", "makemigrations", "shop"], cwd=root, check=True, capture_output=True,
+                   env={**proj.env, "DATABASE_URL": "postgresql://x:y@127.0.0.1:1/x", "PGPASSWORD": "y"})
+    with (root / "devenv.yaml").open("a") as config:
+        config.write("\nschema:\n  - run: python manage.py migrate --no-input\n"
+                     "    inputs: [manage.py, settings.py, shop]\nseed: []\n")
+    try:
+        up = proj.devenv("up")
+        assert "schema 1 |   Applying shop.0001_initial... OK" in up.stderr
+        with proj.connect() as conn:
+            conn.execute("INSERT INTO shop_product (name, price) VALUES ('tea', 3)")
+            assert conn.execute("SELECT app, name FROM django_migrations").fetchall() == [("shop", "0001_initial")]
+        assert status(proj)["steps"]["versions"] == {"django": "shop.0001_initial"}
+        proj.devenv("reset")
+        with proj.connect() as conn:
+            assert conn.execute("SELECT count(*) FROM shop_product").fetchone()[0] == 0
+    finally:
+        teardown_project(proj)
