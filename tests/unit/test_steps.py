@@ -245,3 +245,94 @@ def test_each_recipe_parses_into_the_steps_it_shows(project: Path) -> None:
             assert "migrate" in step.argv[2] or "deploy" in step.argv[2]
             assert "PGPASSWORD" not in step.argv[2] or "FLYWAY_PASSWORD=\"$PGPASSWORD\"" in step.argv[2]
         assert rest == [DEFAULT_STEPS[1]]
+
+
+# --------------------------------------------------------------------------- running a step
+
+
+def repo_stack(project: Path, ssl: bool = False) -> Stack:
+    stack = build_stack(load_config(REPO / "devenv.yaml", {}), "dev", secrets=SECRETS).replace(root=project)
+    return stack.replace(postgres=stack.postgres.replace(settings={**stack.postgres.settings, "ssl": "on"})) if ssl else stack
+
+
+def test_a_run_step_gets_the_direct_url_and_libpq_s_variables_as_the_application_role(project: Path, monkeypatch) -> None:
+    from devenv.db.steps import run_step
+
+    monkeypatch.setenv("PGSSLMODE", "disable")  # the caller's must not redirect the step
+    monkeypatch.setenv("KEEP_ME", "1")
+    stack = repo_stack(project)
+    script = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in ('DATABASE_URL', 'PGHOST', 'PGPORT', "
+              "'PGUSER', 'PGPASSWORD', 'PGDATABASE', 'PGSSLMODE', 'PYTHONUNBUFFERED', 'KEEP_ME')})); print(os.getcwd())")
+    lines: list[str] = []
+    run_step(stack, Step("schema", "run", 1, argv=(sys.executable, "-c", script)), "built_db", lines.append)
+    assert lines[0] == f"schema step 1 ({sys.executable} -c {__import__('shlex').quote(script)}): running on built_db"
+    env = json.loads(lines[1].removeprefix("  schema 1 | "))
+    pg = stack.postgres
+    assert env == {"DATABASE_URL": f"postgresql://{pg.user}:x@127.0.0.1:{pg.port}/built_db", "PGHOST": "127.0.0.1",
+                   "PGPORT": str(pg.port), "PGUSER": pg.user, "PGPASSWORD": "x", "PGDATABASE": "built_db",
+                   "PGSSLMODE": None, "PYTHONUNBUFFERED": "1", "KEEP_ME": "1"}
+    assert lines[2] == f"  schema 1 | {project}"
+    lines.clear()
+    run_step(repo_stack(project, ssl=True), Step("seed", "run", 2, argv=(sys.executable, "-c", script)), "db", lines.append)
+    env = json.loads(lines[1].removeprefix("  seed 2 | "))
+    assert env["PGSSLMODE"] == "require" and env["DATABASE_URL"].endswith("/db?sslmode=require")
+
+
+def test_a_failing_step_is_exit_7_with_its_status_and_last_lines(project: Path) -> None:
+    from devenv.db.steps import TAIL_LINES, run_step
+    from devenv.errors import SchemaError
+
+    script = "import sys\nfor i in range(30): print('line', i)\nsys.exit(3)"
+    with pytest.raises(SchemaError) as info:
+        run_step(repo_stack(project), Step("schema", "run", 1, argv=(sys.executable, "-c", script)), "db")
+    message = info.value.message
+    assert info.value.exit_code == 7 and "schema step 1 (" in message and "exited with status 3" in message
+    assert "| line 29" in message and f"| line {30 - TAIL_LINES}" in message and f"| line {29 - TAIL_LINES}\n" not in message
+    with pytest.raises(SchemaError) as info:
+        run_step(repo_stack(project), Step("schema", "run", 1, argv=("no-such-tool-here", "up")), "db")
+    assert "schema step 1 (no-such-tool-here up): no-such-tool-here: command not found" in info.value.message
+    assert info.value.exit_code == 7 and info.value.hint
+
+
+def test_an_interrupted_step_s_process_group_is_killed(project: Path) -> None:
+    import os
+    import time
+
+    from devenv.db.steps import run_step
+
+    # The step starts a grandchild, prints its pid and waits: Ctrl-C (here raised from the
+    # output callback) must end both.
+    script = ("import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              "print(p.pid, flush=True); time.sleep(60)")
+    pids: list[int] = []
+
+    def say(line: str) -> None:
+        if line.startswith("  schema 1 | "):
+            pids.append(int(line.rsplit(" ", 1)[1]))
+            raise KeyboardInterrupt
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_step(repo_stack(project), Step("schema", "run", 1, argv=(sys.executable, "-c", script)), "db", say)
+    assert time.monotonic() - start < 10
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pids[0], 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the step's own child outlived the interrupt")
+
+
+def test_status_lines_say_whether_the_working_database_is_at_the_key() -> None:
+    from devenv.db import stepstatus
+
+    view = {"steps": [{"part": "schema", "index": 1, "kind": "run", "what": "alembic upgrade head", "inputs": ["migrations"]}],
+            "template": "app__tpl_abc", "at_template_key": True, "behind": [], "versions": {"alembic": "003"}}
+    assert stepstatus.format_report(view) == [
+        "steps:", "  schema 1: run alembic upgrade head  (inputs: migrations)",
+        "  working database at the template's key (app__tpl_abc); alembic at 003"]
+    behind = {**view, "at_template_key": False, "behind": ["schema step 1 (alembic upgrade head)"]}
+    assert "NOT at the template's key" in stepstatus.summary(behind) and "lacks schema step 1" in stepstatus.summary(behind)

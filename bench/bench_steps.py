@@ -1,0 +1,83 @@
+"""A second `devenv up` with nothing changed, when Alembic is the schema step: it must not run
+the migration tool and stay within 1.5x `devenv --help` (the no-op `up` hashes the steps'
+inputs, listed by the last full `up`, and returns before loading the stack).
+
+Also times the full `up` that a new migration file causes (the template built through Alembic,
+the working database brought forward in a copy) next to the first one.
+
+    python bench/bench_steps.py [--runs 11]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import make_project, timed  # noqa: E402
+
+ENV_PY = """\
+import os
+from alembic import context
+from sqlalchemy import create_engine
+
+with open(os.path.join(os.path.dirname(__file__), "..", "ran.log"), "a") as marker:
+    marker.write("ran\\n")
+url = os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://", 1)
+with create_engine(url).connect() as connection:
+    context.configure(connection=connection)
+    with context.begin_transaction():
+        context.run_migrations()
+"""
+
+
+def migration(number: int, body: str) -> str:
+    previous = repr(f"{number - 1:03d}") if number > 1 else "None"
+    return (f"from alembic import op\nimport sqlalchemy as sa\n\nrevision = '{number:03d}'\n"
+            f"down_revision = {previous}\n\n\ndef upgrade():\n    {body}\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=11)
+    args = parser.parse_args()
+    project, env = make_project("devenv-bench-steps-")
+    (project / "alembic.ini").write_text("[alembic]\nscript_location = migrations\n")
+    versions = project / "migrations" / "versions"
+    versions.mkdir(parents=True)
+    (project / "migrations" / "env.py").write_text(ENV_PY)
+    (versions / "001.py").write_text(migration(1, 'op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))'))
+    with (project / "devenv.yaml").open("a") as config:
+        config.write("\nschema:\n  - run: alembic upgrade head\n    inputs: [alembic.ini, migrations]\nseed: []\n")
+    devenv = [sys.executable, "-m", "devenv"]
+    prof = ["--profile", "dev", "--runtime", "native"]
+    samples: dict[str, list[float]] = {}
+    try:
+        first = timed(devenv + ["up", *prof], project, env)
+        runs_after_first = len((project / "ran.log").read_text().splitlines())
+        for _ in range(args.runs):  # interleaved, so that both see the same machine
+            samples.setdefault("devenv up (no-op, alembic step)", []).append(timed(devenv + ["up", *prof], project, env))
+            samples.setdefault("devenv --help", []).append(timed(devenv + ["--help"], project, env))
+        ran = len((project / "ran.log").read_text().splitlines()) - runs_after_first
+        (versions / "002.py").write_text(migration(2, 'op.add_column("t", sa.Column("x", sa.Integer))'))
+        migrate = timed(devenv + ["up", *prof], project, env)
+    finally:
+        subprocess.run(devenv + ["down", "--volumes", *prof], cwd=project, env=env, capture_output=True)
+        shutil.rmtree(project, ignore_errors=True)
+    med = {key: statistics.median(values) for key, values in samples.items()}
+    print(f"native runtime, profile dev, {args.runs} runs")
+    for key, values in samples.items():
+        print(f"{key:<34} median {med[key] * 1000:6.0f}ms  min {min(values) * 1000:6.0f}ms  max {max(values) * 1000:6.0f}ms")
+    print(f"{'first up (template via alembic)':<34} {first * 1000:6.0f}ms")
+    print(f"{'up after a new migration file':<34} {migrate * 1000:6.0f}ms")
+    ratio = med["devenv up (no-op, alembic step)"] / med["devenv --help"]
+    print(f"no-op up / devenv --help: {ratio:.2f}x (target < 1.5x: {'met' if ratio < 1.5 else 'NOT met'}); "
+          f"alembic ran {ran} time(s) during the no-op runs (target 0: {'met' if ran == 0 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
