@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 from typing import TYPE_CHECKING, Any, Callable
+from urllib.parse import quote
 
 from devenv.config.stack import Stack, Step
 from devenv.db.seeds import LEDGER_TABLE, apply_seeds, ensure_ledger, step_files
@@ -63,10 +64,14 @@ def run_step(stack: Stack, step: Step, dbname: str, say: Say | None = None) -> N
                           hint="fix `run:` in devenv.yaml (or the program's permissions); nothing was changed.") from None
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     prefix = f"  {step.part} {step.index} | "
+    # A tool that prints its URL must not put the password in devenv's output (or a CI log).
+    secrets = [text for text in {stack.postgres.password, quote(stack.postgres.password, safe="")} if text]
     try:
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip("\r\n").rsplit("\r", 1)[-1]
+            for secret in secrets:
+                line = line.replace(secret, "****")
             tail.append(line)
             show(prefix + line)
         status = proc.wait()
@@ -148,9 +153,11 @@ def bring_forward(janitor: "Janitor", stack: Stack, say: Say) -> list[str]:
     janitor.drop(scratch)
     janitor.copy_live(dbname, scratch)
     done: list[str] = []
+    running: Step | None = None
     try:
         with connect.psycopg_postgres(stack, scratch, durable=True, explain=True, autocommit=True) as conn:
             for step in stack.steps:
+                running = step
                 if step.kind == "sql":
                     done += apply_seeds(stack, conn=conn, files=step_files(stack.replace(steps=(step,))))
                 elif step.part == "schema":
@@ -158,7 +165,11 @@ def bring_forward(janitor: "Janitor", stack: Stack, say: Say) -> list[str]:
                     record_run(conn, stack, step)
                     done.append(step.label)
         janitor.swap_in(dbname, scratch)
-    except BaseException:
+    except BaseException as exc:
         janitor.drop(scratch)  # the working database was never touched
+        if isinstance(exc, SchemaError) and running is not None and exc.message.startswith(running.label):
+            exc.hint = (f"it passed on a fresh template but not on {dbname}'s data (a copy of it, now dropped: "
+                        f"{dbname} is as it was); fix the migration or the data and `devenv up` again, or "
+                        "`devenv reset` to start over from the new template (this drops the data).")
         raise
     return done

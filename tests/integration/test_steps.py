@@ -190,6 +190,7 @@ def test_alembic_builds_the_template_and_migrates_the_working_database_in_a_copy
     failed = proj.devenv("up", check=False)
     assert failed.returncode == 7, failed.stderr
     assert f"error: {STEP} exited with status 1" in failed.stderr and "NotNullViolation" in failed.stderr
+    assert "it passed on a fresh template but not on taskflow's data" in failed.stderr
     assert len(runs(proj)) == before + 2  # the template built, then the copy failed
     assert version(proj) == "003" and columns(proj) == ["id", "name", "email", "age"]
     assert names(proj) == ["ada", "carol", None]
@@ -289,3 +290,28 @@ def test_django_migrate_is_the_schema_step(tmp_path: Path, monkeypatch: pytest.M
             assert conn.execute("SELECT count(*) FROM shop_product").fetchone()[0] == 0
     finally:
         teardown_project(proj)
+
+
+def test_a_killed_up_mid_migration_leaves_the_working_database_whole_and_its_copy_swept(alembic_native: Project) -> None:
+    proj = alembic_native
+    proj.devenv("up")
+    with proj.connect() as conn:
+        conn.execute("INSERT INTO users (name) VALUES ('bob')")
+    # The migration SIGKILLs the `devenv up` running it, on the working database's copy only.
+    add_migration(proj, 3, textwrap.dedent("""\
+        import os, signal
+        if "__migrate_" in os.environ["PGDATABASE"] and os.path.exists("kill-devenv"):
+            os.kill(os.getppid(), signal.SIGKILL)
+            os._exit(1)
+        op.add_column("users", sa.Column("age", sa.Integer))"""))
+    (proj.root / "kill-devenv").write_text("")
+    killed = proj.devenv("up", check=False)
+    assert killed.returncode == -9, killed.stderr
+    assert version(proj) == "002" and names(proj) == ["ada", "bob"]
+    litter = [name for name in databases(proj) if "__migrate_" in name]
+    assert len(litter) == 1
+    (proj.root / "kill-devenv").unlink()
+    up = proj.devenv("up")
+    assert f"swept 1 scratch database(s) left by killed commands: {litter[0]}" in up.stderr, up.stderr
+    assert version(proj) == "003" and names(proj) == ["ada", "bob"] and "age" in columns(proj)
+    assert not [name for name in databases(proj) if "__migrate_" in name]

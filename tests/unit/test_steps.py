@@ -261,6 +261,7 @@ def test_a_run_step_gets_the_direct_url_and_libpq_s_variables_as_the_application
     monkeypatch.setenv("PGSSLMODE", "disable")  # the caller's must not redirect the step
     monkeypatch.setenv("KEEP_ME", "1")
     stack = repo_stack(project)
+    stack = stack.replace(postgres=stack.postgres.replace(password="pw-123"))  # shown masked (****)
     script = ("import json, os; print(json.dumps({k: os.environ.get(k) for k in ('DATABASE_URL', 'PGHOST', 'PGPORT', "
               "'PGUSER', 'PGPASSWORD', 'PGDATABASE', 'PGSSLMODE', 'PYTHONUNBUFFERED', 'KEEP_ME')})); print(os.getcwd())")
     lines: list[str] = []
@@ -268,8 +269,8 @@ def test_a_run_step_gets_the_direct_url_and_libpq_s_variables_as_the_application
     assert lines[0] == f"schema step 1 ({sys.executable} -c {__import__('shlex').quote(script)}): running on built_db"
     env = json.loads(lines[1].removeprefix("  schema 1 | "))
     pg = stack.postgres
-    assert env == {"DATABASE_URL": f"postgresql://{pg.user}:x@127.0.0.1:{pg.port}/built_db", "PGHOST": "127.0.0.1",
-                   "PGPORT": str(pg.port), "PGUSER": pg.user, "PGPASSWORD": "x", "PGDATABASE": "built_db",
+    assert env == {"DATABASE_URL": f"postgresql://{pg.user}:****@127.0.0.1:{pg.port}/built_db", "PGHOST": "127.0.0.1",
+                   "PGPORT": str(pg.port), "PGUSER": pg.user, "PGPASSWORD": "****", "PGDATABASE": "built_db",
                    "PGSSLMODE": None, "PYTHONUNBUFFERED": "1", "KEEP_ME": "1"}
     assert lines[2] == f"  schema 1 | {project}"
     lines.clear()
@@ -336,3 +337,15 @@ def test_status_lines_say_whether_the_working_database_is_at_the_key() -> None:
         "  working database at the template's key (app__tpl_abc); alembic at 003"]
     behind = {**view, "at_template_key": False, "behind": ["schema step 1 (alembic upgrade head)"]}
     assert "NOT at the template's key" in stepstatus.summary(behind) and "lacks schema step 1" in stepstatus.summary(behind)
+
+
+def test_a_step_s_output_never_shows_the_password(project: Path) -> None:
+    from devenv.db.steps import run_step
+
+    stack = repo_stack(project)
+    stack = stack.replace(postgres=stack.postgres.replace(password="s3cr/t"))
+    lines: list[str] = []
+    run_step(stack, Step("schema", "run", 1, argv=(sys.executable, "-c", "import os; print(os.environ['DATABASE_URL']); "
+                                                   "print(os.environ['PGPASSWORD'])")), "db", lines.append)
+    assert "s3cr" not in "\n".join(lines) and lines[1].endswith(":****@127.0.0.1:%d/db" % stack.postgres.port)
+    assert lines[2] == "  schema 1 | ****"
