@@ -199,16 +199,15 @@ class Janitor:
     def template_name(self, major: int) -> str:
         """The name the current steps give the template (hashed again only when one of the files
         it reads changed: every sql step's file, every run step's input, listed afresh)."""
-        from devenv.db.stepkeys import watched_paths
+        from devenv.db.stepkeys import stat_signature
 
-        paths = [*watched_paths(self.stack), self.stack.root / "seeds" / SCALE_FILE]
-        signature: tuple[Any, ...] = (major,)
-        for path in paths:
-            try:
-                stat = path.stat()
-                signature += ((str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino),)
-            except OSError:
-                signature += ((str(path),),)
+        scale = self.stack.root / "seeds" / SCALE_FILE
+        try:
+            stat = scale.stat()
+            scaled: tuple[Any, ...] = (str(scale), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        except OSError:
+            scaled = (str(scale),)
+        signature: tuple[Any, ...] = (major, scaled, stat_signature(self.stack))
         if signature not in self._keys:
             self._keys = {signature: template_name(self.stack, major)}
         return self._keys[signature]

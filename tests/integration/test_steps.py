@@ -41,7 +41,10 @@ format = %(levelname)-5.5s [%(name)s] %(message)s
 
 ENV_PY = """\
 import os
+import sys
 from logging.config import fileConfig
+
+sys.dont_write_bytecode = False  # the migrations' __pycache__ is written, as on a developer's machine
 
 from alembic import context
 from sqlalchemy import create_engine
@@ -83,7 +86,6 @@ def alembic_project(base: Path, runtime: str) -> Project:
     """The test project's stack with its schema from Alembic (two migrations, the second adding
     a column) and its seed from a Python script."""
     proj = make_project(base, runtime, profile="ci")
-    proj.env.pop("PYTHONDONTWRITEBYTECODE", None)  # Alembic writes migrations/**/__pycache__, as on a developer's machine
     (proj.root / "alembic.ini").write_text(ALEMBIC_INI)
     (proj.root / "migrations" / "versions").mkdir(parents=True)
     (proj.root / "migrations" / "env.py").write_text(ENV_PY)
@@ -292,7 +294,7 @@ def test_django_migrate_is_the_schema_step(tmp_path: Path, monkeypatch: pytest.M
         teardown_project(proj)
 
 
-def test_a_killed_up_mid_migration_leaves_the_working_database_whole_and_its_copy_swept(alembic_native: Project) -> None:
+def test_a_killed_up_mid_migration_is_swept_and_a_changed_seed_script_waits_for_reset(alembic_native: Project) -> None:
     proj = alembic_native
     proj.devenv("up")
     with proj.connect() as conn:
@@ -315,3 +317,12 @@ def test_a_killed_up_mid_migration_leaves_the_working_database_whole_and_its_cop
     assert f"swept 1 scratch database(s) left by killed commands: {litter[0]}" in up.stderr, up.stderr
     assert version(proj) == "003" and names(proj) == ["ada", "bob"] and "age" in columns(proj)
     assert not [name for name in databases(proj) if "__migrate_" in name]
+    # A changed seed script is not run on existing data: `up` says so, `reset` serves it.
+    proj.edit("seed.py", "('ada', 'ada@example.com')", "('grace', 'grace@example.com')")
+    up = proj.devenv("up")
+    assert ("seed step 1 (python seed.py) changed since taskflow was seeded: seed steps do not run again on "
+            "existing data; `devenv reset` serves the new seed") in up.stderr
+    assert names(proj) == ["ada", "bob"]
+    assert status(proj)["steps"]["behind"] == ["seed step 1 (python seed.py)"]
+    proj.devenv("reset")
+    assert names(proj) == ["grace"] and status(proj)["steps"]["at_template_key"] is True
