@@ -287,6 +287,21 @@ def test_django_migrate_is_the_schema_step(tmp_path: Path, monkeypatch: pytest.M
             conn.execute("INSERT INTO shop_product (name, price) VALUES ('tea', 3)")
             assert conn.execute("SELECT app, name FROM django_migrations").fetchall() == [("shop", "0001_initial")]
         assert status(proj)["steps"]["versions"] == {"django": "shop.0001_initial"}
+        # The other tools' version tables, as each creates them (trimmed to the columns read).
+        with proj.connect(autocommit=True) as conn:
+            conn.execute("CREATE TABLE _prisma_migrations (migration_name text, finished_at timestamptz, rolled_back_at timestamptz);"
+                         "INSERT INTO _prisma_migrations VALUES ('20240101_init', now() - interval '1 day', NULL),"
+                         " ('20240102_add', now(), NULL), ('20240103_bad', NULL, NULL)")
+            conn.execute("CREATE TABLE flyway_schema_history (installed_rank int, version text, description text, success bool);"
+                         "INSERT INTO flyway_schema_history VALUES (1, '1', 'init', true), (2, '2', 'more', true), (3, '3', 'x', false)")
+            conn.execute("CREATE TABLE schema_migrations (version varchar(128) PRIMARY KEY);"
+                         "INSERT INTO schema_migrations VALUES ('20240101000000'), ('20240202000000')")
+            conn.execute("CREATE SCHEMA sqitch; CREATE TABLE sqitch.changes (change text, committed_at timestamptz);"
+                         "INSERT INTO sqitch.changes VALUES ('users', now() - interval '1 hour'), ('widgets', now())")
+        assert status(proj)["steps"]["versions"] == {
+            "django": "shop.0001_initial", "prisma": "20240102_add", "flyway": "2", "dbmate": "20240202000000",
+            "sqitch": "widgets"}
+        assert "django at shop.0001_initial, prisma at 20240102_add" in proj.devenv("status").stdout
         proj.devenv("reset")
         with proj.connect() as conn:
             assert conn.execute("SELECT count(*) FROM shop_product").fetchone()[0] == 0
