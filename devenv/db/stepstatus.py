@@ -47,11 +47,14 @@ def report(stack: "Stack", timeout: float = 2.0) -> dict[str, Any]:
     try:
         with connect.postgres(stack, timeout=timeout, query_timeout=timeout, application_name="devenv-status") as conn:
             out["template"] = template_name(stack, conn.server_major)
+            tables = [LEDGER_TABLE, *(table for table, _ in VERSION_TABLES.values())]
+            [found] = conn.query("SELECT " + ", ".join(f"to_regclass({pgwire.literal(t)}) IS NOT NULL" for t in tables))
+            present = dict(zip(tables, (value == "t" for value in found)))  # one round trip for all of them
             applied: dict[str, str | None] = {}
-            if conn.query(f"SELECT to_regclass({pgwire.literal(LEDGER_TABLE)})")[0][0] is not None:
+            if present[LEDGER_TABLE]:
                 applied = dict(conn.query(f"SELECT file, checksum FROM {LEDGER_TABLE}"))
             for tool, (table, query) in VERSION_TABLES.items():
-                if conn.query(f"SELECT to_regclass({pgwire.literal(table)})")[0][0] is not None:
+                if present[table]:
                     head = conn.query(query)
                     out["versions"][tool] = head[0][0] if head else None
     except (pgwire.PgError, OSError, ValueError) as exc:

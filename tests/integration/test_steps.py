@@ -341,3 +341,18 @@ def test_a_killed_up_mid_migration_is_swept_and_a_changed_seed_script_waits_for_
     assert status(proj)["steps"]["behind"] == ["seed step 1 (python seed.py)"]
     proj.devenv("reset")
     assert names(proj) == ["grace"] and status(proj)["steps"]["at_template_key"] is True
+
+
+def test_status_and_doctor_show_the_default_steps_at_the_template_s_key(running) -> None:
+    proj = running("dev")
+    report = status(proj)["steps"]
+    assert [(s["part"], s["kind"], s["what"]) for s in report["steps"]] == [
+        ("schema", "sql", "seeds/schema"), ("seed", "sql", "seeds/data")]
+    assert report["at_template_key"] is True and report["behind"] == [] and report["versions"] == {}
+    assert report["template"].startswith("taskflow__tpl_")
+    text = proj.devenv("status").stdout
+    assert "  schema 1: sql seeds/schema" in text and f"working database at the template's key ({report['template']})" in text
+    doctor = json.loads(proj.devenv("doctor", "--json", check=False).stdout)
+    checks = {check["name"]: check for check in doctor["checks"]}
+    assert checks["steps"]["detail"] == "schema 1: sql seeds/schema; seed 1: sql seeds/data"
+    assert checks["working database"]["status"] == "ok"
