@@ -12,6 +12,17 @@ import pytest
 
 from tests.integration.conftest import Project, make_project, teardown_project, use_runtime
 
+
+def tool_project(base: Path, runtime: str) -> Project:
+    """A test project whose steps find this interpreter's `python` and console scripts
+    (alembic) first on PATH, as in the virtualenv a developer runs devenv from."""
+    import os
+    import sysconfig
+
+    proj = make_project(base, runtime, profile="ci")
+    proj.env["PATH"] = os.pathsep.join([sysconfig.get_path("scripts"), proj.env.get("PATH", os.defpath)])
+    return proj
+
 STEP = "schema step 1 (alembic upgrade head)"
 
 ALEMBIC_INI = """\
@@ -85,7 +96,7 @@ def add_migration(proj: Project, number: int, body: str) -> Path:
 def alembic_project(base: Path, runtime: str) -> Project:
     """The test project's stack with its schema from Alembic (two migrations, the second adding
     a column) and its seed from a Python script."""
-    proj = make_project(base, runtime, profile="ci")
+    proj = tool_project(base, runtime)
     (proj.root / "alembic.ini").write_text(ALEMBIC_INI)
     (proj.root / "migrations" / "versions").mkdir(parents=True)
     (proj.root / "migrations" / "env.py").write_text(ENV_PY)
@@ -267,7 +278,7 @@ def test_django_migrate_is_the_schema_step(tmp_path: Path, monkeypatch: pytest.M
     import subprocess
     import sys
 
-    proj = make_project(tmp_path / "proj", use_runtime("native", monkeypatch), profile="ci")
+    proj = tool_project(tmp_path / "proj", use_runtime("native", monkeypatch))
     root = proj.root
     (root / "settings.py").write_text(DJANGO_SETTINGS)
     (root / "manage.py").write_text(MANAGE_PY)
