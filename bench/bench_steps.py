@@ -3,9 +3,12 @@ the migration tool and stay within 1.5x `devenv --help` (the no-op `up` hashes t
 inputs, listed by the last full `up`, and returns before loading the stack).
 
 Also times the full `up` that a new migration file causes (the template built through Alembic,
-the working database brought forward in a copy) next to the first one.
+the working database brought forward in a copy) next to the first one, and the per-test reset
+(the API's, as the pytest plugin's fixtures do it: a one-row write, then `reset`) of this project
+against the same project with its schema from SQL files (target within 1.2x): the reset checks
+the steps' files by stat to know the template's name is current.
 
-    python bench/bench_steps.py [--runs 11]
+    python bench/bench_steps.py [--runs 11] [--resets 200]
 """
 
 from __future__ import annotations
@@ -41,11 +44,45 @@ def migration(number: int, body: str) -> str:
             f"down_revision = {previous}\n\n\ndef upgrade():\n    {body}\n")
 
 
+def per_test_resets(projects: dict[str, tuple[Path, dict[str, str]]], count: int) -> dict[str, list[float]]:
+    """Seconds of `write one row; Janitor.reset()` per project, interleaved, as a test's teardown."""
+    import os
+    import time
+
+    from devenv.api import Devenv
+
+    handles = {}
+    for label, (root, env) in projects.items():
+        saved = dict(os.environ)
+        os.environ.update({k: v for k, v in env.items() if k.startswith("DEVENV_")})
+        try:
+            handles[label] = Devenv.load(config=root / "devenv.yaml", profile="dev", runtime="native")
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    out: dict[str, list[float]] = {label: [] for label in handles}
+    for _ in range(count):
+        for label, handle in handles.items():
+            with handle.connect() as conn:
+                conn.execute("INSERT INTO t (x) VALUES (1)")
+                conn.commit()
+            start = time.perf_counter()
+            handle.reset()
+            out[label].append(time.perf_counter() - start)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=11)
+    parser.add_argument("--resets", type=int, default=200)
     args = parser.parse_args()
+    sql_project, sql_env = make_project("devenv-bench-sql-")
+    sql_env["DEVENV_NO_CACHE"] = "1"
+    with (sql_project / "seeds" / "schema" / "900_t.sql").open("w") as handle:
+        handle.write("CREATE TABLE t (id serial PRIMARY KEY, x int);\n")
     project, env = make_project("devenv-bench-steps-")
+    env["DEVENV_NO_CACHE"] = "1"  # the first `up` builds the template through Alembic, never from the cache
     (project / "alembic.ini").write_text("[alembic]\nscript_location = migrations\n")
     versions = project / "migrations" / "versions"
     versions.mkdir(parents=True)
@@ -59,21 +96,30 @@ def main() -> None:
     try:
         first = timed(devenv + ["up", *prof], project, env)
         runs_after_first = len((project / "ran.log").read_text().splitlines())
-        for _ in range(args.runs):  # interleaved, so that both see the same machine
+        timed(devenv + ["up", *prof], sql_project, sql_env)
+        for _ in range(args.runs):  # interleaved, so that all see the same machine
             samples.setdefault("devenv up (no-op, alembic step)", []).append(timed(devenv + ["up", *prof], project, env))
+            samples.setdefault("devenv up (no-op, sql files)", []).append(timed(devenv + ["up", *prof], sql_project, sql_env))
             samples.setdefault("devenv --help", []).append(timed(devenv + ["--help"], project, env))
         ran = len((project / "ran.log").read_text().splitlines()) - runs_after_first
         (versions / "002.py").write_text(migration(2, 'op.add_column("t", sa.Column("x", sa.Integer))'))
         migrate = timed(devenv + ["up", *prof], project, env)
+        resets = per_test_resets({"alembic step": (project, env), "sql files": (sql_project, sql_env)}, args.resets)
     finally:
-        subprocess.run(devenv + ["down", "--volumes", *prof], cwd=project, env=env, capture_output=True)
-        shutil.rmtree(project, ignore_errors=True)
+        for where, variables in ((project, env), (sql_project, sql_env)):
+            subprocess.run(devenv + ["down", "--volumes", *prof], cwd=where, env=variables, capture_output=True)
+            shutil.rmtree(where, ignore_errors=True)
     med = {key: statistics.median(values) for key, values in samples.items()}
     print(f"native runtime, profile dev, {args.runs} runs")
     for key, values in samples.items():
         print(f"{key:<34} median {med[key] * 1000:6.0f}ms  min {min(values) * 1000:6.0f}ms  max {max(values) * 1000:6.0f}ms")
     print(f"{'first up (template via alembic)':<34} {first * 1000:6.0f}ms")
     print(f"{'up after a new migration file':<34} {migrate * 1000:6.0f}ms")
+    for label, values in resets.items():
+        print(f"{'reset after a write (' + label + ')':<34} median {statistics.median(values) * 1000:6.2f}ms")
+    reset_ratio = statistics.median(resets["alembic step"]) / statistics.median(resets["sql files"])
+    print(f"per-test reset, alembic step / sql files: {reset_ratio:.2f}x (target < 1.2x: "
+          f"{'met' if reset_ratio < 1.2 else 'NOT met'})")
     ratio = med["devenv up (no-op, alembic step)"] / med["devenv --help"]
     print(f"no-op up / devenv --help: {ratio:.2f}x (target < 1.5x: {'met' if ratio < 1.5 else 'NOT met'}); "
           f"alembic ran {ran} time(s) during the no-op runs (target 0: {'met' if ran == 0 else 'NOT met'})")
