@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from devenv.config.resolve import _stack_from_dict, build_stack
+from devenv.config.resolve import build_stack
 from devenv.config.settings import load_config
 from devenv.config.stack import DEFAULT_STEPS, Stack, Step
 from devenv.db import stepkeys
@@ -80,12 +80,22 @@ seed:
     assert stack_of(project).steps == (DEFAULT_STEPS[0],)
 
 
-def test_steps_round_trip_through_the_stack_cache(project: Path) -> None:
+def test_steps_round_trip_through_the_stack_cache(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from devenv.config import settings
+    from devenv.config.resolve import STACK_CACHE, load_stack_cached
+
     (project / "migrations").mkdir()
-    stack = stack_of(project, "schema:\n  - run: alembic upgrade head\n    inputs: [migrations]\n")
-    assert _stack_from_dict(json.loads(json.dumps(stack.as_dict(), default=str))) == stack
-    default = build_stack(load_config(REPO / "devenv.yaml", {}), "dev", secrets=SECRETS)
-    assert _stack_from_dict(json.loads(json.dumps(default.as_dict(), default=str))) == default
+    with (project / "devenv.yaml").open("a") as handle:
+        handle.write("\nschema:\n  - run: [alembic, upgrade, head]\n    inputs: [migrations]\nseed: []\n")
+    built = load_stack_cached(project / "devenv.yaml", "dev")
+    cached = json.loads((project / ".devenv" / "dev" / STACK_CACHE).read_text())["stack"]
+    assert cached["steps"] == [{"part": "schema", "kind": "run", "index": 1, "path": "",
+                                "argv": ["alembic", "upgrade", "head"], "inputs": ["migrations"]}]
+    monkeypatch.setattr(settings, "load_config", lambda *a, **k: pytest.fail("stack.json was not used"))
+    again = load_stack_cached(project / "devenv.yaml", "dev")  # from stack.json this time
+    assert again == built and again.steps == (Step("schema", "run", 1, argv=("alembic", "upgrade", "head"),
+                                                   inputs=("migrations",)),)
+    assert isinstance(again.steps[0].argv, tuple)
 
 
 @pytest.mark.parametrize(("extra", "needle", "message"), [
@@ -212,6 +222,15 @@ def test_the_no_op_up_hashes_the_run_steps_inputs(project: Path) -> None:
     assert fingerprint(project, config, "dev", {}) == before
     (project / "migrations" / "versions" / "002_more.py").write_text("revision = '002'\n")
     assert fingerprint(project, config, "dev", {}) != before
+
+
+@pytest.mark.parametrize("content", [b"", b"[]", b"\xff", b'{"sql": 3, "inputs": []}', b'{"sql": [], "inputs": [null]}'])
+def test_a_damaged_inputs_record_is_hashed_as_it_is(project: Path, content: bytes) -> None:
+    from devenv.state import INPUTS_FILE, fingerprint
+
+    (project / ".devenv" / "dev").mkdir(parents=True)
+    (project / ".devenv" / "dev" / INPUTS_FILE).write_bytes(content)
+    assert len(fingerprint(project, project / "devenv.yaml", "dev", {})) == 64
 
 
 # --------------------------------------------------------------------------- recipes
