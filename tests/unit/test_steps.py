@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from devenv.config.resolve import build_stack
 from devenv.config.settings import load_config
@@ -368,3 +369,22 @@ def test_a_step_s_output_never_shows_the_password(project: Path) -> None:
                                                    "print(os.environ['PGPASSWORD'])")), "db", lines.append)
     assert "s3cr" not in "\n".join(lines) and lines[1].endswith(":****@127.0.0.1:%d/db" % stack.postgres.port)
     assert lines[2] == "  schema 1 | ****"
+
+
+# --------------------------------------------------------------------------- property: any command round-trips
+
+WORDS = st.lists(st.text(st.characters(blacklist_categories=("Cc", "Cs", "Cn")), min_size=1, max_size=12),
+                 min_size=1, max_size=5).filter(lambda words: words[0].strip() != "")
+
+
+@hsettings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(words=WORDS)
+def test_any_command_reads_back_word_for_word_as_a_list_or_a_shell_line(project: Path, words: list[str]) -> None:
+    import shlex
+
+    base = (REPO / "devenv.yaml").read_text()
+    for form in (json.dumps(words, ensure_ascii=False), json.dumps(shlex.join(words), ensure_ascii=False)):  # JSON is YAML
+        (project / "devenv.yaml").write_text(f"{base}\nschema:\n  - run: {form}\n")
+        [step, _] = stack_of(project).steps
+        assert step.argv == tuple(words)
+        assert shlex.split(step.command) == words  # what messages and the ledger name it by
