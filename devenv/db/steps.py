@@ -15,10 +15,13 @@ database is exactly as it was.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import select
 import signal
 import subprocess
-from typing import TYPE_CHECKING, Any, Callable
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import quote
 
 from devenv.config.stack import Stack, Step
@@ -67,14 +70,15 @@ def run_step(stack: Stack, step: Step, dbname: str, say: Say | None = None) -> N
     # A tool that prints its URL must not put the password in devenv's output (or a CI log).
     secrets = [text for text in {stack.postgres.password, quote(stack.postgres.password, safe="")} if text]
     try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip("\r\n").rsplit("\r", 1)[-1]
+        for raw in _lines(proc):
+            line = raw.decode("utf-8", "replace").rstrip("\r").rsplit("\r", 1)[-1]
             for secret in secrets:
                 line = line.replace(secret, "****")
             tail.append(line)
             show(prefix + line)
         status = proc.wait()
+        with contextlib.suppress(ProcessLookupError):  # what it left running in the background goes too
+            os.killpg(proc.pid, signal.SIGKILL)
     except BaseException:
         _kill_group(proc)
         raise
@@ -88,6 +92,32 @@ def run_step(stack: Stack, step: Step, dbname: str, say: Say | None = None) -> N
                           hint="fix the step (run it yourself with the stack's DIRECT_DATABASE_URL from `devenv env`), "
                           "then `devenv up` again; the template being built was discarded and the working database "
                           "is as it was.")
+
+
+def _lines(proc: subprocess.Popen[bytes], linger: float = 1.0) -> Iterator[bytes]:
+    """The step's output, line by line (without the newline), as it comes. Ends at the end of
+    the output, or `linger` seconds after the step exited: a process it left in the background
+    holding the pipe must not keep devenv waiting."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    pending = b""
+    exited: float | None = None
+    while True:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            yield from lines
+        if exited is None and proc.poll() is not None:
+            exited = time.monotonic()
+        if exited is not None and (not ready or time.monotonic() - exited > linger):
+            if not ready and time.monotonic() - exited < 0.1:
+                continue  # what it wrote just before exiting may still be on its way
+            break
+    if pending:
+        yield pending
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

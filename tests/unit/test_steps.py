@@ -388,3 +388,27 @@ def test_any_command_reads_back_word_for_word_as_a_list_or_a_shell_line(project:
         [step, _] = stack_of(project).steps
         assert step.argv == tuple(words)
         assert shlex.split(step.command) == words  # what messages and the ledger name it by
+
+
+def test_a_step_that_leaves_a_process_behind_holding_its_output_does_not_hang_up(project: Path) -> None:
+    import os
+    import time
+
+    from devenv.db.steps import run_step
+
+    script = ("import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+              "print('left', p.pid)")
+    lines: list[str] = []
+    start = time.monotonic()
+    run_step(repo_stack(project), Step("schema", "run", 1, argv=(sys.executable, "-c", script)), "db", lines.append)
+    assert time.monotonic() - start < 5
+    pid = int(lines[-1].rsplit(" ", 1)[1])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("what the step left running was not ended")
