@@ -7,7 +7,6 @@ import json
 import textwrap
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from tests.integration.conftest import Project, make_project, teardown_project, use_runtime

@@ -255,9 +255,9 @@ def test_each_recipe_parses_into_the_steps_it_shows(project: Path) -> None:
     base = (project / "devenv.yaml").read_text()
     for name, block in blocks:
         shape = RECIPES[name]
-        for given in re.search(r"inputs: \[(.*)\]", block).group(1).split(", "):
-            (project / given).parent.mkdir(parents=True, exist_ok=True)
-            (project / given).mkdir(exist_ok=True) if "." not in Path(given).name else (project / given).touch()
+        for named in re.search(r"inputs: \[(.*)\]", block).group(1).split(", "):
+            (project / named).parent.mkdir(parents=True, exist_ok=True)
+            (project / named).mkdir(exist_ok=True) if "." not in Path(named).name else (project / named).touch()
         (project / "devenv.yaml").write_text(base + "\n" + block)
         [step, *rest] = stack_of(project).steps
         assert step.part == "schema" and step.kind == "run" and step.argv[:len(shape)] == shape, (name, step)
