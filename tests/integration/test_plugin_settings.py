@@ -114,6 +114,29 @@ def test_profile(devenv_db):
                      "--config", str(stack_dir / "devenv.yaml"))
 
 
+def test_the_option_wins_over_the_ini_file_which_wins_over_the_environment(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    _clean_env(monkeypatch)
+    monkeypatch.setenv("DEVENV_PROFILE", "from-env")
+    monkeypatch.setenv("DEVENV_RUNTIME", "docker")
+    monkeypatch.setenv("DEVENV_KEEP_FAILED", "yes")
+    pytester.makeini("[pytest]\ndevenv_profile = from-ini\ndevenv_config = sub/devenv.yaml\n")
+    pytester.makepyfile(test_x='''
+from devenv.pytest_plugin import _keep_failed, _setting
+
+def test_x(pytestconfig):
+    import os
+    got = {k: _setting(pytestconfig, k) for k in ("devenv_profile", "devenv_runtime", "devenv_config")}
+    assert got == {"devenv_profile": os.environ["EXPECTED"], "devenv_runtime": "docker",
+                   "devenv_config": str(pytestconfig.inipath.parent / "sub" / "devenv.yaml")}, got
+    assert _keep_failed(pytestconfig)
+''')
+    monkeypatch.setenv("EXPECTED", "from-ini")
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    monkeypatch.setenv("EXPECTED", "from-option")
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "--devenv-profile", "from-option").assert_outcomes(passed=1)
+
+
 @pytest.mark.parametrize("line, key", [("devenv_runtime = kubernetes", "devenv_runtime"),
                                        ("devenv_keep_failed = maybe", "devenv_keep_failed")])
 def test_a_bad_ini_value_is_a_usage_error_naming_the_key(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
@@ -145,8 +168,20 @@ class Server:
         self._as_postgres(PG_BIN / "initdb", "-D", str(self.dir / "data"), "-U", "boss", "--auth=scram-sha-256",
                           f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8")
         pwfile.unlink()
-        self._as_postgres(PG_BIN / "pg_ctl", "-D", str(self.dir / "data"), "-w", "-l", str(self.dir / "log"), "-o",
-                          f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        # TLS on, with a certificate for 127.0.0.1 (verify-full checks it); role tlsonly may log in only over TLS.
+        data = self.dir / "data"
+        self.cert = self.dir / "server.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(data / "server.key"),
+                        "-out", str(self.cert)], check=True, capture_output=True)
+        shutil.copy(self.cert, data / "server.crt")
+        for name in ("server.key", "server.crt"):
+            shutil.chown(data / name, "postgres", "postgres")
+        (data / "server.key").chmod(0o600)
+        hba = data / "pg_hba.conf"
+        hba.write_text("hostnossl all tlsonly 0.0.0.0/0 reject\n" + hba.read_text())
+        self._as_postgres(PG_BIN / "pg_ctl", "-D", str(data), "-w", "-l", str(self.dir / "log"), "-o",
+                          f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c ssl=on", "start")
         conf = self.dir / "redis.conf"
         conf.write_text(f"port {self.redis_port}\nbind 127.0.0.1\nrequirepass {self.redis_password}\n"
                         "save \"\"\nappendonly no\n")
@@ -181,6 +216,8 @@ def server() -> Iterator[Server]:
     srv.sql(f"CREATE ROLE app LOGIN CREATEDB PASSWORD '{srv.app_password}'")
     srv.sql("GRANT SET ON PARAMETER session_replication_role TO app")
     srv.sql(f"CREATE ROLE nocreate LOGIN PASSWORD '{srv.app_password}'")
+    srv.sql(f"CREATE ROLE tlsonly LOGIN CREATEDB PASSWORD '{srv.app_password}'")
+    srv.sql("GRANT SET ON PARAMETER session_replication_role TO tlsonly")
     yield srv
     srv.stop()
 
@@ -254,6 +291,31 @@ def test_an_existing_server_under_xdist(server_project, server: Server, monkeypa
     state = pytester.path / ".devenv"
     leftovers = [p.name for p in state.rglob("*")] if state.exists() else []
     assert not any(name in ("data", "native", "secrets.json", "stack.json", "run") for name in leftovers), leftovers
+
+
+@pytest.mark.parametrize("sslmode", ["require", "verify-full"])
+def test_the_urls_sslmode_is_used_by_every_session(server_project, server: Server, monkeypatch: pytest.MonkeyPatch,
+                                                   sslmode: str) -> None:
+    """tlsonly is refused without TLS: the template build (psycopg), the in-place restore
+    (devenv's own driver) and the test's connection all use it; verify-full checks the certificate."""
+    pytester, records = server_project
+    monkeypatch.setenv("PGPASSWORD", server.app_password)
+    url = f"postgresql://tlsonly@127.0.0.1:{server.port}/postgres?sslmode={sslmode}"
+    if sslmode == "verify-full":
+        url += f"&sslrootcert={server.cert}"
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", "not redis", "--devenv-url", url)
+    result.assert_outcomes(passed=4)
+    seen = _records(records)
+    assert seen["d-main"]["strategy"] == "restore" and f"sslmode={sslmode}" in seen["d-main"]["url"]
+    if sslmode == "verify-full":  # a certificate it does not trust: refused
+        other = Path(tempfile.mkdtemp()) / "other.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=x",
+                        "-keyout", str(other.with_suffix(".key")), "-out", str(other)], check=True, capture_output=True)
+        bad = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_app.py::test_a",
+                                            "--devenv-url", url.replace(str(server.cert), str(other)))
+        bad.assert_outcomes(errors=1)
+        bad.stdout.fnmatch_lines(["*certificate verify failed*"])
+        shutil.rmtree(other.parent)
 
 
 def test_a_role_without_createdb_is_told_what_to_run(server_project, server: Server,
