@@ -73,7 +73,9 @@ def _records(records: Path) -> dict[str, dict]:
 
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
-        if name.startswith(("DEVENV_", "PG")) and name != "DEVENV_REGISTRY_DIR" or name.endswith("DATABASE_URL"):
+        # Kept: the registry of this session's stacks, the images the runtime fixture chose.
+        kept = name == "DEVENV_REGISTRY_DIR" or name.endswith("_IMAGE")
+        if name.startswith(("DEVENV_", "PG")) and not kept or name.endswith("DATABASE_URL"):
             monkeypatch.delenv(name)
     monkeypatch.delenv("REDIS_URL", raising=False)
 
