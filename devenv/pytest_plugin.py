@@ -303,8 +303,9 @@ class SeededDatabase:
     """A freshly reset database for one test: its name, URLs and a direct connection."""
 
     name: str
-    url: str  # through PgBouncer
-    direct_url: str  # Postgres itself (LISTEN/NOTIFY, session features)
+    # Not in the repr: a failing test's traceback shows its fixtures, and the URLs hold the password.
+    url: str = field(repr=False)  # through PgBouncer (direct on an existing server)
+    direct_url: str = field(repr=False)  # Postgres itself (LISTEN/NOTIFY, session features)
     strategy: str  # how the reset was done: restore, clone or copy
     conn: "psycopg.Connection[Any]"  # direct, autocommit off
     handle: "Devenv" = field(repr=False, compare=False)  # the stack it is on
@@ -414,7 +415,7 @@ def _kept_text(handle: "Devenv", kept: str) -> str:
         lines += [f"  URL: {redact(url)}",
                   "  the password is the one of --devenv-url / devenv_url: PGPASSWORD=... psql \"URL\""]
     else:
-        lines += [f"  URL: {url}", f"  psql: devenv psql -p {handle.stack.profile} -d {kept}"]
+        lines += [f"  URL: {url}", f"  open it: psql '{url}'"]
     return "\n".join(lines)
 
 

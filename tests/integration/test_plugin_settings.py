@@ -342,18 +342,57 @@ def test_devenv_redis_without_a_redis_url_says_to_pass_one(server_project, serve
     result.stdout.fnmatch_lines(["*no Redis was given*", "*--devenv-redis-url*"])
 
 
+def test_a_failed_tests_database_on_an_existing_server_is_named_without_the_password(
+        server_project, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytester, _ = server_project
+    pytester.makepyfile(test_app=FAILING)
+    monkeypatch.setenv("DEVENV_URL", f"postgresql://app:{server.app_password}@127.0.0.1:{server.port}/postgres")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--dist", "each",
+                                           "--devenv-keep-failed")
+    result.assert_outcomes(failed=2, errors=2, passed=2)
+    out = "\n".join(result.outlines + result.errlines)
+    assert server.app_password not in out
+    kept = re.findall(r"URL: postgresql://app:\*\*\*@127\.0\.0\.1:\d+/(\w+_kept_\w+)", out)
+    assert len(kept) == 4, out
+    seen = [{e for (e,) in server.sql("select email from users where email like '%@x'", dbname=name)} for name in kept]
+    assert sorted(map(sorted, seen)) == sorted(map(sorted, KEPT_DATA * 2))
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", "passes").assert_outcomes(passed=1)
+    names = ", ".join(f"'{name}'" for name in kept)
+    assert server.sql(f"select datname from pg_database where datname in ({names})") == []
+
+
 # ---- keep a failed test's database --------------------------------------------------------------
 
+# A failing test (its own fixture's teardown still writes to the database after the failure),
+# a fixture failing after devenv_db gave the database, and a test that passes.
 FAILING = '''
-def test_fails(devenv_db):
+import pytest
+
+@pytest.fixture
+def audit(devenv_db):
+    yield
+    with devenv_db.connect(autocommit=True) as conn:
+        conn.execute("insert into users (email, password_hash) values ('teardown@x', 'x')")
+
+def test_fails(audit, devenv_db):
     devenv_db.conn.execute("insert into users (email, password_hash) values ('kept@x', 'x')")
     devenv_db.conn.commit()
     devenv_db.conn.execute("insert into users (email, password_hash) values ('uncommitted@x', 'x')")
     assert False, "boom"
 
+@pytest.fixture
+def broken(devenv_db):
+    devenv_db.conn.execute("insert into users (email, password_hash) values ('setup@x', 'x')")
+    devenv_db.conn.commit()
+    raise RuntimeError("setup broke")
+
+def test_setup_fails(broken):
+    pass
+
 def test_passes(devenv_db):
-    assert devenv_db.conn.execute("select count(*) from users where email = 'kept@x'").fetchone()[0] == 0
+    assert devenv_db.conn.execute("select count(*) from users where email like '%@x'").fetchone()[0] == 0
 '''
+KEPT_DATA = ({"kept@x", "teardown@x"}, {"setup@x"})
 
 
 @pytest.mark.parametrize("xdist", [False, True])
@@ -372,19 +411,22 @@ def test_a_failed_tests_database_is_kept_and_dropped_by_the_next_run(
     args = ["-p", "no:cacheprovider", "--devenv-runtime", runtime, *(["-n", "2", "--dist", "each"] if xdist else [])]
     try:
         result = pytester.runpytest_subprocess(*args, "--devenv-keep-failed")
-        result.assert_outcomes(failed=2 if xdist else 1, passed=2 if xdist else 1)
+        workers = 2 if xdist else 1
+        result.assert_outcomes(failed=workers, errors=workers, passed=workers)
         out = "\n".join(result.outlines)
         urls = re.findall(r"URL: (postgresql://\S+)", out)
-        assert len(urls) == (2 if xdist else 1), out
+        assert len(urls) == 2 * workers, out
         assert "devenv: kept database" in out
         kept = [url.rsplit("/", 1)[1].split("?")[0] for url in urls]
+        seen = []
         for url in urls:  # the stack stays up while a database is kept: the URL works now
             with psycopg.connect(url) as conn:
-                emails = {e for (e,) in conn.execute("select email from users where email like '%@x'")}
-            assert emails == {"kept@x"}  # committed, not the open transaction's row
+                seen.append({e for (e,) in conn.execute("select email from users where email like '%@x'")})
+        # Committed data and the user's teardown's, not the open transaction's row.
+        assert sorted(map(sorted, seen)) == sorted(map(sorted, KEPT_DATA * workers))
         assert len(set(kept)) == len(kept) and all("_kept_" in name for name in kept)
         # The next run (without the option) drops them.
-        pytester.runpytest_subprocess(*args, "-k", "passes").assert_outcomes(passed=2 if xdist else 1)
+        pytester.runpytest_subprocess(*args, "-k", "passes").assert_outcomes(passed=workers)
         with psycopg.connect(urls[0].rsplit("/", 1)[0] + "/postgres") as conn:
             left = [n for (n,) in conn.execute("select datname from pg_database where datname like '%\\_kept\\_%'")]
         assert left == []
