@@ -385,20 +385,20 @@ def devenv_db(devenv_stack: "Devenv", _devenv_worker_connection: _WorkerConnecti
         devenv_stack.janitor.rename_away(name, kept)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+@pytest.hookimpl(hookwrapper=True)  # the old style: pytest 7.4 with older pluggy too
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """With --devenv-keep-failed, a failure (of the test, or of a fixture set up after devenv_db)
     names the database it keeps in the report: made here, before the report leaves an xdist
     worker; devenv_db's teardown renames the database."""
-    report = yield
+    outcome = yield
+    report = outcome.get_result()
     db = item.stash.get(_GIVEN, None)
     if db is None or not report.failed or call.when not in ("setup", "call") or _KEPT in item.stash:
-        return report
+        return
     if not _keep_failed(item.config):
-        return report
+        return
     kept = item.stash[_KEPT] = _kept_name(db.name, db.handle)
     report.sections.append((_SECTION, _kept_text(db.handle, kept)))
-    return report
 
 
 def _kept_text(handle: "Devenv", kept: str) -> str:
