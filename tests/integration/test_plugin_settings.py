@@ -218,6 +218,7 @@ def server() -> Iterator[Server]:
     srv.sql(f"CREATE ROLE app LOGIN CREATEDB PASSWORD '{srv.app_password}'")
     srv.sql("GRANT SET ON PARAMETER session_replication_role TO app")
     srv.sql(f"CREATE ROLE nocreate LOGIN PASSWORD '{srv.app_password}'")
+    srv.sql(f"CREATE ROLE nogrant LOGIN CREATEDB PASSWORD '{srv.app_password}'")
     srv.sql(f"CREATE ROLE tlsonly LOGIN CREATEDB PASSWORD '{srv.app_password}'")
     srv.sql("GRANT SET ON PARAMETER session_replication_role TO tlsonly")
     yield srv
@@ -318,6 +319,19 @@ def test_the_urls_sslmode_is_used_by_every_session(server_project, server: Serve
         bad.assert_outcomes(errors=1)
         bad.stdout.fnmatch_lines(["*certificate verify failed*"])
         shutil.rmtree(other.parent)
+
+
+def test_a_role_that_may_not_set_session_replication_role_gets_clones(server_project, server: Server,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without GRANT SET ON PARAMETER session_replication_role the in-place reload cannot turn
+    triggers off: after a write every reset clones, and every test still starts fresh."""
+    pytester, records = server_project
+    monkeypatch.setenv("PGPASSWORD", server.app_password)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", "not redis",
+                                           "--devenv-url", f"postgresql://nogrant@127.0.0.1:{server.port}/postgres")
+    result.assert_outcomes(passed=4)
+    seen = _records(records)
+    assert {seen[f"{name}-main"]["strategy"] for name in "bcd"} <= {"clone", "copy"}
 
 
 def test_a_role_without_createdb_is_told_what_to_run(server_project, server: Server,
