@@ -53,6 +53,37 @@ class Devenv:
         stack = build_stack(load_config(path, env), profile or env.get("DEVENV_PROFILE", "dev"))
         return cls(stack, runtime or env.get("DEVENV_RUNTIME", "auto"))
 
+    @classmethod
+    def on_server(cls, url: str, root: Path, profile: str = "ci", redis_url: str | None = None,
+                  config: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> "Devenv":
+        """A handle on an existing server (a CI `services:` Postgres, a shared database): devenv
+        starts nothing there and builds its template and databases as the URL's role (which
+        needs CREATEDB). `config`: a devenv.yaml for the schema and seed (else `root/seeds`)."""
+        from devenv.config.external import server_stack
+
+        env = os.environ if env is None else env
+        stack = server_stack(Path(root), profile, url, redis_url, Path(config) if config else None, env)
+        return cls(stack, "external")
+
+    @property
+    def external(self) -> bool:
+        """Whether this handle is on an existing server (Devenv.on_server): no up, no down."""
+        return self.stack.server is not None
+
+    def prepare(self) -> str:
+        """On an existing server: check the role may create databases, then build the template
+        if missing (what `up` does on devenv's own stack). The template's name."""
+        from devenv.errors import ConfigError
+
+        attributes = self.janitor.role_attributes()
+        if not (attributes["rolcreatedb"] or attributes["rolsuper"]):
+            user = self.stack.postgres.user
+            raise ConfigError(
+                f"role '{user}' on {self.stack.host}:{self.stack.postgres.port} may not create databases "
+                "(devenv builds a template and a database per test worker there)",
+                hint=f"as a superuser: ALTER ROLE \"{user}\" CREATEDB; or pass another role in --devenv-url.")
+        return self.janitor.ensure_template()
+
     @property
     def janitor(self) -> "Janitor":
         """The template/reset machinery, with its connections kept open between resets."""

@@ -9,11 +9,22 @@ Fixtures:
 Under pytest-xdist each worker gets its own database (`<db>_test_gw0`, cloned from the same
 template) and its own Redis index, so workers never see each other's data. The stack is
 stopped at the end only if this run started it (and not with --devenv-keep).
+
+Settings: each command-line option has an ini key (pytest.ini, pyproject.toml's
+[tool.pytest.ini_options], setup.cfg) and an environment variable; the option wins, then the
+ini file, then the environment, then the default (`_setting`).
+
+- `--devenv-url` (an existing server: devenv starts nothing, see devenv.config.external) and
+  `--devenv-redis-url`;
+- `--devenv-keep-failed`: a test that fails with `devenv_db` leaves its database renamed to
+  `<db>_kept_<run>_<n>` and its report names it with a URL; the next run drops those.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -30,6 +41,25 @@ if TYPE_CHECKING:
 _RUN_ENV = "DEVENV_PYTEST_RUN"  # shared by the controller and its xdist workers
 _OWNER_FILE = "pytest-owner"
 _URL_NAMES = ("DATABASE_URL", "DIRECT_DATABASE_URL", "REDIS_URL")
+# ini key -> (command-line option, environment variable, help)
+_SETTINGS = {
+    "devenv_profile": ("--devenv-profile", "DEVENV_PROFILE", "settings profile for the test stack (default: ci)"),
+    "devenv_runtime": ("--devenv-runtime", "DEVENV_RUNTIME", "where the stack runs (default: auto)"),
+    "devenv_config": ("--devenv-config", None,
+                      "path to devenv.yaml, relative to the ini file (default: the nearest upwards)"),
+    "devenv_url": ("--devenv-url", "DEVENV_URL",
+                   "an existing PostgreSQL server (postgresql://USER@HOST:PORT/DB): no stack is started"),
+    "devenv_redis_url": ("--devenv-redis-url", "DEVENV_REDIS_URL", "an existing Redis, with --devenv-url"),
+    "devenv_keep_failed": ("--devenv-keep-failed", "DEVENV_KEEP_FAILED",
+                           "keep a failed test's database and name it in the report (bool)"),
+}
+_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False, "": False}
+_GIVEN = pytest.StashKey["SeededDatabase"]()  # the test's database, once devenv_db gave it
+_KEPT = pytest.StashKey[str]()  # the name a failed test's database is kept under
+_kept_counter = itertools.count(1)
+_SECTION = "devenv: kept database"
+_ANY_KEPT = pytest.StashKey[bool]()  # the controller saw a report keeping a database
+_config: pytest.Config  # this process's (pytest_runtest_logreport is not given it)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -41,10 +71,55 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where the stack runs (default: auto)")
     group.addoption("--devenv-keep", action="store_true", help="leave the stack running after the session")
     group.addoption("--devenv-config", default=None, help="path to devenv.yaml (default: the nearest upwards)")
+    group.addoption("--devenv-url", default=None,
+                    help="an existing PostgreSQL server, postgresql://USER@HOST:PORT/DB (the password in "
+                         "PGPASSWORD or DEVENV_URL, not on the command line): no stack is started")
+    group.addoption("--devenv-redis-url", default=None, help="an existing Redis (redis://HOST:PORT), with --devenv-url")
+    group.addoption("--devenv-keep-failed", action="store_true", default=None,
+                    help="keep a failed test's database (named in its report); the next run drops it")
+    for key, (_, env, text) in _SETTINGS.items():
+        parser.addini(key, f"devenv: {text}" + (f" (environment: {env})" if env else ""), default="")
+
+
+def _setting(config: pytest.Config, key: str) -> str | None:
+    """A setting: its command-line option, else the ini key, else its environment variable."""
+    option, env, _ = _SETTINGS[key]
+    value = config.getoption(option)
+    if value not in (None, ""):
+        return str(value) if value is not True else "true"
+    ini = str(config.getini(key) or "").strip()
+    if ini:
+        if key == "devenv_config" and config.inipath is not None:  # relative to the ini file's directory
+            return str(config.inipath.parent / ini)
+        return ini
+    return (os.environ.get(env) or None) if env else None
+
+
+def _keep_failed(config: pytest.Config) -> bool:
+    return _BOOLS[(_setting(config, "devenv_keep_failed") or "").lower()]
+
+
+def _check_settings(config: pytest.Config) -> None:
+    """A bad value in the ini file (or its environment variable) is a usage error naming it."""
+    from devenv.runtime.plan import RUNTIME_NAMES
+
+    where = f" in {config.inipath}" if config.inipath else ""
+    for key, allowed in (("devenv_runtime", RUNTIME_NAMES), ("devenv_keep_failed", tuple(_BOOLS))):
+        option, env, _ = _SETTINGS[key]
+        ini = str(config.getini(key) or "").strip()
+        for source, value in ((f"ini key {key}{where}", ini), (f"environment variable {env}", os.environ.get(env, ""))):
+            if value and (value.lower() if key == "devenv_keep_failed" else value) not in allowed:
+                shown = ", ".join(a for a in allowed if a)
+                raise pytest.UsageError(f"devenv: {source} = {value!r} is not valid; use one of: {shown}")
+            if value:
+                break  # the ini key wins over the environment: only what is used is judged
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    global _config
     config.addinivalue_line("markers", "devenv: uses the devenv stack")
+    _check_settings(config)
+    _config = config
     if not hasattr(config, "workerinput"):
         # The controller: a fresh id for this run, inherited by its xdist workers (and
         # overwriting one inherited from an outer pytest, as under pytester).
@@ -57,8 +132,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from devenv.config.project import state_dir
 
     config = session.config
-    if hasattr(config, "workerinput"):
-        return
+    if hasattr(config, "workerinput") or _setting(config, "devenv_url"):
+        return  # a worker, or an existing server: nothing was started
     try:  # only paths: a run that never used devenv must not load or create anything
         root = _config_path(config).parent
     except ConfigError:
@@ -70,14 +145,25 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     if started_by_us:
         owner.unlink(missing_ok=True)  # kept or stopped, it is no longer this run's
-        if not config.getoption("--devenv-keep"):
+        if config.stash.get(_ANY_KEPT, False):  # its URL must work: the stack stays up
+            reporter = config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(f"devenv: the stack stays up for the kept database(s); "
+                                    f"`devenv down -p {_profile(config)}` stops it")
+        elif not config.getoption("--devenv-keep"):
             handle = _load(config)
             assert handle is not None
             handle.down()
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """The controller (and a run without xdist) notes a report that kept a database."""
+    if any(title == _SECTION for title, _ in report.sections):
+        _config.stash[_ANY_KEPT] = True
+
+
 def _profile(config: pytest.Config) -> str:
-    return config.getoption("--devenv-profile") or os.environ.get("DEVENV_PROFILE") or "ci"
+    return _setting(config, "devenv_profile") or "ci"
 
 
 def _config_path(config: pytest.Config) -> "Path":
@@ -87,7 +173,7 @@ def _config_path(config: pytest.Config) -> "Path":
     from devenv.config.project import find_config
     from devenv.errors import ConfigError
 
-    explicit = config.getoption("--devenv-config")
+    explicit = _setting(config, "devenv_config")
     if explicit:
         return find_config(explicit)
     try:
@@ -104,7 +190,14 @@ def _load(config: pytest.Config, required: bool = True) -> "Devenv | None":
     from devenv.errors import ConfigError
 
     profile = _profile(config)
-    runtime = config.getoption("--devenv-runtime") or os.environ.get("DEVENV_RUNTIME") or "auto"
+    url = _setting(config, "devenv_url")
+    if url:
+        try:
+            path: Path | None = _config_path(config)
+        except ConfigError:
+            path = None  # no devenv.yaml: the seeds under the rootdir
+        return Devenv.on_server(url, config.rootpath, profile, _setting(config, "devenv_redis_url"), path)
+    runtime = _setting(config, "devenv_runtime") or "auto"
     try:
         return Devenv.load(config=_config_path(config), profile=profile, runtime=runtime)
     except ConfigError:
@@ -122,14 +215,30 @@ def devenv_stack(pytestconfig: pytest.Config) -> Iterator["Devenv"]:
     """The stack, brought up for this run or reused; the URLs point at this worker's database."""
     from devenv.state import locked
 
-    handle = _load(pytestconfig)
-    assert handle is not None
-    with locked(handle.stack.state_dir / "pytest"):  # workers start together: one of them brings it up
-        was_running = handle.is_healthy()
-        handle.up()
-        owner = handle.stack.state_dir / _OWNER_FILE
-        if not was_running:
-            owner.write_text(os.environ.get(_RUN_ENV, ""))
+    from devenv.errors import DevenvError
+
+    failure: DevenvError | None = None
+    handle: Devenv | None = None
+    try:
+        handle = _load(pytestconfig)
+        assert handle is not None
+        lock_dir = handle.stack.state_dir / "pytest"
+        with locked(lock_dir):  # workers start together: one of them brings it up
+            if handle.external:
+                handle.prepare()  # the template on the existing server (what `up` does)
+            else:
+                was_running = handle.is_healthy()
+                handle.up()
+                owner = handle.stack.state_dir / _OWNER_FILE
+                if not was_running:
+                    owner.write_text(os.environ.get(_RUN_ENV, ""))
+            _drop_earlier_kept(handle, lock_dir)
+    except DevenvError as exc:  # a bad URL, role or devenv.yaml: its message and hint, no traceback
+        failure = exc
+    if failure is not None:
+        if handle is not None:
+            handle.close()
+        pytest.fail(f"devenv: {failure}" + (f"\nhint: {failure.hint}" if failure.hint else ""), pytrace=False)
     saved = {name: os.environ.get(name) for name in _URL_NAMES}
     os.environ.update(handle.urls(_database_name(handle), _redis_index()))
     try:
@@ -141,6 +250,36 @@ def devenv_stack(pytestconfig: pytest.Config) -> Iterator["Devenv"]:
             else:
                 os.environ[name] = value
         handle.close()
+
+
+def _drop_earlier_kept(handle: "Devenv", lock_dir: "Path") -> None:
+    """Once per run (the first worker to get here, under the lock): drop the databases that
+    --devenv-keep-failed kept in earlier runs of this checkout, and only those."""
+    run = os.environ.get(_RUN_ENV, "")
+    marker = lock_dir / "kept-swept"
+    try:
+        if marker.read_text() == run:
+            return
+    except OSError:
+        pass
+    for name in handle.janitor.databases(_kept_pattern(handle)):
+        if not name.split("_kept_")[-1].startswith(run[:8]):
+            handle.janitor.drop(name)
+    marker.write_text(run)
+
+
+def _kept_prefix(handle: "Devenv") -> str:
+    return f"{handle.stack.postgres.database}_test"[:40]
+
+
+def _kept_pattern(handle: "Devenv") -> str:
+    return "^" + re.escape(_kept_prefix(handle)) + r"[a-z0-9_]*_kept_[0-9a-f]{8}_[0-9]+$"
+
+
+def _kept_name(dbname: str, handle: "Devenv") -> str:
+    """`<db>_kept_<run>_<n>`, within PostgreSQL's 63 bytes and matching _kept_pattern."""
+    stem = _kept_prefix(handle) + dbname[len(_kept_prefix(handle)):][:12]
+    return f"{stem}_kept_{os.environ.get(_RUN_ENV, '0' * 8)[:8]}_{next(_kept_counter)}"
 
 
 def _database_name(handle: "Devenv") -> str:
@@ -164,8 +303,9 @@ class SeededDatabase:
     """A freshly reset database for one test: its name, URLs and a direct connection."""
 
     name: str
-    url: str  # through PgBouncer
-    direct_url: str  # Postgres itself (LISTEN/NOTIFY, session features)
+    # Not in the repr: a failing test's traceback shows its fixtures, and the URLs hold the password.
+    url: str = field(repr=False)  # through PgBouncer (direct on an existing server)
+    direct_url: str = field(repr=False)  # Postgres itself (LISTEN/NOTIFY, session features)
     strategy: str  # how the reset was done: restore, clone or copy
     conn: "psycopg.Connection[Any]"  # direct, autocommit off
     handle: "Devenv" = field(repr=False, compare=False)  # the stack it is on
@@ -223,15 +363,60 @@ def _devenv_worker_connection() -> Iterator[_WorkerConnection]:
 
 
 @pytest.fixture
-def devenv_db(devenv_stack: "Devenv", _devenv_worker_connection: _WorkerConnection) -> SeededDatabase:
-    """This worker's database, back in the freshly seeded state (reset before the test)."""
+def devenv_db(devenv_stack: "Devenv", _devenv_worker_connection: _WorkerConnection,
+              request: pytest.FixtureRequest) -> Iterator[SeededDatabase]:
+    """This worker's database, back in the freshly seeded state (reset before the test).
+
+    With --devenv-keep-failed, a test that fails keeps it: after the other fixtures' teardowns
+    (they may still use it) it is renamed to the name its report gives, and the next test's
+    reset clones a fresh one."""
     name = _database_name(devenv_stack)
     _devenv_worker_connection.before_reset()
     result = devenv_stack.reset(name, redis_db=None)
     urls = devenv_stack.urls(name)
     conn = _devenv_worker_connection.after_reset(lambda: devenv_stack.connect(name, prepare_threshold=None),
                                                  result.strategy)
-    return SeededDatabase(name, urls["DATABASE_URL"], urls["DIRECT_DATABASE_URL"], result.strategy, conn, devenv_stack)
+    db = SeededDatabase(name, urls["DATABASE_URL"], urls["DIRECT_DATABASE_URL"], result.strategy, conn, devenv_stack)
+    request.node.stash[_GIVEN] = db
+    yield db
+    kept = request.node.stash.get(_KEPT, None)
+    if kept:
+        _devenv_worker_connection.close()  # its open transaction, if any, is rolled back: committed data stays
+        devenv_stack.janitor.rename_away(name, kept)
+
+
+@pytest.hookimpl(hookwrapper=True)  # the old style: pytest 7.4 with older pluggy too
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """With --devenv-keep-failed, a failure (of the test, or of a fixture set up after devenv_db)
+    names the database it keeps in the report: made here, before the report leaves an xdist
+    worker; devenv_db's teardown renames the database."""
+    outcome = yield
+    report = outcome.get_result()
+    db = item.stash.get(_GIVEN, None)
+    if db is None or not report.failed or call.when not in ("setup", "call") or _KEPT in item.stash:
+        return
+    if not _keep_failed(item.config):
+        return
+    kept = item.stash[_KEPT] = _kept_name(db.name, db.handle)
+    report.sections.append((_SECTION, _kept_text(db.handle, kept)))
+
+
+def _kept_text(handle: "Devenv", kept: str) -> str:
+    """What a failed test's report says of its kept database.
+
+    On devenv's own stack the URL carries the password: a generated one for a server on
+    127.0.0.1 that `devenv env` prints as well, in the developer's own report. On an existing
+    server (CI, shared) the password is someone else's: never printed."""
+    url = handle.urls(kept)["DIRECT_DATABASE_URL"]
+    lines = [f"{kept}: this test's database as it failed (committed data); the next run drops it"]
+    if handle.external:
+        from devenv.config.external import redact
+
+        lines += [f"  URL: {redact(url)}",
+                  "  the password is the one of --devenv-url / devenv_url: PGPASSWORD=... psql \"URL\""]
+    else:
+        lines += [f"  URL: {url}", f"  open it: psql '{url}'"]
+    return "\n".join(lines)
 
 
 @pytest.fixture
@@ -239,6 +424,11 @@ def devenv_redis(devenv_stack: "Devenv") -> Any:
     """A redis-py client on this worker's Redis index, flushed and re-seeded."""
     from devenv.db.reset import reset
 
+    server = devenv_stack.stack.server
+    if server is not None and not server.redis_host:
+        pytest.fail("devenv_redis: the tests run on an existing server (--devenv-url) and no Redis was given\n"
+                    "hint: pass --devenv-redis-url redis://HOST:PORT (or devenv_redis_url in the ini file, "
+                    "or DEVENV_REDIS_URL).", pytrace=False)
     index = _redis_index()
     reset(devenv_stack.stack, redis_db=index, janitor=devenv_stack.janitor, redis_only=True)
     return devenv_stack.redis(index)

@@ -44,6 +44,11 @@ def _role(stack: "Stack", admin: bool, pooled: bool) -> tuple[str, str]:
     return pg.admin_user, pg.admin_password
 
 
+def _no_pgbouncer(stack: "Stack") -> None:
+    if not stack.has_pgbouncer:
+        raise ValueError("an existing server (--devenv-url) has no PgBouncer: connect directly")
+
+
 def postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False, admin: bool = False,
              socket_dir: str | None = None, password: str | None = None, user: str | None = None,
              timeout: float = 30.0, query_timeout: float | None = None,
@@ -59,6 +64,8 @@ def postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False,
     """
     from devenv.clients import pgwire
 
+    if pooled:
+        _no_pgbouncer(stack)
     pg, pgb = stack.postgres, stack.pgbouncer
     role, secret = _role(stack, admin, pooled)
     if user is not None and socket_dir is None:
@@ -68,9 +75,13 @@ def postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False,
     if pooled:
         return pgwire.Connection(HOST, pgb.port, role, secret, dbname or pgb.database, ssl=pg.ssl,
                                  timeout=timeout, query_timeout=query_timeout, application_name=application_name)
-    return pgwire.Connection(socket_dir or HOST, pg.port, role, secret, dbname or pg.database,
-                             ssl=pg.ssl and socket_dir is None, timeout=timeout, query_timeout=query_timeout,
-                             application_name=application_name, options=options)
+    server = stack.server
+    tls: bool | str = (pg.ssl and socket_dir is None) if server is None else server.tls
+    return pgwire.Connection(socket_dir or stack.host, pg.port, role, secret, dbname or pg.database,
+                             ssl=tls, timeout=timeout, query_timeout=query_timeout,
+                             application_name=application_name, options=options,
+                             verify=server.sslmode if server and server.sslmode.startswith("verify") else "",
+                             root_cert=server.sslrootcert if server else "")
 
 
 def psycopg_postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False, admin: bool = False,
@@ -90,11 +101,14 @@ def psycopg_postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool 
     """
     import psycopg
 
+    if pooled:
+        _no_pgbouncer(stack)
     pg, pgb = stack.postgres, stack.pgbouncer
     role, secret = _role(stack, admin, pooled)
     port, database = (pgb.port, dbname or pgb.database) if pooled else (pg.port, dbname or pg.database)
+    host = stack.host
     params: dict[str, Any] = {
-        "host": HOST, "port": port, "dbname": database, "user": role, "password": secret,
+        "host": host, "port": port, "dbname": database, "user": role, "password": secret,
         # A server that is not there refuses at once; the timeout only bounds a live one that is
         # slow to answer, and a loaded CI machine took over 5 s (Docker's port proxy).
         "connect_timeout": 30,
@@ -104,6 +118,10 @@ def psycopg_postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool 
     # With ssl on, TLS is required on TCP by Postgres and PgBouncer alike (pg_hba's hostssl,
     # client_tls_sslmode): the same sslmode both ways.
     params["sslmode"] = "require" if pg.ssl else "prefer"
+    if stack.server is not None:  # an existing server: the URL's sslmode (and CA)
+        params["sslmode"] = stack.server.sslmode
+        if stack.server.sslrootcert:
+            params["sslrootcert"] = stack.server.sslrootcert
     options = [ADMIN_OPTIONS] if admin else []
     if durable:
         options.append("-c synchronous_commit=on")
@@ -114,10 +132,13 @@ def psycopg_postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool 
     except psycopg.OperationalError as exc:
         if not explain:
             raise
-        where = f"PgBouncer at {HOST}:{port}" if pooled else f"PostgreSQL at {HOST}:{port}"
+        where = f"PgBouncer at {host}:{port}" if pooled else f"PostgreSQL at {host}:{port}"
+        hint = (f"is the stack up? Run `devenv up -p {stack.profile}` (or check `devenv status -p {stack.profile}`)."
+                if stack.server is None else
+                f"check the server given by --devenv-url / devenv_url (as user {role}; the password comes "
+                "from the URL or PGPASSWORD).")
         raise HealthCheckError(
-            f"cannot connect to {where} (database {database}): {failure_reason(exc)}",
-            hint=f"is the stack up? Run `devenv up -p {stack.profile}` (or check `devenv status -p {stack.profile}`).",
+            f"cannot connect to {where} (database {database}): {failure_reason(exc)}", hint=hint,
         ) from exc
 
 
@@ -130,6 +151,7 @@ def pgbouncer_admin(stack: "Stack", *, timeout: float = 30.0, query_timeout: flo
     from devenv.clients import pgwire
     from devenv.clients.pgbouncer import Console
 
+    _no_pgbouncer(stack)
     pgb = stack.pgbouncer
     try:
         return Console(pgwire.Connection(HOST, pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer",
@@ -184,9 +206,11 @@ def redis(stack: "Stack", db: int = 0, *, timeout: float = 2.0) -> "resp.Connect
     """
     from devenv.clients import resp
 
-    conn = resp.Connection(HOST, stack.redis.port, timeout=timeout)
+    conn = resp.Connection(_redis_host(stack), stack.redis.port, timeout=timeout)
     try:
-        commands = [["AUTH", stack.redis.password]] + ([["SELECT", str(db)]] if db else [])
+        # An existing Redis may have no password (--devenv-redis-url without one).
+        commands = ([["AUTH", stack.redis.password]] if stack.redis.password or stack.server is None else []) \
+            + ([["SELECT", str(db)]] if db else [])
         for command, reply in zip(commands, conn.call(*commands)):
             if reply != "OK":
                 raise resp.ReplyError(f"{command[0]} answered {reply!r}" if not isinstance(reply, Exception)
@@ -201,8 +225,21 @@ def redis_py(stack: "Stack", db: int = 0) -> "redis_module.Redis":
     """A redis-py client on one index of the stack's Redis (for the API's users)."""
     import redis as redis_module
 
-    return redis_module.Redis(host=HOST, port=stack.redis.port, db=db, password=stack.redis.password,
-                              decode_responses=True)
+    return redis_module.Redis(host=_redis_host(stack), port=stack.redis.port, db=db,
+                              password=stack.redis.password or None, decode_responses=True)
+
+
+def _redis_host(stack: "Stack") -> str:
+    """Where the stack's Redis listens; an existing server's only if one was given."""
+    from devenv.errors import ConfigError
+
+    if stack.server is None:
+        return HOST
+    if not stack.server.redis_host:
+        raise ConfigError("no Redis: the tests run on an existing server (--devenv-url) and no Redis was given",
+                          hint="pass --devenv-redis-url redis://HOST:PORT (or set devenv_redis_url in the ini "
+                               "file, or DEVENV_REDIS_URL).")
+    return stack.server.redis_host
 
 
 def ports_answer(ports: list[int], timeout: float = 0.2) -> bool:

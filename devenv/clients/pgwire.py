@@ -46,8 +46,9 @@ class Connection:
     """
 
     def __init__(self, host: str, port: int, user: str, password: str, dbname: str, *,
-                 ssl: bool = False, timeout: float = 2.0, query_timeout: float | None = None,
-                 application_name: str = "devenv", options: str = "") -> None:
+                 ssl: bool | str = False, timeout: float = 2.0, query_timeout: float | None = None,
+                 application_name: str = "devenv", options: str = "", verify: str = "",
+                 root_cert: str = "") -> None:
         self.parameters: dict[str, str] = {}
         self.scram_salt = ""  # "<iterations>:<salt>" the server's SCRAM exchange used (see scram_salt_of)
         self.columns: list[str] = []  # the column names of the last result set
@@ -64,8 +65,8 @@ class Connection:
             # A bytes host skips the idna codec getaddrinfo would import for a str.
             self._sock = socket.create_connection((host.encode(), port), timeout=timeout)
         try:
-            if ssl:
-                self._start_tls()
+            if ssl:  # True: required; "prefer": if the server offers it (libpq's sslmode=prefer)
+                self._start_tls(required=ssl is True, verify=verify, root_cert=root_cert, host=host)
             params = {"user": user, "database": dbname, "application_name": application_name}
             if options:  # command-line options for the backend, e.g. "-c search_path=..."
                 params["options"] = options
@@ -154,16 +155,21 @@ class Connection:
 
     # ---- the conversation --------------------------------------------------------------
 
-    def _start_tls(self) -> None:
+    def _start_tls(self, required: bool = True, verify: str = "", root_cert: str = "", host: str = "") -> None:
+        """TLS as libpq's sslmode: require (encrypted, certificate not verified), prefer (only if
+        offered), verify-ca / verify-full (against `root_cert`, else the system's CAs)."""
         import ssl as tls
 
         self._sock.sendall(struct.pack("!ii", 8, _SSL_REQUEST))
         if self._sock.recv(1) != b"S":
+            if not required:
+                return
             raise PgError("the server does not offer TLS")
-        context = tls.create_default_context()
-        context.check_hostname = False  # sslmode=require: encrypted, certificate not verified
-        context.verify_mode = tls.CERT_NONE
-        self._sock = context.wrap_socket(self._sock)
+        context = tls.create_default_context(cafile=root_cert or None)
+        context.check_hostname = verify == "verify-full"
+        if not verify:
+            context.verify_mode = tls.CERT_NONE
+        self._sock = context.wrap_socket(self._sock, server_hostname=host if verify == "verify-full" else None)
 
     def _authenticate(self, user: str, password: str) -> None:
         while True:

@@ -157,6 +157,24 @@ class Step(Record):
 # devenv.yaml without `schema:` / `seed:`: the SQL files of seeds/schema, then seeds/data.
 DEFAULT_STEPS = (Step("schema", "sql", 1, "seeds/schema"), Step("seed", "sql", 1, "seeds/data"))
 
+class ExternalServer(Record):
+    """An existing server the pytest plugin uses instead of starting any (`--devenv-url`):
+    where it is and how to reach it. The URL's role does everything (the Stack's postgres
+    user and admin_user are both that role); there is no PgBouncer, and Redis only if given."""
+
+    host: str
+    maintenance_db: str = "postgres"  # the URL's database: where CREATE/DROP DATABASE run
+    sslmode: str = "prefer"  # libpq's, from the URL
+    sslrootcert: str = ""
+    redis_host: str = ""  # "" = no Redis given (--devenv-redis-url)
+
+    @property
+    def tls(self) -> bool | str:
+        """What devenv's own driver does: True (TLS required), "prefer" or False."""
+        if self.sslmode in ("require", "verify-ca", "verify-full"):
+            return True
+        return "prefer" if self.sslmode in ("prefer", "allow") else False
+
 
 class Stack(Record):
     """The whole stack for one project and profile."""
@@ -175,6 +193,23 @@ class Stack(Record):
     # or `{project}-{profile}` for a checkout whose Docker stack predates the id. "" = the latter.
     identity: str = ""
     steps: tuple[Step, ...] = DEFAULT_STEPS  # devenv.yaml's `schema:` then `seed:` steps
+
+    server: ExternalServer | None = None  # an existing server (the pytest plugin's --devenv-url); None = devenv's own
+
+    @property
+    def host(self) -> str:
+        """Where Postgres (and, with it, PgBouncer) listens: 127.0.0.1, or an existing server."""
+        return self.server.host if self.server else "127.0.0.1"
+
+    @property
+    def maintenance_database(self) -> str:
+        """The database devenv's cluster-level sessions (CREATE/DROP DATABASE) open."""
+        return self.server.maintenance_db if self.server else "postgres"
+
+    @property
+    def has_pgbouncer(self) -> bool:
+        """Whether a PgBouncer pools this stack's databases (not on an existing server)."""
+        return self.server is None
 
     @property
     def services(self) -> tuple[Service, ...]:
@@ -207,6 +242,8 @@ class Stack(Record):
         """
         pg, pgb, redis = self.postgres, self.pgbouncer, self.redis
         user, password = quote(pg.user, safe=""), quote(pg.password, safe="")
+        if self.server is not None:
+            return self._server_urls(database, redis_db)
         ssl = "?sslmode=require" if pg.ssl else ""
         pooled_db = database or pgb.database
         return {
@@ -215,17 +252,40 @@ class Stack(Record):
             "REDIS_URL": f"redis://:{quote(redis.password, safe='')}@{host}:{redis.port}/{redis_db}",
         }
 
+    def _server_urls(self, database: str | None, redis_db: int) -> dict[str, str]:
+        """An existing server's URLs: no PgBouncer, so DATABASE_URL is direct too; REDIS_URL
+        only when a Redis was given."""
+        from urllib.parse import urlencode
+
+        pg, server = self.postgres, self.server
+        assert server is not None
+        auth = f"{quote(pg.user, safe='')}:{quote(pg.password, safe='')}@" if pg.password else f"{quote(pg.user, safe='')}@"
+        query = {"sslmode": server.sslmode, **({"sslrootcert": server.sslrootcert} if server.sslrootcert else {})}
+        direct = f"postgresql://{auth}{_netloc(server.host)}:{pg.port}/{quote(database or pg.database, safe='')}?{urlencode(query)}"
+        urls = {"DATABASE_URL": direct, "DIRECT_DATABASE_URL": direct}
+        if server.redis_host:
+            password = f":{quote(self.redis.password, safe='')}@" if self.redis.password else ""
+            urls["REDIS_URL"] = f"redis://{password}{_netloc(server.redis_host)}:{self.redis.port}/{redis_db}"
+        return urls
+
     def libpq_env(self) -> dict[str, str]:
         """libpq's variables for a direct session to Postgres (`psql` with no arguments, any
         libpq or psycopg client): PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD, and
         PGSSLMODE=require when the profile has ssl on."""
         pg = self.postgres
-        env = {"PGHOST": "127.0.0.1", "PGPORT": str(pg.port), "PGUSER": pg.user, "PGDATABASE": pg.database,
+        env = {"PGHOST": self.host, "PGPORT": str(pg.port), "PGUSER": pg.user, "PGDATABASE": pg.database,
                "PGPASSWORD": pg.password}
-        if pg.ssl:
+        if self.server is not None:
+            env["PGSSLMODE"] = self.server.sslmode
+        elif pg.ssl:
             env["PGSSLMODE"] = "require"
         return env
 
     def env(self) -> dict[str, str]:
         """What `devenv env` (dotenv, shell) and the env_file block give: the URLs, then libpq's."""
         return {**self.urls(), **self.libpq_env()}
+
+
+def _netloc(host: str) -> str:
+    """A host as a URL carries it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host

@@ -79,7 +79,7 @@ def restore_quick(stack: Stack, dbname: str | None = None, strategy: str = "auto
         return None
     if sessions is None:
         return None
-    if sessions:  # fresh server sessions for pooled clients: no temp tables or settings from the last test
+    if sessions and stack.has_pgbouncer:  # fresh server sessions for pooled clients: no temp tables or settings from the last test
         with connect.pgbouncer_admin(stack, explain=True) as console:
             console.command(f"RECONNECT {dbname}")
     return ResetResult(dbname, "restore", time.perf_counter() - start)
@@ -127,7 +127,7 @@ class Janitor:
     def admin(self) -> "psycopg.Connection[Any]":
         """The admin role's connection to the maintenance database, for CREATE/DROP/ALTER DATABASE."""
         if self._admin is None or self._admin.closed:
-            self._admin = self._session("postgres", admin=True)
+            self._admin = self._session(self.stack.maintenance_database, admin=True)
         return self._admin
 
     def _session(self, dbname: str, admin: bool = False) -> "psycopg.Connection[Any]":
@@ -136,11 +136,36 @@ class Janitor:
         return connect.psycopg_postgres(self.stack, dbname, admin=admin, durable=True, explain=True, autocommit=True)
 
     def install_guard(self, dbname: str) -> None:
-        """The DDL guard's event triggers (superuser-only) in `dbname`, in an admin session."""
+        """The DDL guard's event triggers (superuser-only) in `dbname`, in an admin session.
+
+        On an existing server whose role is no superuser there are none: the template keeps a
+        catalogue signature instead (devenv.db.template.make_snapshots)."""
         from devenv.db.template import GUARD_TRIGGERS
 
+        if self.stack.server is not None and not self.role_attributes()["rolsuper"]:
+            return
         with self._session(dbname, admin=True) as conn:
             conn.execute(GUARD_TRIGGERS)
+
+    def role_attributes(self) -> dict[str, bool]:
+        """rolsuper and rolcreatedb of the role devenv's cluster-level sessions use."""
+        row = self.admin.execute("SELECT rolsuper, rolcreatedb FROM pg_roles WHERE rolname = current_user").fetchone()
+        return {"rolsuper": bool(row and row[0]), "rolcreatedb": bool(row and row[1])}
+
+    def databases(self, pattern: str) -> list[str]:
+        """The names of the databases matching a regular expression, sorted."""
+        return [name for (name,) in self.admin.execute(
+            "SELECT datname FROM pg_database WHERE datname ~ %s ORDER BY 1", (pattern,)).fetchall()]
+
+    def rename_away(self, dbname: str, to: str) -> None:
+        """Rename `dbname` to `to` (the pytest plugin keeping a failed test's database), ending its
+        sessions first; pooled clients wait meanwhile. The next reset of `dbname` clones afresh."""
+        from psycopg import sql
+
+        self._forget(dbname)
+        with self._pooled_clients_held(dbname):
+            self._terminate(dbname)
+            self.admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(dbname), sql.Identifier(to)))
 
     def _db(self, name: str) -> "pgwire.Connection":
         conn = self._db_conns.get(name)
@@ -177,6 +202,9 @@ class Janitor:
     @contextlib.contextmanager
     def _pooled_clients_held(self, dbname: str) -> Iterator[None]:
         """PAUSE `dbname` on PgBouncer for the block (terminating its sessions meanwhile), then RESUME."""
+        if not self.stack.has_pgbouncer:  # an existing server: no pooled clients to hold
+            yield
+            return
         console = self._console or self._open_console()
         with console.paused(dbname, terminate=lambda everyone: self._terminate(dbname, everyone),
                             reopen=self._open_console):
@@ -357,7 +385,7 @@ class Janitor:
             return False
         if sessions is None:
             return False
-        if sessions:  # fresh server sessions for pooled clients: no temp tables or settings from the last test
+        if sessions and self.stack.has_pgbouncer:  # fresh server sessions for pooled clients: no temp tables or settings from the last test
             self._pgbouncer_command(f"RECONNECT {dbname}")
         return True
 
@@ -471,7 +499,7 @@ class Janitor:
         """Drop in a background thread: DROP DATABASE waits for a checkpoint."""
         def drop() -> None:
             try:
-                with self._session("postgres", admin=True) as conn:
+                with self._session(self.stack.maintenance_database, admin=True) as conn:
                     from psycopg import sql
 
                     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))

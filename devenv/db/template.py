@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 SCALE_FILE = "scale.sql"
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "devenv", "pg_toast")
-TEMPLATE_FORMAT = 5  # bump when what a template carries (snapshots, guards, owners) changes
+TEMPLATE_FORMAT = 6  # bump when what a template carries (snapshots, guards, owners) changes
 
 # Installed in every template: counts DDL so that `restore` knows when it is not enough. The
 # counter is the application role's (its DDL advances it); the event triggers, which only a
@@ -42,6 +42,28 @@ CREATE EVENT TRIGGER devenv_ddl_end ON ddl_command_end EXECUTE FUNCTION devenv.c
 CREATE EVENT TRIGGER devenv_ddl_drop ON sql_drop EXECUTE FUNCTION devenv.count_ddl();
 ALTER EVENT TRIGGER devenv_ddl_end ENABLE ALWAYS;
 ALTER EVENT TRIGGER devenv_ddl_drop ENABLE ALWAYS;
+"""
+
+# Where no event trigger can be made (an existing server whose role is no superuser), the
+# template records this signature of its catalogue instead, and `restore` compares it: every
+# CREATE, ALTER or DROP inserts, updates or deletes a row of one of these tables, which changes
+# its row count or the newest row version's xmin (copied as is by CREATE DATABASE; in-place
+# statistics updates by VACUUM/ANALYZE keep it). Undone DDL (a table created, then dropped)
+# leaves it as it was, as it leaves the schema.
+CATALOG_SIGNATURE = """
+CREATE FUNCTION devenv.catalog_signature() RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+SELECT concat_ws(',',
+    (SELECT count(*) || ':' || coalesce(max(xmin::text::bigint), 0) FROM pg_class),
+    (SELECT count(*) || ':' || coalesce(max(xmin::text::bigint), 0) FROM pg_attribute),
+    (SELECT count(*) || ':' || coalesce(max(xmin::text::bigint), 0) FROM pg_constraint),
+    (SELECT count(*) || ':' || coalesce(max(xmin::text::bigint), 0) FROM pg_index),
+    (SELECT count(*) || ':' || coalesce(max(xmin::text::bigint), 0) FROM pg_trigger),
+    (SELECT count(*) || ':' || coalesce(max(xmin::text::bigint), 0) FROM pg_proc),
+    (SELECT count(*) || ':' || coalesce(max(xmin::text::bigint), 0) FROM pg_type),
+    (SELECT count(*) || ':' || coalesce(max(xmin::text::bigint), 0) FROM pg_namespace),
+    (SELECT count(*) || ':' || coalesce(max(xmin::text::bigint), 0) FROM pg_attrdef))
+$$;
 """
 
 # Installed in every template, after the snapshots. `devenv.dirty` holds the tables written
@@ -80,7 +102,8 @@ END $$;
 -- database oid: a clone has none) are reset, and large objects the template did not have are
 -- unlinked. Where that cannot be exact (a template with large objects, whose in-place changes no
 -- trigger sees; a setting or large object this role may not remove) status says so ('settings',
--- 'large objects') and a clone runs instead.
+-- 'large objects') and a clone runs instead. A role that may not set session_replication_role
+-- (an existing server's, without GRANT SET ON PARAMETER) gets 'privilege': a clone.
 CREATE FUNCTION devenv.restore(expected_template text, max_rows bigint, OUT status text, OUT sessions bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -113,6 +136,12 @@ BEGIN
                     WHERE last_value = meta.ddl_mark_value AND is_called = meta.ddl_mark_called) THEN
         status := 'schema';
         RETURN;
+    END IF;
+    IF meta.catalog_signature IS NOT NULL THEN  -- no event triggers: the catalogue tells
+        IF meta.catalog_signature <> devenv.catalog_signature() THEN
+            status := 'schema';
+            RETURN;
+        END IF;
     END IF;
     SELECT array_agg(s.rel), array_agg(s.snapshot), coalesce(sum(s.row_count), 0) INTO rels, snapshots, total
       FROM devenv.snapshots s
@@ -154,7 +183,12 @@ BEGIN
     END IF;
     IF rels IS NOT NULL THEN
         -- No triggers, no FK checks: the data is known good.
-        PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+        BEGIN
+            PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
+        EXCEPTION WHEN insufficient_privilege THEN
+            status := 'privilege';
+            RETURN;
+        END;
         FOR i IN 1 .. pg_catalog.array_length(rels, 1) LOOP
             EXECUTE pg_catalog.format(
                 'WITH diff AS (SELECT cur.tables, cur.rows, seeded.rows AS wanted FROM '
@@ -192,7 +226,7 @@ def template_key(stack: Stack, major: int) -> str:
 
     scale = stack.seed_scale
     digest = hashlib.sha256(f"format{TEMPLATE_FORMAT}\0pg{major}\0{scale}\0".encode())
-    digest.update((DDL_GUARD + GUARD_TRIGGERS + RESTORE_FUNCTIONS).encode())  # what every template carries besides the data
+    digest.update((DDL_GUARD + GUARD_TRIGGERS + CATALOG_SIGNATURE + RESTORE_FUNCTIONS).encode())  # what every template carries besides the data
     for step in stack.steps:
         if step.kind == "sql":
             for seed in step_files(stack.replace(steps=(step,))):
@@ -257,8 +291,9 @@ def make_snapshots(conn: "psycopg.Connection[Any]", template: str) -> None:
         "CREATE TABLE devenv.snapshots (schema_name text, table_name text, snapshot text, row_count bigint, rel regclass);"
         "CREATE TABLE devenv.snapshot_sequences (sequence text, last_value bigint, is_called boolean);"
         "CREATE TABLE devenv.snapshot_meta (template text, ddl_mark_value bigint, ddl_mark_called boolean, "
-        "large_objects oid[])"
+        "large_objects oid[], catalog_signature text)"
     )
+    conn.execute(CATALOG_SIGNATURE)
     conn.execute(RESTORE_FUNCTIONS)
     tables = conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -291,6 +326,10 @@ def make_snapshots(conn: "psycopg.Connection[Any]", template: str) -> None:
     # The DDL count after building the snapshots: any later DDL makes it differ.
     # The large objects the seed made: a restore cannot see their changes, so their presence
     # makes every reset a clone (none, as usual: a restore unlinks whatever a test created).
+    # Without the DDL guard's event triggers (install_guard could not make them), the catalogue's
+    # signature, taken last: nothing changes the catalogue after it.
     conn.execute("INSERT INTO devenv.snapshot_meta SELECT %s, last_value, is_called, "
-                 "(SELECT coalesce(array_agg(oid), '{}') FROM pg_largeobject_metadata) FROM devenv.ddl_changes",
+                 "(SELECT coalesce(array_agg(oid), '{}') FROM pg_largeobject_metadata), "
+                 "CASE WHEN EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'devenv_ddl_end') THEN NULL "
+                 "ELSE devenv.catalog_signature() END FROM devenv.ddl_changes",
                  (template,))

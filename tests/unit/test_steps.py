@@ -18,7 +18,7 @@ from devenv.config.settings import load_config
 from devenv.config.stack import DEFAULT_STEPS, Stack, Step
 from devenv.db import stepkeys
 from devenv.db.seeds import seed_files, step_files
-from devenv.db.template import DDL_GUARD, GUARD_TRIGGERS, RESTORE_FUNCTIONS, SCALE_FILE, TEMPLATE_FORMAT, template_key
+from devenv.db.template import CATALOG_SIGNATURE, DDL_GUARD, GUARD_TRIGGERS, RESTORE_FUNCTIONS, SCALE_FILE, TEMPLATE_FORMAT, template_key
 from devenv.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,9 +142,10 @@ def test_the_cli_exits_3_with_the_line_for_an_empty_run(project: Path) -> None:
 
 
 def _old_template_key(seeds_dir: Path, major: int, scale: int = 0) -> str:
-    """template.template_key as it was before steps (commit b26eb3a), verbatim."""
+    """template.template_key as it was before steps (commit b26eb3a), verbatim but for what a
+    template carries (the catalogue signature came with the same issue, TEMPLATE_FORMAT 6)."""
     digest = hashlib.sha256(f"format{TEMPLATE_FORMAT}\0pg{major}\0{scale}\0".encode())
-    digest.update((DDL_GUARD + GUARD_TRIGGERS + RESTORE_FUNCTIONS).encode())
+    digest.update((DDL_GUARD + GUARD_TRIGGERS + CATALOG_SIGNATURE + RESTORE_FUNCTIONS).encode())
     for seed in seed_files(seeds_dir):
         digest.update(f"{seed.key}\0{seed.checksum}\0".encode())
     if scale:
