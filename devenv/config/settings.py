@@ -138,6 +138,9 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
             f"{where}: invalid YAML: {problem}",
             hint="fix the syntax at that line (indentation, a missing colon or quote).",
         ) from exc
+    except RecursionError:  # the pure-Python composer recurses per level (libyaml's does not)
+        raise ConfigError(f"{path}: nested more than {MAX_DEPTH} levels deep",
+                          hint="devenv.yaml's tables are a few levels deep; check the indentation.") from None
     return _Parser(path, text).parse(data, env)
 
 
@@ -177,7 +180,7 @@ def safe_load_bounded(text: str, path: Path) -> Any:
     """
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(text)
+    loader = safe_loader()(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -186,6 +189,21 @@ def safe_load_bounded(text: str, path: Path) -> Any:
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def safe_loader() -> Any:
+    """yaml's safe loader: libyaml's (about 10x faster) unless its nodes are not this `yaml`'s.
+
+    libyaml's extension module is loaded once per process and keeps the node classes of the
+    first `yaml` imported; after a re-import (pytest's in-process runs restore sys.modules)
+    the pure-Python constructor would not know its nodes ("no constructor for the tag None").
+    """
+    import yaml
+
+    fast = getattr(yaml, "CSafeLoader", None)
+    if fast is not None and getattr(getattr(yaml, "_yaml", None), "ScalarNode", None) is yaml.nodes.ScalarNode:
+        return fast
+    return yaml.SafeLoader
 
 
 def _check_nodes(root: Any, path: Path) -> None:
@@ -481,7 +499,7 @@ def line_of(text: str, keypath: str) -> int | None:
     if not keypath:
         return None
     try:
-        node = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        node = yaml.compose(text, Loader=safe_loader())
     except yaml.YAMLError:
         return None
     line = None

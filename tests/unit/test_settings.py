@@ -244,3 +244,23 @@ def test_an_unknown_pgbouncer_setting_suggests_the_right_one(project: Path, edit
     edit_config("default_pool_size:", "default_pool_sise:")
     with pytest.raises(ConfigError, match="did you mean 'default_pool_size'"):
         make_stack(project)
+
+
+def test_devenv_yaml_loads_after_yaml_was_imported_again(project: Path) -> None:
+    """pytest's in-process runs (pytester) restore sys.modules: `yaml` is imported anew while
+    libyaml's extension keeps the first one's node classes. The file must load all the same."""
+    import sys
+
+    import yaml
+
+    first = load_config(project / "devenv.yaml")
+    saved = {name: module for name, module in sys.modules.items() if name == "yaml" or name.startswith("yaml.")}
+    try:
+        for name in saved:
+            del sys.modules[name]
+        import yaml as again
+
+        assert again.nodes.ScalarNode is not yaml.nodes.ScalarNode  # a second yaml indeed
+        assert load_config(project / "devenv.yaml") == first
+    finally:
+        sys.modules.update(saved)
