@@ -8,7 +8,7 @@ the working database brought forward in a copy) next to the first one, and the p
 against the same project with its schema from SQL files (target within 1.2x): the reset checks
 the steps' files by stat to know the template's name is current.
 
-    python bench/bench_steps.py [--runs 11] [--resets 200]
+    python bench/bench_steps.py [--runs 11] [--resets 200] [--tests 30]
 """
 
 from __future__ import annotations
@@ -72,10 +72,49 @@ def per_test_resets(projects: dict[str, tuple[Path, dict[str, str]]], count: int
     return out
 
 
+# Records each test's setup + teardown (the fixtures' whole cost) from inside pytest.
+RECORDER = """\
+import json, os
+_phases = {}
+def pytest_runtest_logreport(report):
+    if report.when in ("setup", "teardown"):
+        _phases[report.nodeid] = _phases.get(report.nodeid, 0.0) + report.duration
+def pytest_sessionfinish(session):
+    with open(os.environ["BENCH_PHASES"], "w") as out:
+        json.dump(list(_phases.values()), out)
+"""
+TEST_BODIES = {
+    "read": "    devenv_db.conn.execute('select count(*) from t').fetchone()\n",
+    "write": "    devenv_db.conn.execute('insert into t (x) values (1)')\n    devenv_db.conn.commit()\n",
+}
+
+
+def plugin_per_test(projects: dict[str, tuple[Path, dict[str, str]]], tests: int, rounds: int) -> dict[tuple[str, str], list[float]]:
+    """Seconds of the plugin's setup + teardown per test (`devenv_db`), each test but the first
+    of a pytest run of `tests`, per project and test kind; runs interleaved."""
+    import json
+    import tempfile
+
+    out: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for label, (root, env) in projects.items():
+            for body, code in TEST_BODIES.items():
+                work = Path(tempfile.mkdtemp(prefix="bench-tests-", dir=root))
+                (work / "test_bench.py").write_text("\n".join(f"def test_{i}(devenv_db):\n{code}" for i in range(tests)))
+                (work / "conftest.py").write_text(RECORDER)
+                phases = work / "phases.json"
+                timed([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:postgresql", str(work),
+                       "--devenv-profile", "dev", "--devenv-runtime", "native", "--devenv-keep",
+                       "--devenv-config", str(root / "devenv.yaml")], root, {**env, "BENCH_PHASES": str(phases)})
+                out.setdefault((label, body), []).extend(json.loads(phases.read_text())[1:])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=11)
     parser.add_argument("--resets", type=int, default=200)
+    parser.add_argument("--tests", type=int, default=30, help="tests per pytest run for the plugin's per-test cost")
     args = parser.parse_args()
     sql_project, sql_env = make_project("devenv-bench-sql-")
     sql_env["DEVENV_NO_CACHE"] = "1"
@@ -104,7 +143,9 @@ def main() -> None:
         ran = len((project / "ran.log").read_text().splitlines()) - runs_after_first
         (versions / "002.py").write_text(migration(2, 'op.add_column("t", sa.Column("x", sa.Integer))'))
         migrate = timed(devenv + ["up", *prof], project, env)
-        resets = per_test_resets({"alembic step": (project, env), "sql files": (sql_project, sql_env)}, args.resets)
+        both = {"alembic step": (project, env), "sql files": (sql_project, sql_env)}
+        resets = per_test_resets(both, args.resets)
+        plugin = plugin_per_test(both, args.tests, rounds=3)
     finally:
         for where, variables in ((project, env), (sql_project, sql_env)):
             subprocess.run(devenv + ["down", "--volumes", *prof], cwd=where, env=variables, capture_output=True)
@@ -120,6 +161,11 @@ def main() -> None:
     reset_ratio = statistics.median(resets["alembic step"]) / statistics.median(resets["sql files"])
     print(f"per-test reset, alembic step / sql files: {reset_ratio:.2f}x (target < 1.2x: "
           f"{'met' if reset_ratio < 1.2 else 'NOT met'})")
+    for body in TEST_BODIES:
+        values = {label: statistics.median(plugin[(label, body)]) for label in ("alembic step", "sql files")}
+        ratio = values["alembic step"] / values["sql files"]
+        print(f"plugin per-test setup+teardown, {body} tests: alembic step {values['alembic step'] * 1000:.2f}ms, "
+              f"sql files {values['sql files'] * 1000:.2f}ms: {ratio:.2f}x (target < 1.2x: {'met' if ratio < 1.2 else 'NOT met'})")
     ratio = med["devenv up (no-op, alembic step)"] / med["devenv --help"]
     print(f"no-op up / devenv --help: {ratio:.2f}x (target < 1.5x: {'met' if ratio < 1.5 else 'NOT met'}); "
           f"alembic ran {ran} time(s) during the no-op runs (target 0: {'met' if ran == 0 else 'NOT met'})")
