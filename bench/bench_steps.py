@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import make_project, timed  # noqa: E402
+from bench_reset import RECORDER  # noqa: E402  (records each test's setup + teardown from inside pytest)
 
 ENV_PY = """\
 import os
@@ -72,17 +73,6 @@ def per_test_resets(projects: dict[str, tuple[Path, dict[str, str]]], count: int
     return out
 
 
-# Records each test's setup + teardown (the fixtures' whole cost) from inside pytest.
-RECORDER = """\
-import json, os
-_phases = {}
-def pytest_runtest_logreport(report):
-    if report.when in ("setup", "teardown"):
-        _phases[report.nodeid] = _phases.get(report.nodeid, 0.0) + report.duration
-def pytest_sessionfinish(session):
-    with open(os.environ["BENCH_PHASES"], "w") as out:
-        json.dump(list(_phases.values()), out)
-"""
 TEST_BODIES = {
     "read": "    devenv_db.conn.execute('select count(*) from t').fetchone()\n",
     "write": "    devenv_db.conn.execute('insert into t (x) values (1)')\n    devenv_db.conn.commit()\n",
