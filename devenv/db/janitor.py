@@ -120,6 +120,7 @@ class Janitor:
         self._template: str | None = None
         self._keys: dict[tuple[Any, ...], str] = {}  # the steps' files' (name, mtime, size) + major -> template
         self._sizes: dict[str, int] = {}
+        self._held: set[str] = set()  # databases writers_held holds: a pause inside it is no second PAUSE
 
     # ---- connections (all through devenv.clients.connect) --------------------------------
 
@@ -202,13 +203,37 @@ class Janitor:
     @contextlib.contextmanager
     def _pooled_clients_held(self, dbname: str) -> Iterator[None]:
         """PAUSE `dbname` on PgBouncer for the block (terminating its sessions meanwhile), then RESUME."""
-        if not self.stack.has_pgbouncer:  # an existing server: no pooled clients to hold
+        if not self.stack.has_pgbouncer or dbname in self._held:  # no pooled clients, or held already
             yield
             return
         console = self._console or self._open_console()
         with console.paused(dbname, terminate=lambda everyone: self._terminate(dbname, everyone),
                             reopen=self._open_console):
             yield
+
+    @contextlib.contextmanager
+    def writers_held(self, dbname: str) -> Iterator[None]:
+        """Nobody reaches `dbname` for the block, so nothing written to it can be lost by a copy
+        of it swapped in: pooled clients wait (PgBouncer PAUSE, then RESUME: they go on on
+        whatever `dbname` is then), new direct sessions are refused (ALLOW_CONNECTIONS false:
+        they fail, which a client notices, rather than write into a database about to go) and
+        open ones are ended. Should this process die inside, the next `up` opens it again
+        (sweep)."""
+        from psycopg import sql
+
+        name = sql.Identifier(dbname)
+        with self._pooled_clients_held(dbname):
+            self._held.add(dbname)
+            try:
+                self.admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(name))
+                self._forget(dbname)
+                self._terminate(dbname)
+                yield
+            finally:
+                self._held.discard(dbname)
+                # `dbname` is the copy swapped in (open already) or, after a failure, the old one.
+                if self.admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+                    self.admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(name))
 
     def close(self) -> None:
         """Wait for background drops, close every connection."""
@@ -526,7 +551,23 @@ class Janitor:
             if not _pid_alive(pid):
                 self._drop(name)
                 dropped.append(name)
+        self._reopen_working()
         return dropped
+
+    def _reopen_working(self) -> None:
+        """The working database closed by a `writers_held` whose process died (no migration of it
+        is left going on): open it again."""
+        from psycopg import sql
+
+        dbname = self.stack.postgres.database
+        closed = self.admin.execute("SELECT 1 FROM pg_database WHERE datname = %s AND NOT datallowconn "
+                                    "AND NOT datistemplate", (dbname,)).fetchone()
+        migrating = self.admin.execute("SELECT 1 FROM pg_database WHERE starts_with(datname, %s)",
+                                       (f"{dbname}__migrate_",)).fetchone()
+        if closed and not migrating:
+            self.admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(dbname)))
+            if self.say is not None:
+                self.say(f"postgres: {dbname} accepts connections again (a killed `up` had closed it to migrate it)")
 
     def _supports_strategy(self) -> bool:
         # CREATE DATABASE ... STRATEGY arrived in PostgreSQL 15 (WAL_LOG: no checkpoints).

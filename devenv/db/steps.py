@@ -181,20 +181,22 @@ def bring_forward(janitor: "Janitor", stack: Stack, say: Say) -> list[str]:
         return apply_seeds(stack)
     scratch = f"{dbname}__migrate_{os.getpid()}"
     janitor.drop(scratch)
-    janitor.copy_live(dbname, scratch)
     done: list[str] = []
     running: Step | None = None
     try:
-        with connect.psycopg_postgres(stack, scratch, durable=True, explain=True, autocommit=True) as conn:
-            for step in stack.steps:
-                running = step
-                if step.kind == "sql":
-                    done += apply_seeds(stack, conn=conn, files=step_files(stack.replace(steps=(step,))))
-                elif step.part == "schema":
-                    run_step(stack, step, scratch, say)
-                    record_run(conn, stack, step)
-                    done.append(step.label)
-        janitor.swap_in(dbname, scratch)
+        # Held from the copy to the swap: a write in between would go with the old database.
+        with janitor.writers_held(dbname):
+            janitor.copy_live(dbname, scratch)
+            with connect.psycopg_postgres(stack, scratch, durable=True, explain=True, autocommit=True) as conn:
+                for step in stack.steps:
+                    running = step
+                    if step.kind == "sql":
+                        done += apply_seeds(stack, conn=conn, files=step_files(stack.replace(steps=(step,))))
+                    elif step.part == "schema":
+                        run_step(stack, step, scratch, say)
+                        record_run(conn, stack, step)
+                        done.append(step.label)
+            janitor.swap_in(dbname, scratch)
     except BaseException as exc:
         janitor.drop(scratch)  # the working database was never touched
         if isinstance(exc, SchemaError) and running is not None and exc.message.startswith(running.label):

@@ -334,12 +334,18 @@ def test_a_killed_up_mid_migration_is_swept_and_a_changed_seed_script_waits_for_
     (proj.root / "kill-devenv").write_text("")
     killed = proj.devenv("up", check=False)
     assert killed.returncode == -9, killed.stderr
-    assert version(proj) == "002" and names(proj) == ["ada", "bob"]
+    # Killed while it held the working database's writers: closed (nothing written to it can be
+    # lost) until the next `up`, which opens it again.
+    import psycopg
+
+    with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
+        proj.connect()
     litter = [name for name in databases(proj) if "__migrate_" in name]
     assert len(litter) == 1
     (proj.root / "kill-devenv").unlink()
     up = proj.devenv("up")
     assert f"swept 1 scratch database(s) left by killed commands: {litter[0]}" in up.stderr, up.stderr
+    assert "taskflow accepts connections again (a killed `up` had closed it to migrate it)" in up.stderr
     assert version(proj) == "003" and names(proj) == ["ada", "bob"] and "age" in columns(proj)
     assert not [name for name in databases(proj) if "__migrate_" in name]
     # A changed seed script is not run on existing data: `up` says so, `reset` serves it.
@@ -351,6 +357,58 @@ def test_a_killed_up_mid_migration_is_swept_and_a_changed_seed_script_waits_for_
     assert status(proj)["steps"]["behind"] == ["seed step 1 (python seed.py)"]
     proj.devenv("reset")
     assert names(proj) == ["grace"] and status(proj)["steps"]["at_template_key"] is True
+
+
+def test_nothing_written_while_the_working_database_is_migrated_is_lost(alembic_native: Project) -> None:
+    """From the copy to the swap the working database's writers are held: a pooled client waits
+    and its write lands in the migrated database; a new direct session is refused, not lost."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import psycopg
+
+    proj = alembic_native
+    proj.devenv("up")
+    add_migration(proj, 3, textwrap.dedent("""\
+        import os, time
+        if "__migrate_" in os.environ["PGDATABASE"]:
+            open("migrating", "w").close()
+            time.sleep(3)
+        op.add_column("users", sa.Column("age", sa.Integer))"""))
+    argv = [sys.executable, "-m", "devenv", "up", "--runtime", proj.runtime, "--profile", proj.profile]
+    child = subprocess.Popen(argv, cwd=proj.root, env=proj.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pooled = proj.connect(pooled=True, autocommit=True)  # connected before: PgBouncer holds it
+    try:
+        deadline = time.monotonic() + 60
+        while not (proj.root / "migrating").exists():
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.05)
+        with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
+            proj.connect()
+        wrote: list[BaseException | None] = []
+
+        def write() -> None:
+            try:
+                pooled.execute("INSERT INTO users (name) VALUES ('during')")
+                wrote.append(None)
+            except BaseException as exc:  # noqa: BLE001  (asserted below)
+                wrote.append(exc)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        time.sleep(0.5)
+        assert not wrote  # held, not failed
+        stdout, stderr = child.communicate(timeout=120)
+        assert child.returncode == 0, stderr
+        writer.join(30)
+        assert wrote == [None]
+    finally:
+        pooled.close()
+        if child.poll() is None:
+            child.kill()
+    assert version(proj) == "003" and names(proj) == ["ada", "during"]
 
 
 def test_status_and_doctor_show_the_default_steps_at_the_template_s_key(running) -> None:
