@@ -261,6 +261,7 @@ def seeded_and_current(stack: Stack) -> bool:
     from devenv.db.seeds import LEDGER_TABLE, step_files
     from devenv.db.janitor import SCRATCH_PATTERN
     from devenv.db.stepkeys import ledger_name, run_key, run_steps
+    from devenv.db.versions import read_versions, template_versions, versions_behind
     from devenv.db.template import template_name, template_prefix
 
     pg = stack.postgres
@@ -281,9 +282,13 @@ def seeded_and_current(stack: Stack) -> bool:
                 f"SELECT datname FROM pg_database WHERE datname = {pgwire.literal(pg.database)} "
                 f"OR starts_with(datname, {pgwire.literal(template_prefix(stack))}) "
                 f"OR datname ~ {pgwire.literal(SCRATCH_PATTERN)}")}
-            if names != {pg.database, template_name(stack, conn.server_major)}:
+            template = template_name(stack, conn.server_major)
+            if names != {pg.database, template}:
                 return False
             applied = dict(conn.query(f"SELECT file, checksum FROM {LEDGER_TABLE}"))
+            # A migration tool's table moved since (a downgrade by hand): bring_forward runs it again.
+            if versions_behind(read_versions(conn.query), template_versions(conn.query, template)):
+                return False
     except (pgwire.PgError, OSError, ValueError):
         return False
     return all(applied.get(key) == checksum for key, checksum in wanted.items())

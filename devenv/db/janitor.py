@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from devenv.clients import connect
 from devenv.record import Record
 from devenv.config.stack import Stack
+from devenv.db.versions import read_versions, versions_comment
 from devenv.db.template import SCALE_FILE, SYSTEM_SCHEMAS, populate, template_name, template_prefix
 
 if TYPE_CHECKING:
@@ -300,12 +301,16 @@ class Janitor:
         try:
             with self._session(building) as conn:
                 populate(conn, self.stack, self.seeds_dir, name, lambda: self.install_guard(building), say=self.say)
+                heads = read_versions(lambda query: conn.execute(query.encode()).fetchall())
         except BaseException:
             self._drop(building)  # a failed file leaves no half-built template behind
             raise
         self.admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(building), sql.Identifier(name)))
         # A template nobody can connect to can always be cloned ("source database is being accessed").
         self.admin.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+        if heads:  # the migration tools' heads, for status to compare a working database with
+            self.admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                sql.Identifier(name), sql.Literal(versions_comment(heads))))
 
     def _renamed(self, name: str, to: str) -> bool:
         """ALTER DATABASE name RENAME TO to; False when it is gone or has sessions."""

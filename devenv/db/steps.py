@@ -27,6 +27,7 @@ from urllib.parse import quote
 from devenv.config.stack import Stack, Step
 from devenv.db.seeds import LEDGER_TABLE, apply_seeds, ensure_ledger, step_files
 from devenv.db.stepkeys import ledger_name, run_key, run_steps
+from devenv.db.versions import read_versions, template_versions, versions_behind
 from devenv.errors import SchemaError
 
 if TYPE_CHECKING:
@@ -174,10 +175,14 @@ def bring_forward(janitor: "Janitor", stack: Stack, say: Say) -> list[str]:
     dbname = stack.postgres.database
     with connect.psycopg_postgres(stack, dbname, durable=True, explain=True, autocommit=True) as conn:
         applied = ledger(stack, conn)
+        query = lambda text: conn.execute(text.encode()).fetchall()  # noqa: E731
+        moved = versions_behind(read_versions(query), template_versions(query, janitor.template_name(conn.info.server_version // 10000)))
     for step in stale_runs(stack, applied, "seed"):
         say(f"{step.label} changed since {dbname} was seeded: seed steps do not run again on existing data; "
             f"`devenv reset` serves the new seed")
-    if not stale_runs(stack, applied, "schema"):
+    if moved and run_steps(stack, "schema"):
+        say(f"{dbname}: {'; '.join(moved)}: the schema steps run again")
+    elif not stale_runs(stack, applied, "schema"):
         return apply_seeds(stack)
     scratch = f"{dbname}__migrate_{os.getpid()}"
     janitor.drop(scratch)

@@ -9,22 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from devenv.db.versions import read_versions, template_versions, versions_behind
+
 if TYPE_CHECKING:
     from devenv.config.stack import Stack
-
-# A known tool's version table -> the query giving its head (the latest applied migration).
-VERSION_TABLES = {
-    "alembic": ("alembic_version", "SELECT string_agg(version_num, ',' ORDER BY version_num) FROM alembic_version"),
-    "django": ("django_migrations",
-               "SELECT app || '.' || name FROM django_migrations ORDER BY applied DESC, id DESC LIMIT 1"),
-    "prisma": ("_prisma_migrations", "SELECT migration_name FROM _prisma_migrations WHERE finished_at IS NOT NULL "
-               "AND rolled_back_at IS NULL ORDER BY finished_at DESC, migration_name DESC LIMIT 1"),
-    "flyway": ("flyway_schema_history", "SELECT coalesce(version, description) FROM flyway_schema_history "
-               "WHERE success ORDER BY installed_rank DESC LIMIT 1"),
-    "dbmate": ("schema_migrations", "SELECT max(version)::text FROM schema_migrations"),
-    "sqitch": ("sqitch.changes", "SELECT change FROM sqitch.changes ORDER BY committed_at DESC LIMIT 1"),
-}
-
 
 def describe(stack: "Stack") -> list[dict[str, Any]]:
     """The steps as data: part, index, kind, what (the folder or the command), inputs."""
@@ -47,16 +35,12 @@ def report(stack: "Stack", timeout: float = 2.0) -> dict[str, Any]:
     try:
         with connect.postgres(stack, timeout=timeout, query_timeout=timeout, application_name="devenv-status") as conn:
             out["template"] = template_name(stack, conn.server_major)
-            tables = [LEDGER_TABLE, *(table for table, _ in VERSION_TABLES.values())]
-            [found] = conn.query("SELECT " + ", ".join(f"to_regclass({pgwire.literal(t)}) IS NOT NULL" for t in tables))
-            present = dict(zip(tables, (value == "t" for value in found)))  # one round trip for all of them
+            [[ledger]] = conn.query(f"SELECT to_regclass({pgwire.literal(LEDGER_TABLE)}) IS NOT NULL")
             applied: dict[str, str | None] = {}
-            if present[LEDGER_TABLE]:
+            if ledger == "t":
                 applied = dict(conn.query(f"SELECT file, checksum FROM {LEDGER_TABLE}"))
-            for tool, (table, query) in VERSION_TABLES.items():
-                if present[table]:
-                    head = conn.query(query)
-                    out["versions"][tool] = head[0][0] if head else None
+            out["versions"] = read_versions(conn.query)
+            recorded = template_versions(conn.query, out["template"])
     except (pgwire.PgError, OSError, ValueError) as exc:
         out["error"] = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return out
@@ -68,6 +52,7 @@ def report(stack: "Stack", timeout: float = 2.0) -> dict[str, Any]:
             current = applied.get(ledger_name(step)) == run_key(stack.root, step)
         if not current:
             out["behind"].append(step.label)
+    out["behind"] += versions_behind(out["versions"], recorded)
     out["at_template_key"] = not out["behind"]
     return out
 
@@ -91,5 +76,8 @@ def summary(view: dict[str, Any]) -> str:
     if view["at_template_key"]:
         return f"working database at the template's key ({view['template']}){versions}"
     behind = "; ".join(view["behind"])
+    moved = any("the template at" in item for item in view["behind"])
     return (f"working database NOT at the template's key ({view['template']}): lacks {behind}{versions}; "
-            "`devenv up` brings it forward (seed steps: `devenv reset`)")
+            "`devenv up` brings it forward (seed steps: `devenv reset`)"
+            + ("; a version table moved since (a downgrade by hand?): run the tool's upgrade with `devenv env`'s "
+               "DIRECT_DATABASE_URL, or `devenv reset`" if moved else ""))

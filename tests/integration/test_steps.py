@@ -411,6 +411,36 @@ def test_nothing_written_while_the_working_database_is_migrated_is_lost(alembic_
     assert version(proj) == "003" and names(proj) == ["ada", "during"]
 
 
+def test_a_version_table_moved_by_hand_is_seen_and_the_next_full_up_runs_the_tool_again(alembic_native: Project) -> None:
+    """`at the template's key` is the tool's own head too: a downgrade by hand shows in status and
+    doctor, and the next `up` that does work brings the database back to the template's head."""
+    import os
+    import subprocess
+
+    proj = alembic_native
+    proj.devenv("up")
+    (proj.root / "migrations" / "versions" / "003_age.py").write_text(
+        "from alembic import op\nimport sqlalchemy as sa\n\nrevision = '003'\ndown_revision = '002'\n\n\n"
+        "def upgrade():\n    op.add_column('users', sa.Column('age', sa.Integer))\n\n\n"
+        "def downgrade():\n    op.drop_column('users', 'age')\n")
+    proj.devenv("up")
+    assert version(proj) == "003" and status(proj)["steps"]["at_template_key"] is True
+    env = {**proj.env, "DATABASE_URL": proj.stack().urls()["DIRECT_DATABASE_URL"], "PGDATABASE": "taskflow"}
+    subprocess.run(["alembic", "downgrade", "-1"], cwd=proj.root, env=env, check=True, capture_output=True)
+    assert version(proj) == "002"
+    report = status(proj)["steps"]
+    assert report["at_template_key"] is False
+    assert report["behind"] == ["alembic at 002, the template at 003"]
+    doctor = proj.devenv("doctor", check=False)
+    assert "alembic at 002, the template at 003" in doctor.stdout + doctor.stderr
+    with (proj.root / "devenv.yaml").open("a") as config:  # any change: the next `up` is a full one
+        config.write("# touched\n")
+    up = proj.devenv("up")
+    assert "taskflow: alembic at 002, the template at 003: the schema steps run again" in up.stderr, up.stderr
+    assert version(proj) == "003" and status(proj)["steps"]["at_template_key"] is True
+    assert names(proj) == ["ada"] and "age" in columns(proj)
+
+
 def test_status_and_doctor_show_the_default_steps_at_the_template_s_key(running) -> None:
     proj = running("dev")
     report = status(proj)["steps"]

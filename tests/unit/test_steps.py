@@ -413,3 +413,18 @@ def test_a_step_that_leaves_a_process_behind_holding_its_output_does_not_hang_up
         time.sleep(0.05)
     else:
         pytest.fail("what the step left running was not ended")
+
+
+def test_a_tool_is_behind_where_its_head_is_not_the_template_s() -> None:
+    from devenv.db.versions import template_versions, versions_behind, versions_comment
+
+    comment = versions_comment({"alembic": "005"})
+    recorded = template_versions(lambda query: [(comment,)], "taskflow__tpl_0123456789ab")
+    assert recorded == {"alembic": "005"}
+    assert versions_behind({"alembic": "005"}, recorded) == []
+    assert versions_behind({"alembic": "004"}, recorded) == ["alembic at 004, the template at 005"]
+    assert versions_behind({}, recorded) == ["alembic at nothing, the template at 005"]
+    # A template from before heads were recorded, or a comment that is not devenv's: nothing to compare.
+    for other in (None, "", "a comment someone wrote", "devenv versions [not an object", "devenv versions [1]"):
+        assert template_versions(lambda query: [(other,)], "t") is None
+    assert versions_behind({"alembic": "004"}, None) == []
