@@ -485,9 +485,12 @@ def test_pruning_on_an_existing_server_drops_only_devenvs_templates_of_its_role(
 
 def test_a_worker_database_of_another_role_fails_the_session_saying_what_to_do(
         server_project, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """And an old kept database of that role is left with a warning, not a traceback."""
     pytester, _ = server_project
     name = f"{_base(pytester)}_test"
+    kept = f"{name}_kept_0123abcd_1"
     server.sql(f'CREATE DATABASE "{name}" OWNER boss')
+    server.sql(f'CREATE DATABASE "{kept}" OWNER boss')
     monkeypatch.setenv("PGPASSWORD", server.app_password)
     try:
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_app.py::test_a", "test_app.py::test_b",
@@ -496,8 +499,10 @@ def test_a_worker_database_of_another_role_fails_the_session_saying_what_to_do(
         out = "\n".join(result.outlines + result.errlines)
         assert f"database {name} on 127.0.0.1:{server.port} belongs to role 'boss'" in out, out
         assert f'DROP DATABASE "{name}"' in out and "Traceback" not in out and "psycopg.errors" not in out, out
+        assert f"kept database {kept} belongs to role 'boss', not dropped" in out, out
     finally:
         server.sql(f'DROP DATABASE IF EXISTS "{name}"')
+        server.sql(f'DROP DATABASE IF EXISTS "{kept}"')
 
 
 def test_a_failing_step_on_an_existing_server_says_to_rerun_pytest(server_project, server: Server,
