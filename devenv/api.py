@@ -55,14 +55,16 @@ class Devenv:
 
     @classmethod
     def on_server(cls, url: str, root: Path, profile: str = "ci", redis_url: str | None = None,
-                  config: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> "Devenv":
+                  config: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+                  sources: tuple[str, str] = ("--devenv-url", "--devenv-redis-url")) -> "Devenv":
         """A handle on an existing server (a CI `services:` Postgres, a shared database): devenv
         starts nothing there and builds its template and databases as the URL's role (which
-        needs CREATEDB). `config`: a devenv.yaml for the schema and seed (else `root/seeds`)."""
+        needs CREATEDB). `config`: a devenv.yaml for the schema and seed (else `root/seeds`);
+        `sources`: where `url` and `redis_url` came from, as errors name them."""
         from devenv.config.external import server_stack
 
         env = os.environ if env is None else env
-        stack = server_stack(Path(root), profile, url, redis_url, Path(config) if config else None, env)
+        stack = server_stack(Path(root), profile, url, redis_url, Path(config) if config else None, env, sources)
         return cls(stack, "external")
 
     @property

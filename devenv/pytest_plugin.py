@@ -99,20 +99,36 @@ def _keep_failed(config: pytest.Config) -> bool:
     return _BOOLS[(_setting(config, "devenv_keep_failed") or "").lower()]
 
 
+def _source(config: pytest.Config, key: str) -> str:
+    """Where a setting's value in effect comes from (_setting's order), as messages name it."""
+    option, env, _ = _SETTINGS[key]
+    if config.getoption(option) not in (None, ""):
+        return option
+    if str(config.getini(key) or "").strip():
+        return f"ini key {key}" + (f" in {config.inipath}" if config.inipath else "")
+    return f"environment variable {env}" if env else option
+
+
 def _check_settings(config: pytest.Config) -> None:
-    """A bad value in the ini file (or its environment variable) is a usage error naming it."""
+    """A bad value in the ini file (or its environment variable) is a usage error naming it.
+
+    Only the value in effect is judged: a command-line option overrides a bad ini value (and
+    the option's own value is checked by its `choices`)."""
     from devenv.runtime.plan import RUNTIME_NAMES
 
-    where = f" in {config.inipath}" if config.inipath else ""
     for key, allowed in (("devenv_runtime", RUNTIME_NAMES), ("devenv_keep_failed", tuple(_BOOLS))):
-        option, env, _ = _SETTINGS[key]
-        ini = str(config.getini(key) or "").strip()
-        for source, value in ((f"ini key {key}{where}", ini), (f"environment variable {env}", os.environ.get(env, ""))):
-            if value and (value.lower() if key == "devenv_keep_failed" else value) not in allowed:
-                shown = ", ".join(a for a in allowed if a)
-                raise pytest.UsageError(f"devenv: {source} = {value!r} is not valid; use one of: {shown}")
-            if value:
-                break  # the ini key wins over the environment: only what is used is judged
+        value = _setting(config, key)
+        source = _source(config, key)
+        if value is None or source.startswith("--"):
+            continue
+        if (value.lower() if key == "devenv_keep_failed" else value) not in allowed:
+            shown = ", ".join(a for a in allowed if a)
+            raise pytest.UsageError(f"devenv: {source} = {value!r} is not valid; use one of: {shown}")
+    explicit = _setting(config, "devenv_config")
+    if explicit and not os.path.isfile(os.path.expanduser(explicit)):
+        # Named but missing: never silently replaced by another devenv.yaml or by seeds/.
+        raise pytest.UsageError(f"devenv: {_source(config, 'devenv_config')} = {explicit!r}: no such file; "
+                                "name an existing devenv.yaml (an ini value is relative to the ini file)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -192,11 +208,15 @@ def _load(config: pytest.Config, required: bool = True) -> "Devenv | None":
     profile = _profile(config)
     url = _setting(config, "devenv_url")
     if url:
-        try:
+        try:  # a named one (checked to exist at configure), else the nearest upwards
             path: Path | None = _config_path(config)
         except ConfigError:
-            path = None  # no devenv.yaml: the seeds under the rootdir
-        return Devenv.on_server(url, config.rootpath, profile, _setting(config, "devenv_redis_url"), path)
+            if os.environ.get("DEVENV_CONFIG"):
+                raise  # named there but missing: never silently the seeds instead
+            path = None  # no devenv.yaml anywhere, none named: the seeds under the rootdir
+        redis_url = _setting(config, "devenv_redis_url")
+        sources = (_source(config, "devenv_url"), _source(config, "devenv_redis_url"))
+        return Devenv.on_server(url, config.rootpath, profile, redis_url, path, sources=sources)
     runtime = _setting(config, "devenv_runtime") or "auto"
     try:
         return Devenv.load(config=_config_path(config), profile=profile, runtime=runtime)
@@ -215,7 +235,7 @@ def devenv_stack(pytestconfig: pytest.Config) -> Iterator["Devenv"]:
     """The stack, brought up for this run or reused; the URLs point at this worker's database."""
     from devenv.state import locked
 
-    from devenv.errors import DevenvError
+    from devenv.errors import DevenvError, SchemaError
 
     failure: DevenvError | None = None
     handle: Devenv | None = None
@@ -225,7 +245,13 @@ def devenv_stack(pytestconfig: pytest.Config) -> Iterator["Devenv"]:
         lock_dir = handle.stack.state_dir / "pytest"
         with locked(lock_dir):  # workers start together: one of them brings it up
             if handle.external:
-                handle.prepare()  # the template on the existing server (what `up` does)
+                try:
+                    handle.prepare()  # the template on the existing server (what `up` does)
+                except SchemaError as exc:  # its hint is `devenv up`'s: say what to do here
+                    exc.hint = ("fix the step (it ran against the template being built on the server "
+                                f"{handle.stack.host}:{handle.stack.postgres.port}), then run pytest again; "
+                                "that template was discarded and nothing else on the server was changed.")
+                    raise
             else:
                 was_running = handle.is_healthy()
                 handle.up()
@@ -233,6 +259,8 @@ def devenv_stack(pytestconfig: pytest.Config) -> Iterator["Devenv"]:
                 if not was_running:
                     owner.write_text(os.environ.get(_RUN_ENV, ""))
             _drop_earlier_kept(handle, lock_dir)
+            if handle.external:
+                _check_owner(handle, _database_name(handle))
     except DevenvError as exc:  # a bad URL, role or devenv.yaml: its message and hint, no traceback
         failure = exc
     if failure is not None:
@@ -252,6 +280,21 @@ def devenv_stack(pytestconfig: pytest.Config) -> Iterator["Devenv"]:
         handle.close()
 
 
+def _check_owner(handle: "Devenv", name: str) -> None:
+    """On an existing server: this worker's database, if it exists, must be the URL role's (or
+    the role a superuser), else every reset would fail on it (the CI role changed)."""
+    from devenv.errors import ConfigError
+
+    owner = handle.janitor.owner(name)
+    user = handle.stack.postgres.user
+    if owner is None or owner == user or handle.janitor.role_attributes()["rolsuper"]:
+        return
+    raise ConfigError(
+        f"database {name} on {handle.stack.host}:{handle.stack.postgres.port} belongs to role '{owner}', "
+        f"not to '{user}' of the URL: devenv cannot reset it",
+        hint=f"drop it as '{owner}' (or a superuser): DROP DATABASE \"{name}\"; or run the tests as '{owner}'.")
+
+
 def _drop_earlier_kept(handle: "Devenv", lock_dir: "Path") -> None:
     """Once per run (the first worker to get here, under the lock): drop the databases that
     --devenv-keep-failed kept in earlier runs of this checkout, and only those."""
@@ -262,9 +305,17 @@ def _drop_earlier_kept(handle: "Devenv", lock_dir: "Path") -> None:
             return
     except OSError:
         pass
+    import warnings
+
+    import psycopg
+
     for name in handle.janitor.databases(_kept_pattern(handle)):
         if not name.split("_kept_")[-1].startswith(run[:8]):
-            handle.janitor.drop(name)
+            try:
+                handle.janitor.drop(name)
+            except psycopg.errors.InsufficientPrivilege:  # kept by another role (the CI role changed)
+                warnings.warn(f"devenv: kept database {name} belongs to role {handle.janitor.owner(name)!r}, "
+                              f"not dropped (DROP DATABASE \"{name}\" as that role)", stacklevel=2)
     marker.write_text(run)
 
 

@@ -28,16 +28,16 @@ SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 class ServerUrl:
     """A postgresql:// URL's parts (libpq's environment fills what it leaves out)."""
 
-    def __init__(self, url: str, env: Mapping[str, str]) -> None:
-        shown = redact(url)
+    def __init__(self, url: str, env: Mapping[str, str], source: str = "--devenv-url") -> None:
+        shown = f"{source}: {redact(url)}"
         parts = urlsplit(url)
         if parts.scheme not in ("postgresql", "postgres"):
-            raise ConfigError(f"--devenv-url {shown}: not a postgresql:// URL",
+            raise ConfigError(f"{shown}: not a postgresql:// URL",
                               hint="give postgresql://USER@HOST:PORT/DATABASE (the password in PGPASSWORD).")
         try:
             port = parts.port
         except ValueError:
-            raise ConfigError(f"--devenv-url {shown}: the port is not a number", hint="fix the URL.") from None
+            raise ConfigError(f"{shown}: the port is not a number", hint="fix the URL.") from None
         query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
         self.host = unquote(parts.hostname or "") or env.get("PGHOST") or "127.0.0.1"
         self.port = port or int(env.get("PGPORT") or 5432)
@@ -47,36 +47,46 @@ class ServerUrl:
         self.sslmode = query.get("sslmode") or env.get("PGSSLMODE") or "prefer"
         self.sslrootcert = query.get("sslrootcert") or env.get("PGSSLROOTCERT") or ""
         if not self.user:
-            raise ConfigError(f"--devenv-url {shown}: no user", hint="name the role: postgresql://USER@HOST:PORT/DATABASE.")
+            raise ConfigError(f"{shown}: no user", hint="name the role: postgresql://USER@HOST:PORT/DATABASE.")
         if self.sslmode not in SSLMODES:
-            raise ConfigError(f"--devenv-url {shown}: unknown sslmode '{self.sslmode}'",
+            raise ConfigError(f"{shown}: unknown sslmode '{self.sslmode}'",
                               hint=f"use one of {', '.join(SSLMODES)}.")
-        self.shown = shown
+        self.shown = redact(url)
 
 
 class RedisUrl:
     """A redis:// URL's host, port and password (its index is not used: devenv picks them)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, source: str = "--devenv-redis-url") -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-            raise ConfigError(f"--devenv-redis-url {redact(url)}: not a redis://HOST:PORT URL",
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname or port == -1:
+            raise ConfigError(f"{source}: {redact(url)}: not a redis://HOST:PORT URL",
                               hint="give redis://[:PASSWORD@]HOST:PORT.")
         if parts.scheme == "rediss":
-            raise ConfigError("--devenv-redis-url: rediss:// (TLS) is not supported", hint="give a redis:// URL.")
+            raise ConfigError(f"{source}: rediss:// (TLS) is not supported", hint="give a redis:// URL.")
         self.host = parts.hostname
-        self.port = parts.port or 6379
+        self.port = port or 6379
         self.password = unquote(parts.password or "")
 
 
 def redact(url: str) -> str:
-    """The URL without its password (what messages and reports may show)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    """The URL without its password (what messages and reports may show).
+
+    Whatever the URL's shape (an unencoded password may hold `:`, `@`, `/`, `?`, `#`, `%`),
+    everything between the user's `:` and the last `@` is hidden, and so is the value of a
+    `password=` parameter: shown too much of the host is better than any of the password."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    head, at, tail = rest.rpartition("@")
+    if at and ":" in head:
+        rest = f"{head.partition(':')[0]}:***@{tail}"
+    shown = f"{scheme}{sep}{rest}"
+    return re.sub(r"(?i)(password=)[^&#]*", r"\1***", shown)
 
 
 def checkout_key(root: Path) -> str:
@@ -91,15 +101,15 @@ def database_base(name: str, root: Path) -> str:
 
 
 def server_stack(root: Path, profile: str, url: str, redis_url: str | None, config: Path | None,
-                 env: Mapping[str, str]) -> Stack:
+                 env: Mapping[str, str], sources: tuple[str, str] = ("--devenv-url", "--devenv-redis-url")) -> Stack:
     """A Stack whose Postgres (and Redis, when given) is an existing server's.
 
     With `config` (a devenv.yaml) its profile gives the database name and the seed steps;
     without, the project is named after `root` and the seeds are `root/seeds`. Nothing is
-    written: no secrets file, no state.
+    written: no secrets file, no state. `sources`: where the two URLs came from, for messages.
     """
-    server = ServerUrl(url, env)
-    redis = RedisUrl(redis_url) if redis_url else None
+    server = ServerUrl(url, env, sources[0])
+    redis = RedisUrl(redis_url, sources[1]) if redis_url else None
     if config is not None:
         from devenv.config.resolve import build_stack
         from devenv.config.secrets import SECRET_NAMES

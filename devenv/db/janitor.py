@@ -52,6 +52,9 @@ WAL_LOG_MAX_BYTES = 64 << 20
 _drop_counter = itertools.count()
 # Scratch databases of one process (group 2: its pid), which `sweep` drops once it is gone.
 SCRATCH_PATTERN = r"__(new|old|building|restore|migrate)_([0-9]+)(_[0-9]+)?$"
+# What follows template_prefix in the names of devenv's templates: the key (template_key's 12
+# hex), and while one is built `__building_<pid>`. Pruning drops only these.
+TEMPLATE_SHAPE = r"[0-9a-f]{12}(__building_[0-9]+)?$"
 
 
 class ResetResult(Record):
@@ -158,6 +161,12 @@ class Janitor:
         """The names of the databases matching a regular expression, sorted."""
         return [name for (name,) in self.admin.execute(
             "SELECT datname FROM pg_database WHERE datname ~ %s ORDER BY 1", (pattern,)).fetchall()]
+
+    def owner(self, dbname: str) -> str | None:
+        """The role owning a database; None when there is none of that name."""
+        row = self.admin.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+                                 (dbname,)).fetchone()
+        return row[0] if row else None
 
     def rename_away(self, dbname: str, to: str) -> None:
         """Rename `dbname` to `to` (the pytest plugin keeping a failed test's database), ending its
@@ -281,14 +290,31 @@ class Janitor:
             exists = None
         if not exists:
             self._build_template(name, adopt)
-        # Older templates (other keys) are stale: nothing may be served from them.
-        prefix = template_prefix(self.stack)
-        for (old,) in self.admin.execute(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, %s) AND datname <> %s", (prefix, name)
-        ).fetchall():
-            self._drop(old)
+        self._prune_templates(name)
         self._template = name
         return name
+
+    def _prune_templates(self, current: str) -> None:
+        """Drop older templates (other keys: stale, nothing may be served from them) and the
+        `__building_<pid>` of a process gone; only names of devenv's own shapes (TEMPLATE_SHAPE),
+        never a database that merely starts alike. One owned by another role (an existing
+        server whose CI role changed) is left, with a one-line warning."""
+        import warnings
+
+        import psycopg
+
+        pattern = "^" + re.escape(template_prefix(self.stack)) + TEMPLATE_SHAPE
+        for old, owner, building in self.admin.execute(
+            "SELECT datname, pg_get_userbyid(datdba), substring(datname from '__building_([0-9]+)$') "
+            "FROM pg_database WHERE datname ~ %s AND datname <> %s ORDER BY 1", (pattern, current)
+        ).fetchall():
+            if building is not None and _pid_alive(int(building)):
+                continue  # another process is building it right now
+            try:
+                self._drop(old)
+            except psycopg.errors.InsufficientPrivilege:
+                warnings.warn(f"devenv: old template {old} belongs to role {owner!r}, not dropped "
+                              f"(DROP DATABASE \"{old}\" as {owner!r} to reclaim its space)", stacklevel=2)
 
     def _build_template(self, name: str, adopt: str | None = None) -> None:
         from psycopg import sql

@@ -123,6 +123,8 @@ def test_the_option_wins_over_the_ini_file_which_wins_over_the_environment(
     monkeypatch.setenv("DEVENV_RUNTIME", "docker")
     monkeypatch.setenv("DEVENV_KEEP_FAILED", "yes")
     pytester.makeini("[pytest]\ndevenv_profile = from-ini\ndevenv_config = sub/devenv.yaml\n")
+    (pytester.path / "sub").mkdir()
+    (pytester.path / "sub" / "devenv.yaml").write_text("project: x\n")
     pytester.makepyfile(test_x='''
 from devenv.pytest_plugin import _keep_failed, _setting
 
@@ -150,6 +152,69 @@ def test_a_bad_ini_value_is_a_usage_error_naming_the_key(pytester: pytest.Pytest
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     err = "\n".join(result.errlines)
     assert f"ini key {key}" in err and "Traceback" not in err, err
+
+
+def test_the_option_wins_over_a_bad_ini_value(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the value in effect is judged: a bad ini value overridden on the command line is no error."""
+    _clean_env(monkeypatch)
+    pytester.makeini("[pytest]\ndevenv_runtime = kubernetes\ndevenv_keep_failed = maybe\n")
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--devenv-runtime", "native",
+                                           "--devenv-keep-failed")
+    result.assert_outcomes(passed=1)
+    alone = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--devenv-runtime", "native")
+    assert alone.ret == pytest.ExitCode.USAGE_ERROR and "ini key devenv_keep_failed" in "\n".join(alone.errlines)
+
+
+@pytest.mark.parametrize("where", ["option", "ini", "env"])
+def test_a_named_devenv_config_that_is_missing_is_a_usage_error(pytester: pytest.Pytester,
+                                                                monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """Never silently replaced by seeds/ (or by another devenv.yaml), on an existing server too.
+    DEVENV_CONFIG counts only where no devenv.yaml is found upwards: then, missing, it is an error."""
+    _clean_env(monkeypatch)
+    shutil.copytree(REPO / "seeds", pytester.path / "seeds")
+    if where == "env":
+        monkeypatch.setenv("DEVENV_CONFIG", str(pytester.path / "deploy" / "devenv.yaml"))
+    else:
+        shutil.copy(REPO / "devenv.yaml", pytester.path / "devenv.yaml")
+    pytester.makeini("[pytest]\n" + ("devenv_config = deploy/devenv.yaml\n" if where == "ini" else ""))
+    pytester.makepyfile(test_x="def test_x(devenv_db):\n    pass\n")
+    args = ["--devenv-config", "deploy/devenv.yaml"] if where == "option" else []
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--devenv-url",
+                                           "postgresql://app@127.0.0.1:1/postgres", *args)
+    if where == "env":  # found only when the fixture loads the stack: its error, once per test
+        result.assert_outcomes(errors=1)
+        out = "\n".join(result.outlines)
+        assert "deploy/devenv.yaml does not exist" in out and "DEVENV_CONFIG" in out, out
+        return
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = "\n".join(result.errlines)
+    named = "--devenv-config" if where == "option" else f"ini key devenv_config in {pytester.path / 'tox.ini'}"
+    assert named in err and "deploy/devenv.yaml" in err and "no such file" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("key, value, source", [
+    ("devenv_redis_url", "http://127.0.0.1:1", "ini key devenv_redis_url in "),
+    ("DEVENV_REDIS_URL", "http://127.0.0.1:1", "environment variable DEVENV_REDIS_URL: "),
+    ("devenv_url", "mysql://app@127.0.0.1:1/x", "ini key devenv_url in "),
+])
+def test_a_bad_url_names_where_it_came_from(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+                                            key: str, value: str, source: str) -> None:
+    _clean_env(monkeypatch)
+    shutil.copytree(REPO / "seeds", pytester.path / "seeds")
+    args = []
+    if key.isupper():
+        monkeypatch.setenv(key, value)
+    if key != "devenv_url":
+        args = ["--devenv-url", "postgresql://app@127.0.0.1:1/postgres"]
+    pytester.makeini("[pytest]\n" + (f"{key} = {value}\n" if key.islower() else ""))
+    pytester.makepyfile(test_x="def test_x(devenv_db):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+    result.assert_outcomes(errors=1)
+    out = "\n".join(result.outlines)
+    assert f"devenv: {source}" in out and "Traceback" not in out, out
+    if key != "devenv_url":
+        assert "--devenv-redis-url" not in out.split("hint:")[0], out
 
 
 # ---- an existing server, started here -----------------------------------------------------------
@@ -373,6 +438,88 @@ def test_a_failed_tests_database_on_an_existing_server_is_named_without_the_pass
     pytester.runpytest_subprocess("-p", "no:cacheprovider", "-k", "passes").assert_outcomes(passed=1)
     names = ", ".join(f"'{name}'" for name in kept)
     assert server.sql(f"select datname from pg_database where datname in ({names})") == []
+
+
+def _base(pytester: pytest.Pytester) -> str:
+    """`<project>_<checkout key>`: what every database of this checkout on the server starts with."""
+    from devenv.config.external import database_base
+
+    return database_base(pytester.path.resolve().name, pytester.path)
+
+
+def test_on_an_existing_server_the_nearest_devenv_yaml_is_used(server_project, server: Server,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """No config named: the rootdir's devenv.yaml (its database name, taskflow) as without --devenv-url."""
+    pytester, records = server_project
+    shutil.copy(REPO / "devenv.yaml", pytester.path / "devenv.yaml")
+    monkeypatch.setenv("PGPASSWORD", server.app_password)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_app.py::test_a",
+                                           "--devenv-url", f"postgresql://app@127.0.0.1:{server.port}/postgres")
+    result.assert_outcomes(passed=1)
+    assert _records(records)["a-main"]["db"].startswith("taskflow_"), _records(records)
+
+
+def test_pruning_on_an_existing_server_drops_only_devenvs_templates_of_its_role(
+        server_project, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's `<base>__tpl_zzz` stays; an old template of another role (the CI role changed)
+    stays with a one-line warning; an old template of the URL's role goes."""
+    pytester, _ = server_project
+    base = _base(pytester)
+    users, others, stale = f"{base}__tpl_zzz", f"{base}__tpl_aaaaaaaaaaaa", f"{base}__tpl_bbbbbbbbbbbb"
+    server.sql(f'CREATE DATABASE "{users}" OWNER app')
+    server.sql(f'CREATE DATABASE "{others}" OWNER boss')
+    server.sql(f'CREATE DATABASE "{stale}" OWNER app')
+    monkeypatch.setenv("PGPASSWORD", server.app_password)
+    try:
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_app.py::test_a",
+                                               "--devenv-url", f"postgresql://app@127.0.0.1:{server.port}/postgres")
+        result.assert_outcomes(passed=1)
+        out = "\n".join(result.outlines + result.errlines)
+        assert f"old template {others} belongs to role 'boss', not dropped" in out and "Traceback" not in out, out
+        left = {name for (name,) in server.sql(f"SELECT datname FROM pg_database WHERE datname LIKE '{base}__tpl%'")}
+        assert users in left and others in left and stale not in left, left
+    finally:
+        for name in (users, others, stale):
+            server.sql(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def test_a_worker_database_of_another_role_fails_the_session_saying_what_to_do(
+        server_project, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """And an old kept database of that role is left with a warning, not a traceback."""
+    pytester, _ = server_project
+    name = f"{_base(pytester)}_test"
+    kept = f"{name}_kept_0123abcd_1"
+    server.sql(f'CREATE DATABASE "{name}" OWNER boss')
+    server.sql(f'CREATE DATABASE "{kept}" OWNER boss')
+    monkeypatch.setenv("PGPASSWORD", server.app_password)
+    try:
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_app.py::test_a", "test_app.py::test_b",
+                                               "--devenv-url", f"postgresql://app@127.0.0.1:{server.port}/postgres")
+        result.assert_outcomes(errors=2)
+        out = "\n".join(result.outlines + result.errlines)
+        assert f"database {name} on 127.0.0.1:{server.port} belongs to role 'boss'" in out, out
+        assert f'DROP DATABASE "{name}"' in out and "Traceback" not in out and "psycopg.errors" not in out, out
+        assert f"kept database {kept} belongs to role 'boss', not dropped" in out, out
+    finally:
+        server.sql(f'DROP DATABASE IF EXISTS "{name}"')
+        server.sql(f'DROP DATABASE IF EXISTS "{kept}"')
+
+
+def test_a_failing_step_on_an_existing_server_says_to_rerun_pytest(server_project, server: Server,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exit-7 hint of `devenv up` (`devenv env`, the working database) does not fit here."""
+    pytester, _ = server_project
+    config = (REPO / "devenv.yaml").read_text() + (
+        "\nschema:\n  - sql: seeds/schema\n  - run: [python, -c, \"print('migrating'); raise SystemExit(3)\"]\n")
+    (pytester.path / "devenv.yaml").write_text(config)
+    monkeypatch.setenv("PGPASSWORD", server.app_password)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "test_app.py::test_a",
+                                           "--devenv-url", f"postgresql://app@127.0.0.1:{server.port}/postgres")
+    result.assert_outcomes(errors=1)
+    out = "\n".join(result.outlines)
+    assert "exited with status 3" in out and "migrating" in out, out
+    hint = out.split("hint:", 1)[1]
+    assert "run pytest again" in hint and "devenv up" not in hint and "devenv env" not in hint, out
 
 
 # ---- keep a failed test's database --------------------------------------------------------------

@@ -80,6 +80,11 @@ def test_a_changed_seed_file_rebuilds_the_template_on_the_next_reset(project) ->
     project.devenv("up")
     with project.connect() as conn:
         old_template = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'taskflow__tpl_%'").fetchone()[0]
+    # Databases that merely start like devenv's templates are a user's: pruning keeps them.
+    mine = ["taskflow__tpl_zzz", "taskflow__tpl_0123456789ab_backup", "taskflow__tpl_0123456789ab__building_x"]
+    with project.admin_connect(autocommit=True) as conn:
+        for name in mine:
+            conn.execute(f'CREATE DATABASE "{name}"')
     (project.root / "seeds" / "data" / "003_more.sql").write_text(
         "INSERT INTO users (id, email, password_hash, created_at) VALUES "
         "('00000000-0000-4000-8000-0000000000a1', 'ivan@taskflow.dev', 'x', '2025-01-01');\n")
@@ -88,6 +93,7 @@ def test_a_changed_seed_file_rebuilds_the_template_on_the_next_reset(project) ->
     with project.connect() as conn:
         templates = [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'taskflow__tpl_%'")]
     assert templates and old_template not in templates, "the stale template must be gone"
+    assert set(mine) <= set(templates), "a database devenv did not make must stay"
 
 
 def test_reset_hard_rebuilds_from_changed_files(project) -> None:

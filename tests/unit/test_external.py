@@ -52,3 +52,47 @@ def test_a_stack_on_an_existing_server_has_direct_urls_and_no_pgbouncer(tmp_path
     no_redis = server_stack(tmp_path, "ci", "postgresql://app@h/postgres", None, None, {})
     assert "REDIS_URL" not in no_redis.urls()
     assert not (tmp_path / ".devenv").exists()  # nothing written: no secrets, no state
+
+
+# ---- redaction of hostile URLs -------------------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://weird:p@ss:w%rd/x?#@127.0.0.1:21500/postgres", "postgresql://weird:***@127.0.0.1:21500/postgres"),
+    ("redis://:a@b/c?d#e@10.0.0.6:6380/3", "redis://:***@10.0.0.6:6380/3"),
+    ("postgresql://app:pw@h/db?application_name=a@b", "postgresql://app:***@b"),
+    ("postgresql://app@h/db?password=s3cret&sslmode=require", "postgresql://app@h/db?password=***&sslmode=require"),
+    ("postgresql://app@h:5432/db", "postgresql://app@h:5432/db"),
+    ("app:pw@h:5432/db", "app:***@h:5432/db"),
+])
+def test_redact_hides_all_between_the_user_and_the_last_at(url: str, shown: str) -> None:
+    assert redact(url) == shown
+
+
+_NO_AT = st.text(st.characters(blacklist_characters="@", blacklist_categories=("Cs",)), max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scheme=st.sampled_from(["postgresql", "postgres", "redis", "rediss"]),
+       user=st.text(st.characters(blacklist_characters=":", blacklist_categories=("Cs",)), max_size=10),
+       password=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30),
+       rest=_NO_AT)
+def test_redact_never_shows_any_of_an_unencoded_password(scheme: str, user: str, password: str, rest: str) -> None:
+    """Whatever the password holds (`:`, `@`, `/`, `?`, `#`, `%`, `password=`), nothing of it shows."""
+    url = f"{scheme}://{user}:{password}@127.0.0.1:5432/{rest}"
+    expected = f"{scheme}://{user}:***@127.0.0.1:5432/{rest}"
+    import re
+    assert redact(url) == re.sub(r"(?i)(password=)[^&#]*", r"\1***", expected)
+
+
+def test_a_bad_url_names_where_it_came_from() -> None:
+    from devenv.config.external import RedisUrl
+
+    with pytest.raises(ConfigError) as caught:
+        ServerUrl("postgresql://h/db", {}, "ini key devenv_url in /p/pytest.ini")
+    assert caught.value.message.startswith("ini key devenv_url in /p/pytest.ini: postgresql://h/db")
+    with pytest.raises(ConfigError) as caught:
+        RedisUrl("redis://:pw@h:port", "environment variable DEVENV_REDIS_URL")
+    assert caught.value.message.startswith("environment variable DEVENV_REDIS_URL: redis://:***@h:port")
