@@ -259,7 +259,9 @@ def seeded_and_current(stack: Stack) -> bool:
     """
     from devenv.clients import connect, pgwire
     from devenv.db.seeds import LEDGER_TABLE, step_files
-    from devenv.db.janitor import SCRATCH_PATTERN
+    import re
+
+    from devenv.db.janitor import SCRATCH_PATTERN, TEMPLATE_SHAPE
     from devenv.db.stepkeys import ledger_name, run_key, run_steps
     from devenv.db.versions import read_versions, template_versions, versions_behind
     from devenv.db.template import template_name, template_prefix
@@ -280,7 +282,7 @@ def seeded_and_current(stack: Stack) -> bool:
                 return False
             names = {row[0] for row in conn.query(
                 f"SELECT datname FROM pg_database WHERE datname = {pgwire.literal(pg.database)} "
-                f"OR starts_with(datname, {pgwire.literal(template_prefix(stack))}) "
+                f"OR datname ~ {pgwire.literal('^' + re.escape(template_prefix(stack)) + TEMPLATE_SHAPE)} "
                 f"OR datname ~ {pgwire.literal(SCRATCH_PATTERN)}")}
             template = template_name(stack, conn.server_major)
             if names != {pg.database, template}:
