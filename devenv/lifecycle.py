@@ -61,6 +61,10 @@ def up(
     from devenv.db.roles import ensure_roles
 
     start = time.monotonic()
+    if seed:  # before anything starts: a missing migrations folder is exit 3 naming its line
+        from devenv.db.stepkeys import check_inputs
+
+        check_inputs(stack)
     # No driver is imported ahead: health checks and the "already seeded?" check speak pgwire,
     # so a cold `up` with data, or one from the cache, never loads psycopg (150-300 ms here).
     with contextlib.ExitStack() as scope:

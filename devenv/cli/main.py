@@ -297,7 +297,10 @@ def _with_snapshots(config_path: str | None, profile: str, action: Callable[[Any
     from devenv.db.snapshots import Snapshots
     from devenv.state import locked
 
+    from devenv.db.stepkeys import check_inputs
+
     stack = load_stack(config_path, profile)
+    check_inputs(stack)  # snapshots are of the template's key: a missing input is exit 3 naming its line
     janitor = Janitor(stack)
     import psycopg  # noqa: F401  (loaded before any clock starts: it is start-up, as for reset)
 
