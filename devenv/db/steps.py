@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 
 Say = Callable[[str], None]
 TAIL_LINES = 20
+# A step's output is shown on the terminal and kept in the exit-7 error: its control characters
+# (an escape sequence, an OSC title, BEL, NUL) must not drive the terminal. C0 and DEL are shown
+# in caret notation (ESC -> `^[`), C1 as U+FFFD; TAB stays.
+_VISIBLE = {code: f"^{chr(code ^ 0x40)}" for code in (*range(0x20), 0x7F) if code != 0x09}
+_VISIBLE.update({code: "\ufffd" for code in range(0x80, 0xA0)})
 
 
 def step_env(stack: Stack, dbname: str) -> dict[str, str]:
@@ -74,6 +79,7 @@ def run_step(stack: Stack, step: Step, dbname: str, say: Say | None = None) -> N
             line = raw.decode("utf-8", "replace").rstrip("\r").rsplit("\r", 1)[-1]
             for secret in secrets:
                 line = line.replace(secret, "****")
+            line = line.translate(_VISIBLE)
             tail.append(line)
             show(prefix + line)
         status = proc.wait()

@@ -377,6 +377,26 @@ def test_a_step_s_output_never_shows_the_password(project: Path) -> None:
     assert lines[2] == "  schema 1 | ****"
 
 
+def test_a_step_s_control_characters_reach_neither_the_terminal_nor_the_error(project: Path) -> None:
+    from devenv.db.steps import run_step
+    from devenv.errors import SchemaError
+
+    stack = repo_stack(project)
+    stack = stack.replace(postgres=stack.postgres.replace(password="s3cr/t"))
+    script = ("import os, sys; out = sys.stdout.buffer; "
+              "out.write(b'\\x1b[31mred\\x1b[0m\\tok\\x07 \\x1b]0;owned\\x07 nul\\x00 c1\\xc2\\x9b2J '"
+              " + os.environ['PGPASSWORD'].encode() + b'\\n'); out.flush(); sys.exit(1)")
+    lines: list[str] = []
+    with pytest.raises(SchemaError) as info:
+        run_step(stack, Step("schema", "run", 1, argv=(sys.executable, "-c", script)), "db", lines.append)
+    shown = "^[[31mred^[[0m\tok^G ^[]0;owned^G nul^@ c1\ufffd2J ****"
+    assert lines[1] == "  schema 1 | " + shown
+    assert f"  | {shown}" in info.value.message
+    for text in ("\n".join(lines), info.value.message):
+        assert not any(ord(c) < 0x20 and c not in "\t\n" or 0x7F <= ord(c) < 0xA0 for c in text), repr(text)
+        assert "s3cr" not in text
+
+
 # --------------------------------------------------------------------------- property: any command round-trips
 
 WORDS = st.lists(st.text(st.characters(blacklist_categories=("Cc", "Cs", "Cn")), min_size=1, max_size=12),
