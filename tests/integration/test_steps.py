@@ -366,3 +366,45 @@ def test_status_and_doctor_show_the_default_steps_at_the_template_s_key(running)
     checks = {check["name"]: check for check in doctor["checks"]}
     assert checks["steps"]["detail"] == "schema 1: sql seeds/schema; seed 1: sql seeds/data"
     assert checks["working database"]["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- steps that misbehave
+
+LINGER_PY = """\
+import os, subprocess, sys, time
+# A child in its own session that keeps a session open on the database being built.
+child = ("import os, time, psycopg; c = psycopg.connect(os.environ['DATABASE_URL']); "
+         "open('child.pid', 'w').write(str(os.getpid())); time.sleep(120)")
+subprocess.Popen([sys.executable, "-c", child], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+while not os.path.exists("child.pid"):
+    time.sleep(0.05)
+"""
+
+
+def script_project(base: Path, runtime: str, script: str) -> Project:
+    """The test project with a `run:` step (this interpreter on step.py) after its schema files."""
+    import sys
+
+    proj = tool_project(base, runtime)
+    (proj.root / "step.py").write_text(script)
+    with (proj.root / "devenv.yaml").open("a") as config:
+        config.write(f"\nschema:\n  - sql: seeds/schema\n  - run: [{json.dumps(sys.executable)}, step.py]\n"
+                     "    inputs: [step.py]\n")
+    return proj
+
+
+def test_a_session_a_step_leaves_open_on_the_database_being_built_does_not_fail_the_build(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    proj = script_project(tmp_path / "proj", use_runtime("native", monkeypatch), LINGER_PY)
+    try:
+        up = proj.devenv("up", check=False)
+        assert up.returncode == 0, up.stderr
+        assert not [name for name in databases(proj) if "__building_" in name]
+        assert [name for name in databases(proj) if "__tpl_" in name]
+    finally:
+        with __import__("contextlib").suppress(OSError, ValueError):
+            os.kill(int((proj.root / "child.pid").read_text()), signal.SIGKILL)
+        teardown_project(proj)
