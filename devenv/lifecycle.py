@@ -121,6 +121,9 @@ def up(
 
         background: list[threading.Thread] = []
         failed: list[BaseException] = []
+        seeding = threading.Event()  # set when the "seed check" thread is done (or never started)
+        seeding.set()
+        scope.enter_context(_end_steps_on_interrupt(seeding))
 
         def roles() -> None:
             handed = ensure_roles(stack)
@@ -136,6 +139,8 @@ def up(
                     seed_database()
             except BaseException as exc:  # re-raised in the main thread below
                 failed.append(exc)
+            finally:
+                seeding.set()
 
         def on_healthy(service: str) -> None:
             if service != "postgres":
@@ -153,6 +158,7 @@ def up(
             # An existing cluster is almost always seeded and current: find that out beside
             # PgBouncer's checks rather than before them (and seed there if it is not).
             thread = threading.Thread(target=check_then_seed, name="seed check", daemon=True)
+            seeding.clear()
             thread.start()
             background.append(thread)
 
@@ -249,6 +255,27 @@ def _stop_started_on_failure(stack: Stack, runtime: Runtime, say: Say) -> Iterat
         else:
             if stopped:
                 say(f"stopped {', '.join(stopped)}, which this `up` had started")
+        raise
+
+
+@contextlib.contextmanager
+def _end_steps_on_interrupt(seeding: threading.Event, wait: float = 15.0) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM, devenv.errors.Terminated) lands in the main thread while a step may
+    run in the "seed check" thread, whose cleanup would then never run: kill the running steps'
+    process groups and give the thread `wait` seconds to drop what it was building (its
+    `__building_*` database) before the exception goes on. (An Event, not Thread.is_alive:
+    a join that Ctrl-C interrupts marks the thread stopped while it still runs, CPython < 3.13.)"""
+    try:
+        yield
+    except BaseException:
+        if not seeding.is_set():
+            from devenv.db import steps
+
+            steps.kill_running()  # and no new step starts meanwhile
+            try:
+                seeding.wait(wait)
+            finally:
+                steps.resume_steps()
         raise
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 
-from devenv import humanize
+from devenv import errors, humanize
 from devenv.cli.output import (add_masks, ci_mode, debug_mode, exit_for, fast_exit, github_actions, print_json_error,
                                reset_summary, say, secrets_in)
 from devenv.config.stack import SERVICES
@@ -210,6 +210,8 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     from devenv.config.resolve import load_stack_cached
     from devenv.runtime import get_runtime
 
+    errors.sigterm_as_interrupt()  # every cleanup runs: a step's group killed, a half-built template dropped
+
     stack = load_stack(str(config), profile)
     if github_actions():  # before anything this `up` prints could hold them
         add_masks(stack_secrets(stack), masks)
@@ -295,9 +297,8 @@ def _with_snapshots(config_path: str | None, profile: str, action: Callable[[Any
     from devenv.db.pauses import resume_orphaned
     from devenv.db.janitor import Janitor
     from devenv.db.snapshots import Snapshots
-    from devenv.state import locked
-
     from devenv.db.stepkeys import check_inputs
+    from devenv.state import locked
 
     stack = load_stack(config_path, profile)
     check_inputs(stack)  # snapshots are of the template's key: a missing input is exit 3 naming its line

@@ -408,3 +408,66 @@ def test_a_session_a_step_leaves_open_on_the_database_being_built_does_not_fail_
         with __import__("contextlib").suppress(OSError, ValueError):
             os.kill(int((proj.root / "child.pid").read_text()), signal.SIGKILL)
         teardown_project(proj)
+
+
+SLOW_PY = """\
+import os, subprocess, time
+if os.path.exists("slow"):  # a long migration, with a helper in its process group
+    subprocess.Popen(["sleep", "300"])
+    with open("step.pgid.tmp", "w") as note:
+        note.write(str(os.getpgid(0)))
+    os.rename("step.pgid.tmp", "step.pgid")
+    time.sleep(300)
+"""
+
+
+def group_alive(pgid: int) -> bool:
+    import os
+    import time
+
+    deadline = time.monotonic() + 5  # what just died may wait a moment to be reaped
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize(("signum", "code", "word"), [(2, 130, "interrupted"), (15, 143, "terminated")])
+def test_an_interrupted_up_kills_the_step_running_in_the_seed_thread_and_drops_its_template(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int, code: int, word: str) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    proj = script_project(tmp_path / "proj", use_runtime("native", monkeypatch), SLOW_PY)
+    pgid = 0
+    try:
+        proj.devenv("up")
+        # A changed step on the running cluster: the template is rebuilt in the "seed check" thread.
+        (proj.root / "slow").write_text("")
+        (proj.root / "step.py").write_text(SLOW_PY + "# changed\n")
+        up = subprocess.Popen([sys.executable, "-m", "devenv", "up", "--runtime", proj.runtime, "--profile", proj.profile],
+                              cwd=proj.root, env=proj.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not (proj.root / "step.pgid").exists():
+            assert up.poll() is None and time.monotonic() < deadline, "the step never started"
+            time.sleep(0.05)
+        pgid = int((proj.root / "step.pgid").read_text())
+        assert group_alive(pgid)
+        assert any("__building_" in name for name in databases(proj))
+        up.send_signal(signum)
+        _, stderr = up.communicate(timeout=60)
+        assert up.returncode == code, stderr
+        assert stderr.rstrip().endswith(word) and "Traceback" not in stderr, stderr
+        assert not group_alive(pgid), stderr
+        pgid = 0
+        assert not [name for name in databases(proj) if "__building_" in name]
+    finally:
+        if pgid:
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.killpg(pgid, 9)
+        teardown_project(proj)
