@@ -29,9 +29,15 @@ class UpReport:
     applied: list[str] = field(default_factory=list)
     database_created: bool = False
     template: str = ""
+    template_built: bool = False  # a new template was built (steps or files changed), the data kept or not
     seconds: float = 0.0
     env_file: str = ""  # the env_file kept up to date (devenv.yaml's `env_file:`), if any
     stack: Stack | None = None  # the stack as it came up: its name and ports as this `up` settled them
+
+    def did_something(self) -> bool:
+        """Whether this `up` changed anything: started, restarted or reloaded a service, created
+        the database, applied files or steps, or built a new template."""
+        return bool(self.result.changed or self.applied or self.database_created or self.template_built)
 
 
 def up(
@@ -97,12 +103,16 @@ def up(
                 # else is touched then); on a new cluster in the image's empty POSTGRES_DB database.
                 report.database_created = janitor.create(stack.postgres.database, adopt=fresh)
                 report.template = janitor.ensure_template()
+                report.template_built = bool(janitor.built)
             finally:
                 janitor.close()
             if report.database_created:
                 say(f"schema+seed: created {stack.postgres.database} from {report.template} "
                     f"({time.monotonic() - seed_start:.2f}s)")
             else:
+                if report.template_built:  # e.g. only a seed `run:` step changed: nothing else may show
+                    say(f"schema+seed: built template {report.template} ({time.monotonic() - seed_start:.2f}s); "
+                        f"`devenv reset` serves it")
                 forward.append(True)
 
         def bring_forward() -> None:

@@ -225,7 +225,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     # ports.json) is an input of stack.json, renewed now rather than by the next `reset`.
     stack = report.stack or stack
     load_stack_cached(str(config), profile)  # (its warnings were said above)
-    summary = "nothing changed" if not (report.result.changed or report.applied or report.database_created) else "ready"
+    summary = "ready" if report.did_something() else "nothing changed"
     say(f"{stack.name}: {summary} on {report.runtime} in {report.seconds:.2f}s")
     if as_json:
         result = report.result

@@ -105,6 +105,8 @@ class Janitor:
     One per process; the pytest plugin and `devenv.connect` share it. Not thread-safe.
     """
 
+    built = ""  # the template this Janitor built last (for `up`'s report), if any
+
     def __init__(self, stack: Stack, seeds_dir: Path | None = None, say: Callable[[str], None] | None = None) -> None:
         from devenv.state import note_scratch_owner
 
@@ -255,6 +257,7 @@ class Janitor:
             exists = None
         if not exists:
             self._build_template(name, adopt)
+            self.built = name
         # Older templates (other keys) are stale: nothing may be served from them.
         prefix = template_prefix(self.stack)
         for (old,) in self.admin.execute(

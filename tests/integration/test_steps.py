@@ -4,6 +4,7 @@ bring an existing working database forward in a copy, and fail without touching 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -347,6 +348,9 @@ def test_a_killed_up_mid_migration_is_swept_and_a_changed_seed_script_waits_for_
     up = proj.devenv("up")
     assert ("seed step 1 (python seed.py) changed since taskflow was seeded: seed steps do not run again on "
             "existing data; `devenv reset` serves the new seed") in up.stderr
+    # It did build the new seed's template: it says so, not "nothing changed".
+    assert re.search(r"schema\+seed: built template taskflow__tpl_\w+ \([\d.]+s\); `devenv reset` serves it", up.stderr), up.stderr
+    assert "nothing changed" not in up.stderr and ": ready on native" in up.stderr
     assert names(proj) == ["ada", "bob"]
     assert status(proj)["steps"]["behind"] == ["seed step 1 (python seed.py)"]
     proj.devenv("reset")
