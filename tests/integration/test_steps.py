@@ -475,3 +475,32 @@ def test_an_interrupted_up_kills_the_step_running_in_the_seed_thread_and_drops_i
             with __import__("contextlib").suppress(ProcessLookupError):
                 os.killpg(pgid, 9)
         teardown_project(proj)
+
+
+def test_a_fifo_input_hangs_nothing_and_a_missing_one_stops_only_what_needs_the_steps(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    proj = script_project(tmp_path / "proj", use_runtime("native", monkeypatch), "print('migrated')\n")
+    try:
+        os.mkfifo(proj.root / "pipe")  # nobody writes to it: opening it to read would hang
+        proj.edit("devenv.yaml", "inputs: [step.py]", "inputs: [step.py, pipe]")
+        proj.devenv("up", timeout=60)
+        proj.devenv("reset", timeout=30)
+        proj.devenv("status", timeout=30)
+        # A branch without it: what needs the steps is exit 3 naming the line, the rest works.
+        (proj.root / "pipe").unlink()
+        line = next(i for i, text in enumerate((proj.root / "devenv.yaml").read_text().splitlines(), 1)
+                    if "inputs: [step.py, pipe]" in text)
+        for command in (("up",), ("status",), ("reset",), ("doctor",)):
+            failed = proj.devenv(*command, check=False, timeout=60)
+            assert failed.returncode == 3, (command, failed.stderr)
+            assert f"devenv.yaml:{line}: schema.1.inputs: schema step 2: input 'pipe' is missing" in failed.stderr
+            assert "Traceback" not in failed.stderr
+        assert "DATABASE_URL=" in proj.devenv("env").stdout
+        assert proj.devenv("psql", "-tAc", "SELECT 41 + 1").stdout.strip() == "42"
+        proj.devenv("logs", "postgres", "-n", "1")
+        proj.devenv("render", "--out", str(tmp_path / "rendered"))
+        proj.devenv("down")
+    finally:
+        teardown_project(proj)
