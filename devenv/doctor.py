@@ -81,7 +81,9 @@ def step_checks(stack: "Stack", states: list["ServiceState"]) -> list[Check]:
     """The schema and seed steps, and whether the working database is at the template's key
     (warn when not: `up` brings it forward), with a migration tool's head (devenv.db.stepstatus)."""
     from devenv.db import stepstatus
+    from devenv.db.stepkeys import check_inputs
 
+    check_inputs(stack)  # a missing input or sql folder: exit 3 naming its line
     steps = "; ".join(f"{s['part']} {s['index']}: {s['kind']} {s['what']}" for s in stepstatus.describe(stack))
     checks = [Check("steps", OK, steps)]
     if not any(state.running and state.name == "postgres" for state in states):

@@ -74,6 +74,22 @@ class StateError(DevenvError):
     exit_code = 8
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C is (sigterm_as_interrupt), so that
+    every cleanup runs; the CLI exits 143 (128 + SIGTERM) where Ctrl-C exits 130."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+def sigterm_as_interrupt() -> None:
+    """From now on SIGTERM raises Terminated in the main thread, as Ctrl-C raises KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def byte_position(data: bytes, offset: int) -> tuple[int, int]:
     """(line, column), both from 1, of byte `offset` in `data`: where an error names a bad byte."""
     return data.count(b"\n", 0, offset) + 1, offset - (data.rfind(b"\n", 0, offset) + 1) + 1

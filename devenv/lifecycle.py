@@ -29,9 +29,15 @@ class UpReport:
     applied: list[str] = field(default_factory=list)
     database_created: bool = False
     template: str = ""
+    template_built: bool = False  # a new template was built (steps or files changed), the data kept or not
     seconds: float = 0.0
     env_file: str = ""  # the env_file kept up to date (devenv.yaml's `env_file:`), if any
     stack: Stack | None = None  # the stack as it came up: its name and ports as this `up` settled them
+
+    def did_something(self) -> bool:
+        """Whether this `up` changed anything: started, restarted or reloaded a service, created
+        the database, applied files or steps, or built a new template."""
+        return bool(self.result.changed or self.applied or self.database_created or self.template_built)
 
 
 def up(
@@ -61,6 +67,10 @@ def up(
     from devenv.db.roles import ensure_roles
 
     start = time.monotonic()
+    if seed:  # before anything starts: a missing migrations folder is exit 3 naming its line
+        from devenv.db.stepkeys import check_inputs
+
+        check_inputs(stack)
     # No driver is imported ahead: health checks and the "already seeded?" check speak pgwire,
     # so a cold `up` with data, or one from the cache, never loads psycopg (150-300 ms here).
     with contextlib.ExitStack() as scope:
@@ -93,12 +103,16 @@ def up(
                 # else is touched then); on a new cluster in the image's empty POSTGRES_DB database.
                 report.database_created = janitor.create(stack.postgres.database, adopt=fresh)
                 report.template = janitor.ensure_template()
+                report.template_built = bool(janitor.built)
             finally:
                 janitor.close()
             if report.database_created:
                 say(f"schema+seed: created {stack.postgres.database} from {report.template} "
                     f"({time.monotonic() - seed_start:.2f}s)")
             else:
+                if report.template_built:  # e.g. only a seed `run:` step changed: nothing else may show
+                    say(f"schema+seed: built template {report.template} ({time.monotonic() - seed_start:.2f}s); "
+                        f"`devenv reset` serves it")
                 forward.append(True)
 
         def bring_forward() -> None:
@@ -117,6 +131,9 @@ def up(
 
         background: list[threading.Thread] = []
         failed: list[BaseException] = []
+        seeding = threading.Event()  # set when the "seed check" thread is done (or never started)
+        seeding.set()
+        scope.enter_context(_end_steps_on_interrupt(seeding))
 
         def roles() -> None:
             handed = ensure_roles(stack)
@@ -132,6 +149,8 @@ def up(
                     seed_database()
             except BaseException as exc:  # re-raised in the main thread below
                 failed.append(exc)
+            finally:
+                seeding.set()
 
         def on_healthy(service: str) -> None:
             if service != "postgres":
@@ -149,6 +168,7 @@ def up(
             # An existing cluster is almost always seeded and current: find that out beside
             # PgBouncer's checks rather than before them (and seed there if it is not).
             thread = threading.Thread(target=check_then_seed, name="seed check", daemon=True)
+            seeding.clear()
             thread.start()
             background.append(thread)
 
@@ -245,6 +265,27 @@ def _stop_started_on_failure(stack: Stack, runtime: Runtime, say: Say) -> Iterat
         else:
             if stopped:
                 say(f"stopped {', '.join(stopped)}, which this `up` had started")
+        raise
+
+
+@contextlib.contextmanager
+def _end_steps_on_interrupt(seeding: threading.Event, wait: float = 15.0) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM, devenv.errors.Terminated) lands in the main thread while a step may
+    run in the "seed check" thread, whose cleanup would then never run: kill the running steps'
+    process groups and give the thread `wait` seconds to drop what it was building (its
+    `__building_*` database) before the exception goes on. (An Event, not Thread.is_alive:
+    a join that Ctrl-C interrupts marks the thread stopped while it still runs, CPython < 3.13.)"""
+    try:
+        yield
+    except BaseException:
+        if not seeding.is_set():
+            from devenv.db import steps
+
+            steps.kill_running()  # and no new step starts meanwhile
+            try:
+                seeding.wait(wait)
+            finally:
+                steps.resume_steps()
         raise
 
 

@@ -55,7 +55,9 @@ def report(stack: "Stack", runtime: "Runtime", *, monitor: bool = True) -> dict[
     healthy = {row["service"] for row in rows if row["health"] == "healthy"}
     view = monitoring(stack, runtime, healthy) if monitor and healthy else None
     from devenv.db import stepstatus
+    from devenv.db.stepkeys import check_inputs
 
+    check_inputs(stack)  # a missing input or sql folder: exit 3 naming its line
     # The steps, and (Postgres up) whether the working database is at the template's key.
     steps = stepstatus.report(stack, PROBE_TIMEOUT) if "postgres" in healthy else {
         "steps": stepstatus.describe(stack), "template": None, "at_template_key": None, "behind": [], "versions": {},

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 
 import click
 
-from devenv import humanize
+from devenv import errors, humanize
 from devenv.cli.output import (add_masks, ci_mode, debug_mode, exit_for, fast_exit, github_actions, print_json_error,
                                reset_summary, say, secrets_in)
 from devenv.config.stack import SERVICES
@@ -210,6 +210,8 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     from devenv.config.resolve import load_stack_cached
     from devenv.runtime import get_runtime
 
+    errors.sigterm_as_interrupt()  # every cleanup runs: a step's group killed, a half-built template dropped
+
     stack = load_stack(str(config), profile)
     if github_actions():  # before anything this `up` prints could hold them
         add_masks(stack_secrets(stack), masks)
@@ -223,7 +225,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     # ports.json) is an input of stack.json, renewed now rather than by the next `reset`.
     stack = report.stack or stack
     load_stack_cached(str(config), profile)  # (its warnings were said above)
-    summary = "nothing changed" if not (report.result.changed or report.applied or report.database_created) else "ready"
+    summary = "ready" if report.did_something() else "nothing changed"
     say(f"{stack.name}: {summary} on {report.runtime} in {report.seconds:.2f}s")
     if as_json:
         result = report.result
@@ -295,9 +297,11 @@ def _with_snapshots(config_path: str | None, profile: str, action: Callable[[Any
     from devenv.db.pauses import resume_orphaned
     from devenv.db.janitor import Janitor
     from devenv.db.snapshots import Snapshots
+    from devenv.db.stepkeys import check_inputs
     from devenv.state import locked
 
     stack = load_stack(config_path, profile)
+    check_inputs(stack)  # snapshots are of the template's key: a missing input is exit 3 naming its line
     janitor = Janitor(stack)
     import psycopg  # noqa: F401  (loaded before any clock starts: it is start-up, as for reset)
 

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import IO, TYPE_CHECKING, Iterable, Mapping, NoReturn
 
-from devenv.errors import DevenvError
+from devenv.errors import DevenvError, Terminated
 
 if TYPE_CHECKING:
     from devenv.db.janitor import ResetResult
@@ -120,11 +120,18 @@ def print_error(exc: DevenvError) -> None:
         say(f"hint: {exc.hint}")
 
 
+def _terminated(exc: BaseException) -> bool:
+    """SIGTERM's exception (devenv.errors.Terminated), also as click re-raises it (an Abort from it)."""
+    return isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated)
+
+
 def error_object(exc: BaseException) -> dict[str, object]:
     """What `up --json` prints on stdout for an error: {"ok": false, "error", "hint", "exit_code"},
     the same message, hint and code as `exit_for` gives on stderr and as the exit status."""
     click = sys.modules.get("click")
-    if isinstance(exc, KeyboardInterrupt) or (click is not None and isinstance(exc, click.Abort)):
+    if _terminated(exc):
+        error, hint, code = "terminated", None, 143
+    elif isinstance(exc, KeyboardInterrupt) or (click is not None and isinstance(exc, click.Abort)):
         error, hint, code = "interrupted", None, 130
     elif click is not None and isinstance(exc, click.ClickException):
         error, hint, code = exc.format_message(), None, exc.exit_code
@@ -157,6 +164,9 @@ def exit_for(exc: BaseException, debug: bool | None = None) -> NoReturn:
     if isinstance(exc, SystemExit):
         raise exc
     click = sys.modules.get("click")  # not loaded: none of its exceptions can have been raised
+    if _terminated(exc):  # SIGTERM (`devenv up`): 128 + 15, as the shell says it
+        echo_err("terminated")
+        sys.exit(143)
     if isinstance(exc, KeyboardInterrupt) or (click is not None and isinstance(exc, click.Abort)):
         echo_err("interrupted")
         sys.exit(130)

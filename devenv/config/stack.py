@@ -139,6 +139,11 @@ class Step(Record):
     path: str = ""  # sql: the folder
     argv: tuple[str, ...] = ()  # run: the command
     inputs: tuple[str, ...] = ()  # run: what keys it
+    # Where devenv.yaml gave it (the file and the step's key path, e.g. `schema.0`): a missing
+    # input or folder is found when the steps are needed (devenv.db.stepkeys.check_inputs),
+    # not while parsing, so that `down`, `env`... work on a branch without the migrations.
+    source: str = ""
+    keypath: str = ""
 
     @property
     def command(self) -> str:

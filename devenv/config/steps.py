@@ -62,14 +62,14 @@ def _step(parser: Parser, part: str, index: int, body: Any) -> Step:
             raise parser.fail(f"{keypath}.inputs", f"{name}: `inputs:` belongs to a `run:` step",
                               hint="a `sql:` folder's files key the template themselves: remove `inputs:`.")
         path = _path(parser, f"{keypath}.sql", name, body["sql"], folder=True)
-        return Step(part, "sql", index + 1, path=path)
+        return Step(part, "sql", index + 1, path=path, source=str(parser.path), keypath=keypath)
     argv = _argv(parser, f"{keypath}.run", name, body["run"])
     raw_inputs = body.get("inputs", [])
     if not isinstance(raw_inputs, list):
         raise parser.fail(f"{keypath}.inputs", f"{name}: expected a list of paths, got {type(raw_inputs).__name__}",
                           hint="write e.g. `inputs: [alembic.ini, migrations]` (files or folders, relative to the project).")
     inputs = tuple(_path(parser, f"{keypath}.inputs", name, value) for value in raw_inputs)
-    return Step(part, "run", index + 1, argv=argv, inputs=inputs)
+    return Step(part, "run", index + 1, argv=argv, inputs=inputs, source=str(parser.path), keypath=keypath)
 
 
 def _argv(parser: Parser, keypath: str, name: str, value: Any) -> tuple[str, ...]:
@@ -100,7 +100,8 @@ def _argv(parser: Parser, keypath: str, name: str, value: Any) -> tuple[str, ...
 
 
 def _path(parser: Parser, keypath: str, name: str, value: Any, folder: bool = False) -> str:
-    """A path relative to the project root that exists (a folder for `sql:`), as posix text."""
+    """A path relative to the project root (for `sql:` not a file), as posix text. Whether it
+    exists is checked when the steps are needed (devenv.db.stepkeys.check_inputs), not here."""
     what = "a folder of .sql files" if folder else "a file or folder"
     hint = (f"write {what} relative to the project directory (where devenv.yaml is), "
             + ("e.g. `sql: seeds/schema`." if folder else "e.g. `inputs: [alembic.ini, migrations]`."))
@@ -113,10 +114,8 @@ def _path(parser: Parser, keypath: str, name: str, value: Any, folder: bool = Fa
     if path.is_absolute() or ".." in path.parts:
         raise parser.fail(keypath, f"{name}: {value!r} is outside the project directory", hint=hint)
     full = parser.path.parent / path
-    if folder and not full.is_dir():
-        raise parser.fail(keypath, f"{name}: {value!r} is {'not a folder' if full.exists() else 'missing'}",
-                          hint=hint + " Create it, or fix the path.")
-    if not folder and not full.exists():
-        raise parser.fail(keypath, f"{name}: input {value!r} is missing", hint=hint + " Create it, or fix the path.")
+    if folder and full.exists() and not full.is_dir():
+        raise parser.fail(keypath, f"{name}: {value!r} is not a folder", hint=hint + " Fix the path.")
     text = path.as_posix()
     return "." if text in ("", ".") else text
+

@@ -109,6 +109,8 @@ class Janitor:
     One per process; the pytest plugin and `devenv.connect` share it. Not thread-safe.
     """
 
+    built = ""  # the template this Janitor built last (for `up`'s report), if any
+
     def __init__(self, stack: Stack, seeds_dir: Path | None = None, say: Callable[[str], None] | None = None) -> None:
         from devenv.state import note_scratch_owner
 
@@ -290,6 +292,7 @@ class Janitor:
             exists = None
         if not exists:
             self._build_template(name, adopt)
+            self.built = name
         self._prune_templates(name)
         self._template = name
         return name
@@ -328,15 +331,35 @@ class Janitor:
             with self._session(building) as conn:
                 populate(conn, self.stack, self.seeds_dir, name, lambda: self.install_guard(building), say=self.say)
                 heads = read_versions(lambda query: conn.execute(query.encode()).fetchall())
+            self._rename_built(building, name)
         except BaseException:
             self._drop(building)  # a failed file leaves no half-built template behind
             raise
-        self.admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(building), sql.Identifier(name)))
         # A template nobody can connect to can always be cloned ("source database is being accessed").
         self.admin.execute(sql.SQL("ALTER DATABASE {} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
         if heads:  # the migration tools' heads, for status to compare a working database with
             self.admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
                 sql.Identifier(name), sql.Literal(versions_comment(heads))))
+
+    def _rename_built(self, building: str, name: str) -> None:
+        """The built database becomes the template. The steps are over and it is devenv's alone:
+        a session a step left behind (a background child on DATABASE_URL) is ended, and no new
+        one may start, or the rename would fail (ObjectInUse). A failure is exit 7, not a bug."""
+        import psycopg
+        from psycopg import sql
+
+        from devenv.errors import SchemaError
+
+        ident = sql.Identifier(building)
+        try:
+            self.admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident))
+            self._terminate(building)
+            self.admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(ident, sql.Identifier(name)))
+        except psycopg.Error as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SchemaError(f"every step passed, but the database they built could not become template {name}: "
+                              f"{reason}", hint="`devenv up` again (the half-built database was dropped); if it "
+                              "persists, see `devenv logs postgres`.") from None
 
     def _renamed(self, name: str, to: str) -> bool:
         """ALTER DATABASE name RENAME TO to; False when it is gone or has sessions."""

@@ -20,6 +20,7 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import quote
@@ -37,6 +38,40 @@ if TYPE_CHECKING:
 
 Say = Callable[[str], None]
 TAIL_LINES = 20
+# A step's output is shown on the terminal and kept in the exit-7 error: its control characters
+# (an escape sequence, an OSC title, BEL, NUL) must not drive the terminal. C0 and DEL are shown
+# in caret notation (ESC -> `^[`), C1 as U+FFFD; TAB stays.
+_VISIBLE = {code: f"^{chr(code ^ 0x40)}" for code in (*range(0x20), 0x7F) if code != 0x09}
+_VISIBLE.update({code: "\ufffd" for code in range(0x80, 0xA0)})
+
+
+# The steps running now, in any thread (`up` builds the template in its "seed check" thread on
+# an existing cluster): an interrupted `up` kills their process groups (kill_running).
+_running: set[subprocess.Popen[bytes]] = set()
+_running_lock = threading.Lock()
+_stopping = threading.Event()
+
+
+def kill_running(grace: float = 5.0) -> None:
+    """End every running step's process group (SIGTERM, then SIGKILL after `grace` seconds), and
+    start no new step until resume_steps(): an interrupted `up` calls it from the main thread."""
+    _stopping.set()
+    with _running_lock:
+        procs = list(_running)
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(proc.poll() is None for proc in procs) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def resume_steps() -> None:
+    """Steps may start again (after kill_running, once the interrupted `up` has cleaned up)."""
+    _stopping.clear()
 
 
 def step_env(stack: Stack, dbname: str) -> dict[str, str]:
@@ -55,6 +90,8 @@ def run_step(stack: Stack, step: Step, dbname: str, say: Say | None = None) -> N
     """Run one `run:` step against `dbname`; SchemaError (exit 7) naming the step, its exit
     status and its last lines when it fails. Ctrl-C or an error here kills its process group."""
     show = say or (lambda line: None)
+    if _stopping.is_set():
+        raise KeyboardInterrupt  # `up` was interrupted while another step ran: start no more
     show(f"{step.label}: running on {dbname}")
     try:
         proc = subprocess.Popen(step.argv, cwd=stack.root, env=step_env(stack, dbname), stdin=subprocess.DEVNULL,
@@ -71,10 +108,15 @@ def run_step(stack: Stack, step: Step, dbname: str, say: Say | None = None) -> N
     # A tool that prints its URL must not put the password in devenv's output (or a CI log).
     secrets = [text for text in {stack.postgres.password, quote(stack.postgres.password, safe="")} if text]
     try:
+        with _running_lock:
+            _running.add(proc)
+        if _stopping.is_set():  # interrupted while it was starting
+            raise KeyboardInterrupt
         for raw in _lines(proc):
             line = raw.decode("utf-8", "replace").rstrip("\r").rsplit("\r", 1)[-1]
             for secret in secrets:
                 line = line.replace(secret, "****")
+            line = line.translate(_VISIBLE)
             tail.append(line)
             show(prefix + line)
         status = proc.wait()
@@ -84,6 +126,8 @@ def run_step(stack: Stack, step: Step, dbname: str, say: Say | None = None) -> N
         _kill_group(proc)
         raise
     finally:
+        with _running_lock:
+            _running.discard(proc)
         if proc.stdout is not None:
             proc.stdout.close()
     if status != 0:

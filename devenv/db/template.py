@@ -222,8 +222,9 @@ def template_key(stack: Stack, major: int) -> str:
 
     The default steps (seeds/schema then seeds/data) hash exactly as before steps existed, so
     the templates and caches of such stacks keep their keys."""
-    from devenv.db.stepkeys import run_key
+    from devenv.db.stepkeys import check_inputs, run_key
 
+    check_inputs(stack)  # a missing input is exit 3 naming its line, never a key of its own
     scale = stack.seed_scale
     digest = hashlib.sha256(f"format{TEMPLATE_FORMAT}\0pg{major}\0{scale}\0".encode())
     digest.update((DDL_GUARD + GUARD_TRIGGERS + CATALOG_SIGNATURE + RESTORE_FUNCTIONS).encode())  # what every template carries besides the data

@@ -4,6 +4,7 @@ bring an existing working database forward in a copy, and fail without touching 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -353,6 +354,9 @@ def test_a_killed_up_mid_migration_is_swept_and_a_changed_seed_script_waits_for_
     up = proj.devenv("up")
     assert ("seed step 1 (python seed.py) changed since taskflow was seeded: seed steps do not run again on "
             "existing data; `devenv reset` serves the new seed") in up.stderr
+    # It did build the new seed's template: it says so, not "nothing changed".
+    assert re.search(r"schema\+seed: built template taskflow__tpl_\w+ \([\d.]+s\); `devenv reset` serves it", up.stderr), up.stderr
+    assert "nothing changed" not in up.stderr and ": ready on native" in up.stderr
     assert names(proj) == ["ada", "bob"]
     assert status(proj)["steps"]["behind"] == ["seed step 1 (python seed.py)"]
     proj.devenv("reset")
@@ -454,3 +458,137 @@ def test_status_and_doctor_show_the_default_steps_at_the_template_s_key(running)
     checks = {check["name"]: check for check in doctor["checks"]}
     assert checks["steps"]["detail"] == "schema 1: sql seeds/schema; seed 1: sql seeds/data"
     assert checks["working database"]["status"] == "ok"
+
+
+# --------------------------------------------------------------------------- steps that misbehave
+
+LINGER_PY = """\
+import os, subprocess, sys, time
+# A child in its own session that keeps a session open on the database being built.
+child = ("import os, time, psycopg; c = psycopg.connect(os.environ['DATABASE_URL']); "
+         "open('child.pid', 'w').write(str(os.getpid())); time.sleep(120)")
+subprocess.Popen([sys.executable, "-c", child], start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+while not os.path.exists("child.pid"):
+    time.sleep(0.05)
+"""
+
+
+def script_project(base: Path, runtime: str, script: str) -> Project:
+    """The test project with a `run:` step (this interpreter on step.py) after its schema files."""
+    import sys
+
+    proj = tool_project(base, runtime)
+    (proj.root / "step.py").write_text(script)
+    with (proj.root / "devenv.yaml").open("a") as config:
+        config.write(f"\nschema:\n  - sql: seeds/schema\n  - run: [{json.dumps(sys.executable)}, step.py]\n"
+                     "    inputs: [step.py]\n")
+    return proj
+
+
+def test_a_session_a_step_leaves_open_on_the_database_being_built_does_not_fail_the_build(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import signal
+
+    proj = script_project(tmp_path / "proj", use_runtime("native", monkeypatch), LINGER_PY)
+    try:
+        up = proj.devenv("up", check=False)
+        assert up.returncode == 0, up.stderr
+        assert not [name for name in databases(proj) if "__building_" in name]
+        assert [name for name in databases(proj) if "__tpl_" in name]
+    finally:
+        with __import__("contextlib").suppress(OSError, ValueError):
+            os.kill(int((proj.root / "child.pid").read_text()), signal.SIGKILL)
+        teardown_project(proj)
+
+
+SLOW_PY = """\
+import os, subprocess, time
+if os.path.exists("slow"):  # a long migration, with a helper in its process group
+    subprocess.Popen(["sleep", "300"])
+    with open("step.pgid.tmp", "w") as note:
+        note.write(str(os.getpgid(0)))
+    os.rename("step.pgid.tmp", "step.pgid")
+    time.sleep(300)
+"""
+
+
+def group_alive(pgid: int) -> bool:
+    import os
+    import time
+
+    deadline = time.monotonic() + 5  # what just died may wait a moment to be reaped
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@pytest.mark.parametrize(("signum", "code", "word"), [(2, 130, "interrupted"), (15, 143, "terminated")])
+def test_an_interrupted_up_kills_the_step_running_in_the_seed_thread_and_drops_its_template(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int, code: int, word: str) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    proj = script_project(tmp_path / "proj", use_runtime("native", monkeypatch), SLOW_PY)
+    pgid = 0
+    try:
+        proj.devenv("up")
+        # A changed step on the running cluster: the template is rebuilt in the "seed check" thread.
+        (proj.root / "slow").write_text("")
+        (proj.root / "step.py").write_text(SLOW_PY + "# changed\n")
+        up = subprocess.Popen([sys.executable, "-m", "devenv", "up", "--runtime", proj.runtime, "--profile", proj.profile],
+                              cwd=proj.root, env=proj.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not (proj.root / "step.pgid").exists():
+            assert up.poll() is None and time.monotonic() < deadline, "the step never started"
+            time.sleep(0.05)
+        pgid = int((proj.root / "step.pgid").read_text())
+        assert group_alive(pgid)
+        assert any("__building_" in name for name in databases(proj))
+        up.send_signal(signum)
+        _, stderr = up.communicate(timeout=60)
+        assert up.returncode == code, stderr
+        assert stderr.rstrip().endswith(word) and "Traceback" not in stderr, stderr
+        assert not group_alive(pgid), stderr
+        pgid = 0
+        assert not [name for name in databases(proj) if "__building_" in name]
+    finally:
+        if pgid:
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.killpg(pgid, 9)
+        teardown_project(proj)
+
+
+def test_a_fifo_input_hangs_nothing_and_a_missing_one_stops_only_what_needs_the_steps(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    proj = script_project(tmp_path / "proj", use_runtime("native", monkeypatch), "print('migrated')\n")
+    try:
+        os.mkfifo(proj.root / "pipe")  # nobody writes to it: opening it to read would hang
+        proj.edit("devenv.yaml", "inputs: [step.py]", "inputs: [step.py, pipe]")
+        proj.devenv("up", timeout=60)
+        proj.devenv("reset", timeout=30)
+        proj.devenv("status", timeout=30)
+        # A branch without it: what needs the steps is exit 3 naming the line, the rest works.
+        (proj.root / "pipe").unlink()
+        line = next(i for i, text in enumerate((proj.root / "devenv.yaml").read_text().splitlines(), 1)
+                    if "inputs: [step.py, pipe]" in text)
+        for command in (("up",), ("status",), ("reset",), ("doctor",)):
+            failed = proj.devenv(*command, check=False, timeout=60)
+            assert failed.returncode == 3, (command, failed.stderr)
+            assert f"devenv.yaml:{line}: schema.1.inputs: schema step 2: input 'pipe' is missing" in failed.stderr
+            assert "Traceback" not in failed.stderr
+        assert "DATABASE_URL=" in proj.devenv("env").stdout
+        assert proj.devenv("psql", "-tAc", "SELECT 41 + 1").stdout.strip() == "42"
+        proj.devenv("logs", "postgres", "-n", "1")
+        proj.devenv("render", "--out", str(tmp_path / "rendered"))
+        proj.devenv("down")
+    finally:
+        teardown_project(proj)

@@ -39,6 +39,11 @@ def fail_of(project: Path, extra: str) -> ConfigError:
     return info.value
 
 
+def bare(steps: tuple[Step, ...]) -> tuple[Step, ...]:
+    """The steps without where devenv.yaml gave them."""
+    return tuple(step.replace(source="", keypath="") for step in steps)
+
+
 def line_of(project: Path, needle: str) -> int:
     lines = (project / "devenv.yaml").read_text().splitlines()
     return next(i for i, line in enumerate(lines, 1) if needle in line)
@@ -69,13 +74,14 @@ seed:
     inputs: [app/seed.py]
   - run: [python, "-c", "print('a b')"]
 """)
-    assert stack.steps == (
+    assert bare(stack.steps) == (
         Step("schema", "run", 1, argv=("alembic", "upgrade", "head"), inputs=("alembic.ini", "migrations")),
         Step("seed", "sql", 1, path="seeds/data"),
         Step("seed", "run", 2, argv=("python", "-m", "app.seed"), inputs=("app/seed.py",)),
         Step("seed", "run", 3, argv=("python", "-c", "print('a b')")),
     )
     assert stack.steps[0].label == "schema step 1 (alembic upgrade head)"
+    assert (stack.steps[1].source, stack.steps[1].keypath) == (str(project / "devenv.yaml"), "seed.0")
     # Only one part given: the other keeps its default; an empty list means no steps.
     (project / "devenv.yaml").write_text((REPO / "devenv.yaml").read_text() + "\nseed: []\n")
     assert stack_of(project).steps == (DEFAULT_STEPS[0],)
@@ -91,11 +97,12 @@ def test_steps_round_trip_through_the_stack_cache(project: Path, monkeypatch: py
     built = load_stack_cached(project / "devenv.yaml", "dev")
     cached = json.loads((project / ".devenv" / "dev" / STACK_CACHE).read_text())["stack"]
     assert cached["steps"] == [{"part": "schema", "kind": "run", "index": 1, "path": "",
-                                "argv": ["alembic", "upgrade", "head"], "inputs": ["migrations"]}]
+                                "argv": ["alembic", "upgrade", "head"], "inputs": ["migrations"],
+                                "source": str(project / "devenv.yaml"), "keypath": "schema.0"}]
     monkeypatch.setattr(settings, "load_config", lambda *a, **k: pytest.fail("stack.json was not used"))
     again = load_stack_cached(project / "devenv.yaml", "dev")  # from stack.json this time
-    assert again == built and again.steps == (Step("schema", "run", 1, argv=("alembic", "upgrade", "head"),
-                                                   inputs=("migrations",)),)
+    assert again == built and bare(again.steps) == (Step("schema", "run", 1, argv=("alembic", "upgrade", "head"),
+                                                         inputs=("migrations",)),)
     assert isinstance(again.steps[0].argv, tuple)
 
 
@@ -106,10 +113,9 @@ def test_steps_round_trip_through_the_stack_cache(project: Path, monkeypatch: py
     ("schema:\n  - run: [alembic, 3]\n", "run: [alembic, 3]", "must be a string"),
     ("schema:\n  - run: 'alembic \"upgrade'\n", "run: 'alembic", "cannot split"),
     ("schema:\n  - run: \"alembic\\x1bupgrade\"\n", "run: \"alembic", "control character"),
-    ("schema:\n  - run: alembic upgrade head\n    inputs: [nowhere.ini]\n", "inputs: [nowhere.ini]", "input 'nowhere.ini' is missing"),
     ("schema:\n  - run: alembic upgrade head\n    inputs: alembic.ini\n", "inputs: alembic.ini", "expected a list of paths"),
     ("schema:\n  - run: alembic upgrade head\n    inputs: [../outside]\n", "inputs: [../outside]", "outside the project"),
-    ("schema:\n  - sql: db/missing\n", "sql: db/missing", "'db/missing' is missing"),
+    ("schema:\n  - sql: devenv.yaml\n", "sql: devenv.yaml", "'devenv.yaml' is not a folder"),
     ("schema:\n  - sql: seeds/schema\n    run: alembic upgrade head\n", "sql: seeds/schema", "both `sql:` and `run:`"),
     ("schema:\n  - inputs: [x]\n", "inputs: [x]", "neither `sql:` nor `run:`"),
     ("schema:\n  - alembic upgrade head\n", "- alembic upgrade head", "expected `sql:` or `run:`"),
@@ -183,7 +189,6 @@ def test_a_run_step_s_key_follows_its_command_and_its_inputs_content_only(projec
     (versions / "__pycache__").mkdir()
     (versions / "__pycache__" / "001_users.cpython-311.pyc").write_bytes(b"\0compiled")
     (versions / "001_users.pyc").write_bytes(b"x")
-    (versions / ".001_users.py.swp").write_bytes(b"x")
     assert template_key(stack, 16) == key
     # A new migration, an edit, another command: each a new key.
     (versions / "002_more.py").write_text("revision = '002'\n")
@@ -372,6 +377,26 @@ def test_a_step_s_output_never_shows_the_password(project: Path) -> None:
     assert lines[2] == "  schema 1 | ****"
 
 
+def test_a_step_s_control_characters_reach_neither_the_terminal_nor_the_error(project: Path) -> None:
+    from devenv.db.steps import run_step
+    from devenv.errors import SchemaError
+
+    stack = repo_stack(project)
+    stack = stack.replace(postgres=stack.postgres.replace(password="s3cr/t"))
+    script = ("import os, sys; out = sys.stdout.buffer; "
+              "out.write(b'\\x1b[31mred\\x1b[0m\\tok\\x07 \\x1b]0;owned\\x07 nul\\x00 c1\\xc2\\x9b2J '"
+              " + os.environ['PGPASSWORD'].encode() + b'\\n'); out.flush(); sys.exit(1)")
+    lines: list[str] = []
+    with pytest.raises(SchemaError) as info:
+        run_step(stack, Step("schema", "run", 1, argv=(sys.executable, "-c", script)), "db", lines.append)
+    shown = "^[[31mred^[[0m\tok^G ^[]0;owned^G nul^@ c1\ufffd2J ****"
+    assert lines[1] == "  schema 1 | " + shown
+    assert f"  | {shown}" in info.value.message
+    for text in ("\n".join(lines), info.value.message):
+        assert not any(ord(c) < 0x20 and c not in "\t\n" or 0x7F <= ord(c) < 0xA0 for c in text), repr(text)
+        assert "s3cr" not in text
+
+
 # --------------------------------------------------------------------------- property: any command round-trips
 
 WORDS = st.lists(st.text(st.characters(blacklist_categories=("Cc", "Cs", "Cn")), min_size=1, max_size=12),
@@ -428,3 +453,77 @@ def test_a_tool_is_behind_where_its_head_is_not_the_template_s() -> None:
     for other in (None, "", "a comment someone wrote", "devenv versions [not an object", "devenv versions [1]"):
         assert template_versions(lambda query: [(other,)], "t") is None
     assert versions_behind({"alembic": "004"}, None) == []
+
+
+# --------------------------------------------------------------------------- inputs walked as Alembic reads them
+
+
+def _signature_and_key(stack: Stack) -> tuple[object, str]:
+    return stepkeys.stat_signature(stack), template_key(stack, 16)
+
+
+def test_a_linked_folder_inside_inputs_is_keyed_and_a_link_loop_ends(project: Path) -> None:
+    import os
+
+    stack = alembic_project(project)
+    shared = project / "shared_versions"
+    shared.mkdir()
+    (shared / "002_more.py").write_text("revision = '002'\n")
+    os.symlink("../shared_versions", project / "migrations" / "linked")
+    signature, key = _signature_and_key(stack)
+    assert "migrations/linked/002_more.py" in [rel for rel, _ in stepkeys.input_files(project, stack.steps[0].inputs)]
+    (shared / "003_new.py").write_text("revision = '003'\n")  # a new migration behind the link
+    assert _signature_and_key(stack)[0] != signature and template_key(stack, 16) != key
+    # Two loops: each folder is entered once (the walk used to double at each level and hang).
+    os.symlink(".", project / "migrations" / "loop1")
+    os.symlink(".", project / "migrations" / "loop2")
+    os.symlink("nowhere", project / "migrations" / "dangling")
+    looped = stepkeys.stat_signature(stack)
+    assert len(looped) < 20 and template_key(stack, 16) == template_key(stack, 16)
+
+
+def test_a_fifo_in_or_as_an_input_is_keyed_by_its_kind_never_opened(project: Path) -> None:
+    import os
+
+    stack = alembic_project(project)
+    key = template_key(stack, 16)
+    os.mkfifo(project / "migrations" / "versions" / "pipe")  # nobody writes to it: reading it would hang
+    with_fifo = template_key(stack, 16)
+    assert with_fifo != key
+    stepkeys.stat_signature(stack)
+    os.mkfifo(project / "named.fifo")
+    named = stack.replace(steps=(stack.steps[0].replace(inputs=("named.fifo", "migrations")),))
+    assert template_key(named, 16) not in (key, with_fifo)
+    from devenv.state import fingerprint, note_inputs
+
+    note_inputs(named.state_dir, stepkeys.recorded_inputs(named))
+    assert len(fingerprint(project, project / "devenv.yaml", "dev", {})) == 64
+
+
+def test_dot_named_migrations_count_and_only_caches_and_vcs_folders_do_not(project: Path) -> None:
+    stack = alembic_project(project)
+    versions = project / "migrations" / "versions"
+    key = template_key(stack, 16)
+    for cache in ("__pycache__", ".git", ".hg", ".svn"):
+        (versions / cache).mkdir()
+        (versions / cache / "x").write_text("x")
+    (versions / "001_users.pyo").write_text("x")
+    assert template_key(stack, 16) == key
+    (versions / ".005_hidden.py").write_text("revision = '005'\n")  # Alembic applies it
+    assert template_key(stack, 16) != key
+
+
+def test_a_missing_input_is_found_when_the_steps_are_needed_naming_its_line(project: Path) -> None:
+    stack = alembic_project(project)
+    import shutil
+
+    shutil.rmtree(project / "migrations")
+    stack = stack_of(project)  # parsing does not look: `down`, `env`, `psql` must work on such a branch
+    with pytest.raises(ConfigError) as info:
+        template_key(stack, 16)
+    where = f"{project / 'devenv.yaml'}:{line_of(project, 'inputs: [alembic.ini, migrations]')}: "
+    assert info.value.message == where + "schema.0.inputs: schema step 1: input 'migrations' is missing"
+    assert info.value.exit_code == 3 and info.value.hint
+    sql = stack_of(project, "seed:\n  - sql: db/missing\n")
+    with pytest.raises(ConfigError, match=r"devenv.yaml:\d+: seed.0.sql: seed step 1: 'db/missing' is missing"):
+        stepkeys.check_inputs(sql.replace(steps=sql.steps[1:]))
