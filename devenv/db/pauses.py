@@ -10,6 +10,7 @@ that is paused and whether its owner lives.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -42,10 +43,36 @@ def resume_orphaned(stack: "Stack") -> list[str]:
     said = []
     with console:
         for path, database, pid in orphans:
+            said += _put_back(stack, database, pid)
             if console.command(f"RESUME {database}"):
                 said.append(f"resumed pooled clients of {database}: devenv pid {pid} paused them and was killed")
             clear_pause(path)
     return said
+
+
+def _put_back(stack: "Stack", database: str, pid: int) -> list[str]:
+    """A devenv killed between the two renames of a swap (Janitor.swap_in: `db` to `db__old_<pid>_<n>`,
+    then `db__new_<pid>` to `db`) left no database under its name: name the new copy so (its
+    clone was complete), or else the old one back. Before the RESUME: pooled clients then find
+    the database, not an error. One query when the database is there."""
+    from devenv.clients import connect, pgwire
+
+    try:
+        with connect.postgres(stack, "postgres", admin=True, timeout=5.0, query_timeout=30.0) as conn:
+            names = [row[0] for row in conn.query(
+                f"SELECT datname FROM pg_database WHERE datname = {pgwire.literal(database)} "
+                f"OR datname IN ({pgwire.literal(f'{database}__new_{pid}')}) "
+                f"OR datname ~ {pgwire.literal('^' + re.escape(f'{database}__old_{pid}_') + '[0-9]+$')}")]
+            if database in names or not names:
+                return []
+            fresh = f"{database}__new_{pid}"
+            # The newest old copy is the one the killed swap had just renamed away.
+            source = fresh if fresh in names else max(names, key=lambda name: int(name.rsplit("_", 1)[1]))
+            conn.query(f"ALTER DATABASE {pgwire.identifier(source)} RENAME TO {pgwire.identifier(database)}")
+    except (pgwire.PgError, OSError) as exc:
+        return [f"warning: {database} is missing after a killed devenv and could not be put back: {exc}"]
+    what = "its new copy" if source == fresh else "its data as it was"
+    return [f"put {database} back ({what}): devenv pid {pid} was killed between the two renames of a reset"]
 
 
 def describe_paused(stack: "Stack", console: "Console") -> list[str]:

@@ -229,6 +229,42 @@ def test_a_devenv_killed_inside_its_pause_is_resumed_by_the_next_command(proj: A
     assert_healthy(proj)
 
 
+@pytest.mark.parametrize("left", ["new copy", "old copy"])
+def test_a_devenv_killed_between_the_renames_of_a_swap_leaves_the_database_named(proj: Any, left: str) -> None:
+    """A reset killed between `taskflow` -> `taskflow__old_<pid>_<n>` and `taskflow__new_<pid>` ->
+    `taskflow` left no `taskflow` (its pause note says which database and whose): the next
+    command puts the new copy in place, or else the old data back, before it resumes pooled clients.
+    Before: "database 'taskflow' does not exist" until the next `up` or reset."""
+    proj.devenv("up")
+    stack_dir = proj.root / ".devenv" / proj.profile
+    # A devenv that noted its PAUSE of taskflow and died: its pid is gone.
+    noted = subprocess.run([sys.executable, "-c", "import os, sys; from pathlib import Path; "
+                            "from devenv.state import note_pause; note_pause(Path(sys.argv[1]), 'taskflow'); "
+                            "print(os.getpid())", str(stack_dir)], env=proj.env, capture_output=True, text=True, check=True)
+    pid = int(noted.stdout)
+    with proj.connect(autocommit=True) as conn:
+        conn.execute("INSERT INTO users (email, password_hash) VALUES ('kept@example.com', 'x')")
+    template = proj.stack()
+    with proj.admin_connect(autocommit=True) as conn:
+        [tpl] = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'taskflow\\_\\_tpl\\_%'").fetchone()
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = 'taskflow' AND pid <> pg_backend_pid()")
+        conn.execute(f'ALTER DATABASE taskflow RENAME TO "taskflow__old_{pid}_0"')
+        if left == "new copy":
+            conn.execute(f'CREATE DATABASE "taskflow__new_{pid}" TEMPLATE "{tpl}" OWNER taskflow')
+    from devenv.clients import connect
+
+    with connect.pgbouncer_admin(template, timeout=5, query_timeout=5) as console:
+        console.command("PAUSE taskflow")
+    result = proj.devenv("snapshot", "save", "after")
+    what = "its new copy" if left == "new copy" else "its data as it was"
+    assert f"put taskflow back ({what}): devenv pid {pid} was killed between the two renames of a reset" in result.stderr
+    assert "resumed pooled clients of taskflow" in result.stderr
+    assert _pooled_answers(proj, 5.0)
+    with proj.connect() as conn:
+        kept = conn.execute("SELECT count(*) FROM users WHERE email = 'kept@example.com'").fetchone()[0]
+    assert kept == (0 if left == "new copy" else 1)
+
+
 # ---- class 19: pooled clients beside concurrent resets of every strategy ------------------------
 
 
