@@ -185,14 +185,23 @@ def record_run(conn: "psycopg.Connection[Any]", stack: Stack, step: Step) -> Non
                  (ledger_name(step), run_key(stack.root, step)))
 
 
-def run_in_template(conn: "psycopg.Connection[Any]", stack: Stack, say: Say | None = None) -> None:
-    """Every step in order into the template being built (the database `conn` is on)."""
+def run_in_template(conn: "psycopg.Connection[Any]", stack: Stack, say: Say | None = None,
+                    run_parts: tuple[str, ...] = ("schema", "seed"), on_step: Callable[[Step], None] | None = None
+                    ) -> list[str]:
+    """The steps in order into the database `conn` is on (a template being built, or a working
+    database's copy): each `sql:` step's files it lacks, the `run:` steps of `run_parts`. What
+    was applied (file keys, step labels) is returned; `on_step` hears of each step as it starts."""
+    done: list[str] = []
     for step in stack.steps:
+        if on_step is not None:
+            on_step(step)
         if step.kind == "sql":
-            apply_seeds(stack, conn=conn, files=step_files(stack.replace(steps=(step,))))
-        else:
+            done += apply_seeds(stack, conn=conn, files=step_files(stack.replace(steps=(step,))))
+        elif step.part in run_parts:
             run_step(stack, step, conn.info.dbname, say)
             record_run(conn, stack, step)
+            done.append(step.label)
+    return done
 
 
 def ledger(stack: Stack, conn: "psycopg.Connection[Any]") -> dict[str, str]:
@@ -230,25 +239,18 @@ def bring_forward(janitor: "Janitor", stack: Stack, say: Say) -> list[str]:
         return apply_seeds(stack)
     scratch = f"{dbname}__migrate_{os.getpid()}"
     janitor.drop(scratch)
-    done: list[str] = []
-    running: Step | None = None
+    running: list[Step] = []  # the step under way when something fails
     try:
         # Held from the copy to the swap: a write in between would go with the old database.
         with janitor.writers_held(dbname):
             janitor.copy_live(dbname, scratch)
             with connect.psycopg_postgres(stack, scratch, durable=True, explain=True, autocommit=True) as conn:
-                for step in stack.steps:
-                    running = step
-                    if step.kind == "sql":
-                        done += apply_seeds(stack, conn=conn, files=step_files(stack.replace(steps=(step,))))
-                    elif step.part == "schema":
-                        run_step(stack, step, scratch, say)
-                        record_run(conn, stack, step)
-                        done.append(step.label)
+                # Seed `run:` steps are not idempotent: never again on existing data.
+                done = run_in_template(conn, stack, say, run_parts=("schema",), on_step=running.append)
             janitor.swap_in(dbname, scratch)
     except BaseException as exc:
         janitor.drop(scratch)  # the working database was never touched
-        if isinstance(exc, SchemaError) and running is not None and exc.message.startswith(running.label):
+        if isinstance(exc, SchemaError) and running and exc.message.startswith(running[-1].label):
             exc.hint = (f"it passed on a fresh template but not on {dbname}'s data (a copy of it, now dropped: "
                         f"{dbname} is as it was); fix the migration or the data and `devenv up` again, or "
                         "`devenv reset` to start over from the new template (this drops the data).")
