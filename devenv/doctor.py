@@ -33,7 +33,7 @@ OK, WARN, FAIL = "ok", "warn", "FAIL"
 LOW_DISK_BYTES = 1 << 30  # warn under 1 GiB free: a seeded data directory plus a cached snapshot
 PING_TIMEOUT = 2.0
 # Programs that hold a published port for a container, not the container's own process.
-_DOCKER_PORT_HOLDERS = {"docker-proxy", "rootlesskit", "rootlessport", "vpnkit", "com.docker.backend", "slirp4netns"}
+_DOCKER_PORT_HOLDERS = {"docker-proxy", "conmon", "rootlesskit", "rootlessport", "vpnkit", "com.docker.backend", "slirp4netns"}
 _REDIS_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3}
 
 
@@ -61,8 +61,10 @@ def run_checks(stack: "Stack", runtime: "Runtime", requested: str = "auto",
     env = dict(os.environ if env is None else env)
     # A stack that `up` recorded on Docker needs the engine as much as `--runtime docker` does.
     on_docker = requested == "docker" or read_state(stack.state_dir).get("runtime") == "docker"
-    checks = [docker_check(env, "docker" if on_docker else requested)]
+    checks = [docker_check(env, "docker" if on_docker and requested != "podman" else requested)]
     runtime_name = _resolved_name(stack, runtime, checks)
+    if runtime_name == "docker" and checks[0].status == OK and checks[0].detail.startswith("engine"):
+        checks += engine_checks(stack, env, requested)
     checks += binary_checks(stack, runtime_name, env)
     try:
         states = runtime.states(stack)
@@ -123,11 +125,9 @@ def docker_check(env: Mapping[str, str], requested: str = "auto", sockets: list[
     from the filesystem, without the docker SDK. A unix socket is pinged with a raw `GET
     /_ping`; only other endpoints (tcp with TLS, ssh) need the SDK.
     """
-    from devenv.runtime.engine import find_endpoint
-
-    severity = FAIL if requested == "docker" else WARN  # only a Docker stack needs the engine
+    severity = FAIL if requested in ("docker", "podman") else WARN  # only a Docker stack needs the engine
     try:
-        endpoint = find_endpoint(env, sockets)
+        endpoint = _endpoint(env, requested, sockets)
     except DevenvError as exc:  # a Docker context without a readable endpoint
         return Check("docker", severity, exc.message)
     if endpoint is None:
@@ -140,6 +140,58 @@ def docker_check(env: Mapping[str, str], requested: str = "auto", sockets: list[
         return Check("docker", OK, f"engine at {endpoint.host} (from {endpoint.origin}) {answer}")
     fallback = "" if requested == "docker" else "; `--runtime auto` uses the native runtime"
     return Check("docker", severity, f"engine at {endpoint.host} (from {endpoint.origin}) {answer}{fallback}")
+
+
+def _endpoint(env: Mapping[str, str], requested: str, sockets: list[Path] | None = None) -> "Endpoint | None":
+    """The engine `--runtime` would use: Podman's socket for `podman`; else as the docker CLI,
+    and Podman's when no Docker engine is configured (as `--runtime auto` does)."""
+    from devenv.runtime.engine import find_endpoint
+    from devenv.runtime.engines import find_podman
+
+    if requested == "podman":
+        return find_podman(env, sockets)
+    return find_endpoint(env, sockets) or (find_podman(env) if sockets is None else None)
+
+
+def engine_checks(stack: "Stack", env: Mapping[str, str], requested: str) -> list[Check]:
+    """What devenv needs of the engine: its kind and API version, DNS between containers (PgBouncer
+    reaches `postgres` by name), SELinux labels, rootless uid mapping; a hint for each gap."""
+    from devenv.runtime.dockerapi import connect
+    from devenv.runtime.engines import engine_facts, needs_copy, probe_dns
+
+    endpoint = _endpoint(env, requested)
+    if endpoint is None:
+        return []
+    try:
+        client = connect(endpoint)
+        facts = engine_facts(client)
+    except Exception as exc:  # a finding, not a crash
+        return [Check("engine", FAIL, f"cannot ask the engine at {endpoint.host}: {exc}")]
+    api = tuple(int(p) for p in re.findall(r"\d+", facts.api_version)[:2])
+    checks = [Check("engine", OK if api >= (1, 41) else FAIL,
+                    f"{facts.name}, Docker API {facts.api_version}, {'rootless' if facts.rootless else 'rootful'}"
+                    + ("" if api >= (1, 41) else ": devenv needs API 1.41 or newer (Docker 20.10, Podman 3); upgrade it")
+                    + ("; health checks without start_interval (API < 1.44): the first check waits one interval"
+                       if (1, 41) <= api < (1, 44) else ""))]
+    if facts.selinux:
+        checks.append(Check("engine selinux", OK, "SELinux enabled: devenv labels its bind mounts `:z`"))
+    if needs_copy(facts):
+        checks.append(Check("engine rootless", OK, "rootless Podman: the configs and keys the images read are "
+                            "copied into the containers (under uid mapping a bind-mounted 0600 file is unreadable)"))
+    if facts.kind == "podman":
+        images = {s.image for s in stack.services}
+        try:
+            present = next((i for i in sorted(images) if client.images.list(name=i)), None)
+            gap = probe_dns(client, facts, present) if present else None
+        except Exception as exc:
+            return [*checks, Check("engine dns", WARN, f"could not probe DNS between containers: {exc}")]
+        if present is None:
+            checks.append(Check("engine dns", WARN, "not probed: none of the stack's images is on the engine yet"))
+        elif gap:
+            checks.append(Check("engine dns", FAIL, f"containers cannot find each other by name: {gap}"))
+        else:
+            checks.append(Check("engine dns", OK, "containers find each other by name (PgBouncer reaches postgres)"))
+    return checks
 
 
 def _default_sockets(env: Mapping[str, str]) -> list[Path]:

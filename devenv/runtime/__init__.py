@@ -26,6 +26,16 @@ def get_runtime(name: str, say: Callable[[str], None] = lambda line: None) -> Ru
         from devenv.runtime.docker import DockerRuntime
 
         return DockerRuntime()
+    if name == "podman":  # the Docker runtime, on Podman's Docker-compatible API socket
+        import os
+
+        from devenv.runtime.docker import DockerRuntime
+        from devenv.runtime.engines import find_podman, no_podman_error
+
+        endpoint = find_podman(os.environ)
+        if endpoint is None:
+            raise no_podman_error(os.environ)
+        return DockerRuntime(endpoint=endpoint)
     if name == "auto":
         from devenv.runtime.auto import AutoRuntime
 

@@ -68,7 +68,11 @@ class AutoRuntime:
         except DependencyError as exc:
             return exc.message
         if endpoint is None:
-            return "no Docker engine found"
+            from devenv.runtime.engines import find_podman
+
+            endpoint = find_podman(self.env)  # no Docker engine: Podman's, when its API socket is there
+        if endpoint is None:
+            return "no Docker or Podman engine found"
         if endpoint.host.startswith("unix://"):
             # A socket left by a stopped engine is the usual answer here: found without the
             # Docker runtime or the SDK (~250 ms to import).

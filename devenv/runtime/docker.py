@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Iterator, Mapping
 
@@ -44,6 +44,7 @@ from devenv.runtime.dockerapi import (
     api_message,
     connect,
     ensure_images,
+    ensure_network,
     log_tail_of,
     follow_container_logs,
     logs,
@@ -67,6 +68,7 @@ from devenv.runtime.dockerdata import (
 )
 from devenv.runtime.dockerfiles import has_files, parsed, reloadable, remember_render, rendered, write_in_place
 from devenv.runtime.engine import Endpoint, find_endpoint, no_engine_error
+from devenv.runtime.engines import EngineFacts, dns_error, engine_facts, probe_dns, selinux_binds
 from devenv.runtime.plan import (
     PROGRAMS,
     has_password,
@@ -130,6 +132,8 @@ class DockerRuntime:
         self._pending: dict[str, Future[None]] = {}  # containers still being started by `up`
         self._started: dict[str, str] = {}  # service -> container id `up` started (not recreated)
         self._password_step: bool | None = None  # set_password's answer in this `up` (True: migrated)
+        self._facts: EngineFacts | None = None
+        self._dns_checked = False  # Podman: whether PgBouncer's network was found to have DNS
 
     # ---- engine --------------------------------------------------------------------------------
 
@@ -152,6 +156,11 @@ class DockerRuntime:
         """The API version negotiated with the engine."""
         return str(self.client().api.api_version)
 
+    def facts(self) -> EngineFacts:
+        """The engine's kind (Docker, Podman), version, rootless, SELinux (asked once)."""
+        self._facts = self._facts or engine_facts(self.client())
+        return self._facts
+
     def resolve(self, stack: Stack) -> DockerRuntime:
         """This runtime: it runs any stack it is asked to."""
         return self
@@ -166,11 +175,11 @@ class DockerRuntime:
     def describe(self, stack: Stack) -> str:
         """The engine and the images (said once per `up`)."""
         try:
-            version = self.client().api.version().get("Version", "?")
+            engine = self.facts().name
         except Exception:  # only a description: never fail `up` over it
-            version = "?"
+            engine = "Docker ?"
         images = ", ".join(s.image for s in stack.services)
-        return f"Docker {version} (API {self.api_version}) at {self.endpoint().host}; images {images}"
+        return f"{engine} (API {self.api_version}) at {self.endpoint().host}; images {images}"
 
     def ensure_images(self, stack: Stack, progress: Progress) -> dict[str, str]:
         """Each service's image id; a missing image is pulled (progress per layer, in bytes)."""
@@ -205,6 +214,7 @@ class DockerRuntime:
         files = rendered(stack, out_dir)
         compose = parsed(out_dir, files[COMPOSE_FILE])
         specs = compose_specs(compose, out_dir / COMPOSE_FILE, self.api_version, image_ids, self.env)
+        specs = {s: replace(spec, body=selinux_binds(spec.body, self.facts())) for s, spec in specs.items()}
         missing = set(SERVICES) - set(specs)
         if missing:
             raise ConfigError(f"the rendered {COMPOSE_FILE} has no service {', '.join(sorted(missing))}",
@@ -554,6 +564,11 @@ class DockerRuntime:
         except NotFound:
             return None if service in self._removed_tails else "is gone (its container was removed)"
         state = container.attrs.get("State", {})
+        if service == "pgbouncer" and not self._dns_checked and "DNS lookup failed" in logs(container, tail=20):
+            self._dns_checked = True  # Podman without DNS: say so now, not after the 60 s timeout
+            networks = list((container.attrs.get("NetworkSettings") or {}).get("Networks") or {})
+            if gap := probe_dns(self.client(), self.facts(), stack.postgres.image, networks[0] if networks else None):
+                raise dns_error(gap)
         if state.get("Status") in ("exited", "dead"):
             reason = f"exited with code {state.get('ExitCode')}"
             if state.get("OOMKilled"):
@@ -642,20 +657,8 @@ class DockerRuntime:
 
     def _ensure_network(self, stack: Stack, name: str) -> None:
         """Compose's default network of the project, made if missing."""
-        from docker.errors import APIError, NotFound
-
-        client = self.client()
-        try:
-            client.networks.get(name)
-            return
-        except NotFound:
-            pass
-        labels = {COMPOSE_PROJECT: stack.name, COMPOSE_NETWORK: "default", **devenv_labels(stack)}
-        try:
-            client.networks.create(name, driver="bridge", labels=labels, check_duplicate=True)
-        except APIError as exc:
-            if exc.status_code != 409:  # created meanwhile: fine
-                raise DependencyError(f"Docker could not create the network {name}: {api_message(exc)}") from exc
+        ensure_network(self.client(), name, {COMPOSE_PROJECT: stack.name, COMPOSE_NETWORK: "default",
+                                             **devenv_labels(stack)})
 
     def _ensure_volumes(self, stack: Stack, spec: ContainerSpec) -> bool:
         """Create the spec's named volumes that are missing; True if any was created."""
@@ -690,10 +693,8 @@ class DockerRuntime:
 
 def _holds_ports(container: Container, spec: ContainerSpec) -> bool:
     """Whether a running container already publishes the ports its replacement wants."""
-    if container.status != "running":
-        return False
     have = container.attrs.get("HostConfig", {}).get("PortBindings") or {}
-    return have == spec.body.get("HostConfig", {}).get("PortBindings")
+    return container.status == "running" and have == spec.body.get("HostConfig", {}).get("PortBindings")
 
 
 __all__ = ["DockerRuntime"]

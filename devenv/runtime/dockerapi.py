@@ -244,3 +244,18 @@ def read_file(container: Container, path: str) -> str | None:
             return handle.read().decode("utf-8", errors="replace") if handle else None
     except (DockerException, tarfile.TarError, OSError):
         return None
+
+def ensure_network(client: DockerClient, name: str, labels: dict[str, str]) -> None:
+    """A bridge network, made if missing (Compose's default network of a project)."""
+    from docker.errors import APIError, NotFound
+
+    try:
+        client.networks.get(name)
+        return
+    except NotFound:
+        pass
+    try:
+        client.networks.create(name, driver="bridge", labels=labels, check_duplicate=True)
+    except APIError as exc:
+        if exc.status_code != 409:  # created meanwhile: fine
+            raise DependencyError(f"Docker could not create the network {name}: {api_message(exc)}") from exc

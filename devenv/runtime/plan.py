@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from devenv.runtime.base import Progress
     from devenv.config.stack import Stack
 
-RUNTIME_NAMES = ("auto", "native", "docker")
+RUNTIME_NAMES = ("auto", "native", "docker", "podman")
 # The program each service's main process runs (its comm in /proc), to tell it from a reused pid.
 PROGRAMS = {"postgres": "postgres", "pgbouncer": "pgbouncer", "redis": "redis-server"}
 # Setting contexts (pg_settings.context) that a reload (SIGHUP) applies without a restart.

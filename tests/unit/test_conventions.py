@@ -382,7 +382,7 @@ def test_bash_completion_of_commands_options_and_values(project: Path) -> None:
     assert complete("devenv -p ", 2, cwd=project) == complete("devenv up -p ", 3, cwd=project)
     assert "ci" in complete("devenv -p ", 2, cwd=project) and "status" not in complete("devenv -p ", 2, cwd=project)
     assert complete("devenv --ci --profile c", 3, cwd=project) == ["ci"]
-    assert complete("devenv --config devenv.yaml -r ", 4, cwd=project) == ["auto", "native", "docker"]
+    assert complete("devenv --config devenv.yaml -r ", 4, cwd=project) == ["auto", "native", "docker", "podman"]
     assert complete("devenv -p ci st", 3) == ["status"], "after a value: the commands again"
 
 

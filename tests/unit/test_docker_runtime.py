@@ -72,6 +72,8 @@ def test_auto_without_any_engine_picks_native_without_importing_docker(
 import sys, json
 import devenv.runtime.engine as d
 d.default_sockets = lambda env: [d.Path({str(sock_path)!r})]
+import devenv.runtime.engines as e
+e.podman_sockets = lambda env: []  # no Podman either (this machine may run one)
 from devenv.runtime.auto import AutoRuntime
 from devenv.config.settings import load_config
 from devenv.config.resolve import build_stack
@@ -85,7 +87,7 @@ print(json.dumps({{"chosen": chosen.name, "said": said, "docker": "docker" in sy
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     why = (f"no Docker engine answers at unix://{sock_path} (from the default socket): connection refused"
-           if leftover_socket else "no Docker engine found")
+           if leftover_socket else "no Docker or Podman engine found")
     assert report == {"chosen": "native", "said": [f"runtime: native (local processes; {why})"],
                       "docker": False, "runtime module": False}
 

@@ -96,7 +96,7 @@ def test_the_password_note_beside_a_data_directory_or_in_the_state_directory(pro
 def test_the_shared_names() -> None:
     assert SERVICES == ("postgres", "pgbouncer", "redis")
     assert set(PROGRAMS) == set(SERVICES) and PROGRAMS["redis"] == "redis-server"
-    assert RUNTIME_NAMES == ("auto", "native", "docker")
+    assert RUNTIME_NAMES == ("auto", "native", "docker", "podman")
 
 
 def test_plan_loads_nothing_heavy() -> None:
