@@ -10,6 +10,12 @@ its containers, network and volumes are its own; teardown removes them by label.
 
 Marker: `native_only(reason)` skips a test of native internals (pid files, unix sockets in
 run/) on the other runtimes.
+
+Engines (issue 18): the lanes "podman" (rootful Podman's Docker-compatible socket, started by
+.ci/podman-up.sh) and "remote" (an engine at $DEVENV_TEST_REMOTE_DOCKER_HOST) run the docker
+runtime against another engine: their Project's `runtime` is "docker", its `engine` names the
+lane, and DOCKER_HOST points at it. They run only the tests marked `every_engine`: the stack
+checks every engine must pass (the rest is deselected, so CI grows by that subset only).
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ from devenv.config.resolve import build_stack
 from tests.conftest import KEPT_ENV
 
 REPO = Path(__file__).resolve().parents[2]
-RUNTIMES = ["native", "docker"]
+RUNTIMES = ["native", "docker", "podman", "remote"]
+ENGINE_LANES = ("podman", "remote")  # the docker runtime on another engine: every_engine tests only
+PODMAN_SOCKET = "/run/podman/podman.sock"
 # Built by .ci/images/build.sh from Debian packages; they honour the official images' contracts.
 TEST_IMAGES = {
     "DEVENV_POSTGRES_IMAGE": "devenv-test/postgres:15",
@@ -49,9 +57,20 @@ SERVER_COMMS = {"postgres", "pgbouncer", "redis-server", "initdb"}
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "native_only(reason): tests native internals; skipped on other runtimes")
+    config.addinivalue_line("markers", "every_engine: a stack check run on every engine lane (podman, remote)")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept, deselected = [], []
+    for item in items:
+        runtime = getattr(getattr(item, "callspec", None), "params", {}).get("runtime")
+        if runtime in ENGINE_LANES and item.get_closest_marker("every_engine") is None:
+            deselected.append(item)
+        else:
+            kept.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
     for item in items:
         runtime = getattr(getattr(item, "callspec", None), "params", {}).get("runtime")
         if runtime is None:
@@ -64,13 +83,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # ---- Docker: the engine, the images, the containers of a project --------------------------------
 
 
-@functools.lru_cache(maxsize=None)
-def docker_client() -> Any:
-    """A docker SDK client for the engine devenv would use (DependencyError when none answers)."""
-    from devenv.runtime.dockerapi import connect
-    from devenv.runtime.engine import find_endpoint, no_engine_error
+def lane_docker_host(lane: str) -> str | None:
+    """DOCKER_HOST for an engine lane ("" when its engine is not configured); None: as devenv finds it."""
+    if lane == "podman":
+        return f"unix://{PODMAN_SOCKET}"
+    if lane == "remote":
+        return os.environ.get("DEVENV_TEST_REMOTE_DOCKER_HOST", "")
+    return None
 
-    endpoint = find_endpoint()
+
+def docker_client(host: str | None = None) -> Any:
+    """A docker SDK client for `host`, or for the engine devenv would use here (DOCKER_HOST, which
+    an engine lane's test has set, or the default); DependencyError when none answers."""
+    return _docker_client(host or os.environ.get("DOCKER_HOST") or None)
+
+
+@functools.lru_cache(maxsize=None)
+def _docker_client(host: str | None) -> Any:
+    from devenv.runtime.dockerapi import connect
+    from devenv.runtime.engine import Endpoint, find_endpoint, no_engine_error
+
+    endpoint = Endpoint(host, "DOCKER_HOST") if host else find_endpoint()
     if endpoint is None:
         raise no_engine_error(os.environ)
     return connect(endpoint, timeout=120)
@@ -101,10 +134,10 @@ def docker_images() -> tuple[tuple[str, str], ...]:
     return ()
 
 
-def docker_teardown(project_name: str) -> None:
+def docker_teardown(project_name: str, host: str | None = None) -> None:
     """Remove every container, network and volume labelled with a (throwaway) project name."""
     try:
-        client = docker_client()
+        client = docker_client(host)
     except Exception:  # no engine: nothing of ours can exist
         return
     label = {"label": f"dev.devenv.project={project_name}"}
@@ -140,9 +173,19 @@ class Project:
     """A throwaway copy of the TaskFlow project with its own ports, driven through the CLI."""
 
     root: Path
-    runtime: str
+    runtime: str  # "native" or "docker" (the podman and remote lanes run the docker runtime)
     profile: str = "dev"
     env: dict[str, str] = field(default_factory=dict)
+    engine: str = ""  # the docker runtime's engine: "docker", "podman", "remote"; "" natively
+
+    @property
+    def docker_host(self) -> str | None:
+        """The engine lane's DOCKER_HOST (None: the engine devenv finds by itself)."""
+        return self.env.get("DOCKER_HOST") if self.engine in ENGINE_LANES else None
+
+    def client(self) -> Any:
+        """A docker SDK client for this project's engine."""
+        return docker_client(self.docker_host)
 
     def devenv(self, *args: str, check: bool = True, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
         """Run `python -m devenv ARGS` in the project; `check` asserts exit code 0."""
@@ -223,7 +266,7 @@ class Project:
     def containers(self, running_only: bool = False) -> list[Any]:
         """This project's containers for its profile (docker runtime), found by Compose's labels."""
         filters = {"label": f"com.docker.compose.project={self.stack_name}"}
-        return docker_client().containers.list(all=not running_only, filters=filters)
+        return self.client().containers.list(all=not running_only, filters=filters)
 
     def container(self, service: str) -> Any:
         """The container of one service (docker runtime); fails the test if there is none."""
@@ -286,7 +329,7 @@ class Project:
             from docker.errors import NotFound
 
             try:
-                docker_client().volumes.get(location.split(":", 1)[1])
+                self.client().volumes.get(location.split(":", 1)[1])
                 return True
             except NotFound:
                 return False
@@ -300,7 +343,7 @@ class Project:
             return _native_postmasters(self.pgdata())
         location = self.pgdata()
         out = []
-        for container in docker_client().containers.list(filters={"status": "running"}):
+        for container in self.client().containers.list(filters={"status": "running"}):
             mounts = container.attrs["Mounts"]
             same_volume = location.startswith("volume:") and any(m.get("Name") == location[7:] for m in mounts)
             same_stack = container.labels.get("com.docker.compose.project") == self.stack_name \
@@ -364,11 +407,16 @@ def _engine_available(runtime: str) -> str | None:
     if runtime == "native":
         missing = [p for p in ("pgbouncer", "redis-server") if not shutil.which(p, path=os.environ.get("PATH", "") + ":/usr/sbin")]
         return f"missing {', '.join(missing)}" if missing else None
-    if runtime == "docker":
+    if runtime in ("docker", *ENGINE_LANES):
         from devenv.errors import DevenvError
 
+        host = lane_docker_host(runtime)
+        if host == "":
+            return "DEVENV_TEST_REMOTE_DOCKER_HOST is not set (.ci/remote-engine-up.sh prints it)"
+        if runtime == "podman" and not os.path.exists(PODMAN_SOCKET):
+            return f"no Podman API socket at {PODMAN_SOCKET} (start it: bash .ci/podman-up.sh)"
         try:
-            client = docker_client()  # pings the engine
+            client = docker_client(host)  # pings the engine
         except DevenvError as exc:
             return exc.message
         images = dict(docker_images()) or {
@@ -388,9 +436,12 @@ def use_runtime(name: str, monkeypatch: pytest.MonkeyPatch) -> str:
         if os.environ.get("CI"):
             pytest.fail(f"{name} runtime unavailable in CI: {reason}")
         pytest.skip(f"{name} runtime unavailable: {reason}")
-    if name == "docker":
+    if name in ("docker", *ENGINE_LANES):
         for var, image in docker_images():  # also for what a test starts itself (pytester, the API)
             monkeypatch.setenv(var, image)
+    host = lane_docker_host(name)
+    if host:  # the lane's engine, for devenv and for what the test asks the engine itself
+        monkeypatch.setenv("DOCKER_HOST", host)
     return name
 
 
@@ -421,20 +472,24 @@ def make_project(base: Path, runtime: str, profile: str = "dev") -> Project:
         "DEVENV_PGBOUNCER_PORT": str(ports[1]),
         "DEVENV_REDIS_PORT": str(ports[2]),
     })
+    engine = "" if runtime == "native" else runtime if runtime in ENGINE_LANES else "docker"
+    runtime = "docker" if engine else runtime
+    if engine in ENGINE_LANES:
+        env["DOCKER_HOST"] = lane_docker_host(engine) or ""
     if runtime == "docker":
         env.update(dict(docker_images()))
         config = base / "devenv.yaml"
         text = config.read_text()
         config.write_text(re.sub(r"^project:\s*(\S+)", lambda m: f"project: {m.group(1)}-t{uuid.uuid4().hex[:8]}",
                                  text, count=1, flags=re.M))
-    return Project(root=base, runtime=runtime, profile=profile, env=env)
+    return Project(root=base, runtime=runtime, profile=profile, env=env, engine=engine)
 
 
 def teardown_project(proj: Project) -> None:
     """`down --volumes`, then (Docker) remove whatever still carries the project's label."""
     proj.devenv("down", "--volumes", check=False)
     if proj.runtime == "docker":
-        docker_teardown(proj.project_name)
+        docker_teardown(proj.project_name, proj.docker_host)
 
 
 @pytest.fixture

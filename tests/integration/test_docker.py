@@ -26,9 +26,10 @@ from tests.integration.conftest import Project, docker_client, make_project, tea
 SERVICES = ("postgres", "pgbouncer", "redis")
 
 
-@pytest.fixture(params=["docker"])
+@pytest.fixture(params=["docker", "podman", "remote"])
 def runtime(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here is about the docker runtime only (overrides the conftest's parametrization)."""
+    """Every test here is about the docker runtime only (overrides the conftest's parametrization);
+    the podman and remote lanes run those marked every_engine."""
     return use_runtime(request.param, monkeypatch)
 
 
@@ -315,6 +316,7 @@ def cached_dev_project(dev_project: Project, tmp_path: Path) -> Project:
     return dev_project
 
 
+@pytest.mark.every_engine
 def test_second_cold_up_restores_the_cache_into_the_volume(cached_dev_project: Project) -> None:
     proj = cached_dev_project
     first = proj.devenv("up")

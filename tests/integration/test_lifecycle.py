@@ -394,6 +394,7 @@ def test_up_stores_the_userlist_secret_on_a_cluster_that_stores_the_password_oth
         assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == SEEDED_USERS
 
 
+@pytest.mark.every_engine
 def test_down_volumes_deletes_the_data_and_up_reseeds(proj: Any) -> None:
     proj.devenv("up")
     insert_user(proj)
@@ -402,6 +403,9 @@ def test_down_volumes_deletes_the_data_and_up_reseeds(proj: Any) -> None:
 
     proj.devenv("down", "--volumes")
     assert not proj.pgdata_exists(pgdata)
+    if proj.runtime == "docker":  # on every engine: no container and no volume of the stack left
+        label = {"label": f"com.docker.compose.project={proj.stack_name}"}
+        assert not proj.containers() and not proj.client().volumes.list(filters=label)
     proj.devenv("up")
     assert not user_exists(proj)
     assert count(proj, "users") == SEEDED_USERS

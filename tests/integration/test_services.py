@@ -16,6 +16,7 @@ from devenv.config import pgcatalog
 PROFILES = ["dev", "prod"]
 
 
+@pytest.mark.every_engine
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_postgres_setting_is_what_the_server_reports(running, profile: str) -> None:
     proj = running(profile)
@@ -80,6 +81,7 @@ def test_redis_refuses_clients_without_the_password(running) -> None:
         redis.Redis(port=port).ping()
 
 
+@pytest.mark.every_engine
 def test_seed_answers_jsonb_and_full_text_queries(running) -> None:
     with running("dev").connect() as conn:
         assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 8
@@ -100,6 +102,7 @@ def test_seed_answers_jsonb_and_full_text_queries(running) -> None:
         assert "tasks_search_idx" in plan
 
 
+@pytest.mark.every_engine
 def test_listen_on_direct_url_receives_notify_from_trigger(running) -> None:
     """LISTEN needs a session: it uses DIRECT_DATABASE_URL; the change goes through the pool."""
     proj = running("dev")
@@ -120,6 +123,7 @@ def test_listen_on_direct_url_receives_notify_from_trigger(running) -> None:
             app.execute("UPDATE tasks SET status = 'todo' WHERE id = %s", (task,))
 
 
+@pytest.mark.every_engine
 def test_pgbench_through_pgbouncer_with_more_clients_than_the_pool(running, tmp_path) -> None:
     """30 clients through a pool of 20: all transactions complete; Postgres never sees more than 20."""
     pgbench = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"

@@ -1,0 +1,111 @@
+"""Podman as an engine of its own (issue 18): found without DOCKER_HOST, told apart from Docker,
+and a Podman whose networks have no DNS named at once by `up` and `doctor`.
+
+The podman lane of the conftest runs the stack checks (every_engine) with DOCKER_HOST on
+Podman's socket; here `--runtime podman` finds that socket by itself. The Podman without DNS
+is real: a second API service of the same Podman (same images, same storage) whose netavark
+finds no aardvark-dns (its own helper directory holds netavark only) and keeps its networks in
+a directory and an address pool of its own, so the first service's networks are untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.integration.conftest import Project, make_project, teardown_project, use_runtime
+
+NETAVARK = ("/usr/lib/podman/netavark", "/usr/libexec/podman/netavark")
+
+
+@pytest.fixture
+def podman_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project]:
+    """A project on the podman lane (skipped, or failed in CI, when Podman's socket is not there)."""
+    proj = make_project(tmp_path / "proj", use_runtime("podman", monkeypatch), profile="ci")
+    yield proj
+    teardown_project(proj)
+
+
+def _without_engine_hints(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in ("DOCKER_HOST", "CONTAINER_HOST", "DOCKER_CONTEXT")}
+
+
+def test_runtime_podman_finds_podmans_socket_by_itself(podman_project: Project) -> None:
+    proj = podman_project
+    proj.env = _without_engine_hints(proj.env)  # neither DOCKER_HOST nor CONTAINER_HOST: found by itself
+    up = proj.devenv("up", "--runtime", "podman")
+    assert "Podman 4." in up.stderr and "podman.sock" in up.stderr, up.stderr
+    # The containers are Podman's (asked on its socket), and the pool answers: PgBouncer found postgres.
+    assert {c.labels["com.docker.compose.service"] for c in proj.containers()} == {"postgres", "pgbouncer", "redis"}
+    with proj.connect(pooled=True) as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] > 0
+    doctor = proj.devenv("doctor", "--runtime", "podman")
+    assert "ok    engine: Podman 4." in doctor.stdout and "Docker API 1.41, rootful" in doctor.stdout, doctor.stdout
+    assert "ok    engine dns: containers find each other by name" in doctor.stdout
+    assert "FAIL" not in doctor.stdout, doctor.stdout  # conmon holds the published ports: this stack's
+    down = proj.devenv("down", "--volumes", "--runtime", "podman")
+    assert "postgres" in down.stderr + down.stdout
+    assert not proj.containers()
+
+
+@pytest.fixture
+def podman_without_dns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """CONTAINER_HOST of a Podman API service whose netavark has no aardvark-dns beside it."""
+    use_runtime("podman", monkeypatch)  # the same Podman, its images loaded
+    netavark = next((p for p in NETAVARK if os.path.exists(p)), None)
+    if netavark is None or shutil.which("podman") is None:
+        pytest.skip("needs podman and netavark")
+    base = Path(f"/tmp/devenv-nodns-{os.getpid()}-{tmp_path.name[-12:]}")  # short: a unix socket path
+    (base / "helpers").mkdir(parents=True)
+    (base / "networks").mkdir()
+    os.symlink(netavark, base / "helpers" / "netavark")
+    conf = base / "containers.conf"
+    conf.write_text(
+        "[containers]\ndefault_ulimits = []\n\n"
+        f'[network]\nnetwork_backend = "netavark"\nnetwork_config_dir = "{base / "networks"}"\n'
+        'default_subnet_pools = [{"base" = "10.251.0.0/16", "size" = 24}]\n\n'
+        f'[engine]\nhelper_binaries_dir = ["{base / "helpers"}"]\n')
+    sock = base / "podman.sock"
+    env = {**_without_engine_hints(dict(os.environ)), "CONTAINERS_CONF": str(conf)}
+    with open(base / "service.log", "wb") as log:
+        service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sock.exists(), (base / "service.log").read_text()
+        yield f"unix://{sock}"
+    finally:
+        service.send_signal(signal.SIGTERM)
+        try:
+            service.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            service.kill()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_podman_without_dns_is_named_by_doctor_and_by_up_at_once(tmp_path: Path, podman_without_dns: str) -> None:
+    proj = make_project(tmp_path / "proj", "podman", profile="ci")
+    proj.env = {**_without_engine_hints(proj.env), "CONTAINER_HOST": podman_without_dns}
+    try:
+        doctor = proj.devenv("doctor", "--runtime", "podman", check=False)
+        assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+        line = next(line for line in doctor.stdout.splitlines() if line.startswith("FAIL  engine dns:"))
+        assert "aardvark-dns" in line and "apt-get install aardvark-dns" in line, line
+        # `up` says the same as soon as PgBouncer fails to resolve postgres, not after the 60 s timeout.
+        started = time.monotonic()
+        up = proj.devenv("up", "--runtime", "podman", check=False)
+        assert up.returncode == 4, up.stderr
+        assert "error: PgBouncer cannot reach postgres by name" in up.stderr and "aardvark-dns" in up.stderr, up.stderr
+        assert "hint: install aardvark-dns" in up.stderr and "Traceback" not in up.stderr
+        assert time.monotonic() - started < 45, "named after the health timeout, not at once"
+    finally:
+        proj.devenv("down", "--volumes", "--runtime", "podman", check=False)
