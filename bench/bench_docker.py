@@ -13,7 +13,10 @@ Rounds are interleaved; medians are printed with the ratios against the targets:
 first-ever < 1.5x testcontainers (else the `docker run` baseline); existing volumes < 1 s; from
 the cache, testcontainers / devenv >= 5x.
 
-    python bench/bench_docker.py [--runs 3] [--profile dev]
+    python bench/bench_docker.py [--runs 3] [--profile dev] [--docker-host unix:///run/podman/podman.sock]
+
+Another engine (Podman, a remote one): --docker-host, or DOCKER_HOST; devenv and testcontainers
+then both talk to it.
 
 Images: DEVENV_*_IMAGE if set, else the local test images (devenv-test/*, .ci/images/build.sh)
 when devenv.yaml's are absent.
@@ -226,7 +229,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", default="dev")
+    parser.add_argument("--docker-host", help="the engine to measure on (DOCKER_HOST for devenv and testcontainers)")
     args = parser.parse_args()
+    if args.docker_host:
+        os.environ["DOCKER_HOST"] = args.docker_host  # the devenv processes and testcontainers inherit it
 
     from devenv.runtime.dockerapi import connect
     from devenv.runtime.engine import find_endpoint, no_engine_error
@@ -238,7 +244,9 @@ def main() -> None:
     client = connect(endpoint)
     images = choose_images(client)
     pg_image = images["DEVENV_POSTGRES_IMAGE"]
-    print(f"engine {client.api.version().get('Version')} (API {client.api.api_version}) at {endpoint.host}; "
+    from devenv.runtime.engines import engine_facts
+
+    print(f"engine {engine_facts(client).name} (API {client.api.api_version}) at {endpoint.host}; "
           f"images {', '.join(images.values())}; profile {args.profile}; {args.runs} interleaved rounds")
 
     samples: dict[str, list[float]] = {}

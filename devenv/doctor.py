@@ -59,6 +59,11 @@ def run_checks(stack: "Stack", runtime: "Runtime", requested: str = "auto",
     from devenv.state import read_state
 
     env = dict(os.environ if env is None else env)
+    if requested == "podman":  # every question to the engine below goes to Podman's socket
+        from devenv.runtime.engines import find_podman
+
+        podman = find_podman(env)
+        env["DOCKER_HOST"] = podman.host if podman is not None else env.get("DOCKER_HOST", "")
     # A stack that `up` recorded on Docker needs the engine as much as `--runtime docker` does.
     on_docker = requested == "docker" or read_state(stack.state_dir).get("runtime") == "docker"
     checks = [docker_check(env, "docker" if on_docker and requested != "podman" else requested)]
