@@ -112,6 +112,12 @@ def bench_docker_run(client: Any, image: str) -> tuple[float, float]:
 def bench_testcontainers(image: str) -> float | None:
     """PostgresContainer(image) started until a first connection; None without testcontainers."""
     os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # Ryuk's image cannot be pulled here
+    if os.environ.get("DOCKER_HOST", "unix://").startswith("unix://"):
+        # A local engine: its ports are on this machine. testcontainers 4, finding itself in a
+        # container (this machine), would ask for the container's gateway, which Podman's compat
+        # API lists without HostConfig.
+        os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+        os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
     try:
         import warnings
 

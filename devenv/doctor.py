@@ -169,7 +169,7 @@ def engine_checks(stack: "Stack", env: Mapping[str, str], requested: str) -> lis
         return []
     try:
         client = connect(endpoint)
-        facts = engine_facts(client)
+        facts = engine_facts(client, backend=True)
     except Exception as exc:  # a finding, not a crash
         return [Check("engine", FAIL, f"cannot ask the engine at {endpoint.host}: {exc}")]
     api = tuple(int(p) for p in re.findall(r"\d+", facts.api_version)[:2])

@@ -68,7 +68,7 @@ from devenv.runtime.dockerdata import (
 )
 from devenv.runtime.dockerfiles import has_files, parsed, reloadable, remember_render, rendered, write_in_place
 from devenv.runtime.engine import Endpoint, find_endpoint, no_engine_error
-from devenv.runtime.engines import EngineFacts, dns_error, engine_facts, probe_dns, selinux_binds
+from devenv.runtime.engines import EngineFacts, dns_error, engine_facts, lookup_failure, selinux_binds
 from devenv.runtime.plan import (
     PROGRAMS,
     has_password,
@@ -564,10 +564,10 @@ class DockerRuntime:
         except NotFound:
             return None if service in self._removed_tails else "is gone (its container was removed)"
         state = container.attrs.get("State", {})
-        if service == "pgbouncer" and not self._dns_checked and "DNS lookup failed" in logs(container, tail=20):
-            self._dns_checked = True  # Podman without DNS: say so now, not after the 60 s timeout
-            networks = list((container.attrs.get("NetworkSettings") or {}).get("Networks") or {})
-            if gap := probe_dns(self.client(), self.facts(), stack.postgres.image, networks[0] if networks else None):
+        if service == "pgbouncer" and not self._dns_checked and self.facts().kind == "podman":
+            # Podman without DNS: say so now, not after the 60 s timeout
+            self._dns_checked, gap = lookup_failure(self.client(), self.facts(), container, stack.postgres.image)
+            if gap:
                 raise dns_error(gap)
         if state.get("Status") in ("exited", "dead"):
             reason = f"exited with code {state.get('ExitCode')}"

@@ -41,20 +41,19 @@ def test_runtime_podman_without_a_socket_names_where_it_looked(monkeypatch: pyte
 
 class _Api:
     base_url = "http+docker://localhost"
-    api_version = "1.41"
 
-    def __init__(self, version: dict[str, Any], libpod: dict[str, Any]) -> None:
-        self._version, self._libpod = version, libpod
+    def __init__(self, ping: dict[str, str], api_version: str, libpod: dict[str, Any]) -> None:
+        self._ping, self.api_version, self._libpod = ping, api_version, libpod
         self.asked: list[str] = []
 
-    def version(self) -> dict[str, Any]:
-        return self._version
-
     def get(self, url: str, timeout: float) -> Any:
-        self.asked.append(url)
-        libpod = self._libpod
+        self.asked.append(url[len(self.base_url):])
+        headers, libpod = self._ping, self._libpod
 
         class Response:
+            def __init__(self) -> None:
+                self.headers = headers
+
             def raise_for_status(self) -> None:
                 pass
 
@@ -65,25 +64,28 @@ class _Api:
 
 
 class _Client:
-    def __init__(self, version: dict[str, Any], info: dict[str, Any], libpod: dict[str, Any] | None = None) -> None:
-        self.api, self._info = _Api(version, libpod or {}), info
+    def __init__(self, ping: dict[str, str], api_version: str, info: dict[str, Any],
+                 libpod: dict[str, Any] | None = None) -> None:
+        self.api, self._info = _Api(ping, api_version, libpod or {}), info
 
     def info(self) -> dict[str, Any]:
         return self._info
 
 
-def test_podman_is_told_from_docker_by_its_version_components() -> None:
-    podman = _Client({"Version": "4.3.1", "ApiVersion": "1.41", "Components": [{"Name": "Podman Engine"}]},
-                     {"SecurityOptions": ["name=seccomp,profile=default"]},
-                     {"host": {"networkBackend": "netavark", "security": {"rootless": True, "selinuxEnabled": True}}})
+def test_podman_is_told_from_docker_by_its_ping_headers() -> None:
+    podman = _Client({"Libpod-Api-Version": "4.3.1", "Server": "Libpod/4.3.1 (linux)", "Api-Version": "1.41"}, "1.41",
+                     {"SecurityOptions": ["name=seccomp,profile=default", "name=rootless", "name=selinux"]},
+                     {"host": {"networkBackend": "netavark"}})
     facts = engine_facts(podman)  # type: ignore[arg-type]
-    assert facts == EngineFacts("podman", "4.3.1", "1.41", rootless=True, selinux=True, network_backend="netavark")
-    assert facts.name == "Podman 4.3.1" and podman.api.asked == ["http+docker://localhost/v4.0.0/libpod/info"]
-    docker = _Client({"Version": "27.1.1", "ApiVersion": "1.46", "Components": [{"Name": "Engine"}]},
+    assert facts == EngineFacts("podman", "4.3.1", "1.41", rootless=True, selinux=True)
+    assert facts.name == "Podman 4.3.1" and podman.api.asked == ["/_ping"], "Podman's slow /version is not asked"
+    assert engine_facts(podman, backend=True).network_backend == "netavark"  # type: ignore[arg-type]
+    assert podman.api.asked[-1] == "/v4.0.0/libpod/info"
+    docker = _Client({"Server": "Docker/27.1.1 (linux)", "Api-Version": "1.46"}, "1.46",
                      {"SecurityOptions": ["name=apparmor", "name=rootless"]})
-    facts = engine_facts(docker)  # type: ignore[arg-type]
+    facts = engine_facts(docker, backend=True)  # type: ignore[arg-type]
     assert facts == EngineFacts("docker", "27.1.1", "1.46", rootless=True, selinux=False)
-    assert docker.api.asked == [], "Docker is not asked Podman's own API"
+    assert docker.api.asked == ["/_ping"], "Docker is not asked Podman's own API"
 
 
 def test_only_rootless_podman_needs_the_files_copied_in() -> None:
