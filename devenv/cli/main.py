@@ -491,7 +491,7 @@ def status(profile: str, config_path: str | None, runtime: str, as_json: bool) -
     else:
         for row in rows:
             extra = f"  ({row['problem']})" if row["problem"] else ""
-            click.echo(f"{row['service']:<10} {row['state']:<12} {row['health']:<10} 127.0.0.1:{row['port']}{extra}")
+            click.echo(f"{row['service']:<10} {row['state']:<12} {row['health']:<10} {stack.host}:{row['port']}{extra}")
         for line in status_view.format_report(report):  # the monitoring view, then the steps
             click.echo(line)
     if any(row["health"] != "healthy" for row in rows):

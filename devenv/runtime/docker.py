@@ -67,7 +67,7 @@ from devenv.runtime.dockerdata import (
 )
 from devenv.runtime.delivery import deliver, write_reload
 from devenv.runtime.dockerfiles import has_files, parsed, reloadable, remember_render, rendered
-from devenv.runtime.engine import Endpoint, copies_files, find_endpoint, no_engine_error, reach
+from devenv.runtime.engine import Endpoint, copies_files, find_endpoint, no_engine_error, reach, refuse_ssh
 from devenv.runtime.plan import (
     PROGRAMS,
     has_password,
@@ -137,9 +137,11 @@ class DockerRuntime:
     def endpoint(self) -> Endpoint:
         """The engine this runtime talks to (DependencyError when nothing suggests one)."""
         if self._endpoint is None:
-            self._endpoint = find_endpoint(self.env)
-            if self._endpoint is None:
+            found = find_endpoint(self.env)
+            if found is None:
                 raise no_engine_error(self.env)
+            refuse_ssh(found, self.env)  # before any connection (and every time): its ports would need forwarding
+            self._endpoint = found
         return self._endpoint
 
     def client(self) -> DockerClient:

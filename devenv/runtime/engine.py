@@ -207,6 +207,18 @@ def copies_files(endpoint: Endpoint, env: Mapping[str, str]) -> bool:
     return mode == "copy" if mode else is_remote(endpoint)
 
 
+def refuse_ssh(endpoint: Endpoint, env: Mapping[str, str]) -> None:
+    """DependencyError for an ssh:// engine without DEVENV_HOST_OVERRIDE: its ports would have to
+    be forwarded through the SSH connection, which devenv does not do yet."""
+    if endpoint.host.startswith("ssh://") and not env.get(HOST_OVERRIDE, "").strip():
+        raise DependencyError(
+            f"the Docker engine at {endpoint.host} is reached over SSH, and devenv does not forward the "
+            "stack's ports through SSH yet",
+            hint=f"point DOCKER_HOST at the engine's tcp:// address, or set {HOST_OVERRIDE}=<the engine "
+            "host's address as this machine reaches it> (the ports are then published on that address).",
+        )
+
+
 def reach(endpoint: Endpoint, env: Mapping[str, str]) -> tuple[str, str]:
     """(the host this machine reaches the stack's published ports at, the IPv4 address they bind
     on); ("", "") for an engine of this machine: 127.0.0.1 both, as ever.
@@ -219,13 +231,7 @@ def reach(endpoint: Endpoint, env: Mapping[str, str]) -> tuple[str, str]:
     override = env.get(HOST_OVERRIDE, "").strip()
     if not override and not is_remote(endpoint):
         return "", ""
-    if not override and endpoint.host.startswith("ssh://"):
-        raise DependencyError(
-            f"the Docker engine at {endpoint.host} is reached over SSH, and devenv does not forward the "
-            "stack's ports through SSH yet",
-            hint=f"point DOCKER_HOST at the engine's tcp:// address, or set {HOST_OVERRIDE}=<the engine "
-            "host's address as this machine reaches it> (the ports are then published on that address).",
-        )
+    refuse_ssh(endpoint, env)
     host = override or engine_host(endpoint) or ""
     try:
         infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)

@@ -8,8 +8,13 @@ Docker: the images are devenv.yaml's, or the local test images built by .ci/imag
 absent and the test images exist. Each throwaway project gets its own `project:` name, so
 its containers, network and volumes are its own; teardown removes them by label.
 
-Marker: `native_only(reason)` skips a test of native internals (pid files, unix sockets in
-run/) on the other runtimes.
+Engine lanes: "remote" runs the Docker runtime against another engine (DOCKER_HOST=
+$DEVENV_TEST_REMOTE_DOCKER_HOST: .ci/remote-engine-up.sh's dockerd in a network namespace, which
+sees none of this machine's files). Its Project has runtime "docker" and `engine` "remote".
+Only tests marked `every_engine` run in such a lane (the others are deselected).
+
+Markers: `native_only(reason)` skips a test of native internals (pid files, unix sockets in
+run/) on the other runtimes; `every_engine` runs a test in every engine lane too.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ from devenv.config.resolve import build_stack
 from tests.conftest import KEPT_ENV
 
 REPO = Path(__file__).resolve().parents[2]
-RUNTIMES = ["native", "docker"]
+RUNTIMES = ["native", "docker", "remote"]
+# Lanes of the Docker runtime on another engine: lane -> its DOCKER_HOST ("" when not configured).
+ENGINE_LANES = {"remote": os.environ.get("DEVENV_TEST_REMOTE_DOCKER_HOST", "")}
 # Built by .ci/images/build.sh from Debian packages; they honour the official images' contracts.
 TEST_IMAGES = {
     "DEVENV_POSTGRES_IMAGE": "devenv-test/postgres:15",
@@ -49,28 +56,36 @@ SERVER_COMMS = {"postgres", "pgbouncer", "redis-server", "initdb"}
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "native_only(reason): tests native internals; skipped on other runtimes")
+    config.addinivalue_line("markers", "every_engine: also runs in the engine lanes (remote), not only native and docker")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    deselected, kept = [], []
     for item in items:
         runtime = getattr(getattr(item, "callspec", None), "params", {}).get("runtime")
-        if runtime is None:
+        if runtime in ENGINE_LANES and item.get_closest_marker("every_engine") is None:
+            deselected.append(item)  # an engine lane runs only the stack checks: CI time grows by those
             continue
+        kept.append(item)
         native_only = item.get_closest_marker("native_only")
-        if native_only and runtime != "native":
+        if native_only and runtime is not None and runtime != "native":
             item.add_marker(pytest.mark.skip(reason=f"native internals: {native_only.kwargs.get('reason', '')}"))
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 # ---- Docker: the engine, the images, the containers of a project --------------------------------
 
 
 @functools.lru_cache(maxsize=None)
-def docker_client() -> Any:
-    """A docker SDK client for the engine devenv would use (DependencyError when none answers)."""
+def docker_client(host: str = "") -> Any:
+    """A docker SDK client for the engine at `host` (an engine lane's DOCKER_HOST), else the one
+    devenv would use (DependencyError when none answers)."""
     from devenv.runtime.dockerapi import connect
-    from devenv.runtime.engine import find_endpoint, no_engine_error
+    from devenv.runtime.engine import Endpoint, find_endpoint, no_engine_error
 
-    endpoint = find_endpoint()
+    endpoint = Endpoint(host, "DOCKER_HOST") if host else find_endpoint()
     if endpoint is None:
         raise no_engine_error(os.environ)
     return connect(endpoint, timeout=120)
@@ -87,11 +102,11 @@ def _image_present(client: Any, image: str) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def docker_images() -> tuple[tuple[str, str], ...]:
-    """DEVENV_*_IMAGE overrides for the docker runtime: the local test images, or none."""
+def docker_images(host: str = "") -> tuple[tuple[str, str], ...]:
+    """DEVENV_*_IMAGE overrides for the docker runtime (on the engine at `host`): the local test images, or none."""
     if os.environ.get("DEVENV_TEST_DOCKER_IMAGES", "") not in ("", "0"):
         return tuple(TEST_IMAGES.items())
-    client = docker_client()
+    client = docker_client(host)
     config = load_config(REPO / "devenv.yaml", env={})
     official = [service.image for service in config.services.values()]
     if all(_image_present(client, image) for image in official):
@@ -101,10 +116,10 @@ def docker_images() -> tuple[tuple[str, str], ...]:
     return ()
 
 
-def docker_teardown(project_name: str) -> None:
+def docker_teardown(project_name: str, host: str = "") -> None:
     """Remove every container, network and volume labelled with a (throwaway) project name."""
     try:
-        client = docker_client()
+        client = docker_client(host)
     except Exception:  # no engine: nothing of ours can exist
         return
     label = {"label": f"dev.devenv.project={project_name}"}
@@ -143,6 +158,12 @@ class Project:
     runtime: str
     profile: str = "dev"
     env: dict[str, str] = field(default_factory=dict)
+    engine: str = ""  # docker: the lane's engine ("docker", "remote"); "" natively
+
+    @property
+    def docker_host(self) -> str:
+        """The engine lane's DOCKER_HOST; "" for the engine devenv finds itself."""
+        return ENGINE_LANES.get(self.engine, "")
 
     def devenv(self, *args: str, check: bool = True, timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess[str]:
         """Run `python -m devenv ARGS` in the project; `check` asserts exit code 0."""
@@ -184,8 +205,9 @@ class Project:
         """A psycopg connection as devenv's own superuser (the application role is none)."""
         import psycopg
 
-        pg = self.stack().postgres
-        return psycopg.connect(host="127.0.0.1", port=pg.port, user=pg.admin_user, password=pg.admin_password,
+        stack = self.stack()
+        pg = stack.postgres
+        return psycopg.connect(host=stack.host, port=pg.port, user=pg.admin_user, password=pg.admin_password,
                                dbname=dbname, **kwargs)
 
     def redis(self):  # type: ignore[no-untyped-def]
@@ -223,7 +245,7 @@ class Project:
     def containers(self, running_only: bool = False) -> list[Any]:
         """This project's containers for its profile (docker runtime), found by Compose's labels."""
         filters = {"label": f"com.docker.compose.project={self.stack_name}"}
-        return docker_client().containers.list(all=not running_only, filters=filters)
+        return docker_client(self.docker_host).containers.list(all=not running_only, filters=filters)
 
     def container(self, service: str) -> Any:
         """The container of one service (docker runtime); fails the test if there is none."""
@@ -246,14 +268,16 @@ class Project:
 
     def listen_port(self, service: str) -> int:
         """The port the server itself listens on: the stack's port natively; in Docker the
-        container port that is published on the stack's port (127.0.0.1 only)."""
-        port = getattr(self.stack(), service).port
+        container port that is published on the stack's port (on 127.0.0.1 only, or a remote
+        engine's address)."""
+        stack = self.stack()
+        port, address = getattr(stack, service).port, stack.bind_address
         if self.runtime == "native":
             return port
         bindings = self.container(service).attrs["HostConfig"]["PortBindings"] or {}
         inside = [int(key.split("/")[0]) for key, binds in bindings.items()
-                  if any(b["HostPort"] == str(port) and b["HostIp"] == "127.0.0.1" for b in binds or [])]
-        assert len(inside) == 1, f"{service}: no single container port published on 127.0.0.1:{port}: {bindings}"
+                  if any(b["HostPort"] == str(port) and b["HostIp"] == address for b in binds or [])]
+        assert len(inside) == 1, f"{service}: no single container port published on {address}:{port}: {bindings}"
         return inside[0]
 
     def server_processes(self) -> list[int]:
@@ -286,7 +310,7 @@ class Project:
             from docker.errors import NotFound
 
             try:
-                docker_client().volumes.get(location.split(":", 1)[1])
+                docker_client(self.docker_host).volumes.get(location.split(":", 1)[1])
                 return True
             except NotFound:
                 return False
@@ -300,7 +324,7 @@ class Project:
             return _native_postmasters(self.pgdata())
         location = self.pgdata()
         out = []
-        for container in docker_client().containers.list(filters={"status": "running"}):
+        for container in docker_client(self.docker_host).containers.list(filters={"status": "running"}):
             mounts = container.attrs["Mounts"]
             same_volume = location.startswith("volume:") and any(m.get("Name") == location[7:] for m in mounts)
             same_stack = container.labels.get("com.docker.compose.project") == self.stack_name \
@@ -364,14 +388,17 @@ def _engine_available(runtime: str) -> str | None:
     if runtime == "native":
         missing = [p for p in ("pgbouncer", "redis-server") if not shutil.which(p, path=os.environ.get("PATH", "") + ":/usr/sbin")]
         return f"missing {', '.join(missing)}" if missing else None
-    if runtime == "docker":
+    if runtime in ("docker", *ENGINE_LANES):
         from devenv.errors import DevenvError
 
+        host = ENGINE_LANES.get(runtime, "")
+        if runtime in ENGINE_LANES and not host:
+            return f"no engine for the {runtime} lane (run .ci/{runtime}-engine-up.sh and export what it prints)"
         try:
-            client = docker_client()  # pings the engine
+            client = docker_client(host)  # pings the engine
         except DevenvError as exc:
             return exc.message
-        images = dict(docker_images()) or {
+        images = dict(docker_images(host)) or {
             f"DEVENV_{name.upper()}_IMAGE": service.image
             for name, service in load_config(REPO / "devenv.yaml", env={}).services.items()}
         missing = [image for image in images.values() if not _image_present(client, image)]
@@ -388,9 +415,11 @@ def use_runtime(name: str, monkeypatch: pytest.MonkeyPatch) -> str:
         if os.environ.get("CI"):
             pytest.fail(f"{name} runtime unavailable in CI: {reason}")
         pytest.skip(f"{name} runtime unavailable: {reason}")
-    if name == "docker":
-        for var, image in docker_images():  # also for what a test starts itself (pytester, the API)
+    if name == "docker" or name in ENGINE_LANES:
+        for var, image in docker_images(ENGINE_LANES.get(name, "")):  # also for what a test starts itself
             monkeypatch.setenv(var, image)
+    if name in ENGINE_LANES:
+        monkeypatch.setenv("DOCKER_HOST", ENGINE_LANES[name])
     return name
 
 
@@ -404,8 +433,11 @@ def make_project(base: Path, runtime: str, profile: str = "dev") -> Project:
     """Copy devenv.yaml and seeds/ into `base` and give the stack free ports.
 
     On Docker the project also gets its own name: container, network and volume names derive
-    from it, and two throwaway projects must not share them.
+    from it, and two throwaway projects must not share them. An engine lane ("remote") is the
+    docker runtime with that lane's DOCKER_HOST.
     """
+    engine = runtime if runtime in ENGINE_LANES else ("docker" if runtime == "docker" else "")
+    runtime = "docker" if engine else runtime
     base.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "devenv.yaml", base / "devenv.yaml")
     shutil.copytree(REPO / "seeds", base / "seeds")
@@ -421,20 +453,22 @@ def make_project(base: Path, runtime: str, profile: str = "dev") -> Project:
         "DEVENV_PGBOUNCER_PORT": str(ports[1]),
         "DEVENV_REDIS_PORT": str(ports[2]),
     })
+    if engine in ENGINE_LANES:
+        env["DOCKER_HOST"] = ENGINE_LANES[engine]
     if runtime == "docker":
-        env.update(dict(docker_images()))
+        env.update(dict(docker_images(ENGINE_LANES.get(engine, ""))))
         config = base / "devenv.yaml"
         text = config.read_text()
         config.write_text(re.sub(r"^project:\s*(\S+)", lambda m: f"project: {m.group(1)}-t{uuid.uuid4().hex[:8]}",
                                  text, count=1, flags=re.M))
-    return Project(root=base, runtime=runtime, profile=profile, env=env)
+    return Project(root=base, runtime=runtime, profile=profile, env=env, engine=engine)
 
 
 def teardown_project(proj: Project) -> None:
     """`down --volumes`, then (Docker) remove whatever still carries the project's label."""
     proj.devenv("down", "--volumes", check=False)
     if proj.runtime == "docker":
-        docker_teardown(proj.project_name)
+        docker_teardown(proj.project_name, proj.docker_host)
 
 
 @pytest.fixture

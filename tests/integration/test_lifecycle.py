@@ -394,6 +394,7 @@ def test_up_stores_the_userlist_secret_on_a_cluster_that_stores_the_password_oth
         assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == SEEDED_USERS
 
 
+@pytest.mark.every_engine
 def test_down_volumes_deletes_the_data_and_up_reseeds(proj: Any) -> None:
     proj.devenv("up")
     insert_user(proj)
@@ -696,6 +697,7 @@ def test_reset_hard_named_by_the_hint_rebuilds_from_the_changed_files(proj: Any)
 # ---- 10. changed settings -----------------------------------------------------------------------
 
 
+@pytest.mark.every_engine
 def test_changed_settings_restart_or_reload_only_their_service(proj: Any) -> None:
     proj.devenv("up")
     start = server_pids(proj)

@@ -27,6 +27,7 @@ def _dirty(proj) -> None:
     proj.redis().set("dirty", "1")
 
 
+@pytest.mark.every_engine
 @pytest.mark.parametrize("strategy", ["auto", "restore", "clone", "copy"])
 def test_cli_reset_restores_the_seeded_state(project, strategy: str) -> None:
     project.devenv("up")

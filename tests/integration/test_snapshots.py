@@ -85,6 +85,7 @@ def test_invalid_names_are_config_errors(name: str) -> None:
 # ---- snapshots ----------------------------------------------------------------------------------
 
 
+@pytest.mark.every_engine
 def test_snapshot_restore_gives_the_saved_data(project: Any, seeded_task_title: str) -> None:
     _change(project, "kept")
     saved = _rows(project)
@@ -211,6 +212,7 @@ def test_template_rebuild_and_sweep_never_drop_snapshots(project: Any) -> None:
 # ---- dump and restore ---------------------------------------------------------------------------
 
 
+@pytest.mark.every_engine
 def test_dump_down_volumes_up_restore_gives_the_same_rows(project: Any, seeded_task_title: str) -> None:
     _change(project, "dumped")
     dumped = _rows(project)
