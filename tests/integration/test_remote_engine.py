@@ -87,3 +87,25 @@ def test_ssh_engine_without_an_override_is_refused_with_a_hint(tmp_path: Path) -
     proc = proj.devenv("up", "--runtime", "docker", check=False)
     assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stderr  # DependencyError
     assert "does not forward the stack's ports through SSH" in proc.stderr and "hint:" in proc.stderr
+
+
+def test_files_mode_switch_on_a_local_engine_recreates_with_copies_then_mounts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_runtime("docker", monkeypatch)
+    proj = make_project(tmp_path / "proj", "docker", profile="ci")
+    try:
+        proj.env["DEVENV_DOCKER_FILES"] = "copy"
+        proj.devenv("up")
+        mounts = {m["Type"] for m in proj.container("postgres").attrs["Mounts"]}
+        assert "bind" not in mounts and proj.stack().host == "127.0.0.1"  # a local engine stays on 127.0.0.1
+        with proj.connect() as conn:
+            assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+        proj.env["DEVENV_DOCKER_FILES"] = "mount"
+        second = proj.devenv("up")
+        assert "nothing changed" not in second.stderr
+        assert "bind" in {m["Type"] for m in proj.container("postgres").attrs["Mounts"]}
+        proj.env["DEVENV_DOCKER_FILES"] = "sideways"
+        bad = proj.devenv("up", check=False)
+        assert bad.returncode == 3 and "DEVENV_DOCKER_FILES" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        teardown_project(proj)
