@@ -673,7 +673,7 @@ def redis_cli(profile: str, config_path: str | None, args: tuple[str, ...]) -> N
         raise DependencyError("redis-cli not found on PATH",
                               hint="install it: `apt-get install redis-tools` or `brew install redis`.")
     env = dict(os.environ, REDISCLI_AUTH=stack.redis.password)  # not on the command line, where ps shows it
-    os.execve(binary, [binary, "-h", "127.0.0.1", "-p", str(stack.redis.port), *args], env)
+    os.execve(binary, [binary, "-h", stack.host, "-p", str(stack.redis.port), *args], env)
 
 
 def run() -> NoReturn:

@@ -161,3 +161,19 @@ def test_delivery_gives_the_files_to_the_servers_user_keys_0600(project: Path, t
     deliver(FakeClient(container, "70:70"), "id", specs["pgbouncer"])
     with tarfile.open(fileobj=io.BytesIO(container.put[0][1])) as tar:
         assert {(m.uid, m.gid) for m in tar.getmembers()} == {(70, 70)}
+
+
+def test_doctor_leaves_this_machines_ports_alone_for_a_remote_engine(project: Path) -> None:
+    import socket
+
+    from devenv.doctor import OK, port_checks
+
+    stack = build_stack(load_config(project / "devenv.yaml", {}), "dev").replace(reach_host="docker", bind_ip="10.0.0.9")
+    with socket.socket() as held:  # a local program on the port: not the remote stack's business
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        stack = stack.replace(postgres=stack.postgres.replace(port=held.getsockname()[1]))
+        checks = port_checks(stack, [], "docker")
+        assert port_checks(stack.replace(reach_host="", bind_ip=""), [], "docker")[0].status != OK  # locally: seen
+    assert [c.status for c in checks] == [OK, OK, OK]
+    assert "10.0.0.9" in checks[0].detail and "docker" in checks[0].detail
