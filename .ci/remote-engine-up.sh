@@ -40,6 +40,11 @@ ip link set "$HOST_IF" up
 ip netns exec "$NS" sh -c "ip addr show dev $NS_IF | grep -q '$NS_ADDR/' || ip addr add $NS_ADDR/30 dev $NS_IF"
 ip netns exec "$NS" ip link set "$NS_IF" up
 
+# Only this machine's own processes reach the namespace: traffic forwarded into the veth (from
+# any engine's containers, which are masqueraded as this host) is dropped first thing, as the
+# engine's API is plain TCP without authentication.
+iptables -C FORWARD -o "$HOST_IF" -j DROP 2>/dev/null || iptables -I FORWARD 1 -o "$HOST_IF" -j DROP
+
 answers() { DOCKER_HOST="$ENDPOINT" timeout 5 docker info >/dev/null 2>&1; }
 
 # 2. The daemon: its own data, exec root, pid file and socket; its bridges on subnets of
