@@ -26,8 +26,10 @@ _POLL = 0.02  # an idle pool answers PAUSE in a few ms
 PAUSE_GRACE = 2.0
 # How long PAUSE waits for PgBouncer's logins to the database in progress to finish: PAUSE closes a
 # login in progress, and PgBouncer then fails every client of the pool until a login succeeds
-# ("server login has been failing, try again later (server_login_retry)").
-LOGIN_WAIT = 1.0
+# ("server login has been failing, try again later (server_login_retry)"). A login includes
+# PgBouncer's DNS lookup of the server (Docker's embedded DNS, every dns_max_ttl), which a busy
+# engine answers slowly: 1 s was too short once in CI (two failed queries beside resets).
+LOGIN_WAIT = 5.0
 
 
 class Console:
