@@ -19,7 +19,8 @@ Another engine (Podman, a remote one): --docker-host, or DOCKER_HOST; devenv and
 then both talk to it.
 
 Images: DEVENV_*_IMAGE if set, else the local test images (devenv-test/*, .ci/images/build.sh)
-when devenv.yaml's are absent.
+when devenv.yaml's are absent. The engine is the one devenv finds (DOCKER_HOST honoured): on a
+remote engine the baselines publish and connect on its host, as devenv does (engine.reach).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+# Where the engine's published ports are reached and bound: 127.0.0.1, or a remote engine's (main sets it).
+REACH = {"host": "127.0.0.1", "ip": "127.0.0.1"}
 TEST_IMAGES = {
     "DEVENV_POSTGRES_IMAGE": "devenv-test/postgres:15",
     "DEVENV_PGBOUNCER_IMAGE": "devenv-test/pgbouncer:1.18",
@@ -64,7 +67,7 @@ def first_connection(port: int, user: str, password: str, timeout: float = 60.0)
     deadline = time.monotonic() + timeout
     while True:
         try:
-            psycopg.connect(host="127.0.0.1", port=port, user=user, password=password, dbname="postgres",
+            psycopg.connect(host=REACH["host"], port=port, user=user, password=password, dbname="postgres",
                             connect_timeout=1).close()
             return
         except psycopg.OperationalError:
@@ -95,7 +98,7 @@ def bench_docker_run(client: Any, image: str) -> tuple[float, float]:
     port = free_ports(1)[0]
     start = time.perf_counter()
     container = client.containers.run(image, detach=True, environment={"POSTGRES_PASSWORD": "bench"},
-                                      ports={"5432/tcp": ("127.0.0.1", port)}, labels={"dev.devenv.project": "bench"})
+                                      ports={"5432/tcp": (REACH["ip"], port)}, labels={"dev.devenv.project": "bench"})
     try:
         first_connection(port, "postgres", "bench")
         fresh = time.perf_counter() - start
@@ -241,12 +244,14 @@ def main() -> None:
         os.environ["DOCKER_HOST"] = args.docker_host  # the devenv processes and testcontainers inherit it
 
     from devenv.runtime.dockerapi import connect
-    from devenv.runtime.engine import find_endpoint, no_engine_error
+    from devenv.runtime.engine import find_endpoint, no_engine_error, reach
 
     endpoint = find_endpoint()
     if endpoint is None:
         print(f"no Docker engine: {no_engine_error(os.environ).message}")
         return
+    host, ip = reach(endpoint, os.environ)
+    REACH.update({"host": host, "ip": ip} if host else {})
     client = connect(endpoint)
     images = choose_images(client)
     pg_image = images["DEVENV_POSTGRES_IMAGE"]

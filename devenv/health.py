@@ -1,8 +1,9 @@
 """Health checks through real clients, knowing nothing about how the services were started.
 
-Each check talks to 127.0.0.1 on the ports of the Stack: Postgres liveness (`SELECT 1`) and
-readiness (CON-003's connection threshold), a real query through PgBouncer with the
-application's credentials plus `SHOW VERSION` on its admin console, and Redis `PING`.
+Each check talks to the Stack's host (127.0.0.1, or a remote engine's) on its ports: Postgres
+liveness (`SELECT 1`) and readiness (CON-003's connection threshold), a real query through
+PgBouncer with the application's credentials plus `SHOW VERSION` on its admin console, and
+Redis `PING`.
 `wait_until_healthy` polls them about every 100 ms until a deadline; a server that is merely
 not up yet (connection refused, "starting up") is asked again every 10 ms instead, so it is
 found healthy within ~10 ms of being ready rather than up to 100 ms later.

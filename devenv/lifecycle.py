@@ -13,6 +13,7 @@ from devenv import health
 from devenv.errors import HealthCheckError
 from devenv.runtime.base import Runtime, UpResult
 from devenv.runtime.ports import reserve_ports
+from devenv.config.identity import record_reach
 from devenv.config.stack import Stack
 from devenv.state import clear_state, dead_scratch_owners, forget_scratch_owners, locked, write_state
 
@@ -76,6 +77,8 @@ def up(
     with contextlib.ExitStack() as scope:
         scope.enter_context(locked(stack.state_dir, on_wait=say))
         stack = runtime.identify(stack)
+        # Where its ports are reached, for the commands after this one (they build the Stack from it).
+        record_reach(stack.state_dir, stack.root, stack.reach_host, stack.bind_ip)
         running = {state.name: state.port for state in runtime.states(stack) if state.running}
         stack = reserve_ports(stack, runtime.name, running, say)
         scope.enter_context(_stop_started_on_failure(stack, runtime, say))
@@ -227,7 +230,9 @@ def up(
             write_state(stack.state_dir, {
                 "fingerprint": fingerprint() if callable(fingerprint) else fingerprint,
                 "runtime": runtime.name,
+                "engine": runtime.engine_host(),  # where `auto` looks for the stack's containers again
                 "ports": [s.port for s in stack.services],
+                "host": stack.host,  # where the ports are reached: 127.0.0.1 or a remote engine's host
                 "urls": stack.urls(),
                 # For the fast no-op path: checked against /proc without loading the runtime.
                 "processes": {s.name: [s.pid, s.process_name] for s in runtime.states(stack) if s.pid},

@@ -181,7 +181,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     if (
         recorded.get("fingerprint") == fingerprint(root, config, profile, options)
         and processes_alive(recorded.get("processes", {}))
-        and _recorded_ports_answer(recorded.get("ports"), ports_answer)
+        and _recorded_ports_answer(recorded.get("ports"), ports_answer, recorded.get("host"))
         and not dead_scratch_owners(state_dir)  # a killed command's scratch databases: the full path sweeps them
         # A PAUSE whose devenv was killed: the full path RESUMEs it (one listdir when there is none).
         and all(alive for *_, alive in pause_notes(state_dir))
@@ -267,9 +267,9 @@ def _recorded_env_file_ok(env_file: Any) -> bool:
             and relative_parts(env_file["path"]) is not None and isinstance(env_file.get("block"), str))
 
 
-def _recorded_ports_answer(ports: Any, answer: Callable[[list[int]], bool]) -> bool:
-    """The no-op `up`'s look at the recorded ports; False for a damaged record."""
-    return isinstance(ports, list) and all(type(p) is int and 0 < p < 65536 for p in ports) and answer(ports)
+def _recorded_ports_answer(ports: Any, answer: Callable[..., bool], host: Any = None) -> bool:
+    """The no-op `up`'s look at the recorded ports on the recorded host; False for a damaged record."""
+    return isinstance(ports, list) and all(type(p) is int and 0 < p < 65536 for p in ports) and answer(ports, host=host)
 
 
 @cli.command()
@@ -491,7 +491,7 @@ def status(profile: str, config_path: str | None, runtime: str, as_json: bool) -
     else:
         for row in rows:
             extra = f"  ({row['problem']})" if row["problem"] else ""
-            click.echo(f"{row['service']:<10} {row['state']:<12} {row['health']:<10} 127.0.0.1:{row['port']}{extra}")
+            click.echo(f"{row['service']:<10} {row['state']:<12} {row['health']:<10} {stack.host}:{row['port']}{extra}")
         for line in status_view.format_report(report):  # the monitoring view, then the steps
             click.echo(line)
     if any(row["health"] != "healthy" for row in rows):
@@ -673,7 +673,7 @@ def redis_cli(profile: str, config_path: str | None, args: tuple[str, ...]) -> N
         raise DependencyError("redis-cli not found on PATH",
                               hint="install it: `apt-get install redis-tools` or `brew install redis`.")
     env = dict(os.environ, REDISCLI_AUTH=stack.redis.password)  # not on the command line, where ps shows it
-    os.execve(binary, [binary, "-h", "127.0.0.1", "-p", str(stack.redis.port), *args], env)
+    os.execve(binary, [binary, "-h", stack.host, "-p", str(stack.redis.port), *args], env)
 
 
 def run() -> NoReturn:

@@ -6,8 +6,8 @@ restore, status and doctor): importing psycopg costs 150-250 ms on a small machi
 a Postgres start or a reset. psycopg serves seeding, clones and what the Python API hands users.
 Redis is spoken in RESP (devenv.clients.resp) by devenv itself, and through redis-py for users.
 
-Where a server lives (127.0.0.1, the stack's ports, its credentials) is decided here and
-nowhere else.
+Where a server lives (the stack's host: 127.0.0.1 or a remote engine's, its ports, its
+credentials) is decided here and nowhere else.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from devenv.clients.pgbouncer import Console
     from devenv.config.stack import Stack
 
-HOST = "127.0.0.1"  # every port a stack publishes is bound here
+HOST = "127.0.0.1"  # every port a stack publishes is bound here, unless a remote engine publishes them (Stack.host)
 # devenv's superuser sessions resolve names in the system catalogue only: a database the
 # application role owns may hold its functions and operators in public (or set search_path on
 # the database), which a superuser's query must never run.
@@ -73,7 +73,7 @@ def postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False,
     role, secret = user or role, secret if password is None else password
     options = ADMIN_OPTIONS if admin or user is not None else ""
     if pooled:
-        return pgwire.Connection(HOST, pgb.port, role, secret, dbname or pgb.database, ssl=pg.ssl,
+        return pgwire.Connection(stack.host, pgb.port, role, secret, dbname or pgb.database, ssl=pg.ssl,
                                  timeout=timeout, query_timeout=query_timeout, application_name=application_name)
     server = stack.server
     tls: bool | str = (pg.ssl and socket_dir is None) if server is None else server.tls
@@ -154,14 +154,14 @@ def pgbouncer_admin(stack: "Stack", *, timeout: float = 30.0, query_timeout: flo
     _no_pgbouncer(stack)
     pgb = stack.pgbouncer
     try:
-        return Console(pgwire.Connection(HOST, pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer",
+        return Console(pgwire.Connection(stack.host, pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer",
                                          ssl=stack.postgres.ssl, timeout=timeout, query_timeout=query_timeout, application_name="devenv"),
                        stack.profile, stack.state_dir, heal=lambda dbname: heal_pool(stack, dbname))
     except (pgwire.PgError, OSError) as exc:
         if not explain:
             raise
         raise HealthCheckError(
-            f"cannot reach PgBouncer's admin console at {HOST}:{pgb.port}: {exc}",
+            f"cannot reach PgBouncer's admin console at {stack.host}:{pgb.port}: {exc}",
             hint=f"check `devenv status -p {stack.profile}` and `devenv logs pgbouncer -p {stack.profile}`; "
                  f"`devenv up -p {stack.profile}` restarts what is down.",
         ) from exc
@@ -234,7 +234,7 @@ def _redis_host(stack: "Stack") -> str:
     from devenv.errors import ConfigError
 
     if stack.server is None:
-        return HOST
+        return stack.host
     if not stack.server.redis_host:
         raise ConfigError("no Redis: the tests run on an existing server (--devenv-url) and no Redis was given",
                           hint="pass --devenv-redis-url redis://HOST:PORT (or set devenv_redis_url in the ini "
@@ -242,14 +242,15 @@ def _redis_host(stack: "Stack") -> str:
     return stack.server.redis_host
 
 
-def ports_answer(ports: list[int], timeout: float = 0.2) -> bool:
-    """Whether something accepts TCP connections on every one of `ports` (no session, no login):
-    the no-op `up`'s look at a recorded stack."""
+def ports_answer(ports: list[int], timeout: float = 0.2, host: object = HOST) -> bool:
+    """Whether something accepts TCP connections on every one of `ports` of `host` (no session,
+    no login; 127.0.0.1 for a host that is not a string): the no-op `up`'s look at a recorded stack."""
     import socket
 
+    host = host if isinstance(host, str) and host else HOST
     for port in ports:
         try:
-            with socket.create_connection((HOST.encode(), port), timeout=timeout):  # bytes: no idna codec import
+            with socket.create_connection((host.encode(), port), timeout=timeout):  # bytes: no idna codec import
                 pass
         except OSError:
             return False

@@ -89,6 +89,35 @@ def record_name(state_dir: Path, root: Path, project: str, name: str) -> None:
     write_file(state_dir / IDENTITY_FILE, json.dumps(body, indent=1, sort_keys=True).encode())
 
 
+def recorded_reach(state_dir: Path, root: Path) -> tuple[str, str]:
+    """(host, bind ip) of a remote engine's published ports as this checkout's record keeps
+    them (record_reach), ("", "") for 127.0.0.1 or no record."""
+    import ipaddress
+    import re
+
+    record = _read(state_dir / IDENTITY_FILE)
+    host, ip = record.get("reach_host"), record.get("bind_ip")
+    if record.get("checkout") != str(Path(root).resolve()) or not isinstance(host, str) or not isinstance(ip, str) \
+            or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,253}", host):
+        return "", ""
+    try:
+        return host, str(ipaddress.IPv4Address(ip))
+    except ValueError:
+        return "", ""
+
+
+def record_reach(state_dir: Path, root: Path, host: str, ip: str) -> None:
+    """Keep where the stack's ports are reached in its identity record (the commands after
+    `up` build the Stack from it); written only when it changes, and only into a record."""
+    from devenv.safefs import write_file
+
+    record = _read(state_dir / IDENTITY_FILE)
+    if not record or recorded_reach(state_dir, root) == (host, ip):
+        return
+    record.update(reach_host=host, bind_ip=ip)
+    write_file(state_dir / IDENTITY_FILE, json.dumps(record, indent=1, sort_keys=True).encode())
+
+
 def remembered_ports(state_dir: Path) -> dict[str, tuple[int, int]]:
     """service -> (port, the configured port it replaced), as `ports.json` keeps them."""
     out = {}
@@ -116,5 +145,5 @@ def remember_ports(state_dir: Path, ports: dict[str, tuple[int, int]]) -> None:
     write_file(path, json.dumps(body, indent=1, sort_keys=True).encode())
 
 
-__all__ = ["IDENTITY_FILE", "PORTS_FILE", "VOLUME_PASSWORD_NOTE", "own_name", "record_name", "recorded_name", "remember_ports",
-           "remembered_ports", "stack_name"]
+__all__ = ["IDENTITY_FILE", "PORTS_FILE", "VOLUME_PASSWORD_NOTE", "own_name", "record_name", "record_reach",
+           "recorded_name", "recorded_reach", "remember_ports", "remembered_ports", "stack_name"]

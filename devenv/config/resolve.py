@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devenv.config.identity import remembered_ports, stack_name
+from devenv.config.identity import recorded_reach, remembered_ports, stack_name
 from devenv.config.project import STATE_DIR_NAME, state_dir
 from devenv.config.stack import PgBouncer, Postgres, Redis, Stack
 from devenv.errors import ConfigError, StateError
@@ -114,6 +114,7 @@ def build_stack(config: Config, profile: str, secrets: dict[str, str] | None = N
             f"two services share a port: {ports}",
             hint="give each a distinct port (DEVENV_POSTGRES_PORT, DEVENV_PGBOUNCER_PORT, DEVENV_REDIS_PORT).",
         )
+    reach_host, bind_ip = recorded_reach(state_dir(config.root, profile), config.root)  # a remote engine's
     return Stack(
         project=config.project,
         profile=profile,
@@ -127,6 +128,8 @@ def build_stack(config: Config, profile: str, secrets: dict[str, str] | None = N
         env_file=config.env_file or "",
         identity=stack_name(state_dir(config.root, profile), config.root, config.project, profile),
         steps=config.steps,
+        reach_host=reach_host,
+        bind_ip=bind_ip,
     )
 
 

@@ -198,13 +198,24 @@ class Stack(Record):
     # or `{project}-{profile}` for a checkout whose Docker stack predates the id. "" = the latter.
     identity: str = ""
     steps: tuple[Step, ...] = DEFAULT_STEPS  # devenv.yaml's `schema:` then `seed:` steps
+    # Where this machine reaches the published ports and the address they bind on; "" = 127.0.0.1
+    # (native, an engine of this machine). A remote engine's (devenv.runtime.engine.reach): set by
+    # the Docker runtime's identify, kept in identity.json for the commands after `up`.
+    reach_host: str = ""
+    bind_ip: str = ""
 
     server: ExternalServer | None = None  # an existing server (the pytest plugin's --devenv-url); None = devenv's own
 
     @property
     def host(self) -> str:
-        """Where Postgres (and, with it, PgBouncer) listens: 127.0.0.1, or an existing server."""
-        return self.server.host if self.server else "127.0.0.1"
+        """Where this machine reaches Postgres (and PgBouncer and Redis): 127.0.0.1, a remote
+        engine's host, or an existing server."""
+        return self.server.host if self.server else (self.reach_host or "127.0.0.1")
+
+    @property
+    def bind_address(self) -> str:
+        """The address the published ports bind on: 127.0.0.1, or a remote engine host's."""
+        return self.bind_ip or "127.0.0.1"
 
     @property
     def maintenance_database(self) -> str:
@@ -238,7 +249,7 @@ class Stack(Record):
         keeps it in its directories' names)."""
         return f"{self.project}-{self.profile}"
 
-    def urls(self, database: str | None = None, redis_db: int = 0, host: str = "127.0.0.1") -> dict[str, str]:
+    def urls(self, database: str | None = None, redis_db: int = 0, host: str | None = None) -> dict[str, str]:
         """Connection URLs as an application uses them (for another database/Redis index if given).
 
         DATABASE_URL goes through PgBouncer (transaction pooling); DIRECT_DATABASE_URL reaches
@@ -250,6 +261,7 @@ class Stack(Record):
         if self.server is not None:
             return self._server_urls(database, redis_db)
         ssl = "?sslmode=require" if pg.ssl else ""
+        host = _netloc(host or self.host)
         pooled_db = database or pgb.database
         return {
             "DATABASE_URL": f"postgresql://{user}:{password}@{host}:{pgb.port}/{pooled_db}{ssl}",

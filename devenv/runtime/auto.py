@@ -42,14 +42,19 @@ class AutoRuntime:
             return self._chosen
         from devenv.state import read_state
 
-        recorded = read_state(stack.state_dir).get("runtime")
+        state = read_state(stack.state_dir)
+        recorded = state.get("runtime")
         if recorded == "native":
             from devenv.runtime.native import NativeRuntime
 
             self._chosen = NativeRuntime()  # it runs there: use it as it is
             self.say("runtime: native (the stack is running there)")
             return self._chosen
-        docker = self._docker()
+        # The engine the stack was started on (`--runtime podman`, a DOCKER_HOST of that shell), if
+        # it still answers; else the engine found as usual.
+        docker = self._docker(state.get("engine") if recorded == "docker" else None)
+        if isinstance(docker, str) and recorded == "docker" and state.get("engine"):
+            docker = self._docker()
         if not isinstance(docker, str):
             self._unchecked = None if recorded == "docker" else docker
             self.say(f"runtime: docker ({'the stack is running there' if recorded == 'docker' else 'engine'} at "
@@ -59,12 +64,18 @@ class AutoRuntime:
         self._chosen = self._native(docker)
         return self._chosen
 
-    def _docker(self) -> DockerRuntime | str:
-        """A DockerRuntime whose engine answered a ping, or why there is none."""
-        from devenv.runtime.engine import PING_TIMEOUT, engine_unreachable, find_endpoint, unix_http_get
+    def _docker(self, recorded: object = None) -> DockerRuntime | str:
+        """A DockerRuntime whose engine answered a ping, or why there is none. `recorded`: the
+        engine a stack was started on (state.json's `engine`), tried instead of looking."""
+        from devenv.runtime.engine import PING_TIMEOUT, Endpoint, engine_unreachable, find_endpoint, unix_http_get
 
         try:
-            endpoint = find_endpoint(self.env)
+            if isinstance(recorded, str) and recorded:
+                found = find_endpoint(self.env)
+                endpoint = found if found is not None and found.host == recorded else \
+                    Endpoint(recorded, "the engine the stack was started on")
+            else:
+                endpoint = find_endpoint(self.env)
         except DependencyError as exc:
             return exc.message
         if endpoint is None:
@@ -120,6 +131,10 @@ class AutoRuntime:
         return runtime
 
     # ---- the Runtime interface, delegated ------------------------------------------------------
+
+    def engine_host(self) -> str:
+        """The chosen runtime's engine ("" before one is chosen)."""
+        return self._chosen.engine_host() if self._chosen is not None else ""
 
     def identify(self, stack: Stack) -> Stack:
         """The stack's name on the chosen runtime (choosing it, images included, if not done yet)."""

@@ -65,6 +65,12 @@ class Runtime(Protocol):
         """What runs the stack, said once per `up`: the engine and images, or the binaries."""
         ...
 
+    def engine_host(self) -> str:
+        """The container engine this runtime talks to (`unix:///run/podman/podman.sock`,
+        `tcp://10.0.0.5:2375`), recorded by `up` so that `auto` finds the stack there again
+        (a stack started with `--runtime podman`); "" for local processes."""
+        ...
+
     def up(self, stack: Stack, progress: Progress, use_cache: bool = False) -> UpResult:
         """Start what is not running; restart or reload what changed; leave the rest alone.
 

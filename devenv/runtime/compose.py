@@ -67,6 +67,9 @@ class ContainerSpec:
     volumes: dict[str, dict[str, str]] = field(default_factory=dict)  # named volumes: name -> labels
     mounts: dict[str, str] = field(default_factory=dict)  # bind source file name -> path in the container
     stop_timeout: int = 10
+    # The bind mounts left out of `body` for an engine that does not see this machine's files:
+    # (host path, path in the container), copied in before the start (devenv.runtime.delivery).
+    copies: tuple[tuple[str, str], ...] = ()
 
 
 def devenv_labels(stack: Stack) -> dict[str, str]:
@@ -97,6 +100,7 @@ def compose_specs(
     api_version: str,
     image_ids: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
+    copy_files: bool = False,
 ) -> dict[str, ContainerSpec]:
     """Translate each service of a compose file into the engine's container create body.
 
@@ -104,7 +108,9 @@ def compose_specs(
     image, command, entrypoint, environment, ports, volumes (named and bind), tmpfs,
     healthcheck, stop_signal, stop_grace_period, deploy.resources.limits, labels, depends_on,
     user, working_dir, shm_size. Relative bind sources are relative to the compose file, as
-    in Compose; `$$` is a literal `$` and `${VAR}` comes from `env`, as in Compose.
+    in Compose; `$$` is a literal `$` and `${VAR}` comes from `env`, as in Compose. With
+    `copy_files` the bind mounts become the spec's `copies` (a remote engine would mount empty
+    directories), and the hash covers the body without them: a change of mode recreates.
     """
     unknown = set(compose) - _TOP_KEYS
     if unknown:
@@ -124,13 +130,13 @@ def compose_specs(
         if unknown:
             raise _unsupported(", ".join(f"services.{service}.{key}" for key in sorted(unknown)))
         specs[service] = _service_spec(project, service, definition, network, compose_dir, compose_file,
-                                       declared_volumes, api_version, image_ids or {})
+                                       declared_volumes, api_version, image_ids or {}, copy_files)
     return specs
 
 
 def _service_spec(project: str, service: str, svc: dict[str, Any], network: str, compose_dir: Path,
                   compose_file: Path, declared_volumes: dict[str, Any], api_version: str,
-                  image_ids: Mapping[str, str]) -> ContainerSpec:
+                  image_ids: Mapping[str, str], copy_files: bool = False) -> ContainerSpec:
     image = svc["image"]
     name = f"{project}-{service}-1"
     where = f"services.{service}"
@@ -156,15 +162,18 @@ def _service_spec(project: str, service: str, svc: dict[str, Any], network: str,
         body["ExposedPorts"] = exposed
         host["PortBindings"] = bindings
 
-    mounts, volumes, files = [], {}, {}
+    mounts, volumes, files, copies = [], {}, {}, []
     for entry in svc.get("volumes") or []:
         mount = _mount(entry, f"{where}.volumes", compose_dir, project, declared_volumes)
-        mounts.append(mount)
         if mount["Type"] == "volume":
             key = mount.pop("_key")
             volumes[mount["Source"]] = {COMPOSE_PROJECT: project, COMPOSE_VOLUME: key}
         else:
             files[Path(mount["Source"]).name] = mount["Target"]
+            if copy_files:
+                copies.append((mount["Source"], mount["Target"]))
+                continue
+        mounts.append(mount)
     if mounts:
         host["Mounts"] = mounts
     if svc.get("tmpfs"):
@@ -222,7 +231,7 @@ def _service_spec(project: str, service: str, svc: dict[str, Any], network: str,
     labels[COMPOSE_CONFIG_HASH] = config_hash
     return ContainerSpec(service=service, name=name, image=image, body=body, config_hash=config_hash,
                          files_hash=labels.get(DEVENV_HASH, ""), volumes=volumes, mounts=files,
-                         stop_timeout=stop_timeout)
+                         stop_timeout=stop_timeout, copies=tuple(copies))
 
 
 def _unsupported(what: str) -> ConfigError:

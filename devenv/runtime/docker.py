@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Iterator, Mapping
 
 from devenv.db import cache
 from devenv.db.roles import MIGRATED_NOTE
-from devenv.errors import ConfigError, DependencyError, HealthCheckError, StateError
+from devenv.errors import DependencyError, HealthCheckError, StateError
 from devenv.render import COMPOSE_FILE, write_files
 from devenv.runtime.base import Progress, ServiceState, UpResult
 from devenv.runtime.compose import (
@@ -37,7 +37,6 @@ from devenv.runtime.compose import (
     COMPOSE_WORKING_DIR,
     DEVENV_HASH,
     ContainerSpec,
-    compose_specs,
     devenv_labels,
 )
 from devenv.runtime.dockerapi import (
@@ -66,9 +65,10 @@ from devenv.runtime.dockerdata import (
     wipe_failed_init,
     write_marker,
 )
-from devenv.runtime.dockerfiles import has_files, parsed, reloadable, remember_render, rendered, write_in_place
-from devenv.runtime.engine import Endpoint, find_endpoint, no_engine_error
-from devenv.runtime.engines import EngineFacts, dns_error, engine_facts, lookup_failure, selinux_binds
+from devenv.runtime.delivery import deliver, write_reload
+from devenv.runtime.dockerfiles import has_files, parsed, reloadable, remember_render, rendered
+from devenv.runtime.engine import Endpoint, find_endpoint, no_engine_error, reach, refuse_ssh
+from devenv.runtime.engines import EngineFacts, dns_error, engine_facts, engine_specs, lookup_failure
 from devenv.runtime.plan import (
     PROGRAMS,
     has_password,
@@ -81,7 +81,7 @@ from devenv.runtime.ports import check_ports_free, port_in_use
 from devenv.runtime.procs import read_stat
 from devenv.config.identity import record_name, recorded_name
 from devenv.config.stack import CONTAINER_PORTS, SERVICES, Stack
-from devenv.runtime.dockername import decide_name, published_port, refuse_foreign
+from devenv.runtime.dockername import decide_name, holds_ports, published_port, refuse_foreign
 
 if TYPE_CHECKING:  # the SDK loads only when an engine is used
     from docker import DockerClient
@@ -140,9 +140,11 @@ class DockerRuntime:
     def endpoint(self) -> Endpoint:
         """The engine this runtime talks to (DependencyError when nothing suggests one)."""
         if self._endpoint is None:
-            self._endpoint = find_endpoint(self.env)
-            if self._endpoint is None:
+            found = find_endpoint(self.env)
+            if found is None:
                 raise no_engine_error(self.env)
+            refuse_ssh(found, self.env)  # before any connection (and every time): its ports would need forwarding
+            self._endpoint = found
         return self._endpoint
 
     def client(self) -> DockerClient:
@@ -166,11 +168,17 @@ class DockerRuntime:
         return self
 
     def identify(self, stack: Stack) -> Stack:
-        """The stack under this checkout's recorded name; without a record, decided once and kept."""
+        """The stack under this checkout's recorded name (without a record, decided once and kept),
+        published where this machine reaches the engine (engine.reach: 127.0.0.1 unless remote)."""
         if recorded_name(stack.state_dir, stack.root, stack.project) is None:
             stack = stack.replace(identity=decide_name(self.client(), stack))
             record_name(stack.state_dir, stack.root, stack.project, stack.name)
-        return stack
+        host, ip = reach(self.endpoint(), self.env)
+        return stack.replace(reach_host=host, bind_ip=ip)
+
+    def engine_host(self) -> str:
+        """The engine's endpoint (DOCKER_HOST, a context's, Podman's socket)."""
+        return self.endpoint().host
 
     def describe(self, stack: Stack) -> str:
         """The engine and the images (said once per `up`)."""
@@ -203,7 +211,8 @@ class DockerRuntime:
         seen = self._observe(stack, image_ids)
         self._clear_leftovers(stack, seen, result)
         plan = self._plan(stack, seen)
-        check_ports_free(stack, plan.to_bind)
+        if not stack.bind_ip:  # a remote engine's ports are on its host: its own start says if one is taken
+            check_ports_free(stack, plan.to_bind)
         self._execute(stack, seen, plan, network_job, progress, result, use_cache)
         return result
 
@@ -213,12 +222,8 @@ class DockerRuntime:
         out_dir = stack.state_dir.absolute()
         files = rendered(stack, out_dir)
         compose = parsed(out_dir, files[COMPOSE_FILE])
-        specs = compose_specs(compose, out_dir / COMPOSE_FILE, self.api_version, image_ids, self.env)
-        specs = {s: replace(spec, body=selinux_binds(spec.body, self.facts())) for s, spec in specs.items()}
-        missing = set(SERVICES) - set(specs)
-        if missing:
-            raise ConfigError(f"the rendered {COMPOSE_FILE} has no service {', '.join(sorted(missing))}",
-                              hint="docker-compose.yml.j2 must define postgres, pgbouncer and redis.")
+        specs = engine_specs(compose, out_dir / COMPOSE_FILE, self.api_version, image_ids, self.env,
+                             self.endpoint(), self.facts())
         seen = Observed(out_dir, files, compose, specs, image_ids)
         existing = self._project_containers(stack)
         refuse_foreign(stack, existing, out_dir)
@@ -271,7 +276,7 @@ class DockerRuntime:
             elif container.status != "running":
                 plan.actions[service] = "start"
         plan.to_bind = [s for s, action in plan.actions.items() if action in ("create", "start")
-                        or (action == "recreate" and not _holds_ports(seen.current[s], seen.specs[s]))]
+                        or (action == "recreate" and not holds_ports(seen.current[s], seen.specs[s]))]
         return plan
 
     def _execute(self, stack: Stack, seen: Observed, plan: UpPlan, network_job: Future[None], progress: Progress,
@@ -280,14 +285,14 @@ class DockerRuntime:
         reload; `result` says what was done."""
         from docker.errors import NotFound
 
-        # The files: a reload writes in place (a file bind mount pins its inode); the rest atomically.
-        for name, content in plan.reload_files.items():
-            write_in_place(seen.out_dir / name, content)
+        # The files: a reload's where the container reads them (delivery); the rest atomically.
+        if plan.reload_files:
+            write_reload(seen.out_dir, seen.specs["postgres"], seen.current["postgres"], plan.reload_files)
         write_files(seen.files, seen.out_dir)
         remember_render(stack, seen.out_dir, seen.files, seen.compose)
         tls_images = {s: seen.specs[s].image for s in ("postgres", "pgbouncer") if plan.actions.get(s) in STARTING}
         if stack.postgres.ssl and tls_images:
-            prepare_tls(self.client(), stack, tls_images, progress)
+            prepare_tls(self.client(), stack, tls_images, progress, hand_over=not seen.specs["postgres"].copies)
         starting = plan.starting
         if starting:
             network_job.result()
@@ -391,6 +396,8 @@ class DockerRuntime:
             stop(seen.current[service], spec.stop_timeout)
             remove(seen.current[service])
         container_id = self._create(spec) if action in ("create", "recreate") else seen.current[service].id
+        if spec.copies and action in ("create", "recreate"):
+            deliver(self.client(), container_id, spec)  # the engine does not see this machine's files
         if restoring is not None:
             unpack_cached(self.client(), stack, container_id, restoring, self._local_data_dir(stack, spec.volumes), progress)
         if action in ("create", "start"):
@@ -647,11 +654,9 @@ class DockerRuntime:
             if "port is already allocated" in message or "address already in use" in message:
                 raise port_in_use(service, getattr(stack, service).port, message, stack=stack) from exc
             if "bind source path does not exist" in message or "not a directory" in message:
-                raise DependencyError(
-                    f"Docker could not mount {service}'s config files: {message}",
-                    hint="the engine must see this machine's files: a remote DOCKER_HOST needs the project "
-                    "directory shared at the same path (Docker Desktop, colima and lima share $HOME).",
-                ) from exc
+                raise DependencyError(f"Docker could not mount {service}'s config files: {message}",
+                                      hint="the engine does not see this machine's files: unset DEVENV_DOCKER_FILES "
+                                      "(a remote engine gets copies) or set DEVENV_DOCKER_FILES=copy.") from exc
             raise HealthCheckError(f"{service} did not start: {message}", hint=f"see `devenv logs {service}`.",
                                    log_tail=log_tail_of(self.client(), container_id)) from exc
 
@@ -689,12 +694,6 @@ class DockerRuntime:
             return self.client().containers.get(f"{stack.name}-{service}-1")
         except NotFound:
             return None
-
-
-def _holds_ports(container: Container, spec: ContainerSpec) -> bool:
-    """Whether a running container already publishes the ports its replacement wants."""
-    have = container.attrs.get("HostConfig", {}).get("PortBindings") or {}
-    return container.status == "running" and have == spec.body.get("HostConfig", {}).get("PortBindings")
 
 
 __all__ = ["DockerRuntime"]

@@ -279,7 +279,8 @@ def set_password(client: DockerClient, stack: Stack, container_id: str, timeout:
     return "MIGRATED" in output.split()
 
 
-def prepare_tls(client: DockerClient, stack: Stack, images: dict[str, str], progress: Progress) -> None:
+def prepare_tls(client: DockerClient, stack: Stack, images: dict[str, str], progress: Progress,
+                hand_over: bool = True) -> None:
     """The certificate the compose file mounts, each key owned by the user of the image reading it.
 
     `images`: the services starting now (postgres, pgbouncer) and their images. Postgres refuses
@@ -291,6 +292,8 @@ def prepare_tls(client: DockerClient, stack: Stack, images: dict[str, str], prog
     ssl_dir = stack.state_dir / "ssl"
     ensure_certificate(ssl_dir)
     ensure_key_copy(ssl_dir)
+    if not hand_over:  # copied into the containers with their owner (devenv.runtime.delivery)
+        return
     if "postgres" in images:
         _hand_key_over(client, stack, "postgres", images["postgres"], ssl_dir / "server.key",
                        '"$(id -u postgres):$(id -g postgres)"', progress)

@@ -122,7 +122,7 @@ def reloadable(container: Container, spec: ContainerSpec, files: dict[str, str],
     if seen is None:
         return {}
     changed = {name: files[name] for name in seen if seen[name] != files[name]}
-    for name in changed:
+    for name in changed if not spec.copies else ():  # copies are written into the container itself
         try:  # in place reaches the container only if the host file is still the mounted one
             if (stack.state_dir / name).read_text(encoding="utf-8") != seen[name]:
                 return {}
@@ -130,10 +130,3 @@ def reloadable(container: Container, spec: ContainerSpec, files: dict[str, str],
             return {}
     old, new = conf_values(seen["postgresql.conf"]), conf_values(files["postgresql.conf"])
     return changed if reload_suffices(old, new, stack.postgres.major) else {}
-
-
-def write_in_place(path: Path, content: str) -> None:
-    """Rewrite a file keeping its inode, so a container's bind mount of it sees the change."""
-    with open(path, "r+", encoding="utf-8") as handle:
-        handle.write(content)
-        handle.truncate()

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devenv.errors import StateError
-from devenv.runtime.compose import COMPOSE_PROJECT, COMPOSE_WORKING_DIR
+from devenv.runtime.compose import COMPOSE_PROJECT, COMPOSE_WORKING_DIR, ContainerSpec
 
 if TYPE_CHECKING:
+    from docker.models.containers import Container
+
     from devenv.config.stack import Stack
 
 
@@ -69,4 +71,12 @@ def published_port(container: Any, container_port: int) -> int | None:
     return None
 
 
-__all__ = ["decide_name", "published_port", "refuse_foreign"]
+def holds_ports(container: Container, spec: ContainerSpec) -> bool:
+    """Whether a running container already publishes the ports its replacement wants."""
+    if container.status != "running":
+        return False
+    have = container.attrs.get("HostConfig", {}).get("PortBindings") or {}
+    return have == spec.body.get("HostConfig", {}).get("PortBindings")
+
+
+__all__ = ["decide_name", "holds_ports", "published_port", "refuse_foreign"]

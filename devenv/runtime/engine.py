@@ -168,3 +168,78 @@ def unix_http_get(path: str, url: str, timeout: float = PING_TIMEOUT) -> tuple[i
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
+
+
+# ---- engines that do not share this machine's loopback or files --------------------------------
+
+HOST_OVERRIDE = "DEVENV_HOST_OVERRIDE"  # where this machine reaches the published ports (as testcontainers')
+FILES_MODE = "DEVENV_DOCKER_FILES"  # "copy" or "mount": how the rendered configs reach the containers
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "")
+
+
+def engine_host(endpoint: Endpoint) -> str | None:
+    """The host part of a tcp:// or ssh:// engine address (a name stays a name), None for a
+    unix socket or a named pipe (an engine of this machine)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(endpoint.host)
+    if parts.scheme not in ("tcp", "ssh", "http", "https"):
+        return None
+    return parts.hostname or ""
+
+
+def is_remote(endpoint: Endpoint) -> bool:
+    """Whether the engine runs elsewhere: its address is tcp:// or ssh:// and not this machine's loopback."""
+    host = engine_host(endpoint)
+    return host is not None and host not in _LOOPBACK
+
+
+def copies_files(endpoint: Endpoint, env: Mapping[str, str], fallback: bool = False) -> bool:
+    """Whether the rendered configs and keys go into the containers through the engine's API
+    (a remote engine would mount empty directories) rather than as bind mounts:
+    DEVENV_DOCKER_FILES=copy|mount decides, else whether the engine is remote, or `fallback`
+    (what the engine's facts call for: rootless Podman's uid mapping)."""
+    mode = env.get(FILES_MODE, "").strip().lower()
+    if mode not in ("", "copy", "mount"):
+        from devenv.errors import ConfigError
+
+        raise ConfigError(f"{FILES_MODE}={env[FILES_MODE]!r} is neither copy nor mount",
+                          hint=f"unset it (devenv decides per engine), or set {FILES_MODE}=copy or mount.")
+    return mode == "copy" if mode else is_remote(endpoint) or fallback
+
+
+def refuse_ssh(endpoint: Endpoint, env: Mapping[str, str]) -> None:
+    """DependencyError for an ssh:// engine without DEVENV_HOST_OVERRIDE: its ports would have to
+    be forwarded through the SSH connection, which devenv does not do yet."""
+    if endpoint.host.startswith("ssh://") and not env.get(HOST_OVERRIDE, "").strip():
+        raise DependencyError(
+            f"the Docker engine at {endpoint.host} is reached over SSH, and devenv does not forward the "
+            "stack's ports through SSH yet",
+            hint=f"point DOCKER_HOST at the engine's tcp:// address, or set {HOST_OVERRIDE}=<the engine "
+            "host's address as this machine reaches it> (the ports are then published on that address).",
+        )
+
+
+def reach(endpoint: Endpoint, env: Mapping[str, str]) -> tuple[str, str]:
+    """(the host this machine reaches the stack's published ports at, the IPv4 address they bind
+    on); ("", "") for an engine of this machine: 127.0.0.1 both, as ever.
+
+    DEVENV_HOST_OVERRIDE names the host; else a remote engine's host from its address. The
+    ports bind on that host's address only (resolved here, once), never on every interface.
+    Over ssh:// without an override, the ports would have to be forwarded through the SSH
+    connection, which devenv does not do yet: DependencyError.
+    """
+    override = env.get(HOST_OVERRIDE, "").strip()
+    if not override and not is_remote(endpoint):
+        return "", ""
+    refuse_ssh(endpoint, env)
+    host = override or engine_host(endpoint) or ""
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise DependencyError(
+            f"cannot resolve {host} (the host the stack's ports are published on, from "
+            f"{HOST_OVERRIDE if override else endpoint.origin}): {exc}",
+            hint=f"set {HOST_OVERRIDE} to an IPv4 address or a name this machine resolves.",
+        ) from exc
+    return host, str(infos[0][4][0])

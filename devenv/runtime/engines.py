@@ -24,6 +24,8 @@ from devenv.runtime.engine import Endpoint
 if TYPE_CHECKING:
     from docker import DockerClient
 
+    from devenv.runtime.compose import ContainerSpec
+
 LIBPOD = "/v4.0.0/libpod"  # Podman's own API, beside the compat one: served by every Podman 4 and 5
 
 
@@ -223,5 +225,28 @@ def dns_error(gap: str) -> DependencyError:
                            hint=f"{fix}; `devenv doctor` checks the engine.")
 
 
-__all__ = ["EngineFacts", "dns_error", "dns_gap", "engine_facts", "find_podman", "lookup_failure", "needs_copy",
+__all__ = ["EngineFacts", "dns_error", "dns_gap", "engine_facts", "engine_specs", "find_podman", "lookup_failure", "needs_copy",
            "no_podman_error", "podman_sockets", "probe_dns", "selinux_binds", "with_backend"]
+
+
+def engine_specs(compose: dict[str, Any], compose_path: Path, api_version: str, image_ids: Mapping[str, str],
+                 env: Mapping[str, str], endpoint: Endpoint, facts: EngineFacts) -> dict[str, ContainerSpec]:
+    """The rendered compose file's services as this engine needs them: the configs and keys copied
+    in through the API where the engine cannot see them (remote) or its user namespace would not
+    let the images' users read them (rootless Podman), else bind-mounted (`:z` under SELinux).
+    ConfigError when a service devenv runs is missing from the file."""
+    from dataclasses import replace
+
+    from devenv.errors import ConfigError
+    from devenv.render import COMPOSE_FILE
+    from devenv.runtime.compose import compose_specs
+    from devenv.runtime.engine import copies_files
+    from devenv.config.stack import SERVICES
+
+    copy = copies_files(endpoint, env, fallback=needs_copy(facts))
+    specs = compose_specs(compose, compose_path, api_version, image_ids, env, copy_files=copy)
+    missing = set(SERVICES) - set(specs)
+    if missing:
+        raise ConfigError(f"the rendered {COMPOSE_FILE} has no service {', '.join(sorted(missing))}",
+                          hint="docker-compose.yml.j2 must define postgres, pgbouncer and redis.")
+    return {s: replace(spec, body=selinux_binds(spec.body, facts)) for s, spec in specs.items()}

@@ -122,8 +122,12 @@ class NativeRuntime:
         return self
 
     def identify(self, stack: Stack) -> Stack:
-        """The stack as it is: its directories are named by the checkout's path already."""
-        return stack
+        """The stack on 127.0.0.1 (not a remote engine's host); its directories are named by the checkout's path already."""
+        return stack.replace(reach_host="", bind_ip="")
+
+    def engine_host(self) -> str:
+        """No engine: local processes."""
+        return ""
 
     def describe(self, stack: Stack) -> str:
         """Which PostgreSQL binaries are used, and why (said once per `up`)."""

@@ -8,14 +8,15 @@ Docker: the images are devenv.yaml's, or the local test images built by .ci/imag
 absent and the test images exist. Each throwaway project gets its own `project:` name, so
 its containers, network and volumes are its own; teardown removes them by label.
 
-Marker: `native_only(reason)` skips a test of native internals (pid files, unix sockets in
-run/) on the other runtimes.
-
-Engines (issue 18): the lanes "podman" (rootful Podman's Docker-compatible socket, started by
-.ci/podman-up.sh) and "remote" (an engine at $DEVENV_TEST_REMOTE_DOCKER_HOST) run the docker
+Engine lanes (issue 18): "podman" (rootful Podman's Docker-compatible socket, started by
+.ci/podman-up.sh) and "remote" (.ci/remote-engine-up.sh's dockerd in a network namespace over
+TCP, at $DEVENV_TEST_REMOTE_DOCKER_HOST, which sees none of this machine's files) run the docker
 runtime against another engine: their Project's `runtime` is "docker", its `engine` names the
 lane, and DOCKER_HOST points at it. They run only the tests marked `every_engine`: the stack
 checks every engine must pass (the rest is deselected, so CI grows by that subset only).
+
+Markers: `native_only(reason)` skips a test of native internals (pid files, unix sockets in
+run/) on the other runtimes; `every_engine` runs a test in every engine lane too.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ from tests.conftest import KEPT_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 RUNTIMES = ["native", "docker", "podman", "remote"]
-ENGINE_LANES = ("podman", "remote")  # the docker runtime on another engine: every_engine tests only
 PODMAN_SOCKET = "/run/podman/podman.sock"
+# Lanes of the Docker runtime on another engine: lane -> its DOCKER_HOST ("" when not configured).
+ENGINE_LANES = {"podman": f"unix://{PODMAN_SOCKET}", "remote": os.environ.get("DEVENV_TEST_REMOTE_DOCKER_HOST", "")}
 # Built by .ci/images/build.sh from Debian packages; they honour the official images' contracts.
 TEST_IMAGES = {
     "DEVENV_POSTGRES_IMAGE": "devenv-test/postgres:15",
@@ -57,49 +59,37 @@ SERVER_COMMS = {"postgres", "pgbouncer", "redis-server", "initdb"}
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "native_only(reason): tests native internals; skipped on other runtimes")
-    config.addinivalue_line("markers", "every_engine: a stack check run on every engine lane (podman, remote)")
+    config.addinivalue_line("markers", "every_engine: also runs in the engine lanes (podman, remote), not only native and docker")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    kept, deselected = [], []
+    deselected, kept = [], []
     for item in items:
         runtime = getattr(getattr(item, "callspec", None), "params", {}).get("runtime")
         if runtime in ENGINE_LANES and item.get_closest_marker("every_engine") is None:
-            deselected.append(item)
-        else:
-            kept.append(item)
+            deselected.append(item)  # an engine lane runs only the stack checks: CI time grows by those
+            continue
+        kept.append(item)
+        native_only = item.get_closest_marker("native_only")
+        if native_only and runtime is not None and runtime != "native":
+            item.add_marker(pytest.mark.skip(reason=f"native internals: {native_only.kwargs.get('reason', '')}"))
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
-    for item in items:
-        runtime = getattr(getattr(item, "callspec", None), "params", {}).get("runtime")
-        if runtime is None:
-            continue
-        native_only = item.get_closest_marker("native_only")
-        if native_only and runtime != "native":
-            item.add_marker(pytest.mark.skip(reason=f"native internals: {native_only.kwargs.get('reason', '')}"))
 
 
 # ---- Docker: the engine, the images, the containers of a project --------------------------------
 
 
-def lane_docker_host(lane: str) -> str | None:
-    """DOCKER_HOST for an engine lane ("" when its engine is not configured); None: as devenv finds it."""
-    if lane == "podman":
-        return f"unix://{PODMAN_SOCKET}"
-    if lane == "remote":
-        return os.environ.get("DEVENV_TEST_REMOTE_DOCKER_HOST", "")
-    return None
-
-
-def docker_client(host: str | None = None) -> Any:
-    """A docker SDK client for `host`, or for the engine devenv would use here (DOCKER_HOST, which
-    an engine lane's test has set, or the default); DependencyError when none answers."""
-    return _docker_client(host or os.environ.get("DOCKER_HOST") or None)
+def docker_client(host: str = "") -> Any:
+    """A docker SDK client for the engine at `host` (an engine lane's DOCKER_HOST), else the one
+    devenv would use here (DOCKER_HOST, which an engine lane's test has set, or the default);
+    DependencyError when none answers."""
+    return _docker_client(host or os.environ.get("DOCKER_HOST", ""))
 
 
 @functools.lru_cache(maxsize=None)
-def _docker_client(host: str | None) -> Any:
+def _docker_client(host: str) -> Any:
     from devenv.runtime.dockerapi import connect
     from devenv.runtime.engine import Endpoint, find_endpoint, no_engine_error
 
@@ -120,11 +110,11 @@ def _image_present(client: Any, image: str) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def docker_images() -> tuple[tuple[str, str], ...]:
-    """DEVENV_*_IMAGE overrides for the docker runtime: the local test images, or none."""
+def docker_images(host: str = "") -> tuple[tuple[str, str], ...]:
+    """DEVENV_*_IMAGE overrides for the docker runtime (on the engine at `host`): the local test images, or none."""
     if os.environ.get("DEVENV_TEST_DOCKER_IMAGES", "") not in ("", "0"):
         return tuple(TEST_IMAGES.items())
-    client = docker_client()
+    client = docker_client(host)
     config = load_config(REPO / "devenv.yaml", env={})
     official = [service.image for service in config.services.values()]
     if all(_image_present(client, image) for image in official):
@@ -134,7 +124,7 @@ def docker_images() -> tuple[tuple[str, str], ...]:
     return ()
 
 
-def docker_teardown(project_name: str, host: str | None = None) -> None:
+def docker_teardown(project_name: str, host: str = "") -> None:
     """Remove every container, network and volume labelled with a (throwaway) project name."""
     try:
         client = docker_client(host)
@@ -179,9 +169,9 @@ class Project:
     engine: str = ""  # the docker runtime's engine: "docker", "podman", "remote"; "" natively
 
     @property
-    def docker_host(self) -> str | None:
-        """The engine lane's DOCKER_HOST (None: the engine devenv finds by itself)."""
-        return self.env.get("DOCKER_HOST") if self.engine in ENGINE_LANES else None
+    def docker_host(self) -> str:
+        """The engine lane's DOCKER_HOST; "" for the engine devenv finds itself."""
+        return ENGINE_LANES.get(self.engine, "")
 
     def client(self) -> Any:
         """A docker SDK client for this project's engine."""
@@ -227,8 +217,9 @@ class Project:
         """A psycopg connection as devenv's own superuser (the application role is none)."""
         import psycopg
 
-        pg = self.stack().postgres
-        return psycopg.connect(host="127.0.0.1", port=pg.port, user=pg.admin_user, password=pg.admin_password,
+        stack = self.stack()
+        pg = stack.postgres
+        return psycopg.connect(host=stack.host, port=pg.port, user=pg.admin_user, password=pg.admin_password,
                                dbname=dbname, **kwargs)
 
     def redis(self):  # type: ignore[no-untyped-def]
@@ -289,14 +280,16 @@ class Project:
 
     def listen_port(self, service: str) -> int:
         """The port the server itself listens on: the stack's port natively; in Docker the
-        container port that is published on the stack's port (127.0.0.1 only)."""
-        port = getattr(self.stack(), service).port
+        container port that is published on the stack's port (on 127.0.0.1 only, or a remote
+        engine's address)."""
+        stack = self.stack()
+        port, address = getattr(stack, service).port, stack.bind_address
         if self.runtime == "native":
             return port
         bindings = self.container(service).attrs["HostConfig"]["PortBindings"] or {}
         inside = [int(key.split("/")[0]) for key, binds in bindings.items()
-                  if any(b["HostPort"] == str(port) and b["HostIp"] == "127.0.0.1" for b in binds or [])]
-        assert len(inside) == 1, f"{service}: no single container port published on 127.0.0.1:{port}: {bindings}"
+                  if any(b["HostPort"] == str(port) and b["HostIp"] == address for b in binds or [])]
+        assert len(inside) == 1, f"{service}: no single container port published on {address}:{port}: {bindings}"
         return inside[0]
 
     def server_processes(self) -> list[int]:
@@ -410,16 +403,16 @@ def _engine_available(runtime: str) -> str | None:
     if runtime in ("docker", *ENGINE_LANES):
         from devenv.errors import DevenvError
 
-        host = lane_docker_host(runtime)
-        if host == "":
-            return "DEVENV_TEST_REMOTE_DOCKER_HOST is not set (.ci/remote-engine-up.sh prints it)"
+        host = ENGINE_LANES.get(runtime, "")
         if runtime == "podman" and not os.path.exists(PODMAN_SOCKET):
             return f"no Podman API socket at {PODMAN_SOCKET} (start it: bash .ci/podman-up.sh)"
+        if runtime in ENGINE_LANES and not host:
+            return "DEVENV_TEST_REMOTE_DOCKER_HOST is not set (bash .ci/remote-engine-up.sh, then source .ci/remote-engine.env)"
         try:
             client = docker_client(host)  # pings the engine
         except DevenvError as exc:
             return exc.message
-        images = dict(docker_images()) or {
+        images = dict(docker_images(host)) or {
             f"DEVENV_{name.upper()}_IMAGE": service.image
             for name, service in load_config(REPO / "devenv.yaml", env={}).services.items()}
         missing = [image for image in images.values() if not _image_present(client, image)]
@@ -436,12 +429,11 @@ def use_runtime(name: str, monkeypatch: pytest.MonkeyPatch) -> str:
         if os.environ.get("CI"):
             pytest.fail(f"{name} runtime unavailable in CI: {reason}")
         pytest.skip(f"{name} runtime unavailable: {reason}")
-    if name in ("docker", *ENGINE_LANES):
-        for var, image in docker_images():  # also for what a test starts itself (pytester, the API)
+    if name == "docker" or name in ENGINE_LANES:
+        for var, image in docker_images(ENGINE_LANES.get(name, "")):  # also for what a test starts itself
             monkeypatch.setenv(var, image)
-    host = lane_docker_host(name)
-    if host:  # the lane's engine, for devenv and for what the test asks the engine itself
-        monkeypatch.setenv("DOCKER_HOST", host)
+    if name in ENGINE_LANES:  # the lane's engine, for devenv and for what the test asks the engine itself
+        monkeypatch.setenv("DOCKER_HOST", ENGINE_LANES[name])
     return name
 
 
@@ -455,8 +447,11 @@ def make_project(base: Path, runtime: str, profile: str = "dev") -> Project:
     """Copy devenv.yaml and seeds/ into `base` and give the stack free ports.
 
     On Docker the project also gets its own name: container, network and volume names derive
-    from it, and two throwaway projects must not share them.
+    from it, and two throwaway projects must not share them. An engine lane ("remote") is the
+    docker runtime with that lane's DOCKER_HOST.
     """
+    engine = runtime if runtime in ENGINE_LANES else ("docker" if runtime == "docker" else "")
+    runtime = "docker" if engine else runtime
     base.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "devenv.yaml", base / "devenv.yaml")
     shutil.copytree(REPO / "seeds", base / "seeds")
@@ -472,12 +467,10 @@ def make_project(base: Path, runtime: str, profile: str = "dev") -> Project:
         "DEVENV_PGBOUNCER_PORT": str(ports[1]),
         "DEVENV_REDIS_PORT": str(ports[2]),
     })
-    engine = "" if runtime == "native" else runtime if runtime in ENGINE_LANES else "docker"
-    runtime = "docker" if engine else runtime
     if engine in ENGINE_LANES:
-        env["DOCKER_HOST"] = lane_docker_host(engine) or ""
+        env["DOCKER_HOST"] = ENGINE_LANES[engine]
     if runtime == "docker":
-        env.update(dict(docker_images()))
+        env.update(dict(docker_images(ENGINE_LANES.get(engine, ""))))
         config = base / "devenv.yaml"
         text = config.read_text()
         config.write_text(re.sub(r"^project:\s*(\S+)", lambda m: f"project: {m.group(1)}-t{uuid.uuid4().hex[:8]}",

@@ -10,6 +10,7 @@ a directory and an address pool of its own, so the first service's networks are 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -50,7 +51,11 @@ def test_runtime_podman_finds_podmans_socket_by_itself(podman_project: Project) 
     assert "ok    engine: Podman 4." in doctor.stdout and "Docker API 1.41, rootful" in doctor.stdout, doctor.stdout
     assert "ok    engine dns: containers find each other by name" in doctor.stdout
     assert "FAIL" not in doctor.stdout, doctor.stdout  # conmon holds the published ports: this stack's
-    down = proj.devenv("down", "--volumes", "--runtime", "podman")
+    # Later commands without --runtime (auto) find the stack on Podman, not on dockerd (which also
+    # runs here): `up` recorded the engine it started it on.
+    status = proj.devenv("status", "--json", "--runtime", "auto")
+    assert all(s["state"] == "running" for s in json.loads(status.stdout)["services"]), status.stdout
+    down = proj.devenv("down", "--volumes", "--runtime", "auto")
     assert "postgres" in down.stderr + down.stdout
     assert not proj.containers()
 

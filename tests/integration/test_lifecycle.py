@@ -700,6 +700,7 @@ def test_reset_hard_named_by_the_hint_rebuilds_from_the_changed_files(proj: Any)
 # ---- 10. changed settings -----------------------------------------------------------------------
 
 
+@pytest.mark.every_engine
 def test_changed_settings_restart_or_reload_only_their_service(proj: Any) -> None:
     proj.devenv("up")
     start = server_pids(proj)

@@ -163,6 +163,7 @@ def test_pgbench_through_pgbouncer_with_more_clients_than_the_pool(running, tmp_
     assert 0 < peak["server"] <= 20, f"Postgres saw {peak['server']} connections from a pool of 20"
 
 
+@pytest.mark.every_engine
 @pytest.mark.parametrize("profile", PROFILES)
 def test_pgwire_speaks_to_postgres_and_pgbouncer(running, profile: str) -> None:
     """devenv.clients.pgwire (health checks, the cold-`up` seed check) against the real servers:
@@ -170,10 +171,10 @@ def test_pgwire_speaks_to_postgres_and_pgbouncer(running, profile: str) -> None:
     from devenv.clients import pgwire
 
     proj = running(profile)
-    pg, pgb = proj.stack().postgres, proj.stack().pgbouncer
+    pg, pgb, host = proj.stack().postgres, proj.stack().pgbouncer, proj.stack().host
     with proj.connect() as reference:
         major = reference.info.server_version // 10000
-    with pgwire.Connection("127.0.0.1", pg.port, pg.user, pg.password, pg.database, ssl=pg.ssl) as conn:
+    with pgwire.Connection(host, pg.port, pg.user, pg.password, pg.database, ssl=pg.ssl) as conn:
         assert conn.server_major == major
         assert conn.query("SELECT 1, NULL::text, 'it''s'") == [("1", None, "it's")]
         assert conn.scalar("SELECT count(*) FROM tasks") == "40"
@@ -182,12 +183,12 @@ def test_pgwire_speaks_to_postgres_and_pgbouncer(running, profile: str) -> None:
             conn.query("SELECT no_such_column FROM tasks")
         assert caught.value.sqlstate == "42703"
         assert conn.scalar("SELECT 2") == "2", "the session survives an error"
-    with pgwire.Connection("127.0.0.1", pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer", ssl=pg.ssl) as conn:
+    with pgwire.Connection(host, pgb.port, pgb.admin_user, pgb.admin_password, "pgbouncer", ssl=pg.ssl) as conn:
         assert conn.scalar("SHOW VERSION").startswith("PgBouncer")
-    with pgwire.Connection("127.0.0.1", pgb.port, pg.user, pg.password, pgb.database, ssl=pg.ssl) as conn:
+    with pgwire.Connection(host, pgb.port, pg.user, pg.password, pgb.database, ssl=pg.ssl) as conn:
         assert conn.scalar("SELECT current_user") == pg.user
     with pytest.raises(pgwire.PgError) as caught:
-        pgwire.Connection("127.0.0.1", pg.port, pg.user, "wrong", pg.database, ssl=pg.ssl)
+        pgwire.Connection(host, pg.port, pg.user, "wrong", pg.database, ssl=pg.ssl)
     assert caught.value.sqlstate == "28P01"
 
 

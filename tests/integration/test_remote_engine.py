@@ -1,0 +1,111 @@
+"""A Docker engine that does not see this machine's files nor share its loopback: the remote lane's
+(.ci/remote-engine-up.sh: a dockerd in a network namespace, reached over TCP at 10.213.0.2).
+
+Nothing is bind-mounted there (the configs and keys are copied in through the API), the URLs
+name the engine's host, the ports are bound on its address only, and the seeded-data cache
+fills and restores through the archive API.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.integration.conftest import ENGINE_LANES, Project, make_project, teardown_project, use_runtime
+
+
+@pytest.fixture
+def remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project]:
+    """A dev-profile project on the remote lane's engine, with a seeded-data cache of its own."""
+    use_runtime("remote", monkeypatch)
+    proj = make_project(tmp_path / "proj", "remote", profile="dev")
+    proj.env["DEVENV_CACHE_DIR"] = str(tmp_path / "cache")
+    proj.env.pop("DEVENV_NO_CACHE", None)
+    yield proj
+    teardown_project(proj)
+
+
+def _engine_address() -> str:
+    return urlsplit(ENGINE_LANES["remote"]).hostname or ""
+
+
+def test_remote_engine_gets_copies_urls_name_its_host_and_ports_bind_there_only(remote: Project) -> None:
+    proj = remote
+    address = _engine_address()
+    up = json.loads(proj.devenv("up", "--json").stdout)
+    for key, url in up["urls"].items():
+        assert urlsplit(url).hostname == address, f"{key} names {url}"
+    env = dict(line.split("=", 1) for line in proj.devenv("env").stdout.splitlines() if "=" in line)
+    assert urlsplit(env["DATABASE_URL"]).hostname == address and env["PGHOST"] == address
+    for service in ("postgres", "pgbouncer", "redis"):
+        attrs = proj.container(service).attrs
+        assert [m for m in attrs["Mounts"] if m["Type"] == "bind"] == [], f"{service} has a bind mount"
+        bindings = [b for binds in (attrs["HostConfig"]["PortBindings"] or {}).values() for b in binds]
+        assert bindings and all(b["HostIp"] == address for b in bindings), f"{service}: {bindings}"
+    # The configs the servers run with are devenv's (copied in, not empty mount points).
+    with proj.admin_connect() as conn:
+        assert conn.execute("SHOW config_file").fetchone()[0] == "/etc/postgresql/postgresql.conf"
+        assert conn.execute("SHOW log_min_duration_statement").fetchone()[0] == "1s"  # devenv.yaml's, not the default
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+    with proj.connect(pooled=True) as conn:
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
+    assert proj.redis().ping()
+    # The no-op `up` looks at the engine's host, not 127.0.0.1.
+    assert "nothing to do" in proj.devenv("up").stderr
+
+
+def test_remote_cache_is_saved_and_restored_through_the_api_and_down_volumes_leaves_nothing(
+        remote: Project) -> None:
+    proj = remote
+    first = proj.devenv("up")
+    assert "cached the seeded data" in first.stderr, first.stderr
+    with proj.connect() as conn:
+        conn.execute("INSERT INTO users (email, password_hash) VALUES ('later@x', 'x')")
+        conn.commit()
+    proj.devenv("down", "--volumes")
+    second = proj.devenv("up")
+    assert "restoring seeded data" in second.stderr and "postgres   initdb" not in second.stderr
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 8
+    proj.devenv("down", "--volumes")
+    from tests.integration.conftest import docker_client
+
+    client = docker_client(proj.docker_host)
+    label = {"label": f"com.docker.compose.project={proj.stack_name}"}
+    leftover: list[Any] = [*client.containers.list(all=True, filters=label), *client.volumes.list(filters=label)]
+    assert leftover == []
+
+
+def test_ssh_engine_without_an_override_is_refused_with_a_hint(tmp_path: Path) -> None:
+    proj = make_project(tmp_path / "proj", "native")
+    proj.env.update({"DOCKER_HOST": "ssh://nobody@devenv-no-such-host.invalid"})
+    proc = proj.devenv("up", "--runtime", "docker", check=False)
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr, proc.stderr  # DependencyError
+    assert "does not forward the stack's ports through SSH" in proc.stderr and "hint:" in proc.stderr
+
+
+def test_files_mode_switch_on_a_local_engine_recreates_with_copies_then_mounts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_runtime("docker", monkeypatch)
+    proj = make_project(tmp_path / "proj", "docker", profile="ci")
+    try:
+        proj.env["DEVENV_DOCKER_FILES"] = "copy"
+        proj.devenv("up")
+        mounts = {m["Type"] for m in proj.container("postgres").attrs["Mounts"]}
+        assert "bind" not in mounts and proj.stack().host == "127.0.0.1"  # a local engine stays on 127.0.0.1
+        with proj.connect() as conn:
+            assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+        proj.env["DEVENV_DOCKER_FILES"] = "mount"
+        second = proj.devenv("up")
+        assert "nothing changed" not in second.stderr
+        assert "bind" in {m["Type"] for m in proj.container("postgres").attrs["Mounts"]}
+        proj.env["DEVENV_DOCKER_FILES"] = "sideways"
+        bad = proj.devenv("up", check=False)
+        assert bad.returncode == 3 and "DEVENV_DOCKER_FILES" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        teardown_project(proj)
