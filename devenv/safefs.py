@@ -150,4 +150,16 @@ def _fresh(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
 
 
-__all__ = ["flock_within", "open_append", "private_dir", "verified_dir", "verified_file", "write_file"]
+def read_tail(path: Path, lines: int) -> str:
+    """The last `lines` lines of a (log) file, reading at most its last 64 KiB; "" when unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 65536))
+            data = handle.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+__all__ = ["flock_within", "open_append", "private_dir", "read_tail", "verified_dir", "verified_file", "write_file"]

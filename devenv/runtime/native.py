@@ -408,7 +408,7 @@ class NativeRuntime:
                 f"(data from the cache or from an earlier checkout): {exc}",
                 hint="see `devenv logs postgres`; data from the cache: delete the cache entry "
                 "(DEVENV_CACHE_DIR) and run `devenv up` again; else `devenv down --volumes` starts afresh.",
-                log_tail=_tail(layout.log_file("postgres"), 20),
+                log_tail=safefs.read_tail(layout.log_file("postgres"), 20),
             )
 
         deadline = time.monotonic() + timeout
@@ -449,7 +449,7 @@ class NativeRuntime:
             raise HealthCheckError(
                 f"initdb failed with exit code {proc.returncode}",
                 hint="see the log above; `devenv logs postgres` has the whole of it.",
-                log_tail=_tail(layout.log_file("postgres"), 20),
+                log_tail=safefs.read_tail(layout.log_file("postgres"), 20),
             )
         os.replace(scratch, layout.pgdata)
 
@@ -610,9 +610,9 @@ class NativeRuntime:
         """Always: a server process is spawned before `up` returns."""
         return True
 
-    def log_tail(self, stack: Stack, service: str, lines: int = 20) -> str:
+    def logsafefs.read_tail(self, stack: Stack, service: str, lines: int = 20) -> str:
         """The last lines of the service's log file."""
-        return _tail(self.layout(stack).log_file(service), lines)
+        return safefs.read_tail(self.layout(stack).log_file(service), lines)
 
     def follow_logs(self, stack: Stack, service: str | None, follow: bool) -> Iterator[str]:
         """Lines of one or every log file; with `follow`, new lines as they come."""
@@ -687,18 +687,6 @@ def _linked_dir(link: Path, target: Path) -> Path:
 
 def _write_json(path: Path, data: dict) -> None:
     safefs.write_file(path, json.dumps(data, indent=1, sort_keys=True).encode())
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - 65536))
-            data = handle.read().decode(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(data.splitlines()[-lines:])
 
 
 __all__ = ["NativeRuntime"]
