@@ -610,7 +610,7 @@ class NativeRuntime:
         """Always: a server process is spawned before `up` returns."""
         return True
 
-    def logsafefs.read_tail(self, stack: Stack, service: str, lines: int = 20) -> str:
+    def log_tail(self, stack: Stack, service: str, lines: int = 20) -> str:
         """The last lines of the service's log file."""
         return safefs.read_tail(self.layout(stack).log_file(service), lines)
 
