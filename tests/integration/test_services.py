@@ -150,7 +150,7 @@ def test_pgbench_through_pgbouncer_with_more_clients_than_the_pool(running, tmp_
         # prod requires TLS on TCP, PgBouncer included
         env = {**proj.env, "PGPASSWORD": stack.postgres.password, "PGSSLMODE": "require"}
         proc = subprocess.run(
-            [pgbench, "-n", "-h", "127.0.0.1", "-p", str(stack.pgbouncer.port), "-U", stack.postgres.user,
+            [pgbench, "-n", "-h", stack.host, "-p", str(stack.pgbouncer.port), "-U", stack.postgres.user,
              "-c", "30", "-j", "2", "-t", "40", "-f", str(script), stack.pgbouncer.database],
             env=env, capture_output=True, text=True, timeout=120,
         )
