@@ -59,26 +59,8 @@ def test_remote_engine_gets_copies_urls_name_its_host_and_ports_bind_there_only(
     assert "nothing to do" in proj.devenv("up").stderr
 
 
-def test_remote_cache_is_saved_and_restored_through_the_api_and_down_volumes_leaves_nothing(
-        remote: Project) -> None:
-    proj = remote
-    first = proj.devenv("up")
-    assert "cached the seeded data" in first.stderr, first.stderr
-    with proj.connect() as conn:
-        conn.execute("INSERT INTO users (email, password_hash) VALUES ('later@x', 'x')")
-        conn.commit()
-    proj.devenv("down", "--volumes")
-    second = proj.devenv("up")
-    assert "restoring seeded data" in second.stderr and "postgres   initdb" not in second.stderr
-    with proj.connect() as conn:
-        assert conn.execute("SELECT count(*) FROM users").fetchone()[0] == 8
-    proj.devenv("down", "--volumes")
-    from tests.integration.conftest import docker_client
-
-    client = docker_client(proj.docker_host)
-    label = {"label": f"com.docker.compose.project={proj.stack_name}"}
-    leftover: list[Any] = [*client.containers.list(all=True, filters=label), *client.volumes.list(filters=label)]
-    assert leftover == []
+# The cache through the API and `down --volumes` leaving nothing on the engine: the every_engine
+# tests test_second_cold_up_restores_the_cache_into_the_volume and test_down_volumes_deletes_the_data_and_up_reseeds in the remote lane.
 
 
 def test_ssh_engine_without_an_override_is_refused_with_a_hint(tmp_path: Path) -> None:
