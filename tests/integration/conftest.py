@@ -59,14 +59,16 @@ SERVER_COMMS = {"postgres", "pgbouncer", "redis-server", "initdb"}
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "native_only(reason): tests native internals; skipped on other runtimes")
-    config.addinivalue_line("markers", "every_engine: also runs in the engine lanes (podman, remote), not only native and docker")
+    config.addinivalue_line("markers", "every_engine(lanes=...): also runs in the engine lanes (podman, remote; or those "
+                            "named), not only native and docker")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     deselected, kept = [], []
     for item in items:
         runtime = getattr(getattr(item, "callspec", None), "params", {}).get("runtime")
-        if runtime in ENGINE_LANES and item.get_closest_marker("every_engine") is None:
+        every = item.get_closest_marker("every_engine")
+        if runtime in ENGINE_LANES and (every is None or runtime not in every.kwargs.get("lanes", ENGINE_LANES)):
             deselected.append(item)  # an engine lane runs only the stack checks: CI time grows by those
             continue
         kept.append(item)
