@@ -230,7 +230,7 @@ def up(
             write_state(stack.state_dir, {
                 "fingerprint": fingerprint() if callable(fingerprint) else fingerprint,
                 "runtime": runtime.name,
-                "engine": runtime.engine_host(),  # where `auto` looks for the stack's containers again
+                "engine": runtime.engine_address(),  # where `auto` looks for the stack's containers again
                 "ports": [s.port for s in stack.services],
                 "host": stack.host,  # where the ports are reached: 127.0.0.1 or a remote engine's host
                 "urls": stack.urls(),

@@ -132,9 +132,9 @@ class AutoRuntime:
 
     # ---- the Runtime interface, delegated ------------------------------------------------------
 
-    def engine_host(self) -> str:
+    def engine_address(self) -> str:
         """The chosen runtime's engine ("" before one is chosen)."""
-        return self._chosen.engine_host() if self._chosen is not None else ""
+        return self._chosen.engine_address() if self._chosen is not None else ""
 
     def identify(self, stack: Stack) -> Stack:
         """The stack's name on the chosen runtime (choosing it, images included, if not done yet)."""

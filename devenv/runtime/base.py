@@ -65,7 +65,7 @@ class Runtime(Protocol):
         """What runs the stack, said once per `up`: the engine and images, or the binaries."""
         ...
 
-    def engine_host(self) -> str:
+    def engine_address(self) -> str:
         """The container engine this runtime talks to (`unix:///run/podman/podman.sock`,
         `tcp://10.0.0.5:2375`), recorded by `up` so that `auto` finds the stack there again
         (a stack started with `--runtime podman`); "" for local processes."""

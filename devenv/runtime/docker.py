@@ -176,7 +176,7 @@ class DockerRuntime:
         host, ip = reach(self.endpoint(), self.env)
         return stack.replace(reach_host=host, bind_ip=ip)
 
-    def engine_host(self) -> str:
+    def engine_address(self) -> str:
         """The engine's endpoint (DOCKER_HOST, a context's, Podman's socket)."""
         return self.endpoint().host
 

@@ -125,7 +125,7 @@ class NativeRuntime:
         """The stack on 127.0.0.1 (not a remote engine's host); its directories are named by the checkout's path already."""
         return stack.replace(reach_host="", bind_ip="")
 
-    def engine_host(self) -> str:
+    def engine_address(self) -> str:
         """No engine: local processes."""
         return ""
 
