@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # A "remote" Docker engine on this machine, for the integration suite's remote lane: a second
 # dockerd in a network namespace of its own (devenv-remote), reached over plain TCP on the
-# namespace's address, with its own data root, so that it neither shares this machine's
-# loopback nor would a bind mount of a host path hold devenv's rendered files there.
+# namespace's address, with its own data root, and in a mount namespace of its own where the
+# folders checkouts and tests live in (/tmp, /root, /home, /work, /srv, /opt) are empty tmpfs:
+# it shares neither this machine's loopback nor its files, so a bind mount of a host path
+# would give the containers an empty directory, as on a real remote host.
 #
 # Idempotent: the namespace, the veth pair and the daemon are made only when missing; the test
 # images are loaded from the first engine (docker save | docker load) only when absent.
@@ -62,11 +64,16 @@ else
     fi
     if [ ! -f "$pidfile" ]; then
         log "starting dockerd in $NS (log: $ROOT/dockerd.log)"
-        nohup setsid nsenter --net="/run/netns/$NS" dockerd \
-            --data-root "$ROOT/data" --exec-root "$ROOT/exec" --pidfile "$pidfile" \
-            --host "unix://$ROOT/docker.sock" --host "$ENDPOINT" \
-            --bip 10.214.0.1/24 --default-address-pool base=10.215.0.0/16,size=24 \
-            >>"$ROOT/dockerd.log" 2>&1 </dev/null &
+        # shellcheck disable=SC2016  # expanded by the inner shell
+        nohup setsid unshare --mount --propagation private sh -c '
+            for dir in /tmp /root /home /work /srv /opt; do
+                [ -d "$dir" ] && mount -t tmpfs -o mode=1777,size=16m devenv-remote-empty "$dir"
+            done
+            exec nsenter --net="/run/netns/$0" dockerd \
+                --data-root "$1/data" --exec-root "$1/exec" --pidfile "$2" \
+                --host "unix://$1/docker.sock" --host "$3" \
+                --bip 10.214.0.1/24 --default-address-pool base=10.215.0.0/16,size=24' \
+            "$NS" "$ROOT" "$pidfile" "$ENDPOINT" >>"$ROOT/dockerd.log" 2>&1 </dev/null &
     fi
     for _ in $(seq 1 120); do
         answers && break

@@ -4,8 +4,8 @@ An engine that does not see this machine's files (GitLab's `docker:dind`, a tcp:
 DOCKER_HOST) would give each bind mount an empty directory of its own host. For such an engine
 (devenv.runtime.engine.copies_files) the compose file's bind mounts become the spec's
 `copies` (devenv.runtime.compose) and are written into the container's filesystem after it
-is created and before it starts (PUT /containers/{id}/archive), with the owner and mode they
-have as bind mounts: configs 0644, keys 0600 owned by the user the server runs as. A reload
+is created and before it starts (PUT /containers/{id}/archive), owned by the user the server
+runs as: 0600 where they hold a secret (SECRET_SUFFIXES), else 0644. A reload
 writes the changed files into the running container the same way. The rendered compose file,
 for humans, keeps its bind mounts.
 """
@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Mapping
 
 from devenv.errors import DependencyError, StateError
 from devenv.runtime.dockerapi import api_message, read_file
+
+# The copied files that hold a secret: TLS keys, PgBouncer's SCRAM secrets, Redis's password.
+SECRET_SUFFIXES = (".key", "/userlist.txt", "/redis.conf")
 
 if TYPE_CHECKING:
     from docker import DockerClient
@@ -62,9 +65,9 @@ def _put(container: Container, contents: Mapping[str, bytes], owner: tuple[int, 
             info = tarfile.TarInfo(target.lstrip("/"))
             info.size, info.mtime = len(data), now
             info.uid, info.gid = owner
-            # As the bind mounts had them: a key only its server's user reads (Postgres refuses
-            # anything looser), the configs readable by the image's other users.
-            info.mode = 0o600 if target.endswith(".key") else 0o644
+            # Readable by the server's user only where they hold a secret (a key, which Postgres
+            # refuses looser; SCRAM secrets; Redis's password), the other configs by all.
+            info.mode = 0o600 if target.endswith(SECRET_SUFFIXES) else 0o644
             tar.addfile(info, io.BytesIO(data))
     try:
         if not container.put_archive("/", buffer.getvalue()):

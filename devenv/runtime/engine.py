@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from devenv.errors import DependencyError
+from devenv.errors import ConfigError, DependencyError
 
 PING_TIMEOUT = 3.0  # seconds: `--runtime auto` must not hang on a dead remote engine
 
@@ -201,8 +201,6 @@ def copies_files(endpoint: Endpoint, env: Mapping[str, str], fallback: bool = Fa
     (what the engine's facts call for: rootless Podman's uid mapping)."""
     mode = env.get(FILES_MODE, "").strip().lower()
     if mode not in ("", "copy", "mount"):
-        from devenv.errors import ConfigError
-
         raise ConfigError(f"{FILES_MODE}={env[FILES_MODE]!r} is neither copy nor mount",
                           hint=f"unset it (devenv decides per engine), or set {FILES_MODE}=copy or mount.")
     return mode == "copy" if mode else is_remote(endpoint) or fallback
@@ -242,4 +240,11 @@ def reach(endpoint: Endpoint, env: Mapping[str, str]) -> tuple[str, str]:
             f"{HOST_OVERRIDE if override else endpoint.origin}): {exc}",
             hint=f"set {HOST_OVERRIDE} to an IPv4 address or a name this machine resolves.",
         ) from exc
-    return host, str(infos[0][4][0])
+    address = str(infos[0][4][0])
+    if address == "0.0.0.0":  # noqa: S104 (this is the check against it)
+        raise ConfigError(
+            f"{host} (from {HOST_OVERRIDE if override else endpoint.origin}) is the unspecified address: "
+            "the stack's ports would be published on every interface of the engine's host",
+            hint=f"set {HOST_OVERRIDE} to the one address this machine reaches the engine's host at.",
+        )
+    return host, address

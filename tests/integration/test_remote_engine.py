@@ -63,6 +63,17 @@ def test_remote_engine_gets_copies_urls_name_its_host_and_ports_bind_there_only(
 # tests test_second_cold_up_restores_the_cache_into_the_volume and test_down_volumes_deletes_the_data_and_up_reseeds in the remote lane.
 
 
+def test_the_remote_engine_sees_none_of_this_machines_files(remote: Project) -> None:
+    """What makes the lane a remote engine: a bind mount of the project's folder (or of the lane's
+    own script) gives a container an empty directory there, as it would on another host."""
+    client = remote.client()
+    for folder in (remote.root, Path(__file__).resolve().parent):
+        assert any(folder.iterdir())
+        listing = client.containers.run("devenv-test/postgres:15", ["ls", "-A", "/probe"], entrypoint=[],
+                                        volumes={str(folder): {"bind": "/probe", "mode": "ro"}}, remove=True)
+        assert listing.decode().split() == [], f"the remote engine sees {folder}: {listing!r}"
+
+
 def test_ssh_engine_without_an_override_is_refused_with_a_hint(tmp_path: Path) -> None:
     proj = make_project(tmp_path / "proj", "native")
     proj.env.update({"DOCKER_HOST": "ssh://nobody@devenv-no-such-host.invalid"})

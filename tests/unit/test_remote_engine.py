@@ -58,6 +58,11 @@ def test_reach_names_the_engines_host_and_binds_on_its_address_only() -> None:
     with pytest.raises(DependencyError) as caught:
         reach(endpoint("tcp://devenv-no-such-host.invalid:2375"), {})
     assert "DEVENV_HOST_OVERRIDE" in caught.value.hint
+    # Never every interface: 0.0.0.0 (as an override or the engine's address) is refused.
+    for env, address in (({"DEVENV_HOST_OVERRIDE": "0.0.0.0"}, "tcp://10.213.0.2:2375"), ({}, "tcp://0.0.0.0:2375")):
+        with pytest.raises(ConfigError) as refused:
+            reach(endpoint(address), env)
+        assert "every interface" in refused.value.message and "DEVENV_HOST_OVERRIDE" in refused.value.hint
 
 
 def test_ssh_without_an_override_is_refused_until_ports_are_forwarded() -> None:
@@ -137,7 +142,7 @@ class FakeClient:
         return {"Config": {"User": self.image_user}}
 
 
-def test_delivery_gives_the_files_to_the_servers_user_keys_0600(project: Path, tmp_path: Path) -> None:
+def test_delivery_gives_the_files_to_the_servers_user_secrets_0600(project: Path, tmp_path: Path) -> None:
     stack = build_stack(load_config(project / "devenv.yaml", {}), "prod")
     compose = load_compose(render_files(stack, compose_placement(stack))["docker-compose.yml"])
     specs = compose_specs(compose, tmp_path / "docker-compose.yml", "1.41", env={}, copy_files=True)
@@ -161,6 +166,9 @@ def test_delivery_gives_the_files_to_the_servers_user_keys_0600(project: Path, t
     deliver(FakeClient(container, "70:70"), "id", specs["pgbouncer"])
     with tarfile.open(fileobj=io.BytesIO(container.put[0][1])) as tar:
         assert {(m.uid, m.gid) for m in tar.getmembers()} == {(70, 70)}
+        modes = {m.name.rsplit("/", 1)[-1]: m.mode for m in tar.getmembers()}
+    # SCRAM secrets only for PgBouncer's user; its ini (no secret) for everyone.
+    assert modes["userlist.txt"] == 0o600 and modes["pgbouncer.ini"] == 0o644, modes
 
 
 def test_doctor_leaves_this_machines_ports_alone_for_a_remote_engine(project: Path) -> None:
