@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from devenv.config.stack import Stack
 
 API_TIMEOUT = 120.0
+HANDSHAKE_TIMEOUT = 10.0  # the API version and a ping: a live engine answers in well under a second (Podman ~0.4 s)
 IMAGE_VARS = {service: f"DEVENV_{service.upper()}_IMAGE" for service in SERVICES}
 
 
@@ -38,7 +39,9 @@ def connect(endpoint: Endpoint, timeout: float = API_TIMEOUT) -> DockerClient:
     import docker
     from docker.errors import DockerException
 
-    kwargs: dict[str, Any] = {"base_url": endpoint.host, "timeout": timeout}
+    # The handshake (API version, ping) gets a short timeout of its own: a port that accepts and
+    # never answers must not hold a command for the operations' timeout (120 s), twice.
+    kwargs: dict[str, Any] = {"base_url": endpoint.host, "timeout": min(timeout, HANDSHAKE_TIMEOUT)}
     if endpoint.host.startswith("ssh://"):
         kwargs["use_ssh_client"] = True  # the system's ssh: its config and agent, no paramiko
     if endpoint.tls_dir and (endpoint.host.startswith("tcp://") or endpoint.host.startswith("https://")):
@@ -52,6 +55,7 @@ def connect(endpoint: Endpoint, timeout: float = API_TIMEOUT) -> DockerClient:
         client.ping()
     except (DockerException, OSError) as exc:
         raise engine_unreachable(endpoint, exc) from exc
+    client.api.timeout = timeout
     return client
 
 

@@ -7,6 +7,7 @@ of importing the SDK (or the ~13 ms of importing devenv.runtime.docker).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -110,11 +111,17 @@ def context_endpoint(name: str, env: Mapping[str, str]) -> Endpoint:
 
 def engine_unreachable(endpoint: Endpoint, exc: BaseException) -> DependencyError:
     """The error for an engine that does not answer: the host tried, where it came from, why."""
-    return DependencyError(
-        f"no Docker engine answers at {endpoint.host} (from {endpoint.origin}): {_why(exc)}",
-        hint="start Docker (`sudo systemctl start docker`, Docker Desktop, colima), point DOCKER_HOST or "
-        "`docker context use` at a running engine, or use the native runtime: `devenv up --runtime native`.",
-    )
+    why = _why(exc)
+    if "paramiko" in why:  # the docker SDK's ssh:// transport imports it, even with the ssh client
+        return DependencyError(f"the docker SDK needs paramiko for the ssh:// engine at {endpoint.host}",
+                               hint="`pip install paramiko`, or point DOCKER_HOST at the engine's tcp:// address.")
+    if "podman" in endpoint.host or endpoint.origin in ("CONTAINER_HOST", "Podman's socket", "`podman machine`"):
+        hint = ("start Podman's API service (`systemctl --user start podman.socket`, rootful `sudo systemctl "
+                "start podman.socket`, macOS `podman machine start`), or set CONTAINER_HOST to its socket.")
+    else:
+        hint = ("start Docker (`sudo systemctl start docker`, Docker Desktop, colima), point DOCKER_HOST or "
+                "`docker context use` at a running engine, or use the native runtime: `devenv up --runtime native`.")
+    return DependencyError(f"no Docker engine answers at {endpoint.host} (from {endpoint.origin}): {why}", hint=hint)
 
 
 def _why(exc: BaseException) -> str:
@@ -127,6 +134,10 @@ def _why(exc: BaseException) -> str:
             return "permission denied (is your user in the `docker` group?)"
         if isinstance(seen, ConnectionRefusedError):
             return "connection refused"
+        if isinstance(seen, OSError) and seen.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "no route to host"
+        if "timed out" in str(seen).lower():
+            return "it accepted the connection but did not answer in time (is that port a Docker engine?)"
         seen = seen.__cause__ or seen.__context__ or next((a for a in getattr(seen, "args", ()) if isinstance(a, BaseException)), None)
     text = " ".join(str(exc).split())
     return text[:200] or type(exc).__name__

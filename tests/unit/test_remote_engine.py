@@ -185,3 +185,14 @@ def test_doctor_leaves_this_machines_ports_alone_for_a_remote_engine(project: Pa
         assert port_checks(stack.replace(reach_host="", bind_ip=""), [], "docker")[0].status != OK  # locally: seen
     assert [c.status for c in checks] == [OK, OK, OK]
     assert "10.0.0.9" in checks[0].detail and "docker" in checks[0].detail
+
+
+def test_an_engine_that_does_not_answer_is_named_with_the_reason_and_the_right_hint() -> None:
+    from devenv.runtime.engine import engine_unreachable
+
+    silent = engine_unreachable(endpoint("tcp://10.0.0.9:2375"), OSError("Read timed out. (read timeout=10.0)"))
+    assert "accepted the connection but did not answer in time" in silent.message
+    ssh = engine_unreachable(endpoint("ssh://me@devbox"), RuntimeError("Install paramiko package to enable ssh:// support"))
+    assert "paramiko" in ssh.message and "pip install paramiko" in ssh.hint
+    podman = engine_unreachable(Endpoint("unix:///run/podman/podman.sock", "Podman's socket"), ConnectionRefusedError())
+    assert "podman.socket" in podman.hint and "connection refused" in podman.message
