@@ -76,6 +76,7 @@ def up(
     # so a cold `up` with data, or one from the cache, never loads psycopg (150-300 ms here).
     with contextlib.ExitStack() as scope:
         scope.enter_context(locked(stack.state_dir, on_wait=say))
+        _refuse_second_place(stack, runtime)
         stack = runtime.identify(stack)
         # Where its ports are reached, for the commands after this one (they build the Stack from it).
         record_reach(stack.state_dir, stack.root, stack.reach_host, stack.bind_ip)
@@ -340,6 +341,27 @@ def seeded_and_current(stack: Stack) -> bool:
     except (pgwire.PgError, OSError, ValueError):
         return False
     return all(applied.get(key) == checksum for key, checksum in wanted.items())
+
+
+def _refuse_second_place(stack: Stack, runtime: Runtime) -> None:
+    """StateError when the last `up` left this stack on another runtime or engine (state.json):
+    a second copy there would take other ports and data, and later commands would see only one."""
+    from devenv.errors import StateError
+    from devenv.state import read_state
+
+    recorded = read_state(stack.state_dir)
+    was, engine = recorded.get("runtime"), recorded.get("engine")
+    if was not in ("native", "docker"):
+        return
+    chosen = runtime.resolve(stack)
+    if was == chosen.name and (was == "native" or not isinstance(engine, str) or engine in ("", chosen.engine_address())):
+        return
+    where = f"the {was} runtime" + (f" (engine {engine})" if was == "docker" and engine else "")
+    raise StateError(
+        f"profile {stack.profile} of this checkout is up on {where}, not on "
+        f"{chosen.name}{f' (engine {chosen.engine_address()})' if chosen.name == 'docker' else ''}",
+        hint=f"`devenv down -p {stack.profile}` first (it finds the stack where it runs; --volumes to drop its "
+             f"data), then `up` here; or leave out --runtime (and DOCKER_HOST) to keep using it there.")
 
 
 def down(stack: Stack, runtime: Runtime, *, volumes: bool = False) -> list[str]:
