@@ -51,6 +51,14 @@ def test_runtime_podman_finds_podmans_socket_by_itself(podman_project: Project) 
     assert "ok    engine: Podman 4." in doctor.stdout and "Docker API 1.41, rootful" in doctor.stdout, doctor.stdout
     assert "ok    engine dns: containers find each other by name" in doctor.stdout
     assert "FAIL" not in doctor.stdout, doctor.stdout  # conmon holds the published ports: this stack's
+    # A second copy on dockerd is refused, naming where the stack runs (it would orphan this one).
+    second = proj.devenv("up", "--runtime", "docker", check=False)
+    assert second.returncode == 8 and "is up on the docker runtime (engine unix:///run/podman/podman.sock)" \
+        in second.stderr and "devenv down" in second.stderr, second.stderr
+    from tests.integration.conftest import docker_client
+
+    label = {"label": f"com.docker.compose.project={proj.stack_name}"}
+    assert docker_client("unix:///var/run/docker.sock").containers.list(all=True, filters=label) == []
     # Later commands without --runtime (auto) find the stack on Podman, not on dockerd (which also
     # runs here): `up` recorded the engine it started it on.
     status = proj.devenv("status", "--json", "--runtime", "auto")
