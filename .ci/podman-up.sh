@@ -47,7 +47,9 @@ if ! answers; then
     log "starting podman system service on $SOCK (log: /var/log/podman-service.log)"
     mkdir -p /run/podman
     rm -f "$SOCK"
-    nohup setsid podman system service --time=0 "unix://$SOCK" >>/var/log/podman-service.log 2>&1 </dev/null &
+    # From /: conmon, which it starts for each container, inherits the working directory and
+    # fails ("Failed to get working directory") once a checkout it was started from is gone.
+    (cd / && nohup setsid podman system service --time=0 "unix://$SOCK" >>/var/log/podman-service.log 2>&1 </dev/null &)
     for _ in $(seq 1 60); do
         answers && break
         sleep 0.5

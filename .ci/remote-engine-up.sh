@@ -65,7 +65,8 @@ else
     if [ ! -f "$pidfile" ]; then
         log "starting dockerd in $NS (log: $ROOT/dockerd.log)"
         # shellcheck disable=SC2016  # expanded by the inner shell
-        nohup setsid unshare --mount --propagation private sh -c '
+        # From / (in a subshell): the daemon outlives this checkout's directory.
+        (cd / && nohup setsid unshare --mount --propagation private sh -c '
             for dir in /tmp /root /home /work /srv /opt; do
                 [ -d "$dir" ] && mount -t tmpfs -o mode=1777,size=16m devenv-remote-empty "$dir"
             done
@@ -73,7 +74,7 @@ else
                 --data-root "$1/data" --exec-root "$1/exec" --pidfile "$2" \
                 --host "unix://$1/docker.sock" --host "$3" \
                 --bip 10.214.0.1/24 --default-address-pool base=10.215.0.0/16,size=24' \
-            "$NS" "$ROOT" "$pidfile" "$ENDPOINT" >>"$ROOT/dockerd.log" 2>&1 </dev/null &
+            "$NS" "$ROOT" "$pidfile" "$ENDPOINT" >>"$ROOT/dockerd.log" 2>&1 </dev/null &)
     fi
     for _ in $(seq 1 120); do
         answers && break

@@ -52,8 +52,9 @@ class AutoRuntime:
             return self._chosen
         # The engine the stack was started on (`--runtime podman`, a DOCKER_HOST of that shell), if
         # it still answers; else the engine found as usual.
-        docker = self._docker(state.get("engine") if recorded == "docker" else None)
-        if isinstance(docker, str) and recorded == "docker" and state.get("engine"):
+        engine = state.get("engine") if recorded == "docker" and isinstance(state.get("engine"), str) else ""
+        docker = self._docker(engine)
+        if isinstance(docker, str) and engine:
             docker = self._docker()
         if not isinstance(docker, str):
             self._unchecked = None if recorded == "docker" else docker
@@ -64,18 +65,15 @@ class AutoRuntime:
         self._chosen = self._native(docker)
         return self._chosen
 
-    def _docker(self, recorded: object = None) -> DockerRuntime | str:
+    def _docker(self, recorded: str = "") -> DockerRuntime | str:
         """A DockerRuntime whose engine answered a ping, or why there is none. `recorded`: the
         engine a stack was started on (state.json's `engine`), tried instead of looking."""
         from devenv.runtime.engine import PING_TIMEOUT, Endpoint, engine_unreachable, find_endpoint, unix_http_get
 
         try:
-            if isinstance(recorded, str) and recorded:
-                found = find_endpoint(self.env)
-                endpoint = found if found is not None and found.host == recorded else \
-                    Endpoint(recorded, "the engine the stack was started on")
-            else:
-                endpoint = find_endpoint(self.env)
+            endpoint = find_endpoint(self.env)
+            if recorded and (endpoint is None or endpoint.host != recorded):  # as found, TLS and all, if the same
+                endpoint = Endpoint(recorded, "the engine the stack was started on")
         except DependencyError as exc:
             return exc.message
         if endpoint is None:

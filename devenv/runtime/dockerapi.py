@@ -249,6 +249,7 @@ def read_file(container: Container, path: str) -> str | None:
     except (DockerException, tarfile.TarError, OSError):
         return None
 
+
 def ensure_network(client: DockerClient, name: str, labels: dict[str, str]) -> None:
     """A bridge network, made if missing (Compose's default network of a project)."""
     from docker.errors import APIError, NotFound

@@ -170,7 +170,8 @@ def dns_gap(client: DockerClient, facts: EngineFacts, network: str) -> str | Non
 def probe_dns(client: DockerClient, facts: EngineFacts, image: str, network: str | None = None) -> str | None:
     """Whether a container finds another by name, tried for real: a throwaway container of a
     PostgreSQL `image` (psql is in every one) on `network` (or a throwaway one) resolves its own
-    network alias. Returns why not, or None. About a second on Podman; nothing on Docker."""
+    network alias. Returns why not, or None; RuntimeError when the probe tells neither (psql
+    missing from the image, another failure). About a second on Podman; nothing on Docker."""
     import uuid
 
     if facts.kind != "podman":
@@ -198,6 +199,8 @@ def probe_dns(client: DockerClient, facts: EngineFacts, image: str, network: str
         said = client.api.logs(container, stdout=True, stderr=True).decode(errors="replace")
         if "translate host name" in said or "Name or service not known" in said:
             return f"Podman's network {network} has no name server (aardvark-dns is not running): {_fix(facts)}"
+        if "Connection refused" not in said:  # the name resolved only if psql got as far as the port
+            raise RuntimeError(f"the DNS probe with {image} was inconclusive: {' '.join(said.split())[:200]}")
         return None
     finally:
         if container is not None:
@@ -215,7 +218,10 @@ def lookup_failure(client: DockerClient, facts: EngineFacts, pgbouncer: Any, ima
     if "DNS lookup failed" not in logs(pgbouncer, tail=20):
         return False, None
     networks = list((pgbouncer.attrs.get("NetworkSettings") or {}).get("Networks") or {})
-    return True, probe_dns(client, facts, image, networks[0] if networks else None)
+    try:
+        return True, probe_dns(client, facts, image, networks[0] if networks else None)
+    except RuntimeError:  # inconclusive: leave it to the health checks' own timeout and report
+        return True, None
 
 
 def dns_error(gap: str) -> DependencyError:
@@ -223,10 +229,6 @@ def dns_error(gap: str) -> DependencyError:
     message, _, fix = gap.partition(": ")
     return DependencyError(f"PgBouncer cannot reach postgres by name: {message}",
                            hint=f"{fix}; `devenv doctor` checks the engine.")
-
-
-__all__ = ["EngineFacts", "dns_error", "dns_gap", "engine_facts", "engine_specs", "find_podman", "lookup_failure", "needs_copy",
-           "no_podman_error", "podman_sockets", "probe_dns", "selinux_binds", "with_backend"]
 
 
 def engine_specs(compose: dict[str, Any], compose_path: Path, api_version: str, image_ids: Mapping[str, str],
@@ -250,3 +252,7 @@ def engine_specs(compose: dict[str, Any], compose_path: Path, api_version: str, 
         raise ConfigError(f"the rendered {COMPOSE_FILE} has no service {', '.join(sorted(missing))}",
                           hint="docker-compose.yml.j2 must define postgres, pgbouncer and redis.")
     return {s: replace(spec, body=selinux_binds(spec.body, facts)) for s, spec in specs.items()}
+
+
+__all__ = ["EngineFacts", "dns_error", "dns_gap", "engine_facts", "engine_specs", "find_podman", "lookup_failure", "needs_copy",
+           "no_podman_error", "podman_sockets", "probe_dns", "selinux_binds", "with_backend"]
