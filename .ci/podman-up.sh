@@ -17,7 +17,7 @@ fi
 #    resolves `postgres`); without them the compat API makes networks without DNS.
 missing=()
 for pkg in podman netavark aardvark-dns; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" == *"ok installed"* ]] || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     log "installing ${missing[*]}"

@@ -28,7 +28,9 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # 1. The namespace and its link to this machine (a /30: nothing else lives there).
-if ! ip netns list | grep -qw "$NS"; then
+# Tests on captured output, not `| grep -q`: under pipefail, grep's early exit can make the
+# pipeline fail (SIGPIPE) and the "missing" branch run again on a second run.
+if [[ " $(ip netns list | cut -d' ' -f1 | tr '\n' ' ') " != *" $NS "* ]]; then
     log "creating network namespace $NS"
     ip netns add "$NS"
 fi
@@ -37,9 +39,9 @@ if ! ip link show "$HOST_IF" >/dev/null 2>&1; then
     ip link add "$HOST_IF" type veth peer name "$NS_IF"
     ip link set "$NS_IF" netns "$NS"
 fi
-ip addr show dev "$HOST_IF" | grep -q "$HOST_ADDR/" || ip addr add "$HOST_ADDR/30" dev "$HOST_IF"
+[[ "$(ip -4 addr show dev "$HOST_IF")" == *"$HOST_ADDR/"* ]] || ip addr add "$HOST_ADDR/30" dev "$HOST_IF"
 ip link set "$HOST_IF" up
-ip netns exec "$NS" sh -c "ip addr show dev $NS_IF | grep -q '$NS_ADDR/' || ip addr add $NS_ADDR/30 dev $NS_IF"
+[[ "$(ip netns exec "$NS" ip -4 addr show dev "$NS_IF")" == *"$NS_ADDR/"* ]] || ip netns exec "$NS" ip addr add "$NS_ADDR/30" dev "$NS_IF"
 ip netns exec "$NS" ip link set "$NS_IF" up
 
 # Only this machine's own processes reach the namespace: traffic forwarded into the veth (from
