@@ -2,9 +2,10 @@
 # A "remote" Docker engine on this machine, for the integration suite's remote lane: a second
 # dockerd in a network namespace of its own (devenv-remote), reached over plain TCP on the
 # namespace's address, with its own data root, and in a mount namespace of its own where the
-# folders checkouts and tests live in (/tmp, /root, /home, /work, /srv, /opt) are empty tmpfs:
-# it shares neither this machine's loopback nor its files, so a bind mount of a host path
-# would give the containers an empty directory, as on a real remote host.
+# folders checkouts and tests live in (/tmp, /root, /home, /work, /srv, /opt, /mnt and this
+# checkout itself, wherever it is: CI clones into /check/...) are empty tmpfs: it shares
+# neither this machine's loopback nor its files, so a bind mount of a host path would give the
+# containers an empty directory, as on a real remote host.
 #
 # Idempotent: the namespace, the veth pair and the daemon are made only when missing; the test
 # images are loaded from the first engine (docker save | docker load) only when absent.
@@ -19,6 +20,7 @@ NS_ADDR=10.213.0.2
 PORT=2375
 ROOT=/var/lib/devenv-remote-engine  # data root, exec root, pid file, socket, log
 ENDPOINT="tcp://${NS_ADDR}:${PORT}"
+CHECKOUT="$(cd "$(dirname "$0")/.." && pwd -P)"  # hidden from the engine too
 IMAGES=(devenv-test/postgres:15 devenv-test/pgbouncer:1.18 devenv-test/redis:7)
 
 log() { printf '[remote-engine-up] %s\n' "$*" >&2; }
@@ -69,14 +71,14 @@ else
         # shellcheck disable=SC2016  # expanded by the inner shell
         # From / (in a subshell): the daemon outlives this checkout's directory.
         (cd / && nohup setsid unshare --mount --propagation private sh -c '
-            for dir in /tmp /root /home /work /srv /opt; do
+            for dir in /tmp /root /home /work /srv /opt /mnt "$4"; do
                 [ -d "$dir" ] && mount -t tmpfs -o mode=1777,size=16m devenv-remote-empty "$dir"
             done
             exec nsenter --net="/run/netns/$0" dockerd \
                 --data-root "$1/data" --exec-root "$1/exec" --pidfile "$2" \
                 --host "unix://$1/docker.sock" --host "$3" \
                 --bip 10.214.0.1/24 --default-address-pool base=10.215.0.0/16,size=24' \
-            "$NS" "$ROOT" "$pidfile" "$ENDPOINT" >>"$ROOT/dockerd.log" 2>&1 </dev/null &)
+            "$NS" "$ROOT" "$pidfile" "$ENDPOINT" "$CHECKOUT" >>"$ROOT/dockerd.log" 2>&1 </dev/null &)
     fi
     for _ in $(seq 1 120); do
         answers && break
