@@ -343,10 +343,12 @@ def seeded_and_current(stack: Stack) -> bool:
     return all(applied.get(key) == checksum for key, checksum in wanted.items())
 
 
-def _refuse_second_place(stack: Stack, runtime: Runtime) -> None:
+def _refuse_second_place(stack: Stack, runtime: Runtime, doing: str = "up") -> None:
     """StateError when the last `up` left this stack on another runtime or engine (state.json):
-    a second copy there would take other ports and data, and later commands would see only one."""
-    from devenv.errors import StateError
+    a second copy there would take other ports and data, and later commands would see only one;
+    a `down` there would stop nothing and forget the stack that runs (`doing`: "up" or "down").
+    `down` goes ahead when the recorded engine no longer answers: nothing is left to orphan."""
+    from devenv.errors import DevenvError, StateError
     from devenv.state import read_state
 
     recorded = read_state(stack.state_dir)
@@ -356,18 +358,33 @@ def _refuse_second_place(stack: Stack, runtime: Runtime) -> None:
     chosen = runtime.resolve(stack)
     if was == chosen.name and (was == "native" or not isinstance(engine, str) or engine in ("", chosen.engine_address())):
         return
+    if doing == "down" and was == "docker" and isinstance(engine, str) and engine:
+        from devenv.runtime.auto import engine_answers
+
+        if not engine_answers(engine):
+            return
     where = f"the {was} runtime" + (f" (engine {engine})" if was == "docker" and engine else "")
+    here = chosen.name
+    if chosen.name == "docker":
+        with contextlib.suppress(DevenvError):  # no engine found at all: named by the runtime alone
+            here = f"docker (engine {chosen.engine_address()})"
+    if doing == "down":
+        raise StateError(
+            f"profile {stack.profile} of this checkout is up on {where}, not on {here}: nothing would stop there",
+            hint=f"leave out --runtime (and DOCKER_HOST) so that `devenv down -p {stack.profile}` acts where the "
+                 f"stack runs{f', or set DOCKER_HOST={engine}' if was == 'docker' and engine else ''}.")
     raise StateError(
-        f"profile {stack.profile} of this checkout is up on {where}, not on "
-        f"{chosen.name}{f' (engine {chosen.engine_address()})' if chosen.name == 'docker' else ''}",
-        hint=f"`devenv down -p {stack.profile}` first (it finds the stack where it runs; --volumes to drop its "
-             f"data), then `up` here; or leave out --runtime (and DOCKER_HOST) to keep using it there.")
+        f"profile {stack.profile} of this checkout is up on {where}, not on {here}",
+        hint=f"`devenv down -p {stack.profile}` first (without --runtime it finds the stack where it runs; "
+             f"--volumes to drop its data), then `up` here; or leave out --runtime (and DOCKER_HOST) to keep "
+             f"using it there.")
 
 
 def down(stack: Stack, runtime: Runtime, *, volumes: bool = False) -> list[str]:
     """Stop the stack (data kept unless `volumes`; then its record in the registry goes too:
     nothing of it is left for `devenv ls` to show)."""
     with locked(stack.state_dir):
+        _refuse_second_place(stack, runtime, "down")
         stopped = runtime.down(stack, volumes=volumes)
         clear_state(stack.state_dir)
         if volumes:  # its data gone, the stack holds nothing more: its ports are free for others

@@ -200,3 +200,9 @@ class AutoRuntime:
 
 
 __all__ = ["AutoRuntime"]
+
+
+def engine_answers(address: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether the engine at `address` (a stack's recorded engine) answers a ping."""
+    return not isinstance(AutoRuntime(env=env)._docker(address), str)
+

@@ -59,6 +59,11 @@ def test_runtime_podman_finds_podmans_socket_by_itself(podman_project: Project) 
 
     label = {"label": f"com.docker.compose.project={proj.stack_name}"}
     assert docker_client("unix:///var/run/docker.sock").containers.list(all=True, filters=label) == []
+    # So is a `down` there: it would stop nothing and forget the stack that runs on Podman.
+    stray = proj.devenv("down", "--runtime", "docker", check=False)
+    assert stray.returncode == 8 and "nothing would stop there" in stray.stderr \
+        and "DOCKER_HOST=unix:///run/podman/podman.sock" in stray.stderr, stray.stderr
+    assert len(proj.containers()) == 3 and all(c.status == "running" for c in proj.containers())
     # Later commands without --runtime (auto) find the stack on Podman, not on dockerd (which also
     # runs here): `up` recorded the engine it started it on.
     status = proj.devenv("status", "--json", "--runtime", "auto")
@@ -122,3 +127,38 @@ def test_podman_without_dns_is_named_by_doctor_and_by_up_at_once(tmp_path: Path,
         assert time.monotonic() - started < 45, "named after the health timeout, not at once"
     finally:
         proj.devenv("down", "--volumes", "--runtime", "podman", check=False)
+
+
+def test_down_on_another_runtime_than_the_stacks_is_refused(tmp_path: Path) -> None:
+    """A native stack and `down --runtime docker`: nothing would stop, and the stack that runs
+    would be forgotten (state.json cleared): exit 8, the servers keep running."""
+    proj = make_project(tmp_path / "proj", "native")
+    try:
+        proj.devenv("up")
+        stray = proj.devenv("down", "--runtime", "docker", check=False)
+        assert stray.returncode == 8, stray.stderr
+        assert "is up on the native runtime" in stray.stderr and "leave out --runtime" in stray.stderr, stray.stderr
+        with proj.connect() as conn:
+            assert conn.execute("SELECT 1").fetchone()[0] == 1
+        assert (proj.root / ".devenv" / proj.profile / "state.json").exists()
+        proj.devenv("down")  # where it runs: stopped
+    finally:
+        teardown_project(proj)
+
+
+def test_down_goes_ahead_when_the_recorded_engine_is_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stack whose recorded engine no longer answers (a remote host gone, a Podman socket
+    removed) is not held hostage: `down` on the engine at hand stops what runs there."""
+    proj = make_project(tmp_path / "proj", use_runtime("docker", monkeypatch))
+    try:
+        proj.devenv("up")
+        state = proj.root / ".devenv" / proj.profile / "state.json"
+        data = json.loads(state.read_text())
+        assert data["runtime"] == "docker" and data["engine"]
+        data["engine"] = f"unix://{tmp_path}/gone.sock"  # as if started on an engine that is gone
+        state.write_text(json.dumps(data))
+        down = proj.devenv("down", "--volumes", "--runtime", "docker")
+        assert "postgres" in down.stderr + down.stdout, down.stderr
+        assert not proj.containers()
+    finally:
+        teardown_project(proj)
