@@ -49,6 +49,7 @@ from devenv.runtime.dockerapi import (
     logs,
     quietly,
     remove,
+    start_failure,
     stop,
     stop_timeout,
 )
@@ -77,7 +78,7 @@ from devenv.runtime.plan import (
     save_cache,
     save_live,
 )
-from devenv.runtime.ports import check_ports_free, port_in_use
+from devenv.runtime.ports import check_ports_free
 from devenv.runtime.procs import read_stat
 from devenv.config.identity import record_name, recorded_name
 from devenv.config.stack import CONTAINER_PORTS, SERVICES, Stack
@@ -651,12 +652,9 @@ class DockerRuntime:
             self.client().api.start(container_id)
         except APIError as exc:
             message = api_message(exc)
-            if "port is already allocated" in message or "address already in use" in message:
-                raise port_in_use(service, getattr(stack, service).port, message, stack=stack) from exc
-            if "bind source path does not exist" in message or "not a directory" in message:
-                raise DependencyError(f"Docker could not mount {service}'s config files: {message}",
-                                      hint="the engine does not see this machine's files: unset DEVENV_DOCKER_FILES "
-                                      "(a remote engine gets copies) or set DEVENV_DOCKER_FILES=copy.") from exc
+            known = start_failure(service, message, stack)
+            if known is not None:
+                raise known from exc
             raise HealthCheckError(f"{service} did not start: {message}", hint=f"see `devenv logs {service}`.",
                                    log_tail=log_tail_of(self.client(), container_id)) from exc
 

@@ -66,6 +66,29 @@ def api_message(exc: BaseException) -> str:
     return " ".join(str(text).split())
 
 
+def start_failure(service: str, message: str, stack: Stack) -> DevenvError | None:
+    """The error for a container the engine would not start, where its message names a cause
+    devenv knows (a taken port, config files the engine cannot see, an address its host lacks);
+    None for any other."""
+    if "port is already allocated" in message or "address already in use" in message:
+        from devenv.runtime.ports import port_in_use
+
+        return port_in_use(service, getattr(stack, service).port, message, stack=stack)
+    if "bind source path does not exist" in message or "not a directory" in message:
+        return DependencyError(f"Docker could not mount {service}'s config files: {message}",
+                               hint="the engine does not see this machine's files: unset DEVENV_DOCKER_FILES "
+                               "(a remote engine gets copies) or set DEVENV_DOCKER_FILES=copy.")
+    if "cannot assign requested address" in message:
+        from devenv.runtime.engine import HOST_OVERRIDE
+
+        return DependencyError(
+            f"{service}'s port cannot be published on {stack.bind_ip or '127.0.0.1'}: the engine's host has no "
+            f"such address ({message})",
+            hint=f"set {HOST_OVERRIDE} to an address of the engine's host that this machine reaches, or unset "
+                 "it (a remote engine's host is then taken from DOCKER_HOST).")
+    return None
+
+
 # ---- images --------------------------------------------------------------------------------------
 
 

@@ -102,3 +102,24 @@ def test_files_mode_switch_on_a_local_engine_recreates_with_copies_then_mounts(
         assert bad.returncode == 3 and "DEVENV_DOCKER_FILES" in bad.stderr and "Traceback" not in bad.stderr
     finally:
         teardown_project(proj)
+
+
+def test_an_override_the_engine_host_does_not_have_is_named_and_unset_recovers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DEVENV_HOST_OVERRIDE naming an address the engine's host lacks (this machine's end of the
+    link): exit 4 naming the address and the variable, not 'did not start, see the logs'; the
+    next `up` without it publishes on the engine's own address."""
+    use_runtime("remote", monkeypatch)
+    proj = make_project(tmp_path / "proj", "remote", profile="ci")
+    try:
+        proj.env["DEVENV_HOST_OVERRIDE"] = "10.213.0.1"
+        bad = proj.devenv("up", check=False)
+        assert bad.returncode == 4 and "Traceback" not in bad.stderr, bad.stderr
+        assert "cannot be published on 10.213.0.1" in bad.stderr and "DEVENV_HOST_OVERRIDE" in bad.stderr, bad.stderr
+        del proj.env["DEVENV_HOST_OVERRIDE"]
+        proj.devenv("up")
+        with proj.connect() as conn:
+            assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+        assert proj.stack().host == _engine_address()
+    finally:
+        teardown_project(proj)

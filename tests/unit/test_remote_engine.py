@@ -196,3 +196,19 @@ def test_an_engine_that_does_not_answer_is_named_with_the_reason_and_the_right_h
     assert "paramiko" in ssh.message and "pip install paramiko" in ssh.hint
     podman = engine_unreachable(Endpoint("unix:///run/podman/podman.sock", "Podman's socket"), ConnectionRefusedError())
     assert "podman.socket" in podman.hint and "connection refused" in podman.message
+
+
+def test_start_failures_devenv_knows_are_named_with_what_to_do(project: Path) -> None:
+    from devenv.errors import PortInUseError
+    from devenv.runtime.dockerapi import start_failure
+
+    stack = build_stack(load_config(project / "devenv.yaml", {}), "dev")
+    remote = stack.replace(reach_host="devbox", bind_ip="10.0.0.9")
+    assert isinstance(start_failure("postgres", "Bind for 127.0.0.1:5432 failed: port is already allocated", stack),
+                      PortInUseError)
+    mount = start_failure("redis", "bind source path does not exist: /x/conf", stack)
+    assert mount is not None and "DEVENV_DOCKER_FILES=copy" in (mount.hint or "")
+    address = start_failure("postgres", "listen tcp4 10.0.0.9:5432: bind: cannot assign requested address", remote)
+    assert address is not None and address.exit_code == 4 and "10.0.0.9" in address.message
+    assert "DEVENV_HOST_OVERRIDE" in (address.hint or "")
+    assert start_failure("postgres", "OCI runtime create failed", stack) is None
