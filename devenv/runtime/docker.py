@@ -498,7 +498,7 @@ class DockerRuntime:
             for volume in client.volumes.list(filters={"label": label}):
                 quietly(lambda: volume.remove(force=True))
         self._removed_tails.clear()
-        if forwards_ports(self.endpoint(), self.env):  # its forwards go; the last stack's `down` closes the master
+        if self.endpoint().host.startswith("ssh://"):  # its forwards go; the last `down` there closes the master
             sshtunnel.release(self.endpoint().host, self.env, stack.name)
         return [s for s in SERVICES if s in running]
 

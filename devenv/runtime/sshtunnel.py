@@ -159,27 +159,37 @@ def api_socket(url: str, env: Mapping[str, str]) -> Path:
         return where.api
     target = parse(url)
     with _locked(where):
-        if _accepts(where.api):
-            return where.api
-        record = _read(where)
-        if not _run(target, env, where, "-S", str(where.control), "-O", "check", check=False):
-            _start(target, env, where)
-        try:
-            remote = record.get("socket") or _ask_socket(target, env, where)
-            with contextlib.suppress(FileNotFoundError):
-                where.api.unlink()  # left by a master that died
-            _forward(target, env, where, f"{where.api}:{_remote_end(remote)}", what="the engine's API socket")
-        except DevenvError:
-            if not record.get("forwards"):  # a master for nothing: not left holding a session open
-                _run(target, env, where, "-S", str(where.control), "-O", "exit", check=False)
-            raise
-        if remote != record.get("socket"):
-            record["socket"] = remote
-            _write(where, record)
-        for ports in record.get("forwards", {}).values():  # the stacks' ports, as they were
-            for port in ports.values():
-                _run(target, env, where, *_mux(where), "-O", "forward", "-L", _spec(int(port)), check=False)
+        _ensure(target, env, where)
     return where.api
+
+
+def _ensure(target: Target, env: Mapping[str, str], where: Paths) -> None:
+    """A live master with the API socket and the recorded forwards (the lock held)."""
+    if _accepts(where.api):
+        return
+    record = _read(where)
+    if not _run(target, env, where, "-S", str(where.control), "-O", "check", check=False):
+        _start(target, env, where)
+        # A master only a listing or an `ls` needed ends with this command: the master stays
+        # while some stack has ports forwarded through it (`up` records them before it exits).
+        import atexit
+
+        atexit.register(_close_unused, target, dict(env), where)
+    try:
+        remote = record.get("socket") or _ask_socket(target, env, where)
+        with contextlib.suppress(FileNotFoundError):
+            where.api.unlink()  # left by a master that died
+        _forward(target, env, where, f"{where.api}:{_remote_end(remote)}", what="the engine's API socket")
+    except DevenvError:
+        if not record.get("forwards"):  # a master for nothing: not left holding a session open
+            _close(target, env, where)
+        raise
+    if remote != record.get("socket"):
+        record["socket"] = remote
+        _write(where, record)
+    for ports in record.get("forwards", {}).values():  # the stacks' ports, as they were
+        for port in ports.values():
+            _run(target, env, where, *_mux(where), "-O", "forward", "-L", _spec(int(port)), check=False)
 
 
 def forward_ports(url: str, env: Mapping[str, str], stack: Stack) -> None:
@@ -190,12 +200,12 @@ def forward_ports(url: str, env: Mapping[str, str], stack: Stack) -> None:
 
     target, where = parse(url), paths(url)
     wanted = {service.name: service.port for service in stack.services}
-    api_socket(url, env)  # a live master
     with _locked(where):
+        _ensure(target, env, where)  # a live master (another command may have just closed it)
         record = _read(where)
         before = record.setdefault("forwards", {}).get(stack.name, {})
         for service, port in wanted.items():
-            if not _run(target, env, where, *_mux(where), "-O", "forward", "-L", _spec(int(port)), check=False):
+            if not _run(target, env, where, *_mux(where), "-O", "forward", "-L", _spec(port), check=False):
                 if "port forwarding failed" not in _text(where.log):  # not the port: the master, the link
                     raise ssh_failed(target, "forward port", _last_line(where.log))
                 for undo in set(wanted.values()) - set(before.values()):  # only what this call added
@@ -211,23 +221,35 @@ def forward_ports(url: str, env: Mapping[str, str], stack: Stack) -> None:
 def release(url: str, env: Mapping[str, str], stack_name: str) -> None:
     """After `down`: cancel the stack's forwards; the last stack's `down` closes the master."""
     where = paths(url)
-    if not where.record.exists():
+    if not where.dir.exists():
         return
     target = parse(url)
     with _locked(where):
         record = _read(where)
         ports = record.get("forwards", {}).pop(stack_name, {})
-        _write(where, record)
-        alive = _run(target, env, where, "-S", str(where.control), "-O", "check", check=False)
-        if alive and record.get("forwards"):
+        if ports:
+            _write(where, record)
+        if record.get("forwards"):
             for port in ports.values():
                 _run(target, env, where, *_mux(where), "-O", "cancel", "-L", _spec(int(port)), check=False)
-        elif alive:
-            _run(target, env, where, "-S", str(where.control), "-O", "exit", check=False)
-        if not record.get("forwards"):
-            for path in (where.api, where.control):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        else:
+            _close(target, env, where)
+
+
+def _close_unused(target: Target, env: Mapping[str, str], where: Paths) -> None:
+    """At exit: close the master this command started when no stack has forwards through it."""
+    with contextlib.suppress(Exception), _locked(where):
+        if not _read(where).get("forwards"):
+            _close(target, env, where)
+
+
+def _close(target: Target, env: Mapping[str, str], where: Paths) -> None:
+    """End the master (if it lives) and remove its sockets."""
+    if where.control.exists():
+        _run(target, env, where, "-S", str(where.control), "-O", "exit", check=False)
+    for path in (where.api, where.control):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def master_pid(url: str, env: Mapping[str, str]) -> int | None:

@@ -171,6 +171,7 @@ def test_a_port_taken_here_is_the_usual_port_error(ssh_project: Project) -> None
     assert failed.returncode == 5, failed.stderr
     assert f"port {taken} for redis" in failed.stderr and "hint:" in failed.stderr and "Traceback" not in failed.stderr
     assert "DEVENV_REDIS_PORT" in failed.stderr  # how to move it, as for any taken port
+    assert _master(proj) is None  # a master no stack forwards through ends with the command that started it
     proj.devenv("up")  # once the port is free, the same stack comes up
     assert _answers(taken)
 
