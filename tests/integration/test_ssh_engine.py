@@ -118,6 +118,8 @@ def test_stack_over_ssh_forwards_its_ports_survives_a_dead_master_and_down_leave
     assert master is not None
     assert all(_answers(port) for port in ports)
     assert "nothing to do" in proj.devenv("up").stderr
+    doctor = proj.devenv("doctor", check=False)  # this machine's ends are the master's, and that is fine
+    assert doctor.returncode == 0 and doctor.stdout.count("forwarded here over SSH") == 3, doctor.stdout
 
     # reset, and a dump through `docker exec` over the forwarded API socket.
     with proj.connect(autocommit=True) as conn:

@@ -92,6 +92,10 @@ def test_the_host_is_carried_by_the_stack_and_its_record(project: Path) -> None:
     assert all("@docker:" in url for url in remote.urls().values())
     compose = render_files(remote, compose_placement(remote))["docker-compose.yml"]
     assert f'"10.0.0.9:{remote.postgres.port}:5432"' in compose and "127.0.0.1:" not in compose.split("healthcheck")[0]
+    record_reach(stack.state_dir, project, "", "127.0.0.1")  # ssh://: the remote's loopback, forwarded here
+    assert recorded_reach(stack.state_dir, project) == ("", "127.0.0.1")
+    forwarded = build_stack(load_config(project / "devenv.yaml", {}), "dev")
+    assert (forwarded.host, forwarded.bind_ip) == ("127.0.0.1", "127.0.0.1")  # doctor: not this machine's ports
     record_reach(stack.state_dir, project, "", "")  # back on this machine (native, a local engine)
     assert build_stack(load_config(project / "devenv.yaml", {}), "dev").host == "127.0.0.1"
     (stack.state_dir / "identity.json").write_text(
