@@ -178,6 +178,22 @@ def test_a_port_taken_here_is_the_usual_port_error(ssh_project: Project) -> None
     assert _answers(taken)
 
 
+def test_with_a_host_override_the_ports_are_published_there_and_nothing_is_forwarded(ssh_project: Project) -> None:
+    proj = ssh_project
+    proj.env["DEVENV_HOST_OVERRIDE"] = "10.213.0.2"  # the lane's namespace, which this machine reaches
+    up = proj.devenv("up")
+    urls = [line.split("=", 1)[1] for line in up.stdout.splitlines() if "=" in line]
+    assert urls and all(urlsplit(url).hostname == "10.213.0.2" for url in urls)
+    bindings = [b for binds in (proj.container("postgres").attrs["HostConfig"]["PortBindings"] or {}).values()
+                for b in binds]
+    assert bindings and all(b["HostIp"] == "10.213.0.2" for b in bindings)
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+    stack = proj.stack()
+    assert not _answers(stack.postgres.port)  # nothing on this machine's 127.0.0.1
+    assert _master(proj) is None  # the API's master ends with each command: no stack forwards through it
+
+
 def _lane_config(tmp_path: Path, name: str, **changes: str) -> str:
     """An ssh config with one alias like the lane's, some options changed."""
     options = {"HostName": "10.213.0.2", "User": "root", "IdentityFile": str(LANE_DIR / "client_ed25519"),
