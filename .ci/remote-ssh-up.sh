@@ -40,7 +40,7 @@ chmod 700 "$DIR"
 install -m 600 "$DIR/client_ed25519.pub" "$DIR/authorized_keys"
 printf '%s %s\n' "$ALIAS" "$(cut -d' ' -f1,2 "$DIR/host_ed25519.pub")" >"$DIR/known_hosts"
 
-cat >"$DIR/sshd_config" <<EOF
+cat >"$DIR/sshd_config.new" <<EOF
 # devenv's ssh:// test lane (.ci/remote-ssh-up.sh): keys only, forwarding from this side only.
 ListenAddress $NS_ADDR:22
 HostKey $DIR/host_ed25519
@@ -59,6 +59,11 @@ MaxSessions 50
 MaxStartups 50:30:100
 EOF
 
+# A changed sshd config (this script edited) restarts the lane's sshd below.
+changed=0
+cmp -s "$DIR/sshd_config.new" "$DIR/sshd_config" 2>/dev/null || changed=1
+mv "$DIR/sshd_config.new" "$DIR/sshd_config"
+
 cat >"$DIR/config" <<EOF
 # ssh client config of devenv's ssh:// test lane: DEVENV_SSH_CONFIG=$DIR/config
 Host $ALIAS
@@ -76,12 +81,12 @@ chmod 600 "$DIR/sshd_config" "$DIR/config" "$DIR/known_hosts"
 
 answers() { timeout 10 ssh -F "$DIR/config" -o BatchMode=yes -o ConnectTimeout=5 "$ALIAS" true </dev/null >/dev/null 2>&1; }
 
-if answers; then
+if [ "$changed" -eq 0 ] && answers; then
     log "sshd already answers as $ALIAS ($NS_ADDR:22)"
 else
     pidfile="$DIR/sshd.pid"
     if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-        log "restarting the lane's sshd (pid $(cat "$pidfile"): it does not answer)"
+        log "restarting the lane's sshd (pid $(cat "$pidfile"): its config changed or it does not answer)"
         kill "$(cat "$pidfile")"
         sleep 0.5
     fi
