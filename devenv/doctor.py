@@ -327,8 +327,9 @@ def port_checks(stack: "Stack", states: list["ServiceState"], runtime_name: str)
     by_service = {state.name: state for state in states}
     checks = []
     if stack.bind_ip:  # a remote engine publishes them on its host: this machine's ports say nothing
+        via = "forwarded here over SSH" if not stack.reach_host else f"reached as {stack.host}"
         return [Check(f"port {getattr(stack, service).port}", OK, f"{service}: published by the remote engine on "
-                      f"{stack.bind_ip} (reached as {stack.host})") for service in SERVICES]
+                      f"{stack.bind_ip} ({via})") for service in SERVICES]
     for service in SERVICES:
         port = getattr(stack, service).port
         try:

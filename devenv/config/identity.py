@@ -91,14 +91,15 @@ def record_name(state_dir: Path, root: Path, project: str, name: str) -> None:
 
 def recorded_reach(state_dir: Path, root: Path) -> tuple[str, str]:
     """(host, bind ip) of a remote engine's published ports as this checkout's record keeps
-    them (record_reach), ("", "") for 127.0.0.1 or no record."""
+    them (record_reach), ("", "") for 127.0.0.1 or no record; ("", "127.0.0.1") over ssh://
+    (published on the remote's loopback, forwarded to this machine's)."""
     import ipaddress
     import re
 
     record = _read(state_dir / IDENTITY_FILE)
     host, ip = record.get("reach_host"), record.get("bind_ip")
     if record.get("checkout") != str(Path(root).resolve()) or not isinstance(host, str) or not isinstance(ip, str) \
-            or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,253}", host):
+            or not re.fullmatch(r"[A-Za-z0-9_.:-]{0,253}", host):
         return "", ""
     try:
         return host, str(ipaddress.IPv4Address(ip))

@@ -95,7 +95,7 @@ class AutoRuntime:
         from devenv.runtime.dockerapi import API_TIMEOUT, connect
 
         try:
-            client = connect(endpoint, timeout=PING_TIMEOUT)
+            client = connect(endpoint, timeout=PING_TIMEOUT, env=self.env)
         except DependencyError as exc:
             return exc.message
         client.api.timeout = API_TIMEOUT  # the ping had to be quick; pulls and stops need not be

@@ -39,9 +39,11 @@ from devenv.runtime.compose import (
     ContainerSpec,
     devenv_labels,
 )
+from devenv.runtime import sshtunnel
 from devenv.runtime.dockerapi import (
     api_message,
     connect,
+    docker_cli,
     ensure_images,
     ensure_network,
     log_tail_of,
@@ -68,7 +70,7 @@ from devenv.runtime.dockerdata import (
 )
 from devenv.runtime.delivery import deliver, write_reload
 from devenv.runtime.dockerfiles import has_files, parsed, reloadable, remember_render, rendered
-from devenv.runtime.engine import Endpoint, find_endpoint, no_engine_error, reach, refuse_ssh
+from devenv.runtime.engine import Endpoint, find_endpoint, forwards_ports, no_engine_error, reach
 from devenv.runtime.engines import EngineFacts, dns_error, engine_facts, engine_specs, lookup_failure
 from devenv.runtime.plan import (
     PROGRAMS,
@@ -144,14 +146,13 @@ class DockerRuntime:
             found = find_endpoint(self.env)
             if found is None:
                 raise no_engine_error(self.env)
-            refuse_ssh(found, self.env)  # before any connection (and every time): its ports would need forwarding
             self._endpoint = found
         return self._endpoint
 
     def client(self) -> DockerClient:
         """A connected client (pinged once per runtime object)."""
         if self._client is None:
-            self._client = connect(self.endpoint())
+            self._client = connect(self.endpoint(), env=self.env)
         return self._client
 
     @property
@@ -214,6 +215,8 @@ class DockerRuntime:
         plan = self._plan(stack, seen)
         if not stack.bind_ip:  # a remote engine's ports are on its host: its own start says if one is taken
             check_ports_free(stack, plan.to_bind)
+        elif forwards_ports(self.endpoint(), self.env):  # ssh://: this machine's 127.0.0.1:P through the master
+            sshtunnel.forward_ports(self.endpoint().host, self.env, stack)
         self._execute(stack, seen, plan, network_job, progress, result, use_cache)
         return result
 
@@ -459,22 +462,13 @@ class DockerRuntime:
         from the caller's environment, never on the command line); archives go through stdin
         and stdout.
         """
-        import shutil
-
-        docker = shutil.which("docker")
-        if docker is None:
-            raise DependencyError(
-                f"the docker command-line client is not installed: {tool} runs in the postgres container "
-                "through `docker exec`",
-                hint="install the docker CLI (Debian/Ubuntu `apt-get install docker.io` or docker-ce-cli), or "
-                "run the stack with `--runtime native`.",
-            )
+        cli = docker_cli(self.endpoint(), self.env, tool)
         container = self._container(stack, "postgres")
         if container is None or container.status != "running":
             raise StateError(f"the postgres container {stack.name}-postgres-1 is not running",
                              hint="start the stack first: `devenv up`.")
         passed = [arg for name in ("PGPASSWORD", "PGSSLMODE", "PGCONNECT_TIMEOUT", "PGAPPNAME") for arg in ("-e", name)]
-        return [docker, *self.endpoint().cli_args(), "exec", "-i", *passed, container.name, tool,
+        return [*cli, "exec", "-i", *passed, container.name, tool,
                 "--host=127.0.0.1", f"--port={stack.postgres.container_port}", f"--username={stack.postgres.user}"]
 
     # ---- down, states, logs --------------------------------------------------------------------
@@ -505,6 +499,8 @@ class DockerRuntime:
             for volume in client.volumes.list(filters={"label": label}):
                 quietly(lambda: volume.remove(force=True))
         self._removed_tails.clear()
+        if self.endpoint().host.startswith("ssh://"):  # its forwards go; the last `down` there closes the master
+            sshtunnel.release(self.endpoint().host, self.env, stack.name)
         return [s for s in SERVICES if s in running]
 
     def stop_started(self, stack: Stack) -> list[str]:

@@ -34,16 +34,24 @@ IMAGE_VARS = {service: f"DEVENV_{service.upper()}_IMAGE" for service in SERVICES
 # ---- connecting --------------------------------------------------------------------------------
 
 
-def connect(endpoint: Endpoint, timeout: float = API_TIMEOUT) -> DockerClient:
-    """A client for the endpoint that has answered a ping; DependencyError naming the host if not."""
+def connect(endpoint: Endpoint, timeout: float = API_TIMEOUT, env: Mapping[str, str] | None = None) -> DockerClient:
+    """A client for the endpoint that has answered a ping; DependencyError naming the host if not.
+
+    An ssh:// engine is reached through the local end of its API socket forwarded by an SSH
+    master (devenv.runtime.sshtunnel: started, or started again, here)."""
+    import os
+
     import docker
     from docker.errors import DockerException
 
+    base_url = endpoint.host
+    if base_url.startswith("ssh://"):
+        from devenv.runtime.sshtunnel import api_socket
+
+        base_url = f"unix://{api_socket(endpoint.host, os.environ if env is None else env)}"
     # The handshake (API version, ping) gets a short timeout of its own: a port that accepts and
     # never answers must not hold a command for the operations' timeout (120 s), twice.
-    kwargs: dict[str, Any] = {"base_url": endpoint.host, "timeout": min(timeout, HANDSHAKE_TIMEOUT)}
-    if endpoint.host.startswith("ssh://"):
-        kwargs["use_ssh_client"] = True  # the system's ssh: its config and agent, no paramiko
+    kwargs: dict[str, Any] = {"base_url": base_url, "timeout": min(timeout, HANDSHAKE_TIMEOUT)}
     if endpoint.tls_dir and (endpoint.host.startswith("tcp://") or endpoint.host.startswith("https://")):
         tls_dir = Path(endpoint.tls_dir)
         cert = (str(tls_dir / "cert.pem"), str(tls_dir / "key.pem")) if (tls_dir / "cert.pem").exists() else None
@@ -57,6 +65,26 @@ def connect(endpoint: Endpoint, timeout: float = API_TIMEOUT) -> DockerClient:
         raise engine_unreachable(endpoint, exc) from exc
     client.api.timeout = timeout
     return client
+
+
+def docker_cli(endpoint: Endpoint, env: Mapping[str, str], tool: str) -> list[str]:
+    """The docker command-line client pointed at the engine (`tool` runs through `docker exec`):
+    an ssh:// engine through the local end of its forwarded API socket, as the SDK reaches it."""
+    import shutil
+
+    docker = shutil.which("docker")
+    if docker is None:
+        raise DependencyError(
+            f"the docker command-line client is not installed: {tool} runs in the postgres container "
+            "through `docker exec`",
+            hint="install the docker CLI (Debian/Ubuntu `apt-get install docker.io` or docker-ce-cli), or "
+            "run the stack with `--runtime native`.",
+        )
+    if endpoint.host.startswith("ssh://"):
+        from devenv.runtime.sshtunnel import api_socket
+
+        return [docker, "--host", f"unix://{api_socket(endpoint.host, env)}"]
+    return [docker, *endpoint.cli_args()]
 
 
 def api_message(exc: BaseException) -> str:

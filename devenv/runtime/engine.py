@@ -112,9 +112,6 @@ def context_endpoint(name: str, env: Mapping[str, str]) -> Endpoint:
 def engine_unreachable(endpoint: Endpoint, exc: BaseException) -> DependencyError:
     """The error for an engine that does not answer: the host tried, where it came from, why."""
     why = _why(exc)
-    if "paramiko" in why:  # the docker SDK's ssh:// transport imports it, even with the ssh client
-        return DependencyError(f"the docker SDK needs paramiko for the ssh:// engine at {endpoint.host}",
-                               hint="`pip install paramiko`, or point DOCKER_HOST at the engine's tcp:// address.")
     if "podman" in endpoint.host or endpoint.origin in ("CONTAINER_HOST", "Podman's socket", "`podman machine`"):
         hint = ("start Podman's API service (`systemctl --user start podman.socket`, rootful `sudo systemctl "
                 "start podman.socket`, macOS `podman machine start`), or set CONTAINER_HOST to its socket.")
@@ -217,16 +214,11 @@ def copies_files(endpoint: Endpoint, env: Mapping[str, str], fallback: bool = Fa
     return mode == "copy" if mode else is_remote(endpoint) or fallback
 
 
-def refuse_ssh(endpoint: Endpoint, env: Mapping[str, str]) -> None:
-    """DependencyError for an ssh:// engine without DEVENV_HOST_OVERRIDE: its ports would have to
-    be forwarded through the SSH connection, which devenv does not do yet."""
-    if endpoint.host.startswith("ssh://") and not env.get(HOST_OVERRIDE, "").strip():
-        raise DependencyError(
-            f"the Docker engine at {endpoint.host} is reached over SSH, and devenv does not forward the "
-            "stack's ports through SSH yet",
-            hint=f"point DOCKER_HOST at the engine's tcp:// address, or set {HOST_OVERRIDE}=<the engine "
-            "host's address as this machine reaches it> (the ports are then published on that address).",
-        )
+def forwards_ports(endpoint: Endpoint, env: Mapping[str, str]) -> bool:
+    """Whether the stack's ports reach this machine through the SSH connection to an ssh://
+    engine (devenv.runtime.sshtunnel): yes, unless DEVENV_HOST_OVERRIDE says where they are
+    reached instead (then they are published on that address, as for a tcp:// engine)."""
+    return endpoint.host.startswith("ssh://") and not env.get(HOST_OVERRIDE, "").strip()
 
 
 def reach(endpoint: Endpoint, env: Mapping[str, str]) -> tuple[str, str]:
@@ -235,13 +227,14 @@ def reach(endpoint: Endpoint, env: Mapping[str, str]) -> tuple[str, str]:
 
     DEVENV_HOST_OVERRIDE names the host; else a remote engine's host from its address. The
     ports bind on that host's address only (resolved here, once), never on every interface.
-    Over ssh:// without an override, the ports would have to be forwarded through the SSH
-    connection, which devenv does not do yet: DependencyError.
+    Over ssh:// without an override the containers publish on the remote's 127.0.0.1 and the
+    same ports of this machine's 127.0.0.1 are forwarded there: ("", "127.0.0.1").
     """
     override = env.get(HOST_OVERRIDE, "").strip()
     if not override and not is_remote(endpoint):
         return "", ""
-    refuse_ssh(endpoint, env)
+    if forwards_ports(endpoint, env):
+        return "", "127.0.0.1"
     host = override or engine_host(endpoint) or ""
     try:
         infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)

@@ -18,7 +18,7 @@ from devenv.errors import ConfigError, DependencyError
 from devenv.render import compose_placement, render_files
 from devenv.runtime.compose import compose_specs, load_compose
 from devenv.runtime.delivery import deliver
-from devenv.runtime.engine import Endpoint, copies_files, engine_host, is_remote, reach, refuse_ssh
+from devenv.runtime.engine import Endpoint, copies_files, engine_host, forwards_ports, is_remote, reach
 
 
 def endpoint(host: str) -> Endpoint:
@@ -65,13 +65,17 @@ def test_reach_names_the_engines_host_and_binds_on_its_address_only() -> None:
         assert "every interface" in refused.value.message and "DEVENV_HOST_OVERRIDE" in refused.value.hint
 
 
-def test_ssh_without_an_override_is_refused_until_ports_are_forwarded() -> None:
-    with pytest.raises(DependencyError) as caught:
-        refuse_ssh(endpoint("ssh://me@devbox"), {})
-    assert "SSH" in caught.value.message and caught.value.exit_code == 4
-    with pytest.raises(DependencyError):
-        reach(endpoint("ssh://me@devbox"), {})
-    refuse_ssh(endpoint("ssh://me@devbox"), {"DEVENV_HOST_OVERRIDE": "10.0.0.5"})  # the user says where
+def test_ssh_forwards_the_ports_unless_an_override_names_where_they_are_published() -> None:
+    # Over ssh:// the containers publish on the remote's 127.0.0.1 and this machine's
+    # 127.0.0.1:P is forwarded there (devenv.runtime.sshtunnel): the URLs keep 127.0.0.1.
+    assert forwards_ports(endpoint("ssh://me@devbox"), {})
+    assert reach(endpoint("ssh://me@devbox"), {}) == ("", "127.0.0.1")
+    assert copies_files(endpoint("ssh://me@devbox"), {})  # still remote: files go in through the API
+    # DEVENV_HOST_OVERRIDE: published on that address, as for a tcp:// engine; no forwarding.
+    override = {"DEVENV_HOST_OVERRIDE": "10.0.0.5"}
+    assert not forwards_ports(endpoint("ssh://me@devbox"), override)
+    assert reach(endpoint("ssh://me@devbox"), override) == ("10.0.0.5", "10.0.0.5")
+    assert not forwards_ports(endpoint("tcp://10.0.0.5:2375"), {})
 
 
 def test_the_host_is_carried_by_the_stack_and_its_record(project: Path) -> None:
@@ -88,6 +92,10 @@ def test_the_host_is_carried_by_the_stack_and_its_record(project: Path) -> None:
     assert all("@docker:" in url for url in remote.urls().values())
     compose = render_files(remote, compose_placement(remote))["docker-compose.yml"]
     assert f'"10.0.0.9:{remote.postgres.port}:5432"' in compose and "127.0.0.1:" not in compose.split("healthcheck")[0]
+    record_reach(stack.state_dir, project, "", "127.0.0.1")  # ssh://: the remote's loopback, forwarded here
+    assert recorded_reach(stack.state_dir, project) == ("", "127.0.0.1")
+    forwarded = build_stack(load_config(project / "devenv.yaml", {}), "dev")
+    assert (forwarded.host, forwarded.bind_ip) == ("127.0.0.1", "127.0.0.1")  # doctor: not this machine's ports
     record_reach(stack.state_dir, project, "", "")  # back on this machine (native, a local engine)
     assert build_stack(load_config(project / "devenv.yaml", {}), "dev").host == "127.0.0.1"
     (stack.state_dir / "identity.json").write_text(
@@ -192,8 +200,6 @@ def test_an_engine_that_does_not_answer_is_named_with_the_reason_and_the_right_h
 
     silent = engine_unreachable(endpoint("tcp://10.0.0.9:2375"), OSError("Read timed out. (read timeout=10.0)"))
     assert "accepted the connection but did not answer in time" in silent.message
-    ssh = engine_unreachable(endpoint("ssh://me@devbox"), RuntimeError("Install paramiko package to enable ssh:// support"))
-    assert "paramiko" in ssh.message and "pip install paramiko" in ssh.hint
     podman = engine_unreachable(Endpoint("unix:///run/podman/podman.sock", "Podman's socket"), ConnectionRefusedError())
     assert "podman.socket" in podman.hint and "connection refused" in podman.message
 
