@@ -30,7 +30,18 @@ if [ ! -S "$ROOT/docker.sock" ]; then
 fi
 if [ ! -x /usr/sbin/sshd ]; then
     log "installing openssh-server (its service is not started: sshd runs in $NS only)"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null
+    # Its package would start sshd on every interface: forbid service starts while it installs.
+    policy=/usr/sbin/policy-rc.d
+    own_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server >/dev/null 2>&1 \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+             openssh-server >/dev/null; }
+    [ "$own_policy" = 1 ] && rm -f "$policy"
+    # Should a service manager have started it anyway, stop it: only the namespace's sshd serves.
+    if command -v systemctl >/dev/null 2>&1; then systemctl stop ssh >/dev/null 2>&1 || true; fi
 fi
 
 mkdir -p "$DIR" /run/sshd
