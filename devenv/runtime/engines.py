@@ -97,9 +97,11 @@ def engine_facts(client: DockerClient, backend: bool = False) -> EngineFacts:
     podman = "Libpod-Api-Version" in headers
     server = re.search(r"/(\S+)", headers.get("Server", ""))
     version = headers.get("Libpod-Api-Version") if podman else (server.group(1) if server else "?")
-    options = " ".join(str(o) for o in client.info().get("SecurityOptions") or [])
+    info = client.info()
+    options = " ".join(str(o) for o in info.get("SecurityOptions") or [])
+    # Docker says rootless in SecurityOptions; Podman 4 in a `Rootless` field of its own.
     facts = EngineFacts("podman" if podman else "docker", str(version), str(client.api.api_version),
-                        "name=rootless" in options, "name=selinux" in options)
+                        "name=rootless" in options or info.get("Rootless") is True, "name=selinux" in options)
     return with_backend(client, facts) if backend else facts
 
 

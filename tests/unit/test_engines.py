@@ -88,6 +88,17 @@ def test_podman_is_told_from_docker_by_its_ping_headers() -> None:
     assert docker.api.asked == ["/_ping"], "Docker is not asked Podman's own API"
 
 
+def test_rootless_podman_is_known_by_its_own_rootless_field() -> None:
+    """Rootless Podman 4.3.1's compat /info, as it answered on this machine (user devenvrl): no
+    `name=rootless` among SecurityOptions, a `Rootless` field instead."""
+    ping = {"Libpod-Api-Version": "4.3.1", "Server": "Libpod/4.3.1 (linux)", "Api-Version": "1.41"}
+    rootless = _Client(ping, "1.41", {"SecurityOptions": ["name=seccomp,profile=default"], "Rootless": True,
+                                      "DockerRootDir": "/home/devenvrl/.local/share/containers/storage"})
+    assert engine_facts(rootless).rootless  # type: ignore[arg-type]
+    rootful = _Client(ping, "1.41", {"SecurityOptions": ["name=seccomp,profile=default"], "Rootless": False})
+    assert not engine_facts(rootful).rootless  # type: ignore[arg-type]
+
+
 def test_only_rootless_podman_needs_the_files_copied_in() -> None:
     assert needs_copy(EngineFacts("podman", "4.3.1", "1.41", rootless=True, selinux=False))
     assert not needs_copy(EngineFacts("podman", "4.3.1", "1.41", rootless=False, selinux=False))
