@@ -237,6 +237,10 @@ def up(
                 "urls": stack.urls(),
                 # For the fast no-op path: checked against /proc without loading the runtime.
                 "processes": {s.name: [s.pid, s.process_name] for s in runtime.states(stack) if s.pid},
+                # A remote engine's processes are not in this /proc: its ports, published on its host,
+                # answer only while the containers run. (Not so over SSH: this machine's ends of the
+                # forwards accept whatever runs there; every `up` then asks the engine.)
+                "liveness": "ports" if stack.reach_host else "processes",
                 "seeded": seed,
                 **({"env_file": env_file_record(stack)} if env_file and stack.env_file else {}),
             })

@@ -180,7 +180,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
     masks = sys.stderr if as_json else None  # stdout holds nothing but the JSON object
     if (
         recorded.get("fingerprint") == fingerprint(root, config, profile, options)
-        and processes_alive(recorded.get("processes", {}))
+        and (processes_alive(recorded.get("processes", {})) or recorded.get("liveness") == "ports")
         and _recorded_ports_answer(recorded.get("ports"), ports_answer, recorded.get("host"))
         and not dead_scratch_owners(state_dir)  # a killed command's scratch databases: the full path sweeps them
         # A PAUSE whose devenv was killed: the full path RESUMEs it (one listdir when there is none).

@@ -70,7 +70,7 @@ from devenv.runtime.dockerdata import (
 )
 from devenv.runtime.delivery import deliver, write_reload
 from devenv.runtime.dockerfiles import has_files, parsed, reloadable, remember_render, rendered
-from devenv.runtime.engine import Endpoint, find_endpoint, forwards_ports, no_engine_error, reach
+from devenv.runtime.engine import Endpoint, find_endpoint, forwards_ports, is_remote, no_engine_error, reach
 from devenv.runtime.engines import EngineFacts, dns_error, engine_facts, engine_specs, lookup_failure
 from devenv.runtime.plan import (
     PROGRAMS,
@@ -539,7 +539,7 @@ class DockerRuntime:
             running = bool(state.get("Running")) and not state.get("Restarting")
             port = (published_port(container, CONTAINER_PORTS[service]) or port) if running else port
             pid = state.get("Pid") or None
-            found = read_stat(pid) if running and pid else None
+            found = read_stat(pid) if running and pid and not is_remote(self.endpoint()) else None
             comm = found[0] if found else None
             if running:
                 health = (state.get("Health") or {}).get("Status")

@@ -55,8 +55,13 @@ def test_remote_engine_gets_copies_urls_name_its_host_and_ports_bind_there_only(
     with proj.connect(pooled=True) as conn:
         assert conn.execute("SELECT 1").fetchone()[0] == 1
     assert proj.redis().ping()
-    # The no-op `up` looks at the engine's host, not 127.0.0.1.
+    # The no-op `up` looks at the engine's host, not 127.0.0.1 (and not at this machine's /proc,
+    # where the containers' pids mean nothing): a container stopped there is started again.
     assert "nothing to do" in proj.devenv("up").stderr
+    assert json.loads((proj.root / ".devenv" / proj.profile / "state.json").read_text())["processes"] == {}
+    proj.container("redis").stop()
+    again = proj.devenv("up")
+    assert "nothing to do" not in again.stderr and proj.redis().ping(), again.stderr
 
 
 # The cache through the API and `down --volumes` leaving nothing on the engine: the every_engine
