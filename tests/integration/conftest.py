@@ -46,7 +46,11 @@ REPO = Path(__file__).resolve().parents[2]
 RUNTIMES = ["native", "docker", "podman", "remote"]
 PODMAN_SOCKET = "/run/podman/podman.sock"
 # Lanes of the Docker runtime on another engine: lane -> its DOCKER_HOST ("" when not configured).
-ENGINE_LANES = {"podman": f"unix://{PODMAN_SOCKET}", "remote": os.environ.get("DEVENV_TEST_REMOTE_DOCKER_HOST", "")}
+# "rootless" (.ci/podman-rootless-up.sh) is not a lane of RUNTIMES: test_rootless_podman.py asks for it.
+LANE_VARS = {"remote": "DEVENV_TEST_REMOTE_DOCKER_HOST", "rootless": "DEVENV_TEST_ROOTLESS_DOCKER_HOST"}
+LANE_SETUP = {"remote": ".ci/remote-engine-up.sh", "rootless": ".ci/podman-rootless-up.sh"}
+ENGINE_LANES = {"podman": f"unix://{PODMAN_SOCKET}",
+                **{lane: os.environ.get(var, "") for lane, var in LANE_VARS.items()}}
 # Built by .ci/images/build.sh from Debian packages; they honour the official images' contracts.
 TEST_IMAGES = {
     "DEVENV_POSTGRES_IMAGE": "devenv-test/postgres:15",
@@ -409,7 +413,8 @@ def _engine_available(runtime: str) -> str | None:
         if runtime == "podman" and not os.path.exists(PODMAN_SOCKET):
             return f"no Podman API socket at {PODMAN_SOCKET} (start it: bash .ci/podman-up.sh)"
         if runtime in ENGINE_LANES and not host:
-            return "DEVENV_TEST_REMOTE_DOCKER_HOST is not set (bash .ci/remote-engine-up.sh, then source .ci/remote-engine.env)"
+            setup = LANE_SETUP[runtime]
+            return f"{LANE_VARS[runtime]} is not set (bash {setup}, then source {setup.replace('-up.sh', '.env')})"
         try:
             client = docker_client(host)  # pings the engine
         except DevenvError as exc:
