@@ -409,4 +409,5 @@ def _register(stack: Stack, runtime: Runtime) -> None:
     registry.record(registry.Entry(
         checkout=str(stack.root.resolve()), config=config, project=stack.project, profile=stack.profile,
         runtime=runtime.name, name=stack.name, ports={s.name: s.port for s in stack.services},
-        data=places if runtime.name == "native" else [], volumes=places if runtime.name == "docker" else []))
+        data=places if runtime.name == "native" else [], volumes=places if runtime.name == "docker" else [],
+        engine=runtime.engine_address() if runtime.name == "docker" else ""))

@@ -118,9 +118,10 @@ def plan(stacks: list[Stack], engine_listed: bool, only: list[str] | None = None
 
 def _plan_docker(removal: Removal, stacks: list[Stack], chosen: list[Stack], engine_listed: bool) -> None:
     stack = removal.stack
-    if not engine_listed:
+    if not (engine_listed and stack.listed):  # its engine (the one it was started on) did not answer
         removal.blind = True
-        removal.kept.append("its containers and volumes, if any: no Docker engine answered (the record stays)")
+        where = f" at {stack.entry.engine}" if stack.entry.engine else ""
+        removal.kept.append(f"its containers and volumes, if any: no Docker engine answered{where} (the record stays)")
         return
     for container in stack.containers:
         name = (container.get("Names") or ["/" + str(container.get("Id", ""))[:12]])[0].lstrip("/")
@@ -289,9 +290,12 @@ def _made_for(labels: dict[str, str], checkout: str) -> bool:
 
 def _remove_docker(removal: Removal) -> None:
     from devenv.runtime.dockerapi import connect, quietly, remove, stop, stop_timeout
-    from devenv.runtime.engine import find_endpoint, no_engine_error
+    from devenv.runtime.engine import Endpoint, find_endpoint, no_engine_error
 
     endpoint = find_endpoint()
+    recorded = removal.stack.entry.engine  # the engine `ls` listed it on: where it was started
+    if recorded and (endpoint is None or endpoint.host != recorded):
+        endpoint = Endpoint(recorded, "the engine the stack was started on")
     if endpoint is None:
         raise no_engine_error(os.environ)
     client = connect(endpoint)

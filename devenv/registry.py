@@ -66,6 +66,7 @@ class Entry:
     ports: dict[str, int] = field(default_factory=dict)  # service -> host port it holds
     data: list[str] = field(default_factory=list)  # native: directories holding its data and state
     volumes: list[str] = field(default_factory=list)  # docker: its named volumes
+    engine: str = ""  # docker: the engine it was started on (its address); "" in older records
     updated: float = 0.0
     source: Path | None = field(default=None, compare=False, repr=False)  # the file it was read from
 
@@ -95,6 +96,7 @@ _FIELD_TYPES: dict[str, tuple[bool, Any]] = {
     "ports": (False, lambda v: isinstance(v, dict) and all(
         isinstance(k, str) and type(p) is int and 0 < p < 65536 for k, p in v.items())),
     "data": _STRS, "volumes": _STRS,
+    "engine": (False, lambda v: isinstance(v, str) and "\0" not in v and "\n" not in v),
     "updated": (False, lambda v: type(v) in (int, float) and v == v),
 }
 RECORD_FIELDS = tuple(_FIELD_TYPES)

@@ -20,10 +20,13 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from devenv import registry
 from devenv.registry import Entry
+
+if TYPE_CHECKING:
+    from devenv.runtime.engine import Endpoint
 
 SERVICES = ("postgres", "pgbouncer", "redis")  # devenv.config.stack.SERVICES, without its import
 PROGRAMS = {"postgres": "postgres", "pgbouncer": "pgbouncer", "redis": "redis-server"}
@@ -38,7 +41,7 @@ DEVENV_PROJECT = "dev.devenv.project"
 DEVENV_PROFILE = "dev.devenv.profile"
 STATE_DIR_NAME = ".devenv"
 # The keys of each object `devenv ls --json` prints (documented in the README).
-JSON_KEYS = ("checkout", "config", "project", "profile", "runtime", "name", "ports", "state", "orphaned",
+JSON_KEYS = ("checkout", "config", "project", "profile", "runtime", "engine", "name", "ports", "state", "orphaned",
              "services", "data_bytes", "data", "volumes", "recorded", "updated")
 
 
@@ -54,6 +57,7 @@ class Stack:
         self.containers: list[dict[str, Any]] = []  # Docker: the engine's list entries
         self.volume_info: list[dict[str, Any]] = []  # Docker: the engine's volume entries
         self.local = False  # Docker: listed by an engine on this machine's unix socket
+        self.listed = False  # Docker: its engine answered (else what it has there is unknown)
 
     @property
     def orphaned(self) -> bool:
@@ -73,7 +77,8 @@ class Stack:
         e = self.entry
         return {
             "checkout": e.checkout if self.checkout_known else None, "config": e.config or None,
-            "project": e.project, "profile": e.profile, "runtime": e.runtime, "name": e.name,
+            "project": e.project, "profile": e.profile, "runtime": e.runtime, "engine": e.engine or None,
+            "name": e.name,
             "ports": dict(e.ports), "state": self.state, "orphaned": self.orphaned,
             "services": dict(self.services), "data_bytes": self.data_bytes, "data": list(e.data),
             "volumes": list(e.volumes), "recorded": self.recorded, "updated": e.updated or None,
@@ -110,21 +115,38 @@ def gather(warn: Callable[[str], None] = lambda line: None, sizes: bool = True) 
     if skipped:
         warn(f"note: {len(skipped)} record(s) in {printable(str(registry.registry_dir()))} skipped (invalid, or not"
              f" this user's own file): {printable(', '.join(skipped[:3]))}{' ...' if len(skipped) > 3 else ''}")
-    engine = docker_listing(warn, needed=any(s.entry.runtime == "docker" for s in stacks))
-    if engine is not None:
-        containers, volumes, local = engine
-        stacks += attach_docker(stacks, containers, volumes)
-    else:
-        local = False
+    from devenv.runtime.engine import Endpoint
+
+    # Each engine a Docker stack was started on (Podman's socket, a remote host), and the one
+    # devenv would use now (older records, and the stacks only an engine knows of).
+    current = current_endpoint(warn, needed=any(s.entry.runtime == "docker" for s in stacks))
+    engines: dict[str, Endpoint] = {current.host: current} if current is not None else {}
     for stack in stacks:
-        stack.local = local and stack.entry.runtime == "docker"
+        if stack.entry.runtime == "docker" and stack.entry.engine and stack.entry.engine not in engines:
+            engines[stack.entry.engine] = Endpoint(stack.entry.engine, "the engine the stack was started on")
+    answered = False
+    for host, endpoint in engines.items():
+        listing = docker_listing(warn, endpoint, needed=endpoint is not current or any(
+            s.entry.runtime == "docker" and not s.entry.engine for s in stacks))
+        if listing is None:
+            continue
+        answered = True
+        containers, volumes, local = listing
+        mine = [s for s in stacks if s.entry.runtime == "docker" and (s.entry.engine or getattr(current, "host", "")) == host]
+        found = attach_docker(mine, containers, volumes)
+        for stack in found:
+            stack.entry.engine = host
+        for stack in mine + found:
+            stack.listed, stack.local = True, local
+        stacks += found
+    for stack in stacks:
         if stack.entry.runtime == "native":
             stack.services = native_services(stack.entry)
             stack.data_bytes = tree_size(own_places(stack.entry)) if sizes else None
-        elif engine is not None:
+        elif stack.listed:
             stack.services = docker_services(stack.containers)
-            stack.data_bytes = volumes_size(stack.volume_info, local) if sizes else None
-    return stacks, engine is not None
+            stack.data_bytes = volumes_size(stack.volume_info, stack.local) if sizes else None
+    return stacks, answered
 
 
 def native_services(entry: Entry) -> dict[str, bool]:
@@ -223,21 +245,30 @@ def volumes_size(volumes: list[dict[str, Any]], local: bool) -> int | None:
 # ---- Docker ---------------------------------------------------------------------------------------
 
 
-def docker_listing(warn: Callable[[str], None], needed: bool = False
-                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool] | None:
-    """(containers, volumes, local) carrying devenv's labels, from the engine devenv would use;
-    None when none is configured, or (one line to `warn` when some record is a Docker one, or
-    the engine was named explicitly) when it does not answer within ENGINE_TIMEOUT. `local`: an
-    engine on this machine's unix socket, whose volume directories are this machine's."""
+def current_endpoint(warn: Callable[[str], None], needed: bool = False) -> Endpoint | None:
+    """The engine devenv would use now; None when none is configured (or, with one line to
+    `warn` when some record is a Docker one, a Docker context that names none)."""
     from devenv.errors import DevenvError
     from devenv.runtime.engine import find_endpoint
 
     try:
-        endpoint = find_endpoint()
+        return find_endpoint()
     except DevenvError as exc:  # a Docker context that names no engine
         if needed:
             warn(f"note: Docker stacks not listed: {exc.message}")
         return None
+
+
+def docker_listing(warn: Callable[[str], None], endpoint: Endpoint | None = None, needed: bool = False
+                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool] | None:
+    """(containers, volumes, local) carrying devenv's labels, from the engine at `endpoint` (by
+    default the one devenv would use now); None when there is none, or (one line to `warn` when a
+    record is expected there, or the engine was named explicitly) when it does not answer within
+    ENGINE_TIMEOUT. `local`: an engine on this machine's unix socket, whose volume directories
+    are this machine's."""
+    from devenv.errors import DevenvError
+
+    endpoint = endpoint or current_endpoint(warn, needed)
     if endpoint is None:
         return None
     filters = json.dumps({"label": [DEVENV_PROJECT]})
@@ -383,7 +414,9 @@ def _unrecorded(project: str, checkout: str | None, labels: dict[str, str]) -> S
     entry = Entry(checkout=checkout or "", config=str(Path(checkout) / "devenv.yaml") if checkout else "",
                   project=labels.get(DEVENV_PROJECT, project), profile=labels.get(DEVENV_PROFILE, "?"),
                   runtime="docker", name=project)
-    return Stack(entry, recorded=False, checkout_known=checkout is not None)
+    found = Stack(entry, recorded=False, checkout_known=checkout is not None)
+    found.listed = True  # an engine's listing is where it was found
+    return found
 
 
 def _add_ports(entry: Entry, service: str | None, ports: list[dict[str, Any]]) -> None:

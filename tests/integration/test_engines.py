@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -64,6 +65,13 @@ def test_runtime_podman_finds_podmans_socket_by_itself(podman_project: Project) 
     assert stray.returncode == 8 and "nothing would stop there" in stray.stderr \
         and "DOCKER_HOST=unix:///run/podman/podman.sock" in stray.stderr, stray.stderr
     assert len(proj.containers()) == 3 and all(c.status == "running" for c in proj.containers())
+    # `ls` asks each engine a stack was started on, not only the one devenv would use now
+    # (dockerd's default socket here): the stack runs, on Podman.
+    listed = json.loads(subprocess.run([sys.executable, "-m", "devenv", "ls", "--json"], cwd=proj.root, env=proj.env,
+                                       capture_output=True, text=True, check=True, timeout=60).stdout)
+    ours = [s for s in listed if s["checkout"] == str(proj.root.resolve())]
+    assert len(ours) == 1 and ours[0]["state"] == "running", ours
+    assert ours[0]["engine"] == "unix:///run/podman/podman.sock", ours
     # Later commands without --runtime (auto) find the stack on Podman, not on dockerd (which also
     # runs here): `up` recorded the engine it started it on.
     status = proj.devenv("status", "--json", "--runtime", "auto")
@@ -162,3 +170,27 @@ def test_down_goes_ahead_when_the_recorded_engine_is_gone(tmp_path: Path, monkey
         assert not proj.containers()
     finally:
         teardown_project(proj)
+
+
+def test_prune_removes_an_orphaned_podman_stack_there_while_dockerd_is_the_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkout deleted while its stack ran on Podman: `prune` (dockerd being the engine devenv
+    would use now) finds it on the engine it was started on and removes its containers and
+    volumes there, then its record; before, the record went and the containers stayed."""
+    from tests.integration.conftest import docker_teardown
+
+    proj = make_project(tmp_path / "proj", use_runtime("podman", monkeypatch), profile="dev")
+    project, stack = proj.project_name, proj.stack_name
+    label = {"label": f"com.docker.compose.project={stack}"}
+    try:
+        proj.devenv("up")
+        assert len(proj.client().containers.list(all=True, filters=label)) == 3
+        shutil.rmtree(proj.root)
+        done = subprocess.run([sys.executable, "-m", "devenv", "prune", "--yes", str(proj.root)], cwd=tmp_path,
+                              env=_without_engine_hints(proj.env),  # the default engine: dockerd's socket
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        assert proj.client().containers.list(all=True, filters=label) == []
+        assert proj.client().volumes.list(filters=label) == []
+    finally:
+        docker_teardown(project, proj.docker_host)

@@ -86,8 +86,9 @@ def test_ls_lists_both_worktrees_with_their_ports_and_state(worktrees: tuple[Pro
             ("dev", runtime, "running", False, True)
         assert item["ports"] == {s: int(proj.env[f"DEVENV_{s.upper()}_PORT"]) for s in SERVICES}
         assert item["services"] == {s: True for s in SERVICES}
-        assert set(item) == {"checkout", "config", "project", "profile", "runtime", "name", "ports", "state", "orphaned",
-                             "services", "data_bytes", "data", "volumes", "recorded", "updated"}
+        assert set(item) == {"checkout", "config", "project", "profile", "runtime", "engine", "name", "ports", "state",
+                             "orphaned", "services", "data_bytes", "data", "volumes", "recorded", "updated"}
+        assert (item["engine"] is None) == (runtime == "native"), item["engine"]
         assert item["config"] == str(proj.root / "devenv.yaml")
         if runtime == "native" or os.geteuid() == 0:
             assert item["data_bytes"] > 1_000_000  # a Postgres cluster

@@ -155,6 +155,8 @@ def test_plan_takes_orphans_only_and_keeps_volumes_a_living_checkout_shares(tmp_
     orphan.containers = [container("legacy-dev", "postgres", working_dir=f"{tmp_path}/gone/.devenv/dev")]
     orphan.volume_info = alive.volume_info = [volume("legacy-dev", "legacy-dev_pgdata")]
     other.volume_info = [volume("own-dev", "own-dev_pgdata")]
+    for stack in (alive, orphan, other):
+        stack.listed = True  # as gather() leaves the stacks its engine listed
     plans = {r.stack.entry.checkout: r for r in prune.plan([alive, orphan, other], engine_listed=True)}
     assert set(plans) == {str(tmp_path / "gone"), str(tmp_path / "gone2")}
     shared = plans[str(tmp_path / "gone")]
@@ -168,6 +170,10 @@ def test_plan_takes_orphans_only_and_keeps_volumes_a_living_checkout_shares(tmp_
     blind = prune.plan([other], engine_listed=False)[0]
     assert not blind.volumes and not blind.containers and "no Docker engine" in blind.kept[0]
     assert prune.execute(blind, lambda line: None) is False
+    # Nor when another engine answered but not the one it was started on (Podman's, a remote one).
+    other.listed, other.entry.engine = False, "unix:///run/podman/podman.sock"
+    elsewhere = prune.plan([other], engine_listed=True)[0]
+    assert elsewhere.blind and "at unix:///run/podman/podman.sock" in elsewhere.kept[0]
 
 
 @pytest.fixture
@@ -458,6 +464,7 @@ def test_prune_takes_only_containers_whose_labels_name_the_records_checkout(tmp_
     orphan = stacks.Stack(entry(tmp_path / "gone", runtime="docker", name="own-dev"))
     orphan.containers = [container("own-dev", "postgres", working_dir=f"{tmp_path}/gone/.devenv/dev"),
                          container("own-dev", "redis")]  # no working directory label: whose, nobody says
+    orphan.listed = True
     removal, = prune.plan([orphan], engine_listed=True)
     assert list(removal.containers.values()) == ["own-dev-postgres-1"]
     assert "own-dev-redis-1" in removal.kept[0]
