@@ -313,6 +313,10 @@ def _remove_docker(removal: Removal) -> None:
     for volume in client.volumes.list(filters=label):
         if volume.name in removal.volumes:
             quietly(lambda: volume.remove(force=True))
+    if endpoint.host.startswith("ssh://"):  # its ports' forwards go, and the master with the last stack's
+        from devenv.runtime import sshtunnel
+
+        sshtunnel.release(endpoint.host, os.environ, name)
 
 
 __all__ = ["Removal", "belongs", "execute", "native_servers", "own_directory", "plan", "stop_servers"]

@@ -247,3 +247,27 @@ def _devenv(proj: Project, env: dict[str, str], *args: str) -> subprocess.Comple
 
     return subprocess.run([sys.executable, "-m", "devenv", *args, "--runtime", "docker", "--profile", proj.profile],
                           cwd=proj.root, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_prune_of_an_orphaned_ssh_stack_releases_its_forwards_and_the_master(ssh_project: Project, tmp_path: Path) -> None:
+    """A checkout deleted while its stack ran over SSH: `prune` removes the containers and also
+    this machine's forwards of its ports, and the master that only it kept open."""
+    import shutil
+    import sys
+
+    proj = ssh_project
+    proj.devenv("up")
+    stack = proj.stack()
+    ports = [stack.postgres.port, stack.pgbouncer.port, stack.redis.port]
+    assert _master(proj) is not None and all(_answers(port) for port in ports)
+    config = (proj.root / "devenv.yaml").read_text()
+    shutil.rmtree(proj.root)
+    try:
+        done = subprocess.run([sys.executable, "-m", "devenv", "prune", "--yes", str(proj.root)], cwd=tmp_path,
+                              env=proj.env, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        assert proj.client().containers.list(all=True, filters={"label": f"com.docker.compose.project={stack.name}"}) == []
+        assert _master(proj) is None and not any(_answers(port) for port in ports)
+    finally:
+        proj.root.mkdir()  # for the fixture's `down` (nothing left to stop)
+        (proj.root / "devenv.yaml").write_text(config)
