@@ -142,9 +142,9 @@ def docker_check(env: Mapping[str, str], requested: str = "auto", sockets: list[
                      "`--runtime auto` uses the native runtime")
     answer = ping_engine(endpoint)
     if answer.startswith("answers"):
-        return Check("docker", OK, f"engine at {endpoint.host} (from {endpoint.origin}) {answer}")
+        return Check("docker", OK, f"engine at {endpoint.shown} (from {endpoint.origin}) {answer}")
     fallback = "" if requested == "docker" else "; `--runtime auto` uses the native runtime"
-    return Check("docker", severity, f"engine at {endpoint.host} (from {endpoint.origin}) {answer}{fallback}")
+    return Check("docker", severity, f"engine at {endpoint.shown} (from {endpoint.origin}) {answer}{fallback}")
 
 
 def _endpoint(env: Mapping[str, str], requested: str, sockets: list[Path] | None = None) -> "Endpoint | None":
@@ -171,7 +171,7 @@ def engine_checks(stack: "Stack", env: Mapping[str, str], requested: str) -> lis
         client = connect(endpoint)
         facts = engine_facts(client, backend=True)
     except Exception as exc:  # a finding, not a crash
-        return [Check("engine", FAIL, f"cannot ask the engine at {endpoint.host}: {exc}")]
+        return [Check("engine", FAIL, f"cannot ask the engine at {endpoint.shown}: {exc}")]
     api = tuple(int(p) for p in re.findall(r"\d+", facts.api_version)[:2])
     checks = [Check("engine", OK if api >= (1, 41) else FAIL,
                     f"{facts.name}, Docker API {facts.api_version}, {'rootless' if facts.rootless else 'rootful'}"

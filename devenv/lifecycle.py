@@ -351,7 +351,8 @@ def _refuse_second_place(stack: Stack, runtime: Runtime, doing: str = "up") -> N
     """StateError when the last `up` left this stack on another runtime or engine (state.json):
     a second copy there would take other ports and data, and later commands would see only one;
     a `down` there would stop nothing and forget the stack that runs (`doing`: "up" or "down").
-    `down` goes ahead when the recorded engine no longer answers: nothing is left to orphan."""
+    A recorded engine that does not answer is a DependencyError naming why (a dropped network,
+    an ssh agent gone): never taken for an engine gone for good."""
     from devenv.errors import DevenvError, StateError
     from devenv.state import read_state
 
@@ -362,11 +363,12 @@ def _refuse_second_place(stack: Stack, runtime: Runtime, doing: str = "up") -> N
     chosen = runtime.resolve(stack)
     if was == chosen.name and (was == "native" or not isinstance(engine, str) or engine in ("", chosen.engine_address())):
         return
-    if doing == "down" and was == "docker" and isinstance(engine, str) and engine:
-        from devenv.runtime.auto import engine_answers
+    if was == "docker" and isinstance(engine, str) and engine:
+        from devenv.runtime.auto import engine_silence, recorded_engine_error
 
-        if not engine_answers(engine):
-            return
+        why = engine_silence(engine)
+        if why:
+            raise recorded_engine_error(stack, engine, why)
     where = f"the {was} runtime" + (f" (engine {engine})" if was == "docker" and engine else "")
     here = chosen.name
     if chosen.name == "docker":

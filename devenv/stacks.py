@@ -282,10 +282,10 @@ def docker_listing(warn: Callable[[str], None], endpoint: Endpoint | None = None
     except (OSError, ValueError, DevenvError) as exc:
         if needed or endpoint.origin != "the default socket":
             reason = exc.message if isinstance(exc, DevenvError) else (str(exc) or type(exc).__name__)
-            warn(f"note: Docker stacks not listed: no answer from {endpoint.host} ({reason})")
+            warn(f"note: Docker stacks not listed: no answer from {endpoint.shown} ({reason})")
         return None
     except Exception as exc:  # noqa: BLE001  (the SDK's own errors: the listing goes on without Docker)
-        warn(f"note: Docker stacks not listed: {endpoint.host}: {exc}")
+        warn(f"note: Docker stacks not listed: {endpoint.shown}: {exc}")
         return None
 
 

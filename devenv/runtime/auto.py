@@ -55,11 +55,13 @@ class AutoRuntime:
         engine = state.get("engine") if recorded == "docker" and isinstance(state.get("engine"), str) else ""
         docker = self._docker(engine)
         if isinstance(docker, str) and engine:
-            docker = self._docker()
+            # Not another engine, nor native: the stack runs there, and a command elsewhere would
+            # find nothing (`down` would forget it, `status` say "not started").
+            raise recorded_engine_error(stack, engine, docker)
         if not isinstance(docker, str):
             self._unchecked = None if recorded == "docker" else docker
             self.say(f"runtime: docker ({'the stack is running there' if recorded == 'docker' else 'engine'} at "
-                     f"{docker.endpoint().host}, from {docker.endpoint().origin})")
+                     f"{docker.endpoint().shown}, from {docker.endpoint().origin})")
             self._chosen = docker
             return docker
         self._chosen = self._native(docker)
@@ -202,7 +204,19 @@ class AutoRuntime:
 __all__ = ["AutoRuntime"]
 
 
-def engine_answers(address: str, env: Mapping[str, str] | None = None) -> bool:
-    """Whether the engine at `address` (a stack's recorded engine) answers a ping."""
-    return not isinstance(AutoRuntime(env=env)._docker(address), str)
+def engine_silence(address: str, env: Mapping[str, str] | None = None) -> str:
+    """Why the engine at `address` (a stack's recorded engine) does not answer a ping; "" when it does."""
+    found = AutoRuntime(env=env)._docker(address)
+    return found if isinstance(found, str) else ""
+
+
+def recorded_engine_error(stack: Stack, engine: str, why: str) -> DependencyError:
+    """The error for a stack whose recorded engine (state.json) does not answer."""
+    from devenv.state import STATE_FILE
+
+    return DependencyError(
+        f"profile {stack.profile} of this checkout was started on the engine at {engine}, which does not answer: {why}",
+        hint=f"bring that engine back (started; for ssh://, the ssh agent, config and network it was started with), "
+             f"then run the command again; if it is gone for good, delete {stack.state_dir / STATE_FILE} (devenv then "
+             f"forgets the stack there) and run it again.")
 

@@ -189,7 +189,7 @@ class DockerRuntime:
         except Exception:  # only a description: never fail `up` over it
             engine = "Docker ?"
         images = ", ".join(s.image for s in stack.services)
-        return f"{engine} (API {self.api_version}) at {self.endpoint().host}; images {images}"
+        return f"{engine} (API {self.api_version}) at {self.endpoint().shown}; images {images}"
 
     def ensure_images(self, stack: Stack, progress: Progress) -> dict[str, str]:
         """Each service's image id; a missing image is pulled (progress per layer, in bytes)."""

@@ -99,9 +99,15 @@ def start_failure(service: str, message: str, stack: Stack) -> DevenvError | Non
     devenv knows (a taken port, config files the engine cannot see, an address its host lacks);
     None for any other."""
     if "port is already allocated" in message or "address already in use" in message:
+        from devenv.errors import PortInUseError
         from devenv.runtime.ports import port_in_use
 
-        return port_in_use(service, getattr(stack, service).port, message, stack=stack)
+        port = getattr(stack, service).port
+        if stack.bind_ip and not stack.reach_host:  # ssh://: published on the remote's loopback, held there
+            return PortInUseError(f"port {port} for {service} is taken on the engine's host ({message})",
+                                  hint=f"stop what holds it there, or give {service} another port: "
+                                       f"DEVENV_{service.upper()}_PORT=<port> devenv up")
+        return port_in_use(service, port, message, stack=stack)
     if "bind source path does not exist" in message or "not a directory" in message:
         return DependencyError(f"Docker could not mount {service}'s config files: {message}",
                                hint="the engine does not see this machine's files: unset DEVENV_DOCKER_FILES "

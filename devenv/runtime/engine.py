@@ -31,6 +31,15 @@ class Endpoint:
     tls_verify: bool = False
     context: str | None = None  # the Docker context it came from
 
+    @property
+    def shown(self) -> str:
+        """The address for messages: without a password a user put in it (ssh://me:pw@host)."""
+        if "@" not in self.host:
+            return self.host
+        from devenv.config.external import redact
+
+        return redact(self.host)
+
     def cli_args(self) -> list[str]:
         """Options that point the `docker` CLI at this engine (DOCKER_HOST it reads itself)."""
         if self.context:
@@ -118,7 +127,7 @@ def engine_unreachable(endpoint: Endpoint, exc: BaseException) -> DependencyErro
     else:
         hint = ("start Docker (`sudo systemctl start docker`, Docker Desktop, colima), point DOCKER_HOST or "
                 "`docker context use` at a running engine, or use the native runtime: `devenv up --runtime native`.")
-    return DependencyError(f"no Docker engine answers at {endpoint.host} (from {endpoint.origin}): {why}", hint=hint)
+    return DependencyError(f"no Docker engine answers at {endpoint.shown} (from {endpoint.origin}): {why}", hint=hint)
 
 
 def _why(exc: BaseException) -> str:
@@ -190,10 +199,14 @@ def engine_host(endpoint: Endpoint) -> str | None:
     unix socket or a named pipe (an engine of this machine)."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(endpoint.host)
-    if parts.scheme not in ("tcp", "ssh", "http", "https"):
-        return None
-    return parts.hostname or ""
+    try:
+        parts = urlsplit(endpoint.host)
+        if parts.scheme not in ("tcp", "ssh", "http", "https"):
+            return None
+        return parts.hostname or ""
+    except ValueError as exc:  # an unclosed [ of an IPv6 address
+        raise ConfigError(f"the Docker engine address {endpoint.shown} (from {endpoint.origin}) is not a URL: {exc}",
+                          hint="give DOCKER_HOST as unix:///path, tcp://host:port or ssh://[user@]host[:port].") from exc
 
 
 def is_remote(endpoint: Endpoint) -> bool:

@@ -87,9 +87,14 @@ def parse(url: str) -> Target:
     a path, a host that would read as an option)."""
     from urllib.parse import unquote, urlsplit
 
-    parts = urlsplit(url)
     where = f"DOCKER_HOST={url}" if "@" not in url else "DOCKER_HOST (an ssh:// address)"
-    if parts.scheme != "ssh" or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as exc:  # an unclosed [ of an IPv6 address
+        raise ConfigError(f"{where} is not an ssh://[user@]host[:port] address: {exc}",
+                          hint="set DOCKER_HOST=ssh://[user@]host[:port] (a name from your ssh config works).") from exc
+    if parts.scheme != "ssh" or not hostname:
         raise ConfigError(f"{where} is not an ssh://[user@]host[:port] address",
                           hint="set DOCKER_HOST=ssh://[user@]host[:port] (a name from your ssh config works).")
     if parts.password is not None:  # never on a command line, never in a log: refuse it outright
@@ -155,6 +160,7 @@ def api_socket(url: str, env: Mapping[str, str]) -> Path:
     """The local unix socket the engine's API answers on: a live master's, or a master started
     (again) now, with the API socket and every recorded stack's ports forwarded."""
     where = paths(url)
+    _own(where)  # before anything goes through a socket there: ours alone, no link, 0700
     if _accepts(where.api):  # a live master: one connect(), no ssh process
         return where.api
     target = parse(url)
@@ -187,9 +193,21 @@ def _ensure(target: Target, env: Mapping[str, str], where: Paths) -> None:
     if remote != record.get("socket"):
         record["socket"] = remote
         _write(where, record)
-    for ports in record.get("forwards", {}).values():  # the stacks' ports, as they were
-        for port in ports.values():
-            _run(target, env, where, *_mux(where), "-O", "forward", "-L", _spec(int(port)), check=False)
+    for name, ports in record.get("forwards", {}).items():  # the stacks' ports, as they were
+        for service, port in ports.items():
+            if _run(target, env, where, *_mux(where), "-O", "forward", "-L", _spec(int(port)), check=False):
+                continue
+            # Taken while the master was down: never half a tunnel (a client of this stack would
+            # give its password to whatever holds the port), so no master until it is free.
+            taken = "port forwarding failed" in _text(where.log)
+            line = _last_line(where.log)
+            _close(target, env, where)
+            if taken:
+                from devenv.runtime.ports import port_in_use
+
+                raise port_in_use(service, int(port), f"this machine's end of the SSH forward to {target.host}, "
+                                  f"for stack {name}, while the SSH connection was down")
+            raise ssh_failed(target, "forward port", line)
 
 
 def forward_ports(url: str, env: Mapping[str, str], stack: Stack) -> None:
@@ -395,13 +413,22 @@ def _accepts(path: Path) -> bool:
         sock.close()
 
 
-@contextlib.contextmanager
-def _locked(where: Paths) -> Iterator[None]:
-    """The engine's directory, private, locked against another devenv starting a second master."""
-    from devenv.safefs import flock_within, private_dir
+def _own(where: Paths) -> None:
+    """The engine's directory and its parent: made if missing, else proven this user's own real
+    directories (StateError otherwise: a socket another user planted there would see the API's
+    requests, passwords of `docker exec` included)."""
+    from devenv.safefs import private_dir
 
     private_dir(where.dir.parent)
     private_dir(where.dir)
+
+
+@contextlib.contextmanager
+def _locked(where: Paths) -> Iterator[None]:
+    """The engine's directory, private, locked against another devenv starting a second master."""
+    from devenv.safefs import flock_within
+
+    _own(where)
     fd = os.open(where.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         if not flock_within(fd, LOCK_TIMEOUT, poll=0.05):
@@ -413,11 +440,21 @@ def _locked(where: Paths) -> Iterator[None]:
 
 
 def _read(where: Paths) -> dict:  # type: ignore[type-arg]
+    """tunnel.json, with only what has the right shape (a damaged record's rest is dropped: its
+    forwards are then made again by the next `up` of their stacks)."""
     try:
         record = json.loads(where.record.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return record if isinstance(record, dict) else {}
+    if not isinstance(record, dict):
+        return {}
+    forwards = record.get("forwards")
+    return {
+        **({"socket": record["socket"]} if isinstance(record.get("socket"), str)
+           and record["socket"].startswith(("unix:///", "tcp://")) else {}),
+        "forwards": {str(name): ports for name, ports in (forwards.items() if isinstance(forwards, dict) else ())
+                     if isinstance(ports, dict) and all(type(p) is int and 0 < p < 65536 for p in ports.values())},
+    }
 
 
 def _write(where: Paths, record: dict) -> None:  # type: ignore[type-arg]

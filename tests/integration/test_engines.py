@@ -154,19 +154,28 @@ def test_down_on_another_runtime_than_the_stacks_is_refused(tmp_path: Path) -> N
         teardown_project(proj)
 
 
-def test_down_goes_ahead_when_the_recorded_engine_is_gone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A stack whose recorded engine no longer answers (a remote host gone, a Podman socket
-    removed) is not held hostage: `down` on the engine at hand stops what runs there."""
+def test_a_recorded_engine_that_does_not_answer_is_named_not_taken_for_gone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stack whose recorded engine does not answer (a dropped network, an ssh agent gone, a
+    Podman socket stopped): `down` and `status` say so (exit 4), never stop nothing and forget
+    the stack, nor report on another engine or fall back to native. Deleting state.json, as the
+    hint says, is how to forget an engine gone for good."""
     proj = make_project(tmp_path / "proj", use_runtime("docker", monkeypatch))
     try:
         proj.devenv("up")
         state = proj.root / ".devenv" / proj.profile / "state.json"
         data = json.loads(state.read_text())
         assert data["runtime"] == "docker" and data["engine"]
-        data["engine"] = f"unix://{tmp_path}/gone.sock"  # as if started on an engine that is gone
+        data["engine"] = f"unix://{tmp_path}/gone.sock"  # as if started on an engine that is not answering
         state.write_text(json.dumps(data))
-        down = proj.devenv("down", "--volumes", "--runtime", "docker")
-        assert "postgres" in down.stderr + down.stdout, down.stderr
+        for argv in (("down", "--volumes", "--runtime", "docker"), ("down", "--runtime", "auto"),
+                     ("status", "--runtime", "auto")):
+            refused = proj.devenv(*argv, check=False)
+            assert refused.returncode == 4 and "gone.sock, which does not answer" in refused.stderr, (argv, refused.stderr)
+            assert str(state) in refused.stderr and "Traceback" not in refused.stderr
+            assert state.exists() and len(proj.containers(running_only=True)) == 3
+        state.unlink()  # gone for good: forgotten
+        proj.devenv("down", "--volumes", "--runtime", "docker")
         assert not proj.containers()
     finally:
         teardown_project(proj)

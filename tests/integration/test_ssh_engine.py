@@ -271,3 +271,25 @@ def test_prune_of_an_orphaned_ssh_stack_releases_its_forwards_and_the_master(ssh
     finally:
         proj.root.mkdir()  # for the fixture's `down` (nothing left to stop)
         (proj.root / "devenv.yaml").write_text(config)
+
+
+def test_a_port_taken_while_the_master_was_down_is_an_error_not_half_a_tunnel(ssh_project: Project) -> None:
+    """The master died, and another program took one of the stack's ports meanwhile: the next
+    command names the port (exit 5) and leaves no master, rather than forwarding the other ports
+    and letting a client give its password to that program (Redis's AUTH, sent by `status`)."""
+    proj = ssh_project
+    proj.devenv("up")
+    stack = proj.stack()
+    _kill(_master(proj))
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", stack.redis.port))
+        squatter.listen()
+        squatter.settimeout(0.5)
+        refused = proj.devenv("status", check=False)
+        assert refused.returncode == 5 and f"port {stack.redis.port} for redis" in refused.stderr, refused.stderr
+        assert _master(proj) is None
+        with pytest.raises(socket.timeout):
+            squatter.accept()  # nothing of devenv's came to it
+    assert "postgres" in proj.devenv("status").stdout  # the port free again: all forwarded
+    assert _master(proj) is not None and proj.redis().ping()

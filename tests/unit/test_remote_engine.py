@@ -218,3 +218,7 @@ def test_start_failures_devenv_knows_are_named_with_what_to_do(project: Path) ->
     assert address is not None and address.exit_code == 4 and "10.0.0.9" in address.message
     assert "DEVENV_HOST_OVERRIDE" in (address.hint or "")
     assert start_failure("postgres", "OCI runtime create failed", stack) is None
+    # Over ssh:// (published on the remote's 127.0.0.1): held there, not by this machine's ssh.
+    ssh = start_failure("redis", "Bind for 127.0.0.1:6380 failed: port is already allocated",
+                        stack.replace(bind_ip="127.0.0.1", reach_host=""))
+    assert isinstance(ssh, PortInUseError) and "taken on the engine's host" in ssh.message

@@ -81,3 +81,42 @@ def test_ssh_failures_name_the_host_ssh_s_line_and_a_hint_for_the_cause(line: st
     error = ssh_failed(parse("ssh://me@devbox"), "connect", line)
     assert error.exit_code == 4
     assert "devbox" in error.message and line in error.message and hint in error.hint
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory to another user")
+def test_a_directory_another_user_planted_is_refused_before_its_socket_is_used(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another user who made the engine's directory first (its parent beside a registry in a
+    shared place) and put a socket in it would see the API's requests: refused before any connect."""
+    import pwd
+    import socket
+
+    from devenv.errors import StateError
+
+    monkeypatch.setenv("DEVENV_REGISTRY_DIR", str(tmp_path / "reg"))
+    where = sshtunnel.paths("ssh://devbox")
+    where.dir.mkdir(parents=True)
+    nobody = pwd.getpwnam("nobody")
+    os.chown(where.dir, nobody.pw_uid, nobody.pw_gid)
+    planted = socket.socket(socket.AF_UNIX)
+    planted.bind(str(where.api))
+    planted.listen()
+    planted.setblocking(False)
+    try:
+        with pytest.raises(StateError, match="refusing to use"):
+            sshtunnel.api_socket("ssh://devbox", {})
+        with pytest.raises(BlockingIOError):
+            planted.accept()  # nobody connected to it
+    finally:
+        planted.close()
+
+
+def test_a_damaged_tunnel_record_keeps_only_what_has_the_right_shape(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVENV_REGISTRY_DIR", str(tmp_path / "reg"))
+    where = sshtunnel.paths("ssh://devbox")
+    where.dir.mkdir(parents=True)
+    where.record.write_text('{"socket": "/etc/passwd", "forwards": {"a": {"postgres": "abc"}, "b": [1], '
+                            '"c": {"redis": 6380}, "d": {"redis": 70000}}}')
+    assert sshtunnel._read(where) == {"forwards": {"c": {"redis": 6380}}}
+    where.record.write_text('["x"]')
+    assert sshtunnel._read(where) == {}
