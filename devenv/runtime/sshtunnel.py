@@ -185,7 +185,13 @@ def _ensure(target: Target, env: Mapping[str, str], where: Paths) -> None:
         remote = record.get("socket") or _ask_socket(target, env, where)
         with contextlib.suppress(FileNotFoundError):
             where.api.unlink()  # left by a master that died
-        _forward(target, env, where, f"{where.api}:{_remote_end(remote)}", what="the engine's API socket")
+        spec = f"{where.api}:{_remote_end(remote)}"
+        _forward(target, env, where, spec, what="the engine's API socket")
+        if record.get("socket") and not _pings(where.api):
+            # The recorded socket may be stale (the remote's DOCKER_HOST moved): asked again, once.
+            _run(target, env, where, *_mux(where), "-O", "cancel", "-L", spec, check=False)
+            remote = _ask_socket(target, env, where)
+            _forward(target, env, where, f"{where.api}:{_remote_end(remote)}", what="the engine's API socket")
     except DevenvError:
         if not record.get("forwards"):  # a master for nothing: not left holding a session open
             _close(target, env, where)
@@ -398,6 +404,18 @@ def ssh_failed(target: Target, what: str, line: str) -> DependencyError:
 
 
 # ---- the directory, its lock and its record -----------------------------------------------------
+
+
+def _pings(path: Path) -> bool:
+    """Whether the engine answers /_ping through the forwarded API socket (the forward itself is
+    made without reaching the remote socket: a stale one shows only here)."""
+    from devenv.runtime.engine import unix_http_get
+
+    try:
+        status, _, _ = unix_http_get(str(path), "/_ping", timeout=5.0)
+    except Exception:  # noqa: BLE001  (reset, timed out, not HTTP: no engine there)
+        return False
+    return status == 200
 
 
 def _accepts(path: Path) -> bool:

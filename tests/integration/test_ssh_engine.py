@@ -293,3 +293,22 @@ def test_a_port_taken_while_the_master_was_down_is_an_error_not_half_a_tunnel(ss
             squatter.accept()  # nothing of devenv's came to it
     assert "postgres" in proj.devenv("status").stdout  # the port free again: all forwarded
     assert _master(proj) is not None and proj.redis().ping()
+
+
+def test_a_stale_recorded_engine_socket_is_asked_again(ssh_project: Project) -> None:
+    """The remote engine's socket is asked once and recorded; when the remote's DOCKER_HOST moved
+    (here: a record naming a socket that is not there), a restarted master asks again."""
+    import json
+
+    from devenv.runtime.sshtunnel import paths
+
+    proj = ssh_project
+    proj.devenv("up")
+    _kill(_master(proj))
+    record_file = paths(SSH_HOST).record
+    record = json.loads(record_file.read_text())
+    record["socket"] = "unix:///nonexistent/docker.sock"
+    record_file.write_text(json.dumps(record))
+    status = proj.devenv("status", "--json")
+    assert all(s["state"] == "running" for s in json.loads(status.stdout)["services"]), status.stdout
+    assert json.loads(record_file.read_text())["socket"] != "unix:///nonexistent/docker.sock"
