@@ -275,10 +275,10 @@ def silent_redis_image(runtime: str) -> Iterator[str]:
 
 def test_health_check_that_never_passes_times_out_with_logs_and_health_output(project: Project, silent_redis_image: str) -> None:
     project.env["DEVENV_REDIS_IMAGE"] = silent_redis_image
-    result = project.devenv("up", "--timeout", "20", check=False)
+    result = project.devenv("up", "--timeout", "8", check=False)
     assert result.returncode == 6, result.stderr
     error = _stderr_error(result)
-    assert error.startswith("error: redis not healthy after 20s"), result.stderr
+    assert error.startswith("error: redis not healthy after 8s"), result.stderr
     assert "devenv-test: this redis never answers" in result.stderr, "the container's log tail"
     health = next((line for line in result.stderr.splitlines() if "Docker health check" in line), "")
     assert "Could not connect to Redis" in health or "Connection refused" in health, result.stderr
