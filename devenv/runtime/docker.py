@@ -434,11 +434,12 @@ class DockerRuntime:
     def _local_data_dir(self, stack: Stack, volumes: Collection[str]) -> Path | None:
         """The data volume's directory when this process can use it directly: an engine on this
         machine (a unix socket; not Docker Desktop's or colima's VM, whose paths are not here),
-        the volume holding PGDATA itself (17 and below), and root (the engine's files are root's)."""
+        the volume holding PGDATA itself (17 and below), and root (the engine's files are root's;
+        not a rootless engine's, whose uids are mapped: files written here would be nobody's there)."""
         from docker.errors import DockerException
 
         if not self.endpoint().host.startswith("unix://") or os.geteuid() != 0 or len(volumes) != 1 \
-                or stack.postgres.pgdata != stack.postgres.volume_path:
+                or stack.postgres.pgdata != stack.postgres.volume_path or self.facts().rootless:
             return None
         try:
             mountpoint = self.client().volumes.get(next(iter(volumes))).attrs.get("Mountpoint") or ""

@@ -20,6 +20,8 @@ def rootless(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Projec
     """A dev-profile project on the rootless Podman."""
     use_runtime("rootless", monkeypatch)
     proj = make_project(tmp_path / "proj", "rootless", profile="dev")
+    proj.env["DEVENV_CACHE_DIR"] = str(tmp_path / "cache")  # the seeded-data cache, as a developer has it
+    proj.env.pop("DEVENV_NO_CACHE", None)
     yield proj
     teardown_project(proj)
 
@@ -37,12 +39,22 @@ def test_rootless_podman_gets_copies_its_servers_read_and_down_leaves_nothing(ro
         assert conn.execute("SHOW log_min_duration_statement").fetchone()[0] == "1s"  # devenv.yaml's dev value
     with proj.connect() as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
-    with proj.connect(pooled=True) as conn:  # PgBouncer read its userlist and found postgres by name
+    # PgBouncer read its userlist and found postgres by name, at its address after the cache fill
+    # restarted it (not the stale one: new clients waited up to 45 s for it to expire).
+    with proj.connect(pooled=True, connect_timeout=10) as conn:
         assert conn.execute("SELECT count(*) FROM users").fetchone()[0] > 0
     assert proj.redis().ping()  # redis.conf's requirepass, read
     doctor = proj.devenv("doctor", check=False)
     assert "Docker API 1.41, rootless" in doctor.stdout, doctor.stdout
     assert "FAIL" not in doctor.stdout, doctor.stdout  # rootlessport holds the ports: the stack's
+    # The cache, filled by that first `up`, restored into a new volume through the engine's API
+    # (as root devenv could write the volume's directory itself, with uids the mapping does not
+    # have: the server then could not chown its data).
+    proj.devenv("down", "--volumes")
+    again = proj.devenv("up")
+    assert "restor" in again.stderr, again.stderr
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
     proj.devenv("down", "--volumes")
     assert proj.containers() == []
     label = {"label": f"com.docker.compose.project={proj.stack_name}"}
