@@ -369,16 +369,18 @@ def _refuse_second_place(stack: Stack, runtime: Runtime, doing: str = "up") -> N
         why = engine_silence(engine)
         if why:
             raise recorded_engine_error(stack, engine, why)
-    where = f"the {was} runtime" + (f" (engine {engine})" if was == "docker" and engine else "")
+    from devenv.config.external import redact  # a password someone put in DOCKER_HOST is never shown
+
+    where = f"the {was} runtime" + (f" (engine {redact(engine)})" if was == "docker" and engine else "")
     here = chosen.name
     if chosen.name == "docker":
         with contextlib.suppress(DevenvError):  # no engine found at all: named by the runtime alone
-            here = f"docker (engine {chosen.engine_address()})"
+            here = f"docker (engine {redact(chosen.engine_address())})"
     if doing == "down":
         raise StateError(
             f"profile {stack.profile} of this checkout is up on {where}, not on {here}: nothing would stop there",
             hint=f"leave out --runtime (and DOCKER_HOST) so that `devenv down -p {stack.profile}` acts where the "
-                 f"stack runs{f', or set DOCKER_HOST={engine}' if was == 'docker' and engine else ''}.")
+                 f"stack runs{f', or set DOCKER_HOST={redact(engine)}' if was == 'docker' and engine else ''}.")
     raise StateError(
         f"profile {stack.profile} of this checkout is up on {where}, not on {here}",
         hint=f"`devenv down -p {stack.profile}` first (without --runtime it finds the stack where it runs; "

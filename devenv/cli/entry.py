@@ -15,7 +15,7 @@ import os
 import sys
 from typing import MutableMapping, NoReturn
 
-from devenv.cli.output import exit_for, fast_exit, reset_summary, say
+from devenv.cli.output import ensure_forwards, exit_for, fast_exit, reset_summary, say
 
 RESET_OPTIONS = {"-p": "profile", "--profile": "profile", "--config": "config"}
 # Options of the commands that users type before the command, as `docker compose -f F -p P up`
@@ -157,6 +157,7 @@ def _reset_in_place(profile: str, config: str | None) -> bool:
     stack = load_stack_cached(config, profile)
     if stack.warnings:  # printed by devenv.cli.main
         return False
+    ensure_forwards(stack)  # an ssh:// engine's ports: ours, or exit 5
     result = reset(stack, in_place_only=True, say=say)
     if result is None:  # a clone: devenv.cli.main's reset, with psycopg
         return False

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, NoReturn
 import click
 
 from devenv import errors, humanize
-from devenv.cli.output import (add_masks, ci_mode, debug_mode, exit_for, fast_exit, github_actions, print_json_error,
-                               reset_summary, say, secrets_in)
+from devenv.cli.output import (add_masks, ci_mode, client_binary, debug_mode, ensure_forwards, exit_for, fast_exit,
+                               github_actions, print_json_error, reset_summary, say, secrets_in)
 from devenv.config.stack import SERVICES
 from devenv.runtime.plan import RUNTIME_NAMES
 
@@ -63,6 +63,8 @@ def load_stack(config_path: str | None, profile: str, need_secrets: bool = True)
     stack = load_stack_cached(config_path, profile, need_secrets)
     for warning in stack.warnings:
         say(f"warning: {warning}", "warning")
+    if need_secrets:  # sessions may follow (not `down`'s: it stops containers through the engine alone)
+        ensure_forwards(stack)
     return stack
 
 
@@ -641,15 +643,8 @@ def logs(profile: str, config_path: str | None, runtime: str, service: str | Non
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def psql(profile: str, config_path: str | None, pooled: bool, args: tuple[str, ...]) -> None:
     """Open psql on the database (extra arguments go to psql)."""
-    import shutil
-
-    from devenv.errors import DependencyError
-
     stack = load_stack(config_path, profile)
-    binary = shutil.which("psql")
-    if binary is None:
-        raise DependencyError("psql not found on PATH",
-                              hint="install the PostgreSQL client: `apt-get install postgresql-client` or `brew install libpq`.")
+    binary = client_binary("psql", "install the PostgreSQL client: `apt-get install postgresql-client` or `brew install libpq`.")
     url = stack.urls()["DATABASE_URL" if pooled else "DIRECT_DATABASE_URL"]
     # The password goes in psql's environment, not on its command line, where `ps` shows it to everyone.
     scheme, _, rest = url.partition("://")
@@ -663,15 +658,8 @@ def psql(profile: str, config_path: str | None, pooled: bool, args: tuple[str, .
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def redis_cli(profile: str, config_path: str | None, args: tuple[str, ...]) -> None:
     """Open redis-cli on the stack's Redis (extra arguments go to redis-cli)."""
-    import shutil
-
-    from devenv.errors import DependencyError
-
     stack = load_stack(config_path, profile)
-    binary = shutil.which("redis-cli")
-    if binary is None:
-        raise DependencyError("redis-cli not found on PATH",
-                              hint="install it: `apt-get install redis-tools` or `brew install redis`.")
+    binary = client_binary("redis-cli", "install it: `apt-get install redis-tools` or `brew install redis`.")
     env = dict(os.environ, REDISCLI_AUTH=stack.redis.password)  # not on the command line, where ps shows it
     os.execve(binary, [binary, "-h", stack.host, "-p", str(stack.redis.port), *args], env)
 

@@ -110,6 +110,34 @@ def reset_summary(stack: Stack, result: ResetResult) -> str:
     return f"{stack.name}: reset {result.database} ({result.strategy}) and Redis in {result.seconds * 1000:.0f} ms"
 
 
+def client_binary(name: str, hint: str) -> str:
+    """The path of a client program devenv hands over to (psql, redis-cli), else DependencyError."""
+    import shutil
+
+    from devenv.errors import DependencyError
+
+    binary = shutil.which(name)
+    if binary is None:
+        raise DependencyError(f"{name} not found on PATH", hint=hint)
+    return binary
+
+
+def ensure_forwards(stack: Stack) -> None:
+    """Before a command opens sessions to a stack whose ports reach this machine over SSH (an
+    ssh:// engine: published on the remote's 127.0.0.1): the SSH connection lives and holds every
+    port, started again if it died, or PortInUseError when another program took a port meanwhile
+    (a session would give it the password). Nothing for any other stack."""
+    if stack.reach_host or stack.bind_ip != "127.0.0.1":
+        return
+    from devenv.state import read_state
+
+    engine = read_state(stack.state_dir).get("engine")
+    if isinstance(engine, str) and engine.startswith("ssh://"):
+        from devenv.runtime import sshtunnel
+
+        sshtunnel.api_socket(engine, os.environ)  # a dead master started again, with every forward or none
+
+
 def print_error(exc: DevenvError) -> None:
     """A DevenvError as users see it: `error: ...`, the log tail if any, `hint: ...`."""
     say(f"error: {exc.message}", "error")

@@ -212,10 +212,12 @@ def engine_silence(address: str, env: Mapping[str, str] | None = None) -> str:
 
 def recorded_engine_error(stack: Stack, engine: str, why: str) -> DependencyError:
     """The error for a stack whose recorded engine (state.json) does not answer."""
+    from devenv.config.external import redact
     from devenv.state import STATE_FILE
 
     return DependencyError(
-        f"profile {stack.profile} of this checkout was started on the engine at {engine}, which does not answer: {why}",
+        f"profile {stack.profile} of this checkout was started on the engine at {redact(engine)}, which does not "
+        f"answer: {why}",
         hint=f"bring that engine back (started; for ssh://, the ssh agent, config and network it was started with), "
              f"then run the command again; if it is gone for good, delete {stack.state_dir / STATE_FILE} (devenv then "
              f"forgets the stack there) and run it again.")

@@ -120,7 +120,7 @@ def context_endpoint(name: str, env: Mapping[str, str]) -> Endpoint:
 
 def engine_unreachable(endpoint: Endpoint, exc: BaseException) -> DependencyError:
     """The error for an engine that does not answer: the host tried, where it came from, why."""
-    why = _why(exc)
+    why = _why(exc).replace(endpoint.host, endpoint.shown)  # the SDK quotes the address, password and all
     if "podman" in endpoint.host or endpoint.origin in ("CONTAINER_HOST", "Podman's socket", "`podman machine`"):
         hint = ("start Podman's API service (`systemctl --user start podman.socket`, rootful `sudo systemctl "
                 "start podman.socket`, macOS `podman machine start`), or set CONTAINER_HOST to its socket.")

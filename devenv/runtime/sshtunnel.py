@@ -208,11 +208,16 @@ def _ensure(target: Target, env: Mapping[str, str], where: Paths) -> None:
             taken = "port forwarding failed" in _text(where.log)
             line = _last_line(where.log)
             _close(target, env, where)
-            if taken:
-                from devenv.runtime.ports import port_in_use
+            if taken:  # not the registry's holder of that port: that is this very stack
+                from devenv.errors import PortInUseError
+                from devenv.runtime.ports import port_holder
 
-                raise port_in_use(service, int(port), f"this machine's end of the SSH forward to {target.host}, "
-                                  f"for stack {name}, while the SSH connection was down")
+                holder = port_holder(int(port))
+                raise PortInUseError(
+                    f"port {port} for {service} (stack {name}, forwarded from {target.host}) was taken"
+                    f"{f' by {holder}' if holder else ' by another program'} while the SSH connection was down",
+                    hint="stop that program: the next devenv command then forwards the port again (no session "
+                         "goes to it meanwhile, as it would get the stack's password).")
             raise ssh_failed(target, "forward port", line)
 
 

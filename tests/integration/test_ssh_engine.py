@@ -286,9 +286,11 @@ def test_a_port_taken_while_the_master_was_down_is_an_error_not_half_a_tunnel(ss
         squatter.bind(("127.0.0.1", stack.redis.port))
         squatter.listen()
         squatter.settimeout(0.5)
-        refused = proj.devenv("status", check=False)
-        assert refused.returncode == 5 and f"port {stack.redis.port} for redis" in refused.stderr, refused.stderr
-        assert _master(proj) is None
+        for command in ("status", "reset", "psql"):  # psql and reset open sessions without the engine
+            refused = proj.devenv(command, check=False)
+            assert refused.returncode == 5 and f"port {stack.redis.port} for redis" in refused.stderr, \
+                (command, refused.stderr)
+            assert _master(proj) is None
         with pytest.raises(socket.timeout):
             squatter.accept()  # nothing of devenv's came to it
     assert "postgres" in proj.devenv("status").stdout  # the port free again: all forwarded
