@@ -275,7 +275,20 @@ def _stop_started_on_failure(stack: Stack, runtime: Runtime, say: Say) -> Iterat
         else:
             if stopped:
                 say(f"stopped {', '.join(stopped)}, which this `up` had started")
+        _remember_engine(stack, runtime)
         raise
+
+
+def _remember_engine(stack: Stack, runtime: Runtime) -> None:
+    """After a failed first `up` that left containers on an engine (created, or stopped again):
+    record where, so that `down` (and `auto`) look there, not on the engine they would find now."""
+    from devenv.state import read_state
+
+    if runtime.name != "docker" or read_state(stack.state_dir).get("runtime"):
+        return
+    with contextlib.suppress(Exception):  # only a record: the first error is the one to report
+        if any(state.detail != "not started" for state in runtime.states(stack)):
+            write_state(stack.state_dir, {"runtime": "docker", "engine": runtime.engine_address()})
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ fills and restores through the archive API.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Iterator
@@ -130,4 +131,32 @@ def test_an_override_the_engine_host_does_not_have_is_named_and_unset_recovers(
             assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
         assert proj.stack().host == _engine_address()
     finally:
+        teardown_project(proj)
+
+
+def test_a_failed_first_up_on_a_remote_engine_is_found_there_by_down(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first `up` on the remote engine fails (its Postgres port is taken there) after creating
+    containers: `down --volumes` without DOCKER_HOST removes them and their volumes there, not
+    on the engine it would find now (they stayed, and nothing recorded them)."""
+    use_runtime("remote", monkeypatch)
+    proj = make_project(tmp_path / "proj", "remote", profile="ci")
+    client = proj.client()
+    squatter = client.containers.run("devenv-test/redis:7", ["sleep", "300"], entrypoint=[], detach=True,
+                                     ports={"6379/tcp": (_engine_address(), int(proj.env["DEVENV_POSTGRES_PORT"]))})
+    try:
+        failed = proj.devenv("up", check=False)
+        assert failed.returncode == 5, failed.stderr
+        assert proj.containers(), "the failed up left containers on the engine"
+        squatter.remove(force=True)
+        local = {k: v for k, v in proj.env.items() if k != "DOCKER_HOST"}
+        proj.env = local
+        proj.devenv("down", "--volumes", "--runtime", "auto")
+        label = {"label": f"com.docker.compose.project={proj.stack_name}"}
+        assert client.containers.list(all=True, filters=label) == []
+        assert client.volumes.list(filters=label) == []
+    finally:
+        with contextlib.suppress(Exception):
+            squatter.remove(force=True)
+        proj.env["DOCKER_HOST"] = ENGINE_LANES["remote"]
         teardown_project(proj)
