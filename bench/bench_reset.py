@@ -10,8 +10,13 @@
    already-open connection. Target: within 1.3x.
 3. `devenv reset` from the CLI vs the API reset plus the CLI's own start-up (`devenv --help`).
 4. Reset time at 1k, 100k and 1M generated tasks (`seed_scale`) for each strategy, each reset
-   after a one-row write to tasks, and the one `auto` picks. --scales 1000,100000 skips the
-   slow 1M build (about 5 minutes on 2 cores).
+   after a one-row write to tasks, and the one `auto` picks; the in-place restore (by key) and
+   `auto` after a test that updates or inserts 1,000 rows. Targets: after a one-row write
+   under 3 ms at 100k and under 5 ms at 1M; after 1,000 rows written under 20 ms at 1M.
+   --scales 1000,100000 skips the slow 1M build (about 5 minutes on 2 cores).
+5. What the key logs cost a test's own writes: a 10,000-row INSERT into tasks in a database
+   with them vs a copy without them (its key triggers dropped), interleaved, each rolled back.
+   Target: at most 1.3x.
 
     python bench/bench_reset.py [--profile ci] [--tests 60] [--scales 1000,100000,1000000]
 
@@ -30,6 +35,7 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, make_project  # noqa: E402  (also puts the repo on sys.path)
@@ -122,6 +128,40 @@ def write_one_row(handle, database: str | None = None) -> None:
         conn.execute("UPDATE tasks SET status = 'done' WHERE id = (SELECT id FROM tasks ORDER BY id LIMIT 1)")
 
 
+WRITES = {  # a test that writes 1,000 rows of tasks
+    "1,000 updated": "UPDATE tasks SET status = 'done' WHERE id IN (SELECT id FROM tasks ORDER BY id LIMIT 1000)",
+    "1,000 inserted": "INSERT INTO tasks (user_id, title) SELECT (SELECT id FROM users ORDER BY id LIMIT 1), "
+                      "'bench ' || i FROM generate_series(1, 1000) i",
+}
+INSERT_10K = ("INSERT INTO tasks (user_id, title, description, metadata) SELECT (SELECT id FROM users ORDER BY id LIMIT 1), "
+              "'bench ' || i, 'row ' || i, jsonb_build_object('i', i) FROM generate_series(1, 10000) i")
+
+
+def tracking_cost(handle, runs: int) -> tuple[float, float]:
+    """Medians (ms) of a 10,000-row insert into tasks with the key logs and without (a copy of the
+    database whose key triggers are dropped), interleaved, each rolled back."""
+    from psycopg import sql
+
+    bare = "bench_untracked"
+    handle.janitor.drop(bare)
+    handle.janitor.copy_live(handle.stack.postgres.database, bare)
+    samples: dict[str, list[float]] = {"tracked": [], "untracked": []}
+    try:
+        with handle.connect(bare, autocommit=True) as conn:
+            for event in ("insert", "update", "delete"):
+                conn.execute(sql.SQL("DROP TRIGGER devenv_keys_{} ON tasks".format(event)))
+        with handle.connect(autocommit=True) as tracked, handle.connect(bare, autocommit=True) as untracked:
+            for _ in range(runs):
+                for name, conn in (("tracked", tracked), ("untracked", untracked)):
+                    with conn.transaction(force_rollback=True):
+                        start = time.perf_counter()
+                        conn.execute(INSERT_10K)
+                        samples[name].append(time.perf_counter() - start)
+    finally:
+        handle.janitor.drop(bare)
+    return statistics.median(samples["tracked"]) * 1000, statistics.median(samples["untracked"]) * 1000
+
+
 def api_vs_bare(project: Path, env: dict[str, str], profile: str, runs: int) -> dict[str, float]:
     from psycopg import sql
 
@@ -165,7 +205,7 @@ def cli_reset(project: Path, env: dict[str, str], profile: str, runs: int) -> di
             "CLI devenv --help": statistics.median(samples_help) * 1000}
 
 
-def scale_table(scales: list[int], profile: str, runs: int) -> list[tuple[int, dict[str, float], str, float]]:
+def scale_table(scales: list[int], profile: str, runs: int) -> list[tuple[int, dict[str, Any], str, float]]:
     from devenv.api import Devenv
 
     rows = []
@@ -186,6 +226,16 @@ def scale_table(scales: list[int], profile: str, runs: int) -> list[tuple[int, d
                 times[strategy] = median_ms(lambda: handle.reset(strategy=strategy, redis_db=None), n, before=write)
             write()
             picked = handle.reset(redis_db=None).strategy
+            for label, statement in WRITES.items():
+                def write_many(statement: str = statement) -> None:
+                    with handle.connect(autocommit=True) as conn:
+                        conn.execute(statement)
+                times[f"restore, {label}"] = median_ms(lambda: handle.reset(strategy="restore", redis_db=None), n,
+                                                       before=write_many)
+                times[f"auto, {label}"] = median_ms(lambda: handle.reset(redis_db=None), n, before=write_many)
+                write_many()
+                times[f"auto picks, {label}"] = handle.reset(redis_db=None).strategy
+            times["tracked"], times["untracked"] = tracking_cost(handle, max(n, 5))
             handle.close()
             rows.append((scale, times, picked, build))
         finally:
@@ -236,11 +286,31 @@ def main() -> None:
 
     scales = [int(s) for s in args.scales.split(",") if s]
     if scales:
-        print("\n4. reset time by data size (ms, median)")
+        print("\n4. reset time by data size (ms, median); restore = in place, by key where tables have one")
         print(f"   {'tasks':>9} {'restore':>9} {'clone':>9} {'copy':>9}   auto picks   (template build + up)")
-        for scale, times, picked, build in scale_table(scales, args.profile, args.runs):
+        table = scale_table(scales, args.profile, args.runs)
+        for scale, times, picked, build in table:
             print(f"   {scale:>9} {times['restore']:>9.1f} {times['clone']:>9.1f} {times['copy']:>9.1f}   {picked:<10}   {build:.1f}s")
-
+        targets = {100_000: 3.0, 1_000_000: 5.0}
+        for scale, times, _, _ in table:
+            if scale in targets:
+                met = times["restore"] < targets[scale]
+                print(f"   {scale:>9} one-row write, restore {times['restore']:.1f} ms "
+                      f"(target < {targets[scale]:g} ms: {'met' if met else 'NOT met'})")
+        print("\n   after a test that writes 1,000 rows of tasks (ms, median)")
+        for scale, times, _, _ in table:
+            for label in WRITES:
+                line = (f"   {scale:>9} {label:<15} restore {times[f'restore, {label}']:7.1f}   "
+                        f"auto {times[f'auto, {label}']:7.1f} ({times[f'auto picks, {label}']})")
+                if scale == 1_000_000:
+                    met = times[f"restore, {label}"] < 20
+                    line += f"   (target < 20 ms: {'met' if met else 'NOT met'})"
+                print(line)
+        print("\n5. the key logs' cost on a 10,000-row insert into tasks (ms, median, rolled back)")
+        for scale, times, _, _ in table:
+            ratio = times["tracked"] / times["untracked"]
+            print(f"   {scale:>9} tracked {times['tracked']:7.1f}   untracked {times['untracked']:7.1f}   "
+                  f"{ratio:5.2f}x  (target <= 1.3x: {'met' if ratio <= 1.3 else 'NOT met'})")
 
 if __name__ == "__main__":
     main()

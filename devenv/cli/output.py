@@ -107,7 +107,8 @@ def say(line: str, kind: str = "") -> None:
 
 def reset_summary(stack: Stack, result: ResetResult) -> str:
     """The line `devenv reset` ends with, on either path."""
-    return f"{stack.name}: reset {result.database} ({result.strategy}) and Redis in {result.seconds * 1000:.0f} ms"
+    how = f"{result.strategy}, {'by key' if result.detail == 'rows' else 'whole tables'}" if result.detail else result.strategy
+    return f"{stack.name}: reset {result.database} ({how}) and Redis in {result.seconds * 1000:.0f} ms"
 
 
 def client_binary(name: str, hint: str) -> str:

@@ -3,12 +3,14 @@
 The working database (and each pytest worker's) is cloned from the template. A reset uses one
 of two strategies:
 
-- `restore`, for small data: reload the tables written since the last reset from snapshot
-  tables that the template carries in the `devenv` schema, in one round trip (a function in
-  the database, `devenv.restore`). A statement trigger on every table records which were
-  written (`devenv.dirty`), so a test that changed nothing costs well under a millisecond.
-  An event trigger counts DDL, so a database whose schema changed since its clone falls back
-  to `clone`.
+- `restore`: put back what was written since the last reset from snapshot tables that the
+  template carries in the `devenv` schema, in one round trip (a function in the database,
+  `devenv.restore`). A statement trigger on every table records which were written
+  (`devenv.dirty`), so a test that changed nothing costs well under a millisecond; tables with
+  a primary key also log the keys of the rows written (`devenv.keys_*`), and only those rows
+  go back, so the reset costs what the test changed, not what the table holds. Others are
+  compared whole (small data only). An event trigger counts DDL, so a database whose schema
+  changed since its clone falls back to `clone`.
 - `clone`: CREATE DATABASE from the template under a fresh name, swap the names, and drop
   the old database in the background (dropping forces a checkpoint: off the critical path).
 
@@ -44,10 +46,14 @@ if TYPE_CHECKING:
 
 STRATEGIES = ("auto", "restore", "clone", "copy")
 # Thresholds measured by bench/bench_reset.py: above this many seeded rows in the tables written
-# since the last reset, comparing them costs more than cloning (ci profile, a one-row write to
-# tasks: restore 28 / 39 / 90 ms at 1k / 2k / 5k tasks, a clone 28 / 32 / 46 ms); above this
+# since the last reset that have no key log, comparing them costs more than cloning (ci profile,
+# a one-row write to tasks: restore 28 / 39 / 90 ms at 1k / 2k / 5k tasks, a clone 28 / 32 / 46
+# ms). Putting rows back by key costs ~15 us per logged key (1,000 rows updated, 2,000 keys:
+# 28-34 ms), about what a clone costs per 15 seeded rows: devenv.restore clones beyond
+# seeded/15 keys (at least RESTORE_MAX_ROWS), and never beyond RESTORE_MAX_KEYS. Above this
 # template size FILE_COPY (copy files, then checkpoint) beats WAL_LOG (every page through the WAL).
 RESTORE_MAX_ROWS = 1_000
+RESTORE_MAX_KEYS = 20_000
 WAL_LOG_MAX_BYTES = 64 << 20
 _drop_counter = itertools.count()
 # Scratch databases of one process (group 2: its pid), which `sweep` drops once it is gone.
@@ -63,6 +69,9 @@ class ResetResult(Record):
     database: str
     strategy: str
     seconds: float
+    # How a `restore` went: "rows" (every written table put back by primary key), "tables"
+    # (some compared whole: no key, truncated, written under replication role replica).
+    detail: str = ""
 
 
 def restore_quick(stack: Stack, dbname: str | None = None, strategy: str = "auto") -> ResetResult | None:
@@ -78,29 +87,34 @@ def restore_quick(stack: Stack, dbname: str | None = None, strategy: str = "auto
     dbname = dbname or stack.postgres.database
     try:
         with connect.postgres(stack, dbname) as conn:
-            sessions = restore_in_place(conn, template_name(stack, conn.server_major), strategy)
+            restored = restore_in_place(conn, template_name(stack, conn.server_major), strategy)
     except (pgwire.PgError, OSError, ValueError):  # no such database (or server), not ours
         return None
-    if sessions is None:
+    if restored is None:
         return None
+    sessions, how = restored
     if sessions and stack.has_pgbouncer:  # fresh server sessions for pooled clients: no temp tables or settings from the last test
         with connect.pgbouncer_admin(stack, explain=True) as console:
             console.command(f"RECONNECT {dbname}")
-    return ResetResult(dbname, "restore", time.perf_counter() - start)
+    return ResetResult(dbname, "restore", time.perf_counter() - start, how)
 
 
-def restore_in_place(conn: "pgwire.Connection", template: str, strategy: str = "auto") -> int | None:
-    """THE in-place restore (devenv.restore in the database, one round trip): reload what was
-    written since the last reset. The number of other sessions on the database afterwards
-    (PgBouncer's among them: with none there is nothing to RECONNECT), or None when only a
-    clone can reset it (from another template, DDL since, or more than RESTORE_MAX_ROWS seeded
-    rows to reload under `auto`). Raises the driver's error for a database that is not ours.
+def restore_in_place(conn: "pgwire.Connection", template: str, strategy: str = "auto") -> tuple[int, str] | None:
+    """THE in-place restore (devenv.restore in the database, one round trip): put back what was
+    written since the last reset, by primary key where the table has one. The number of other
+    sessions on the database afterwards (PgBouncer's among them: with none there is nothing to
+    RECONNECT) and how it went ("rows" or "tables", see ResetResult.detail), or None when only
+    a clone can reset it (from another template, DDL since, or under `auto` more than
+    RESTORE_MAX_ROWS seeded rows to compare whole or RESTORE_MAX_KEYS keys to put back).
+    Raises the driver's error for a database that is not ours.
     """
     from devenv.clients import pgwire
 
-    max_rows = "NULL" if strategy == "restore" else str(RESTORE_MAX_ROWS)
-    [(status, sessions)] = conn.query(f"SELECT * FROM devenv.restore({pgwire.literal(template)}, {max_rows})")
-    return int(sessions or 0) if status == "restored" else None
+    forced = strategy == "restore"
+    max_rows = "NULL" if forced else str(RESTORE_MAX_ROWS)
+    max_keys = "NULL" if forced else str(RESTORE_MAX_KEYS)
+    [(status, sessions, how)] = conn.query(f"SELECT * FROM devenv.restore({pgwire.literal(template)}, {max_rows}, {max_keys})")
+    return (int(sessions or 0), how) if status == "restored" else None
 
 
 class Janitor:
@@ -425,8 +439,8 @@ class Janitor:
         dbname = dbname or self.stack.postgres.database
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown reset strategy {strategy!r}")
-        if strategy in ("auto", "restore") and self._restore(dbname, strategy):
-            return ResetResult(dbname, "restore", time.perf_counter() - start)
+        if strategy in ("auto", "restore") and (how := self._restore(dbname, strategy)) is not None:
+            return ResetResult(dbname, "restore", time.perf_counter() - start, how)
         template = self.ensure_template()
         if strategy == "auto":
             # Without fsync FILE_COPY's checkpoints cost next to nothing: measured faster than WAL_LOG
@@ -451,22 +465,24 @@ class Janitor:
         self.clone(dbname, template)
         return ResetResult(dbname, "hard", time.perf_counter() - start)
 
-    def _restore(self, dbname: str, strategy: str) -> bool:
-        """The in-place restore (restore_in_place) on the database's kept session; False if only
-        a clone can reset it (missing, from another template, DDL since, or too much to reload)."""
+    def _restore(self, dbname: str, strategy: str) -> str | None:
+        """The in-place restore (restore_in_place) on the database's kept session: how it went
+        (ResetResult.detail), or None if only a clone can reset it (missing, from another
+        template, DDL since, or too much to reload)."""
         from devenv.clients import pgwire
 
         try:
             conn = self._db(dbname)
-            sessions = restore_in_place(conn, self.template_name(conn.server_major), strategy)
+            restored = restore_in_place(conn, self.template_name(conn.server_major), strategy)
         except (pgwire.PgError, OSError, ValueError):  # no such database, or not one of ours, or a stale session
             self._forget(dbname)
-            return False
-        if sessions is None:
-            return False
+            return None
+        if restored is None:
+            return None
+        sessions, how = restored
         if sessions and self.stack.has_pgbouncer:  # fresh server sessions for pooled clients: no temp tables or settings from the last test
             self._pgbouncer_command(f"RECONNECT {dbname}")
-        return True
+        return how
 
     def clone(self, dbname: str, template: str, method: str = "wal_log") -> None:
         """Make `dbname` a fresh copy of `template` (a database nobody is connected to).

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 SCALE_FILE = "scale.sql"
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "devenv", "pg_toast")
-TEMPLATE_FORMAT = 6  # bump when what a template carries (snapshots, guards, owners) changes
+TEMPLATE_FORMAT = 7  # bump when what a template carries (snapshots, guards, owners) changes
 
 # Installed in every template: counts DDL so that `restore` knows when it is not enough. The
 # counter is the application role's (its DDL advances it); the event triggers, which only a
@@ -72,12 +72,18 @@ $$;
 # rolled back with the write it records. Once per transaction (a transaction-local setting
 # remembers it) and only if not there yet, except in serializable transactions: there the
 # look would add read-write conflicts to the application's, so they only insert. No unique
-# key, so concurrent writers never wait on each other.
+# key, so concurrent writers never wait on each other. `whole` marks a write whose rows no key
+# log saw (TRUNCATE; anything under session_replication_role = replica, where the key
+# triggers, ENABLE ORIGIN, are quiet: the restore's own writes among them): that table is
+# compared whole.
 RESTORE_FUNCTIONS = """
-CREATE TABLE devenv.dirty (rel regclass NOT NULL);
-CREATE FUNCTION devenv.mark_dirty() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
+CREATE TABLE devenv.dirty (rel regclass NOT NULL, whole boolean NOT NULL DEFAULT false);
+CREATE FUNCTION devenv.mark_dirty() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF pg_catalog.current_setting('devenv.dirty_' || TG_RELID, true) IS DISTINCT FROM 'y' THEN
+    IF TG_OP = 'TRUNCATE' OR pg_catalog.current_setting('session_replication_role') = 'replica' THEN
+        INSERT INTO devenv.dirty VALUES (TG_RELID, true);
+    ELSIF pg_catalog.current_setting('devenv.dirty_' || TG_RELID, true) IS DISTINCT FROM 'y' THEN
         IF pg_catalog.current_setting('transaction_isolation') = 'serializable'
            OR NOT EXISTS (SELECT 1 FROM devenv.dirty WHERE rel = TG_RELID) THEN
             INSERT INTO devenv.dirty VALUES (TG_RELID);
@@ -88,15 +94,22 @@ BEGIN
 END $$;
 
 -- Put the written tables and every sequence back as in the snapshots, in the caller's
--- transaction. In a written table only the rows that differ are replaced: rows are compared
--- as text, as a multiset (for each distinct row whose count differs, its copies here go by
--- tableoid and ctid, and those of the snapshot come back by ctid), one conversion per row;
--- deleting and inserting the rest too would cost their index entries (the GIN ones of tasks
--- dominate) and leave them dead for vacuum. status is 'restored', or why it
--- cannot be ('stale': cloned from another template; 'schema': DDL since the clone; 'too big':
--- more than max_rows seeded rows to compare) and nothing changed. sessions counts the other
--- client sessions on the database afterwards: PgBouncer's server connections are among them,
--- so with none there is nothing for it to reconnect.
+-- transaction. A table with a primary key (not partitioned, no inheritance) has a key log,
+-- `devenv.keys_N`, which statement triggers fill with the keys of every row written (old and
+-- new, from the transition tables): only those rows are put back, deleted and copied again
+-- from the snapshot by key, in time proportional to the test's writes, not to the table. The
+-- log is emptied first (DELETE ... RETURNING: keys a concurrent writer logs meanwhile stay
+-- for the next reset). Any other written table is compared whole: rows as text, as a
+-- multiset (for each distinct row whose count differs, its copies here go by tableoid and
+-- ctid, and those of the snapshot come back by ctid), one conversion per row; deleting and
+-- inserting the rest too would cost their index entries and leave them dead for vacuum.
+-- status is 'restored', or why it cannot be ('stale': cloned from another template;
+-- 'schema': DDL since the clone; 'too big': more than max_rows seeded rows to compare whole,
+-- or more keys logged than a clone would cost, at most max_keys; NULLs: no limit) and nothing
+-- changed. how is 'rows' when every written
+-- table went back by key, else 'tables'. sessions counts the other client sessions on the
+-- database afterwards: PgBouncer's server connections are among them, so with none there is
+-- nothing for it to reconnect.
 -- What a clone drops besides the tables goes too, so that a restore leaves exactly what a clone
 -- would: database-level settings (ALTER DATABASE / ALTER ROLE ... IN DATABASE ... SET, kept by
 -- database oid: a clone has none) are reset, and large objects the template did not have are
@@ -104,19 +117,23 @@ END $$;
 -- trigger sees; a setting or large object this role may not remove) status says so ('settings',
 -- 'large objects') and a clone runs instead. A role that may not set session_replication_role
 -- (an existing server's, without GRANT SET ON PARAMETER) gets 'privilege': a clone.
-CREATE FUNCTION devenv.restore(expected_template text, max_rows bigint, OUT status text, OUT sessions bigint)
+CREATE FUNCTION devenv.restore(expected_template text, max_rows bigint, max_keys bigint,
+                               OUT status text, OUT sessions bigint, OUT how text)
 LANGUAGE plpgsql AS $$
 DECLARE
     meta record;
-    rels regclass[];
-    snapshots text[];
+    tbl record;
+    whole_rows bigint := 0;
+    logged bigint := 0;
+    n bigint;
+    keys text;
     gone_tables oid[];
     gone_rows tid[];
     wanted tid[];
-    total bigint;
     setting record;
     role text := pg_catalog.current_setting('session_replication_role');
 BEGIN
+    how := 'rows';
     SELECT * INTO meta FROM devenv.snapshot_meta;
     IF meta.template IS DISTINCT FROM expected_template THEN
         status := 'stale';
@@ -143,10 +160,21 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    SELECT array_agg(s.rel), array_agg(s.snapshot), coalesce(sum(s.row_count), 0) INTO rels, snapshots, total
-      FROM devenv.snapshots s
-     WHERE s.rel IN (SELECT coalesce(pg_catalog.pg_partition_root(d.rel), d.rel) FROM devenv.dirty d);
-    IF total > max_rows THEN
+    -- The written tables (twice below, the same query): first what reloading them would take.
+    FOR tbl IN SELECT s.rel, s.snapshot, s.row_count, s.keys, s.key_list, s.columns, s.keys IS NULL OR bool_or(d.whole) AS whole
+                     FROM devenv.snapshots s JOIN devenv.dirty d ON s.rel = coalesce(pg_catalog.pg_partition_root(d.rel), d.rel)
+                    GROUP BY s.rel, s.snapshot, s.row_count, s.keys, s.key_list, s.columns LOOP
+        IF tbl.whole THEN
+            whole_rows := whole_rows + tbl.row_count;
+        ELSE
+            EXECUTE pg_catalog.format('SELECT count(*) FROM devenv.%I', tbl.keys) INTO n;
+            logged := logged + n;
+        END IF;
+    END LOOP;
+    -- Putting back a logged key costs about as much as cloning 15 seeded rows (bench_reset.py):
+    -- beyond that many keys (and never beyond max_keys) a clone is the cheaper reset.
+    IF whole_rows > max_rows OR (max_keys IS NOT NULL AND logged > least(max_keys, greatest(max_rows,
+                                         (SELECT sum(s.row_count) FROM devenv.snapshots s) / 15))) THEN
         status := 'too big';
         RETURN;
     END IF;
@@ -181,7 +209,7 @@ BEGIN
             RETURN;
         END;
     END IF;
-    IF rels IS NOT NULL THEN
+    IF EXISTS (SELECT 1 FROM devenv.dirty) THEN
         -- No triggers, no FK checks: the data is known good.
         BEGIN
             PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
@@ -189,7 +217,25 @@ BEGIN
             status := 'privilege';
             RETURN;
         END;
-        FOR i IN 1 .. pg_catalog.array_length(rels, 1) LOOP
+        FOR tbl IN SELECT s.rel, s.snapshot, s.row_count, s.keys, s.key_list, s.columns, s.keys IS NULL OR bool_or(d.whole) AS whole
+                         FROM devenv.snapshots s JOIN devenv.dirty d ON s.rel = coalesce(pg_catalog.pg_partition_root(d.rel), d.rel)
+                        GROUP BY s.rel, s.snapshot, s.row_count, s.keys, s.key_list, s.columns LOOP
+            IF NOT tbl.whole THEN
+                -- The keys as one array literal of the log's row type: EXECUTE plans with its
+                -- value, so a handful of keys goes through the primary key's index.
+                EXECUTE pg_catalog.format('WITH gone AS (DELETE FROM devenv.%I RETURNING *) '
+                                          'SELECT pg_catalog.array_agg(DISTINCT g)::text FROM gone g', tbl.keys) INTO keys;
+                IF keys IS NOT NULL THEN
+                    EXECUTE pg_catalog.format('DELETE FROM %s WHERE (%s) IN (SELECT * FROM unnest($1::devenv.%I[]))',
+                                              tbl.rel, tbl.key_list, tbl.keys) USING keys;
+                    EXECUTE pg_catalog.format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM devenv.%I '
+                                              'WHERE (%s) IN (SELECT * FROM unnest($1::devenv.%I[]))',
+                                              tbl.rel, tbl.columns, tbl.columns, tbl.snapshot, tbl.key_list, tbl.keys)
+                      USING keys;
+                END IF;
+                CONTINUE;
+            END IF;
+            how := 'tables';
             EXECUTE pg_catalog.format(
                 'WITH diff AS (SELECT cur.tables, cur.rows, seeded.rows AS wanted FROM '
                 '(SELECT ROW(x.*)::text AS r, array_agg(x.tableoid) AS tables, array_agg(x.ctid) AS rows FROM %s x GROUP BY 1) cur '
@@ -197,14 +243,18 @@ BEGIN
                 'WHERE cardinality(cur.rows) IS DISTINCT FROM cardinality(seeded.rows)) '
                 'SELECT gone.tables, gone.rows, (SELECT array_agg(w) FROM diff, unnest(diff.wanted) w) FROM '
                 '(SELECT array_agg(t) AS tables, array_agg(r) AS rows FROM diff, unnest(diff.tables, diff.rows) u(t, r)) gone',
-                rels[i], snapshots[i]) INTO gone_tables, gone_rows, wanted;
+                tbl.rel, tbl.snapshot) INTO gone_tables, gone_rows, wanted;
             IF gone_rows IS NOT NULL THEN
                 EXECUTE pg_catalog.format('DELETE FROM %s x WHERE (x.tableoid, x.ctid) IN (SELECT * FROM unnest($1, $2))',
-                                          rels[i]) USING gone_tables, gone_rows;
+                                          tbl.rel) USING gone_tables, gone_rows;
             END IF;
             IF wanted IS NOT NULL THEN
-                EXECUTE pg_catalog.format('INSERT INTO %s SELECT * FROM devenv.%I WHERE ctid = ANY($1)', rels[i], snapshots[i])
+                EXECUTE pg_catalog.format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM devenv.%I '
+                                          'WHERE ctid = ANY($1)', tbl.rel, tbl.columns, tbl.columns, tbl.snapshot)
                   USING wanted;
+            END IF;
+            IF tbl.keys IS NOT NULL THEN  -- a truncated keyed table: its log is of no use now
+                EXECUTE pg_catalog.format('DELETE FROM devenv.%I', tbl.keys);
             END IF;
         END LOOP;
         DELETE FROM devenv.dirty;
@@ -287,9 +337,11 @@ def generate(conn: "psycopg.Connection[Any]", stack: Stack, seeds_dir: Path) -> 
 
 def make_snapshots(conn: "psycopg.Connection[Any]", template: str) -> None:
     """Copy every seeded table into `devenv.snap_*` so a clone can restore itself in place, and
-    install what tells a reset which tables to reload (`devenv.dirty`, `devenv.restore`)."""
+    install what tells a reset what to reload: `devenv.dirty` (the tables written) and, for each
+    table with a primary key, its key log (`devenv.keys_*`, see `track_keys`)."""
     conn.execute(
-        "CREATE TABLE devenv.snapshots (schema_name text, table_name text, snapshot text, row_count bigint, rel regclass);"
+        "CREATE TABLE devenv.snapshots (schema_name text, table_name text, snapshot text, row_count bigint, rel regclass, "
+        "keys text, key_list text, columns text);"
         "CREATE TABLE devenv.snapshot_sequences (sequence text, last_value bigint, is_called boolean);"
         "CREATE TABLE devenv.snapshot_meta (template text, ddl_mark_value bigint, ddl_mark_called boolean, "
         "large_objects oid[], catalog_signature text)"
@@ -297,18 +349,29 @@ def make_snapshots(conn: "psycopg.Connection[Any]", template: str) -> None:
     conn.execute(CATALOG_SIGNATURE)
     conn.execute(RESTORE_FUNCTIONS)
     tables = conn.execute(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "SELECT n.nspname, c.relname, format('%%I.%%I', n.nspname, c.relname), "
+        # What an INSERT may set: not dropped, not generated.
+        "(SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a "
+        " WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''), "
+        # The primary key's columns, where rows can be put back by key: a plain table, no
+        # partitions, no inheritance (a parent's statements reach its children's rows too).
+        "(SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY k.ord) FROM pg_constraint p "
+        " CROSS JOIN unnest(p.conkey) WITH ORDINALITY k(attnum, ord) "
+        " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
+        " WHERE p.conrelid = c.oid AND p.contype = 'p' AND c.relkind = 'r' AND NOT c.relhassubclass "
+        " AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)) "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname <> ALL(%s) "
         "AND n.nspname NOT LIKE 'pg_temp%%' ORDER BY 1, 2",
         (list(SYSTEM_SCHEMAS),),
     ).fetchall()
-    for index, (schema, table) in enumerate(tables):
+    for index, (schema, table, qualified, columns, key_list) in enumerate(tables):
         snapshot = f"snap_{index}_{table}"[:63]
-        qualified = f'"{schema}"."{table}"'
         conn.execute(f'CREATE TABLE devenv."{snapshot}" AS TABLE {qualified}')
         rows = conn.execute(f'SELECT count(*) FROM devenv."{snapshot}"').fetchone()[0]
-        conn.execute("INSERT INTO devenv.snapshots VALUES (%s, %s, %s, %s, %s::regclass)",
-                     (schema, table, snapshot, rows, qualified))
+        keys = track_keys(conn, index, qualified, snapshot, key_list) if key_list else None
+        conn.execute("INSERT INTO devenv.snapshots VALUES (%s, %s, %s, %s, %s::regclass, %s, %s, %s)",
+                     (schema, table, snapshot, rows, qualified, keys, key_list, columns))
     # Partitions too: a write straight into one marks it, and a reset reloads its root.
     for (qualified,) in conn.execute(
         "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -334,3 +397,31 @@ def make_snapshots(conn: "psycopg.Connection[Any]", template: str) -> None:
                  "CASE WHEN EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'devenv_ddl_end') THEN NULL "
                  "ELSE devenv.catalog_signature() END FROM devenv.ddl_changes",
                  (template,))
+
+
+def track_keys(conn: "psycopg.Connection[Any]", index: int, qualified: str, snapshot: str, key_list: str) -> str:
+    """The key log of one table: `devenv.keys_<index>` (its primary key's columns), filled by
+    statement triggers from their transition tables with the key of every row an INSERT,
+    UPDATE, DELETE, MERGE or COPY wrote (old and new), and a unique index on the snapshot's
+    copy of the key, so that a reset finds the seeded rows by key. Returns the log's name.
+
+    ENABLE (ORIGIN), not ALWAYS: quiet under session_replication_role = replica, where the
+    restore writes; what a test writes so, mark_dirty marks `whole`. One statement per write,
+    not per row: a 10,000-row insert adds one INSERT ... SELECT of its keys."""
+    from psycopg import sql
+
+    keys = f"keys_{index}"
+    log = f'devenv."{keys}"'
+    body = (f"BEGIN IF TG_OP = 'INSERT' THEN INSERT INTO {log} SELECT {key_list} FROM devenv_new; "
+            f"ELSIF TG_OP = 'DELETE' THEN INSERT INTO {log} SELECT {key_list} FROM devenv_old; "
+            f"ELSE INSERT INTO {log} SELECT {key_list} FROM devenv_old UNION ALL SELECT {key_list} FROM devenv_new; "
+            "END IF; RETURN NULL; END")
+    conn.execute(f"CREATE TABLE {log} AS SELECT {key_list} FROM {qualified} WITH NO DATA;"
+                 f'CREATE UNIQUE INDEX ON devenv."{snapshot}" ({key_list})')
+    conn.execute(sql.SQL("CREATE FUNCTION devenv.{}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER "
+                         "SET search_path = pg_catalog, pg_temp AS {}").format(sql.Identifier(f"log_{keys}"), sql.Literal(body)))
+    for event, tables in (("INSERT", "NEW TABLE AS devenv_new"), ("UPDATE", "OLD TABLE AS devenv_old NEW TABLE AS devenv_new"),
+                          ("DELETE", "OLD TABLE AS devenv_old")):
+        conn.execute(f"CREATE TRIGGER devenv_keys_{event.lower()} AFTER {event} ON {qualified} REFERENCING {tables} "
+                     f'FOR EACH STATEMENT EXECUTE FUNCTION devenv."log_{keys}"()')
+    return keys

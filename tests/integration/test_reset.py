@@ -62,7 +62,7 @@ def test_the_plain_cli_reset_runs_without_click_and_says_the_same(project) -> No
     assert not heavy & imported, sorted(heavy & imported)
     assert _counts(project) == (8, 40) and project.redis().exists("dirty") == 0
     said = [line for line in plain.stderr.splitlines() if not line.startswith("import time:")]
-    assert len(said) == 1 and said[0].startswith("taskflow-") and "reset taskflow (restore) and Redis in" in said[0]
+    assert len(said) == 1 and said[0].startswith("taskflow-") and "reset taskflow (restore, by key) and Redis in" in said[0]
     parsed = project.devenv("reset", "--strategy", "auto")
     assert parsed.stderr.split(" in ")[0] == said[0].split(" in ")[0]
 
@@ -282,38 +282,87 @@ def test_python_api(project, monkeypatch) -> None:
 
 _CONTENTS = ("SELECT (SELECT md5(string_agg(u::text, ',' ORDER BY u::text)) FROM users u), "
              "(SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM tasks t)")
-# Each is what one test might do; every one must be undone by an in-place restore.
+# Each is what one test might do; every one must be undone by an in-place restore. The second
+# element: how (ResetResult.detail): "rows", put back by primary key from the key logs, or
+# "tables", compared whole (a TRUNCATE or a write as a replica: no key log sees their rows).
 _WRITES = {
-    "update one row": ["UPDATE tasks SET title = 'changed' WHERE id = (SELECT id FROM tasks ORDER BY id LIMIT 1)"],
-    "cascaded delete": ["DELETE FROM users WHERE email = 'alice@taskflow.dev'"],  # ON DELETE CASCADE to tasks
-    "insert": ["INSERT INTO users (email, password_hash) VALUES ('new@x', 'x')"],
-    "truncate": ["TRUNCATE users CASCADE"],
-    "as a replica": ["SET session_replication_role = replica", "DELETE FROM tasks", "RESET session_replication_role"],
-    "rolled back": ["BEGIN", "DELETE FROM tasks", "ROLLBACK"],
-    "open transaction": ["BEGIN", "UPDATE tasks SET status = 'done'"],  # left open: the reset ends it
+    "update one row": (["UPDATE tasks SET title = 'changed' WHERE id = (SELECT id FROM tasks ORDER BY id LIMIT 1)"], "rows"),
+    "update a key": (["UPDATE tasks SET id = gen_random_uuid() WHERE id = (SELECT id FROM tasks ORDER BY id LIMIT 1)"], "rows"),
+    "cascaded delete": (["DELETE FROM users WHERE email = 'alice@taskflow.dev'"], "rows"),  # ON DELETE CASCADE to tasks
+    "insert": (["INSERT INTO users (email, password_hash) VALUES ('new@x', 'x')"], "rows"),
+    "upsert": (["INSERT INTO users (id, email, password_hash) SELECT id, 'taken@x', 'x' FROM users ORDER BY id LIMIT 1 "
+                "ON CONFLICT (id) DO UPDATE SET email = excluded.email"], "rows"),
+    "merge": (["MERGE INTO tasks t USING (SELECT id FROM tasks ORDER BY id LIMIT 3) s ON t.id = s.id "
+               "WHEN MATCHED THEN UPDATE SET status = 'archived'"], "rows"),
+    "email swapped to a new row": (["UPDATE users SET email = 'moved@x' WHERE email = 'alice@taskflow.dev'",
+                                    "INSERT INTO users (email, password_hash) VALUES ('alice@taskflow.dev', 'x')"], "rows"),
+    "truncate": (["TRUNCATE users CASCADE"], "tables"),
+    "as a replica": (["SET session_replication_role = replica", "DELETE FROM tasks", "RESET session_replication_role"], "tables"),
+    "rolled back": (["BEGIN", "DELETE FROM tasks", "ROLLBACK"], "rows"),
+    "open transaction": (["BEGIN", "UPDATE tasks SET status = 'done'"], "rows"),  # left open: the reset ends it
 }
 
 
 def test_restore_undoes_every_kind_of_write(project) -> None:
-    """Restore reloads only what was written (devenv.dirty); whatever the write, the data is the seed's."""
+    """Restore puts back only what was written (devenv.dirty, the key logs); whatever the write,
+    the data is the seed's, and the reset says whether it went by key."""
     project.devenv("up")
     handle = Devenv.load(config=project.root / "devenv.yaml", profile="ci", runtime=project.runtime, env=project.env)
     try:
         with project.connect(autocommit=True) as conn:
             seeded = conn.execute(_CONTENTS).fetchone()
-        for name, statements in _WRITES.items():
+        for name, (statements, how) in _WRITES.items():
             writer = project.connect(autocommit=True)
             for statement in statements:
                 writer.execute(statement)
             result = handle.reset(redis_db=None)
-            assert result.strategy == "restore", name
+            assert (result.strategy, result.detail) == ("restore", how), name
             writer.close()
             with project.connect(autocommit=True) as conn:
                 assert conn.execute(_CONTENTS).fetchone() == seeded, f"{name}: not the seeded data after a restore"
                 assert conn.execute("SELECT count(*) FROM devenv.dirty").fetchone()[0] == 0, name
+                logged = conn.execute("SELECT string_agg(format('(SELECT count(*) FROM devenv.%I)', keys), ' + ') "
+                                      "FROM devenv.snapshots WHERE keys IS NOT NULL").fetchone()[0]
+                assert conn.execute(f"SELECT {logged}").fetchone()[0] == 0, f"{name}: keys left in the logs"
         with project.connect(autocommit=True) as conn:  # nothing written: nothing to reload, still seeded
             conn.execute("SELECT count(*) FROM tasks")
         assert handle.reset(redis_db=None).strategy == "restore"
+    finally:
+        handle.close()
+
+
+def test_rows_go_back_by_composite_key_with_generated_and_identity_columns_and_copy(project) -> None:
+    """A composite primary key, a generated column and an identity column: the written rows go
+    back by key (COPY among the writes), the untouched ones are not rewritten (same xmin)."""
+    (project.root / "seeds" / "schema" / "005_members.sql").write_text(
+        "CREATE TABLE members (team int, member int, role text NOT NULL, "
+        "slug text GENERATED ALWAYS AS (team || '-' || member) STORED, n int GENERATED ALWAYS AS IDENTITY, "
+        "PRIMARY KEY (team, member));\n")
+    (project.root / "seeds" / "data" / "003_members.sql").write_text(
+        "INSERT INTO members (team, member, role) VALUES (1, 1, 'owner'), (1, 2, 'dev'), (2, 1, 'dev');\n")
+    project.devenv("up")
+    contents = "SELECT string_agg(m::text, ';' ORDER BY team, member) FROM members m"
+    handle = Devenv.load(config=project.root / "devenv.yaml", profile="ci", runtime=project.runtime, env=project.env)
+    try:
+        with project.connect(autocommit=True) as conn:
+            seeded = conn.execute(contents).fetchone()[0]
+            untouched = conn.execute("SELECT xmin::text FROM members WHERE (team, member) = (2, 1)").fetchone()
+        for write in ("UPDATE members SET role = 'lead' WHERE (team, member) = (1, 2)",
+                      "UPDATE members SET member = 9 WHERE (team, member) = (1, 1)",
+                      "DELETE FROM members WHERE team = 1",
+                      "INSERT INTO members (team, member, role) VALUES (3, 3, 'new')",
+                      "COPY"):
+            with project.connect(autocommit=True) as conn:
+                if write == "COPY":
+                    with conn.cursor().copy("COPY members (team, member, role) FROM STDIN") as copy:
+                        copy.write_row((4, 4, "copied"))
+                else:
+                    conn.execute(write)
+            result = handle.reset(redis_db=None)
+            assert (result.strategy, result.detail) == ("restore", "rows"), write
+            with project.connect(autocommit=True) as conn:
+                assert conn.execute(contents).fetchone()[0] == seeded, write
+                assert conn.execute("SELECT xmin::text FROM members WHERE (team, member) = (2, 1)").fetchone() == untouched, write
     finally:
         handle.close()
 
@@ -362,7 +411,7 @@ def test_ddl_and_disabled_triggers_under_replica_mode_are_seen_by_the_next_reset
         conn.execute("SET session_replication_role = replica")
         conn.execute("CREATE TABLE extra (x int)")
     result = proj.devenv("reset")
-    assert "(restore)" not in result.stderr, result.stderr  # a clone or a copy: the schema changed
+    assert "(restore" not in result.stderr, result.stderr  # a clone or a copy: the schema changed
     with proj.connect(autocommit=True) as conn:
         assert conn.execute("SELECT to_regclass('extra')").fetchone() == (None,)
         conn.execute("SET session_replication_role = replica")
@@ -372,3 +421,27 @@ def test_ddl_and_disabled_triggers_under_replica_mode_are_seen_by_the_next_reset
     proj.devenv("reset")
     with proj.connect() as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (40,)
+
+
+def test_auto_clones_when_putting_back_by_key_would_cost_more_than_a_clone(project) -> None:
+    """More keys logged than a clone costs (at this seed, more than RESTORE_MAX_ROWS): `auto`
+    clones; `restore` asked for by name still goes by key."""
+    from devenv.db.janitor import RESTORE_MAX_ROWS
+
+    project.devenv("up")
+    many = (f"INSERT INTO tasks (user_id, title) SELECT (SELECT id FROM users ORDER BY id LIMIT 1), 'many ' || i "
+            f"FROM generate_series(1, {RESTORE_MAX_ROWS + 1}) i")
+    handle = Devenv.load(config=project.root / "devenv.yaml", profile="ci", runtime=project.runtime, env=project.env)
+    try:
+        for strategy, expected in (("auto", ("clone", "copy")), ("restore", ("restore",))):
+            with project.connect(autocommit=True) as conn:
+                conn.execute(many)
+            result = handle.reset(strategy=strategy, redis_db=None)
+            assert result.strategy in expected, (strategy, result)
+            with project.connect(autocommit=True) as conn:
+                assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (40,), strategy
+        with project.connect(autocommit=True) as conn:  # just under: still by key
+            conn.execute(many.replace(str(RESTORE_MAX_ROWS + 1), str(RESTORE_MAX_ROWS)))
+        assert (lambda r: (r.strategy, r.detail))(handle.reset(redis_db=None)) == ("restore", "rows")
+    finally:
+        handle.close()
