@@ -1,0 +1,65 @@
+"""How long `devenv status` takes on a running native stack, next to `devenv --help`.
+
+The target: `devenv status` within 2x `devenv --help` (medians, measured interleaved in the
+same run). One throwaway project is brought up natively on free ports (profile `dev` unless
+`--profile`: dev logs every statement, so the slow-query scan reads a log that grows with every
+`status`, as a developer's does), recorded in a registry of the benchmark's own. `status`
+checks each service's health, asks Postgres, PgBouncer's console and Redis for the monitoring
+view, reads the postgres log for slow queries and asks the working database for the steps.
+Taken down (with its data) at the end. A report: exits 0.
+
+    python bench/bench_status.py [--runs 21] [--profile dev]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+
+from _common import make_project, timed
+
+TARGET_RATIO = 2.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=21, help="runs of each command (default 21)")
+    parser.add_argument("--profile", default="dev", help="the stack's profile (default dev)")
+    args = parser.parse_args()
+    root, env = make_project("devenv-bench-status-")
+    devenv = [sys.executable, "-m", "devenv"]
+    try:
+        timed([*devenv, "up", "-p", args.profile, "--runtime", "native"], root, env)
+        commands = {
+            "devenv --help": [*devenv, "--help"],
+            "devenv status": [*devenv, "status", "-p", args.profile],
+            "devenv status --json": [*devenv, "status", "-p", args.profile, "--json"],
+        }
+        shown = subprocess.run(commands["devenv status"], cwd=root, env=env, capture_output=True, text=True)
+        print(shown.stdout + shown.stderr)
+        for argv in commands.values():  # warm the file cache and .pyc files; not measured
+            timed(argv, root, env)
+        samples: dict[str, list[float]] = {name: [] for name in commands}
+        for _ in range(max(1, args.runs)):
+            for name, argv in commands.items():
+                samples[name].append(timed(argv, root, env))
+        base = statistics.median(samples["devenv --help"])
+        print(f"{args.runs} runs each, interleaved; one native stack, profile {args.profile}")
+        met = True
+        for name, values in samples.items():
+            median = statistics.median(values)
+            print(f"{name:<22} {median * 1000:7.1f}ms  {median / base:5.2f}x")
+            met = met and (name == "devenv --help" or median / base <= TARGET_RATIO)
+        print(f"target: devenv status within {TARGET_RATIO}x of `devenv --help` (median): {'met' if met else 'NOT met'}")
+    finally:
+        subprocess.run([*devenv, "down", "--volumes", "-p", args.profile, "--runtime", "native"],
+                       cwd=root, env=env, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
