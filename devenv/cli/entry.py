@@ -121,6 +121,9 @@ def run() -> NoReturn:
 
             code = status_command(str(status["profile"]), status["config"] or None, str(status["runtime"]),
                                   bool(status["json"]))
+            sys.stdout.flush()  # a reader that left (`| head -1`) is found here
+        except BrokenPipeError:  # as click: nothing said, exit 1
+            fast_exit(1)
         except BaseException as exc:  # noqa: BLE001  (every error gets its message and code)
             exit_for(exc)
         fast_exit(code)

@@ -216,3 +216,22 @@ def test_status_asks_postgres_in_one_admin_session(running: Any) -> None:
         time.sleep(0.05)
     time.sleep(0.3)  # a second session, had there been one, reports by now
     assert sessions() - before == 1
+
+
+@pytest.mark.parametrize("how", ["plain", "click"])
+def test_status_to_a_reader_that_left_exits_1_saying_nothing(running: Any, how: str) -> None:
+    """`devenv status | head -1`: the reader gone, both ways exit 1 with nothing on stderr (click's
+    rule), never "internal error: BrokenPipeError"."""
+    import subprocess
+    import sys
+
+    proj = running("dev")
+    read, write = os.pipe()
+    os.close(read)  # the reader has left before status writes a line
+    first = ["--debug"] if how == "click" else []
+    try:
+        proc = subprocess.run([sys.executable, "-m", "devenv", *first, "status", "-p", "dev", "--runtime", proj.runtime],
+                              cwd=proj.root, env=proj.env, stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr
