@@ -215,7 +215,9 @@ def monitoring(stack: "Stack", runtime: "Runtime", healthy: set[str], sessions: 
     threshold: float | None = None
     if "postgres" in healthy:
         out["connections"] = _guarded(lambda: postgres_connections(stack, sessions))
-        threshold = out["connections"].get("log_min_duration_statement_ms", _profile_threshold(stack))
+        asked = out["connections"]  # the profile's value (pgcatalog's import) only when the server was not asked
+        threshold = asked["log_min_duration_statement_ms"] if "log_min_duration_statement_ms" in asked \
+            else _profile_threshold(stack)
         out["slow_queries"] = _guarded(lambda: slow_queries(stack, runtime, threshold))
     if "pgbouncer" in healthy:
         out["pools"] = _guarded(lambda: pgbouncer_pools(stack, sessions))

@@ -180,7 +180,8 @@ def test_status_loads_no_driver_nor_click_and_says_what_click_s_status_says(runn
         loaded = heavy & {name.split(".")[0] for name in imported}
         assert not loaded, sorted(loaded)
         if proj.runtime == "native":  # what only `up` needs (devenv.runtime.native imports it there)
-            up_only = {"devenv.render", "devenv.runtime.discovery", "devenv.runtime.serverenv", "devenv.certs"}
+            up_only = {"devenv.render", "devenv.runtime.discovery", "devenv.runtime.serverenv", "devenv.certs",
+                       "devenv.config.pgcatalog"}  # (pgcatalog: the profile's slow-query threshold, when not asked)
             assert not up_only & imported, sorted(up_only & imported)
         assert not [line for line in proc.stderr.splitlines() if not line.startswith("import time:")], proc.stderr
     # `--debug status` is left to click: the same lines, the same JSON fields and types.
