@@ -8,7 +8,11 @@ checks each service's health, asks Postgres, PgBouncer's console and Redis for t
 view, reads the postgres log for slow queries and asks the working database for the steps.
 Taken down (with its data) at the end. A report: exits 0.
 
-    python bench/bench_status.py [--runs 21] [--profile dev]
+`--compare DIR` also runs `--help` and `status` of another checkout (PYTHONPATH=DIR: a worktree
+of main, byte-compiled) in the same interleaved rounds, against the same stack: the before and
+after of a change under the same machine load.
+
+    python bench/bench_status.py [--runs 21] [--profile dev] [--compare DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=21, help="runs of each command (default 21)")
     parser.add_argument("--profile", default="dev", help="the stack's profile (default dev)")
+    parser.add_argument("--compare", metavar="DIR", help="another checkout to measure in the same rounds")
     args = parser.parse_args()
     root, env = make_project("devenv-bench-status-")
     devenv = [sys.executable, "-m", "devenv"]
@@ -38,21 +43,29 @@ def main() -> int:
             "devenv status": [*devenv, "status", "-p", args.profile],
             "devenv status --json": [*devenv, "status", "-p", args.profile, "--json"],
         }
+        envs = {name: env for name in commands}
+        if args.compare:
+            other = {**env, "PYTHONPATH": args.compare}
+            for name in ("devenv --help", "devenv status"):
+                commands[f"{name} [compare]"] = commands[name]
+                envs[f"{name} [compare]"] = other
         shown = subprocess.run(commands["devenv status"], cwd=root, env=env, capture_output=True, text=True)
         print(shown.stdout + shown.stderr)
-        for argv in commands.values():  # warm the file cache and .pyc files; not measured
-            timed(argv, root, env)
+        for name, argv in commands.items():  # warm the file cache and .pyc files; not measured
+            timed(argv, root, envs[name])
         samples: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(max(1, args.runs)):
             for name, argv in commands.items():
-                samples[name].append(timed(argv, root, env))
-        base = statistics.median(samples["devenv --help"])
-        print(f"{args.runs} runs each, interleaved; one native stack, profile {args.profile}")
+                samples[name].append(timed(argv, root, envs[name]))
+        print(f"{args.runs} runs each, interleaved; one native stack, profile {args.profile}"
+              + (f"; [compare]: PYTHONPATH={args.compare}" if args.compare else ""))
         met = True
         for name, values in samples.items():
             median = statistics.median(values)
-            print(f"{name:<22} {median * 1000:7.1f}ms  {median / base:5.2f}x")
-            met = met and (name == "devenv --help" or median / base <= TARGET_RATIO)
+            base = statistics.median(samples["devenv --help" + (" [compare]" if name.endswith("[compare]") else "")])
+            print(f"{name:<32} {median * 1000:7.1f}ms  {median / base:5.2f}x")
+            if not name.endswith("[compare]"):
+                met = met and ("--help" in name or median / base <= TARGET_RATIO)
         print(f"target: devenv status within {TARGET_RATIO}x of `devenv --help` (median): {'met' if met else 'NOT met'}")
     finally:
         subprocess.run([*devenv, "down", "--volumes", "-p", args.profile, "--runtime", "native"],
