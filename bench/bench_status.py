@@ -54,9 +54,12 @@ def main() -> int:
         for name, argv in commands.items():  # warm the file cache and .pyc files; not measured
             timed(argv, root, envs[name])
         samples: dict[str, list[float]] = {name: [] for name in commands}
-        for _ in range(max(1, args.runs)):
-            for name, argv in commands.items():
-                samples[name].append(timed(argv, root, envs[name]))
+        names = list(commands)
+        for round_ in range(max(1, args.runs)):
+            # A turning order: a command's servers are still ending its sessions when the next
+            # one starts, which would always weigh on the same neighbour.
+            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+                samples[name].append(timed(commands[name], root, envs[name]))
         print(f"{args.runs} runs each, interleaved; one native stack, profile {args.profile}"
               + (f"; [compare]: PYTHONPATH={args.compare}" if args.compare else ""))
         met = True
