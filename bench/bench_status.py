@@ -9,8 +9,8 @@ view, reads the postgres log for slow queries and asks the working database for 
 Taken down (with its data) at the end. A report: exits 0.
 
 `--compare DIR` also runs `--help` and `status` of another checkout (PYTHONPATH=DIR: a worktree
-of main, byte-compiled) in the same interleaved rounds, against the same stack: the before and
-after of a change under the same machine load.
+of main, byte-compiled) in the same interleaved rounds, on a stack of its own brought up by that
+checkout: the before and after of a change under the same machine load.
 
     python bench/bench_status.py [--runs 21] [--profile dev] [--compare DIR]
 """
@@ -18,10 +18,12 @@ after of a change under the same machine load.
 from __future__ import annotations
 
 import argparse
+import random
 import shutil
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 from _common import make_project, timed
 
@@ -34,46 +36,49 @@ def main() -> int:
     parser.add_argument("--profile", default="dev", help="the stack's profile (default dev)")
     parser.add_argument("--compare", metavar="DIR", help="another checkout to measure in the same rounds")
     args = parser.parse_args()
-    root, env = make_project("devenv-bench-status-")
     devenv = [sys.executable, "-m", "devenv"]
+    # side -> (project, env): each checkout its own project and stack. Sharing one, each would
+    # rebuild the other's stack.json (its fingerprint holds the package's template paths).
+    sides: dict[str, tuple[Path, dict[str, str]]] = {"": make_project("devenv-bench-status-")}
+    if args.compare:
+        root, env = make_project("devenv-bench-status-compare-")
+        sides[" [compare]"] = (root, {**env, "PYTHONPATH": args.compare})
     try:
-        timed([*devenv, "up", "-p", args.profile, "--runtime", "native"], root, env)
-        commands = {
-            "devenv --help": [*devenv, "--help"],
-            "devenv status": [*devenv, "status", "-p", args.profile],
-            "devenv status --json": [*devenv, "status", "-p", args.profile, "--json"],
-        }
-        envs = {name: env for name in commands}
-        if args.compare:
-            other = {**env, "PYTHONPATH": args.compare}
-            for name in ("devenv --help", "devenv status"):
-                commands[f"{name} [compare]"] = commands[name]
-                envs[f"{name} [compare]"] = other
-        shown = subprocess.run(commands["devenv status"], cwd=root, env=env, capture_output=True, text=True)
+        commands: dict[str, tuple[list[str], str]] = {}
+        for side, (root, env) in sides.items():
+            timed([*devenv, "up", "-p", args.profile, "--runtime", "native"], root, env)
+            commands[f"devenv --help{side}"] = ([*devenv, "--help"], side)
+            commands[f"devenv status{side}"] = ([*devenv, "status", "-p", args.profile], side)
+            if not side:
+                commands["devenv status --json"] = ([*devenv, "status", "-p", args.profile, "--json"], side)
+        root, env = sides[""]
+        shown = subprocess.run(commands["devenv status"][0], cwd=root, env=env, capture_output=True, text=True)
         print(shown.stdout + shown.stderr)
-        for name, argv in commands.items():  # warm the file cache and .pyc files; not measured
-            timed(argv, root, envs[name])
+        for argv, side in commands.values():  # warm the file cache and .pyc files; not measured
+            timed(argv, *sides[side])
         samples: dict[str, list[float]] = {name: [] for name in commands}
         names = list(commands)
-        for round_ in range(max(1, args.runs)):
-            # A turning order: a command's servers are still ending its sessions when the next
-            # one starts, which would always weigh on the same neighbour.
-            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-                samples[name].append(timed(commands[name], root, envs[name]))
-        print(f"{args.runs} runs each, interleaved; one native stack, profile {args.profile}"
-              + (f"; [compare]: PYTHONPATH={args.compare}" if args.compare else ""))
+        shuffle = random.Random(19).shuffle
+        for _ in range(max(1, args.runs)):
+            shuffle(names)  # each round in another order: what one command leaves weighs on no one always
+            for name in names:
+                argv, side = commands[name]
+                samples[name].append(timed(argv, *sides[side]))
+        print(f"{args.runs} runs each, interleaved; a native stack, profile {args.profile}"
+              + (f"; [compare]: PYTHONPATH={args.compare}, a stack of its own" if args.compare else ""))
         met = True
         for name, values in samples.items():
             median = statistics.median(values)
-            base = statistics.median(samples["devenv --help" + (" [compare]" if name.endswith("[compare]") else "")])
+            base = statistics.median(samples[f"devenv --help{commands[name][1]}"])
             print(f"{name:<32} {median * 1000:7.1f}ms  {median / base:5.2f}x")
-            if not name.endswith("[compare]"):
+            if not commands[name][1]:
                 met = met and ("--help" in name or median / base <= TARGET_RATIO)
         print(f"target: devenv status within {TARGET_RATIO}x of `devenv --help` (median): {'met' if met else 'NOT met'}")
     finally:
-        subprocess.run([*devenv, "down", "--volumes", "-p", args.profile, "--runtime", "native"],
-                       cwd=root, env=env, capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        for root, env in sides.values():
+            subprocess.run([*devenv, "down", "--volumes", "-p", args.profile, "--runtime", "native"],
+                           cwd=root, env=env, capture_output=True)
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
