@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, ContextManager
 
 from devenv.clients import connect
 from devenv.errors import HealthCheckError
@@ -30,6 +30,10 @@ POLL_INTERVAL = 0.1
 STARTING_INTERVAL = 0.01  # "not listening yet" / "starting up" answers cost microseconds
 PROBE_TIMEOUT = 2.0  # seconds for connecting, logging in and each answer
 FIRST_PROBE_TIMEOUT = 0.25
+
+# A session a caller already holds, lent to a probe for one question (`status` asks each server
+# several: devenv.status.Sessions): timeout -> a context manager giving the open session.
+Lender = Callable[[float], ContextManager[Any]]
 
 
 @dataclass(frozen=True)
@@ -42,16 +46,18 @@ class Probe:
     after: str | None = None  # a service that must be healthy before this check is tried
 
 
-def postgres_checks(stack: Stack, dbname: str = "postgres") -> list[Probe]:
+def postgres_checks(stack: Stack, dbname: str = "postgres", session: Lender | None = None) -> list[Probe]:
     """Liveness `SELECT 1` and readiness: non-idle connections below 90% of max_connections.
 
-    As devenv's admin role: on a new cluster the application role does not exist yet.
+    As devenv's admin role: on a new cluster the application role does not exist yet. `session`
+    lends an admin session on `dbname` the caller holds, instead of a new one.
     """
     pg = stack.postgres
 
     def probe(timeout: float) -> None:
-        with connect.postgres(stack, dbname, admin=True, timeout=timeout, query_timeout=timeout,
-                              application_name="devenv-health") as conn:
+        with session(timeout) if session else connect.postgres(
+                stack, dbname, admin=True, timeout=timeout, query_timeout=timeout,
+                application_name="devenv-health") as conn:
             conn.query("SELECT 1")
             ready = conn.scalar(
                 f"SELECT count(*) < {int(pg.readiness_limit)} FROM pg_stat_activity WHERE state != 'idle'")
@@ -61,12 +67,14 @@ def postgres_checks(stack: Stack, dbname: str = "postgres") -> list[Probe]:
     return [Probe("postgres", "SELECT 1 + readiness", probe)]
 
 
-def pgbouncer_checks(stack: Stack) -> list[Probe]:
-    """A real query through the pool as the application, and SHOW VERSION on the admin console."""
+def pgbouncer_checks(stack: Stack, console: Lender | None = None) -> list[Probe]:
+    """A real query through the pool as the application, and SHOW VERSION on the admin console
+    (`console` lends one the caller holds, instead of a new one)."""
 
     def admin(timeout: float) -> None:
-        with connect.pgbouncer_admin(stack, timeout=timeout, query_timeout=timeout) as console:
-            if not console.show("VERSION"):
+        with console(timeout) if console else connect.pgbouncer_admin(
+                stack, timeout=timeout, query_timeout=timeout) as console_session:
+            if not console_session.show("VERSION"):
                 raise RuntimeError("SHOW VERSION returned no row")
 
     def pooled(timeout: float) -> None:
@@ -95,11 +103,12 @@ def redis_checks(stack: Stack) -> list[Probe]:
     return [Probe("redis", "AUTH + PING", probe)]
 
 
-def stack_checks(stack: Stack) -> dict[str, list[Probe]]:
-    """Every check of the stack, by service."""
+def stack_checks(stack: Stack, postgres: Lender | None = None, console: Lender | None = None) -> dict[str, list[Probe]]:
+    """Every check of the stack, by service; `postgres` and `console` lend sessions the caller
+    holds (an admin session on the `postgres` database, PgBouncer's admin console)."""
     return {
-        "postgres": postgres_checks(stack),
-        "pgbouncer": pgbouncer_checks(stack),
+        "postgres": postgres_checks(stack, session=postgres),
+        "pgbouncer": pgbouncer_checks(stack, console),
         "redis": redis_checks(stack),
     }
 

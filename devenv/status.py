@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Iterator, Mapping
 
 from devenv import humanize
 
 if TYPE_CHECKING:
+    from devenv.clients import pgwire
+    from devenv.clients.pgbouncer import Console
     from devenv.runtime.base import Runtime
     from devenv.config.stack import Stack
 
@@ -37,23 +40,24 @@ def report(stack: "Stack", runtime: "Runtime", *, monitor: bool = True) -> dict[
     from devenv import health
     from devenv.db.pauses import paused_problem
 
-    checks = health.stack_checks(stack)
-    rows = []
-    for state in runtime.states(stack):
-        problem = None
-        if state.running:
-            paused = paused_problem(stack, PROBE_TIMEOUT) if state.name == "pgbouncer" else None
-            problem = paused or health.check_once(checks[state.name])
-        rows.append({
-            "service": state.name,
-            "state": "running" if state.running else (state.detail or "stopped"),
-            "health": ("healthy" if problem is None else "unhealthy") if state.running else "-",
-            "problem": problem or "",
-            "port": state.port,
-            "pid": state.pid,
-        })
-    healthy = {row["service"] for row in rows if row["health"] == "healthy"}
-    view = monitoring(stack, runtime, healthy) if monitor and healthy else None
+    with Sessions(stack) as sessions:  # one admin session and one console session, each asked in turn
+        checks = health.stack_checks(stack, sessions.postgres, sessions.console)
+        rows = []
+        for state in runtime.states(stack):
+            problem = None
+            if state.running:
+                paused = paused_problem(stack, PROBE_TIMEOUT, sessions.console) if state.name == "pgbouncer" else None
+                problem = paused or health.check_once(checks[state.name])
+            rows.append({
+                "service": state.name,
+                "state": "running" if state.running else (state.detail or "stopped"),
+                "health": ("healthy" if problem is None else "unhealthy") if state.running else "-",
+                "problem": problem or "",
+                "port": state.port,
+                "pid": state.pid,
+            })
+        healthy = {row["service"] for row in rows if row["health"] == "healthy"}
+        view = monitoring(stack, runtime, healthy, sessions) if monitor and healthy else None
     from devenv.db import stepstatus
     from devenv.db.stepkeys import check_inputs
 
@@ -63,6 +67,64 @@ def report(stack: "Stack", runtime: "Runtime", *, monitor: bool = True) -> dict[
         "steps": stepstatus.describe(stack), "template": None, "at_template_key": None, "behind": [], "versions": {},
         "error": "postgres is not running"}
     return {"services": rows, "monitoring": view, "steps": steps}
+
+
+class Sessions:
+    """The sessions `status` opens once and lends to each of its questions in turn: an admin
+    session on the `postgres` database (the health check, then the connections), and PgBouncer's
+    admin console (the pauses, the health check, then the pools). Each session costs a login (a
+    backend forked, SCRAM, 2-10 ms here): `status` opened nine, three of them on the console; now six.
+
+    A question that fails closes its session: the next one opens anew, as each did before.
+    """
+
+    def __init__(self, stack: "Stack") -> None:
+        self.stack = stack
+        self._open: dict[str, Any] = {}
+
+    def __enter__(self) -> "Sessions":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every session opened (each once)."""
+        while self._open:
+            self._open.popitem()[1].close()
+
+    def postgres(self, timeout: float) -> "Iterator[pgwire.Connection]":
+        """The admin session on `postgres` (search_path pinned to the catalogue), lent."""
+        from devenv.clients import connect
+
+        return self._lend("postgres", lambda: connect.postgres(
+            self.stack, "postgres", admin=True, timeout=timeout, query_timeout=timeout,
+            application_name="devenv-status"))
+
+    def console(self, timeout: float) -> "Iterator[Console]":
+        """PgBouncer's admin console, lent."""
+        from devenv.clients import connect
+
+        return self._lend("console", lambda: connect.pgbouncer_admin(self.stack, timeout=timeout,
+                                                                     query_timeout=timeout))
+
+    @contextmanager
+    def _lend(self, key: str, open_session: Any) -> Iterator[Any]:
+        session = self._open.get(key)
+        if session is None:
+            session = self._open[key] = open_session()
+        try:
+            yield session
+        except BaseException:
+            # It may be mid-answer or gone: the next question opens its own.
+            self._open.pop(key, None)
+            session.close()
+            raise
+
+
+def _held(stack: "Stack", sessions: Sessions | None) -> ContextManager[Sessions]:
+    """`sessions`, or else sessions of one probe's own (closed after it)."""
+    return nullcontext(sessions) if sessions is not None else Sessions(stack)
 
 
 def format_report(view: Mapping[str, Any]) -> list[str]:
@@ -142,20 +204,23 @@ def parse_slow_queries(lines: Iterable[str], threshold_ms: float | None,
     return count, list(recent)
 
 
-def monitoring(stack: "Stack", runtime: "Runtime", healthy: set[str]) -> dict[str, Any]:
+def monitoring(stack: "Stack", runtime: "Runtime", healthy: set[str], sessions: Sessions | None = None) -> dict[str, Any]:
     """The monitoring view of the services that are healthy (only those are asked).
 
     Keys: connections, slow_queries (Postgres), pools (PgBouncer), redis_memory (Redis), and
     alerts: one line per threshold crossed. A probe that fails gives {"error": ...} instead.
+    `sessions`: the ones `report` holds (else each probe opens its own).
     """
     out: dict[str, Any] = {}
     threshold: float | None = None
     if "postgres" in healthy:
-        out["connections"] = _guarded(lambda: postgres_connections(stack))
-        threshold = out["connections"].get("log_min_duration_statement_ms", _profile_threshold(stack))
+        out["connections"] = _guarded(lambda: postgres_connections(stack, sessions))
+        asked = out["connections"]  # the profile's value (pgcatalog's import) only when the server was not asked
+        threshold = asked["log_min_duration_statement_ms"] if "log_min_duration_statement_ms" in asked \
+            else _profile_threshold(stack)
         out["slow_queries"] = _guarded(lambda: slow_queries(stack, runtime, threshold))
     if "pgbouncer" in healthy:
-        out["pools"] = _guarded(lambda: pgbouncer_pools(stack))
+        out["pools"] = _guarded(lambda: pgbouncer_pools(stack, sessions))
     if "redis" in healthy:
         out["redis_memory"] = _guarded(lambda: redis_memory(stack))
     out["alerts"] = alerts(out)
@@ -180,17 +245,14 @@ def _guarded(probe: Any) -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
 
 
-def postgres_connections(stack: "Stack") -> dict[str, Any]:
+def postgres_connections(stack: "Stack", sessions: Sessions | None = None) -> dict[str, Any]:
     """Client connections in use (and active) against max_connections and the readiness threshold.
 
     Counted as the readiness check counts them (non-idle backends), leaving out this probe's own.
     """
-    from devenv.clients import connect
-
     pg = stack.postgres
     # As devenv's admin role: the application role would not see other roles' sessions' state.
-    with connect.postgres(stack, "postgres", admin=True, timeout=PROBE_TIMEOUT, query_timeout=PROBE_TIMEOUT,
-                          application_name="devenv-status") as conn:
+    with _held(stack, sessions) as held, held.postgres(PROBE_TIMEOUT) as conn:
         [row] = conn.query(
             "SELECT count(*) FILTER (WHERE backend_type = 'client backend'),"
             " count(*) FILTER (WHERE state != 'idle'),"
@@ -217,12 +279,10 @@ def slow_queries(stack: "Stack", runtime: "Runtime", threshold_ms: float | None)
     return {"threshold_ms": threshold_ms, "count": count, "recent": [asdict(q) for q in recent]}
 
 
-def pgbouncer_pools(stack: "Stack") -> dict[str, Any]:
+def pgbouncer_pools(stack: "Stack", sessions: Sessions | None = None) -> dict[str, Any]:
     """`SHOW POOLS` on the admin console: clients active/waiting, server connections, per pool."""
-    from devenv.clients import connect
-
     pgb = stack.pgbouncer
-    with connect.pgbouncer_admin(stack, timeout=PROBE_TIMEOUT, query_timeout=PROBE_TIMEOUT) as console:
+    with _held(stack, sessions) as held, held.console(PROBE_TIMEOUT) as console:
         rows = console.show("POOLS")
     pools = []
     for row in rows:

@@ -1,12 +1,13 @@
-"""The `devenv` console script: `devenv reset` in its plain form and `devenv ls [--json]` straight
-away, all else by click.
+"""The `devenv` console script: `devenv reset` and `devenv status` in their plain forms and
+`devenv ls [--json]` straight away, all else by click.
 
 `devenv reset` runs between tests, so its start-up is paid once per test, and importing click
 (~35 ms here) costs more than the reset it parses the arguments of (~10 ms). The plain form,
 `devenv reset [-p P | --profile P] [--config C]`, is read here and restored in place. Anything
 else goes to devenv.cli.main: other arguments (`--hard`, `--strategy`, `--help`, `--debug` ...),
-a warning to print and a reset that needs a clone. Errors are printed by devenv.cli.output, the
-one way for both. This module imports neither click nor psycopg.
+a warning to print and a reset that needs a clone. `devenv status [-p P] [--config C] [-r R]
+[--json]` runs devenv.cli.statuscmd, as the click command does. Errors are printed by
+devenv.cli.output, the one way for both. This module imports neither click nor psycopg.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import MutableMapping, NoReturn
 from devenv.cli.output import ensure_forwards, exit_for, fast_exit, reset_summary, say
 
 RESET_OPTIONS = {"-p": "profile", "--profile": "profile", "--config": "config"}
+STATUS_OPTIONS = {**RESET_OPTIONS, "-r": "runtime", "--runtime": "runtime"}
+STATUS_FLAGS = {"--json": "json"}
 # Options of the commands that users type before the command, as `docker compose -f F -p P up`
 # users do; and the group's own flags, which stay where they are.
 GLOBAL_OPTIONS = frozenset({"-p", "--profile", "--config", "-r", "--runtime"})
@@ -111,6 +114,19 @@ def run() -> NoReturn:
         except BaseException as exc:  # noqa: BLE001  (every error gets its message and code)
             exit_for(exc)
         fast_exit(0)
+    status = plain_status_options(sys.argv[1:])
+    if status is not None:  # click's import would be a third of its time
+        try:
+            from devenv.cli.statuscmd import status_command
+
+            code = status_command(str(status["profile"]), status["config"] or None, str(status["runtime"]),
+                                  bool(status["json"]))
+            sys.stdout.flush()  # a reader that left (`| head -1`) is found here
+        except BrokenPipeError:  # as click: nothing said, exit 1
+            fast_exit(1)
+        except BaseException as exc:  # noqa: BLE001  (every error gets its message and code)
+            exit_for(exc)
+        fast_exit(code)
     options = plain_reset_options(sys.argv[1:])
     if options is not None:
         try:
@@ -129,14 +145,48 @@ def plain_reset_options(args: list[str]) -> dict[str, str | None] | None:
 
     Unset options come from DEVENV_PROFILE and DEVENV_CONFIG, as click's envvar would take them.
     """
-    if not args or args[0] != "reset":
+    found = _plain_options(args, "reset", RESET_OPTIONS)
+    if found is None:
         return None
-    found: dict[str, str | None] = {}
+    return {"profile": str(found.get("profile") or os.environ.get("DEVENV_PROFILE") or "dev"),
+            "config": str(found.get("config") or os.environ.get("DEVENV_CONFIG") or "") or None}
+
+
+def plain_status_options(args: list[str]) -> dict[str, str | bool | None] | None:
+    """`status` with only --profile/-p, --config, --runtime/-r (as `X` or `=X`) and --json -> their
+    values; else None (click's: --help, a runtime it does not know, a folder as --config ...).
+
+    Unset options come from DEVENV_PROFILE, DEVENV_CONFIG and DEVENV_RUNTIME, as click's envvar would take them.
+    """
+    from devenv.runtime.plan import RUNTIME_NAMES
+
+    found = _plain_options(args, "status", STATUS_OPTIONS, STATUS_FLAGS)
+    if found is None:
+        return None
+    config = str(found.get("config") or os.environ.get("DEVENV_CONFIG") or "") or None
+    runtime = found.get("runtime") or os.environ.get("DEVENV_RUNTIME") or "auto"
+    if runtime not in RUNTIME_NAMES or (config is not None and os.path.isdir(config)):
+        return None  # click's messages
+    return {"profile": str(found.get("profile") or os.environ.get("DEVENV_PROFILE") or "dev"),
+            "config": config, "runtime": str(runtime), "json": bool(found.get("json"))}
+
+
+def _plain_options(args: list[str], command: str, options: dict[str, str],
+                   flags: dict[str, str] | None = None) -> dict[str, str | bool] | None:
+    """`command` followed by `options` (each once, as `--name X` or `--name=X`; short ones as `-p X`)
+    and `flags` -> {key: value, flag key: True}; None for anything else (click's business)."""
+    if not args or args[0] != command:
+        return None
+    found: dict[str, str | bool] = {}
+    flags = flags or {}
     rest = args[1:]
     while rest:
         arg = rest.pop(0)
+        if arg in flags and flags[arg] not in found:
+            found[flags[arg]] = True
+            continue
         name, eq, value = arg.partition("=")
-        if name not in RESET_OPTIONS or (name == "-p" and eq) or RESET_OPTIONS[name] in found:
+        if name not in options or (not name.startswith("--") and eq) or options[name] in found:
             return None  # click's business: its forms, its messages
         if not eq:
             if not rest or rest[0].startswith("-"):
@@ -144,9 +194,8 @@ def plain_reset_options(args: list[str]) -> dict[str, str | None] | None:
             value = rest.pop(0)
         if not value:
             return None
-        found[RESET_OPTIONS[name]] = value
-    return {"profile": found.get("profile") or os.environ.get("DEVENV_PROFILE") or "dev",
-            "config": found.get("config") or os.environ.get("DEVENV_CONFIG") or None}
+        found[options[name]] = value
+    return found
 
 
 def _reset_in_place(profile: str, config: str | None) -> bool:

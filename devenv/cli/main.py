@@ -18,7 +18,7 @@ import click
 
 from devenv import errors, humanize
 from devenv.cli.output import (add_masks, ci_mode, client_binary, debug_mode, ensure_forwards, exit_for, fast_exit,
-                               github_actions, print_json_error, reset_summary, say, secrets_in)
+                               github_actions, load_stack, print_json_error, reset_summary, say, secrets_in)
 from devenv.config.stack import SERVICES
 from devenv.runtime.plan import RUNTIME_NAMES
 
@@ -50,22 +50,6 @@ def _profile_option(func: Callable[..., Any]) -> Callable[..., Any]:
         "--profile", "-p", envvar="DEVENV_PROFILE", default="dev", show_default=True, shell_complete=_complete_profiles,
         help="Settings profile: a column of the settings tables [env: DEVENV_PROFILE].",
     )(func)
-
-
-def load_stack(config_path: str | None, profile: str, need_secrets: bool = True) -> "Stack":
-    """devenv.yaml -> validated Stack for one profile; warnings go to stderr.
-
-    Kept in .devenv/<profile>/stack.json while its inputs hash the same (resolve.load_stack_cached):
-    PyYAML's import and the validation of every profile cost more than a cold `up`'s health checks.
-    """
-    from devenv.config.resolve import load_stack_cached
-
-    stack = load_stack_cached(config_path, profile, need_secrets)
-    for warning in stack.warnings:
-        say(f"warning: {warning}", "warning")
-    if need_secrets:  # sessions may follow (not `down`'s: it stops containers through the engine alone)
-        ensure_forwards(stack)
-    return stack
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -482,21 +466,9 @@ def down(profile: str, config_path: str | None, runtime: str, volumes: bool) -> 
 def status(profile: str, config_path: str | None, runtime: str, as_json: bool) -> None:
     """Each service: its state, health and port; when up, the monitoring view (connections,
     PgBouncer pools, Redis memory, slow queries). Exits 1 when something is not healthy."""
-    from devenv import status as status_view
-    from devenv.runtime import get_runtime
+    from devenv.cli.statuscmd import status_command  # devenv.cli.entry runs it without click
 
-    stack = load_stack(config_path, profile)
-    report = status_view.report(stack, get_runtime(runtime))
-    rows = report["services"]
-    if as_json:
-        click.echo(json.dumps({"profile": profile, **report}, indent=2))
-    else:
-        for row in rows:
-            extra = f"  ({row['problem']})" if row["problem"] else ""
-            click.echo(f"{row['service']:<10} {row['state']:<12} {row['health']:<10} {stack.host}:{row['port']}{extra}")
-        for line in status_view.format_report(report):  # the monitoring view, then the steps
-            click.echo(line)
-    if any(row["health"] != "healthy" for row in rows):
+    if status_command(profile, config_path, runtime, as_json, click.echo):
         sys.exit(1)
 
 

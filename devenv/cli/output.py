@@ -105,6 +105,22 @@ def say(line: str, kind: str = "") -> None:
     echo_err(line)
 
 
+def load_stack(config_path: str | None, profile: str, need_secrets: bool = True) -> Stack:
+    """devenv.yaml -> validated Stack for one profile; warnings go to stderr.
+
+    Kept in .devenv/<profile>/stack.json while its inputs hash the same (resolve.load_stack_cached):
+    PyYAML's import and the validation of every profile cost more than a cold `up`'s health checks.
+    """
+    from devenv.config.resolve import load_stack_cached
+
+    stack = load_stack_cached(config_path, profile, need_secrets)
+    for warning in stack.warnings:
+        say(f"warning: {warning}", "warning")
+    if need_secrets:  # sessions may follow (not `down`'s: it stops containers through the engine alone)
+        ensure_forwards(stack)
+    return stack
+
+
 def reset_summary(stack: Stack, result: ResetResult) -> str:
     """The line `devenv reset` ends with, on either path."""
     how = f"{result.strategy}, {'by key' if result.detail == 'rows' else 'whole tables'}" if result.detail else result.strategy

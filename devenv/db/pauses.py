@@ -14,6 +14,8 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from typing import Callable, ContextManager
+
     from devenv.clients.pgbouncer import Console
     from devenv.config.stack import Stack
 
@@ -93,14 +95,17 @@ def describe_paused(stack: "Stack", console: "Console") -> list[str]:
     return lines
 
 
-def paused_problem(stack: "Stack", timeout: float = 2.0) -> str | None:
+def paused_problem(stack: "Stack", timeout: float = 2.0,
+                   console: "Callable[[float], ContextManager[Console]] | None" = None) -> str | None:
     """What `status` and `doctor` say of PgBouncer when it holds a database paused (else None,
     also when its console does not answer: the health check says why). Asked before the pooled
-    health check, which would wait out its timeout on a paused database."""
+    health check, which would wait out its timeout on a paused database. `console` lends a
+    console session the caller holds (devenv.health.Lender), instead of a new one."""
     from devenv.clients import connect, pgwire
 
     try:
-        with connect.pgbouncer_admin(stack, timeout=timeout, query_timeout=timeout) as console:
-            return "; ".join(describe_paused(stack, console)) or None
+        with console(timeout) if console else connect.pgbouncer_admin(
+                stack, timeout=timeout, query_timeout=timeout) as session:
+            return "; ".join(describe_paused(stack, session)) or None
     except (pgwire.PgError, OSError):
         return None

@@ -13,21 +13,16 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from devenv import safefs
-from devenv.config import pgcatalog
 from devenv.errors import DependencyError, HealthCheckError, StateError
-from devenv.certs import ensure_certificate
 from devenv.registry import native_key
-from devenv.render import Placement, render_files, service_hashes
 from devenv.runtime.base import Progress, ServiceState, UpResult
-from devenv.runtime.discovery import Binaries, discovery_key, find_binaries
 from devenv.runtime.plan import (
     PROGRAMS,
     adopted_entry,
@@ -39,9 +34,6 @@ from devenv.runtime.plan import (
     save_cache,
     save_live,
 )
-from devenv.runtime.ports import check_ports_free
-from devenv.runtime import serverenv
-from devenv.runtime.serverenv import RunUser
 from devenv.runtime import trust
 from devenv.runtime.procs import (
     end_writers,
@@ -56,6 +48,12 @@ from devenv.runtime.procs import (
     working_dir,
 )
 from devenv.config.stack import SERVICES, Stack
+
+if TYPE_CHECKING:  # what only `up` needs is imported there: `status` and `down` load none of it
+    import subprocess
+    from devenv.render import Placement
+    from devenv.runtime.discovery import Binaries
+    from devenv.runtime.serverenv import RunUser
 
 _STOP_SIGNAL = {"postgres": signal.SIGINT, "pgbouncer": signal.SIGINT, "redis": signal.SIGTERM}
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on macOS
@@ -102,6 +100,7 @@ class NativeRuntime:
 
     def binaries(self, stack: Stack) -> Binaries:
         """Find the servers: the image's Postgres major if installed, else the newest found."""
+        from devenv.runtime.discovery import Binaries, discovery_key, find_binaries
         if self._binaries is None:
             cached = self._read_state(self.layout(stack)).get("_meta", {}).get("binaries", {})
             if cached.pop("key", None) == discovery_key(self.env):
@@ -157,6 +156,7 @@ class NativeRuntime:
         if os.geteuid() != 0:
             return None
         import pwd
+        from devenv.runtime.serverenv import RunUser
 
         name = self.env.get("DEVENV_NATIVE_USER", "postgres")
         try:
@@ -190,6 +190,7 @@ class NativeRuntime:
 
     def placement(self, stack: Stack, layout: Layout) -> Placement:
         """Local processes on 127.0.0.1, on the stack's host ports, files in conf/."""
+        from devenv.render import Placement
         conf = str(layout.conf)
         return Placement(
             target="native",
@@ -211,6 +212,10 @@ class NativeRuntime:
         `use_cache`: a new data directory comes from the seeded-data cache when it has one, and
         a new cluster's result names the key to save it under (see save_cache).
         """
+        from devenv import certs, render  # what only `up` needs: `status` and `down` load none of it
+        from devenv.config import pgcatalog
+        from devenv.runtime import discovery, ports, serverenv
+
         binaries = self.binaries(stack)
         user = self.run_user()
         layout = self.layout(stack)
@@ -241,13 +246,13 @@ class NativeRuntime:
         ):
             files, hashes = None, {s: recorded[s]["hash"] for s in SERVICES}  # unchanged: skip jinja
         else:
-            files = render_files(stack, placement)
-            hashes = service_hashes(files, stack)
+            files = render.render_files(stack, placement)
+            hashes = render.service_hashes(files, stack)
         result = UpResult()
         adopted = self._own_servers(layout, recorded)  # state.json lost or damaged, or a killed `up`
         if adopted and files is None:
-            files = render_files(stack, placement)
-            hashes = service_hashes(files, stack)
+            files = render.render_files(stack, placement)
+            hashes = render.service_hashes(files, stack)
         for service, pid in adopted.items():
             recorded[service] = adopted_entry(stack, service, pid, layout.conf, files or {}, hashes[service], result.notes)
 
@@ -277,12 +282,12 @@ class NativeRuntime:
             if service != "postgres":
                 kill_and_wait(own_processes(service, self._process_table(), layout), signal.SIGKILL)
         moving = [s for s, a in plan.items() if a == "restart" and recorded[s].get("port", 0) not in (0, getattr(stack, s).port)]
-        check_ports_free(stack, to_bind + moving, user.name if user else None)
+        ports.check_ports_free(stack, to_bind + moving, user.name if user else None)
 
         if files is not None:
             self._write_conf(layout, files, user)
         if stack.postgres.ssl:
-            ensure_certificate(layout.conf, (user.uid, user.gid) if user else None)
+            certs.ensure_certificate(layout.conf, (user.uid, user.gid) if user else None)
         for service, action in plan.items():
             if action == "reload":
                 os.kill(recorded[service]["pid"], signal.SIGHUP)
@@ -299,7 +304,7 @@ class NativeRuntime:
             "pgdata": str(layout.pgdata),
             "render_key": rendered_from,
             "files": sorted(files) if files is not None else meta.get("files", []),
-            "binaries": {**asdict(binaries), "key": discovery_key(self.env)},
+            "binaries": {**asdict(binaries), "key": discovery.discovery_key(self.env)},
         }
         for service, action in plan.items():
             if action == "reload":
@@ -441,6 +446,7 @@ class NativeRuntime:
         if stack.ephemeral:
             argv.append("--no-sync")  # tmpfs: there is nothing to sync to
         try:
+            from devenv.runtime import serverenv
             proc = serverenv.run(argv, layout.log_file("postgres"), user)
         finally:
             pwfile.unlink(missing_ok=True)

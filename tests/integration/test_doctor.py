@@ -150,3 +150,92 @@ def test_status_json_has_the_monitoring_view(running: Any) -> None:
     assert [line.split()[0] for line in text[:3]] == ["postgres", "pgbouncer", "redis"]  # unchanged lines
     assert any(line.startswith("connections") and "max_connections 20" in line for line in text), text
     assert any("pg_sleep(1.1)" in line for line in text), text
+
+
+def _shape(value: Any) -> Any:
+    """A JSON value's keys and types, values left out (Redis memory and pid counts move between runs)."""
+    if isinstance(value, dict):
+        return {key: _shape(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shape(item) for item in value]
+    return type(value).__name__
+
+
+def test_status_loads_no_driver_nor_click_and_says_what_click_s_status_says(running: Any) -> None:
+    """`devenv status` asks every server over devenv's own clients (pgwire, RESP) through the door
+    and is read without click (devenv.cli.entry): psycopg's import alone cost more than the
+    servers' answers, click's a third of the rest. The click command prints the same."""
+    proj = running("dev")
+    proj.env["PYTHONPROFILEIMPORTTIME"] = "1"  # python -X importtime
+    try:
+        plain = proj.devenv("status")
+        plain_json = proj.devenv("status", "--json")
+    finally:
+        del proj.env["PYTHONPROFILEIMPORTTIME"]
+    for proc in (plain, plain_json):
+        imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+        assert {"devenv.status", "devenv.clients.pgwire", "devenv.clients.resp"} <= imported, "no import trace to read"
+        # docker: the SDK (and requests, urllib3) only where the stack runs on an engine.
+        heavy = {"psycopg", "click", "redis"} | ({"docker", "requests"} if proj.runtime == "native" else set())
+        loaded = heavy & {name.split(".")[0] for name in imported}
+        assert not loaded, sorted(loaded)
+        if proj.runtime == "native":  # what only `up` needs (devenv.runtime.native imports it there)
+            up_only = {"devenv.render", "devenv.runtime.discovery", "devenv.runtime.serverenv", "devenv.certs",
+                       "devenv.config.pgcatalog"}  # (pgcatalog: the profile's slow-query threshold, when not asked)
+            assert not up_only & imported, sorted(up_only & imported)
+        assert not [line for line in proc.stderr.splitlines() if not line.startswith("import time:")], proc.stderr
+    # `--debug status` is left to click: the same lines, the same JSON fields and types.
+    parsed = proj.devenv("--debug", "status", "--runtime", proj.runtime)
+    parsed_json = json.loads(proj.devenv("--debug", "status", "--runtime", proj.runtime, "--json").stdout)
+    plain_lines = plain.stdout.splitlines()
+    changing = ("memory ", "connections ")  # Redis's used_memory, and sessions of other tests' clients
+    assert [line for line in plain_lines if not line.startswith(changing)] == \
+        [line for line in parsed.stdout.splitlines() if not line.startswith(changing)]
+    report = json.loads(plain_json.stdout)
+    assert _shape(report) == _shape(parsed_json)
+    assert report["services"] == parsed_json["services"] and report["steps"] == parsed_json["steps"]
+    connections = report["monitoring"]["connections"]
+    assert {key: type(value) for key, value in connections.items()} == {
+        "in_use": int, "active": int, "max_connections": int, "readiness_threshold": int, "ready": bool,
+        "log_min_duration_statement_ms": int}
+
+
+def test_status_asks_postgres_in_one_admin_session(running: Any) -> None:
+    """The health check and the connections count share one admin session on `postgres` (and the
+    pauses, the health check and the pools one console session): each login forks a backend and
+    runs SCRAM, and nine of them were half of `status`'s time. Counted by Postgres itself."""
+    import time
+
+    proj = running("dev")
+    stack = proj.stack()
+
+    def sessions() -> int:  # sessions opened on the `postgres` database so far (asked from another)
+        with proj.admin_connect(stack.postgres.database, autocommit=True) as conn:
+            return conn.execute("SELECT sessions FROM pg_stat_database WHERE datname = 'postgres'").fetchone()[0]
+
+    before = sessions()
+    assert proj.devenv("status").returncode == 0
+    deadline = time.monotonic() + 5
+    while sessions() == before and time.monotonic() < deadline:  # counted when each backend reports
+        time.sleep(0.05)
+    time.sleep(0.3)  # a second session, had there been one, reports by now
+    assert sessions() - before == 1
+
+
+@pytest.mark.parametrize("how", ["plain", "click"])
+def test_status_to_a_reader_that_left_exits_1_saying_nothing(running: Any, how: str) -> None:
+    """`devenv status | head -1`: the reader gone, both ways exit 1 with nothing on stderr (click's
+    rule), never "internal error: BrokenPipeError"."""
+    import subprocess
+    import sys
+
+    proj = running("dev")
+    read, write = os.pipe()
+    os.close(read)  # the reader has left before status writes a line
+    first = ["--debug"] if how == "click" else []
+    try:
+        proc = subprocess.run([sys.executable, "-m", "devenv", *first, "status", "-p", "dev", "--runtime", proj.runtime],
+                              cwd=proj.root, env=proj.env, stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr

@@ -1,10 +1,10 @@
-"""devenv.cli.entry: which `devenv reset` command lines it runs without click, and with what."""
+"""devenv.cli.entry: which `devenv reset` and `devenv status` command lines it runs without click, and with what."""
 
 from __future__ import annotations
 
 import pytest
 
-from devenv.cli.entry import hoist_global_options, plain_reset_options
+from devenv.cli.entry import hoist_global_options, plain_reset_options, plain_status_options
 
 
 @pytest.mark.parametrize(
@@ -37,6 +37,46 @@ def test_plain_forms_are_read_as_click_would(monkeypatch: pytest.MonkeyPatch, ar
 )
 def test_every_other_form_is_left_to_click(args: list[str]) -> None:
     assert plain_reset_options(args) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["status"], {}, {"profile": "dev", "config": None, "runtime": "auto", "json": False}),
+        (["status", "--json"], {}, {"profile": "dev", "config": None, "runtime": "auto", "json": True}),
+        (["status", "-p", "ci", "-r", "native", "--json"], {}, {"profile": "ci", "config": None, "runtime": "native", "json": True}),
+        (["status", "--runtime=docker", "--config", "x.yaml"], {"DEVENV_PROFILE": "ci"},
+         {"profile": "ci", "config": "x.yaml", "runtime": "docker", "json": False}),
+        (["status", "-p", "dev"], {"DEVENV_RUNTIME": "podman", "DEVENV_CONFIG": "y.yaml"},
+         {"profile": "dev", "config": "y.yaml", "runtime": "podman", "json": False}),
+    ],
+)
+def test_plain_status_forms_are_read_as_click_would(monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                                    env: dict[str, str], expected: dict[str, object]) -> None:
+    for name in ("DEVENV_PROFILE", "DEVENV_CONFIG", "DEVENV_RUNTIME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert plain_status_options(args) == expected
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--debug", "status"], ["status", "--help"], ["status", "-r", "bogus"], ["status", "-r=native"],
+        ["status", "--json", "--json"], ["status", "-p"], ["status", "-p", "--json"], ["status", "--runtime="],
+        ["status", "extra"], ["status", "--config", "."], ["reset"], ["doctor"],
+    ],
+    ids=lambda args: " ".join(args),
+)
+def test_every_other_status_form_is_left_to_click(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    monkeypatch.delenv("DEVENV_RUNTIME", raising=False)
+    assert plain_status_options(args) is None
+
+
+def test_a_runtime_from_the_environment_that_click_refuses_is_left_to_click(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVENV_RUNTIME", "bogus")
+    assert plain_status_options(["status"]) is None
 
 
 @pytest.mark.parametrize(("args", "expected"), [

@@ -114,3 +114,27 @@ def test_parse_info() -> None:
     fields = status.parse_info(text)
     assert fields["used_memory"] == "1048576" and fields["maxmemory_policy"] == "allkeys-lru"
     assert "# Memory" not in fields
+
+
+def test_a_postgres_that_cannot_be_asked_gives_the_profile_s_slow_query_threshold() -> None:
+    """The connections probe fails (nothing listens on the port): its error is shown, and the slow
+    queries use log_min_duration_statement as the profile sets it (dev: 1000 ms)."""
+    import socket
+    from pathlib import Path
+
+    from devenv.config.resolve import build_stack
+    from devenv.config.settings import load_config
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    repo = Path(__file__).resolve().parents[2]
+    stack = build_stack(load_config(repo / "devenv.yaml", {"DEVENV_POSTGRES_PORT": str(port)}), "dev")
+
+    class Logs:  # the runtime's log lines (the only call slow_queries makes)
+        def follow_logs(self, stack: object, service: str, follow: bool) -> list[str]:
+            return ["2025-11-22 00:50:01.123 UTC [7] LOG:  duration: 1500.0 ms  statement: SELECT 1"]
+
+    view = status.monitoring(stack, Logs(), {"postgres"})  # type: ignore[arg-type]
+    assert "error" in view["connections"] and "Connection" in view["connections"]["error"]
+    assert view["slow_queries"]["threshold_ms"] == 1000.0 and view["slow_queries"]["count"] == 1
