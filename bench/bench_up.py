@@ -1,13 +1,22 @@
 """`devenv up` on the native runtime against the floors of its parts, measured in the same run.
 
-Floors: initdb; postgres spawned directly until the first connection; schema + seed applied
-with psycopg; pgbouncer and redis-server until they first answer. devenv: the first-ever
-`up` (initdb, three servers, schema, seed, healthy, and saving the seeded-data cache, into an
-empty DEVENV_CACHE_DIR each run), a cold `up` with existing data, a no-op
-`up`, and `devenv --help`. Prints medians and the ratios against the targets:
-first-ever < 2x the sum of the floors; cold < 3x (start + health floors); no-op < 1.5x --help.
+Floors, measured the way devenv runs the profile: initdb with devenv's arguments (its bootstrap
+role, password file, encoding, locale, auth methods; `--no-sync` for an ephemeral profile) into a
+directory on the filesystem devenv's data directory is on (tmpfs for an ephemeral profile, the
+stack's directory otherwise); postgres spawned directly with the profile's settings (`-c` for
+each of the settings table's, as devenv's postgresql.conf has them: fsync, synchronous_commit,
+full_page_writes, ...) until the first connection; schema + seed applied with psycopg; pgbouncer
+and redis-server until they first answer. devenv: the first-ever `up` (initdb, three servers,
+schema, seed, healthy, and saving the seeded-data cache, into an empty DEVENV_CACHE_DIR each
+run), a cold `up` with existing data, a no-op `up`, and `devenv --help`.
 
-    python bench/bench_up.py [--runs 5] [--profile dev]
+Each round first deletes the floor's previous cluster and devenv's (`down --volumes`), then
+times both creations, in turns: on ext4 without a journal both are then slowed alike (the
+numbers are marked; `--settle` waits that many seconds after the deletions). Prints medians and
+the ratios against the targets: first-ever < 2x the sum of the floors; cold < 3x (start +
+health floors); no-op < 1.5x --help.
+
+    python bench/bench_up.py [--runs 5] [--profile dev] [--settle 0]
 """
 
 from __future__ import annotations
@@ -23,11 +32,15 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, free_port, make_project, timed  # noqa: E402  (also puts the repo on sys.path)
+from _common import (  # noqa: E402  (also puts the repo on sys.path)
+    AFTER_DELETES, REPO, DiskFacts, free_port, make_project, print_disk_facts, timed)
 
+from devenv.config.stack import Stack  # noqa: E402
 from devenv.db.seeds import split_statements  # noqa: E402
 from devenv.runtime.discovery import which  # noqa: E402
 from devenv.runtime.native import NativeRuntime  # noqa: E402
+
+FLOOR_PASSWORD = "bench-floor"  # a password like devenv's: host connections authenticate with SCRAM, as devenv's do
 
 
 def as_user() -> dict:
@@ -51,34 +64,63 @@ def poll(probe, timeout: float = 30.0) -> None:
             time.sleep(0.005)
 
 
-def floors(bindir: Path, scratch: Path) -> dict[str, float]:
-    """One measurement of each floor, in seconds."""
+def floor_parent(stack: Stack, devenv_pgdata: Path) -> Path:
+    """Where the floors' clusters go: the filesystem devenv's data directory is on (for an
+    ephemeral profile, tmpfs), beside devenv's directories, never inside them."""
+    if stack.ephemeral and Path("/dev/shm").is_dir():
+        return Path("/dev/shm")  # devenv's ephemeral layout (devenv.runtime.native)
+    where = devenv_pgdata.parent.parent.parent  # <base>/data/postgres -> beside <base>
+    while not where.is_dir():
+        where = where.parent
+    return where
+
+
+def initdb_argv(bindir: Path, stack: Stack, data: Path, pwfile: Path) -> list[str]:
+    """devenv's initdb (devenv.runtime.native: `_initdb_args`, `--no-sync` when ephemeral)."""
+    argv = [str(bindir / "initdb"), "-D", str(data), "-U", stack.postgres.admin_user, f"--pwfile={pwfile}",
+            "-E", "UTF8", "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256"]
+    return argv + (["--no-sync"] if stack.ephemeral else [])
+
+
+def postgres_settings(stack: Stack) -> list[str]:
+    """`-c name=value` for each of the profile's settings: what devenv's postgresql.conf sets."""
+    return [arg for name, value in stack.postgres.settings.items() for arg in ("-c", f"{name}={value}")]
+
+
+def floors(bindir: Path, scratch: Path, stack: Stack) -> dict[str, float]:
+    """One measurement of each floor, in seconds; the cluster stays in `scratch` (the next
+    round deletes it together with devenv's)."""
     import psycopg
     import redis
 
     out: dict[str, float] = {}
     user = as_user()
-    data, run = scratch / "data", scratch / "run"
+    data, run, pwfile = scratch / "data", scratch / "run", scratch / "pw"
     run.mkdir()
+    pwfile.write_text(FLOOR_PASSWORD + "\n")
+    pwfile.chmod(0o600)
     if user:
-        os.chown(scratch, user["user"], user["group"])
-        os.chown(run, user["user"], user["group"])
+        for path in (scratch, run, pwfile):
+            os.chown(path, user["user"], user["group"])
+    admin = stack.postgres.admin_user
     t = time.perf_counter()
-    subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", "bench", "-E", "UTF8", "--locale=C", "-A", "trust"],
-                   check=True, capture_output=True, **user)
+    subprocess.run(initdb_argv(bindir, stack, data, pwfile), check=True, capture_output=True, **user)
     out["initdb"] = time.perf_counter() - t
 
     port = free_port()
-    t = time.perf_counter()
-    pg = subprocess.Popen([str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(run),
-                           "-c", "listen_addresses=127.0.0.1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **user)
-    poll(lambda: psycopg.connect(host="127.0.0.1", port=port, user="bench", dbname="postgres").close())
+    login = {"host": "127.0.0.1", "port": port, "user": admin, "password": FLOOR_PASSWORD}
+    with open(scratch / "postgres.log", "wb") as log:  # devenv's server logs to a file too
+        t = time.perf_counter()
+        pg = subprocess.Popen([str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(run),
+                               "-c", "listen_addresses=127.0.0.1", *postgres_settings(stack)],
+                              stdout=log, stderr=log, **user)
+    poll(lambda: psycopg.connect(**login, dbname="postgres").close())
     out["postgres start"] = time.perf_counter() - t
     try:
-        with psycopg.connect(host="127.0.0.1", port=port, user="bench", dbname="postgres", autocommit=True) as conn:
+        with psycopg.connect(**login, dbname="postgres", autocommit=True) as conn:
             conn.execute("CREATE DATABASE seeded")
         t = time.perf_counter()
-        with psycopg.connect(host="127.0.0.1", port=port, user="bench", dbname="seeded", autocommit=True) as conn:
+        with psycopg.connect(**login, dbname="seeded", autocommit=True) as conn:
             for part in ("schema", "data"):
                 for path in sorted((REPO / "seeds" / part).glob("*.sql")):
                     with conn.transaction():
@@ -113,10 +155,22 @@ def floors(bindir: Path, scratch: Path) -> dict[str, float]:
     return out
 
 
+def conditions(stack: Stack, parent: Path, facts: dict[str, DiskFacts]) -> str:
+    """What the floors did, in one paragraph of output."""
+    sync = "--no-sync (as devenv for an ephemeral profile)" if stack.ephemeral else "with its fsyncs (as devenv)"
+    settings = " ".join(f"{k}={v}" for k, v in stack.postgres.settings.items())
+    same = facts["floor clusters"].mount == facts["devenv data"].mount
+    return (f"floors: initdb {sync} into {parent} ({facts['floor clusters'].fstype}; "
+            f"{'the same filesystem as' if same else 'NOT the filesystem of'} devenv's data directory); "
+            f"postgres with the profile's settings: {settings}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--profile", default="dev")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds to wait after each round's deletions before its timed creations")
     args = parser.parse_args()
 
     project, env = make_project("devenv-bench-")
@@ -127,20 +181,51 @@ def main() -> None:
     from devenv.config.resolve import build_stack
 
     stack = build_stack(load_config(project / "devenv.yaml", env), args.profile)
-    bindir = Path(NativeRuntime(env).binaries(stack).postgres).parent
+    runtime = NativeRuntime(env)
+    bindir = Path(runtime.binaries(stack).postgres).parent
+    layout = runtime.layout(stack)
+    pgdata = layout.pgdata
+    parent = floor_parent(stack, pgdata)
+    print(f"native runtime, profile {args.profile}{' (ephemeral)' if stack.ephemeral else ''}, {args.runs} runs, "
+          f"PostgreSQL from {bindir}")
+    facts = print_disk_facts({"devenv data": pgdata, "floor clusters": parent, "devenv conf, logs": layout.base,
+                              "devenv cache (temp)": tempfile.gettempdir()})
+    print(conditions(stack, parent, facts))
+    trap = facts["devenv data"].inode_trap or facts["floor clusters"].inode_trap
+    marked: set[tuple[str, int]] = set()  # (row, sample) created right after deletions on a disk with the trap
 
     samples: dict[str, list[float]] = {}
     add = lambda key, value: samples.setdefault(key, []).append(value)  # noqa: E731
+    floor_dir: Path | None = None
+
+    def measure_floors() -> None:
+        nonlocal floor_dir
+        floor_dir = Path(tempfile.mkdtemp(prefix="devenv-floor-", dir=parent))
+        for key, value in floors(bindir, floor_dir, stack).items():
+            add(key, value)
+
+    def first_ever() -> None:
+        # An empty cache per run: otherwise every run after the first restores from it
+        # (bench_coldstart.py measures that) instead of running initdb, schema and seed.
+        with tempfile.TemporaryDirectory(prefix="devenv-cache-") as cache:
+            add("devenv up (first ever)", timed(devenv + ["up", *prof], project, {**env, "DEVENV_CACHE_DIR": cache}))
+
     try:
-        for _ in range(args.runs):
-            with tempfile.TemporaryDirectory(prefix="devenv-floor-") as scratch:
-                for key, value in floors(bindir, Path(scratch)).items():
-                    add(key, value)
+        for round_ in range(args.runs):
+            # The deletions first, both: the floor's previous cluster and devenv's data, on the
+            # filesystem each was made on; then both creations, in turns, so that the inodes
+            # those deletions freed (not reused for a while on ext4 without a journal) slow both alike.
+            deleted = floor_dir is not None
+            if floor_dir is not None:
+                shutil.rmtree(floor_dir)
+                floor_dir = None
             timed(devenv + ["down", "--volumes", *prof], project, env)
-            # An empty cache per run: otherwise every run after the first restores from it
-            # (bench_coldstart.py measures that) instead of running initdb, schema and seed.
-            with tempfile.TemporaryDirectory(prefix="devenv-cache-") as cache:
-                add("devenv up (first ever)", timed(devenv + ["up", *prof], project, {**env, "DEVENV_CACHE_DIR": cache}))
+            if deleted and args.settle:
+                time.sleep(args.settle)
+            if deleted and trap:
+                marked.update((key, round_) for key in ("initdb", "schema+seed", "devenv up (first ever)"))
+            for step in ((measure_floors, first_ever) if round_ % 2 == 0 else (first_ever, measure_floors)):
+                step()
             add("devenv up (no-op)", timed(devenv + ["up", *prof], project, env))
             add("devenv --help", timed(devenv + ["--help"], project, env))
             timed(devenv + ["down", *prof], project, env)
@@ -148,12 +233,15 @@ def main() -> None:
     finally:
         subprocess.run(devenv + ["down", "--volumes", *prof], cwd=project, env=env, capture_output=True)
         shutil.rmtree(project, ignore_errors=True)
+        if floor_dir is not None:
+            shutil.rmtree(floor_dir, ignore_errors=True)
 
     med = {key: statistics.median(values) for key, values in samples.items()}
-    print(f"native runtime, profile {args.profile}, {args.runs} runs, PostgreSQL from {bindir}")
-    print(f"{'measurement':<32} {'median':>9} {'min':>9} {'max':>9}")
+    note = AFTER_DELETES if not args.settle else f"[{args.settle:g} s after deletes; ext4 without a journal]"
+    print(f"\n{'measurement':<32} {'median':>9} {'min':>9} {'max':>9}   runs")
     for key, values in samples.items():
-        print(f"{key:<32} {med[key] * 1000:>7.0f}ms {min(values) * 1000:>7.0f}ms {max(values) * 1000:>7.0f}ms")
+        runs = ", ".join(f"{v * 1000:.0f}{'*' if (key, i) in marked else ''}" for i, v in enumerate(values))
+        print(f"{key:<32} {med[key] * 1000:>7.0f}ms {min(values) * 1000:>7.0f}ms {max(values) * 1000:>7.0f}ms   {runs}")
     floor_all = sum(med[k] for k in ("initdb", "postgres start", "schema+seed", "pgbouncer start", "redis start"))
     floor_start = sum(med[k] for k in ("postgres start", "pgbouncer start", "redis start"))
     print()
@@ -165,6 +253,9 @@ def main() -> None:
         ratio = value / base
         print(f"{label:<32} {ratio:>6.2f}x  (target < {target}x: {'met' if ratio < target else 'NOT met'};"
               f" {value * 1000:.0f}ms vs {base * 1000:.0f}ms)")
+    if marked:
+        print(f"* {note}: from the second round on, the floors' initdb and schema+seed and devenv's first-ever up\n"
+              "  all follow that round's deletions (the floor's previous cluster and `down --volumes`): like with like")
 
 
 if __name__ == "__main__":
