@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import free_port, make_project, timed  # noqa: E402  (also puts the repo on sys.path)
+from _common import (  # noqa: E402  (also puts the repo on sys.path)
+    after_deletes, engine_data_root, free_port, make_project, print_disk_facts, timed)
 
 
 def pytest_postgresql_equivalent(bindir: Path) -> float:
@@ -72,8 +73,32 @@ def main() -> None:
     from devenv.runtime.native import NativeRuntime
 
     stack = Devenv.load(config=project / "devenv.yaml", profile="ci", env=env).stack
-    bindir = Path(NativeRuntime(env).binaries(stack).postgres).parent
+    runtime = NativeRuntime(env)
+    bindir = Path(runtime.binaries(stack).postgres).parent
     image = os.environ.get("DEVENV_POSTGRES_IMAGE", "devenv-test/postgres:15")
+    # Each row creates its files right after deletions (`down --volumes`, the fixture's rmtree of
+    # its previous run, a container removed with its volume): marked where the disk has the trap.
+    places = {"devenv -p ci data": runtime.layout(stack).pgdata, "devenv cache": env["DEVENV_CACHE_DIR"],
+              "pytest-postgresql": tempfile.gettempdir()}
+    try:
+        from devenv.runtime.dockerapi import connect
+        from devenv.runtime.engine import find_endpoint
+
+        endpoint = find_endpoint()
+        root = engine_data_root(connect(endpoint)) if endpoint else None
+        if root:
+            places["Docker volumes"] = root
+    except Exception:  # no engine, no SDK: the Docker rows say why below
+        pass
+    facts = print_disk_facts(places)
+    notes = {  # row -> the places its creations write to
+        "devenv up -p ci, from the cache": after_deletes(facts["devenv -p ci data"]),
+        "devenv up -p ci, from scratch": after_deletes(facts["devenv -p ci data"]),
+        "pytest-postgresql server (initdb + pg_ctl -w)": after_deletes(facts["pytest-postgresql"]),
+    }
+    if "Docker volumes" in facts:
+        notes["testcontainers PostgresContainer"] = after_deletes(facts["Docker volumes"])
+        notes["devenv up --runtime docker -p dev, from the cache"] = after_deletes(facts["Docker volumes"])
 
     samples: dict[str, list[float]] = {}
     add = lambda key, value: value is not None and samples.setdefault(key, []).append(value)  # noqa: E731
@@ -107,7 +132,7 @@ def main() -> None:
     medians = {key: statistics.median(values) for key, values in samples.items()}
     print(f"cold start, {args.runs} runs (medians; PostgreSQL from {bindir})")
     for key, value in medians.items():
-        print(f"  {key:<48} {value * 1000:8.0f} ms")
+        print(f"  {key:<48} {value * 1000:8.0f} ms  {notes.get(key, '')}".rstrip())
     cached = medians["devenv up -p ci, from the cache"]
     print(f"  from scratch / from the cache                    {medians['devenv up -p ci, from scratch'] / cached:8.2f}x")
     if "testcontainers PostgresContainer" in medians:
