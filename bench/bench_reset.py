@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, make_project  # noqa: E402  (also puts the repo on sys.path)
+from _common import REPO, after_deletes, make_project, print_disk_facts  # noqa: E402  (also puts the repo on sys.path)
 from _common import timed as run  # noqa: E402
 
 
@@ -255,6 +255,11 @@ def main() -> None:
     project, env = make_project("devenv-bench-reset-")
     devenv = [sys.executable, "-m", "devenv"]
     os.environ.update({k: v for k, v in env.items() if k.startswith("DEVENV_")})
+    from devenv.api import Devenv
+    from devenv.runtime.native import NativeRuntime
+
+    stack = Devenv.load(config=project / "devenv.yaml", profile=args.profile, env=env).stack
+    data = print_disk_facts({"devenv data": NativeRuntime(env).layout(stack).pgdata})["devenv data"]
     try:
         run(devenv + ["up", "-p", args.profile], project, env)
         overhead = per_test_overhead(project, env, args.profile, args.tests)
@@ -274,6 +279,8 @@ def main() -> None:
             print(f"   pytest-postgresql / devenv_db, {body + ' tests':<11} {ratio:6.1f}x  "
                   f"(target >= 5x: {'met' if ratio >= 5 else 'NOT met'})")
     print("\n2. API reset vs bare clone")
+    if after_deletes(data):  # each drops a database, then creates one
+        print(f"   clone, copy and the bare clone {after_deletes(data)}")
     for name, value in api.items():
         print(f"   {name:<36} {value:7.1f} ms")
     ratio = api["API reset (auto)"] / api["bare CREATE DATABASE ... TEMPLATE"]
@@ -288,6 +295,8 @@ def main() -> None:
     if scales:
         print("\n4. reset time by data size (ms, median); restore = in place, by key where tables have one")
         print(f"   {'tasks':>9} {'restore':>9} {'clone':>9} {'copy':>9}   auto picks   (template build + up)")
+        if after_deletes(data):  # clone and copy drop a database and create one; each build follows a `down --volumes`
+            print(f"   clone, copy and the builds {after_deletes(data)}")
         table = scale_table(scales, args.profile, args.runs)
         for scale, times, picked, build in table:
             print(f"   {scale:>9} {times['restore']:>9.1f} {times['clone']:>9.1f} {times['copy']:>9.1f}   {picked:<10}   {build:.1f}s")
