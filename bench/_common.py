@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -11,7 +12,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -154,3 +155,28 @@ def engine_data_root(client: Any) -> str | None:
     host = getattr(getattr(client, "api", None), "base_url", "")
     local = "://localhost" in host or "://127.0.0.1" in host  # a unix socket is http+docker://localhost
     return root if root and local and Path(root).exists() else None
+
+
+@contextlib.contextmanager
+def journaled_loop(size_mb: int = 256) -> Iterator[Path | None]:
+    """A fresh ext4 with a journal on a loop device, mounted for the block (a reference disk
+    without the trap); None where this process may not make one (not root, no loop devices)."""
+    if os.geteuid() != 0 or shutil.which("mkfs.ext4") is None:
+        yield None
+        return
+    work = Path(tempfile.mkdtemp(prefix="devenv-bench-loop-", dir="/var/tmp"))
+    work.chmod(0o755)  # the servers' user passes through to the clusters made inside
+    image, mount = work / "ext4.img", work / "mnt"
+    mounted = False
+    try:
+        with open(image, "wb") as out:
+            out.truncate(size_mb << 20)
+        mount.mkdir()
+        made = subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "has_journal", str(image)], capture_output=True)
+        mounted = made.returncode == 0 and subprocess.run(
+            ["mount", "-o", "loop", str(image), str(mount)], capture_output=True).returncode == 0
+        yield mount if mounted else None
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(mount)], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)

@@ -16,12 +16,16 @@ numbers are marked; `--settle` waits that many seconds after the deletions). Pri
 the ratios against the targets: first-ever < 2x the sum of the floors; cold < 3x (start +
 health floors); no-op < 1.5x --help.
 
-    python bench/bench_up.py [--runs 5] [--profile dev] [--settle 0]
+`--journaled-loop` (root) also times the floor's initdb, after deleting its previous cluster,
+on a journaled ext4 loop filesystem: the same deletions on a disk without the trap.
+
+    python bench/bench_up.py [--runs 5] [--profile dev] [--settle 0] [--journaled-loop]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -33,13 +37,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402  (also puts the repo on sys.path)
-    AFTER_DELETES, REPO, DiskFacts, free_port, make_project, print_disk_facts, timed)
+    AFTER_DELETES, REPO, DiskFacts, free_port, journaled_loop, make_project, print_disk_facts, timed)
 
 from devenv.config.stack import Stack  # noqa: E402
 from devenv.db.seeds import split_statements  # noqa: E402
 from devenv.runtime.discovery import which  # noqa: E402
 from devenv.runtime.native import NativeRuntime  # noqa: E402
 
+LOOP_ROW = "initdb (journaled loop ext4)"
 FLOOR_PASSWORD = "bench-floor"  # a password like devenv's: host connections authenticate with SCRAM, as devenv's do
 
 
@@ -171,7 +176,17 @@ def main() -> None:
     parser.add_argument("--profile", default="dev")
     parser.add_argument("--settle", type=float, default=0.0,
                         help="seconds to wait after each round's deletions before its timed creations")
+    parser.add_argument("--journaled-loop", action="store_true",
+                        help="also time the floor's initdb on a journaled ext4 loop filesystem (root)")
     args = parser.parse_args()
+    with journaled_loop() if args.journaled_loop else contextlib.nullcontext() as loop:
+        if args.journaled_loop and loop is None:
+            print("--journaled-loop: no loop filesystem here (needs root, mkfs.ext4 and loop devices)")
+        bench(args, loop)
+
+
+def bench(args: argparse.Namespace, loop: Path | None) -> None:
+    """The rounds and the report; `loop`: a journaled filesystem for the reference initdb, or None."""
 
     project, env = make_project("devenv-bench-")
     devenv = [sys.executable, "-m", "devenv"]
@@ -188,8 +203,9 @@ def main() -> None:
     parent = floor_parent(stack, pgdata)
     print(f"native runtime, profile {args.profile}{' (ephemeral)' if stack.ephemeral else ''}, {args.runs} runs, "
           f"PostgreSQL from {bindir}")
-    facts = print_disk_facts({"devenv data": pgdata, "floor clusters": parent, "devenv conf, logs": layout.base,
-                              "devenv cache (temp)": tempfile.gettempdir()})
+    places = {"devenv data": pgdata, "floor clusters": parent, "devenv conf, logs": layout.base,
+              "devenv cache (temp)": tempfile.gettempdir()}
+    facts = print_disk_facts({**places, **({"journaled loop": loop} if loop else {})})
     print(conditions(stack, parent, facts))
     trap = facts["devenv data"].inode_trap or facts["floor clusters"].inode_trap
     marked: set[tuple[str, int]] = set()  # (row, sample) created right after deletions on a disk with the trap
@@ -197,6 +213,21 @@ def main() -> None:
     samples: dict[str, list[float]] = {}
     add = lambda key, value: samples.setdefault(key, []).append(value)  # noqa: E731
     floor_dir: Path | None = None
+    loop_dir: Path | None = None
+    user = as_user()
+
+    def loop_initdb() -> None:
+        """The floor's initdb alone, on the journaled loop filesystem."""
+        nonlocal loop_dir
+        loop_dir = Path(tempfile.mkdtemp(prefix="initdb-", dir=loop))
+        pwfile = loop_dir / "pw"
+        pwfile.write_text(FLOOR_PASSWORD + "\n")
+        if user:
+            os.chown(loop_dir, user["user"], user["group"])
+            os.chown(pwfile, user["user"], user["group"])
+        t = time.perf_counter()
+        subprocess.run(initdb_argv(bindir, stack, loop_dir / "data", pwfile), check=True, capture_output=True, **user)
+        add(LOOP_ROW, time.perf_counter() - t)
 
     def measure_floors() -> None:
         nonlocal floor_dir
@@ -216,15 +247,17 @@ def main() -> None:
             # filesystem each was made on; then both creations, in turns, so that the inodes
             # those deletions freed (not reused for a while on ext4 without a journal) slow both alike.
             deleted = floor_dir is not None
-            if floor_dir is not None:
-                shutil.rmtree(floor_dir)
-                floor_dir = None
+            for old in (floor_dir, loop_dir):
+                if old is not None:
+                    shutil.rmtree(old)
+            floor_dir = loop_dir = None
             timed(devenv + ["down", "--volumes", *prof], project, env)
             if deleted and args.settle:
                 time.sleep(args.settle)
             if deleted and trap:
                 marked.update((key, round_) for key in ("initdb", "schema+seed", "devenv up (first ever)"))
-            for step in ((measure_floors, first_ever) if round_ % 2 == 0 else (first_ever, measure_floors)):
+            steps = [measure_floors, first_ever] + ([loop_initdb] if loop else [])
+            for step in steps[round_ % len(steps):] + steps[:round_ % len(steps)]:  # turns: none always first
                 step()
             add("devenv up (no-op)", timed(devenv + ["up", *prof], project, env))
             add("devenv --help", timed(devenv + ["--help"], project, env))
@@ -233,8 +266,9 @@ def main() -> None:
     finally:
         subprocess.run(devenv + ["down", "--volumes", *prof], cwd=project, env=env, capture_output=True)
         shutil.rmtree(project, ignore_errors=True)
-        if floor_dir is not None:
-            shutil.rmtree(floor_dir, ignore_errors=True)
+        for old in (floor_dir, loop_dir):
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
 
     med = {key: statistics.median(values) for key, values in samples.items()}
     note = AFTER_DELETES if not args.settle else f"[{args.settle:g} s after deletes; ext4 without a journal]"
@@ -253,6 +287,13 @@ def main() -> None:
         ratio = value / base
         print(f"{label:<32} {ratio:>6.2f}x  (target < {target}x: {'met' if ratio < target else 'NOT met'};"
               f" {value * 1000:.0f}ms vs {base * 1000:.0f}ms)")
+    if loop and trap:
+        after = [v for i, v in enumerate(samples["initdb"]) if ("initdb", i) in marked]
+        reference = samples[LOOP_ROW][1:]
+        if after and reference:
+            print(f"the floor's initdb after deletions: {statistics.median(after) * 1000:.0f}ms on "
+                  f"{facts['floor clusters'].fstype} without a journal vs {statistics.median(reference) * 1000:.0f}ms "
+                  f"on the journaled loop filesystem ({statistics.median(after) / statistics.median(reference):.2f}x)")
     if marked:
         print(f"* {note}: from the second round on, the floors' initdb and schema+seed and devenv's first-ever up\n"
               "  all follow that round's deletions (the floor's previous cluster and `down --volumes`): like with like")

@@ -113,3 +113,16 @@ def test_bench_up_floors_run_as_devenv_runs_the_profile() -> None:
         assert bench_up.floor_parent(stacks["ci"], Path("/dev/shm/devenv-x/postgres")) == Path("/dev/shm")
     beside = Path("/var/lib/devenv/taskflow-dev-x/data/postgres")
     assert bench_up.floor_parent(stacks["dev"], beside) in (Path("/var/lib/devenv"), Path("/var/lib"), Path("/var"))
+
+
+def test_journaled_loop_is_a_journaled_ext4_and_goes_away() -> None:
+    from _common import journaled_loop
+
+    with journaled_loop(32) as mount:
+        if mount is None:
+            pytest.skip("no loop filesystem here (needs root, mkfs.ext4 and loop devices)")
+        facts = disk_facts(mount / "cluster")
+        assert (facts.fstype, facts.journal, facts.mount) == ("ext4", True, str(mount))
+        assert after_deletes(facts) == ""
+    assert not mount.exists() and not mount.parent.exists()
+    assert str(mount) not in Path("/proc/self/mountinfo").read_text()
