@@ -10,6 +10,7 @@ and `devenv.restore`, the function that puts written tables back in place (one r
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
 SCALE_FILE = "scale.sql"
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "devenv", "pg_toast")
-TEMPLATE_FORMAT = 7  # bump when what a template carries (snapshots, guards, owners) changes
+TEMPLATE_FORMAT = 8  # bump when what a template carries (snapshots, guards, owners) changes
 
 # Installed in every template: counts DDL so that `restore` knows when it is not enough. The
 # counter is the application role's (its DDL advances it); the event triggers, which only a
@@ -69,26 +70,26 @@ $$;
 # Installed in every template, after the snapshots. `devenv.dirty` holds the tables written
 # since the last reset: a statement trigger on every table (ENABLE ALWAYS: it fires under
 # session_replication_role = replica too, and for cascaded foreign-key actions) adds its table,
-# rolled back with the write it records. Once per transaction (a transaction-local setting
-# remembers it) and only if not there yet, except in serializable transactions: there the
-# look would add read-write conflicts to the application's, so they only insert. No unique
-# key, so concurrent writers never wait on each other. `whole` marks a write whose rows no key
-# log saw (TRUNCATE; anything under session_replication_role = replica, where the key
-# triggers, ENABLE ORIGIN, are quiet: the restore's own writes among them): that table is
-# compared whole.
+# rolled back with the write it records. Once per transaction and table: the memo is a
+# transaction-local setting holding the transaction's id (a session that sets it by hand
+# cannot match a later transaction). Each transaction adds its own row (no look for one
+# there already), so a reset that ran while it wrote never takes its mark for one it put
+# back; no unique key, so concurrent writers never wait on each other. `whole` marks a write
+# whose rows no key log saw (TRUNCATE; anything under session_replication_role = replica,
+# where the key triggers, ENABLE ORIGIN, are quiet, the restore's own writes among them):
+# that table is compared whole.
 RESTORE_FUNCTIONS = """
 CREATE TABLE devenv.dirty (rel regclass NOT NULL, whole boolean NOT NULL DEFAULT false);
 CREATE FUNCTION devenv.mark_dirty() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    xact text := pg_catalog.pg_current_xact_id()::text;
 BEGIN
     IF TG_OP = 'TRUNCATE' OR pg_catalog.current_setting('session_replication_role') = 'replica' THEN
         INSERT INTO devenv.dirty VALUES (TG_RELID, true);
-    ELSIF pg_catalog.current_setting('devenv.dirty_' || TG_RELID, true) IS DISTINCT FROM 'y' THEN
-        IF pg_catalog.current_setting('transaction_isolation') = 'serializable'
-           OR NOT EXISTS (SELECT 1 FROM devenv.dirty WHERE rel = TG_RELID) THEN
-            INSERT INTO devenv.dirty VALUES (TG_RELID);
-        END IF;
-        PERFORM pg_catalog.set_config('devenv.dirty_' || TG_RELID, 'y', true);
+    ELSIF pg_catalog.current_setting('devenv.dirty_' || TG_RELID, true) IS DISTINCT FROM xact THEN
+        INSERT INTO devenv.dirty VALUES (TG_RELID);
+        PERFORM pg_catalog.set_config('devenv.dirty_' || TG_RELID, xact, true);
     END IF;
     RETURN NULL;
 END $$;
@@ -97,19 +98,25 @@ END $$;
 -- transaction. A table with a primary key (not partitioned, no inheritance) has a key log,
 -- `devenv.keys_N`, which statement triggers fill with the keys of every row written (old and
 -- new, from the transition tables): only those rows are put back, deleted and copied again
--- from the snapshot by key, in time proportional to the test's writes, not to the table. The
--- log is emptied first (DELETE ... RETURNING: keys a concurrent writer logs meanwhile stay
--- for the next reset). Any other written table is compared whole: rows as text, as a
--- multiset (for each distinct row whose count differs, its copies here go by tableoid and
--- ctid, and those of the snapshot come back by ctid), one conversion per row; deleting and
--- inserting the rest too would cost their index entries and leave them dead for vacuum.
+-- from the snapshot by key, in time proportional to the test's writes, not to the table.
+-- The marks and logs read are taken out first (DELETE ... RETURNING): what a concurrent
+-- writer commits meanwhile stays for the next reset. Any other written table is compared
+-- whole (with the rest of its inheritance tree: a parent's statements reach its children's
+-- rows): rows as text, as a multiset (for each distinct row whose count differs, its copies
+-- here go by tableoid and ctid, and those of the snapshot come back by ctid), one conversion
+-- per row; deleting and inserting the rest too would cost their index entries. The SET
+-- clauses pin what text of a value depends on (the keys pass through text too) and bound
+-- the wait for another role's session holding a lock (it cannot be ended here): the error
+-- makes the caller clone, which ends every session.
 -- status is 'restored', or why it cannot be ('stale': cloned from another template;
 -- 'schema': DDL since the clone; 'too big': more than max_rows seeded rows to compare whole,
--- or more keys logged than a clone would cost, at most max_keys; NULLs: no limit) and nothing
--- changed. how is 'rows' when every written
--- table went back by key, else 'tables'. sessions counts the other client sessions on the
--- database afterwards: PgBouncer's server connections are among them, so with none there is
--- nothing for it to reconnect.
+-- or more keys logged than a clone would cost, at most max_keys; NULLs: no limit; 'row
+-- security': a written table forces row-level security, which hides rows from this role;
+-- 'always triggers': a written table has triggers or rules of its own that fire even under
+-- session_replication_role = replica, so would fire on the restore's writes) and nothing
+-- changed. how is 'rows' when every written table went back by key, else 'tables'.
+-- sessions counts the other client sessions on the database afterwards: PgBouncer's server
+-- connections are among them, so with none there is nothing for it to reconnect.
 -- What a clone drops besides the tables goes too, so that a restore leaves exactly what a clone
 -- would: database-level settings (ALTER DATABASE / ALTER ROLE ... IN DATABASE ... SET, kept by
 -- database oid: a clone has none) are reset, and large objects the template did not have are
@@ -119,7 +126,9 @@ END $$;
 -- (an existing server's, without GRANT SET ON PARAMETER) gets 'privilege': a clone.
 CREATE FUNCTION devenv.restore(expected_template text, max_rows bigint, max_keys bigint,
                                OUT status text, OUT sessions bigint, OUT how text)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET extra_float_digits = 1 SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET TimeZone = 'UTC'
+SET bytea_output = 'hex' SET lock_timeout = '5s' AS $$
 DECLARE
     meta record;
     tbl record;
@@ -127,6 +136,8 @@ DECLARE
     logged bigint := 0;
     n bigint;
     keys text;
+    written regclass[];
+    wholes regclass[];
     gone_tables oid[];
     gone_rows tid[];
     wanted tid[];
@@ -160,10 +171,30 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    -- The written tables (twice below, the same query): first what reloading them would take.
-    FOR tbl IN SELECT s.rel, s.snapshot, s.row_count, s.keys, s.key_list, s.columns, s.keys IS NULL OR bool_or(d.whole) AS whole
-                     FROM devenv.snapshots s JOIN devenv.dirty d ON s.rel = coalesce(pg_catalog.pg_partition_root(d.rel), d.rel)
-                    GROUP BY s.rel, s.snapshot, s.row_count, s.keys, s.key_list, s.columns LOOP
+    -- First only a look at what reloading would take, changing nothing.
+    SELECT array_agg(DISTINCT f.rel) INTO written
+      FROM devenv.snapshots f
+     WHERE f.family IN (SELECT s.family FROM devenv.snapshots s JOIN devenv.dirty d
+                           ON s.rel = coalesce(pg_catalog.pg_partition_root(d.rel), d.rel));
+    -- Partitions included (pg_partition_tree: none for a plain table): their own triggers fire
+    -- on the rows put back through the root.
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_class c WHERE c.relforcerowsecurity AND c.oid IN (
+                 SELECT w FROM unnest(written) w UNION ALL SELECT p.relid FROM unnest(written) w, pg_catalog.pg_partition_tree(w) p)) THEN
+        status := 'row security';
+        RETURN;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.tgenabled = 'A' AND NOT t.tgisinternal
+                  AND t.tgname <> 'devenv_dirty' AND t.tgrelid IN (
+                      SELECT w FROM unnest(written) w UNION ALL SELECT p.relid FROM unnest(written) w, pg_catalog.pg_partition_tree(w) p))
+       OR EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.ev_enabled = 'A' AND r.ev_class IN (
+                      SELECT w FROM unnest(written) w UNION ALL SELECT p.relid FROM unnest(written) w, pg_catalog.pg_partition_tree(w) p)) THEN
+        status := 'always triggers';
+        RETURN;
+    END IF;
+    FOR tbl IN SELECT s.row_count, s.keys, s.keys IS NULL OR EXISTS (
+                          SELECT 1 FROM devenv.dirty d
+                           WHERE coalesce(pg_catalog.pg_partition_root(d.rel), d.rel) = s.rel AND d.whole) AS whole
+                 FROM devenv.snapshots s WHERE s.rel = ANY(written) LOOP
         IF tbl.whole THEN
             whole_rows := whole_rows + tbl.row_count;
         ELSE
@@ -209,7 +240,11 @@ BEGIN
             RETURN;
         END;
     END IF;
-    IF EXISTS (SELECT 1 FROM devenv.dirty) THEN
+    -- The marks to act on, taken out: one committed while this runs stays for the next reset.
+    WITH gone AS (DELETE FROM devenv.dirty RETURNING rel, whole)
+    SELECT array_agg(DISTINCT s.rel), array_agg(DISTINCT s.rel) FILTER (WHERE g.whole) INTO written, wholes
+      FROM gone g JOIN devenv.snapshots s ON s.rel = coalesce(pg_catalog.pg_partition_root(g.rel), g.rel);
+    IF written IS NOT NULL THEN
         -- No triggers, no FK checks: the data is known good.
         BEGIN
             PERFORM pg_catalog.set_config('session_replication_role', 'replica', true);
@@ -217,14 +252,16 @@ BEGIN
             status := 'privilege';
             RETURN;
         END;
-        FOR tbl IN SELECT s.rel, s.snapshot, s.row_count, s.keys, s.key_list, s.columns, s.keys IS NULL OR bool_or(d.whole) AS whole
-                         FROM devenv.snapshots s JOIN devenv.dirty d ON s.rel = coalesce(pg_catalog.pg_partition_root(d.rel), d.rel)
-                        GROUP BY s.rel, s.snapshot, s.row_count, s.keys, s.key_list, s.columns LOOP
+        FOR tbl IN SELECT s.rel, s.snapshot, s.keys, s.key_list, s.columns, s.only_rows,
+                          s.keys IS NULL OR s.rel = ANY(coalesce(wholes, '{}')) AS whole
+                     FROM devenv.snapshots s
+                    WHERE s.family IN (SELECT f.family FROM devenv.snapshots f WHERE f.rel = ANY(written)) LOOP
             IF NOT tbl.whole THEN
                 -- The keys as one array literal of the log's row type: EXECUTE plans with its
                 -- value, so a handful of keys goes through the primary key's index.
                 EXECUTE pg_catalog.format('WITH gone AS (DELETE FROM devenv.%I RETURNING *) '
-                                          'SELECT pg_catalog.array_agg(DISTINCT g)::text FROM gone g', tbl.keys) INTO keys;
+                                          'SELECT pg_catalog.array_agg(DISTINCT ROW(g.*))::text FROM gone g', tbl.keys)
+                   INTO keys;
                 IF keys IS NOT NULL THEN
                     EXECUTE pg_catalog.format('DELETE FROM %s WHERE (%s) IN (SELECT * FROM unnest($1::devenv.%I[]))',
                                               tbl.rel, tbl.key_list, tbl.keys) USING keys;
@@ -236,28 +273,30 @@ BEGIN
                 CONTINUE;
             END IF;
             how := 'tables';
+            -- ONLY: an inheritance parent's own rows (each child is compared as itself).
             EXECUTE pg_catalog.format(
                 'WITH diff AS (SELECT cur.tables, cur.rows, seeded.rows AS wanted FROM '
-                '(SELECT ROW(x.*)::text AS r, array_agg(x.tableoid) AS tables, array_agg(x.ctid) AS rows FROM %s x GROUP BY 1) cur '
+                '(SELECT ROW(x.*)::text AS r, array_agg(x.tableoid) AS tables, array_agg(x.ctid) AS rows FROM %s %s x GROUP BY 1) cur '
                 'FULL JOIN (SELECT ROW(x.*)::text AS r, array_agg(x.ctid) AS rows FROM devenv.%I x GROUP BY 1) seeded USING (r) '
                 'WHERE cardinality(cur.rows) IS DISTINCT FROM cardinality(seeded.rows)) '
                 'SELECT gone.tables, gone.rows, (SELECT array_agg(w) FROM diff, unnest(diff.wanted) w) FROM '
                 '(SELECT array_agg(t) AS tables, array_agg(r) AS rows FROM diff, unnest(diff.tables, diff.rows) u(t, r)) gone',
-                tbl.rel, tbl.snapshot) INTO gone_tables, gone_rows, wanted;
+                tbl.only_rows, tbl.rel, tbl.snapshot) INTO gone_tables, gone_rows, wanted;
             IF gone_rows IS NOT NULL THEN
-                EXECUTE pg_catalog.format('DELETE FROM %s x WHERE (x.tableoid, x.ctid) IN (SELECT * FROM unnest($1, $2))',
-                                          tbl.rel) USING gone_tables, gone_rows;
+                EXECUTE pg_catalog.format('DELETE FROM %s %s x WHERE (x.tableoid, x.ctid) IN (SELECT * FROM unnest($1, $2))',
+                                          tbl.only_rows, tbl.rel) USING gone_tables, gone_rows;
             END IF;
             IF wanted IS NOT NULL THEN
                 EXECUTE pg_catalog.format('INSERT INTO %s (%s) OVERRIDING SYSTEM VALUE SELECT %s FROM devenv.%I '
                                           'WHERE ctid = ANY($1)', tbl.rel, tbl.columns, tbl.columns, tbl.snapshot)
                   USING wanted;
             END IF;
-            IF tbl.keys IS NOT NULL THEN  -- a truncated keyed table: its log is of no use now
+            IF tbl.keys IS NOT NULL THEN  -- compared whole: what its log holds is put back already
                 EXECUTE pg_catalog.format('DELETE FROM devenv.%I', tbl.keys);
             END IF;
         END LOOP;
-        DELETE FROM devenv.dirty;
+        -- The marks this restore's own writes made (as a replica: whole), and only those.
+        DELETE FROM devenv.dirty WHERE xmin = pg_catalog.pg_current_xact_id()::xid;
         PERFORM pg_catalog.set_config('session_replication_role', role, true);
     END IF;
     PERFORM pg_catalog.setval(sequence::regclass, last_value, is_called) FROM devenv.snapshot_sequences;
@@ -341,7 +380,7 @@ def make_snapshots(conn: "psycopg.Connection[Any]", template: str) -> None:
     table with a primary key, its key log (`devenv.keys_*`, see `track_keys`)."""
     conn.execute(
         "CREATE TABLE devenv.snapshots (schema_name text, table_name text, snapshot text, row_count bigint, rel regclass, "
-        "keys text, key_list text, columns text);"
+        "keys text, key_list text, columns text, family regclass, only_rows text);"
         "CREATE TABLE devenv.snapshot_sequences (sequence text, last_value bigint, is_called boolean);"
         "CREATE TABLE devenv.snapshot_meta (template text, ddl_mark_value bigint, ddl_mark_called boolean, "
         "large_objects oid[], catalog_signature text)"
@@ -359,19 +398,25 @@ def make_snapshots(conn: "psycopg.Connection[Any]", template: str) -> None:
         " CROSS JOIN unnest(p.conkey) WITH ORDINALITY k(attnum, ord) "
         " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
         " WHERE p.conrelid = c.oid AND p.contype = 'p' AND c.relkind = 'r' AND NOT c.relhassubclass "
-        " AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)) "
+        " AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)), "
+        # Its inheritance tree's root (itself when it has no parent): written, the whole tree
+        # is compared, each table by its own rows (ONLY; a partitioned table holds none itself).
+        "(WITH RECURSIVE up(rel) AS (SELECT c.oid UNION SELECT i.inhparent FROM up JOIN pg_inherits i ON i.inhrelid = up.rel) "
+        " SELECT min(up.rel)::regclass::text FROM up WHERE NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = up.rel)), "
+        "CASE c.relkind WHEN 'r' THEN 'ONLY' ELSE '' END "
         "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND n.nspname <> ALL(%s) "
         "AND n.nspname NOT LIKE 'pg_temp%%' ORDER BY 1, 2",
         (list(SYSTEM_SCHEMAS),),
     ).fetchall()
-    for index, (schema, table, qualified, columns, key_list) in enumerate(tables):
-        snapshot = f"snap_{index}_{table}"[:63]
-        conn.execute(f'CREATE TABLE devenv."{snapshot}" AS TABLE {qualified}')
+    for index, (schema, table, qualified, columns, key_list, family, only_rows) in enumerate(tables):
+        # Its own name in it for whoever looks (letters, digits and _ only: no quoting to get wrong).
+        snapshot = f"snap_{index}_{re.sub(r'[^A-Za-z0-9_]', '_', table)}"[:63]
+        conn.execute(f'CREATE TABLE devenv."{snapshot}" AS SELECT * FROM {only_rows} {qualified}')
         rows = conn.execute(f'SELECT count(*) FROM devenv."{snapshot}"').fetchone()[0]
         keys = track_keys(conn, index, qualified, snapshot, key_list) if key_list else None
-        conn.execute("INSERT INTO devenv.snapshots VALUES (%s, %s, %s, %s, %s::regclass, %s, %s, %s)",
-                     (schema, table, snapshot, rows, qualified, keys, key_list, columns))
+        conn.execute("INSERT INTO devenv.snapshots VALUES (%s, %s, %s, %s, %s::regclass, %s, %s, %s, %s::regclass, %s)",
+                     (schema, table, snapshot, rows, qualified, keys, key_list, columns, family, only_rows))
     # Partitions too: a write straight into one marks it, and a reset reloads its root.
     for (qualified,) in conn.execute(
         "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -381,10 +426,10 @@ def make_snapshots(conn: "psycopg.Connection[Any]", template: str) -> None:
         conn.execute(f"CREATE TRIGGER devenv_dirty AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {qualified} "
                      f"FOR EACH STATEMENT EXECUTE FUNCTION devenv.mark_dirty();"
                      f"ALTER TABLE {qualified} ENABLE ALWAYS TRIGGER devenv_dirty")
-    for (schema, name) in conn.execute(
-        "SELECT schemaname, sequencename FROM pg_sequences WHERE schemaname <> ALL(%s)", (list(SYSTEM_SCHEMAS),)
+    for (qualified,) in conn.execute(
+        "SELECT format('%%I.%%I', schemaname, sequencename) FROM pg_sequences WHERE schemaname <> ALL(%s)",
+        (list(SYSTEM_SCHEMAS),),
     ).fetchall():
-        qualified = f'"{schema}"."{name}"'
         value, called = conn.execute(f"SELECT last_value, is_called FROM {qualified}").fetchone()
         conn.execute("INSERT INTO devenv.snapshot_sequences VALUES (%s, %s, %s)", (qualified, value, called))
     # The DDL count after building the snapshots: any later DDL makes it differ.
