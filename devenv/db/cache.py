@@ -282,6 +282,38 @@ def checksum_path(archive: Path) -> Path:
     return archive.with_name(archive.name + ".sha256")
 
 
+def login_path(archive: Path) -> Path:
+    """The sidecar holding the password of a cached Docker cluster's one-time login
+    (devenv.db.roles.RESTORE_ROLE): 0600 beside the archive, which holds the data anyway."""
+    return archive.with_name(archive.name.split(".tar")[0] + ".login")  # one for .tar.zst and .tar.gz
+
+
+def write_login(archive: Path) -> str:
+    """A new one-time login password for the archive about to be saved at `archive`, in its
+    sidecar (0600, written whole); the password."""
+    import secrets
+
+    from devenv import safefs
+
+    password = secrets.token_urlsafe(24)
+    safefs.write_file(login_path(archive), (password + "\n").encode())
+    return password
+
+
+def read_login(archive: Path) -> str | None:
+    """The one-time login password of a cached archive: only from a sidecar of this user's that
+    nobody else can read or write (else None: the caller sets the passwords another way)."""
+    from devenv import safefs
+
+    path = login_path(archive)
+    try:
+        if not safefs.verified_file(path) or os.lstat(path).st_mode & 0o077:
+            return None
+        return path.read_text(encoding="ascii").strip() or None
+    except (OSError, ValueError):
+        return None
+
+
 def untrusted(archive: Path) -> str | None:
     """Why an archive must not be used without reading it (None: it may be, once `verify`
     agrees): it, its checksum and its directory must be this user's, writable by nobody else."""
@@ -320,6 +352,7 @@ def quarantine(archive: Path) -> Path | None:
     no later `up` tries it again; the new name (None when it could not be moved)."""
     aside = archive.with_name(f"{archive.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
     checksum_path(archive).unlink(missing_ok=True)
+    login_path(archive).unlink(missing_ok=True)
     try:
         os.replace(archive, aside)
     except OSError:

@@ -59,6 +59,7 @@ from devenv.runtime.dockerdata import (
     clear_marker,
     data_key,
     data_volumes,
+    give_password,
     prepare_tls,
     read_marker,
     remove_volumes,
@@ -408,7 +409,7 @@ class DockerRuntime:
             self._started[service] = container_id  # before the start: a failed one is stopped too
         self._start(service, container_id, stack)
         if service == "postgres" and not has_password(password_note_path(stack), stack):
-            self._password_step = set_password(self.client(), stack, container_id)
+            self._password_step = give_password(self.client(), stack, container_id, restoring)
 
     # ---- the seeded-data cache (devenv.db.cache): saved from, restored into the named volume -----
 
@@ -423,10 +424,11 @@ class DockerRuntime:
             return
         local = self._local_data_dir(stack, data_volumes(container))
 
-        def save() -> Path:
+        def save() -> Path:  # the copy gets a one-time login, for the cold `up` it serves (give_password)
+            login = cache.write_login(cache.archive_path(key))
             if local is not None:  # no stop and start: ~1 s less than the archive API's way
-                return save_live(stack, local, key)
-            return save_through_api(self.client(), stack, container, key,
+                return save_live(stack, local, key, login)
+            return save_through_api(self.client(), stack, container, key, login,
                                     restart=lambda: self._start("postgres", container.id, stack))
 
         save_cache(progress, save, (DockerException,), api_message)
