@@ -400,6 +400,8 @@ def test_a_cold_up_from_the_cache_sets_the_passwords_without_docker_exec(cached_
     with proj.connect(pooled=True) as conn:
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
     assert _restore_roles(proj) == [], "the one-time login is dropped by the session that used it"
+    with proj.admin_connect() as conn:  # its first start synced the restored files in one syncfs()
+        assert conn.execute("SHOW recovery_init_sync_method").fetchone()[0] == "syncfs"
     secret = login.read_text().strip()
     pg = proj.stack().postgres
     logs = proj.devenv("logs", "postgres").stdout
