@@ -413,6 +413,43 @@ def test_a_cold_up_from_the_cache_sets_the_passwords_without_docker_exec(cached_
     assert not (proj.root / ".devenv" / "dev" / "docker-restore-pending").exists()
 
 
+def test_a_cold_up_from_the_cache_makes_only_the_engine_calls_it_needs(cached_dev_project: Project,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request devenv sends the engine during a cold `up` from the cache (in this process,
+    through the runtime's client): no `docker exec`, one listing of the project's containers,
+    each image, network and volume looked up once."""
+    from collections import Counter
+
+    from devenv import lifecycle
+    from devenv.runtime.docker import DockerRuntime
+
+    proj = cached_dev_project
+    proj.devenv("up")
+    proj.devenv("down", "--volumes")
+    for name, value in proj.env.items():
+        monkeypatch.setenv(name, value)
+    runtime = DockerRuntime(env=proj.env)
+    api = runtime.client().api  # connected: GET /version, which negotiates the API version, and no ping
+    send, calls = api.send, []
+
+    def counted(request: Any, **kwargs: Any) -> Any:
+        calls.append(f"{request.method} {request.path_url.split('?')[0].removeprefix(f'/v{api.api_version}')}")
+        return send(request, **kwargs)
+
+    monkeypatch.setattr(api, "send", counted)
+    said: list[str] = []
+    lifecycle.up(proj.stack(), runtime, say=said.append)
+    assert any("restoring seeded data" in line for line in said), said
+    assert not [c for c in calls if "/exec" in c], calls
+    counts = Counter(calls)
+    assert counts["GET /containers/json"] == 1, calls  # states()'s listing serves the plan too
+    assert [c for c in calls if "/networks" in c] == [f"GET /networks/{proj.stack_name}_default", "POST /networks/create"]
+    assert counts[f"GET /volumes/{proj.stack_name}-pgdata"] == 1, calls  # its directory: from its creation
+    assert not [c for c, n in counts.items() if n > 1 and c.startswith(("GET /images", "GET /volumes", "GET /networks"))]
+    with proj.connect(pooled=True) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+
+
 def test_an_archive_without_its_one_time_login_gets_the_passwords_through_docker_exec(
         cached_dev_project: Project) -> None:
     """A cache entry an older devenv saved (no one-time login beside it), or one whose login is
