@@ -233,13 +233,7 @@ def compressed(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
 
     from devenv import safefs
 
-    directory = target.parent
-    if not directory.exists():
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, 0o700)
-    if not safefs.verified_dir(directory):
-        raise OSError(f"{directory} is not a directory of this user's that only this user can write to")
+    _own_directory(target.parent)
     zstd = shutil.which("zstd")
     if zstd is None:
         target = target.with_suffix(".gz")
@@ -263,6 +257,19 @@ def compressed(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _own_directory(directory: Path) -> None:
+    """The cache directory: made 0700 when missing; OSError unless it is this user's and nobody
+    else can write to it (what is written there would not be trusted)."""
+    from devenv import safefs
+
+    if not directory.exists():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
+    if not safefs.verified_dir(directory):
+        raise OSError(f"{directory} is not a directory of this user's that only this user can write to")
 
 
 def find(key: str) -> Path | None:
@@ -296,6 +303,7 @@ def write_login(archive: Path) -> str:
     from devenv import safefs
 
     password = secrets.token_urlsafe(24)
+    _own_directory(archive.parent)
     safefs.write_file(login_path(archive), (password + "\n").encode())
     return password
 
