@@ -57,10 +57,10 @@ from devenv.runtime.dockerapi import (
     stop_timeout,
 )
 from devenv.runtime.dockerdata import (
+    begin_unpack,
     clear_marker,
     data_key,
     data_volumes,
-    begin_unpack,
     give_password,
     local_data_dir,
     prepare_tls,
