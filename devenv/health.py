@@ -28,6 +28,9 @@ from devenv.config.stack import Stack
 
 POLL_INTERVAL = 0.1
 STARTING_INTERVAL = 0.01  # "not listening yet" / "starting up" answers cost microseconds
+# `gone` is asked at most this often per service: a container engine answers it with a request
+# (an inspection) where a refused probe costs microseconds.
+GONE_INTERVAL = 0.1
 PROBE_TIMEOUT = 2.0  # seconds for connecting, logging in and each answer
 FIRST_PROBE_TIMEOUT = 0.25
 
@@ -174,6 +177,7 @@ def wait_until_healthy(
     healthy: dict[str, float] = {}
     last_error: dict[str, str] = {}
     in_flight: set[str] = set()
+    asked_gone: dict[str, float] = {}  # service -> when `gone` was last asked
     # Plain threads, not concurrent.futures: its import (logging) costs more than a Redis start.
     # queue.Queue, not SimpleQueue: CPython 3.11's SimpleQueue.get(timeout) retries a wait that a
     # signal interrupted with the time left, and when that is negative it waits forever.
@@ -227,6 +231,9 @@ def wait_until_healthy(
         if isinstance(exc, TimeoutError):
             probe_timeout[service] = min(PROBE_TIMEOUT, probe_timeout[service] * 2)
         due[service] = time.monotonic() + (STARTING_INTERVAL if _starting(exc) else POLL_INTERVAL)
+        if time.monotonic() - asked_gone.get(service, -GONE_INTERVAL) < GONE_INTERVAL:
+            continue
+        asked_gone[service] = time.monotonic()
         reason = gone(service)
         if reason:
             raise HealthCheckError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,9 @@ def render_files(stack: Stack, placement: Placement) -> dict[str, str]:
     # tables' cells cannot end a line or a token early.
     env.filters["pg_literal"] = pg_literal
     env.filters["redis_value"] = lambda value, name: redis_value(name, str(value))
-    context = {"stack": stack, "pg": stack.postgres, "pgb": stack.pgbouncer, "redis": stack.redis, "place": placement}
+    context = {"stack": stack, "pg": stack.postgres, "pgb": stack.pgbouncer, "redis": stack.redis, "place": placement,
+               # syncfs(): PostgreSQL 14+ on Linux (a container's server always is)
+               "syncfs": stack.postgres.major >= 14 and (placement.target == "compose" or sys.platform == "linux")}
     names = [f"{name}.j2" for name in CONFIG_FILES]
     if placement.target == "compose":
         names.append(COMPOSE_TEMPLATE)

@@ -58,7 +58,8 @@ def postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False,
 
     `dbname` defaults to the application database. `socket_dir` connects over the server's
     unix socket (the native runtime's trust login before a password is set, with `password`
-    "", as `user` when given: an older devenv's cluster has no admin role yet). Connection
+    "", as `user` when given: an older devenv's cluster has no admin role yet). Over TCP, `user`
+    only with its own `password` (a cluster restored from the cache: its one-time login). Connection
     failures are raised as the driver's (pgwire.PgError, OSError): callers probing a server
     that may not be up decide what a failure means.
     """
@@ -68,8 +69,8 @@ def postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False,
         _no_pgbouncer(stack)
     pg, pgb = stack.postgres, stack.pgbouncer
     role, secret = _role(stack, admin, pooled)
-    if user is not None and socket_dir is None:
-        raise ValueError("another user only over the trusted unix socket")
+    if user is not None and socket_dir is None and not password:
+        raise ValueError("another user only over the trusted unix socket, or with its own password")
     role, secret = user or role, secret if password is None else password
     options = ADMIN_OPTIONS if admin or user is not None else ""
     if pooled:

@@ -161,7 +161,10 @@ class Connection:
         import ssl as tls
 
         self._sock.sendall(struct.pack("!ii", 8, _SSL_REQUEST))
-        if self._sock.recv(1) != b"S":
+        answer = self._sock.recv(1)
+        if not answer:  # no server behind the port yet (Docker's proxy accepted and closed)
+            raise ServerClosedError("the server closed the connection")
+        if answer != b"S":
             if not required:
                 return
             raise PgError("the server does not offer TLS")

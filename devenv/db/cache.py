@@ -233,13 +233,7 @@ def compressed(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
 
     from devenv import safefs
 
-    directory = target.parent
-    if not directory.exists():
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, 0o700)
-    if not safefs.verified_dir(directory):
-        raise OSError(f"{directory} is not a directory of this user's that only this user can write to")
+    _own_directory(target.parent)
     zstd = shutil.which("zstd")
     if zstd is None:
         target = target.with_suffix(".gz")
@@ -265,6 +259,19 @@ def compressed(target: Path) -> Iterator[tuple[IO[bytes], Path]]:
         tmp.unlink(missing_ok=True)
 
 
+def _own_directory(directory: Path) -> None:
+    """The cache directory: made 0700 when missing; OSError unless it is this user's and nobody
+    else can write to it (what is written there would not be trusted)."""
+    from devenv import safefs
+
+    if not directory.exists():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
+    if not safefs.verified_dir(directory):
+        raise OSError(f"{directory} is not a directory of this user's that only this user can write to")
+
+
 def find(key: str) -> Path | None:
     """The cached snapshot for a key, if any (trusted or not: see `untrusted`)."""
     for candidate in (archive_path(key), archive_path(key).with_suffix(".gz")):
@@ -280,6 +287,39 @@ class CacheDamaged(OSError):
 def checksum_path(archive: Path) -> Path:
     """The sidecar holding an archive's sha256."""
     return archive.with_name(archive.name + ".sha256")
+
+
+def login_path(archive: Path) -> Path:
+    """The sidecar holding the password of a cached Docker cluster's one-time login
+    (devenv.db.roles.RESTORE_ROLE): 0600 beside the archive, which holds the data anyway."""
+    return archive.with_name(archive.name.split(".tar")[0] + ".login")  # one for .tar.zst and .tar.gz
+
+
+def write_login(archive: Path) -> str:
+    """A new one-time login password for the archive about to be saved at `archive`, in its
+    sidecar (0600, written whole); the password."""
+    import secrets
+
+    from devenv import safefs
+
+    password = secrets.token_urlsafe(24)
+    _own_directory(archive.parent)
+    safefs.write_file(login_path(archive), (password + "\n").encode())
+    return password
+
+
+def read_login(archive: Path) -> str | None:
+    """The one-time login password of a cached archive: only from a sidecar of this user's that
+    nobody else can read or write (else None: the caller sets the passwords another way)."""
+    from devenv import safefs
+
+    path = login_path(archive)
+    try:
+        if not safefs.verified_file(path) or os.lstat(path).st_mode & 0o077:
+            return None
+        return path.read_text(encoding="ascii").strip() or None
+    except (OSError, ValueError):
+        return None
 
 
 def untrusted(archive: Path) -> str | None:
@@ -320,6 +360,7 @@ def quarantine(archive: Path) -> Path | None:
     no later `up` tries it again; the new name (None when it could not be moved)."""
     aside = archive.with_name(f"{archive.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
     checksum_path(archive).unlink(missing_ok=True)
+    login_path(archive).unlink(missing_ok=True)
     try:
         os.replace(archive, aside)
     except OSError:

@@ -31,6 +31,10 @@ APP_ATTRIBUTES = "LOGIN NOSUPERUSER CREATEDB NOCREATEROLE NOREPLICATION NOBYPASS
 # A superuser of the moment, made by the old bootstrap role to rename it (no session may rename
 # its own role); dropped by the next step, or by the next `up` after a kill.
 MIGRATING_ROLE = "devenv_migrating"
+# A cached Docker cluster's one-time login (a superuser with a password only the cache entry
+# holds): a cold `up` from the cache sets this checkout's passwords as it over the published
+# port, then drops it (take_over_restored). Made and dropped in the saving cluster around the save.
+RESTORE_ROLE = "devenv_restore"
 BOOTSTRAP_OID = 10
 FIRST_NORMAL_OID = 16384  # objects below are the system's own
 MIGRATED_NOTE = ("postgres: migrated this cluster from an older devenv: '{app}' is no longer a superuser; "
@@ -48,7 +52,70 @@ def set_passwords(conn: "pgwire.Connection", stack: "Stack") -> None:
     conn.query(f"ALTER ROLE {pgwire.identifier(pg.admin_user)} PASSWORD {pgwire.literal(pg.admin_password_secret)}")
     if conn.query(f"SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {pgwire.literal(pg.user)}"):
         conn.query(f"ALTER ROLE {pgwire.identifier(pg.user)} PASSWORD {pgwire.literal(pg.password_secret)}")
-    conn.query(f"DROP ROLE IF EXISTS {pgwire.identifier(MIGRATING_ROLE)}")
+    conn.query(f"DROP ROLE IF EXISTS {pgwire.identifier(MIGRATING_ROLE)}, {pgwire.identifier(RESTORE_ROLE)}")
+
+
+def add_restore_login(conn: "pgwire.Connection", password: str) -> None:
+    """On a session of the admin role: the one-time login RESTORE_ROLE with `password` (sent as
+    its SCRAM secret, kept out of the server log), for the copy of the cluster about to be cached."""
+    from devenv.clients import pgwire
+
+    role = pgwire.identifier(RESTORE_ROLE)
+    conn.query("SET log_statement = 'none'")
+    conn.query(f"DROP ROLE IF EXISTS {role}")
+    conn.query(f"CREATE ROLE {role} SUPERUSER LOGIN PASSWORD {pgwire.literal(pgwire.scram_secret(RESTORE_ROLE, password))}")
+
+
+def drop_restore_login(conn: "pgwire.Connection") -> None:
+    """On a session of the admin role: the one-time login leaves the live cluster once its copy is saved."""
+    from devenv.clients import pgwire
+
+    conn.query(f"DROP ROLE IF EXISTS {pgwire.identifier(RESTORE_ROLE)}")
+
+
+def take_over_restored(stack: "Stack", password: str, timeout: float, alive: Callable[[], bool]) -> bool:
+    """A cluster restored from the cache, as its first session, over the server's published port:
+    logged in as RESTORE_ROLE with the cache entry's `password`, both roles get this checkout's
+    passwords (set_passwords, out of the server log) and the one-time login is dropped.
+
+    Retried while the server starts. False, with nothing changed, when the login is refused (an
+    archive without it, or not this archive's: the caller falls back to the unix socket), when
+    the server does not answer within `timeout`, or when `alive()` says its container stopped.
+    """
+    import time
+
+    from devenv.clients import connect, pgwire
+
+    deadline = time.monotonic() + timeout
+    checked = time.monotonic()
+    while True:
+        try:
+            conn = connect.postgres(stack, "postgres", user=RESTORE_ROLE, password=password, timeout=2.0)
+            break
+        except pgwire.ServerClosedError:
+            pass  # not listening yet: the engine's port proxy accepted, then closed
+        except pgwire.PgError as exc:
+            if exc.sqlstate != "57P03":  # not "the database system is starting up": refused
+                return False
+        except OSError:
+            pass  # not listening yet
+        now = time.monotonic()
+        if now > deadline:
+            return False
+        if now - checked > 1.0:  # a server that exited never answers: say so without waiting out the timeout
+            checked = now
+            if not alive():
+                return False
+        time.sleep(0.01)
+    with conn:
+        try:
+            conn.query("SET log_statement = 'none'")
+            # No session may drop its own login role: the rest of the session is the admin role's.
+            conn.query(f"SET SESSION AUTHORIZATION {pgwire.identifier(stack.postgres.admin_user)}")
+            set_passwords(conn, stack)  # drops RESTORE_ROLE too
+        except pgwire.PgError:
+            return False  # e.g. no admin role (an older layout): the socket's way migrates it
+    return True
 
 
 def set_passwords_over_socket(stack: "Stack", socket_dir: str,
@@ -142,7 +209,7 @@ def ensure_roles(stack: "Stack") -> list[str]:
                                   f"WHERE member = {lit(pg.user)}::pg_catalog.regrole"):
             conn.query(f"REVOKE {role} FROM {app}")  # regrole's text is quoted as an identifier already
         conn.query(f"GRANT SET ON PARAMETER session_replication_role TO {app}")
-        conn.query(f"DROP ROLE IF EXISTS {pgwire.identifier(MIGRATING_ROLE)}")
+        conn.query(f"DROP ROLE IF EXISTS {pgwire.identifier(MIGRATING_ROLE)}, {pgwire.identifier(RESTORE_ROLE)}")
         handed = conn.query(
             # devenv's templates and snapshots (IS_TEMPLATE) take no connections: for a moment they
             # do, then never again (also after a handover killed half-way).

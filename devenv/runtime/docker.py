@@ -18,6 +18,7 @@ the environment and the filesystem alone whether there is an engine to ask.
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,13 +57,16 @@ from devenv.runtime.dockerapi import (
     stop_timeout,
 )
 from devenv.runtime.dockerdata import (
+    begin_unpack,
     clear_marker,
     data_key,
     data_volumes,
+    give_password,
+    local_data_dir,
     prepare_tls,
     read_marker,
     remove_volumes,
-    save_through_api,
+    save_volume,
     set_password,
     unpack_cached,
     wipe_failed_init,
@@ -78,7 +82,6 @@ from devenv.runtime.plan import (
     password_note_path,
     remember_password,
     save_cache,
-    save_live,
 )
 from devenv.runtime.ports import check_ports_free
 from devenv.runtime.procs import read_stat
@@ -89,6 +92,8 @@ from devenv.runtime.dockername import decide_name, holds_ports, published_port, 
 if TYPE_CHECKING:  # the SDK loads only when an engine is used
     from docker import DockerClient
     from docker.models.containers import Container
+
+    from devenv.runtime.dockerdata import Unpacking
 
 STARTING = ("create", "start", "recreate")  # the actions of a plan that start a container
 
@@ -137,6 +142,9 @@ class DockerRuntime:
         self._password_step: bool | None = None  # set_password's answer in this `up` (True: migrated)
         self._facts: EngineFacts | None = None
         self._dns_checked = False  # Podman: whether PgBouncer's network was found to have DNS
+        self._mountpoints: dict[str, str] = {}  # volume -> its directory on the engine's host
+        self._begun: Unpacking | None = None  # a restore from the cache under way (dockerdata.begin_unpack)
+        self._listed: tuple[str, float, list[Container]] | None = None  # states()'s listing: (stack, when, containers)
 
     # ---- engine --------------------------------------------------------------------------------
 
@@ -229,7 +237,7 @@ class DockerRuntime:
         specs = engine_specs(compose, out_dir / COMPOSE_FILE, self.api_version, image_ids, self.env,
                              self.endpoint(), self.facts())
         seen = Observed(out_dir, files, compose, specs, image_ids)
-        existing = self._project_containers(stack)
+        existing = self._project_containers(stack, recent=True)
         refuse_foreign(stack, existing, out_dir)
         wanted = {spec.name: service for service, spec in specs.items()}
         for container in existing:
@@ -298,12 +306,12 @@ class DockerRuntime:
         if stack.postgres.ssl and tls_images:
             prepare_tls(self.client(), stack, tls_images, progress, hand_over=not seen.specs["postgres"].copies)
         starting = plan.starting
+        restoring = self._prepare_data(stack, seen, plan, progress, result, use_cache)  # a restore begins
         if starting:
             network_job.result()
             network = seen.specs["postgres"].body["HostConfig"]["NetworkMode"]
             if network != f"{stack.name}_default":
                 self._ensure_network(stack, network)
-        restoring = self._prepare_data(stack, seen, plan, progress, result, use_cache)
         for service in ("pgbouncer", "redis"):
             if plan.actions.get(service) in ("create", "recreate"):
                 self._ensure_volumes(stack, seen.specs[service])
@@ -346,6 +354,7 @@ class DockerRuntime:
             if plan.actions["postgres"] == "start":  # a container of the old volume: the restore needs a new one
                 plan.actions["postgres"] = "recreate"
             result.from_cache = True
+            self._begun = begin_unpack(restoring, self._local_data_dir(stack, spec.volumes))
         elif fresh:
             clear_marker(stack)
             remember_password(password_note_path(stack), stack)  # initdb's, from the env
@@ -403,12 +412,14 @@ class DockerRuntime:
         if spec.copies and action in ("create", "recreate"):
             deliver(self.client(), container_id, spec)  # the engine does not see this machine's files
         if restoring is not None:
-            unpack_cached(self.client(), stack, container_id, restoring, self._local_data_dir(stack, spec.volumes), progress)
+            begun, self._begun = self._begun, None
+            unpack_cached(self.client(), stack, container_id, restoring, self._local_data_dir(stack, spec.volumes),
+                          progress, begun)
         if action in ("create", "start"):
             self._started[service] = container_id  # before the start: a failed one is stopped too
         self._start(service, container_id, stack)
         if service == "postgres" and not has_password(password_note_path(stack), stack):
-            self._password_step = set_password(self.client(), stack, container_id)
+            self._password_step = give_password(self.client(), stack, container_id, restoring)
 
     # ---- the seeded-data cache (devenv.db.cache): saved from, restored into the named volume -----
 
@@ -422,31 +433,14 @@ class DockerRuntime:
         if container is None:
             return
         local = self._local_data_dir(stack, data_volumes(container))
-
-        def save() -> Path:
-            if local is not None:  # no stop and start: ~1 s less than the archive API's way
-                return save_live(stack, local, key)
-            return save_through_api(self.client(), stack, container, key,
-                                    restart=lambda: self._start("postgres", container.id, stack))
-
-        save_cache(progress, save, (DockerException,), api_message)
+        save_cache(progress, lambda: save_volume(self.client(), stack, container, key, local,
+                                                 restart=lambda: self._start("postgres", container.id, stack)),
+                   (DockerException,), api_message)
 
     def _local_data_dir(self, stack: Stack, volumes: Collection[str]) -> Path | None:
-        """The data volume's directory when this process can use it directly: an engine on this
-        machine (a unix socket; not Docker Desktop's or colima's VM, whose paths are not here),
-        the volume holding PGDATA itself (17 and below), and root (the engine's files are root's;
-        not a rootless engine's, whose uids are mapped: files written here would be nobody's there)."""
-        from docker.errors import DockerException
-
-        if not self.endpoint().host.startswith("unix://") or os.geteuid() != 0 or len(volumes) != 1 \
-                or stack.postgres.pgdata != stack.postgres.volume_path or self.facts().rootless:
-            return None
-        try:
-            mountpoint = self.client().volumes.get(next(iter(volumes))).attrs.get("Mountpoint") or ""
-        except DockerException:
-            return None
-        path = Path(mountpoint)
-        return path if mountpoint and path.is_dir() and os.access(path, os.W_OK) else None
+        """dockerdata.local_data_dir on this engine (the volume's directory, when usable here)."""
+        return local_data_dir(self.client(), self.endpoint().host, lambda: self.facts().rootless, stack, volumes,
+                              self._mountpoints)
 
     def _wipe_failed_init(self, container: Container) -> str:
         """dockerdata.wipe_failed_init, keeping the removed container's last log lines for log_tail."""
@@ -528,8 +522,11 @@ class DockerRuntime:
     def states(self, stack: Stack) -> list[ServiceState]:
         """Each service's container: running or not, its main process's host pid and port."""
         self._settle()
-        by_service = {c.labels.get(COMPOSE_SERVICE): c for c in self._project_containers(stack, own=True)
-                      if c.labels.get(COMPOSE_ONEOFF) == "False"}
+        found = self._project_containers(stack)
+        self._listed = (stack.name, time.monotonic(), found)  # `up` may follow at once (_observe)
+        here = str(stack.state_dir.absolute())
+        by_service = {c.labels.get(COMPOSE_SERVICE): c for c in found if c.labels.get(COMPOSE_ONEOFF) == "False"
+                      and c.labels.get(COMPOSE_WORKING_DIR, here) == here}
         out = []
         for service in SERVICES:
             container, port = by_service.get(service), getattr(stack, service).port
@@ -668,15 +665,21 @@ class DockerRuntime:
         created = False
         for name, labels in spec.volumes.items():
             try:
-                client.volumes.get(name)
+                volume = client.volumes.get(name)
             except NotFound:
-                client.volumes.create(name, labels={**labels, **devenv_labels(stack)})
+                volume = client.volumes.create(name, labels={**labels, **devenv_labels(stack)})
                 created = True
+            self._mountpoints[name] = str(volume.attrs.get("Mountpoint") or "")  # for _local_data_dir
         return created
 
-    def _project_containers(self, stack: Stack, own: bool = False) -> list[Container]:
-        """The containers of the stack's Compose project; `own`: only those of this checkout."""
-        found = self.client().containers.list(all=True, filters={"label": f"{COMPOSE_PROJECT}={stack.name}"})
+    def _project_containers(self, stack: Stack, own: bool = False, recent: bool = False) -> list[Container]:
+        """The containers of the stack's Compose project; `own`: only those of this checkout.
+        `recent`: those states() listed, if it did so a moment ago (`up` asks right after it)."""
+        listed, self._listed = self._listed, None
+        if recent and listed and listed[0] == stack.name and time.monotonic() - listed[1] < 2.0:
+            found = listed[2]
+        else:
+            found = self.client().containers.list(all=True, filters={"label": f"{COMPOSE_PROJECT}={stack.name}"})
         if own:
             here = str(stack.state_dir.absolute())
             found = [c for c in found if c.labels.get(COMPOSE_WORKING_DIR, here) == here]

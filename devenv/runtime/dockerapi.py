@@ -35,7 +35,7 @@ IMAGE_VARS = {service: f"DEVENV_{service.upper()}_IMAGE" for service in SERVICES
 
 
 def connect(endpoint: Endpoint, timeout: float = API_TIMEOUT, env: Mapping[str, str] | None = None) -> DockerClient:
-    """A client for the endpoint that has answered a ping; DependencyError naming the host if not.
+    """A client for the endpoint that has answered (its API version); DependencyError naming the host if not.
 
     An ssh:// engine is reached through the local end of its API socket forwarded by an SSH
     master (devenv.runtime.sshtunnel: started, or started again, here)."""
@@ -59,8 +59,9 @@ def connect(endpoint: Endpoint, timeout: float = API_TIMEOUT, env: Mapping[str, 
         kwargs["tls"] = docker.tls.TLSConfig(client_cert=cert, ca_cert=ca if endpoint.tls_verify else None,
                                              verify=endpoint.tls_verify and (ca or True))
     try:
-        client = docker.DockerClient(**kwargs)  # negotiates the API version: one request
-        client.ping()
+        # Negotiates the API version: GET /version, the one request that proves the engine answers
+        # (a ping after it would be a second round trip on every command).
+        client = docker.DockerClient(**kwargs)
     except (DockerException, OSError) as exc:
         raise engine_unreachable(endpoint, exc) from exc
     client.api.timeout = timeout
@@ -317,7 +318,8 @@ def ensure_network(client: DockerClient, name: str, labels: dict[str, str]) -> N
     except NotFound:
         pass
     try:
-        client.networks.create(name, driver="bridge", labels=labels, check_duplicate=True)
+        # The API's own call: the SDK's networks.create asks for the new network once more.
+        client.api.create_network(name, driver="bridge", labels=labels, check_duplicate=True)
     except APIError as exc:
         if exc.status_code != 409:  # created meanwhile: fine
             raise DependencyError(f"Docker could not create the network {name}: {api_message(exc)}") from exc

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterable, Iterator, Mapping
 
 from devenv.db import cache
 from devenv.certs import PGBOUNCER_KEY, ensure_certificate, ensure_key_copy
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from docker.models.containers import Container
 
     from devenv.config.stack import Stack
+
+    Unpacking = tuple[float, list[subprocess.Popen[bytes]]]  # begin_unpack's: since when, zstd and tar
 
 # In .devenv/<profile>/: "restoring" while a cached data directory is being unpacked into the
 # volume (a killed `up` leaves half a cluster: the next one wipes it).
@@ -125,17 +127,55 @@ def data_key(stack: Stack, image_id: str) -> str:
                            f"admin={stack.postgres.admin_user}"])
 
 
-def unpack_cached(client: DockerClient, stack: Stack, container_id: str, archive: Path, local: Path | None,
-            progress: Progress) -> None:
-    """Unpack a cached data directory into the new volume of the created, not yet started,
-    container: straight into `local`, the volume's directory, when it is here; else through the
-    engine's archive API (the engine mounts the volumes for the copy). The image's entrypoint then
-    finds PG_VERSION and skips initdb, and chowns the files to its postgres user."""
+def local_data_dir(client: DockerClient, host: str, rootless: Callable[[], bool], stack: Stack,
+                   volumes: Collection[str], mountpoints: Mapping[str, str]) -> Path | None:
+    """The data volume's directory when this process can use it directly: an engine on this
+    machine (`host` a unix socket; not Docker Desktop's or colima's VM, whose paths are not here),
+    the volume holding PGDATA itself (17 and below), and root (the engine's files are root's;
+    not a `rootless` engine's, whose uids are mapped: files written here would be nobody's there).
+    `mountpoints`: the volumes' directories as the engine said when they were made or found."""
     from docker.errors import DockerException
 
-    start = time.perf_counter()
+    if not host.startswith("unix://") or os.geteuid() != 0 or len(volumes) != 1 \
+            or stack.postgres.pgdata != stack.postgres.volume_path or rootless():
+        return None
+    name = next(iter(volumes))
+    mountpoint = mountpoints.get(name)
+    if mountpoint is None:
+        try:
+            mountpoint = client.volumes.get(name).attrs.get("Mountpoint") or ""
+        except DockerException:
+            return None
+    path = Path(mountpoint)
+    return path if mountpoint and path.is_dir() and os.access(path, os.W_OK) else None
+
+
+def begin_unpack(archive: Path, local: Path | None) -> Unpacking | None:
+    """Start unpacking a cached .zst archive straight into `local`, the new volume's directory
+    (when it is here), before the container exists: it runs beside the network's creation and
+    the containers' (unpack_cached waits for it). None when it cannot begin now."""
+    if local is None or not archive.name.endswith(".zst"):
+        return None
     try:
-        if local is not None:
+        return time.perf_counter(), cache.start_unpacking(archive, local, numeric_owner=True)
+    except OSError:  # e.g. no zstd: unpack_cached says so
+        return None
+
+
+def unpack_cached(client: DockerClient, stack: Stack, container_id: str, archive: Path, local: Path | None,
+                  progress: Progress, begun: Unpacking | None = None) -> None:
+    """Unpack a cached data directory into the new volume of the created, not yet started,
+    container: straight into `local`, the volume's directory, when it is here (`begun`: already
+    under way, waited for); else through the engine's archive API (the engine mounts the volumes
+    for the copy). The image's entrypoint then finds PG_VERSION and skips initdb, and chowns the
+    files to its postgres user."""
+    from docker.errors import DockerException
+
+    start = begun[0] if begun is not None else time.perf_counter()
+    try:
+        if begun is not None:
+            cache.wait_unpacked(begun[1], archive)
+        elif local is not None:
             _untar_into(archive, local)
         else:
             with _Decompressed(archive) as chunks:
@@ -153,19 +193,64 @@ def unpack_cached(client: DockerClient, stack: Stack, container_id: str, archive
     progress(f"postgres   restored in {time.perf_counter() - start:.2f}s (no initdb, schema or seed)")
 
 
-def save_through_api(client: DockerClient, stack: Stack, container: Container, key: str,
+def save_volume(client: DockerClient, stack: Stack, container: Container, key: str, local: Path | None,
+                restart: Callable[[], None]) -> Path:
+    """The running postgres container's data into the cache, with a one-time login for the cold
+    `up` it serves (give_password): a base backup of the running server when the volume's
+    directory (`local`) is here, no stop and start (~1 s less); else save_through_api."""
+    from devenv.runtime.plan import save_live
+
+    login = cache.write_login(cache.archive_path(key))
+    if local is not None:
+        return save_live(stack, local, key, login)
+    return save_through_api(client, stack, container, key, login, restart)
+
+
+def save_through_api(client: DockerClient, stack: Stack, container: Container, key: str, login: str,
                      restart: Callable[[], None]) -> Path:
     """A clean stop of the postgres container (no recovery needed later), its data directory
-    through the engine's archive API into the cache, then `restart`; the archive's path."""
+    through the engine's archive API into the cache, then `restart`; the archive's path. The
+    copy has the one-time login with password `login`; the restarted cluster then loses it."""
+    from devenv.clients import connect, pgwire
+    from devenv.db import roles
+
+    with connect.postgres(stack, "postgres", admin=True) as conn:
+        roles.add_restore_login(conn, login)
     stop(container, stop_timeout(container))
+    saved = False
     try:
         stream, _ = client.api.get_archive(container.id, stack.postgres.pgdata + "/.")
         with cache.compressed(cache.archive_path(key)) as (sink, path):
             for chunk in stream:
                 sink.write(chunk)
+        saved = True
     finally:
         restart()
+        try:
+            _drop_login_when_up(stack)
+        except (pgwire.PgError, OSError):
+            if saved:  # else the save's own error is the one to say
+                raise
     return path
+
+
+def _drop_login_when_up(stack: Stack, timeout: float = 60.0) -> None:
+    """Drop the one-time login from the restarted live cluster, waiting for it to take sessions."""
+    from devenv.clients import connect, pgwire
+    from devenv.db import roles
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with connect.postgres(stack, "postgres", admin=True, timeout=2.0) as conn:
+                roles.drop_restore_login(conn)
+            return
+        except (pgwire.PgError, OSError) as exc:
+            starting = not isinstance(exc, pgwire.PgError) or isinstance(exc, pgwire.ServerClosedError) \
+                or exc.sqlstate == "57P03"
+            if not starting or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class _Decompressed:
@@ -224,7 +309,8 @@ def _untar_into(archive: Path, directory: Path) -> None:
 _PASSWORD_SCRIPT = """\
 i=0; until pg_isready -q -h /var/run/postgresql -p "$PORT"; do i=$((i+1)); [ "$i" -gt "$TRIES" ] && exit 9; sleep 0.05; done
 q() { psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p "$PORT" -d postgres -v admin="$DEVENV_ADMIN" \
-      -v app="$DEVENV_USER" -v apw="$DEVENV_ADMIN_PASSWORD" -v pw="$DEVENV_PASSWORD" -v m="$DEVENV_MIGRATING" "$@"; }
+      -v app="$DEVENV_USER" -v apw="$DEVENV_ADMIN_PASSWORD" -v pw="$DEVENV_PASSWORD" -v m="$DEVENV_MIGRATING" \
+      -v r="$DEVENV_RESTORE" "$@"; }
 if ! q -U "$DEVENV_ADMIN" -Atc 'SELECT 1' >/dev/null 2>&1; then
   q -U "$DEVENV_USER" <<'SQL' || exit 3
 SET log_statement = 'none';
@@ -242,9 +328,40 @@ q -U "$DEVENV_ADMIN" <<'SQL'
 SET log_statement = 'none';
 ALTER ROLE :"admin" PASSWORD :'apw';
 SELECT pg_catalog.format('ALTER ROLE %I PASSWORD %L', :'app', :'pw') FROM pg_catalog.pg_roles WHERE rolname = :'app' \\gexec
-DROP ROLE IF EXISTS :"m";
+DROP ROLE IF EXISTS :"m", :"r";
 SQL
 """
+
+
+def give_password(client: DockerClient, stack: Stack, container_id: str, restored: Path | None,
+                  timeout: float = 60.0) -> bool:
+    """This checkout's passwords for both roles of a data directory that lacks them (see
+    plan.has_password); True when an older devenv's cluster was migrated.
+
+    Restored from a cache entry with a one-time login (save_through_api, plan.save_live): as
+    the started server's first session over its published port (roles.take_over_restored), no
+    `docker exec`. Else, or when that login is refused, over the container's unix socket
+    (set_password), which also migrates an older devenv's cluster.
+    """
+    from devenv.db.roles import take_over_restored
+
+    login = cache.read_login(restored) if restored is not None else None
+    if login and take_over_restored(stack, login, timeout, alive=lambda: _running(client, container_id)):
+        remember_password(password_note_path(stack), stack)
+        return False
+    return set_password(client, stack, container_id, timeout)
+
+
+def _running(client: DockerClient, container_id: str) -> bool:
+    """Whether the container is running (asked of the engine; an error answers yes: the caller waits on)."""
+    from docker.errors import DockerException, NotFound
+
+    try:
+        return bool((client.api.inspect_container(container_id).get("State") or {}).get("Running"))
+    except NotFound:
+        return False
+    except DockerException:
+        return True
 
 
 def set_password(client: DockerClient, stack: Stack, container_id: str, timeout: float = 60.0) -> bool:
@@ -255,13 +372,13 @@ def set_password(client: DockerClient, stack: Stack, container_id: str, timeout:
     bootstrap role renamed to the admin role's name)."""
     from docker.errors import DockerException
 
-    from devenv.db.roles import MIGRATING_ROLE
+    from devenv.db.roles import MIGRATING_ROLE, RESTORE_ROLE
 
     pg = stack.postgres
     env = {"PORT": str(pg.container_port), "TRIES": str(int(timeout / 0.05)), "DEVENV_USER": pg.user,
            "DEVENV_PASSWORD": pg.password_secret,  # the SCRAM secret PgBouncer's userlist holds
            "DEVENV_ADMIN": pg.admin_user, "DEVENV_ADMIN_PASSWORD": pg.admin_password_secret,
-           "DEVENV_MIGRATING": MIGRATING_ROLE}
+           "DEVENV_MIGRATING": MIGRATING_ROLE, "DEVENV_RESTORE": RESTORE_ROLE}
     api = client.api
     try:
         exec_id = api.exec_create(container_id, ["sh", "-c", _PASSWORD_SCRIPT], user="postgres", environment=env)["Id"]

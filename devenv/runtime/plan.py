@@ -112,14 +112,29 @@ def remember_password(note: Path, stack: Stack) -> None:
 # ---- the seeded-data cache ---------------------------------------------------------------------
 
 
-def save_live(stack: Stack, pgdata: Path, key: str) -> Path:
+def save_live(stack: Stack, pgdata: Path, key: str, login: str = "") -> Path:
     """A base backup of the running server's data directory into the cache (cache.save_live),
-    in a session of devenv's admin role (a base backup is a superuser's work)."""
-    from devenv.clients import connect
-    from devenv.db import cache
+    in a session of devenv's admin role (a base backup is a superuser's work). With `login`,
+    the copy has the one-time login (devenv.db.roles.RESTORE_ROLE) with that password, and
+    the live cluster does not: it is dropped once the copy is whole."""
+    import contextlib
+
+    from devenv.clients import connect, pgwire
+    from devenv.db import cache, roles
 
     with connect.postgres(stack, "postgres", admin=True, query_timeout=300.0) as conn:
-        return cache.save_live(pgdata, key, conn)
+        if login:
+            roles.add_restore_login(conn, login)
+        try:
+            path = cache.save_live(pgdata, key, conn)
+        except BaseException:
+            if login:
+                with contextlib.suppress(pgwire.PgError, OSError):  # the save's error is the one to say
+                    roles.drop_restore_login(conn)
+            raise
+        if login:  # only after the archive's WAL was read: replayed, a DROP in it would reach the copy
+            roles.drop_restore_login(conn)
+        return path
 
 
 def save_cache(progress: Progress, save: Callable[[], Path],

@@ -357,6 +357,129 @@ def test_second_cold_up_restores_the_cache_into_the_volume(cached_dev_project: P
         assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
 
 
+def _postgres_execs(proj: Project, since: float) -> tuple[list[str], list[str]]:
+    """The `docker exec`s the engine ran in the stack's postgres container since `since` (its
+    events; not those of Docker's health check), and all its events' actions."""
+    import time
+
+    events = docker_client().events(since=int(since), until=int(time.time()) + 1, decode=True,
+                                    filters={"type": "container", "container": f"{proj.stack_name}-postgres-1"})
+    actions = [str(event.get("Action") or event.get("status") or "") for event in events]
+    health = " ".join(proj.container("postgres").attrs["Config"]["Healthcheck"]["Test"][1:])  # Docker's own
+    return [a for a in actions if a.startswith("exec_create") and health not in a], actions
+
+
+def _restore_roles(proj: Project) -> list[str]:
+    with proj.admin_connect() as conn:
+        return [r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'devenv_%%' "
+                                           "AND rolname <> %s ORDER BY 1", (proj.stack().postgres.admin_user,))]
+
+
+@pytest.mark.every_engine
+def test_a_cold_up_from_the_cache_sets_the_passwords_without_docker_exec(cached_dev_project: Project) -> None:
+    """The restored cluster's first session, over the published port as the archive's one-time
+    login, gives both roles this checkout's passwords and drops that login: no `docker exec`."""
+    import time
+
+    proj = cached_dev_project
+    proj.devenv("up")
+    [archive] = (proj.root.parent / "cache").glob("pgdata-*.tar.zst")
+    login = archive.with_name(archive.name.removesuffix(".tar.zst") + ".login")
+    assert stat.S_IMODE(login.stat().st_mode) == 0o600, "the one-time login is readable only where the cache is"
+    assert _restore_roles(proj) == [], "the live cluster never keeps the one-time login"
+    proj.devenv("down", "--volumes")
+    shutil.rmtree(proj.root / ".devenv")  # another checkout: its own secrets, the same cache
+
+    since = time.time() - 1
+    up = proj.devenv("up")
+    assert "restoring seeded data" in up.stderr, up.stderr
+    execs, actions = _postgres_execs(proj, since)
+    assert "start" in actions and execs == [], actions
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+    with proj.connect(pooled=True) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+    assert _restore_roles(proj) == [], "the one-time login is dropped by the session that used it"
+    with proj.admin_connect() as conn:  # its first start synced the restored files in one syncfs()
+        assert conn.execute("SHOW recovery_init_sync_method").fetchone()[0] == "syncfs"
+    secret = login.read_text().strip()
+    pg = proj.stack().postgres
+    logs = proj.devenv("logs", "postgres").stdout
+    env = " ".join(proj.container("postgres").attrs["Config"]["Env"])
+    for value in (secret, pg.password, pg.password_secret, pg.admin_password, pg.admin_password_secret):
+        assert value not in logs, [line for line in logs.splitlines() if value in line]
+    for value in (secret, pg.password, pg.admin_password):  # (POSTGRES_PASSWORD, initdb's, is as it was)
+        assert value not in env
+    assert not (proj.root / ".devenv" / "dev" / "docker-restore-pending").exists()
+
+
+def test_a_cold_up_from_the_cache_makes_only_the_engine_calls_it_needs(cached_dev_project: Project,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every request devenv sends the engine during a cold `up` from the cache (in this process,
+    through the runtime's client): no `docker exec`, one listing of the project's containers,
+    each image, network and volume looked up once."""
+    from collections import Counter
+
+    from devenv import lifecycle
+    from devenv.runtime.docker import DockerRuntime
+
+    proj = cached_dev_project
+    proj.devenv("up")
+    proj.devenv("down", "--volumes")
+    for name, value in proj.env.items():
+        monkeypatch.setenv(name, value)
+    runtime = DockerRuntime(env=proj.env)
+    api = runtime.client().api  # connected: GET /version, which negotiates the API version, and no ping
+    send, calls = api.send, []
+
+    def counted(request: Any, **kwargs: Any) -> Any:
+        calls.append(f"{request.method} {request.path_url.split('?')[0].removeprefix(f'/v{api.api_version}')}")
+        return send(request, **kwargs)
+
+    monkeypatch.setattr(api, "send", counted)
+    said: list[str] = []
+    lifecycle.up(proj.stack(), runtime, say=said.append)
+    assert any("restoring seeded data" in line for line in said), said
+    assert not [c for c in calls if "/exec" in c], calls
+    counts = Counter(calls)
+    assert counts["GET /containers/json"] == 1, calls  # states()'s listing serves the plan too
+    assert [c for c in calls if "/networks" in c] == [f"GET /networks/{proj.stack_name}_default", "POST /networks/create"]
+    assert counts[f"GET /volumes/{proj.stack_name}-pgdata"] == 1, calls  # its directory: from its creation
+    assert not [c for c, n in counts.items() if n > 1 and c.startswith(("GET /images", "GET /volumes", "GET /networks"))]
+    with proj.connect(pooled=True) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+
+
+def test_an_archive_without_its_one_time_login_gets_the_passwords_through_docker_exec(
+        cached_dev_project: Project) -> None:
+    """A cache entry an older devenv saved (no one-time login beside it), or one whose login is
+    refused: the unix socket's way (`docker exec`) still sets the passwords, and drops that login."""
+    import time
+
+    proj = cached_dev_project
+    proj.devenv("up")
+    proj.devenv("down", "--volumes")
+    [login] = (proj.root.parent / "cache").glob("pgdata-*.login")
+    for content in ("", "not-the-password\n"):
+        if content:
+            login.write_text(content)
+            login.chmod(0o600)
+        else:
+            saved = login.read_bytes()
+            login.unlink()
+        since = time.time() - 1
+        proj.devenv("up")
+        execs, _ = _postgres_execs(proj, since)
+        assert len(execs) == 1, execs
+        with proj.connect(pooled=True) as conn:
+            assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+        assert _restore_roles(proj) == []
+        proj.devenv("down", "--volumes")
+        if not content:
+            login.write_bytes(saved)
+            login.chmod(0o600)
+
+
 def test_without_the_volumes_directory_the_cache_fills_through_the_archive_api(
         cached_dev_project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     """A remote engine, or devenv not root: the volume's directory is not here. save_cache then

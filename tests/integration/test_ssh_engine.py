@@ -314,3 +314,26 @@ def test_a_stale_recorded_engine_socket_is_asked_again(ssh_project: Project) -> 
     status = proj.devenv("status", "--json")
     assert all(s["state"] == "running" for s in json.loads(status.stdout)["services"]), status.stdout
     assert json.loads(record_file.read_text())["socket"] != "unix:///nonexistent/docker.sock"
+
+
+def test_a_cold_up_from_the_cache_sets_the_passwords_through_the_forwards(ssh_project: Project, tmp_path: Path) -> None:
+    """The restored cluster's first session (the archive's one-time login) reaches it through
+    this machine's end of the forwarded port: no `docker exec` on the engine over SSH either."""
+    from tests.integration.conftest import docker_client
+
+    proj = ssh_project
+    proj.env["DEVENV_CACHE_DIR"] = str(tmp_path / "cache")
+    proj.env.pop("DEVENV_NO_CACHE", None)
+    proj.devenv("up")
+    proj.devenv("down", "--volumes")
+    since = time.time() - 1
+    up = proj.devenv("up")
+    assert "restoring seeded data" in up.stderr, up.stderr
+    events = docker_client().events(since=int(since), until=int(time.time()) + 1, decode=True,  # the same engine, over TCP
+                                    filters={"type": "container", "container": f"{proj.stack_name}-postgres-1"})
+    execs = [e.get("Action", "") for e in events if str(e.get("Action", "")).startswith("exec_create: sh")]
+    assert execs == [], execs
+    with proj.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+    with proj.connect(pooled=True) as conn:
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40

@@ -94,3 +94,28 @@ def test_bytes_past_the_end_of_archive_are_no_failure_but_a_cut_archive_is(pgdat
     assert (tmp_path / "padded" / "PG_VERSION").is_file()
     with pytest.raises(OSError, match="corrupt or unreadable"):
         cache.wait_unpacked(cache.start_unpacking(tmp_path / "cut.tar.zst", tmp_path / "cut"), tmp_path / "cut.tar.zst")
+
+
+def test_the_one_time_login_is_kept_private_beside_its_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached Docker cluster's one-time login: written 0600 into a cache directory made 0700,
+    one sidecar for the .zst and .gz names; read only when nobody else can read or write it;
+    gone with a quarantined archive."""
+    import os
+    import stat
+
+    monkeypatch.setenv("DEVENV_CACHE_DIR", str(tmp_path / "cache"))
+    archive = cache.archive_path("0123456789abcdef")
+    password = cache.write_login(archive)
+    login = cache.login_path(archive)
+    assert login == cache.login_path(archive.with_suffix(".gz")) == tmp_path / "cache" / "pgdata-0123456789abcdef.login"
+    assert stat.S_IMODE(login.stat().st_mode) == 0o600 and stat.S_IMODE(archive.parent.stat().st_mode) == 0o700
+    assert len(password) >= 32 and cache.read_login(archive) == password != cache.write_login(archive)
+    login.chmod(0o640)
+    assert cache.read_login(archive) is None, "readable by its group: not used"
+    login.chmod(0o600)
+    archive.write_bytes(b"x")
+    cache.quarantine(archive)
+    assert not login.exists() and cache.read_login(archive) is None
+    os.chmod(archive.parent, 0o777)
+    with pytest.raises(OSError):
+        cache.write_login(archive)  # a directory others can write to holds no secret of devenv's

@@ -116,6 +116,29 @@ def test_a_server_that_exited_fails_at_once() -> None:
     assert caught.value.message.startswith("redis exited with code 1 before it became healthy")
 
 
+def test_whether_a_server_is_gone_is_asked_at_most_every_gone_interval() -> None:
+    """Refused probes repeat every STARTING_INTERVAL; `gone` (an engine's inspection, for a
+    container) is asked after the first and then at most every GONE_INTERVAL."""
+    import time
+
+    probes: list[float] = []
+    asked: list[float] = []
+    start = time.monotonic()
+
+    def refuses(timeout: float) -> None:
+        probes.append(time.monotonic())
+        if time.monotonic() - start < 0.35:
+            raise ConnectionRefusedError("refused")
+
+    def gone(service: str) -> None:
+        asked.append(time.monotonic())
+        return None
+
+    wait({"postgres": [Probe("postgres", "SELECT 1", refuses)]}, gone=gone)
+    assert len(probes) > 10 and asked and asked[0] - start < 0.05, (len(probes), asked)
+    assert len(asked) <= 5 and all(b - a >= health.GONE_INTERVAL for a, b in zip(asked, asked[1:])), asked
+
+
 def test_a_passed_check_is_not_run_again() -> None:
     runs = {"admin": 0, "pooled": 0}
 

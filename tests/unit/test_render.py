@@ -53,7 +53,7 @@ EXPECTED_POSTGRES = {
 }
 EXPECTED_REDIS_MAXMEMORY = {"dev": "256mb", "prod": "1gb", "ci": "128mb", "rds": "1gb"}
 # Lines of postgresql.conf that say where the server listens and finds files (not table rows).
-PLACEMENT_SETTINGS = {"listen_addresses", "port", "hba_file", "ssl_cert_file", "ssl_key_file"}
+PLACEMENT_SETTINGS = {"listen_addresses", "port", "hba_file", "ssl_cert_file", "ssl_key_file", "recovery_init_sync_method"}
 
 
 def make_stack(project: Path, profile: str, env: Mapping[str, str] | None = None) -> Stack:
@@ -178,6 +178,31 @@ def test_postgresql_conf_has_the_seed_values(project: Path, profile: str) -> Non
     assert table_rows == expected
     assert settings["listen_addresses"] == "*"
     assert settings["port"] == "5432"
+
+
+def test_the_first_start_after_a_restore_syncs_with_syncfs_where_postgres_has_it(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restored (or crashed) data directory is synced before recovery: syncfs() of its
+    filesystem, not an fsync() per file; PostgreSQL 14+ on Linux only (elsewhere the value is refused)."""
+    import dataclasses
+    import sys
+
+    from devenv.render import compose_placement, render_files
+
+    stack = make_stack(project, "dev")
+    native_placement = lambda stack: dataclasses.replace(compose_placement(stack), target="native")  # noqa: E731
+    for placement in (compose_placement(stack), native_placement(stack)):
+        assert parse_postgresql_conf(render_files(stack, placement)["postgresql.conf"])[
+            "recovery_init_sync_method"] == "syncfs"
+    monkeypatch.setattr(sys, "platform", "darwin")
+    native = native_placement(stack)
+    assert "recovery_init_sync_method" not in parse_postgresql_conf(render_files(stack, native)["postgresql.conf"])
+    assert parse_postgresql_conf(render_files(stack, compose_placement(stack))["postgresql.conf"])[
+        "recovery_init_sync_method"] == "syncfs", "a container's server runs on Linux"
+    monkeypatch.setattr(sys, "platform", "linux")
+    old = stack.replace(postgres=stack.postgres.replace(major=13))
+    assert "recovery_init_sync_method" not in parse_postgresql_conf(
+        render_files(old, compose_placement(old))["postgresql.conf"])
 
 
 @pytest.mark.parametrize("profile", PROFILES)
