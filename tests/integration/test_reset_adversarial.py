@@ -14,6 +14,7 @@ import time
 import pytest
 
 from devenv.api import Devenv
+from devenv.db.janitor import ResetResult
 
 # What is tested is SQL inside the database (devenv.restore and its triggers), the same on every
 # runtime: native only, for CI's time.
@@ -69,6 +70,28 @@ def _write(project, *statements: str) -> None:
             conn.execute(statement)
 
 
+def _assert_as_seeded(project, seeded: dict[str, object], note: object = None) -> None:
+    """The state is the seeded one, and devenv.dirty and the key logs are empty."""
+    assert _diff(seeded, _state(project)) == {}, note
+    assert _leftovers(project) == (0, 0), note
+
+
+def _reset_is_exact(project, *writes: str, strategy: str = "auto", up: bool = True) -> ResetResult:
+    """Bring the stack up (unless up=False), run the writes, reset once: the seeded state and
+    nothing left in devenv.dirty or the key logs. The reset's result, for its strategy/detail."""
+    if up:
+        project.devenv("up")
+    seeded = _state(project)
+    handle = _handle(project)
+    try:
+        _write(project, *writes)
+        result = handle.reset(strategy=strategy, redis_db=None)
+        _assert_as_seeded(project, seeded, result)
+        return result
+    finally:
+        handle.close()
+
+
 # ---- found by an adversarial pass (issue 19), each fixed --------------------------------------------------------------------------------
 
 def test_a_soft_delete_rule_keeps_rows_the_test_inserted(project) -> None:
@@ -78,16 +101,7 @@ def test_a_soft_delete_rule_keeps_rows_the_test_inserted(project) -> None:
           "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL, deleted boolean NOT NULL DEFAULT false);\n"
           "CREATE RULE notes_soft_delete AS ON DELETE TO notes DO INSTEAD UPDATE notes SET deleted = true WHERE id = OLD.id;\n",
           "INSERT INTO notes (id, body) VALUES (1, 'a'), (2, 'b');\n")
-    project.devenv("up")
-    seeded = _state(project)
-    handle = _handle(project)
-    try:
-        _write(project, "INSERT INTO notes (id, body) VALUES (3, 'new')")
-        result = handle.reset(redis_db=None)
-        assert _diff(seeded, _state(project)) == {}, (result, "the inserted row is still there")
-        assert _leftovers(project) == (0, 0)
-    finally:
-        handle.close()
+    _reset_is_exact(project, "INSERT INTO notes (id, body) VALUES (3, 'new')")
 
 
 def test_a_soft_delete_rule_makes_a_reset_by_key_a_silent_clone(project) -> None:
@@ -97,16 +111,8 @@ def test_a_soft_delete_rule_makes_a_reset_by_key_a_silent_clone(project) -> None
           "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL, deleted boolean NOT NULL DEFAULT false);\n"
           "CREATE RULE notes_soft_delete AS ON DELETE TO notes DO INSTEAD UPDATE notes SET deleted = true WHERE id = OLD.id;\n",
           "INSERT INTO notes (id, body) VALUES (1, 'a'), (2, 'b');\n")
-    project.devenv("up")
-    seeded = _state(project)
-    handle = _handle(project)
-    try:
-        _write(project, "UPDATE notes SET body = 'changed' WHERE id = 1")
-        result = handle.reset(strategy="restore", redis_db=None)
-        assert _diff(seeded, _state(project)) == {}
-        assert (result.strategy, result.detail) == ("restore", "rows"), result
-    finally:
-        handle.close()
+    result = _reset_is_exact(project, "UPDATE notes SET body = 'changed' WHERE id = 1", strategy="restore")
+    assert (result.strategy, result.detail) == ("restore", "rows"), result
 
 
 def test_an_always_soft_delete_rule_keeps_rows_the_test_inserted(project) -> None:
@@ -118,16 +124,7 @@ def test_an_always_soft_delete_rule_keeps_rows_the_test_inserted(project) -> Non
           "CREATE RULE notes_soft_delete AS ON DELETE TO notes DO INSTEAD UPDATE notes SET deleted = true WHERE id = OLD.id;\n"
           "ALTER TABLE notes ENABLE ALWAYS RULE notes_soft_delete;\n",
           "INSERT INTO notes (id, body) VALUES (1, 'a'), (2, 'b');\n")
-    project.devenv("up")
-    seeded = _state(project)
-    handle = _handle(project)
-    try:
-        _write(project, "INSERT INTO notes (id, body) VALUES (3, 'new')")
-        result = handle.reset(redis_db=None)
-        assert _diff(seeded, _state(project)) == {}, result
-        assert _leftovers(project) == (0, 0)
-    finally:
-        handle.close()
+    _reset_is_exact(project, "INSERT INTO notes (id, body) VALUES (3, 'new')")
 
 
 def test_forced_row_level_security_hides_rows_from_the_snapshot_and_the_restore(project) -> None:
@@ -145,16 +142,8 @@ def test_forced_row_level_security_hides_rows_from_the_snapshot_and_the_restore(
           "INSERT INTO docs VALUES (2, 'b', 'two');\n"
           "SELECT set_config('app.tenant', '', false);\n")
     project.devenv("up")
-    seeded = _state(project)
-    assert seeded["public.docs"][0] == 2
-    handle = _handle(project)
-    try:
-        _write(project, "SET app.tenant = 'a'", "UPDATE docs SET body = 'changed' WHERE id = 1")
-        result = handle.reset(redis_db=None)
-        assert _diff(seeded, _state(project)) == {}, result
-        assert _leftovers(project) == (0, 0)
-    finally:
-        handle.close()
+    assert _state(project)["public.docs"][0] == 2
+    _reset_is_exact(project, "SET app.tenant = 'a'", "UPDATE docs SET body = 'changed' WHERE id = 1", up=False)
 
 
 def test_a_write_committed_while_a_reset_runs_is_undone_by_the_next_reset(project) -> None:
@@ -182,8 +171,7 @@ def test_a_write_committed_while_a_reset_runs_is_undone_by_the_next_reset(projec
         thread.join()
         writer.close()
         second_reset = handle.reset(redis_db=None)
-        assert _diff(seeded, _state(project)) == {}, (first_reset, second_reset)
-        assert _leftovers(project) == (0, 0)
+        _assert_as_seeded(project, seeded, (first_reset, second_reset))
     finally:
         handle.close()
 
@@ -218,8 +206,7 @@ def test_a_table_first_written_while_the_restore_waits_loses_its_mark(project) -
         resetter.join()
         busy.close()
         results.append(handle.reset(redis_db=None))
-        assert _diff(seeded, _state(project)) == {}, results
-        assert _leftovers(project) == (0, 0)
+        _assert_as_seeded(project, seeded, results)
     finally:
         handle.close()
 
@@ -232,16 +219,7 @@ def test_a_child_row_written_through_its_inheritance_parent_goes_back_into_the_c
           "CREATE TABLE vehicles (id int PRIMARY KEY, name text NOT NULL);\n"
           "CREATE TABLE cars (doors int NOT NULL) INHERITS (vehicles);\n",
           "INSERT INTO vehicles VALUES (1, 'bike');\nINSERT INTO cars VALUES (2, 'sedan', 4);\n")
-    project.devenv("up")
-    seeded = _state(project)
-    handle = _handle(project)
-    try:
-        _write(project, "UPDATE vehicles SET name = 'renamed' WHERE id = 2")
-        result = handle.reset(redis_db=None)
-        assert _diff(seeded, _state(project)) == {}, result
-        assert _leftovers(project) == (0, 0)
-    finally:
-        handle.close()
+    _reset_is_exact(project, "UPDATE vehicles SET name = 'renamed' WHERE id = 2")
 
 
 def test_enable_always_triggers_fire_during_the_restore(project) -> None:
@@ -261,16 +239,7 @@ def test_enable_always_triggers_fire_during_the_restore(project) -> None:
           "ALTER TABLE items ENABLE ALWAYS TRIGGER items_touch;\n"
           "ALTER TABLE items ENABLE ALWAYS TRIGGER items_audit;\n",
           "INSERT INTO items (id, name) VALUES (1, 'one'), (2, 'two');\n")
-    project.devenv("up")
-    seeded = _state(project)
-    handle = _handle(project)
-    try:
-        _write(project, "UPDATE items SET name = 'changed' WHERE id = 1")
-        result = handle.reset(redis_db=None)
-        assert _diff(seeded, _state(project)) == {}, result
-        assert _leftovers(project) == (0, 0)
-    finally:
-        handle.close()
+    _reset_is_exact(project, "UPDATE items SET name = 'changed' WHERE id = 1")
 
 
 def test_a_key_column_named_g_makes_every_restore_a_silent_clone(project) -> None:
@@ -278,16 +247,8 @@ def test_a_key_column_named_g_makes_every_restore_a_silent_clone(project) -> Non
     the row whatever the columns are called, and the reset goes by key."""
     _seed(project, "CREATE TABLE grid (g int PRIMARY KEY, v text NOT NULL);\n",
           "INSERT INTO grid VALUES (1, 'a'), (2, 'b');\n")
-    project.devenv("up")
-    seeded = _state(project)
-    handle = _handle(project)
-    try:
-        _write(project, "UPDATE grid SET v = 'x' WHERE g = 1")
-        result = handle.reset(strategy="restore", redis_db=None)
-        assert _diff(seeded, _state(project)) == {}
-        assert (result.strategy, result.detail) == ("restore", "rows"), result
-    finally:
-        handle.close()
+    result = _reset_is_exact(project, "UPDATE grid SET v = 'x' WHERE g = 1", strategy="restore")
+    assert (result.strategy, result.detail) == ("restore", "rows"), result
 
 
 def test_a_table_name_with_a_double_quote(project) -> None:
@@ -297,32 +258,17 @@ def test_a_table_name_with_a_double_quote(project) -> None:
           'INSERT INTO "odd""name" VALUES (1, \'a\');\n')
     up = project.devenv("up", check=False)
     assert up.returncode == 0, up.stderr[-2000:]
-    seeded = _state(project)
-    handle = _handle(project)
-    try:
-        _write(project, 'UPDATE "odd""name" SET v = \'x\'')
-        result = handle.reset(redis_db=None)
-        assert _diff(seeded, _state(project)) == {}
-        assert (result.strategy, result.detail) == ("restore", "rows"), result
-    finally:
-        handle.close()
+    result = _reset_is_exact(project, 'UPDATE "odd""name" SET v = \'x\'', up=False)
+    assert (result.strategy, result.detail) == ("restore", "rows"), result
 
 
 def test_a_sequence_name_with_a_double_quote(project) -> None:
     """A sequence whose name holds a `"`: snapshot_sequences keeps it quoted by format('%I.%I'),
     so setval works on every restore."""
     _seed(project, 'CREATE SEQUENCE "odd""seq";\n', "SELECT nextval('\"odd\"\"seq\"');\n")
-    project.devenv("up")
-    seeded = _state(project)
-    handle = _handle(project)
-    try:
-        _write(project, "UPDATE tasks SET title = 'x' WHERE id = (SELECT id FROM tasks ORDER BY id LIMIT 1)",
-               "SELECT nextval('\"odd\"\"seq\"')")
-        result = handle.reset(strategy="restore", redis_db=None)
-        assert _diff(seeded, _state(project)) == {}
-        assert (result.strategy, result.detail) == ("restore", "rows"), result
-    finally:
-        handle.close()
+    result = _reset_is_exact(project, "UPDATE tasks SET title = 'x' WHERE id = (SELECT id FROM tasks ORDER BY id LIMIT 1)",
+                             "SELECT nextval('\"odd\"\"seq\"')", strategy="restore")
+    assert (result.strategy, result.detail) == ("restore", "rows"), result
 
 
 def test_float_keys_under_extra_float_digits_zero(project) -> None:
@@ -332,16 +278,7 @@ def test_float_keys_under_extra_float_digits_zero(project) -> None:
     project.edit("devenv.yaml", "    full_page_writes:", "    extra_float_digits:         {default: 0}\n    full_page_writes:")
     _seed(project, "CREATE TABLE readings (k float8 PRIMARY KEY, v text NOT NULL);\n",
           "INSERT INTO readings VALUES (0.1::float8 + 0.2::float8, 'a'), (1.0::float8 / 3, 'b');\n")
-    project.devenv("up")
-    seeded = _state(project)
-    handle = _handle(project)
-    try:
-        _write(project, "UPDATE readings SET v = 'changed'")
-        result = handle.reset(redis_db=None)
-        assert _diff(seeded, _state(project)) == {}, result
-        assert _leftovers(project) == (0, 0)
-    finally:
-        handle.close()
+    _reset_is_exact(project, "UPDATE readings SET v = 'changed'")
 
 
 def test_a_keyless_float_change_under_extra_float_digits_zero_is_not_seen(project) -> None:
@@ -350,15 +287,7 @@ def test_a_keyless_float_change_under_extra_float_digits_zero_is_not_seen(projec
     project.edit("devenv.yaml", "    full_page_writes:", "    extra_float_digits:         {default: 0}\n    full_page_writes:")
     _seed(project, "CREATE TABLE samples (x float8 NOT NULL);\n",
           "INSERT INTO samples VALUES (0.1::float8 + 0.2::float8);\n")
-    project.devenv("up")
-    seeded = _state(project)
-    handle = _handle(project)
-    try:
-        _write(project, "UPDATE samples SET x = 0.3")
-        result = handle.reset(redis_db=None)
-        assert _diff(seeded, _state(project)) == {}, result
-    finally:
-        handle.close()
+    _reset_is_exact(project, "UPDATE samples SET x = 0.3")
 
 
 def test_timestamptz_keys_under_sql_datestyle_and_an_ambiguous_zone_abbreviation(project) -> None:
@@ -369,16 +298,7 @@ def test_timestamptz_keys_under_sql_datestyle_and_an_ambiguous_zone_abbreviation
                  "    full_page_writes:")
     _seed(project, "CREATE TABLE shifts (k timestamptz PRIMARY KEY, v text NOT NULL);\n",
           "INSERT INTO shifts VALUES ('2025-01-01 09:00:00+05:30', 'a');\n")
-    project.devenv("up")
-    seeded = _state(project)
-    handle = _handle(project)
-    try:
-        _write(project, "UPDATE shifts SET v = 'changed'")
-        result = handle.reset(redis_db=None)
-        assert _diff(seeded, _state(project)) == {}, result
-        assert _leftovers(project) == (0, 0)
-    finally:
-        handle.close()
+    _reset_is_exact(project, "UPDATE shifts SET v = 'changed'")
 
 
 def test_another_roles_idle_transaction_holding_a_row_lock_stalls_the_reset(project) -> None:
@@ -438,15 +358,7 @@ def test_a_refreshed_materialized_view_goes_back(project) -> None:
     """Materialized views have no snapshot: REFRESH after a write must make the next reset a
     clone (the DDL guard counts REFRESH), not leave the refreshed contents."""
     _seed(project, "CREATE MATERIALIZED VIEW task_counts AS SELECT status, count(*) AS n FROM tasks GROUP BY status;\n")
-    project.devenv("up")
-    seeded = _state(project)
-    handle = _handle(project)
-    try:
-        _write(project, "UPDATE tasks SET status = 'archived'", "REFRESH MATERIALIZED VIEW task_counts")
-        result = handle.reset(redis_db=None)
-        assert _diff(seeded, _state(project)) == {}, result
-    finally:
-        handle.close()
+    _reset_is_exact(project, "UPDATE tasks SET status = 'archived'", "REFRESH MATERIALIZED VIEW task_counts")
 
 
 def test_a_session_setting_named_like_the_memo_hides_writes_from_every_reset(project) -> None:
@@ -525,8 +437,7 @@ def test_resets_after_a_dump_is_restored_and_after_a_snapshot_is_restored(projec
     _write(project, "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks ORDER BY id DESC LIMIT 3)")
     reset = project.devenv("reset")
     assert "(restore, by key)" in reset.stderr, reset.stderr
-    assert _diff(seeded, _state(project)) == {}
-    assert _leftovers(project) == (0, 0)
+    _assert_as_seeded(project, seeded)
     project.devenv("restore", "--yes", str(dump))
     _write(project, "CREATE TABLE scratch (a int)")
     reset = project.devenv("reset")
@@ -539,8 +450,7 @@ def test_resets_after_a_dump_is_restored_and_after_a_snapshot_is_restored(projec
     _write(project, "INSERT INTO users (email, password_hash) VALUES ('after@x', 'x')")
     reset = project.devenv("reset")
     assert "(restore, by key)" in reset.stderr, reset.stderr
-    assert _diff(seeded, _state(project)) == {}
-    assert _leftovers(project) == (0, 0)
+    _assert_as_seeded(project, seeded)
 
 
 def test_pooled_and_direct_writers_during_resets_leave_nothing_after_a_quiet_reset(project) -> None:
@@ -580,8 +490,7 @@ def test_pooled_and_direct_writers_during_resets_leave_nothing_after_a_quiet_res
             t.join(10)
         result = handle.reset(redis_db=None)
         assert wrote[0] > 0
-        assert _diff(seeded, _state(project)) == {}, result
-        assert _leftovers(project) == (0, 0)
+        _assert_as_seeded(project, seeded, result)
     finally:
         stop.set()
         handle.close()
