@@ -331,6 +331,7 @@ def test_restore_undoes_every_kind_of_write(project) -> None:
         handle.close()
 
 
+@pytest.mark.native_only(reason="SQL in the database, the same on every runtime")
 def test_rows_go_back_by_composite_key_with_generated_and_identity_columns_and_copy(project) -> None:
     """A composite primary key, a generated column and an identity column: the written rows go
     back by key (COPY among the writes), the untouched ones are not rewritten (same xmin)."""
@@ -423,6 +424,7 @@ def test_ddl_and_disabled_triggers_under_replica_mode_are_seen_by_the_next_reset
         assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (40,)
 
 
+@pytest.mark.native_only(reason="SQL in the database, the same on every runtime")
 def test_auto_clones_when_putting_back_by_key_would_cost_more_than_a_clone(project) -> None:
     """More keys logged than a clone costs (at this seed, more than RESTORE_MAX_ROWS): `auto`
     clones; `restore` asked for by name still goes by key."""
