@@ -15,7 +15,7 @@ from devenv.runtime.base import Runtime, UpResult
 from devenv.runtime.ports import reserve_ports
 from devenv.config.identity import record_reach
 from devenv.config.stack import Stack
-from devenv.state import clear_state, dead_scratch_owners, forget_scratch_owners, locked, write_state
+from devenv.state import clear_state, dead_scratch_owners, forget_scratch_owners, locked, restore_login_note, write_state
 
 Say = Callable[[str], None]
 
@@ -140,13 +140,14 @@ def up(
         scope.enter_context(_end_steps_on_interrupt(seeding))
 
         def roles() -> None:
-            handed = ensure_roles(stack)
+            handed = ensure_roles(stack)  # drops a cache save's one-time login too
+            restore_login_note(stack.state_dir).unlink(missing_ok=True)
             if handed:
                 say(f"postgres: handed {', '.join(handed)} and everything in them to {stack.postgres.user}")
 
         def check_then_seed() -> None:
             try:
-                if result.roles_pending:
+                if result.roles_pending or restore_login_note(stack.state_dir).exists():
                     roles()
                 if not seeded_and_current(stack):
                     roles()

@@ -295,3 +295,9 @@ def pause_notes(state_dir: Path) -> list[tuple[Path, str, int, bool]]:
                 alive = False
         found.append((path, database, pid, alive))
     return found
+
+
+def restore_login_note(state_dir: Path) -> Path:
+    """Present while a cache save may have left its one-time superuser login (RESTORE_ROLE) on
+    the live cluster: the next full `up` drops it (ensure_roles) and removes the note."""
+    return state_dir / "restore-login-pending"

@@ -155,7 +155,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
 
     from devenv.config.project import find_config, state_dir as profile_dir
     from devenv.clients.connect import ports_answer
-    from devenv.state import dead_scratch_owners, fingerprint, pause_notes, processes_alive, read_state
+    from devenv.state import dead_scratch_owners, fingerprint, pause_notes, processes_alive, read_state, restore_login_note
 
     started = time.monotonic()
     config = find_config(config_path)
@@ -169,6 +169,7 @@ def up(profile: str, config_path: str | None, runtime: str, timeout: float, no_s
         and (processes_alive(recorded.get("processes", {})) or recorded.get("liveness") == "ports")
         and _recorded_ports_answer(recorded.get("ports"), ports_answer, recorded.get("host"))
         and not dead_scratch_owners(state_dir)  # a killed command's scratch databases: the full path sweeps them
+        and not restore_login_note(state_dir).exists()  # a killed cache save's login: the full path drops it
         # A PAUSE whose devenv was killed: the full path RESUMEs it (one listdir when there is none).
         and all(alive for *_, alive in pause_notes(state_dir))
         and isinstance(recorded.get("urls"), dict)

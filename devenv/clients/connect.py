@@ -82,7 +82,8 @@ def postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False,
                              ssl=tls, timeout=timeout, query_timeout=query_timeout,
                              application_name=application_name, options=options,
                              verify=server.sslmode if server and server.sslmode.startswith("verify") else "",
-                             root_cert=server.sslrootcert if server else "")
+                             root_cert=server.sslrootcert if server else "",
+                             scram_only=user is not None and socket_dir is None)  # a one-time login's password
 
 
 def psycopg_postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool = False, admin: bool = False,

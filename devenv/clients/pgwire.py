@@ -48,8 +48,11 @@ class Connection:
     def __init__(self, host: str, port: int, user: str, password: str, dbname: str, *,
                  ssl: bool | str = False, timeout: float = 2.0, query_timeout: float | None = None,
                  application_name: str = "devenv", options: str = "", verify: str = "",
-                 root_cert: str = "") -> None:
+                 root_cert: str = "", scram_only: bool = False) -> None:
         self.parameters: dict[str, str] = {}
+        # Only a server that proves it knows the login (SCRAM's server signature) gets anything:
+        # no cleartext or MD5 answer, no login it lets in without asking (a one-time password).
+        self._scram_only = scram_only
         self.scram_salt = ""  # "<iterations>:<salt>" the server's SCRAM exchange used (see scram_salt_of)
         self.columns: list[str] = []  # the column names of the last result set
         self._buffer = b""
@@ -182,6 +185,9 @@ class Connection:
             if kind != b"R":
                 raise PgError(f"unexpected message {kind!r} during authentication")
             (code,) = struct.unpack("!i", data[:4])
+            if self._scram_only and code != 10:
+                raise PgError("the server did not ask for a SCRAM-SHA-256 proof of this login: refused "
+                              "(it is not the server that holds it)")
             if code == 0:  # AuthenticationOk
                 return
             if code == 3:  # cleartext password

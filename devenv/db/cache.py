@@ -295,17 +295,21 @@ def login_path(archive: Path) -> Path:
     return archive.with_name(archive.name.split(".tar")[0] + ".login")  # one for .tar.zst and .tar.gz
 
 
-def write_login(archive: Path) -> str:
-    """A new one-time login password for the archive about to be saved at `archive`, in its
-    sidecar (0600, written whole); the password."""
+def new_login() -> str:
+    """A new one-time login password, for the copy of the cluster about to be saved."""
     import secrets
 
+    return secrets.token_urlsafe(24)
+
+
+def write_login(archive: Path, password: str) -> None:
+    """The one-time login password of `archive`, in its sidecar (0600, written whole), once the
+    archive is whole: a failed save leaves none, and one that fails to replace an archive leaves
+    the old archive's own."""
     from devenv import safefs
 
-    password = secrets.token_urlsafe(24)
     _own_directory(archive.parent)
     safefs.write_file(login_path(archive), (password + "\n").encode())
-    return password
 
 
 def read_login(archive: Path) -> str | None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from devenv.clients import pgwire
     from devenv.config.stack import Stack
 
@@ -55,22 +57,29 @@ def set_passwords(conn: "pgwire.Connection", stack: "Stack") -> None:
     conn.query(f"DROP ROLE IF EXISTS {pgwire.identifier(MIGRATING_ROLE)}, {pgwire.identifier(RESTORE_ROLE)}")
 
 
-def add_restore_login(conn: "pgwire.Connection", password: str) -> None:
+def add_restore_login(conn: "pgwire.Connection", password: str, state_dir: "Path") -> None:
     """On a session of the admin role: the one-time login RESTORE_ROLE with `password` (sent as
-    its SCRAM secret, kept out of the server log), for the copy of the cluster about to be cached."""
-    from devenv.clients import pgwire
+    its SCRAM secret, kept out of the server log), for the copy of the cluster about to be cached.
 
+    A note in `state_dir` says so until drop_restore_login: should this process die in between,
+    the next `up` (the no-op one included) drops the login from the live cluster (ensure_roles)."""
+    from devenv.clients import pgwire
+    from devenv.state import restore_login_note
+
+    restore_login_note(state_dir).touch(mode=0o600)
     role = pgwire.identifier(RESTORE_ROLE)
     conn.query("SET log_statement = 'none'")
     conn.query(f"DROP ROLE IF EXISTS {role}")
     conn.query(f"CREATE ROLE {role} SUPERUSER LOGIN PASSWORD {pgwire.literal(pgwire.scram_secret(RESTORE_ROLE, password))}")
 
 
-def drop_restore_login(conn: "pgwire.Connection") -> None:
+def drop_restore_login(conn: "pgwire.Connection", state_dir: "Path") -> None:
     """On a session of the admin role: the one-time login leaves the live cluster once its copy is saved."""
     from devenv.clients import pgwire
+    from devenv.state import restore_login_note
 
     conn.query(f"DROP ROLE IF EXISTS {pgwire.identifier(RESTORE_ROLE)}")
+    restore_login_note(state_dir).unlink(missing_ok=True)
 
 
 def take_over_restored(stack: "Stack", password: str, timeout: float, alive: Callable[[], bool]) -> bool:

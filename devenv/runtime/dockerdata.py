@@ -200,10 +200,13 @@ def save_volume(client: DockerClient, stack: Stack, container: Container, key: s
     directory (`local`) is here, no stop and start (~1 s less); else save_through_api."""
     from devenv.runtime.plan import save_live
 
-    login = cache.write_login(cache.archive_path(key))
+    login = cache.new_login()
     if local is not None:
-        return save_live(stack, local, key, login)
-    return save_through_api(client, stack, container, key, login, restart)
+        path = save_live(stack, local, key, login)
+    else:
+        path = save_through_api(client, stack, container, key, login, restart)
+    cache.write_login(path, login)  # once the archive is whole: it and its login go together
+    return path
 
 
 def save_through_api(client: DockerClient, stack: Stack, container: Container, key: str, login: str,
@@ -215,7 +218,7 @@ def save_through_api(client: DockerClient, stack: Stack, container: Container, k
     from devenv.db import roles
 
     with connect.postgres(stack, "postgres", admin=True) as conn:
-        roles.add_restore_login(conn, login)
+        roles.add_restore_login(conn, login, stack.state_dir)
     stop(container, stop_timeout(container))
     saved = False
     try:
@@ -243,7 +246,7 @@ def _drop_login_when_up(stack: Stack, timeout: float = 60.0) -> None:
     while True:
         try:
             with connect.postgres(stack, "postgres", admin=True, timeout=2.0) as conn:
-                roles.drop_restore_login(conn)
+                roles.drop_restore_login(conn, stack.state_dir)
             return
         except (pgwire.PgError, OSError) as exc:
             starting = not isinstance(exc, pgwire.PgError) or isinstance(exc, pgwire.ServerClosedError) \

@@ -124,16 +124,16 @@ def save_live(stack: Stack, pgdata: Path, key: str, login: str = "") -> Path:
 
     with connect.postgres(stack, "postgres", admin=True, query_timeout=300.0) as conn:
         if login:
-            roles.add_restore_login(conn, login)
+            roles.add_restore_login(conn, login, stack.state_dir)
         try:
             path = cache.save_live(pgdata, key, conn)
         except BaseException:
             if login:
                 with contextlib.suppress(pgwire.PgError, OSError):  # the save's error is the one to say
-                    roles.drop_restore_login(conn)
+                    roles.drop_restore_login(conn, stack.state_dir)
             raise
         if login:  # only after the archive's WAL was read: replayed, a DROP in it would reach the copy
-            roles.drop_restore_login(conn)
+            roles.drop_restore_login(conn, stack.state_dir)
         return path
 
 

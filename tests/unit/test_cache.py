@@ -105,11 +105,12 @@ def test_the_one_time_login_is_kept_private_beside_its_archive(tmp_path: Path, m
 
     monkeypatch.setenv("DEVENV_CACHE_DIR", str(tmp_path / "cache"))
     archive = cache.archive_path("0123456789abcdef")
-    password = cache.write_login(archive)
+    password = cache.new_login()
+    cache.write_login(archive, password)
     login = cache.login_path(archive)
     assert login == cache.login_path(archive.with_suffix(".gz")) == tmp_path / "cache" / "pgdata-0123456789abcdef.login"
     assert stat.S_IMODE(login.stat().st_mode) == 0o600 and stat.S_IMODE(archive.parent.stat().st_mode) == 0o700
-    assert len(password) >= 32 and cache.read_login(archive) == password != cache.write_login(archive)
+    assert len(password) >= 32 and cache.read_login(archive) == password != cache.new_login()
     login.chmod(0o640)
     assert cache.read_login(archive) is None, "readable by its group: not used"
     login.chmod(0o600)
@@ -118,4 +119,4 @@ def test_the_one_time_login_is_kept_private_beside_its_archive(tmp_path: Path, m
     assert not login.exists() and cache.read_login(archive) is None
     os.chmod(archive.parent, 0o777)
     with pytest.raises(OSError):
-        cache.write_login(archive)  # a directory others can write to holds no secret of devenv's
+        cache.write_login(archive, password)  # a directory others can write to holds no secret of devenv's

@@ -35,3 +35,41 @@ def test_scram_rejects_a_wrong_server_signature_and_a_foreign_nonce() -> None:
 def test_data_row_decodes_text_and_null() -> None:
     data = struct.pack("!h", 3) + struct.pack("!i", 2) + b"42" + struct.pack("!i", -1) + struct.pack("!i", 0)
     assert pgwire._data_row(data) == ("42", None, "")
+
+
+def test_a_one_time_login_answers_only_a_scram_challenge() -> None:
+    """scram_only (a cache's one-time login over TCP): a server that asks for the password in
+    clear or as MD5, or lets the login in without asking, gets nothing and is refused."""
+    import socket
+    import struct
+    import threading
+
+    import pytest
+
+    from devenv.clients import pgwire
+
+    for code in (3, 5, 0):  # cleartext, MD5 (with its salt), AuthenticationOk without a challenge
+        listener = socket.create_server(("127.0.0.1", 0))
+        heard: list[bytes] = []
+
+        def serve(code: int = code) -> None:
+            conn, _ = listener.accept()
+            with conn:
+                length = struct.unpack("!i", conn.recv(4))[0]
+                conn.recv(length - 4)  # the startup message
+                body = struct.pack("!i", code) + (b"salt" if code == 5 else b"")
+                conn.sendall(b"R" + struct.pack("!i", len(body) + 4) + body)
+                conn.settimeout(2)
+                try:
+                    heard.append(conn.recv(4096))
+                except OSError:
+                    pass
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        with pytest.raises(pgwire.PgError, match="SCRAM"):
+            pgwire.Connection("127.0.0.1", listener.getsockname()[1], "devenv_restore", "the-secret", "postgres",
+                              scram_only=True)
+        server.join(5)
+        listener.close()
+        assert all(b"the-secret" not in data and not data.startswith(b"p") for data in heard), (code, heard)
