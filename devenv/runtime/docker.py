@@ -524,9 +524,8 @@ class DockerRuntime:
         self._settle()
         found = self._project_containers(stack)
         self._listed = (stack.name, time.monotonic(), found)  # `up` may follow at once (_observe)
-        here = str(stack.state_dir.absolute())
-        by_service = {c.labels.get(COMPOSE_SERVICE): c for c in found if c.labels.get(COMPOSE_ONEOFF) == "False"
-                      and c.labels.get(COMPOSE_WORKING_DIR, here) == here}
+        by_service = {c.labels.get(COMPOSE_SERVICE): c for c in _of_this_checkout(stack, found)
+                      if c.labels.get(COMPOSE_ONEOFF) == "False"}
         out = []
         for service in SERVICES:
             container, port = by_service.get(service), getattr(stack, service).port
@@ -680,10 +679,7 @@ class DockerRuntime:
             found = listed[2]
         else:
             found = self.client().containers.list(all=True, filters={"label": f"{COMPOSE_PROJECT}={stack.name}"})
-        if own:
-            here = str(stack.state_dir.absolute())
-            found = [c for c in found if c.labels.get(COMPOSE_WORKING_DIR, here) == here]
-        return found
+        return _of_this_checkout(stack, found) if own else found
 
     def _container(self, stack: Stack, service: str) -> Container | None:
         from docker.errors import NotFound
@@ -694,4 +690,11 @@ class DockerRuntime:
             return None
 
 
+def _of_this_checkout(stack: Stack, containers: list[Container]) -> list[Container]:
+    """The containers Compose made from this checkout's state directory (or with no such label)."""
+    here = str(stack.state_dir.absolute())
+    return [c for c in containers if c.labels.get(COMPOSE_WORKING_DIR, here) == here]
+
+
 __all__ = ["DockerRuntime"]
+
