@@ -7,6 +7,14 @@ import pytest
 from devenv.cli.entry import hoist_global_options, plain_reset_options, plain_status_options
 
 
+def _only(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """The DEVENV_* defaults the plain forms read: exactly `env`."""
+    for name in ("DEVENV_PROFILE", "DEVENV_CONFIG", "DEVENV_RUNTIME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
@@ -19,10 +27,7 @@ from devenv.cli.entry import hoist_global_options, plain_reset_options, plain_st
 )
 def test_plain_forms_are_read_as_click_would(monkeypatch: pytest.MonkeyPatch, args: list[str],
                                               env: dict[str, str], expected: dict[str, str | None]) -> None:
-    for name in ("DEVENV_PROFILE", "DEVENV_CONFIG"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    _only(monkeypatch, env)
     assert plain_reset_options(args) == expected
 
 
@@ -53,10 +58,7 @@ def test_every_other_form_is_left_to_click(args: list[str]) -> None:
 )
 def test_plain_status_forms_are_read_as_click_would(monkeypatch: pytest.MonkeyPatch, args: list[str],
                                                     env: dict[str, str], expected: dict[str, object]) -> None:
-    for name in ("DEVENV_PROFILE", "DEVENV_CONFIG", "DEVENV_RUNTIME"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    _only(monkeypatch, env)
     assert plain_status_options(args) == expected
 
 
