@@ -104,7 +104,7 @@ def up(
             try:
                 swept.append(janitor.sweep())
                 # The template is built first (SchemaError names a failing file or step; nothing
-                # else is touched then); on a new cluster in the image's empty POSTGRES_DB database.
+                # else is touched then); in the image's empty POSTGRES_DB database when its entrypoint made one.
                 report.database_created = janitor.create(stack.postgres.database, adopt=fresh)
                 report.template = janitor.ensure_template()
                 report.template_built = bool(janitor.built)

@@ -336,7 +336,7 @@ class DockerRuntime:
     def _prepare_data(self, stack: Stack, seen: Observed, plan: UpPlan, progress: Progress, result: UpResult,
                       use_cache: bool) -> Path | None:
         """When Postgres starts on a new volume: the cached seeded data to restore into it (its
-        container is then recreated), or initdb by the image's entrypoint. Returns the archive."""
+        container is then recreated), or initdb at its first start. Returns the archive."""
         spec = seen.specs["postgres"]
         if plan.actions.get("postgres") not in STARTING:
             return None
@@ -359,7 +359,7 @@ class DockerRuntime:
             clear_marker(stack)
             remember_password(password_note_path(stack), stack)  # initdb's, from the env
             where = f"volume {', '.join(spec.volumes)}" if spec.volumes else "tmpfs"
-            progress(f"postgres   initdb into a new {where} (the image's entrypoint)")
+            progress(f"postgres   initdb into a new {where}")
             result.fresh_database = True
             result.cache_key = key
         return restoring

@@ -33,8 +33,9 @@ if TYPE_CHECKING:
 # In .devenv/<profile>/: "restoring" while a cached data directory is being unpacked into the
 # volume (a killed `up` leaves half a cluster: the next one wipes it).
 RESTORE_MARKER = "docker-restore-pending"
-# What the postgres image's entrypoint prints when it initialises an empty data directory
-# (initdb's first line) and when it is done (shared/image-contracts.md).
+# What is printed when an empty data directory is initialised (initdb's first line) and when that
+# is done: by the image's entrypoint (shared/image-contracts.md), and the same by the compose
+# file's own first-start initdb (docker-compose.yml.j2).
 _INIT_STARTED = "The files belonging to this database system"
 _INIT_DONE = "init process complete"
 

@@ -87,6 +87,23 @@ def test_compose_escapes_are_undone_like_compose(project: Path) -> None:
     assert test == ["CMD-SHELL", 'test "$(redis-cli -h 127.0.0.1 -p 6379 ping)" = PONG']
 
 
+def test_postgres_entrypoint_runs_initdb_then_the_images_own(project: Path) -> None:
+    """The first start's initdb without the image's temporary server: a shell script that sh
+    parses, Compose's $$ undone, handing over to the image's entrypoint with the command."""
+    import subprocess
+
+    dev, ci = (specs_for(project, profile)["postgres"].body for profile in ("dev", "ci"))
+    for body in (dev, ci):
+        sh, flag, script, name = body["Entrypoint"]
+        assert (sh, flag, name) == ("sh", "-c", "devenv-entrypoint")
+        assert "$$" not in script and '[ ! -s "$PGDATA/PG_VERSION" ]' in script
+        assert script.rstrip().endswith('exec docker-entrypoint.sh "$@"')
+        assert body["Cmd"][0] == "postgres"
+        subprocess.run(["sh", "-n", "-c", script], check=True)  # it parses
+    # tmpfs (ci) has nothing to sync to; a volume's initdb syncs as the image's does
+    assert "--no-sync" in ci["Entrypoint"][2] and "--no-sync" not in dev["Entrypoint"][2]
+
+
 def test_ci_keeps_postgres_data_on_tmpfs_and_no_volumes(project: Path) -> None:
     specs = specs_for(project, "ci")
     assert specs["postgres"].body["HostConfig"]["Tmpfs"] == {"/var/lib/postgresql/data": ""}
