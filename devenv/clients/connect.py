@@ -115,8 +115,11 @@ def psycopg_postgres(stack: "Stack", dbname: str | None = None, *, pooled: bool 
         # slow to answer, and a loaded CI machine took over 5 s (Docker's port proxy).
         "connect_timeout": 30,
     }
-    if application_name:
+    if application_name:  # devenv's own session
         params["application_name"] = application_name
+        # Names and text as str in every database: an SQL_ASCII one (initdb --locale=C without
+        # --encoding) would otherwise give bytes, which the template's snapshots cannot name.
+        params["client_encoding"] = "UTF8"
     # With ssl on, TLS is required on TCP by Postgres and PgBouncer alike (pg_hba's hostssl,
     # client_tls_sslmode): the same sslmode both ways.
     params["sslmode"] = "require" if pg.ssl else "prefer"

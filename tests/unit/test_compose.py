@@ -36,7 +36,9 @@ def test_prod_postgres_body_is_the_compose_service(project: Path) -> None:
     state = project / ".devenv" / "prod"
     assert spec.name == "taskflow-prod-postgres-1"
     assert body["Image"] == "postgres:16"
-    assert body["Cmd"] == ["postgres", "-c", "config_file=/etc/postgresql/postgresql.conf"]
+    # The command: the first start's initdb (a shell script), then the image's entrypoint with postgres
+    assert body["Cmd"][:2] == ["sh", "-c"] and "Entrypoint" not in body
+    assert body["Cmd"][3:] == ["devenv-first-start", "postgres", "-c", "config_file=/etc/postgresql/postgresql.conf"]
     # The password as its SCRAM secret, Compose's $$ escapes undone (initdb stores it as is).
     # The bootstrap superuser is devenv's admin role, not the application's.
     secret = scram_secret("devenv_admin", "pg-admin-test-pw")
@@ -87,21 +89,22 @@ def test_compose_escapes_are_undone_like_compose(project: Path) -> None:
     assert test == ["CMD-SHELL", 'test "$(redis-cli -h 127.0.0.1 -p 6379 ping)" = PONG']
 
 
-def test_postgres_entrypoint_runs_initdb_then_the_images_own(project: Path) -> None:
+def test_postgres_command_runs_initdb_then_the_images_entrypoint(project: Path) -> None:
     """The first start's initdb without the image's temporary server: a shell script that sh
-    parses, Compose's $$ undone, handing over to the image's entrypoint with the command."""
+    parses, Compose's $$ undone, run by the image's own entrypoint (which passes `sh` through as
+    root) and handing over to it with postgres's command."""
     import subprocess
 
     dev, ci = (specs_for(project, profile)["postgres"].body for profile in ("dev", "ci"))
     for body in (dev, ci):
-        sh, flag, script, name = body["Entrypoint"]
-        assert (sh, flag, name) == ("sh", "-c", "devenv-entrypoint")
+        sh, flag, script, name, *command = body["Cmd"]
+        assert (sh, flag, name) == ("sh", "-c", "devenv-first-start") and command[0] == "postgres"
+        assert "Entrypoint" not in body, "the image's entrypoint stays"
         assert "$$" not in script and '[ ! -s "$PGDATA/PG_VERSION" ]' in script
         assert script.rstrip().endswith('exec docker-entrypoint.sh "$@"')
-        assert body["Cmd"][0] == "postgres"
         subprocess.run(["sh", "-n", "-c", script], check=True)  # it parses
     # tmpfs (ci) has nothing to sync to; a volume's initdb syncs as the image's does
-    assert "--no-sync" in ci["Entrypoint"][2] and "--no-sync" not in dev["Entrypoint"][2]
+    assert "--no-sync" in ci["Cmd"][2] and "--no-sync" not in dev["Cmd"][2]
 
 
 def test_ci_keeps_postgres_data_on_tmpfs_and_no_volumes(project: Path) -> None:

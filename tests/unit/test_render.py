@@ -456,7 +456,7 @@ def test_config_files_are_mounted_read_only_where_the_commands_read_them(project
                 mounts[name][target] = source
     # Each server is pointed at the mounted copy of its rendered file.
     command = services["postgres"]["command"]
-    assert command[command.index("-c") + 1] == "config_file=/etc/postgresql/postgresql.conf"
+    assert command[-3:] == ["postgres", "-c", "config_file=/etc/postgresql/postgresql.conf"]
     assert mounts["postgres"]["/etc/postgresql/postgresql.conf"] == "./postgresql.conf"
     hba = parse_postgresql_conf(files["postgresql.conf"])["hba_file"]
     assert mounts["postgres"][hba] == "./pg_hba.conf"
