@@ -227,7 +227,10 @@ def _load(config: pytest.Config, required: bool = True) -> "Devenv | None":
 
 
 def _worker() -> str | None:
-    return os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist
+    """This xdist worker's id ("gw0", "gw1", ...), None in a run without workers. From the
+    config, not PYTEST_XDIST_WORKER: a pytest started inside a worker inherits that variable."""
+    workerinput = getattr(_config, "workerinput", None)
+    return workerinput.get("workerid") if workerinput else None
 
 
 @pytest.fixture(scope="session")

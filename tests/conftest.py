@@ -26,15 +26,37 @@ FIXED_SECRETS = {
 KEPT_ENV = ("DEVENV_REGISTRY_DIR",)
 
 
+# Set beside DEVENV_REGISTRY_DIR when this session made that directory (not the developer):
+# each pytest-xdist worker, which inherits both, then takes a registry of its own beside it.
+_OWN_REGISTRY = "PYTEST_DEVENV_REGISTRY_ROOT"
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Give the session its own registry of stacks (a fresh directory, removed at exit)."""
+    """Give the session its own registry of stacks (a fresh directory, removed at exit); each
+    xdist worker its own (a test that lists or prunes stacks sees its worker's only)."""
     import atexit
     import tempfile
 
-    if "DEVENV_REGISTRY_DIR" not in os.environ:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    # A pytest these tests start (the plugin's tests) is a plain run, as a developer's: it must not
+    # inherit this worker's variables and take itself for an xdist worker. (xdist's own code reads
+    # config.workerinput, not these.)
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        os.environ.pop(name, None)
+    if worker and os.environ.get(_OWN_REGISTRY):
+        os.environ["DEVENV_REGISTRY_DIR"] = os.path.join(os.environ[_OWN_REGISTRY], f"stacks-{worker}")
+    elif "DEVENV_REGISTRY_DIR" not in os.environ:
         directory = tempfile.mkdtemp(prefix="devenv-registry-")
         os.environ["DEVENV_REGISTRY_DIR"] = os.path.join(directory, "stacks")
+        os.environ[_OWN_REGISTRY] = directory
         atexit.register(shutil.rmtree, directory, True)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pyproject's addopts): one worker per core, at most 4. The Docker engine's tests
+    run on one worker and the other engines' on one (their xdist_group, tests/integration/
+    conftest.py); more workers would only share the rest, whose every test starts servers."""
+    return max(1, min(4, os.cpu_count() or 1))
 
 
 @pytest.fixture

@@ -76,12 +76,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             deselected.append(item)  # an engine lane runs only the stack checks: CI time grows by those
             continue
         kept.append(item)
+        group = _engine_group(item, runtime)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
         native_only = item.get_closest_marker("native_only")
         if native_only and runtime is not None and runtime != "native":
             item.add_marker(pytest.mark.skip(reason=f"native internals: {native_only.kwargs.get('reason', '')}"))
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = kept
+
+
+# Modules whose tests drive the other engines (Podman, the remote dockerd, over ssh, rootless).
+_LANE_MODULES = {"test_engines", "test_remote_engine", "test_ssh_engine", "test_rootless_podman"}
+
+
+def _engine_group(item: pytest.Item, runtime: str | None) -> str:
+    """The xdist_group (pytest-xdist's --dist loadgroup) of a test that uses an engine: one worker
+    runs every test of this machine's dockerd, in order, and one every test of the other engines.
+    Within one engine they do not overlap: some look at the whole engine (`ls` and `prune` list
+    every stack's containers, a leftover check counts the engine's), some change it for a while
+    (test_engines' second Podman service on the same storage, the ssh lane's killed masters).
+    Across engines and beside the native runtime's tests they may. "" for a test no engine sees."""
+    if not item.nodeid.startswith("tests/integration/"):
+        return ""
+    module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+    if runtime in ("podman", "remote") or module in _LANE_MODULES:
+        return "other-engines"
+    if runtime == "docker" or (runtime is None and "docker" in item.name):
+        return "docker-engine"
+    return ""
 
 
 # ---- Docker: the engine, the images, the containers of a project --------------------------------

@@ -78,10 +78,15 @@ def _wait_log(container: Any, text: str, timeout: float = 60.0, step: float = 0.
 
 
 def _wait_container(proj: Project, service: str = "postgres", timeout: float = 30.0) -> Any:
+    from docker.errors import NotFound
+
     client, name = proj.client(), f"{proj.stack_name}-{service}-1"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = client.containers.list(all=True, filters={"name": name})
+        try:
+            found = client.containers.list(all=True, filters={"name": name})
+        except NotFound:  # the SDK inspects each listed container: one was listed, then gone
+            found = []
         if found:
             return found[0]
         time.sleep(0.01)
