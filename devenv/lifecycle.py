@@ -217,8 +217,10 @@ def up(
         if result.cache_key:
             # The first seeded start of this setup: keep it for the next cold `up` anywhere.
             runtime.save_cache(stack, result.cache_key, say)
+            # The save may have restarted Postgres (and PgBouncer): ready means the pool reaches it again.
             health.wait_until_healthy(
-                {"postgres": health.postgres_checks(stack)}, timeout=timeout, progress=lambda line: None,
+                {"postgres": health.postgres_checks(stack), "pgbouncer": health.pgbouncer_checks(stack)},
+                timeout=timeout, progress=lambda line: None,
                 gone=lambda service: runtime.exit_status(stack, service),
                 log_tail=lambda service: runtime.log_tail(stack, service),
             )

@@ -66,6 +66,7 @@ from devenv.runtime.dockerdata import (
     prepare_tls,
     read_marker,
     remove_volumes,
+    restart_pool_on_podman,
     save_volume,
     set_password,
     unpack_cached,
@@ -368,13 +369,11 @@ class DockerRuntime:
                    result: UpResult) -> None:
         """Start the plan's containers; return once Postgres's start is done, the others' may go on.
 
-        PgBouncer needs Postgres only to serve queries, not to start: all three at once. `up`
-        waits for Postgres's start (its errors, a restore, the password); the others' starts go
-        on while the health checks poll: exit_status reports their failures, states() waits.
-        For a new cluster the entrypoint's initdb is the long pole, and the engine starts one
-        container in ~0.3 s but three at once in ~0.7 s: Postgres first, then the others during
-        its initdb one at a time (one worker), as the engine's work slows initdb down (on 2
-        cores its phases took 0.26 s longer beside two starts at once, 0.16 s beside one).
+        PgBouncer needs Postgres only to serve queries, not to start: all three at once. `up` waits
+        for Postgres's start (errors, a restore, the password); the others' go on while the health
+        checks poll (exit_status reports their failures). For a new cluster initdb is the long pole,
+        and the engine starts one container in ~0.3 s, three at once in ~0.7 s: Postgres first, then
+        the others one at a time during its initdb (2 cores: 0.26 s slower beside two starts, 0.16 s beside one).
         """
         starting = plan.starting
 
@@ -424,17 +423,18 @@ class DockerRuntime:
     # ---- the seeded-data cache (devenv.db.cache): saved from, restored into the named volume -----
 
     def save_cache(self, stack: Stack, key: str, progress: Progress) -> None:
-        """Keep the freshly seeded volume in the cache. When the volume's directory is here, a base
-        backup of the running server (cache.save_live); else a clean stop of the container, its
-        data directory through the engine's archive API into zstd, then the container starts again."""
+        """Keep the freshly seeded volume in the cache: a base backup of the running server when the
+        volume's directory is here (cache.save_live), else dockerdata.save_through_api."""
         from docker.errors import DockerException
 
-        container = self._container(stack, "postgres")
-        if container is None:
+        if (container := self._container(stack, "postgres")) is None:
             return
         local = self._local_data_dir(stack, data_volumes(container))
-        save_cache(progress, lambda: save_volume(self.client(), stack, container, key, local,
-                                                 restart=lambda: self._start("postgres", container.id, stack)),
+        def restart() -> None:  # Postgres, stopped for the copy (save_through_api); on Podman PgBouncer too
+            self._start("postgres", container.id, stack)
+            restart_pool_on_podman(self.client(), self.facts().kind, stack)
+
+        save_cache(progress, lambda: save_volume(self.client(), stack, container, key, local, restart=restart),
                    (DockerException,), api_message)
 
     def _local_data_dir(self, stack: Stack, volumes: Collection[str]) -> Path | None:

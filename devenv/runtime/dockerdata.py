@@ -238,6 +238,23 @@ def save_through_api(client: DockerClient, stack: Stack, container: Container, k
     return path
 
 
+def restart_pool_on_podman(client: DockerClient, kind: str, stack: Stack) -> None:
+    """After Postgres's container restarted (save_through_api), on Podman: restart PgBouncer's too.
+    Its lookups of `postgres` then timed out for up to ~70 s (rootless Podman 4.3, netavark, about
+    one restart in two: "(bad-af):0 closing because: connect timeout" in its log), while a new
+    PgBouncer, or getent in its container, resolved the new address at once. ~0.7 s, once per cache fill."""
+    from docker.errors import NotFound
+
+    if kind != "podman":
+        return
+    try:
+        pgbouncer = client.containers.get(f"{stack.name}-pgbouncer-1")
+    except NotFound:
+        return
+    if pgbouncer.status == "running":
+        pgbouncer.restart(timeout=stop_timeout(pgbouncer))
+
+
 def _drop_login_when_up(stack: Stack, timeout: float = 60.0) -> None:
     """Drop the one-time login from the restarted live cluster, waiting for it to take sessions."""
     from devenv.clients import connect, pgwire
