@@ -98,8 +98,8 @@ def _engine_group(item: pytest.Item, runtime: str | None) -> str:
     every stack's containers, a leftover check counts the engine's), some change it for a while
     (test_engines' second Podman service on the same storage, the ssh lane's killed masters).
     Across engines and beside the native runtime's tests they may. "" for a test no engine sees."""
-    if not item.nodeid.startswith("tests/integration/"):
-        return ""
+    if not item.nodeid.startswith("tests/integration/") or item.get_closest_marker("xdist_group"):
+        return ""  # a unit test, or one that names its group itself
     module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
     if runtime in ("podman", "remote") or module in _LANE_MODULES:
         return "other-engines"

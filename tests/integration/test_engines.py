@@ -154,6 +154,7 @@ def test_down_on_another_runtime_than_the_stacks_is_refused(tmp_path: Path) -> N
         teardown_project(proj)
 
 
+@pytest.mark.xdist_group("docker-engine")  # its stack runs on this machine's dockerd
 def test_a_recorded_engine_that_does_not_answer_is_named_not_taken_for_gone(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stack whose recorded engine does not answer (a dropped network, an ssh agent gone, a

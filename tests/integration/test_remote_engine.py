@@ -91,6 +91,7 @@ def test_ssh_engine_that_ssh_cannot_reach_is_a_dependency_error_with_ssh_s_reaso
     assert "hint:" in proc.stderr
 
 
+@pytest.mark.xdist_group("docker-engine")  # its stack runs on this machine's dockerd
 def test_files_mode_switch_on_a_local_engine_recreates_with_copies_then_mounts(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     use_runtime("docker", monkeypatch)
