@@ -66,7 +66,7 @@ from devenv.runtime.dockerdata import (
     prepare_tls,
     read_marker,
     remove_volumes,
-    restart_pool_on_podman,
+    restart_pool,
     save_volume,
     set_password,
     unpack_cached,
@@ -432,7 +432,8 @@ class DockerRuntime:
         local = self._local_data_dir(stack, data_volumes(container))
         def restart() -> None:  # Postgres, stopped for the copy (save_through_api); on Podman PgBouncer too
             self._start("postgres", container.id, stack)
-            restart_pool_on_podman(self.client(), self.facts().kind, stack)
+            if self.facts().kind == "podman":
+                restart_pool(self._container(stack, "pgbouncer"))
 
         save_cache(progress, lambda: save_volume(self.client(), stack, container, key, local, restart=restart),
                    (DockerException,), api_message)
@@ -552,17 +553,13 @@ class DockerRuntime:
 
         A start that `up` left running in the background and that failed raises its error here.
         """
-        from docker.errors import NotFound
-
         future = self._pending.get(service)
         if future is not None:
             if not future.done():
                 return None
             del self._pending[service]
             future.result()
-        try:
-            container = self.client().containers.get(f"{stack.name}-{service}-1")
-        except NotFound:
+        if (container := self._container(stack, service)) is None:
             return None if service in self._removed_tails else "is gone (its container was removed)"
         state = container.attrs.get("State", {})
         if service == "pgbouncer" and not self._dns_checked and self.facts().kind == "podman":

@@ -238,20 +238,12 @@ def save_through_api(client: DockerClient, stack: Stack, container: Container, k
     return path
 
 
-def restart_pool_on_podman(client: DockerClient, kind: str, stack: Stack) -> None:
-    """After Postgres's container restarted (save_through_api), on Podman: restart PgBouncer's too.
-    Its lookups of `postgres` then timed out for up to ~70 s (rootless Podman 4.3, netavark, about
-    one restart in two: "(bad-af):0 closing because: connect timeout" in its log), while a new
-    PgBouncer, or getent in its container, resolved the new address at once. ~0.7 s, once per cache fill."""
-    from docker.errors import NotFound
-
-    if kind != "podman":
-        return
-    try:
-        pgbouncer = client.containers.get(f"{stack.name}-pgbouncer-1")
-    except NotFound:
-        return
-    if pgbouncer.status == "running":
+def restart_pool(pgbouncer: Container | None) -> None:
+    """Restart PgBouncer's container (if running) after Postgres's restarted (save_through_api) on
+    Podman: its lookups of `postgres` then timed out for up to ~70 s (rootless Podman 4.3, netavark,
+    about one restart in two: "(bad-af):0 closing because: connect timeout" in its log), while a
+    new PgBouncer, or getent in its container, resolved the new address at once. ~0.7 s, once per cache fill."""
+    if pgbouncer is not None and pgbouncer.status == "running":
         pgbouncer.restart(timeout=stop_timeout(pgbouncer))
 
 
