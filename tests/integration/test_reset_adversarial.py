@@ -243,10 +243,12 @@ def test_enable_always_triggers_fire_during_the_restore(project) -> None:
 
 
 def test_a_key_column_named_g_makes_every_restore_a_silent_clone(project) -> None:
-    """A key column named like the restore's row alias (g) is not taken for the row: ROW(g.*) is
-    the row whatever the columns are called, and the reset goes by key."""
-    _seed(project, "CREATE TABLE grid (g int PRIMARY KEY, v text NOT NULL);\n",
-          "INSERT INTO grid VALUES (1, 'a'), (2, 'b');\n")
+    """Key columns named like the restore's row alias (g) or like a name the put-back function
+    could have given its array are not taken for them: ROW(g.*) is the row whatever the columns
+    are called, the array is $1, and the reset goes by key."""
+    _seed(project, "CREATE TABLE grid (g int, logged int, devenv_put_back int, v text NOT NULL, "
+                   "PRIMARY KEY (g, logged, devenv_put_back));\n",
+          "INSERT INTO grid VALUES (1, 1, 1, 'a'), (2, 2, 2, 'b');\n")
     result = _reset_is_exact(project, "UPDATE grid SET v = 'x' WHERE g = 1", strategy="restore")
     assert (result.strategy, result.detail) == ("restore", "rows"), result
 
@@ -394,8 +396,9 @@ def test_other_roles_cannot_reach_devenvs_tables_or_functions(project) -> None:
         conn.execute("SET ROLE adv19_low")
         conn.execute("UPDATE shared SET v = 'b'")  # granted: logged by the definer functions
         for attempt in ("INSERT INTO devenv.dirty VALUES ('shared'::regclass, true)", "DELETE FROM devenv.dirty",
-                        "DELETE FROM devenv.keys_0", "SELECT * FROM devenv.restore('x', NULL, NULL)",
-                        "SELECT count(*) FROM devenv.snapshots", "SELECT devenv.mark_dirty()"):
+                        "DELETE FROM devenv.keys_0", "SELECT devenv.put_back_0(NULL)",
+                        "SELECT * FROM devenv.restore('x', NULL, NULL)", "SELECT count(*) FROM devenv.snapshots",
+                        "SELECT devenv.mark_dirty()"):
             try:
                 conn.execute(attempt)
                 allowed.append(attempt)
