@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping
 
 from devenv.config.stack import Stack
 
@@ -122,12 +122,17 @@ class Devenv:
         return all(health.check_once(checks) is None for checks in health.stack_checks(self.stack).values())
 
     def reset(self, database: str | None = None, hard: bool = False, strategy: str = "auto",
-              redis_db: int | None = 0) -> "ResetResult":
+              redis_db: int | None = 0, known_sessions: Collection[int] = ()) -> "ResetResult":
         """Put a database (default: the working one) and a Redis index back to the seeded state,
-        under the profile's lock (devenv.db.reset), over this handle's open connections."""
+        under the profile's lock (devenv.db.reset), over this handle's open connections.
+
+        `known_sessions`: backend pids of your own connections to the database (psycopg's
+        `conn.info.backend_pid`), kept open across resets: with no other session on it, PgBouncer
+        has no server connection there to renew, and the reset skips asking it (~0.5 ms)."""
         from devenv.db.reset import reset
 
-        result = reset(self.stack, database, hard=hard, strategy=strategy, redis_db=redis_db, janitor=self.janitor)
+        result = reset(self.stack, database, hard=hard, strategy=strategy, redis_db=redis_db, janitor=self.janitor,
+                       known_sessions=known_sessions)
         assert result is not None  # only in_place_only or redis_only leave the database
         return result
 

@@ -390,6 +390,13 @@ class _WorkerConnection:
             except Exception:
                 self.close()
 
+    def pids(self) -> tuple[int, ...]:
+        """The backend pid of the open connection: the reset does not count it as a session
+        PgBouncer may hold (it is none of PgBouncer's), so it renews no pool for it."""
+        if self.conn is None or self.conn.closed or self.conn.broken:
+            return ()
+        return (self.conn.info.backend_pid,)
+
     def after_reset(self, reopen: Callable[[], "psycopg.Connection[Any]"], strategy: str) -> "psycopg.Connection[Any]":
         if self.conn is not None and not (self.conn.closed or self.conn.broken) and strategy == "restore":
             try:
@@ -426,7 +433,7 @@ def devenv_db(devenv_stack: "Devenv", _devenv_worker_connection: _WorkerConnecti
     reset clones a fresh one."""
     name = _database_name(devenv_stack)
     _devenv_worker_connection.before_reset()
-    result = devenv_stack.reset(name, redis_db=None)
+    result = devenv_stack.reset(name, redis_db=None, known_sessions=_devenv_worker_connection.pids())
     urls = devenv_stack.urls(name)
     conn = _devenv_worker_connection.after_reset(lambda: devenv_stack.connect(name, prepare_threshold=None),
                                                  result.strategy)

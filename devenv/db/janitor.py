@@ -30,7 +30,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator
 
 from devenv.clients import connect
 from devenv.record import Record
@@ -99,11 +99,12 @@ def restore_quick(stack: Stack, dbname: str | None = None, strategy: str = "auto
     return ResetResult(dbname, "restore", time.perf_counter() - start, how)
 
 
-def restore_in_place(conn: "pgwire.Connection", template: str, strategy: str = "auto") -> tuple[int, str] | None:
+def restore_in_place(conn: "pgwire.Connection", template: str, strategy: str = "auto",
+                     known_sessions: Collection[int] = ()) -> tuple[int, str] | None:
     """THE in-place restore (devenv.restore in the database, one round trip): put back what was
     written since the last reset, by primary key where the table has one. The number of other
-    sessions on the database afterwards (PgBouncer's among them: with none there is nothing to
-    RECONNECT) and how it went ("rows" or "tables", see ResetResult.detail), or None when only
+    sessions on the database afterwards, but `known_sessions` (the caller's own, by backend pid;
+    PgBouncer's among the others: with none there is nothing to RECONNECT) and how it went ("rows" or "tables", see ResetResult.detail), or None when only
     a clone can reset it (from another template, DDL since, or under `auto` more than
     RESTORE_MAX_ROWS seeded rows to compare whole or RESTORE_MAX_KEYS keys to put back).
     Raises the driver's error for a database that is not ours.
@@ -113,7 +114,9 @@ def restore_in_place(conn: "pgwire.Connection", template: str, strategy: str = "
     forced = strategy == "restore"
     max_rows = "NULL" if forced else str(RESTORE_MAX_ROWS)
     max_keys = "NULL" if forced else str(RESTORE_MAX_KEYS)
-    [(status, sessions, how)] = conn.query(f"SELECT * FROM devenv.restore({pgwire.literal(template)}, {max_rows}, {max_keys})")
+    known = f"ARRAY[{', '.join(str(int(pid)) for pid in known_sessions)}]::integer[]"
+    [(status, sessions, how)] = conn.query(
+        f"SELECT * FROM devenv.restore({pgwire.literal(template)}, {max_rows}, {max_keys}, {known})")
     return (int(sessions or 0), how) if status == "restored" else None
 
 
@@ -427,19 +430,22 @@ class Janitor:
         self.clone(dbname, template)
         return True
 
-    def reset(self, dbname: str | None = None, strategy: str = "auto") -> ResetResult:
+    def reset(self, dbname: str | None = None, strategy: str = "auto",
+              known_sessions: Collection[int] = ()) -> ResetResult:
         """Put a database back to the freshly seeded state; create it if missing.
 
         `restore` (and `auto` while the tables to reload hold at most RESTORE_MAX_ROWS seeded
-        rows) costs one round trip to the database and one to PgBouncer, and needs neither the
-        maintenance connection nor the template: the database carries its snapshots and knows
-        the template it came from, which must be the one the seed files name now.
+        rows) costs one round trip to the database, and one to PgBouncer when other sessions
+        are on the database (`known_sessions`, the caller's own by backend pid, are not: they
+        are none of PgBouncer's), and needs neither the maintenance connection nor the
+        template: the database carries its snapshots and knows the template it came from,
+        which must be the one the seed files name now.
         """
         start = time.perf_counter()
         dbname = dbname or self.stack.postgres.database
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown reset strategy {strategy!r}")
-        if strategy in ("auto", "restore") and (how := self._restore(dbname, strategy)) is not None:
+        if strategy in ("auto", "restore") and (how := self._restore(dbname, strategy, known_sessions)) is not None:
             return ResetResult(dbname, "restore", time.perf_counter() - start, how)
         template = self.ensure_template()
         if strategy == "auto":
@@ -465,7 +471,7 @@ class Janitor:
         self.clone(dbname, template)
         return ResetResult(dbname, "hard", time.perf_counter() - start)
 
-    def _restore(self, dbname: str, strategy: str) -> str | None:
+    def _restore(self, dbname: str, strategy: str, known_sessions: Collection[int] = ()) -> str | None:
         """The in-place restore (restore_in_place) on the database's kept session: how it went
         (ResetResult.detail), or None if only a clone can reset it (missing, from another
         template, DDL since, or too much to reload)."""
@@ -473,7 +479,7 @@ class Janitor:
 
         try:
             conn = self._db(dbname)
-            restored = restore_in_place(conn, self.template_name(conn.server_major), strategy)
+            restored = restore_in_place(conn, self.template_name(conn.server_major), strategy, known_sessions)
         except (pgwire.PgError, OSError, ValueError):  # no such database, or not one of ours, or a stale session
             self._forget(dbname)
             return None

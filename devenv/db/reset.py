@@ -20,7 +20,7 @@ only once a Janitor is needed.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Collection
 
 if TYPE_CHECKING:
     from devenv.db.janitor import Janitor, ResetResult
@@ -48,7 +48,8 @@ def plan(strategy: str = "auto", hard: bool = False, *, janitor_open: bool = Fal
 
 def reset(stack: Stack, database: str | None = None, *, hard: bool = False, strategy: str = "auto",
           redis_db: int | None = 0, janitor: Janitor | None = None, in_place_only: bool = False,
-          redis_only: bool = False, say: Callable[[str], None] | None = None) -> ResetResult | None:
+          redis_only: bool = False, say: Callable[[str], None] | None = None,
+          known_sessions: Collection[int] = ()) -> ResetResult | None:
     """Reset `database` (default: the working one) and then Redis index `redis_db` (None: leave
     Redis), holding the profile's lock so that no `up`/`down` runs meanwhile.
 
@@ -56,7 +57,8 @@ def reset(stack: Stack, database: str | None = None, *, hard: bool = False, stra
     `in_place_only`: None, having changed nothing, when the database needs more than a restore
     in place (the caller then hands over to one that may import psycopg). `redis_only`: leave
     the database, reset only the Redis index (None). `say`: where a PgBouncer pause that a killed
-    devenv left is reported as resumed (default stderr).
+    devenv left is reported as resumed (default stderr). `known_sessions`: backend pids of the
+    caller's own connections to the database, which do not make PgBouncer reconnect.
     """
     from devenv.db.pauses import resume_orphaned
     from devenv.db.janitor import Janitor, restore_quick
@@ -77,7 +79,8 @@ def reset(stack: Stack, database: str | None = None, *, hard: bool = False, stra
                     if janitor is None:
                         janitor = temporary = Janitor(stack)
                         import psycopg  # noqa: F401  (loaded before the reset's clock starts: start-up, not reset)
-                    result = janitor.reset_hard(database) if step == "hard" else janitor.reset(database, strategy)
+                    result = (janitor.reset_hard(database) if step == "hard"
+                              else janitor.reset(database, strategy, known_sessions))
                 if result is not None:
                     break
             if result is None and not redis_only:

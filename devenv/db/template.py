@@ -117,8 +117,9 @@ END $$;
 -- 'always triggers': a written table has triggers or rules of its own that fire even under
 -- session_replication_role = replica, so would fire on the restore's writes) and nothing
 -- changed. how is 'rows' when every written table went back by key, else 'tables'.
--- sessions counts the other client sessions on the database afterwards: PgBouncer's server
--- connections are among them, so with none there is nothing for it to reconnect.
+-- sessions counts the other client sessions on the database afterwards, but the caller's
+-- own (known_sessions, their pids): PgBouncer's server connections are among them, so with
+-- none there is nothing for it to reconnect.
 -- What a clone drops besides the tables goes too, so that a restore leaves exactly what a clone
 -- would: database-level settings (ALTER DATABASE / ALTER ROLE ... IN DATABASE ... SET, kept by
 -- database oid: a clone has none) are reset, and large objects the template did not have are
@@ -127,6 +128,7 @@ END $$;
 -- 'large objects') and a clone runs instead. A role that may not set session_replication_role
 -- (an existing server's, without GRANT SET ON PARAMETER) gets 'privilege': a clone.
 CREATE FUNCTION devenv.restore(expected_template text, max_rows bigint, max_keys bigint,
+                               known_sessions integer[] DEFAULT '{}',
                                OUT status text, OUT sessions bigint, OUT how text)
 LANGUAGE plpgsql
 SET extra_float_digits = 1 SET DateStyle = 'ISO, MDY' SET IntervalStyle = 'postgres' SET TimeZone = 'UTC'
@@ -155,9 +157,9 @@ BEGIN
     -- they like, and may be about to write: end them and wait for them to be gone. A statement
     -- running ends by itself (the reload waits for a lock it holds): ending it would fail a
     -- pooled client in the middle of its query. Idle ones are harmless; they are counted.
-    SELECT count(*) FILTER (WHERE NOT ended) INTO sessions FROM (
-        SELECT CASE WHEN state LIKE 'idle in transaction%' THEN pg_catalog.pg_terminate_backend(pid, 5000)
-                    ELSE false END AS ended
+    SELECT count(*) FILTER (WHERE NOT ended AND pid <> ALL(known_sessions)) INTO sessions FROM (
+        SELECT pid, CASE WHEN state LIKE 'idle in transaction%' THEN pg_catalog.pg_terminate_backend(pid, 5000)
+                         ELSE false END AS ended
           FROM pg_catalog.pg_stat_get_activity(NULL) a  -- the view's joins cost 0.25 ms here
          WHERE a.datid = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())
            AND pid <> pg_catalog.pg_backend_pid() AND backend_type = 'client backend') other;

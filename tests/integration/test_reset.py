@@ -120,6 +120,37 @@ def test_pooled_clients_reconnect_cleanly_after_a_reset(project) -> None:
                 assert pooled.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
 
 
+def test_the_callers_own_session_is_not_counted_pgbouncers_servers_are_renewed(project) -> None:
+    """known_sessions (the plugin's connection, kept from test to test): the restore does not
+    count it (with no other session on the database the reset then asks PgBouncer for nothing);
+    a server connection of PgBouncer's is still counted, and renewed (RECONNECT)."""
+    from devenv.clients import connect
+    from devenv.db.janitor import restore_in_place
+    from devenv.db.template import template_name
+
+    project.devenv("up")
+    handle = Devenv.load(config=project.root / "devenv.yaml", profile="ci", runtime=project.runtime, env=project.env)
+    try:
+        with project.connect(autocommit=True) as own, connect.postgres(handle.stack, "taskflow") as restorer:
+            template = template_name(handle.stack, restorer.server_major)
+            own.execute("DELETE FROM tasks WHERE status = 'done'")
+            others, how = restore_in_place(restorer, template, "restore")
+            assert how == "rows" and others >= 1  # own, and whatever PgBouncer's health check left
+            own.execute("DELETE FROM tasks WHERE status = 'done'")
+            known = (own.info.backend_pid,)
+            assert restore_in_place(restorer, template, "restore", known_sessions=known) == (others - 1, "rows")
+        with handle.connect(autocommit=True) as own, handle.connect(pooled=True, autocommit=True) as pooled:
+            server = pooled.execute("SELECT pg_backend_pid()").fetchone()[0]
+            pooled.execute("SET work_mem = '7MB'")  # a test's leftover on PgBouncer's server connection
+            own.execute("DELETE FROM tasks WHERE status = 'done'")
+            assert handle.reset(redis_db=None, known_sessions=(own.info.backend_pid,)).strategy == "restore"
+            assert pooled.execute("SELECT pg_backend_pid()").fetchone()[0] != server
+            assert pooled.execute("SHOW work_mem").fetchone()[0] == "4MB"
+            assert own.execute("SELECT count(*) FROM tasks").fetchone()[0] == 40
+    finally:
+        handle.close()
+
+
 def test_a_pooled_connection_outlives_a_clone_reset(project) -> None:
     """PgBouncer holds pooled clients through the swap (PAUSE/RESUME): an open pooled
     connection is not dropped and its next query runs on the new database."""
