@@ -221,16 +221,19 @@ def scale_table(scales: list[int], profile: str, runs: int) -> list[tuple[int, d
             handle = Devenv.load(config=project / "devenv.yaml", profile=name, env=env)
             times = {}
             write = lambda: write_one_row(handle)  # noqa: E731
+            # A restore costs milliseconds at any scale: as many samples everywhere. A clone or
+            # copy of a big template costs up to a second each: fewer.
             n = runs if scale <= 1_000 else 5 if scale <= 100_000 else 3
             for strategy in ("restore", "clone", "copy"):
-                times[strategy] = median_ms(lambda: handle.reset(strategy=strategy, redis_db=None), n, before=write)
+                times[strategy] = median_ms(lambda: handle.reset(strategy=strategy, redis_db=None),
+                                            runs if strategy == "restore" else n, before=write)
             write()
             picked = handle.reset(redis_db=None).strategy
             for label, statement in WRITES.items():
                 def write_many(statement: str = statement) -> None:
                     with handle.connect(autocommit=True) as conn:
                         conn.execute(statement)
-                times[f"restore, {label}"] = median_ms(lambda: handle.reset(strategy="restore", redis_db=None), n,
+                times[f"restore, {label}"] = median_ms(lambda: handle.reset(strategy="restore", redis_db=None), runs,
                                                        before=write_many)
                 times[f"auto, {label}"] = median_ms(lambda: handle.reset(redis_db=None), n, before=write_many)
                 write_many()
