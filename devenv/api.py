@@ -126,9 +126,10 @@ class Devenv:
         """Put a database (default: the working one) and a Redis index back to the seeded state,
         under the profile's lock (devenv.db.reset), over this handle's open connections.
 
-        `known_sessions`: backend pids of your own connections to the database (psycopg's
-        `conn.info.backend_pid`), kept open across resets: with no other session on it, PgBouncer
-        has no server connection there to renew, and the reset skips asking it (~0.5 ms)."""
+        `known_sessions`: backend pids of your own direct connections to the database (psycopg's
+        `conn.info.backend_pid`; a pooled one's is PgBouncer's and matches none), kept open
+        across resets: with no other session on it, PgBouncer has no server connection there to
+        renew, and the reset skips asking it (~0.5 ms)."""
         from devenv.db.reset import reset
 
         result = reset(self.stack, database, hard=hard, strategy=strategy, redis_db=redis_db, janitor=self.janitor,

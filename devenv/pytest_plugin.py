@@ -392,7 +392,8 @@ class _WorkerConnection:
 
     def pids(self) -> tuple[int, ...]:
         """The backend pid of the open connection: the reset does not count it as a session
-        PgBouncer may hold (it is none of PgBouncer's), so it renews no pool for it."""
+        PgBouncer may hold (it is none of PgBouncer's), so it renews no pool for it. One the
+        server ended meanwhile is passed once at most: DISCARD ALL fails on it, and it is reopened."""
         if self.conn is None or self.conn.closed or self.conn.broken:
             return ()
         return (self.conn.info.backend_pid,)

@@ -157,7 +157,7 @@ BEGIN
     -- they like, and may be about to write: end them and wait for them to be gone. A statement
     -- running ends by itself (the reload waits for a lock it holds): ending it would fail a
     -- pooled client in the middle of its query. Idle ones are harmless; they are counted.
-    SELECT count(*) FILTER (WHERE NOT ended AND pid <> ALL(known_sessions)) INTO sessions FROM (
+    SELECT count(*) FILTER (WHERE NOT ended AND pid <> ALL(coalesce(known_sessions, '{}'))) INTO sessions FROM (
         SELECT pid, CASE WHEN state LIKE 'idle in transaction%' THEN pg_catalog.pg_terminate_backend(pid, 5000)
                          ELSE false END AS ended
           FROM pg_catalog.pg_stat_get_activity(NULL) a  -- the view's joins cost 0.25 ms here
@@ -458,7 +458,10 @@ def track_keys(conn: "psycopg.Connection[Any]", index: int, qualified: str, snap
 
     keys, put_back = f"keys_{index}", f"put_back_{index}"
     log = f'devenv."{keys}"'
-    body = (f"BEGIN IF TG_OP = 'INSERT' THEN INSERT INTO {log} SELECT {key_list} FROM devenv_new; "
+    # use_column: a key column named like one of PL/pgSQL's own variables (found, new, old,
+    # tg_op) is the column in these statements, not an ambiguity that fails the test's write.
+    body = ("#variable_conflict use_column\n"
+            f"BEGIN IF TG_OP = 'INSERT' THEN INSERT INTO {log} SELECT {key_list} FROM devenv_new; "
             f"ELSIF TG_OP = 'DELETE' THEN INSERT INTO {log} SELECT {key_list} FROM devenv_old; "
             # An UPDATE: old and new keys, once each (most updates keep the key: half the log).
             f"ELSE INSERT INTO {log} SELECT {key_list} FROM devenv_old UNION SELECT {key_list} FROM devenv_new; "
@@ -474,13 +477,16 @@ def track_keys(conn: "psycopg.Connection[Any]", index: int, qualified: str, snap
     # Called by devenv.restore (replica role, its transaction) with the keys it took out of the
     # log. Static statements, not EXECUTE: the session plans them once, and the keys stay an
     # array of the log's row type (no trip through text: 5 ms for 1,000 uuids). The array is
-    # $1, unnamed: a name could be a column's too.
+    # $1, unnamed, and use_column makes a column named `found` a column: no column of the table
+    # can be taken for a variable. No SET search_path: the INSERT evaluates the table's
+    # expression indexes, defaults and constraints, whose functions may name others in the
+    # caller's schemas, as the test's own writes did (every name here is qualified).
     put_back_body = (
+        "#variable_conflict use_column\n"
         "BEGIN IF $1 IS NULL THEN RETURN; END IF; "
         f"DELETE FROM {qualified} WHERE ({key_list}) IN (SELECT {key_list} FROM pg_catalog.unnest($1)); "
         f'INSERT INTO {qualified} ({columns}) OVERRIDING SYSTEM VALUE SELECT {columns} FROM devenv."{snapshot}" '
         f"WHERE ({key_list}) IN (SELECT {key_list} FROM pg_catalog.unnest($1)); END")
-    conn.execute(sql.SQL("CREATE FUNCTION devenv.{}(devenv.{}[]) RETURNS void LANGUAGE plpgsql "
-                         "SET search_path = pg_catalog, pg_temp AS {}").format(
+    conn.execute(sql.SQL("CREATE FUNCTION devenv.{}(devenv.{}[]) RETURNS void LANGUAGE plpgsql AS {}").format(
         sql.Identifier(put_back), sql.Identifier(keys), sql.Literal(put_back_body)))
     return keys, put_back

@@ -242,14 +242,28 @@ def test_enable_always_triggers_fire_during_the_restore(project) -> None:
     _reset_is_exact(project, "UPDATE items SET name = 'changed' WHERE id = 1")
 
 
-def test_a_key_column_named_g_makes_every_restore_a_silent_clone(project) -> None:
-    """Key columns named like the restore's row alias (g) or like a name the put-back function
-    could have given its array are not taken for them: ROW(g.*) is the row whatever the columns
-    are called, the array is $1, and the reset goes by key."""
-    _seed(project, "CREATE TABLE grid (g int, logged int, devenv_put_back int, v text NOT NULL, "
-                   "PRIMARY KEY (g, logged, devenv_put_back));\n",
-          "INSERT INTO grid VALUES (1, 1, 1, 'a'), (2, 2, 2, 'b');\n")
+def test_key_columns_named_like_the_restores_own_names_go_back_by_key(project) -> None:
+    """Key columns named like the restore's row alias (g) or like PL/pgSQL's own variables (found,
+    new, tg_op: the key log's trigger and the put-back function are PL/pgSQL) are columns there:
+    ROW(g.*) is the row whatever the columns are called, use_column resolves the rest, and both
+    the test's write and the reset go by key (an ambiguity would fail the write, or clone)."""
+    _seed(project, "CREATE TABLE grid (g int, found int, new int, tg_op int, v text NOT NULL, "
+                   "PRIMARY KEY (g, found, new, tg_op));\n",
+          "INSERT INTO grid VALUES (1, 1, 1, 1, 'a'), (2, 2, 2, 2, 'b');\n")
     result = _reset_is_exact(project, "UPDATE grid SET v = 'x' WHERE g = 1", strategy="restore")
+    assert (result.strategy, result.detail) == ("restore", "rows"), result
+
+
+def test_an_expression_index_whose_function_calls_another_of_the_schema(project) -> None:
+    """An expression index on a function that calls another by its bare name (as an unaccent
+    wrapper does): putting rows back evaluates it under the caller's search_path, as the test's
+    own write did, so the restore goes by key instead of failing into a clone."""
+    _seed(project, "CREATE FUNCTION shout(t text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT upper(t) $$;\n"
+                   "CREATE FUNCTION norm(t text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT shout(t) $$;\n"
+                   "CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL);\n"
+                   "CREATE INDEX notes_norm ON notes (norm(body));\n",
+          "INSERT INTO notes VALUES (1, 'a'), (2, 'b');\n")
+    result = _reset_is_exact(project, "UPDATE notes SET body = 'changed' WHERE id = 1", strategy="restore")
     assert (result.strategy, result.detail) == ("restore", "rows"), result
 
 
@@ -274,9 +288,9 @@ def test_a_sequence_name_with_a_double_quote(project) -> None:
 
 
 def test_float_keys_under_extra_float_digits_zero(project) -> None:
-    """The logged keys go through text: devenv.restore pins extra_float_digits (and the date,
-    interval and zone settings) for itself, so under extra_float_digits = 0 in devenv.yaml a
-    float8 key still reads back as the same number."""
+    """A float8 key under extra_float_digits = 0 in devenv.yaml: the keys go to the put-back
+    function as an array of their own type (no text), and the restore pins extra_float_digits
+    for itself anyway, so the key still matches the seeded number."""
     project.edit("devenv.yaml", "    full_page_writes:", "    extra_float_digits:         {default: 0}\n    full_page_writes:")
     _seed(project, "CREATE TABLE readings (k float8 PRIMARY KEY, v text NOT NULL);\n",
           "INSERT INTO readings VALUES (0.1::float8 + 0.2::float8, 'a'), (1.0::float8 / 3, 'b');\n")
@@ -293,8 +307,9 @@ def test_a_keyless_float_change_under_extra_float_digits_zero_is_not_seen(projec
 
 
 def test_timestamptz_keys_under_sql_datestyle_and_an_ambiguous_zone_abbreviation(project) -> None:
-    """The same text round trip under DateStyle SQL with Asia/Kolkata (IST, which reads back as
-    Israel's): the restore pins DateStyle ISO and TimeZone UTC, so the key is found."""
+    """A timestamptz key under DateStyle SQL with Asia/Kolkata (IST, which would read back as
+    Israel's through text): the keys stay of their own type, and the restore pins DateStyle ISO
+    and TimeZone UTC, so the key is found."""
     project.edit("devenv.yaml", "    full_page_writes:",
                  "    DateStyle:                  {default: 'SQL, DMY'}\n    TimeZone:                   {default: Asia/Kolkata}\n"
                  "    full_page_writes:")
