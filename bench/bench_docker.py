@@ -334,7 +334,8 @@ def main() -> None:
     print(f"\n{'measurement':<{width}}  median     runs")
     for name, value in medians.items():
         # The rows that make a new data directory (initdb or a restore) right after the last round's deletions.
-        note = f"  {trap}" if trap and ("initdb" in name or "first ever" in name or "cold" in name or "testcontainers" in name) else ""
+        creates = any(word in name for word in ("initdb", "first ever", "cold", "testcontainers"))
+        note = f"  {trap}" if trap and creates else ""
         print(f"{name:<{width}}  {value:6.2f} s   {', '.join(f'{v:.2f}' for v in samples[name])}{note}")
 
     first = medians["devenv up, first ever (fills the cache)"]

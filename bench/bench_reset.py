@@ -124,10 +124,14 @@ def per_test_overhead(project: Path, env: dict[str, str], profile: str, tests: i
     return {f"{name} ({body})": statistics.median(values) * 1000 for (name, body), values in sorted(samples.items())}
 
 
+# What a typical test does before the reset: change a row of tasks (the big table).
+ONE_ROW = "UPDATE tasks SET status = 'done' WHERE id = (SELECT id FROM tasks ORDER BY id LIMIT 1)"
+
+
 def write_one_row(handle, database: str | None = None) -> None:
-    """What a typical test does before the reset: change a row of tasks (the big table)."""
+    """ONE_ROW over a new connection, closed after."""
     with handle.connect(database, autocommit=True) as conn:
-        conn.execute("UPDATE tasks SET status = 'done' WHERE id = (SELECT id FROM tasks ORDER BY id LIMIT 1)")
+        conn.execute(ONE_ROW)
 
 
 WRITES = {  # a test that writes 1,000 rows of tasks
@@ -236,8 +240,7 @@ def scale_table(scales: list[int], profile: str, runs: int) -> list[tuple[int, d
                 pid = (kept.info.backend_pid,)
                 times["restore, kept connection"] = median_ms(
                     lambda: handle.reset(strategy="restore", redis_db=None, known_sessions=pid), runs,
-                    before=lambda: kept.execute("UPDATE tasks SET status = 'done' "
-                                                "WHERE id = (SELECT id FROM tasks ORDER BY id LIMIT 1)"))
+                    before=lambda: kept.execute(ONE_ROW))
             write()
             picked = handle.reset(redis_db=None).strategy
             for label, statement in WRITES.items():

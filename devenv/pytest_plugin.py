@@ -383,10 +383,14 @@ class _WorkerConnection:
     def __init__(self) -> None:
         self.conn: psycopg.Connection[Any] | None = None
 
+    def _open(self) -> "psycopg.Connection[Any] | None":
+        """The connection, unless there is none or the client knows it closed or broken."""
+        return None if self.conn is None or self.conn.closed or self.conn.broken else self.conn
+
     def before_reset(self) -> None:
-        if self.conn is not None and not (self.conn.closed or self.conn.broken):
+        if (conn := self._open()) is not None:
             try:
-                self.conn.rollback()
+                conn.rollback()
             except Exception:
                 self.close()
 
@@ -394,17 +398,16 @@ class _WorkerConnection:
         """The backend pid of the open connection: the reset does not count it as a session
         PgBouncer may hold (it is none of PgBouncer's), so it renews no pool for it. One the
         server ended meanwhile is passed once at most: DISCARD ALL fails on it, and it is reopened."""
-        if self.conn is None or self.conn.closed or self.conn.broken:
-            return ()
-        return (self.conn.info.backend_pid,)
+        conn = self._open()
+        return () if conn is None else (conn.info.backend_pid,)
 
     def after_reset(self, reopen: Callable[[], "psycopg.Connection[Any]"], strategy: str) -> "psycopg.Connection[Any]":
-        if self.conn is not None and not (self.conn.closed or self.conn.broken) and strategy == "restore":
+        if (conn := self._open()) is not None and strategy == "restore":
             try:
-                self.conn.autocommit = True
-                self.conn.execute("DISCARD ALL")
-                self.conn.autocommit = False
-                return self.conn
+                conn.autocommit = True
+                conn.execute("DISCARD ALL")
+                conn.autocommit = False
+                return conn
             except Exception:
                 pass
         self.close()

@@ -103,10 +103,11 @@ def restore_in_place(conn: "pgwire.Connection", template: str, strategy: str = "
                      known_sessions: Collection[int] = ()) -> tuple[int, str] | None:
     """THE in-place restore (devenv.restore in the database, one round trip): put back what was
     written since the last reset, by primary key where the table has one. The number of other
-    sessions on the database afterwards, but `known_sessions` (the caller's own, by backend pid;
-    PgBouncer's among the others: with none there is nothing to RECONNECT) and how it went ("rows" or "tables", see ResetResult.detail), or None when only
-    a clone can reset it (from another template, DDL since, or under `auto` more than
-    RESTORE_MAX_ROWS seeded rows to compare whole or RESTORE_MAX_KEYS keys to put back).
+    sessions on the database afterwards, `known_sessions` (the caller's own, by backend pid) not
+    counted (PgBouncer's are among the others: with none there is nothing to RECONNECT), and how
+    it went ("rows" or "tables", see ResetResult.detail), or None when only a clone can reset it
+    (from another template, DDL since, or under `auto` more than RESTORE_MAX_ROWS seeded rows to
+    compare whole or RESTORE_MAX_KEYS keys to put back).
     Raises the driver's error for a database that is not ours.
     """
     from devenv.clients import pgwire
