@@ -17,9 +17,11 @@ the first-ever `up` (three containers healthy, schema and seed) at most 1.0x tes
 (else the `docker run` baseline); `up` with existing volumes within 2x `docker start` of one
 Postgres to its first connection; a cold `up` from the cache within 1.5x `up` with existing
 volumes (per round and of the medians). Every creation here writes to the engine's volumes:
-where that disk is ext4 without a journal the numbers carry AFTER_DELETES (bench/README.md).
+where that disk is ext4 without a journal the numbers carry AFTER_DELETES (bench/README.md);
+`--settle S` waits S seconds before each step and after each `down --volumes` (75 s lets the
+kernel reuse the inodes freed before: a quiet disk, at about 10 minutes a round).
 
-    python bench/bench_docker.py [--runs 3] [--profile dev] [--docker-host unix:///run/podman/podman.sock]
+    python bench/bench_docker.py [--runs 3] [--profile dev] [--settle 0] [--docker-host unix:///run/podman/podman.sock]
 
 Another engine (Podman, a remote one): --docker-host, or DOCKER_HOST; devenv and testcontainers
 then both talk to it.
@@ -236,7 +238,9 @@ def bench_first_without_cache(client: Any, images: dict[str, str], profile: str)
         project.cleanup(client)
 
 
-def bench_devenv(client: Any, images: dict[str, str], profile: str) -> dict[str, float]:
+def bench_devenv(client: Any, images: dict[str, str], profile: str, settle: float = 0.0) -> dict[str, float]:
+    """devenv's rows of one round, from one project; `settle` seconds of quiet after each
+    `down --volumes`, before the cold `up` that follows it."""
     runtime = ("--runtime", "docker", "-p", profile)
     out: dict[str, float] = {}
     project = DevenvProject(images, profile)
@@ -246,8 +250,10 @@ def bench_devenv(client: Any, images: dict[str, str], profile: str) -> dict[str,
         project.run("down", *runtime)
         out["devenv up, existing volumes"] = project.run("up", *runtime)
         project.run("down", "--volumes", *runtime)
+        time.sleep(settle)
         out["devenv up, cold, from the cache"] = project.run("up", *runtime)
         project.run("down", "--volumes", *runtime)
+        time.sleep(settle)
         out["devenv up, cold, DEVENV_NO_CACHE=1"] = project.run("up", *runtime, env={"DEVENV_NO_CACHE": "1"})
         out["devenv --help"] = project.run("--help")
     finally:
@@ -283,6 +289,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", default="dev")
+    parser.add_argument("--settle", type=float, default=0.0,
+                        help="seconds of quiet before each step and after each `down --volumes` (the disk trap)")
     parser.add_argument("--docker-host", help="the engine to measure on (DOCKER_HOST for devenv and testcontainers)")
     args = parser.parse_args()
     if args.docker_host:
@@ -306,6 +314,8 @@ def main() -> None:
           f"images {', '.join(images.values())}; profile {args.profile}; {args.runs} interleaved rounds")
     root = engine_data_root(client)
     trap = after_deletes(*print_disk_facts({"engine volumes": root}).values()) if root else ""
+    if trap and args.settle:
+        trap = f"[{args.settle:g} s after deletes; ext4 without a journal]"
 
     samples: dict[str, list[float]] = {}
 
@@ -319,13 +329,14 @@ def main() -> None:
                                            bench_docker_run(client, pg_image))],
         lambda: add("testcontainers PostgresContainer", bench_testcontainers(pg_image)),
         lambda: add("docker start, three containers at once -> first connection", bench_three_starts(client, images)),
-        lambda: [add(n, v) for n, v in bench_devenv(client, images, args.profile).items()],
+        lambda: [add(n, v) for n, v in bench_devenv(client, images, args.profile, args.settle).items()],
         lambda: add("devenv up, first ever, DEVENV_NO_CACHE=1", bench_first_without_cache(client, images, args.profile)),
     ]
     for round_ in range(args.runs):
         # Each step tidies up after itself (containers, volumes) and the engine finishes that
         # meanwhile: the order turns every round so no step always follows the same one.
         for step in steps[round_ % len(steps):] + steps[:round_ % len(steps)]:
+            time.sleep(args.settle)  # the last step's deletions, on a disk with the trap
             step()
         print(f"  round {round_ + 1}/{args.runs} done", flush=True)
 
